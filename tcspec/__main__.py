@@ -1,0 +1,5 @@
+import sys
+
+from tcspec.cli import main
+
+sys.exit(main())

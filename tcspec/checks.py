@@ -1,0 +1,189 @@
+"""Semantic checks of a validated spec: what pydantic's field types cannot see.
+
+Each check yields ``(path, message)``; the loader turns paths into file locations.
+Model dimensions come from offline sources only (toy recipe, local checkpoint, catalog).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from tcspec.hooks import BLOCK_HOOKS, hook_width
+from tcspec.models import catalog
+from tcspec.spec import Spec, TranscoderSpec
+
+Found = Iterator[tuple[tuple, str]]
+
+
+class DimsUnknown(ValueError):
+    pass
+
+
+def model_dims(model) -> dict:
+    """Model dims (n_layers, d_model, d_mlp, n_ctx, parallel_attn_mlp, ...) known offline."""
+    if model.kind == "toy":
+        return dict(
+            n_layers=model.n_layers,
+            d_model=model.d_model,
+            d_mlp=model.d_mlp,
+            n_heads=model.n_heads,
+            d_head=model.d_model // model.n_heads,
+            n_ctx=model.n_ctx,
+            parallel_attn_mlp=False,
+        )
+    if model.kind == "pretrained":
+        dims = catalog.lookup(model.name)
+        if dims is None:
+            import difflib
+
+            close = difflib.get_close_matches(model.name, catalog.known_names(), n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            raise DimsUnknown(
+                f"model `{model.name}` is not in tcspec's offline catalog; {hint}"
+                "use `kind: checkpoint` with a local folder for other models"
+            )
+        return dict(dims)
+    return checkpoint_dims(model.path)
+
+
+def checkpoint_dims(path: Path) -> dict:
+    """Dims from a local folder: our model.json, or an HF config.json."""
+    if (path / "model.json").exists():
+        return json.loads((path / "model.json").read_text())["cfg"]
+    if not (path / "config.json").exists():
+        raise DimsUnknown(f"no model.json or config.json in {path}")
+    cfg = json.loads((path / "config.json").read_text())
+
+    def first(*keys, default=None):
+        return next((cfg[k] for k in keys if k in cfg), default)
+
+    d_model = first("n_embd", "hidden_size", "d_model")
+    return dict(
+        n_layers=first("n_layer", "num_hidden_layers"),
+        d_model=d_model,
+        d_mlp=first("n_inner", "intermediate_size") or 4 * d_model,
+        n_ctx=first("n_positions", "max_position_embeddings"),
+        parallel_attn_mlp=bool(first("use_parallel_residual", default=False)),
+    )
+
+
+def dictionary_hooks(d) -> tuple[str, str]:
+    """(in_hook, out_hook) relative to the block; equal for an SAE."""
+    return (d.in_hook, d.out_hook) if isinstance(d, TranscoderSpec) else (d.hook, d.hook)
+
+
+def check_spec(spec: Spec) -> list[tuple[tuple, str]]:
+    return list(_check(spec))
+
+
+def _check(spec: Spec) -> Found:
+    try:
+        dims = model_dims(spec.model)
+    except DimsUnknown as exc:
+        yield ("model", "name" if spec.model.kind == "pretrained" else "path"), str(exc)
+        return
+    n_layers = dims["n_layers"]
+    for i, layer in enumerate(spec.layers):
+        if layer >= n_layers:
+            yield ("layers", i), f"layer {layer} does not exist: the model has {n_layers} (0..{n_layers - 1})"
+    n_ctx = dims.get("n_ctx")
+    if n_ctx and spec.data.context > n_ctx:
+        yield ("data", "context"), f"context {spec.data.context} is longer than the model's n_ctx {n_ctx}"
+    yield from _check_data(spec)
+    for name, d in spec.dictionaries.items():
+        yield from _check_dictionary(spec, name, d, dims)
+    ev = spec.evaluate.eval_tokens
+    if ev is not None and ev > spec.data.eval_tokens:
+        yield ("evaluate", "eval_tokens"), (
+            f"{ev} eval tokens asked but data.eval_tokens is {spec.data.eval_tokens}"
+        )
+    refs = []
+    if spec.interp:
+        refs += [(("interp", "dictionaries", i), r) for i, r in enumerate(spec.interp.dictionaries)]
+    refs += [(("circuits", i, "dictionary"), c.dictionary) for i, c in enumerate(spec.circuits)]
+    for loc, ref in refs:
+        yield from _check_ref(spec, loc, ref)
+    for i, c in enumerate(spec.circuits):
+        d = spec.dictionaries.get(c.dictionary.name)
+        if d is not None and d.kind not in ("transcoder", "skip_transcoder"):
+            yield (("circuits", i, "dictionary", "name"), f"`{c.dictionary.name}` is a {d.kind}; "
+                   "circuit analysis traces through transcoders")
+
+
+def _check_data(spec: Spec) -> Found:
+    data = spec.data
+    if data.kind == "files":
+        for i, p in enumerate(data.paths):
+            if not p.exists():
+                yield ("data", "paths", i), f"file not found: {p}"
+        if all(p.exists() for p in data.paths):
+            # a byte-level tokenizer makes at most one token per byte (plus BOS per line)
+            limit = sum(p.stat().st_size for p in data.paths) * 2
+            need = data.train_tokens + data.eval_tokens
+            if need > limit:
+                yield ("data", "train_tokens"), (
+                    f"train_tokens + eval_tokens = {need} but the files hold at most ~{limit} tokens"
+                )
+
+
+def _check_dictionary(spec: Spec, name: str, d, dims: dict) -> Found:
+    base = ("dictionaries", name)
+    layers = d.layers if d.layers is not None else spec.layers
+    for i, layer in enumerate(d.layers or []):
+        if layer >= dims["n_layers"]:
+            yield base + ("layers", i), f"layer {layer} does not exist: the model has {dims['n_layers']}"
+    in_hook, out_hook = dictionary_hooks(d)
+    for field, hook in (("in_hook", in_hook), ("out_hook", out_hook)) if d.kind != "sae" else (
+        ("hook", in_hook),
+    ):
+        if dims.get("parallel_attn_mlp") and hook in ("hook_resid_mid", "hook_mlp_in"):
+            yield base + (field,), (
+                f"the model has parallel attention and MLP blocks: it has no `{hook}`; "
+                "use `ln2.hook_normalized`"
+            )
+    if d.kind != "sae" and in_hook == out_hook:
+        yield base + ("out_hook",), "a transcoder's in_hook and out_hook are the same; use `kind: sae`"
+    d_in = hook_width(in_hook, dims)
+    d_out = hook_width(out_hook, dims)
+    widths = _as_list(d.d_sae) if d.d_sae is not None else [e * d_in for e in _as_list(d.expansion)]
+    for k in _as_list(d.k) if d.k is not None else []:
+        if k > min(widths):
+            yield base + ("k",), f"k {k} exceeds d_sae {min(widths)}"
+    if d.kind == "skip_transcoder" and d_in != d_out:
+        pass  # W_skip is d_in x d_out: any widths work
+    tokens = d.train_tokens or spec.data.train_tokens
+    if d.train_tokens and d.train_tokens > spec.data.train_tokens:
+        yield base + ("train_tokens",), (
+            f"training budget {d.train_tokens} tokens exceeds the cache "
+            f"(data.train_tokens {spec.data.train_tokens})"
+        )
+    if d.batch_size > tokens:
+        yield base + ("batch_size",), f"batch_size {d.batch_size} exceeds the {tokens} training tokens"
+    del layers
+
+
+def _check_ref(spec: Spec, loc: tuple, ref) -> Found:
+    d = spec.dictionaries.get(ref.name)
+    if d is None:
+        import difflib
+
+        close = difflib.get_close_matches(ref.name, list(spec.dictionaries), n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        yield loc + ("name",), f"no dictionary named `{ref.name}`{hint}"
+        return
+    layers = d.layers if d.layers is not None else spec.layers
+    if ref.layer is not None and ref.layer not in layers:
+        yield loc + ("layer",), f"`{ref.name}` is not trained at layer {ref.layer} (layers {layers})"
+    for field, value in ref.where.items():
+        values = _as_list(getattr(d, field))
+        if not any(v is not None and float(v) == float(value) for v in values):
+            yield loc + ("where", field), f"`{ref.name}` has no {field} = {value} (values: {values})"
+
+
+def _as_list(v) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+__all__ = ["BLOCK_HOOKS", "check_spec", "model_dims", "dictionary_hooks", "DimsUnknown"]

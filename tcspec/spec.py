@@ -1,0 +1,366 @@
+"""The spec language: what a researcher writes in ``specs/*.yaml``.
+
+Every model is frozen and forbids unknown keys; variants are tagged unions on ``kind``.
+The docstring under each field is its documentation and flows into the JSON Schema.
+A list in a field typed ``Sweep`` is a sweep axis: the plan takes the cross product of a
+dictionary's axes, except the axes named together in its ``zip``, which advance in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from tcspec.hooks import BLOCK_HOOKS, TRANSCODER_IN, TRANSCODER_OUT
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]+$", min_length=1, max_length=64)]
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+HookName = Literal[tuple(BLOCK_HOOKS)]  # type: ignore[valid-type]
+DType = Literal["float32", "float16", "bfloat16"]
+
+T = TypeVar("T")
+Sweep = Union[T, Annotated[list[T], Field(min_length=1)]]
+"""A value, or a list of values that makes a sweep axis."""
+
+SWEEP_FIELDS = ("expansion", "d_sae", "k", "l1", "lr")
+RESERVED_EXPERIMENT_NAMES = ("tasks", "logs", "benchmarks", "checkpoints")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+# ---------------------------------------------------------------------------------- model
+class ToyModelSpec(Frozen):
+    """A small TransformerLens LM trained here from an offline corpus (CPU-friendly)."""
+
+    kind: Literal["toy"]
+    recipe: Literal["greater_than_mix"] = "greater_than_mix"
+    """Training corpus recipe: `greater_than_mix` is half pydoc text, half task sentences."""
+    n_layers: PosInt = 2
+    """Number of transformer blocks."""
+    d_model: PosInt = 128
+    """Residual stream width."""
+    n_heads: PosInt = 4
+    """Attention heads per block (d_head = d_model / n_heads)."""
+    d_mlp: PosInt = 512
+    """MLP hidden width."""
+    n_ctx: PosInt = 128
+    """Longest context the model is trained for."""
+    steps: PosInt | None = None
+    """Optimizer steps; None uses the recipe's default."""
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        return self
+
+
+class PretrainedModelSpec(Frozen):
+    """A TransformerLens model by name, loaded with `from_pretrained` (HF cache)."""
+
+    kind: Literal["pretrained"]
+    name: str
+    """TransformerLens model name, e.g. `gpt2`, `pythia-410m`."""
+    dtype: DType = "float32"
+    """Weights dtype for the forward passes."""
+
+
+class CheckpointModelSpec(Frozen):
+    """A local model folder: an HF causal-LM checkpoint or a TransformerLens state dict."""
+
+    kind: Literal["checkpoint"]
+    path: Path
+    """Folder holding config.json + weights (HF) or model.json + weights.safetensors."""
+    architecture: str | None = None
+    """TransformerLens architecture name to map HF weights (e.g. `gpt2`); None reads it from
+    config.json's model_type."""
+    dtype: DType = "float32"
+    """Weights dtype for the forward passes."""
+
+
+ModelSpec = Annotated[
+    Union[ToyModelSpec, PretrainedModelSpec, CheckpointModelSpec], Field(discriminator="kind")
+]
+
+
+# ----------------------------------------------------------------------------------- data
+class _DataBase(Frozen):
+    context: PosInt = 128
+    """Tokens per packed row, BOS included."""
+    train_tokens: PosInt
+    """Tokens in the training split (the activation cache holds this many)."""
+    eval_tokens: PosInt
+    """Tokens in the evaluation split, disjoint from training."""
+
+
+class ToyDataSpec(_DataBase):
+    """The offline toy corpus that ships with tcspec (matches the toy model's recipe)."""
+
+    kind: Literal["toy"]
+
+
+class HubDataSpec(_DataBase):
+    """An HF `datasets` dataset by hub name, streamed in order (e.g. OpenWebText)."""
+
+    kind: Literal["hub"]
+    name: str
+    """Dataset name on the hub, e.g. `Skylion007/openwebtext`."""
+    config: str | None = None
+    """Dataset configuration name, if any."""
+    split: str = "train"
+    """Split to read."""
+    text_column: str = "text"
+    """Column holding document text."""
+    streaming: bool = True
+    """Stream instead of downloading the whole dataset."""
+
+
+class FilesDataSpec(_DataBase):
+    """Local text, JSON lines or Parquet files, read with `datasets`."""
+
+    kind: Literal["files"]
+    paths: Annotated[list[Path], Field(min_length=1)]
+    """Files to read, in order; relative paths are relative to the spec file."""
+    format: Literal["text", "json", "parquet"] | None = None
+    """File format; None infers it from the suffix."""
+    text_column: str = "text"
+    """Column holding document text (json/parquet)."""
+
+
+DataSpec = Annotated[Union[ToyDataSpec, HubDataSpec, FilesDataSpec], Field(discriminator="kind")]
+
+
+class ActsSpec(Frozen):
+    """How the activation cache is stored."""
+
+    dtype: DType = "float32"
+    """Storage dtype of cached activations (the paper used float32)."""
+    batch_contexts: PosInt = 32
+    """Contexts per forward pass while caching."""
+    shard_tokens: PosInt = 65536
+    """Token rows per shard file."""
+
+
+# --------------------------------------------------------------------------- dictionaries
+class _DictionaryBase(Frozen):
+    layers: list[NonNegInt] | None = None
+    """Layers to train at; None uses the spec's `layers`."""
+    expansion: Sweep[PosInt] | None = None
+    """Width as a multiple of d_in (d_sae = expansion * d_in). Give this or `d_sae`."""
+    d_sae: Sweep[PosInt] | None = None
+    """Number of features. Give this or `expansion`."""
+    activation: Literal["relu", "topk"] = "relu"
+    """`relu` with an L1 penalty, or `topk` keeping the k largest pre-activations."""
+    k: Sweep[PosInt] | None = None
+    """Active features per token for `topk`."""
+    l1: Sweep[NonNegFloat] = 0.0
+    """L1 coefficient lambda on sum_i |z_i| (mean over the batch)."""
+    loss: Literal["squared_error", "normalized_mse"] = "normalized_mse"
+    """Reconstruction loss: `squared_error` is the paper's ||y - y_hat||^2 (mean over tokens);
+    `normalized_mse` is the released code's mean((y_hat - y)^2 / ||y||_2). Lambdas differ."""
+    lr: Sweep[PosFloat] = 4e-4
+    """Adam learning rate (paper text 2e-5; code runs 2e-4 pythia, 4e-4 gpt2)."""
+    adam_betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    """Adam betas."""
+    lr_warmup_steps: NonNegInt = 5000
+    """Linear warm-up from 0 over this many steps."""
+    lr_decay: Literal["none", "linear", "cosine"] = "none"
+    """Learning-rate decay after `lr_decay_start` (the paper used none)."""
+    lr_decay_start: Fraction = 0.8
+    """Fraction of training after which the decay begins."""
+    l1_warmup_steps: NonNegInt = 0
+    """Linear warm-up of the L1 coefficient over this many steps."""
+    batch_size: PosInt = 4096
+    """Tokens per optimizer step."""
+    train_tokens: PosInt | None = None
+    """Tokens to train on; None uses `data.train_tokens` (one pass over the cache)."""
+    normalize_decoder: bool = True
+    """Renormalize decoder rows to unit norm after each step."""
+    remove_parallel_grad: bool = True
+    """Remove the gradient component parallel to each decoder row before each step."""
+    init_bias_from_mean: bool = True
+    """Initialize b_dec (and b_dec_out) to the mean of the first batch of activations."""
+    dead_features: Literal["none", "ghost_grads", "resample", "aux_k"] = "none"
+    """Dead-feature handling: none (paper), ghost grads (released example script), periodic
+    resampling, or the TopK auxiliary loss."""
+    dead_window: PosInt = 5000
+    """Steps without firing after which a feature counts as dead (ghost grads, resampling)."""
+    aux_k: PosInt | None = None
+    """Dead features the aux-k loss reconstructs with; None uses d_in / 2."""
+    aux_k_coef: NonNegFloat = 1 / 32
+    """Weight of the aux-k loss."""
+    density_window: PosInt = 1000
+    """Steps over which feature density (firing frequency) is tracked."""
+    live_threshold: Fraction = 1e-4
+    """A feature is live when its firing frequency exceeds this (log10 freq > -4)."""
+    checkpoint_every: PosInt = 1000
+    """Steps between resumable checkpoints."""
+    seed: NonNegInt | None = None
+    """Training seed; None uses the spec's seed."""
+    zip: list[Literal[SWEEP_FIELDS]] = []  # type: ignore[valid-type]
+    """Sweep axes that advance together (equal lengths) instead of crossing."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.expansion is None) == (self.d_sae is None):
+            raise ValueError("give exactly one of `expansion` and `d_sae`")
+        if self.activation == "topk" and self.k is None:
+            raise ValueError("`activation: topk` needs `k`")
+        if self.activation == "relu" and self.k is not None:
+            raise ValueError("`k` only applies to `activation: topk`")
+        if self.dead_features == "aux_k" and self.activation != "topk":
+            raise ValueError("`dead_features: aux_k` needs `activation: topk`")
+        lengths = {f: len(getattr(self, f)) for f in self.zip}
+        for f in self.zip:
+            if not isinstance(getattr(self, f), list):
+                raise ValueError(f"zip names `{f}`, which is not a list")
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"zipped axes differ in length: {lengths}")
+        return self
+
+
+class TranscoderSpec(_DictionaryBase):
+    """A transcoder: reads the MLP input hook, predicts the MLP output hook."""
+
+    kind: Literal["transcoder"]
+    in_hook: HookName = TRANSCODER_IN
+    """Input hook, relative to `blocks.{layer}` (paper: ln2.hook_normalized)."""
+    out_hook: HookName = TRANSCODER_OUT
+    """Output hook it predicts, relative to `blocks.{layer}`."""
+
+
+class SkipTranscoderSpec(TranscoderSpec):
+    """A transcoder with an added linear skip connection `W_skip x`."""
+
+    kind: Literal["skip_transcoder"]  # type: ignore[assignment]
+
+
+class SAESpec(_DictionaryBase):
+    """A sparse autoencoder reconstructing one hook (tied output bias)."""
+
+    kind: Literal["sae"]
+    hook: HookName = TRANSCODER_OUT
+    """Hook it reconstructs, relative to `blocks.{layer}`."""
+
+
+DictionarySpec = Annotated[
+    Union[TranscoderSpec, SkipTranscoderSpec, SAESpec], Field(discriminator="kind")
+]
+
+
+# ----------------------------------------------------------------------- downstream stages
+class EvaluateSpec(Frozen):
+    """Sparsity and fidelity metrics on the eval split."""
+
+    eval_tokens: PosInt | None = None
+    """Eval tokens to use; None uses all of `data.eval_tokens`."""
+    batch_contexts: PosInt = 16
+    """Contexts per forward pass."""
+    splice_all_layers: bool = False
+    """Also evaluate each sweep point with its transcoders spliced into all layers at once."""
+
+
+class DictionaryRef(Frozen):
+    """Selects trained dictionaries: a name, optionally one layer and sweep values."""
+
+    name: Name
+    """Dictionary name from `dictionaries`."""
+    layer: NonNegInt | None = None
+    """Layer; None selects every layer it was trained at."""
+    where: dict[Literal[SWEEP_FIELDS], float] = {}  # type: ignore[valid-type]
+    """Sweep values to select, e.g. {l1: 0.001}; empty selects every sweep point."""
+
+
+class InterpSpec(Frozen):
+    """Feature dashboards and a blind interpretability study."""
+
+    dictionaries: list[DictionaryRef] = []
+    """Dictionaries to study; empty studies every dictionary."""
+    features: PosInt = 50
+    """Random live features per dictionary in the blind study (paper: 50)."""
+    dashboard_features: PosInt = 100
+    """Features per dictionary that get a dashboard page (the study's features always do)."""
+    examples: PosInt = 20
+    """Examples shown per feature."""
+    bands: PosInt = 5
+    """Activation bands the examples are sampled across."""
+    context_window: PosInt = 5
+    """Tokens of context either side of an example's token."""
+    min_examples: PosInt = 4
+    """Features with fewer activating tokens are not sampled."""
+
+
+class CircuitSpec(Frozen):
+    """A circuit study through transcoders on a prompt set."""
+
+    task: Literal["greater_than"]
+    """Built-in prompt set and metric."""
+    dictionary: DictionaryRef
+    """Transcoders to trace through (one per layer of the model's MLPs that matter)."""
+    prompts: PosInt = 32
+    """Number of prompts."""
+    iterations: PosInt = 3
+    """Path-search depth."""
+    branches: PosInt = 15
+    """Upstream nodes expanded per step."""
+    top_paths: PosInt = 20
+    """Paths kept."""
+    keep_top_k: PosInt = 32
+    """Largest k in the keep-top-k experiment."""
+
+
+class TablesSpec(Frozen):
+    """Which tables and plots to generate."""
+
+    include: list[
+        Literal["sparsity_fidelity", "matched_l0", "pareto", "interpretability", "greater_than"]
+    ] = ["sparsity_fidelity", "matched_l0", "pareto"]
+    """Tables to build."""
+    reference: Literal["pythia_410m_fig3", "gpt2_small_splice", "table1"] | None = None
+    """Published numbers to print beside ours (see tcspec/paper.py)."""
+
+
+class Spec(Frozen):
+    """A tcspec experiment."""
+
+    experiment: Name
+    """Experiment name; tables go to results/<experiment>/."""
+    seed: NonNegInt = 0
+    """Seed for everything not seeded elsewhere."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where forward passes and training run; `auto` picks CUDA when present. Not part of
+    task ids: the same spec on another device shares its outputs' names."""
+    model: ModelSpec
+    """The language model studied."""
+    data: DataSpec
+    """The corpus activations are computed on."""
+    acts: ActsSpec = ActsSpec()
+    """Activation cache storage."""
+    layers: Annotated[list[NonNegInt], Field(min_length=1)]
+    """Layers studied (dictionaries default to these)."""
+    dictionaries: Annotated[dict[Name, DictionarySpec], Field(min_length=1)]
+    """Named dictionaries to train."""
+    evaluate: EvaluateSpec = EvaluateSpec()
+    """Evaluation settings."""
+    interp: InterpSpec | None = None
+    """Interpretability study; None skips it."""
+    circuits: list[CircuitSpec] = []
+    """Circuit studies."""
+    tables: TablesSpec = TablesSpec()
+    """Tables and plots."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.experiment in RESERVED_EXPERIMENT_NAMES:
+            raise ValueError(f"experiment name `{self.experiment}` is reserved")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers repeat: {self.layers}")
+        return self
