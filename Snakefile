@@ -15,6 +15,8 @@ include: "rules/tokens.smk"
 include: "rules/acts.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/interp.smk"
+include: "rules/circuits.smk"
 include: "rules/tables.smk"
 
 

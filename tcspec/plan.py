@@ -104,20 +104,47 @@ def compile_plan(spec: Spec) -> Plan:
     model = plan.add(_model_task(spec, dims))
     tokens = plan.add(_tokens_task(spec, model))
     acts = plan.add(_acts_task(spec, dims, model, tokens))
-    evaluations = []
+    evaluations, trains = [], {}
     for name, d in spec.dictionaries.items():
         layers = d.layers if d.layers is not None else spec.layers
         groups = {}
         for layer in layers:
             train = plan.add(_train_task(spec, name, d, layer, dims, acts))
-            groups[layer] = train
+            groups[layer] = trains[(name, layer)] = train
             for member in train.config["members"]:
                 evaluations.append(plan.add(_evaluate_task(spec, train, member, model, tokens)))
         if spec.evaluate.splice_all_layers and d.kind != "sae" and len(layers) > 1:
             for m in groups[layers[0]].config["members"]:
                 evaluations.append(plan.add(_splice_task(spec, name, m["name"], groups, model, tokens)))
-    plan.add(_tables_task(spec, evaluations))
+    downstream = []
+    if spec.interp is not None:
+        features = [
+            plan.add(_features_task(spec, train, member, model, tokens))
+            for train, member in _select(spec, spec.interp.dictionaries, trains)
+        ]
+        downstream.append(plan.add(_study_task(spec, features)))
+    for i, c in enumerate(spec.circuits):
+        selected = _select(spec, [c.dictionary], trains)
+        downstream.append(plan.add(_circuit_task(spec, i, c, selected, model, tokens)))
+    plan.add(_tables_task(spec, evaluations + downstream))
     return plan
+
+
+def _select(spec: Spec, refs, trains: dict) -> list[tuple[Task, dict]]:
+    """(train task, member) pairs a list of DictionaryRefs selects; empty selects all."""
+    if not refs:
+        from tcspec.spec import DictionaryRef
+
+        refs = [DictionaryRef(name=n) for n in spec.dictionaries]
+    out = []
+    for ref in refs:
+        for (name, layer), train in trains.items():
+            if name != ref.name or (ref.layer is not None and layer != ref.layer):
+                continue
+            for m in train.config["members"]:
+                if all(float(m["opts"][f]) == float(v) for f, v in ref.where.items()):
+                    out.append((train, m))
+    return out
 
 
 def _model_task(spec: Spec, dims: dict) -> Task:
@@ -194,7 +221,8 @@ def _train_task(spec: Spec, name: str, d, layer: int, dims: dict, acts: Task) ->
     config = dict(dictionary=name, kind=d.kind, layer=layer, steps=steps, members=members)
     # weights + Adam moments + grads, fp32, plus a few batches
     mem_mb = params * 4 * 4 / 2**20 + 4 * d.batch_size * (d_in + d_out) * 4 / 2**20 + 1500
-    resources = {"mem_mb": int(mem_mb), "flops": flops, "params": params, "gpu": 1}
+    gpu = 0 if spec.model.kind == "toy" else 1  # the toy pipeline is sized for a CPU
+    resources = {"mem_mb": int(mem_mb), "flops": flops, "params": params, "gpu": gpu}
     return _make("train", f"{name}-L{layer}", config, {"acts": ("acts", acts.id)}, resources)
 
 
@@ -232,9 +260,46 @@ def _splice_task(spec: Spec, name: str, member: str, groups: dict, model: Task, 
     return _make("evaluate", _safe(f"{name}-all-{member}"), config, deps, {"mem_mb": 3000, "gpu": 0})
 
 
-def _tables_task(spec: Spec, evaluations: list[Task]) -> Task:
+def _features_task(spec: Spec, train: Task, member: dict, model: Task, tokens: Task) -> Task:
+    """Feature statistics and dashboards of one trained dictionary."""
+    config = spec.interp.model_dump(mode="json", exclude={"dictionaries"}) | dict(
+        step="features",
+        dictionary=train.config["dictionary"],
+        kind=train.config["kind"],
+        member=member["name"],
+        layer=member["layer"],
+        eval_tokens=spec.data.eval_tokens,
+    )
+    deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id), "train": ("train", train.id)}
+    prefix = f"{train.config['dictionary']}-L{member['layer']}-{member['name']}"
+    return _make("interp", _safe(prefix), config, deps, {"mem_mb": 3000, "gpu": 0})
+
+
+def _study_task(spec: Spec, features: list[Task]) -> Task:
+    """The blind rating study over every studied dictionary's features."""
+    config = dict(step="study", features=spec.interp.features, seed=spec.seed)
+    deps = {f"features_{i}": ("interp", t.id) for i, t in enumerate(features)}
+    return _make("interp", f"study-{spec.experiment}", config, deps, {"mem_mb": 1000, "gpu": 0})
+
+
+def _circuit_task(spec: Spec, i: int, c, selected, model: Task, tokens: Task) -> Task:
+    """A circuit study through one transcoder per layer (one sweep point)."""
+    config = c.model_dump(mode="json") | dict(
+        seed=spec.seed,
+        coders=[
+            dict(train=t.id, member=m["name"], layer=m["layer"], kind=t.config["kind"])
+            for t, m in selected
+        ],
+    )
+    deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
+    deps |= {f"train_{j}": ("train", t.id) for j, (t, _) in enumerate(selected)}
+    prefix = f"{c.task}-{c.dictionary.name}"
+    return _make("circuits", _safe(prefix), config, deps, {"mem_mb": 3000, "gpu": 0})
+
+
+def _tables_task(spec: Spec, upstream: list[Task]) -> Task:
     config = spec.tables.model_dump(mode="json") | {"experiment": spec.experiment}
-    deps = {f"evaluate_{i}": ("evaluate", t.id) for i, t in enumerate(evaluations)}
+    deps = {f"{t.stage}_{i}": (t.stage, t.id) for i, t in enumerate(upstream)}
     return _make("tables", spec.experiment, config, deps, {"mem_mb": 1000, "gpu": 0})
 
 
