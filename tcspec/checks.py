@@ -50,23 +50,47 @@ def model_dims(model) -> dict:
 
 def checkpoint_dims(path: Path) -> dict:
     """Dims from a local folder: our model.json, or an HF config.json."""
+    if not _exists(path) or not path.is_dir():
+        raise DimsUnknown(f"checkpoint folder not found: {path}")
     if (path / "model.json").exists():
-        return json.loads((path / "model.json").read_text())["cfg"]
+        return _read_json(path / "model.json")["cfg"]
     if not (path / "config.json").exists():
         raise DimsUnknown(f"no model.json or config.json in {path}")
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = _read_json(path / "config.json")
 
     def first(*keys, default=None):
         return next((cfg[k] for k in keys if k in cfg), default)
 
     d_model = first("n_embd", "hidden_size", "d_model")
+    n_layers = first("n_layer", "num_hidden_layers")
+    if not isinstance(d_model, int) or not isinstance(n_layers, int):
+        raise DimsUnknown(
+            f"{path / 'config.json'} gives no n_layer/num_hidden_layers or n_embd/hidden_size"
+        )
     return dict(
-        n_layers=first("n_layer", "num_hidden_layers"),
+        n_layers=n_layers,
         d_model=d_model,
         d_mlp=first("n_inner", "intermediate_size") or 4 * d_model,
         n_ctx=first("n_positions", "max_position_embeddings"),
         parallel_attn_mlp=bool(first("use_parallel_residual", default=False)),
     )
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name the OS refuses (too long, NUL byte)
+        return False
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DimsUnknown(f"cannot read {path}: {exc}") from None
+    if not isinstance(cfg, dict) or ("cfg" in cfg and not isinstance(cfg["cfg"], dict)):
+        raise DimsUnknown(f"{path} is not a JSON object of model settings")
+    return cfg
 
 
 def dictionary_hooks(d) -> tuple[str, str]:
@@ -79,6 +103,7 @@ def check_spec(spec: Spec) -> list[tuple[tuple, str]]:
 
 
 def _check(spec: Spec) -> Found:
+    yield from _check_data(spec)
     try:
         dims = model_dims(spec.model)
     except DimsUnknown as exc:
@@ -87,17 +112,23 @@ def _check(spec: Spec) -> Found:
     n_layers = dims["n_layers"]
     for i, layer in enumerate(spec.layers):
         if layer >= n_layers:
-            yield ("layers", i), f"layer {layer} does not exist: the model has {n_layers} (0..{n_layers - 1})"
+            yield (
+                ("layers", i),
+                f"layer {layer} does not exist: the model has {n_layers} (0..{n_layers - 1})",
+            )
     n_ctx = dims.get("n_ctx")
     if n_ctx and spec.data.context > n_ctx:
-        yield ("data", "context"), f"context {spec.data.context} is longer than the model's n_ctx {n_ctx}"
-    yield from _check_data(spec)
+        yield (
+            ("data", "context"),
+            f"context {spec.data.context} is longer than the model's n_ctx {n_ctx}",
+        )
     for name, d in spec.dictionaries.items():
         yield from _check_dictionary(spec, name, d, dims)
     ev = spec.evaluate.eval_tokens
     if ev is not None and ev > spec.data.eval_tokens:
-        yield ("evaluate", "eval_tokens"), (
-            f"{ev} eval tokens asked but data.eval_tokens is {spec.data.eval_tokens}"
+        yield (
+            ("evaluate", "eval_tokens"),
+            f"{ev} eval tokens asked but data.eval_tokens is {spec.data.eval_tokens}",
         )
     refs = []
     if spec.interp:
@@ -108,23 +139,27 @@ def _check(spec: Spec) -> Found:
     for i, c in enumerate(spec.circuits):
         d = spec.dictionaries.get(c.dictionary.name)
         if d is not None and d.kind not in ("transcoder", "skip_transcoder"):
-            yield (("circuits", i, "dictionary", "name"), f"`{c.dictionary.name}` is a {d.kind}; "
-                   "circuit analysis traces through transcoders")
+            yield (
+                ("circuits", i, "dictionary", "name"),
+                f"`{c.dictionary.name}` is an SAE; "
+                "circuit analysis traces through transcoders (kind: transcoder)",
+            )
 
 
 def _check_data(spec: Spec) -> Found:
     data = spec.data
     if data.kind == "files":
         for i, p in enumerate(data.paths):
-            if not p.exists():
+            if not _exists(p) or p.is_dir():
                 yield ("data", "paths", i), f"file not found: {p}"
-        if all(p.exists() for p in data.paths):
+        if all(_exists(p) and not p.is_dir() for p in data.paths):
             # a byte-level tokenizer makes at most one token per byte (plus BOS per line)
             limit = sum(p.stat().st_size for p in data.paths) * 2
             need = data.train_tokens + data.eval_tokens
             if need > limit:
-                yield ("data", "train_tokens"), (
-                    f"train_tokens + eval_tokens = {need} but the files hold at most ~{limit} tokens"
+                yield (
+                    ("data", "train_tokens"),
+                    f"train_tokens + eval_tokens = {need} but the files hold at most ~{limit} tokens",
                 )
 
 
@@ -133,18 +168,31 @@ def _check_dictionary(spec: Spec, name: str, d, dims: dict) -> Found:
     layers = d.layers if d.layers is not None else spec.layers
     for i, layer in enumerate(d.layers or []):
         if layer >= dims["n_layers"]:
-            yield base + ("layers", i), f"layer {layer} does not exist: the model has {dims['n_layers']}"
+            yield (
+                base + ("layers", i),
+                f"layer {layer} does not exist: the model has {dims['n_layers']}",
+            )
     in_hook, out_hook = dictionary_hooks(d)
-    for field, hook in (("in_hook", in_hook), ("out_hook", out_hook)) if d.kind != "sae" else (
-        ("hook", in_hook),
+    for field, hook in (
+        (("in_hook", in_hook), ("out_hook", out_hook)) if d.kind != "sae" else (("hook", in_hook),)
     ):
         if dims.get("parallel_attn_mlp") and hook in ("hook_resid_mid", "hook_mlp_in"):
-            yield base + (field,), (
-                f"the model has parallel attention and MLP blocks: it has no `{hook}`; "
-                "use `ln2.hook_normalized`"
+            yield (
+                base + (field,),
+                (
+                    f"the model has parallel attention and MLP blocks: it has no `{hook}`; "
+                    "use `ln2.hook_normalized`"
+                ),
             )
     if d.kind != "sae" and in_hook == out_hook:
-        yield base + ("out_hook",), "a transcoder's in_hook and out_hook are the same; use `kind: sae`"
+        field = "out_hook" if "out_hook" in d.model_fields_set else "in_hook"
+        yield (
+            base + (field,),
+            (
+                f"a transcoder's in_hook and out_hook are both `{in_hook}`; "
+                "use `kind: sae` to reconstruct one hook"
+            ),
+        )
     d_in = hook_width(in_hook, dims)
     d_out = hook_width(out_hook, dims)
     widths = _as_list(d.d_sae) if d.d_sae is not None else [e * d_in for e in _as_list(d.expansion)]
@@ -155,12 +203,18 @@ def _check_dictionary(spec: Spec, name: str, d, dims: dict) -> Found:
         pass  # W_skip is d_in x d_out: any widths work
     tokens = d.train_tokens or spec.data.train_tokens
     if d.train_tokens and d.train_tokens > spec.data.train_tokens:
-        yield base + ("train_tokens",), (
-            f"training budget {d.train_tokens} tokens exceeds the cache "
-            f"(data.train_tokens {spec.data.train_tokens})"
+        yield (
+            base + ("train_tokens",),
+            (
+                f"training budget {d.train_tokens} tokens exceeds the cache "
+                f"(data.train_tokens {spec.data.train_tokens})"
+            ),
         )
     if d.batch_size > tokens:
-        yield base + ("batch_size",), f"batch_size {d.batch_size} exceeds the {tokens} training tokens"
+        yield (
+            base + ("batch_size",),
+            f"batch_size {d.batch_size} exceeds the {tokens} training tokens",
+        )
     del layers
 
 
@@ -171,15 +225,22 @@ def _check_ref(spec: Spec, loc: tuple, ref) -> Found:
 
         close = difflib.get_close_matches(ref.name, list(spec.dictionaries), n=1)
         hint = f"; did you mean `{close[0]}`?" if close else ""
-        yield loc + ("name",), f"no dictionary named `{ref.name}`{hint}"
+        names = ", ".join(spec.dictionaries)
+        yield loc + ("name",), f"no dictionary named `{ref.name}`{hint} (dictionaries: {names})"
         return
     layers = d.layers if d.layers is not None else spec.layers
     if ref.layer is not None and ref.layer not in layers:
-        yield loc + ("layer",), f"`{ref.name}` is not trained at layer {ref.layer} (layers {layers})"
+        yield (
+            loc + ("layer",),
+            f"`{ref.name}` is not trained at layer {ref.layer} (layers {layers})",
+        )
     for field, value in ref.where.items():
         values = _as_list(getattr(d, field))
         if not any(v is not None and float(v) == float(value) for v in values):
-            yield loc + ("where", field), f"`{ref.name}` has no {field} = {value} (values: {values})"
+            yield (
+                loc + ("where", field),
+                f"`{ref.name}` has no {field} = {value} (values: {values})",
+            )
 
 
 def _as_list(v) -> list:

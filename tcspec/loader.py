@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tcspec.spec import Spec
+from tcspec.spec import FieldError, Spec
 
 Loc = tuple[str | int, ...]
 
@@ -78,14 +78,25 @@ class _Locator:
         return Problem(self.file, line, col, format_path(loc), message)
 
 
-def _duplicate_keys(node: yaml.Node | None, loc: Loc = ()) -> list[tuple[Loc, str]]:
+def _duplicate_keys(node: yaml.Node | None, loc: Loc = ()) -> list[tuple[Loc, str, yaml.Mark]]:
+    """Keys given twice in one mapping, located at the second occurrence."""
     found = []
     if isinstance(node, yaml.MappingNode):
-        seen = set()
+        seen: dict[str, yaml.Mark] = {}
         for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode):  # complex keys fail construction anyway
+                continue
             if k.value in seen:
-                found.append((loc + (k.value,), f"duplicate key `{k.value}`"))
-            seen.add(k.value)
+                first = seen[k.value].line + 1
+                found.append(
+                    (
+                        loc + (k.value,),
+                        f"duplicate key `{k.value}` (first at line {first})",
+                        k.start_mark,
+                    )
+                )
+            else:
+                seen[k.value] = k.start_mark
             found += _duplicate_keys(v, loc + (k.value,))
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
@@ -111,8 +122,10 @@ def _clean_loc(loc: Loc, data: Any) -> Loc:
 
 
 def _looks_like_branch(part: str | int) -> bool:
+    """A part pydantic adds to name a union member (`toy`, `int`, `list[constrained-float]`);
+    field names are identifiers, so any other part is one too."""
     return isinstance(part, str) and (
-        part in _BRANCH_TAGS or any(c in part for c in "[]()") or part in _TYPE_NAMES
+        part in _BRANCH_TAGS or part in _TYPE_NAMES or not part.isidentifier()
     )
 
 
@@ -168,27 +181,46 @@ def _model_at(loc: Loc, data: Any) -> type[BaseModel] | None:
                 tp = args[0]
             else:
                 return None
-        data = data.get(part) if isinstance(data, dict) else (
-            data[part] if isinstance(data, list) and isinstance(part, int) else None
+        data = (
+            data.get(part)
+            if isinstance(data, dict)
+            else (data[part] if isinstance(data, list) and isinstance(part, int) else None)
         )
     tp = _unwrap(tp, data)
     return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
 
 
 def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    """``; did you mean `x`?`` for the closest choice (or a choice the word extends, as
+    `l1_coef` extends `l1`), else ``""``."""
+    choices = [str(c) for c in choices]
+    close = [c for c in choices if c.lower() == word.lower()]
+    close = close or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not close:
+        close = sorted((c for c in choices if word.startswith(c + "_")), key=len, reverse=True)
     return f"; did you mean `{close[0]}`?" if close else ""
 
 
 def _pydantic_problems(err: ValidationError, data: Any, locator: _Locator) -> list[Problem]:
     by_path: dict[Loc, list[dict]] = {}
     for e in err.errors(include_url=False):
-        by_path.setdefault(_clean_loc(e["loc"], data), []).append(e)
-    problems = []
-    for loc, errs in by_path.items():
-        e = _pick(errs)
-        problems.append(locator.problem(loc, _message(e, loc, data)))
-    return problems
+        loc = _clean_loc(e["loc"], data)
+        error = e.get("ctx", {}).get("error")
+        if isinstance(error, FieldError):  # a cross-field check names the key it is about
+            loc += (error.field,)
+        elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc += ("kind",)
+        by_path.setdefault(loc, []).append(e)
+    # `l1: [a, b]` fails as a number (at l1) and item by item (at l1[0], l1[1]): the items
+    # say more, so drop a parent's type errors when errors under it exist
+    for loc in [p for p in by_path if any(q[: len(p)] == p and q != p for q in by_path)]:
+        if all(_is_type_error(e) for e in by_path[loc]):
+            del by_path[loc]
+    return [locator.problem(loc, _message(errs, loc, data)) for loc, errs in by_path.items()]
+
+
+def _is_type_error(e: dict) -> bool:
+    return e["type"].endswith(("_type", "_parsing"))
 
 
 def _pick(errs: list[dict]) -> dict:
@@ -200,66 +232,201 @@ def _pick(errs: list[dict]) -> dict:
                 return e
     # constraint errors (greater_than, literal_error...) say more than type mismatches
     for e in errs:
-        if not e["type"].endswith("_type") and e["type"] != "list_type":
+        if not _is_type_error(e):
             return e
     return errs[0]
 
 
-def _message(e: dict, loc: Loc, data: Any) -> str:
-    kind = e["type"]
+def _show(value: Any) -> str:
+    """A short rendering of a YAML value for a message."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    text = str(value)
+    return f"`{text[:40]}...`" if len(text) > 43 else f"`{text}`"
+
+
+_EXPECTED = {
+    "int": "an integer",
+    "float": "a number",
+    "string": "a string",
+    "bool": "true or false",
+    "dict": "a mapping (key: value)",
+    "model": "a mapping (key: value)",
+    "model_attributes": "a mapping (key: value)",
+    "list": "a list",
+    "tuple": "a list",
+    "path": "a file path",
+}
+_BOUNDS = {
+    "greater_than": ">",
+    "greater_than_equal": ">=",
+    "less_than": "<",
+    "less_than_equal": "<=",
+}
+
+
+def _message(errs: list[dict], loc: Loc, data: Any) -> str:
+    e = _pick(errs)
+    kind, ctx, got = e["type"], e.get("ctx", {}), e.get("input")
+    last = str(loc[-1]) if loc else ""
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1], data)
         fields = sorted(model.model_fields) if model else []
-        hint = _suggest(str(loc[-1]), fields) or (f"; allowed: {', '.join(fields)}" if fields else "")
-        return f"unknown key `{loc[-1]}`{hint}"
+        hint = _suggest(last, fields) or (f"; allowed: {', '.join(fields)}" if fields else "")
+        return f"unknown key `{last}`{hint}"
     if kind == "missing":
-        return f"missing required key `{loc[-1]}`"
+        return f"missing required key `{last}`"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        tags = e.get("ctx", {}).get("expected_tags", "")
-        got = e.get("ctx", {}).get("tag", "")
-        choices = [t.strip(" '") for t in str(tags).split(",")]
+        choices = _kinds_at(loc[:-1], data)
+        one_of = f"one of {', '.join(choices)}"
         if kind == "union_tag_not_found":
-            return f"missing `kind`; one of {', '.join(choices)}"
-        return f"unknown kind `{got}`{_suggest(str(got), choices)}; expected one of {', '.join(choices)}"
+            return f"missing required key `kind`: {one_of}"
+        tag = str(ctx.get("tag", got))
+        return f"unknown kind `{tag}`{_suggest(tag, choices)} ({one_of})"
     if kind == "literal_error":
-        expected = e.get("ctx", {}).get("expected", "")
-        choices = [c.strip(" '") for c in expected.replace(" or ", ",").split(",")]
-        return f"`{e['input']}` is not allowed{_suggest(str(e['input']), choices)}; expected {expected}"
+        choices = [c.strip(" '") for c in ctx.get("expected", "").replace(" or ", ",").split(",")]
+        if isinstance(got, (dict, list)) or got is None:
+            return f"expected one of {', '.join(choices)}, got {_show(got)}"
+        return f"{_show(got)} is not allowed{_suggest(str(got), choices)} (one of {', '.join(choices)})"
+    if kind in _BOUNDS:
+        bound = next(v for k, v in ctx.items() if k in ("gt", "ge", "lt", "le"))
+        return f"must be {_BOUNDS[kind]} {bound}, got {_show(got)}"
+    if kind == "string_pattern_mismatch":
+        return f"{_show(got)} is not a valid name: use lowercase letters, digits, `_` and `-`"
+    if kind in ("too_short", "too_long"):
+        bound = ctx.get("min_length" if kind == "too_short" else "max_length")
+        what = "at least" if kind == "too_short" else "at most"
+        return f"needs {what} {bound} item(s), got {ctx.get('actual_length', '?')}"
+    if kind in ("string_too_short", "string_too_long"):
+        bound = ctx.get("min_length" if kind == "string_too_short" else "max_length")
+        what = "at least" if kind == "string_too_short" else "at most"
+        return f"needs {what} {bound} character(s), got {_show(got)}"
+    if _is_type_error(e):
+        expected = [_EXPECTED.get(x["type"].rsplit("_", 1)[0]) for x in errs if _is_type_error(x)]
+        expected = list(dict.fromkeys(x for x in expected if x))
+        if "a list" in expected and len(expected) > 1:  # a sweep field: a value or a list
+            scalar = next(x for x in expected if x != "a list")
+            return f"expected {scalar} or a list of them (a sweep), got {_show(got)}"
+        if expected:
+            return f"expected {expected[0]}, got {_show(got)}"
     msg = e["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     return msg[0].lower() + msg[1:] if msg else kind
 
 
+def _kinds_at(loc: Loc, data: Any) -> list[str]:
+    """The `kind` tags of the tagged union validated at ``loc`` (e.g. toy, pretrained, ...)."""
+    tp: Any = Spec
+    for i, part in enumerate(loc):
+        tp = _unwrap(tp, _at(data, loc[:i]))
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
+            tp = tp.model_fields[part].annotation
+        elif typing.get_origin(tp) in (dict, list):
+            tp = typing.get_args(tp)[-1]
+        else:
+            return []
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    kinds = []
+    for branch in typing.get_args(tp):
+        if isinstance(branch, type) and issubclass(branch, BaseModel):
+            kinds += _literal_values(branch.model_fields.get("kind"))
+    return kinds
+
+
+def _at(data: Any, loc: Loc) -> Any:
+    for part in loc:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
 # ----------------------------------------------------------------------------------- load
+_ALLOWED_KEYS = "experiment, model, data, layers, dictionaries, ..."
+
+
+def _yaml_problem(exc: yaml.YAMLError, file: str, text: str) -> Problem:
+    """One located line for a YAML error (syntax, or a tag safe loading refuses)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return Problem(file, 1, 1, "", f"YAML: {exc}")
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    problem = str(exc.problem or exc.context or "invalid YAML")
+    if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+        tag = problem.split("tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
+        return Problem(
+            file, line, col, "", f"YAML tag `{tag}` is not allowed: specs are plain data"
+        )
+    context, opened = exc.context or "", exc.context_mark
+    bracket = "`[`" if "flow sequence" in context else "`{`" if "flow mapping" in context else ""
+    if "'\\t'" in problem:  # PyYAML quotes the character it found
+        problem += " (indent with spaces, not tabs)"
+    elif "mapping values are not allowed" in problem:
+        # the parser stops at the `:`; the key whose indentation is off starts the line
+        source = text.splitlines()[line - 1] if line <= len(text.splitlines()) else ""
+        col = len(source) - len(source.lstrip()) + 1 if source.strip() else col
+        problem = f"{problem} (check the indentation of this line and the one above)"
+    elif bracket and opened is not None and mark is not None and mark.line > opened.line:
+        # the collection runs on past its line: most likely it was never closed
+        problem = (
+            f"the {bracket} opened here is not closed ({problem} at line {line}, column {col})"
+        )
+        line, col = opened.line + 1, opened.column + 1
+    elif "expected <block end>" in problem:
+        problem = f"{problem} (check the indentation of this line and the one above)"
+    elif context and opened is not None and opened is not mark:
+        problem += f" ({context} at line {opened.line + 1}, column {opened.column + 1})"
+    return Problem(file, line, col, "", f"YAML syntax: {problem}")
+
+
 def parse_spec(text: str, file: str = "<spec>", base_dir: Path | None = None) -> Spec:
     """Parse and validate spec text; raise ``SpecError`` with located problems."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise SpecError([Problem(file, line, col, "", f"YAML syntax: {exc.problem}")]) from None
+    loader = yaml.SafeLoader(text)
+    try:  # one parse: the node tree gives locations, the same tree constructs the data
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
-        raise SpecError([Problem(file, 1, 1, "", f"YAML: {exc}")]) from None
+        raise SpecError([_yaml_problem(exc, file, text)]) from None
+    finally:
+        loader.dispose()
     locator = _Locator(root, file)
-    problems = [locator.problem(loc, msg) for loc, msg in _duplicate_keys(root)]
+    problems = [
+        Problem(file, m.line + 1, m.column + 1, format_path(loc), msg)
+        for loc, msg, m in _duplicate_keys(root)
+    ]
     if not isinstance(data, dict):
-        problems.append(locator.problem((), "a spec is a mapping of keys (experiment, model, ...)"))
+        what = "empty" if data is None else f"{_show(data)}, not a mapping"
+        problems.append(
+            locator.problem(
+                (), f"the spec is {what}; a spec is a mapping of keys ({_ALLOWED_KEYS})"
+            )
+        )
         raise SpecError(problems)
     try:
         spec = Spec.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as err:
-        raise SpecError(problems + _pydantic_problems(err, data, locator)) from None
+        raise SpecError(_sorted(problems + _pydantic_problems(err, data, locator))) from None
     if base_dir is not None:
         spec = _resolve_paths(spec, base_dir)
     from tcspec.checks import check_spec  # semantic checks need the validated spec
 
     problems += [locator.problem(loc, msg) for loc, msg in check_spec(spec)]
     if problems:
-        raise SpecError(problems)
+        raise SpecError(_sorted(problems))
     return spec
+
+
+def _sorted(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: (p.line, p.col))
 
 
 def _resolve_paths(spec: Spec, base: Path) -> Spec:

@@ -32,6 +32,15 @@ SWEEP_FIELDS = ("expansion", "d_sae", "k", "l1", "lr")
 RESERVED_EXPERIMENT_NAMES = ("tasks", "logs", "benchmarks", "checkpoints")
 
 
+class FieldError(ValueError):
+    """A cross-field check failed; ``field`` names the key the message is about, so the
+    loader can point at that key's line instead of the enclosing mapping."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
@@ -59,7 +68,9 @@ class ToyModelSpec(Frozen):
     @model_validator(mode="after")
     def _heads_divide(self):
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+            raise FieldError(
+                "n_heads", f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}"
+            )
         return self
 
 
@@ -210,20 +221,23 @@ class _DictionaryBase(Frozen):
 
     @model_validator(mode="after")
     def _check(self):
-        if (self.expansion is None) == (self.d_sae is None):
-            raise ValueError("give exactly one of `expansion` and `d_sae`")
+        if self.expansion is not None and self.d_sae is not None:
+            raise FieldError("d_sae", "give `expansion` or `d_sae`, not both")
+        if self.expansion is None and self.d_sae is None:
+            raise FieldError("expansion", "give one of `expansion` and `d_sae` (the width)")
         if self.activation == "topk" and self.k is None:
-            raise ValueError("`activation: topk` needs `k`")
+            raise FieldError("activation", "`activation: topk` needs `k`")
         if self.activation == "relu" and self.k is not None:
-            raise ValueError("`k` only applies to `activation: topk`")
+            raise FieldError("k", "`k` only applies to `activation: topk`")
         if self.dead_features == "aux_k" and self.activation != "topk":
-            raise ValueError("`dead_features: aux_k` needs `activation: topk`")
-        lengths = {f: len(getattr(self, f)) for f in self.zip}
+            raise FieldError("dead_features", "`dead_features: aux_k` needs `activation: topk`")
         for f in self.zip:
             if not isinstance(getattr(self, f), list):
-                raise ValueError(f"zip names `{f}`, which is not a list")
+                raise FieldError("zip", f"zip names `{f}`, which is not a list of sweep values")
+        lengths = {f: len(getattr(self, f)) for f in self.zip}
         if len(set(lengths.values())) > 1:
-            raise ValueError(f"zipped axes differ in length: {lengths}")
+            sizes = ", ".join(f"`{f}` has {n}" for f, n in lengths.items())
+            raise FieldError("zip", f"zipped axes must have equal lengths: {sizes} values")
         return self
 
 
@@ -360,7 +374,11 @@ class Spec(Frozen):
     @model_validator(mode="after")
     def _check(self):
         if self.experiment in RESERVED_EXPERIMENT_NAMES:
-            raise ValueError(f"experiment name `{self.experiment}` is reserved")
+            reserved = ", ".join(RESERVED_EXPERIMENT_NAMES)
+            raise FieldError(
+                "experiment",
+                f"experiment name `{self.experiment}` is reserved ({reserved} are results/ folders)",
+            )
         if len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"layers repeat: {self.layers}")
+            raise FieldError("layers", f"layers repeat: {self.layers}")
         return self

@@ -1,0 +1,127 @@
+"""The `tcspec` command in-process: schema freshness, the plan table, checks, safe YAML."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from tcspec import loader
+from tcspec.cli import main
+from tcspec.loader import load_spec
+from tcspec.plan import compile_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = ROOT / "specs" / "quickstart.yaml"
+SCHEMA = ROOT / "specs" / "tcspec.schema.json"
+SPECS = sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("specs/paper/*.yaml")])
+
+
+def test_committed_schema_is_current(tmp_path: Path, capsys):
+    out = tmp_path / "schema.json"
+    assert main(["schema", "--out", str(out)]) == 0
+    assert SCHEMA.exists(), "specs/tcspec.schema.json is missing: run `tcspec schema`"
+    assert json.loads(out.read_text()) == json.loads(SCHEMA.read_text()), (
+        "specs/tcspec.schema.json is stale (spec.py changed): run `tcspec schema`"
+    )
+    assert out.read_text() == SCHEMA.read_text()
+
+
+def test_schema_documents_fields():
+    schema = json.loads(SCHEMA.read_text())
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == {"experiment", "model", "data", "layers", "dictionaries"}
+    tc = schema["$defs"]["TranscoderSpec"]["properties"]
+    assert "L1 coefficient" in tc["l1"]["description"]
+
+
+def test_plan_prints_the_table_with_totals(capsys):
+    assert main(["plan", str(QUICKSTART)]) == 0
+    out = capsys.readouterr().out
+    plan = compile_plan(load_spec(QUICKSTART))
+    assert out.startswith(f"experiment quickstart: {len(plan.tasks)} jobs")
+    assert "jobs: model 1, tokens 1, acts 1, train 4, evaluate 12, tables 1 (total 20)" in out
+    assert re.search(
+        r"^activation cache: [\d.]+GB; dictionary parameters: [\d.]+M; training FLOPs: [\d.]+T$",
+        out,
+        re.M,
+    )
+    for task in plan.tasks.values():
+        assert re.search(rf"^{task.stage}\s+{re.escape(task.id)}\s", out, re.M)
+
+
+def test_plan_json_lists_every_task(capsys):
+    assert main(["plan", "--json", str(QUICKSTART)]) == 0
+    tasks = json.loads(capsys.readouterr().out)
+    assert len(tasks) == 20
+    assert {t["stage"] for t in tasks} == {"model", "tokens", "acts", "train", "evaluate", "tables"}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_check_passes_on_committed_specs(spec: Path, capsys):
+    assert main(["check", "--skip-disk", str(spec)]) == 0
+    assert capsys.readouterr().out.startswith(f"{spec}: ok (")
+
+
+def test_check_fails_when_the_cache_exceeds_free_disk(tmp_path: Path, monkeypatch, capsys):
+    need = sum(t.resources["disk_mb"] for t in compile_plan(load_spec(QUICKSTART)).stage("acts"))
+    free_mb = 1234
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40, free_mb * 2**20))
+    assert main(["check", str(QUICKSTART), "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"~{need:,.0f} MB" in err and f"{free_mb:,} MB free" in err, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_check_passes_when_the_disk_has_room(tmp_path: Path, monkeypatch, capsys):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**50, 0, 2**50))
+    assert main(["check", str(QUICKSTART), "--results", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        '!!python/object/apply:os.system ["touch {marker}"]',
+        '!!python/object/new:subprocess.check_call [["touch", "{marker}"]]',
+        "!!python/name:os.system",
+        "!!python/object:pathlib.Path {{}}",
+    ],
+)
+def test_python_tags_are_rejected_and_never_run(tag: str, tmp_path: Path, capsys):
+    marker = tmp_path / "executed"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"experiment: demo\nmodel: {tag.format(marker=marker)}\n")
+    assert main(["check", "--skip-disk", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        rf"{re.escape(str(spec))}:2:8: YAML tag `!!python/\S+` is not allowed: .*\n", err
+    ), err
+    assert not marker.exists()
+
+
+def test_loader_uses_safe_yaml_only():
+    source = Path(loader.__file__).read_text()
+    assert "SafeLoader" in source
+    for unsafe in (
+        "yaml.load(",
+        "yaml.Loader",
+        "FullLoader",
+        "UnsafeLoader",
+        "unsafe_load",
+        "full_load",
+    ):
+        assert unsafe not in source, unsafe
+
+
+def test_unreadable_spec_is_one_located_line(tmp_path: Path, capsys):
+    missing = tmp_path / "nope.yaml"
+    assert main(["check", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{missing}:1:1: cannot read")

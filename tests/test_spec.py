@@ -1,0 +1,236 @@
+"""The spec language: located errors for broken specs, valid variants, and fuzzing.
+
+Each file in tests/specs/invalid/ starts with one or more lines
+``# expect: LINE:COL: dotted.path: message substring``; every expected problem must be
+reported at exactly that place, and `tcspec check` must exit 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tcspec.cli import main
+from tcspec.loader import SpecError, load_spec, parse_spec
+from tcspec.plan import compile_plan, sweep_points
+
+HERE = Path(__file__).resolve().parent
+INVALID = sorted((HERE / "specs" / "invalid").glob("*.yaml"))
+VALID = sorted((HERE / "specs" / "valid").glob("*.yaml"))
+EXPECT = re.compile(r"^# expect: (\d+):(\d+): (\S*): (.+)$")
+
+
+def expectations(path: Path) -> list[tuple[int, int, str, str]]:
+    out = []
+    for line in path.read_text().splitlines():
+        m = EXPECT.match(line)
+        if not m:
+            break
+        out.append((int(m[1]), int(m[2]), m[3], m[4]))
+    return out
+
+
+def test_enough_invalid_specs():
+    assert len(INVALID) >= 35
+    for path in INVALID:
+        assert expectations(path), f"{path.name} has no `# expect:` first line"
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_invalid_spec_is_located(path: Path):
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    problems = info.value.problems
+    shown = "\n".join(str(p) for p in problems)
+    for line, col, where, text in expectations(path):
+        hits = [
+            p
+            for p in problems
+            if (p.file, p.line, p.col, p.path) == (str(path), line, col, where)
+            and text in p.message
+        ]
+        assert hits, f"expected {line}:{col}: {where}: ...{text}... among:\n{shown}"
+        prefix = f"{path}:{line}:{col}: " + (f"{where}: " if where else "")
+        assert str(hits[0]).startswith(prefix)
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_invalid_spec_cli_exits_2(path: Path, capsys):
+    assert main(["check", "--skip-disk", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert lines and all(line.startswith(f"{path}:") for line in lines), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["yaml_unclosed_bracket", "unknown_kind_transcodr", "toy_layer_5"])
+def test_invalid_spec_cli_subprocess(name: str):
+    """The installed command, as a person runs it: exit 2, located lines, no traceback."""
+    path = HERE / "specs" / "invalid" / f"{name}.yaml"
+    tcspec = Path(sys.executable).parent / "tcspec"
+    run = subprocess.run(
+        [str(tcspec), "check", "--skip-disk", str(path)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    line, col, where, text = expectations(path)[0]
+    prefix = f"{path}:{line}:{col}: " + (f"{where}: " if where else "")
+    assert prefix in run.stderr and text in run.stderr
+
+
+def test_python_tag_does_not_execute(tmp_path: Path):
+    marker = tmp_path / "executed"
+    text = f'experiment: !!python/object/apply:os.system ["touch {marker}"]\n'
+    with pytest.raises(SpecError, match="is not allowed"):
+        parse_spec(text, "tagged.yaml")
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- valid specs
+# expected jobs per stage, and sweep points per train task
+VALID_PLANS = {
+    "gpt2_skip_topk": ({"train": 2, "evaluate": 8}, 4),  # k x lr crossed: 2 x 2
+    "files_data": ({"train": 2, "evaluate": 2}, 1),
+    "zip_sweep": ({"train": 1, "evaluate": 6}, 6),  # (l1, lr) zipped: 3, x expansion 2
+    "checkpoint": ({"train": 3, "evaluate": 5 + 2}, None),  # + 2 all-layer splices of tc
+    "minimal": ({"train": 1, "evaluate": 1}, 1),
+}
+
+
+def test_every_valid_spec_has_expectations():
+    assert sorted(p.stem for p in VALID) == sorted(VALID_PLANS)
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)
+def test_valid_spec_compiles(path: Path):
+    spec = load_spec(path)
+    plan = compile_plan(spec)
+    counts, members = VALID_PLANS[path.stem]
+    for stage, n in counts.items():
+        assert len(plan.stage(stage)) == n, stage
+    for stage in ("model", "tokens", "acts", "tables"):
+        assert len(plan.stage(stage)) == 1
+    if members is not None:
+        assert all(len(t.config["members"]) == members for t in plan.stage("train"))
+    assert main(["check", "--skip-disk", str(path)]) == 0
+
+
+def test_zip_versus_cross_product():
+    spec = load_spec(HERE / "specs" / "valid" / "zip_sweep.yaml")
+    d = spec.dictionaries["sae"]
+    zipped = sweep_points(d)
+    crossed = sweep_points(d.model_copy(update={"zip": []}))
+    assert len(zipped) == 6 and len(crossed) == 18
+    # zipped points keep l1 and lr in step
+    pairs = {(p["l1"], p["lr"]) for p in zipped}
+    assert pairs == {(1e-4, 1e-3), (1e-3, 4e-4), (1e-2, 1e-4)}
+    assert {p["expansion"] for p in zipped} == {2, 4}
+
+
+def test_relative_paths_resolve_against_the_spec_folder():
+    files = load_spec(HERE / "specs" / "valid" / "files_data.yaml")
+    assert files.data.paths == [(HERE / "specs" / "data" / "corpus.txt").resolve()]
+    ckpt = load_spec(HERE / "specs" / "valid" / "checkpoint.yaml")
+    assert ckpt.model.path == (HERE / "specs" / "data" / "tiny_gpt2").resolve()
+    (train,) = [t for t in compile_plan(ckpt).stage("train") if t.config["dictionary"] == "sae"]
+    assert train.config["members"][0]["d_in"] == 256  # mlp.hook_post is d_mlp (n_inner)
+
+
+# ------------------------------------------------------------------------------- fuzzing
+SEEDS = [VALID[i].read_text() for i in range(len(VALID))] + [
+    (HERE.parent / "specs" / "quickstart.yaml").read_text()
+]
+TYPO = st.sampled_from(["", "s", "_", "x", "0"])
+GARBAGE = st.one_of(
+    st.integers(-(10**6), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(string.ascii_letters + string.digits + " _-.:", max_size=12),
+    st.lists(st.integers(-3, 40), max_size=4),
+    st.dictionaries(st.sampled_from(["kind", "name", "x", "l1"]), st.integers(-2, 5), max_size=2),
+)
+
+
+def _paths(node, loc=()):
+    """Every (path, value) inside a YAML document, parents before children."""
+    yield loc, node
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, loc + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, loc + (i,))
+
+
+def _parent(doc, loc):
+    for part in loc[:-1]:
+        doc = doc[part]
+    return doc
+
+
+@st.composite
+def mutated_spec(draw) -> str:
+    text = draw(st.sampled_from(SEEDS))
+    op = draw(
+        st.sampled_from(["drop", "retype", "typo", "garbage", "swap", "text", "text", "none"])
+    )
+    if op == "text":  # corrupt the YAML text itself
+        i = draw(st.integers(0, len(text)))
+        j = draw(st.integers(i, min(len(text), i + 8)))
+        junk = draw(st.text("{}[]:,-#'\"\t\n !&*|>%@`x0", max_size=4))
+        return text[:i] + junk + text[j:]
+    doc = yaml.safe_load(text)
+    spots = [loc for loc, _ in _paths(doc) if loc]
+    loc = draw(st.sampled_from(spots))
+    parent, key = _parent(doc, loc), loc[-1]
+    if op == "drop":
+        del parent[key]
+    elif op == "retype":
+        parent[key] = draw(GARBAGE)
+    elif op == "typo" and isinstance(key, str):
+        typo = draw(TYPO)
+        parent[(key + typo if typo else key[:-1]) or "x"] = parent.pop(key)
+    elif op == "garbage" and isinstance(parent, dict):
+        parent[draw(st.text(string.ascii_lowercase + "_", min_size=1, max_size=10))] = draw(GARBAGE)
+    elif op == "swap":  # a list becomes a scalar, a scalar a list
+        value = parent[key]
+        parent[key] = value[0] if isinstance(value, list) and value else [value, value]
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+@settings(
+    max_examples=600,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(text=mutated_spec())
+def test_mutated_specs_fail_cleanly(text: str, tmp_path_factory, capsys):
+    folder = tmp_path_factory.mktemp("fuzz", numbered=True)
+    (folder / "data").symlink_to(HERE / "specs" / "data")  # `../data/...` paths still resolve
+    (folder / "specs").mkdir()
+    spec = folder / "specs" / "spec.yaml"
+    spec.write_text(text)
+    capsys.readouterr()
+    code = main(["check", "--skip-disk", str(spec)])
+    out, err = capsys.readouterr()
+    assert code in (0, 2)
+    if code == 2:
+        located = re.compile(rf"^{re.escape(str(spec))}:\d+:\d+: ")
+        assert err and all(located.match(line) for line in err.splitlines()), err
+    else:
+        assert out.startswith(f"{spec}: ok")
