@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tcspec.hooks import BLOCK_HOOKS, hook_width
 from tcspec.models import catalog
-from tcspec.spec import Spec, TranscoderSpec
+from tcspec.spec import SWEEP_FIELDS, Spec, TranscoderSpec
 
 Found = Iterator[tuple[tuple, str]]
 
@@ -144,6 +144,19 @@ def _check(spec: Spec) -> Found:
                 f"`{c.dictionary.name}` is an SAE; "
                 "circuit analysis traces through transcoders (kind: transcoder)",
             )
+        elif d is not None:
+            yield from _check_one_point(("circuits", i, "dictionary"), c.dictionary, d)
+
+
+def _check_one_point(loc: tuple, ref, d) -> Found:
+    """A circuit traces through one sweep point: `where` must pick exactly one."""
+    swept = [f for f in SWEEP_FIELDS if isinstance(getattr(d, f), list) and len(getattr(d, f)) > 1]
+    unpicked = [f for f in swept if f not in ref.where]
+    if unpicked:
+        yield loc, (
+            f"`{ref.name}` sweeps {', '.join(unpicked)}; pick one sweep point with "
+            f"`where: {{{unpicked[0]}: {_as_list(getattr(d, unpicked[0]))[0]}}}`"
+        )
 
 
 def _check_data(spec: Spec) -> Found:

@@ -25,4 +25,4 @@ def run(ctx) -> dict:
         drop_bos=cfg["drop_bos"],
         meta={"task": ctx.task.id, "model": ctx.task.deps["model"][1], "tokens": ctx.task.deps["tokens"][1]},
     )
-    return {"rows": manifest.get("rows"), "hooks": cfg["hooks"]}
+    return {"rows": manifest["total_rows"], "hooks": cfg["hooks"]}

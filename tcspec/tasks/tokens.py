@@ -28,4 +28,4 @@ def run(ctx) -> dict:
         eval_docs=eval_docs,
         meta={"task": ctx.task.id, "model": ctx.task.deps["model"][1]},
     )
-    return {k: manifest[k] for k in ("train", "eval") if k in manifest}
+    return {"splits": manifest["splits"]}
