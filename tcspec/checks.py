@@ -153,9 +153,12 @@ def _check_one_point(loc: tuple, ref, d) -> Found:
     swept = [f for f in SWEEP_FIELDS if isinstance(getattr(d, f), list) and len(getattr(d, f)) > 1]
     unpicked = [f for f in swept if f not in ref.where]
     if unpicked:
-        yield loc, (
-            f"`{ref.name}` sweeps {', '.join(unpicked)}; pick one sweep point with "
-            f"`where: {{{unpicked[0]}: {_as_list(getattr(d, unpicked[0]))[0]}}}`"
+        yield (
+            loc,
+            (
+                f"`{ref.name}` sweeps {', '.join(unpicked)}; pick one sweep point with "
+                f"`where: {{{unpicked[0]}: {_as_list(getattr(d, unpicked[0]))[0]}}}`"
+            ),
         )
 
 

@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("check", help="validate a spec; one located line per problem")
     spec_arg(sp)
-    sp.add_argument("--skip-disk", action="store_true", help="don't compare cache size to free disk")
+    sp.add_argument(
+        "--skip-disk", action="store_true", help="don't compare cache size to free disk"
+    )
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("plan", help="print the job table of a spec")
@@ -104,9 +106,7 @@ def _check_disk(plan, results: Path, spec_file: str) -> None:
     from tcspec import paths
 
     need = sum(
-        t.resources.get("disk_mb", 0)
-        for t in plan.stage("acts")
-        if not t.done(results).exists()
+        t.resources.get("disk_mb", 0) for t in plan.stage("acts") if not t.done(results).exists()
     )
     probe = results if results.exists() else Path(".")
     free = shutil.disk_usage(probe).free / 2**20

@@ -1,12 +1,12 @@
 """Where every artifact lives: the one home of output paths.
 
-    results/
-      tasks/<stage>/<id>/task.json     a task's frozen config + provenance, written last
-      tasks/<stage>/<id>/...           its artifacts (weights, shards, metrics, html)
-      checkpoints/<id>/                resumable training state (never a Snakemake output)
-      logs/<stage>/<id>.log            the job's log
-      benchmarks/<stage>/<id>.tsv      Snakemake's per-job wall time and memory
-      <experiment>/tables/             tables and plots of one spec
+results/
+  tasks/<stage>/<id>/task.json     a task's frozen config + provenance, written last
+  tasks/<stage>/<id>/...           its artifacts (weights, shards, metrics, html)
+  checkpoints/<id>/                resumable training state (never a Snakemake output)
+  logs/<stage>/<id>.log            the job's log
+  benchmarks/<stage>/<id>.tsv      Snakemake's per-job wall time and memory
+  <experiment>/tables/             tables and plots of one spec
 """
 
 from __future__ import annotations

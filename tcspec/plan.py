@@ -57,7 +57,9 @@ class Plan:
         try:
             return self.tasks[(stage, task_id)]
         except KeyError:
-            raise KeyError(f"no {stage} task `{task_id}` in the plan of `{self.spec.experiment}`")
+            raise KeyError(
+                f"no {stage} task `{task_id}` in the plan of `{self.spec.experiment}`"
+            ) from None
 
     def stage(self, stage: str) -> list[Task]:
         return [t for (s, _), t in self.tasks.items() if s == stage]
@@ -115,7 +117,9 @@ def compile_plan(spec: Spec) -> Plan:
                 evaluations.append(plan.add(_evaluate_task(spec, train, member, model, tokens)))
         if spec.evaluate.splice_all_layers and d.kind != "sae" and len(layers) > 1:
             for m in groups[layers[0]].config["members"]:
-                evaluations.append(plan.add(_splice_task(spec, name, m["name"], groups, model, tokens)))
+                evaluations.append(
+                    plan.add(_splice_task(spec, name, m["name"], groups, model, tokens))
+                )
     downstream = []
     if spec.interp is not None:
         features = [
@@ -237,12 +241,18 @@ def _evaluate_task(spec: Spec, train: Task, member: dict, model: Task, tokens: T
         eval_tokens=ev.eval_tokens or spec.data.eval_tokens,
         batch_contexts=ev.batch_contexts,
     )
-    deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id), "train": ("train", train.id)}
+    deps = {
+        "model": ("model", model.id),
+        "tokens": ("tokens", tokens.id),
+        "train": ("train", train.id),
+    }
     prefix = f"{train.config['dictionary']}-L{member['layer']}-{member['name']}"
     return _make("evaluate", _safe(prefix), config, deps, {"mem_mb": 3000, "gpu": 0})
 
 
-def _splice_task(spec: Spec, name: str, member: str, groups: dict, model: Task, tokens: Task) -> Task:
+def _splice_task(
+    spec: Spec, name: str, member: str, groups: dict, model: Task, tokens: Task
+) -> Task:
     first = groups[next(iter(groups))]
     point = next(m["point"] for m in first.config["members"] if m["name"] == member)
     ev = spec.evaluate
@@ -257,7 +267,9 @@ def _splice_task(spec: Spec, name: str, member: str, groups: dict, model: Task, 
     )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
     deps |= {f"train_L{layer}": ("train", t.id) for layer, t in groups.items()}
-    return _make("evaluate", _safe(f"{name}-all-{member}"), config, deps, {"mem_mb": 3000, "gpu": 0})
+    return _make(
+        "evaluate", _safe(f"{name}-all-{member}"), config, deps, {"mem_mb": 3000, "gpu": 0}
+    )
 
 
 def _features_task(spec: Spec, train: Task, member: dict, model: Task, tokens: Task) -> Task:
@@ -270,7 +282,11 @@ def _features_task(spec: Spec, train: Task, member: dict, model: Task, tokens: T
         layer=member["layer"],
         eval_tokens=spec.data.eval_tokens,
     )
-    deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id), "train": ("train", train.id)}
+    deps = {
+        "model": ("model", model.id),
+        "tokens": ("tokens", tokens.id),
+        "train": ("train", train.id),
+    }
     prefix = f"{train.config['dictionary']}-L{member['layer']}-{member['name']}"
     return _make("interp", _safe(prefix), config, deps, {"mem_mb": 3000, "gpu": 0})
 

@@ -18,7 +18,15 @@ def snakemake(results: Path, *args: str, spec: Path = TINY) -> subprocess.Comple
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    cmd = [sys.executable, "-m", "snakemake", "-c2", "--config", f"spec={spec}", f"results={results}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-c2",
+        "--config",
+        f"spec={spec}",
+        f"results={results}",
+    ]
     return subprocess.run(cmd + list(args), cwd=ROOT, env=env, capture_output=True, text=True)
 
 

@@ -23,6 +23,10 @@ def run(ctx) -> dict:
         batch_contexts=cfg["batch_contexts"],
         shard_tokens=cfg["shard_tokens"],
         drop_bos=cfg["drop_bos"],
-        meta={"task": ctx.task.id, "model": ctx.task.deps["model"][1], "tokens": ctx.task.deps["tokens"][1]},
+        meta={
+            "task": ctx.task.id,
+            "model": ctx.task.deps["model"][1],
+            "tokens": ctx.task.deps["tokens"][1],
+        },
     )
     return {"rows": manifest["total_rows"], "hooks": cfg["hooks"]}

@@ -61,7 +61,9 @@ def run(ctx) -> dict:
     try:
         year_token_ids(model.tokenizer)
     except ValueError as e:
-        raise ValueError(f"circuits.task greater_than: the model's tokenizer cannot run it: {e}") from e
+        raise ValueError(
+            f"circuits.task greater_than: the model's tokenizer cannot run it: {e}"
+        ) from e
     coders = {}
     for c in cfg["coders"]:
         coder = coders_mod.load(paths.member_dir(ctx.results, c["train"], c["member"]), ctx.device)

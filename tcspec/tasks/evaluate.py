@@ -34,7 +34,9 @@ def run(ctx) -> dict:
         splice=splice,
     )
     metrics = result if isinstance(result, dict) else result[0]
-    training = [read_json(f / "training.json") for _, _, f, _ in loaded if (f / "training.json").exists()]
+    training = [
+        read_json(f / "training.json") for _, _, f, _ in loaded if (f / "training.json").exists()
+    ]
     record = {
         "dictionary": cfg["dictionary"],
         "kind": cfg["kind"],
@@ -53,4 +55,6 @@ def run(ctx) -> dict:
 
 
 def _training_summary(t: dict) -> dict:
-    return {k: t[k] for k in ("steps", "tokens", "tokens_per_s", "wall_s", "live_fraction") if k in t}
+    return {
+        k: t[k] for k in ("steps", "tokens", "tokens_per_s", "wall_s", "live_fraction") if k in t
+    }

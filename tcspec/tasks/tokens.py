@@ -12,7 +12,11 @@ def run(ctx) -> dict:
     source = {k: cfg.get(k) for k in ("name", "config", "split", "text_column", "streaming")}
     source = {k: v for k, v in source.items() if v is not None}
     if cfg["kind"] == "files":
-        source |= {"paths": cfg["paths"], "format": cfg.get("format"), "text_column": cfg["text_column"]}
+        source |= {
+            "paths": cfg["paths"],
+            "format": cfg.get("format"),
+            "text_column": cfg["text_column"],
+        }
     docs = iter_documents(cfg["kind"], seed=cfg["seed"], **source)
     eval_docs = None
     if cfg["kind"] == "toy":
