@@ -1,0 +1,305 @@
+"""Evaluate dictionaries spliced into a TransformerLens model: sparsity, fidelity, CE and KL.
+
+`evaluate_coders(model, coders, tokens, batch_contexts, splice)`:
+
+- ``splice="each"``: every (coder, layer) on its own. The coder's output hook
+  (``blocks.L.hook_mlp_out`` for a transcoder or an MLP-out SAE) is replaced by the coder's
+  prediction from the clean run's input hook (``blocks.L.ln2.hook_normalized``; for an SAE
+  the hook it reconstructs). Sparsity and fidelity metrics come from the captured
+  (y, y_hat, z); next-token CE from the original model, the replaced model, and the output
+  hook zero-ablated and mean-ablated; KL(original || replaced). Returns one dict per coder.
+- ``splice="all"``: all coders at once (one per layer), each reading its input from the
+  jointly patched run, against the same output hooks all zero- or mean-ablated at once.
+  Returns one dict of CE/KL metrics.
+
+Formulas are in `tcspec.metrics`. Conventions: sparsity and fidelity metrics are over every
+position of every context; CE and KL are over every position but the last of each context
+(it has no next token); the mean used for mean-ablation is the hook's mean vector over all
+positions of all eval contexts, computed in a first pass (or passed in as `ablation_means`).
+
+Work per batch: one clean forward caching only the hooks needed, one patched forward per
+coder, two (zero, mean) per distinct ablated hook. A patched forward whose hook is a
+``hook_mlp_out`` resumes from the next block (the residual stream after block L is the clean
+one plus the change to the MLP output) instead of re-running the blocks before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from tcspec.hooks import full_name
+from tcspec.metrics import (
+    Accumulator,
+    ce_from_logprobs,
+    kl_from_logprobs,
+    next_token_ce,
+    next_token_logprobs,
+)
+
+if TYPE_CHECKING:
+    from tcspec.coders import Coder
+
+
+# ---------------------------------------------------------------------- small helpers
+def _check_tokens(tokens: torch.Tensor | np.ndarray, model: HookedTransformer) -> None:
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [n_rows, ctx]; got shape {tuple(tokens.shape)}")
+    n_rows, ctx = tokens.shape
+    if n_rows == 0 or ctx < 2:
+        raise ValueError(f"need at least one context of at least 2 tokens; got {n_rows} x {ctx}")
+    if ctx > model.cfg.n_ctx:
+        raise ValueError(f"contexts of {ctx} tokens exceed the model's n_ctx {model.cfg.n_ctx}")
+
+
+def _batches(
+    tokens: torch.Tensor | np.ndarray, batch_contexts: int, device: torch.device | str
+) -> Iterator[torch.Tensor]:
+    """Consecutive row batches of `tokens` as int64 tensors on `device`: [<=batch, ctx]."""
+    for start in range(0, tokens.shape[0], batch_contexts):
+        rows = tokens[start : start + batch_contexts]
+        if isinstance(rows, np.ndarray):
+            rows = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        yield rows.to(device=device, dtype=torch.long)
+
+
+def _n_batches(tokens: torch.Tensor | np.ndarray, batch_contexts: int) -> int:
+    return -(-tokens.shape[0] // batch_contexts)
+
+
+def _hook(model: HookedTransformer, name: str, layer: int) -> str:
+    """A coder's hook as a full TransformerLens name: block-relative names get `blocks.L.`."""
+    full = name if name in model.hook_dict else full_name(layer, name)
+    if full not in model.hook_dict:
+        raise ValueError(f"the model has no hook `{full}`")
+    return full
+
+
+def _coder_hooks(model: HookedTransformer, coder: Coder, layer: int) -> tuple[str, str]:
+    """(input hook, output hook) of a coder spliced at `layer`, as full names."""
+    cfg = getattr(coder, "cfg", None) or coder.config
+    if cfg.layer is not None and cfg.layer != layer:
+        raise ValueError(f"coder was built for layer {cfg.layer} but is spliced at {layer}")
+    if cfg.in_hook is None or cfg.out_hook is None:
+        raise ValueError(f"a {cfg.kind} without in_hook/out_hook in its config cannot be spliced")
+    return _hook(model, cfg.in_hook, layer), _hook(model, cfg.out_hook, layer)
+
+
+def _apply(coder: Coder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `coder` on `x` in the coder's dtype/device; y_hat comes back like `x`."""
+    p = next(iter(coder.parameters()), None)
+    x_in = x if p is None else x.to(device=p.device, dtype=p.dtype)
+    y_hat, z = coder(x_in)  # [B, T, d_out], [B, T, d_sae]
+    return y_hat.to(device=x.device, dtype=x.dtype), z
+
+
+def _resume_layer(model: HookedTransformer, hook: str) -> int | None:
+    """L when `hook` is `blocks.L.hook_mlp_out` and a patched run may resume at block L + 1
+    from `blocks.L.hook_resid_post` plus the change to the MLP output; else None."""
+    parts = hook.split(".")
+    if len(parts) != 3 or parts[0] != "blocks" or parts[2] != "hook_mlp_out":
+        return None
+    if model.cfg.positional_embedding_type == "shortformer" or model.cfg.n_devices > 1:
+        return None
+    return int(parts[1])
+
+
+def _patched_logits(
+    model: HookedTransformer,
+    tokens: torch.Tensor,
+    cache: dict[str, torch.Tensor],
+    hook: str,
+    value: torch.Tensor,
+) -> torch.Tensor:
+    """Logits with activation `hook` replaced by `value` (broadcastable to it): [B, T, V].
+
+    Uses `cache` (the clean run, holding `hook` and, when resuming, the block's resid_post).
+    """
+    layer = _resume_layer(model, hook)
+    if layer is not None:
+        # resid_post_L = (rest of block L) + mlp_out_L, so swapping mlp_out is a shift
+        resid = cache[f"blocks.{layer}.hook_resid_post"] + (value - cache[hook])  # [B, T, d]
+        return model(resid, start_at_layer=layer + 1)
+    patch = value.expand_as(cache[hook])
+
+    def replace(act: torch.Tensor, hook) -> torch.Tensor:
+        return patch.to(act.dtype)
+
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook, replace)])
+
+
+# ---------------------------------------------------------------------- ablation means
+@torch.inference_mode()
+def hook_means(
+    model: HookedTransformer,
+    tokens: torch.Tensor | np.ndarray,
+    hooks: Sequence[str],
+    batch_contexts: int,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Mean vector of each full hook name over all positions of all contexts: {hook: [d]}.
+
+    Runs the model only as far as the deepest hook needs; sums in float64.
+    """
+    _check_tokens(tokens, model)
+    hooks = list(dict.fromkeys(hooks))
+    for h in hooks:
+        if h not in model.hook_dict:
+            raise ValueError(f"the model has no hook `{h}`")
+    layers = [int(h.split(".")[1]) for h in hooks if h.startswith("blocks.")]
+    stop = max(layers) + 1 if len(layers) == len(hooks) else None
+    sums: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    n = 0
+    batches = _batches(tokens, batch_contexts, model.cfg.device)
+    total = _n_batches(tokens, batch_contexts)
+    for batch in tqdm(batches, total=total, desc="hook means", disable=not progress):
+        _, cache = model.run_with_cache(batch, names_filter=hooks, stop_at_layer=stop)
+        for h in hooks:
+            act = cache[h]  # [B, T, d]
+            dtypes[h] = act.dtype
+            sums[h] = sums.get(h, 0) + act.double().reshape(-1, act.shape[-1]).sum(0)  # [d]
+        n += batch.numel()
+    return {h: (s / n).to(dtypes[h]) for h, s in sums.items()}
+
+
+# ---------------------------------------------------------------------- evaluation
+def evaluate_coders(
+    model: HookedTransformer,
+    coders: Sequence[tuple[Coder, int]],
+    tokens: torch.Tensor | np.ndarray,
+    batch_contexts: int,
+    splice: Literal["each", "all"] = "each",
+    progress: bool = True,
+    ablation_means: dict[str, torch.Tensor] | None = None,
+) -> list[dict] | dict:
+    """Metrics of coders spliced into `model` on `tokens` [n_rows, ctx] (see module doc).
+
+    `coders` holds (coder, layer) pairs; a coder's config (`coder.cfg`, or `coder.config`)
+    names its `in_hook` and `out_hook`, full (`blocks.8.ln2.hook_normalized`) or relative to
+    the block (`ln2.hook_normalized`). `ablation_means` optionally gives
+    precomputed mean-ablation vectors by full hook name (see `hook_means`); missing ones are
+    computed in a first pass. Returns a list of dicts (`each`, in the order of `coders`) or
+    one dict (`all`); each holds the metrics of `tcspec.metrics` that apply, plus
+    `n_tokens` (positions the fidelity metrics cover) and `n_ce_tokens`.
+    """
+    if not coders:
+        raise ValueError("no coders to evaluate")
+    if batch_contexts < 1:
+        raise ValueError(f"batch_contexts must be positive; got {batch_contexts}")
+    if splice not in ("each", "all"):
+        raise ValueError(f"splice must be `each` or `all`; got `{splice}`")
+    _check_tokens(tokens, model)
+    hooks = [_coder_hooks(model, c, layer) for c, layer in coders]  # [(in, out)]
+    out_hooks = list(dict.fromkeys(out for _, out in hooks))
+    means = {h: v.to(model.cfg.device) for h, v in (ablation_means or {}).items()}
+    missing = [h for h in out_hooks if h not in means]
+    if missing:
+        means |= hook_means(model, tokens, missing, batch_contexts, progress)
+    if splice == "each":
+        return _evaluate_each(model, coders, hooks, tokens, batch_contexts, means, progress)
+    layers = [layer for _, layer in coders]
+    if len(set(layers)) != len(layers) or len(set(out_hooks)) != len(out_hooks):
+        raise ValueError(f"splice `all` takes one coder per layer; got layers {layers}")
+    return _evaluate_all(model, coders, hooks, tokens, batch_contexts, means, progress)
+
+
+@torch.inference_mode()
+def _evaluate_each(
+    model: HookedTransformer,
+    coders: Sequence[tuple[Coder, int]],
+    hooks: list[tuple[str, str]],
+    tokens: torch.Tensor | np.ndarray,
+    batch_contexts: int,
+    means: dict[str, torch.Tensor],
+    progress: bool,
+) -> list[dict]:
+    out_hooks = list(dict.fromkeys(out for _, out in hooks))
+    needed = {h for pair in hooks for h in pair}
+    resume_layers = [_resume_layer(model, h) for h in out_hooks]
+    needed |= {f"blocks.{layer}.hook_resid_post" for layer in resume_layers if layer is not None}
+    accs = [Accumulator() for _ in coders]
+    batches = _batches(tokens, batch_contexts, model.cfg.device)
+    total = _n_batches(tokens, batch_contexts)
+    for batch in tqdm(batches, total=total, desc="evaluate", disable=not progress):
+        logits, cache = model.run_with_cache(batch, names_filter=sorted(needed))  # [B, T, V]
+        cache = {h: cache[h] for h in needed}
+        logp = next_token_logprobs(logits)  # [B, T-1, V]
+        p = logp.exp()  # [B, T-1, V]
+        ce_orig = ce_from_logprobs(logp, batch)  # [B, T-1]
+        ablated: dict[str, dict[str, torch.Tensor]] = {}
+        for h in out_hooks:
+            zero = torch.zeros_like(cache[h])  # [B, T, d]
+            ablated[h] = {
+                "zero_ablated": next_token_ce(_patched_logits(model, batch, cache, h, zero), batch),
+                "mean_ablated": next_token_ce(
+                    _patched_logits(model, batch, cache, h, means[h]), batch
+                ),
+            }
+        for (coder, _), (in_hook, out_hook), acc in zip(coders, hooks, accs):
+            y_hat, z = _apply(coder, cache[in_hook])  # [B, T, d_out], [B, T, d_sae]
+            acc.update(cache[out_hook], y_hat, z)
+            logits_rep = _patched_logits(model, batch, cache, out_hook, y_hat)  # [B, T, V]
+            logq = next_token_logprobs(logits_rep)  # [B, T-1, V]
+            acc.update_ce(
+                original=ce_orig,
+                replaced=ce_from_logprobs(logq, batch),
+                kl=kl_from_logprobs(logp, logq, p),
+                **ablated[out_hook],
+            )
+    return [acc.compute() | {"n_tokens": acc.n_tokens, "n_ce_tokens": acc.n_ce} for acc in accs]
+
+
+@torch.inference_mode()
+def _evaluate_all(
+    model: HookedTransformer,
+    coders: Sequence[tuple[Coder, int]],
+    hooks: list[tuple[str, str]],
+    tokens: torch.Tensor | np.ndarray,
+    batch_contexts: int,
+    means: dict[str, torch.Tensor],
+    progress: bool,
+) -> dict:
+    inputs: dict[str, torch.Tensor] = {}  # this run's activation at each coder's input hook
+
+    def capture(act: torch.Tensor, hook) -> None:
+        inputs[hook.name] = act
+
+    def replacer(coder: Coder, in_hook: str, out_hook: str):
+        def replace(act: torch.Tensor, hook) -> torch.Tensor:
+            if in_hook == out_hook:
+                return _apply(coder, act)[0]
+            if in_hook not in inputs:
+                raise ValueError(f"`{in_hook}` does not run before `{out_hook}`; cannot splice")
+            return _apply(coder, inputs.pop(in_hook))[0]
+
+        return replace
+
+    splice_hooks = [(i, capture) for i, o in hooks if i != o]
+    splice_hooks += [(o, replacer(c, i, o)) for (c, _), (i, o) in zip(coders, hooks)]
+
+    zero_hooks = [(o, lambda act, hook: torch.zeros_like(act)) for _, o in hooks]
+    mean_hooks = [
+        (o, lambda act, hook, mean=means[o]: mean.to(act.dtype).expand_as(act)) for _, o in hooks
+    ]
+
+    acc = Accumulator()
+    batches = _batches(tokens, batch_contexts, model.cfg.device)
+    total = _n_batches(tokens, batch_contexts)
+    for batch in tqdm(batches, total=total, desc="evaluate (all layers)", disable=not progress):
+        logp = next_token_logprobs(model(batch))  # [B, T-1, V]
+        inputs.clear()
+        logq = next_token_logprobs(model.run_with_hooks(batch, fwd_hooks=splice_hooks))
+        acc.update_ce(
+            original=ce_from_logprobs(logp, batch),
+            replaced=ce_from_logprobs(logq, batch),
+            zero_ablated=next_token_ce(model.run_with_hooks(batch, fwd_hooks=zero_hooks), batch),
+            mean_ablated=next_token_ce(model.run_with_hooks(batch, fwd_hooks=mean_hooks), batch),
+            kl=kl_from_logprobs(logp, logq),
+        )
+    return acc.compute() | {"n_ce_tokens": acc.n_ce}
