@@ -1,0 +1,289 @@
+"""Write Coders in other tools' formats (see `formats` for the layouts and the bias rules).
+
+- `saelens`: a folder SAELens 6 loads with `SAE.load_from_disk` (`cfg.json` with the model
+  and hook facts under `metadata`, `sae_weights.safetensors`). Architectures `standard`,
+  `topk`, `transcoder`, `skip_transcoder`; SAELens has no TopK transcoder.
+- `sparsify`: a folder `SparseCoder.load_from_disk` loads (`cfg.json` + `sae.safetensors`).
+  sparsify is TopK only: a ReLU dictionary is written with `k = d_sae`, which keeps every
+  ReLU'd pre-activation, i.e. is the same function. sparsify needs d_out == d_in.
+- `circuit-tracer`: a transcoder set, `config.yaml` + `layer_{i}.safetensors` for every
+  layer 0..n-1 (its loaders require all of them), ReLU transcoders with d_in == d_out.
+
+Transcoders' input pre-bias is folded into the encoder bias (`b_enc - b_dec W_enc`), since
+none of these formats has one for transcoders; an SAE's tied b_dec maps as is.
+
+The weights act on the activations of the model tcspec trained on: TransformerLens with its
+default processing (LayerNorm folded, writing weights centred). SAELens loads models the same
+way. circuit-tracer loads them unprocessed: `ln2.hook_normalized` is the same tensor there
+(TransformerLens hooks it before the LN weights), but its `hook_mlp_out` is not centred, so
+the mean over d_model of the MLP output lands in circuit-tracer's error nodes (the next
+LayerNorm removes it). sparsify hooks Hugging Face modules, whose outputs are unprocessed;
+the TransformerLens hook names travel in `cfg.json` under `tcspec`.
+Each file is written to a temporary name and renamed, weights before configs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+from safetensors.torch import save_file
+from torch import Tensor
+
+from tcspec import __version__
+from tcspec.coders import Coder
+from tcspec.interop.formats import fold_pre_bias
+
+TARGETS = ("saelens", "sparsify", "circuit-tracer")
+
+# The SAELens config layout written here: version 6 (fields at the top, model and hook facts
+# under `metadata`). SAELens reads `metadata.sae_lens_version` to choose how to parse a config.
+SAELENS_FORMAT_VERSION = "6.0.0"
+
+
+def export(
+    coder: Coder,
+    out: str | Path,
+    to: Literal["saelens", "sparsify", "circuit-tracer"],
+    *,
+    model_name: str,
+    context_size: int,
+    dataset: str | None = None,
+    prepend_bos: bool = True,
+    scan: str | None = None,
+) -> list[Path]:
+    """Write `coder` into the folder `out` in the format `to`; returns the files written.
+
+    model_name: the TransformerLens model name the dictionary was trained on.
+    context_size, dataset, prepend_bos: how its training activations were made (SAELens
+        metadata; kept under `tcspec` in the others).
+    scan: circuit-tracer's feature-data id (see `export_transcoder_set`).
+    circuit-tracer takes complete sets only: a lone coder must be layer 0 (otherwise call
+    `export_transcoder_set` with every layer).
+    """
+    if to not in TARGETS:
+        raise ValueError(f"unknown export format `{to}`; one of {TARGETS}")
+    out = Path(out)
+    facts = {"model_name": model_name, "context_size": context_size, "dataset": dataset}
+    if to == "saelens":
+        return _export_saelens(coder, out, prepend_bos=prepend_bos, **facts)
+    if to == "sparsify":
+        return _export_sparsify(coder, out, **facts)
+    layer = coder.cfg.layer if coder.cfg.layer is not None else 0
+    return export_transcoder_set({layer: coder}, out, scan=scan, **facts)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _save_tensors(path: Path, tensors: dict[str, Tensor]) -> Path:
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    return _atomic(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+
+
+def _save_json(path: Path, obj: dict) -> Path:
+    return _atomic(path, lambda p: p.write_text(json.dumps(obj, indent=1) + "\n"))
+
+
+def _enc_bias_without_pre_bias(coder: Coder) -> Tensor:
+    """b_enc with the input pre-bias folded in (for formats without one)."""
+    return fold_pre_bias(coder.W_enc.detach(), coder.b_enc.detach(), coder.b_dec.detach())
+
+
+def _refuse(coder: Coder, to: str, why: str) -> None:
+    name = f"{coder.cfg.kind} ({coder.cfg.activation})"
+    raise ValueError(f"cannot export a {name} to {to}: {why}")
+
+
+def _relative(hook: str | None, layer: int, what: str) -> str:
+    prefix = f"blocks.{layer}."
+    if not hook or not hook.startswith(prefix):
+        raise ValueError(f"layer {layer}: {what} {hook!r} is not a hook of block {layer}")
+    return hook[len(prefix) :]
+
+
+# ---------------------------------------------------------------------------- SAELens
+def _export_saelens(
+    coder: Coder,
+    out: Path,
+    *,
+    model_name: str,
+    context_size: int,
+    dataset: str | None,
+    prepend_bos: bool,
+) -> list[Path]:
+    cfg = coder.cfg
+    if cfg.kind != "sae" and cfg.activation == "topk":
+        _refuse(coder, "saelens", "SAELens has no TopK transcoder architecture")
+    if not cfg.in_hook or (cfg.kind != "sae" and not cfg.out_hook):
+        _refuse(coder, "saelens", "SAELens needs the hook names (in_hook/out_hook)")
+    arch = {"sae": "topk" if cfg.activation == "topk" else "standard"}.get(cfg.kind, cfg.kind)
+    metadata = {
+        "sae_lens_version": SAELENS_FORMAT_VERSION,
+        "model_name": model_name,
+        "model_class_name": "HookedTransformer",
+        "hook_name": cfg.in_hook,
+        "hook_head_index": None,
+        "context_size": context_size,
+        "dataset_path": dataset,
+        "prepend_bos": prepend_bos,
+        "tcspec_version": __version__,
+    }
+    sae_cfg: dict = {
+        "architecture": arch,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": cfg.kind == "sae",
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+    }
+    if arch == "topk":
+        sae_cfg |= {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
+    tensors = {"W_enc": coder.W_enc, "W_dec": coder.W_dec}
+    if cfg.kind == "sae":
+        tensors |= {"b_enc": coder.b_enc, "b_dec": coder.b_dec}
+    else:
+        sae_cfg["d_out"] = cfg.d_out
+        metadata["hook_name_out"] = cfg.out_hook
+        tensors |= {"b_enc": _enc_bias_without_pre_bias(coder), "b_dec": coder.b_dec_out}
+        if cfg.skip:
+            tensors["W_skip"] = coder.W_skip.T  # [d_out, d_in]
+    sae_cfg["metadata"] = metadata
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        _save_tensors(out / "sae_weights.safetensors", tensors),
+        _save_json(out / "cfg.json", sae_cfg),
+    ]
+
+
+# ---------------------------------------------------------------------------- sparsify
+def _export_sparsify(
+    coder: Coder, out: Path, *, model_name: str, context_size: int, dataset: str | None
+) -> list[Path]:
+    cfg = coder.cfg
+    if cfg.d_out != cfg.d_in:
+        _refuse(coder, "sparsify", f"sparsify needs d_out == d_in, got {cfg.d_out} != {cfg.d_in}")
+    k = cfg.k if cfg.activation == "topk" else cfg.d_sae  # k = d_sae: plain ReLU
+    sp_cfg = {
+        "activation": "topk",
+        "expansion_factor": max(1, cfg.d_sae // cfg.d_in),
+        "normalize_decoder": False,
+        "num_latents": cfg.d_sae,
+        "k": k,
+        "multi_topk": False,
+        "skip_connection": cfg.skip,
+        "transcode": cfg.kind != "sae",
+        "d_in": cfg.d_in,
+        "tcspec": {
+            "version": __version__,
+            "kind": cfg.kind,
+            "activation": cfg.activation,
+            "in_hook": cfg.in_hook,
+            "out_hook": cfg.out_hook,
+            "layer": cfg.layer,
+            "model_name": model_name,
+            "context_size": context_size,
+            "dataset": dataset,
+        },
+    }
+    tensors = {"encoder.weight": coder.W_enc.T, "W_dec": coder.W_dec}  # [d_sae, d_in]
+    if cfg.kind == "sae":
+        tensors |= {"encoder.bias": coder.b_enc, "b_dec": coder.b_dec}
+    else:
+        tensors |= {"encoder.bias": _enc_bias_without_pre_bias(coder), "b_dec": coder.b_dec_out}
+        if cfg.skip:
+            tensors["W_skip"] = coder.W_skip.T  # [d_out, d_in]
+    out.mkdir(parents=True, exist_ok=True)
+    return [_save_tensors(out / "sae.safetensors", tensors), _save_json(out / "cfg.json", sp_cfg)]
+
+
+# ---------------------------------------------------------------------- circuit-tracer
+def export_transcoder_set(
+    coders_by_layer: dict[int, Coder],
+    out: str | Path,
+    *,
+    model_name: str,
+    scan: str | None = None,
+    context_size: int | None = None,
+    dataset: str | None = None,
+) -> list[Path]:
+    """Write a circuit-tracer transcoder set: `layer_{i}.safetensors` for layers 0..n-1 and a
+    `config.yaml` (`model_kind: transcoder_set`, the hooks relative to a block, `scan`).
+
+    circuit-tracer loads it with `load_transcoder_set({i: path}, scan, feature_input_hook,
+    feature_output_hook)` or as a cache folder. `scan` names the feature data its frontend
+    shows (see `feature_data`); default `./data/features/<out folder name>`, i.e. feature
+    files written to `<graph data dir>/features/<out folder name>/`.
+    """
+    out = Path(out)
+    layers = sorted(coders_by_layer)
+    if not layers or layers != list(range(len(layers))):
+        raise ValueError(
+            f"circuit-tracer needs a transcoder for every layer 0..n-1, got layers {layers}"
+        )
+    first = coders_by_layer[0].cfg
+    hooks = set()
+    for layer in layers:
+        coder = coders_by_layer[layer]
+        cfg = coder.cfg
+        where = f"circuit-tracer, layer {layer}"
+        if cfg.kind == "sae":
+            _refuse(coder, where, "circuit-tracer takes transcoders only")
+        if cfg.activation != "relu":
+            _refuse(coder, where, "circuit-tracer's transcoder sets are ReLU or JumpReLU")
+        if cfg.d_in != cfg.d_out:
+            _refuse(
+                coder, where, f"circuit-tracer needs d_in == d_out, got {cfg.d_in}, {cfg.d_out}"
+            )
+        if cfg.layer is not None and cfg.layer != layer:
+            raise ValueError(f"{where}: the dictionary belongs to layer {cfg.layer}")
+        if (cfg.skip, cfg.d_sae) != (first.skip, first.d_sae):
+            raise ValueError(
+                f"{where}: every layer needs the same width and skip connection as layer 0 "
+                f"(d_sae {first.d_sae}, skip {first.skip}), got d_sae {cfg.d_sae}, skip {cfg.skip}"
+            )
+        hooks.add(
+            (_relative(cfg.in_hook, layer, "in_hook"), _relative(cfg.out_hook, layer, "out_hook"))
+        )
+    if len(hooks) != 1:
+        raise ValueError(f"circuit-tracer needs the same hooks in every layer, got {sorted(hooks)}")
+    in_hook, out_hook = hooks.pop()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for layer in layers:
+        coder = coders_by_layer[layer]
+        tensors = {
+            "W_enc": coder.W_enc.T,  # [d_sae, d_in]
+            "W_dec": coder.W_dec,  # [d_sae, d_out]
+            "b_enc": _enc_bias_without_pre_bias(coder),
+            "b_dec": coder.b_dec_out,
+        }
+        if coder.cfg.skip:
+            tensors["W_skip"] = coder.W_skip.T  # [d_out, d_in]
+        written.append(_save_tensors(out / f"layer_{layer}.safetensors", tensors))
+    config = {
+        "model_name": model_name,
+        "model_kind": "transcoder_set",
+        "feature_input_hook": in_hook,
+        "feature_output_hook": out_hook,
+        "scan": scan or f"./data/features/{out.name}",
+        "tcspec": {"version": __version__, "context_size": context_size, "dataset": dataset},
+    }
+    text = yaml.safe_dump(config, sort_keys=False)
+    written.append(_atomic(out / "config.yaml", lambda p: p.write_text(text)))
+    return written

@@ -1,0 +1,560 @@
+"""Recognise and load dictionaries written by other tools as `tcspec.coders.Coder`s.
+
+Formats (the names `detect_format` returns and `load_dictionary` takes):
+
+| format | on disk | tensors |
+|---|---|---|
+| `tcspec` | folder: `cfg.json` + `weights.safetensors` | `tcspec.coders` |
+| `saelens` | folder: `cfg.json` + `sae_weights.safetensors` | W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_out], b_dec, W_skip [d_out, d_in] |
+| `sparsify` | folder: `cfg.json` + `sae.safetensors` | encoder.weight [d_sae, d_in], encoder.bias, W_dec [d_sae, d_out], b_dec, W_skip [d_out, d_in] |
+| `circuit-tracer` | folder: `config.yaml` + `layer_{i}.safetensors` | W_enc [d_sae, d_in], b_enc, W_dec [d_sae, d_out], b_dec [d_out], W_skip [d_out, d_in] |
+| `transcoder-circuits` | `.pt` file: pickled `{cfg, state_dict}` | W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_out], b_dec [d_in], b_dec_out [d_out] |
+
+Biases. A Coder computes `z = act((x - b_dec) W_enc + b_enc)`. Where a format has no input
+pre-bias (transcoders in SAELens, sparsify and circuit-tracer; SAELens SAEs with
+`apply_b_dec_to_input: false`) the Coder's b_dec is 0, or, for an SAE whose output bias is
+tied to b_dec, b_dec is moved into the encoder bias: `b_enc' = b_enc + b_dec W_enc` gives the
+same pre-activations. The formats' output bias `b_dec` becomes the Coder's `b_dec_out`.
+
+What a Coder cannot hold is refused with a ValueError naming the file and the key: JumpReLU
+thresholds, run-time input normalisation, attention-head (hook_z) reshaping, groupmax,
+cross-layer transcoders, and any tensor a loader does not consume.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch import Tensor
+
+from tcspec import coders
+from tcspec.coders import Coder, CoderConfig
+from tcspec.interop.safe_pickle import PickledRecord, load_checkpoint
+
+FORMATS = ("tcspec", "saelens", "sparsify", "circuit-tracer", "transcoder-circuits")
+
+# marker files of the folder formats
+MARKERS: dict[str, tuple[str, str]] = {
+    "tcspec": ("cfg.json", coders.WEIGHTS_FILE),
+    "saelens": ("cfg.json", "sae_weights.safetensors"),
+    "sparsify": ("cfg.json", "sae.safetensors"),
+}
+CT_CONFIG = "config.yaml"
+CT_LAYER = re.compile(r"^layer_(\d+)\.safetensors$")
+PT_SUFFIXES = (".pt", ".pth")
+
+
+# ------------------------------------------------------------------------------ detection
+def detect_format(path: str | Path) -> str:
+    """The format of the dictionary at `path` (one of `FORMATS`), from the files present.
+
+    Raises ValueError naming `path` when no format or more than one matches.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix in PT_SUFFIXES:
+            return "transcoder-circuits"
+        if CT_LAYER.match(path.name) and (path.parent / CT_CONFIG).is_file():
+            return "circuit-tracer"
+        raise ValueError(
+            f"{path}: not a dictionary file (expected a `.pt` checkpoint, or a "
+            f"`layer_<i>.safetensors` beside a circuit-tracer `{CT_CONFIG}`); "
+            "for a folder format, give the folder"
+        )
+    found = [f for f, files in MARKERS.items() if all((path / n).is_file() for n in files)]
+    if (path / CT_CONFIG).is_file():
+        found.append("circuit-tracer")
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ValueError(f"{path}: ambiguous, it holds the files of {found}; pass the format")
+    expected = "; ".join(f"{f}: {' + '.join(n)}" for f, n in MARKERS.items())
+    raise ValueError(
+        f"{path}: no known dictionary format ({expected}; circuit-tracer: {CT_CONFIG} + "
+        "layer_<i>.safetensors; transcoder-circuits: a .pt file)"
+    )
+
+
+# -------------------------------------------------------------------------------- loading
+def load_dictionary(
+    path: str | Path,
+    format: str | None = None,
+    *,
+    layer: int | None = None,
+    trust_pickle: bool = False,
+    expect_d_in: int | None = None,
+    in_hook: str | None = None,
+    out_hook: str | None = None,
+) -> Coder:
+    """Load the dictionary at `path` as a Coder (on the CPU, float32).
+
+    format: one of `FORMATS`; detected from the files when None.
+    layer: the block; picks the layer of a circuit-tracer set, and otherwise fills or must
+        agree with the layer the files name.
+    trust_pickle: let a `.pt` checkpoint load any Python global (runs code from the file).
+    expect_d_in: the width of the model hook the dictionary reads; a different d_in fails.
+    in_hook, out_hook: full TransformerLens hook names, for formats that do not store them
+        (sparsify) or to override the stored ones.
+    """
+    path = Path(path)
+    format = format or detect_format(path)
+    if format not in FORMATS:
+        raise ValueError(f"{path}: unknown dictionary format `{format}`; one of {FORMATS}")
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    loader = {
+        "tcspec": _load_tcspec,
+        "saelens": _load_saelens,
+        "sparsify": _load_sparsify,
+        "circuit-tracer": _load_circuit_tracer,
+        "transcoder-circuits": _load_transcoder_circuits,
+    }[format]
+    kwargs = {"trust_pickle": trust_pickle} if format == "transcoder-circuits" else {}
+    coder, where = loader(path, layer, **kwargs)
+    cfg = coder.cfg
+    if layer is not None and cfg.layer is not None and cfg.layer != layer:
+        raise ValueError(f"{where}: the dictionary belongs to layer {cfg.layer}, not {layer}")
+    if cfg.kind == "sae" and out_hook is None:
+        out_hook = in_hook  # an SAE writes where it reads
+    overrides = {
+        k: v
+        for k, v in (("layer", layer), ("in_hook", in_hook), ("out_hook", out_hook))
+        if v is not None
+    }
+    if overrides:
+        coder.cfg = CoderConfig(**{**_fields(cfg), **overrides})
+    if expect_d_in is not None and coder.cfg.d_in != expect_d_in:
+        hook = f" (`{coder.cfg.in_hook}`)" if coder.cfg.in_hook else ""
+        raise ValueError(
+            f"{where}: d_in is {coder.cfg.d_in}, but the hook it reads{hook} has width "
+            f"{expect_d_in}"
+        )
+    return coder
+
+
+def _fields(cfg: CoderConfig) -> dict:
+    return {f: getattr(cfg, f) for f in CoderConfig.__dataclass_fields__}
+
+
+# ---------------------------------------------------------------------- shared helpers
+class _Tensors:
+    """Named tensors of one file: `take` each one with its expected shape; `done` refuses any
+    left over."""
+
+    def __init__(self, file: Path, tensors: dict[str, Tensor]):
+        self.file, self.tensors = file, dict(tensors)
+
+    def has(self, key: str) -> bool:
+        return key in self.tensors
+
+    def take(self, key: str, shape: tuple[int, ...] | None = None) -> Tensor:
+        if key not in self.tensors:
+            raise ValueError(f"{self.file}: missing tensor `{key}`")
+        t = self.tensors.pop(key)
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{self.file}: `{key}` is a {type(t).__name__}, not a tensor")
+        if shape is not None and tuple(t.shape) != shape:
+            raise ValueError(
+                f"{self.file}: tensor `{key}` has shape {list(t.shape)}, expected {list(shape)}"
+            )
+        return t.detach().to("cpu", torch.float32)
+
+    def ndim2(self, key: str) -> tuple[int, int]:
+        """The shape of a matrix that is still to be taken (to read dims from it)."""
+        if key not in self.tensors:
+            raise ValueError(f"{self.file}: missing tensor `{key}`")
+        shape = tuple(self.tensors[key].shape)
+        if len(shape) != 2:
+            raise ValueError(f"{self.file}: tensor `{key}` has shape {list(shape)}, not a matrix")
+        return shape  # type: ignore[return-value]
+
+    def done(self, why: dict[str, str] | None = None) -> None:
+        for key in self.tensors:
+            reason = (why or {}).get(key, "no tcspec parameter holds it")
+            raise ValueError(f"{self.file}: tensor `{key}` is not supported: {reason}")
+
+
+# tensors some formats carry that a Coder cannot represent, and why
+NOT_REPRESENTABLE = {
+    "threshold": "JumpReLU thresholds; tcspec Coders are ReLU or TopK",
+    "log_threshold": "JumpReLU thresholds; tcspec Coders are ReLU or TopK",
+    "activation_function.threshold": "JumpReLU thresholds; tcspec Coders are ReLU or TopK",
+    "log_thresholds": "JumpReLU thresholds; tcspec Coders are ReLU or TopK",
+    "scaling_factor": "a fine-tuning scale on the features that tcspec Coders lack",
+}
+
+
+def _read_safetensors(file: Path) -> _Tensors:
+    if not file.is_file():
+        raise ValueError(f"{file}: missing weights file")
+    try:
+        return _Tensors(file, load_file(str(file)))
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{file}: unreadable safetensors file: {e}") from e
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file}: unreadable JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: expected a JSON object")
+    return raw
+
+
+def _int(raw: dict, key: str, file: Path, default: int | None = None) -> int:
+    v = raw.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ValueError(f"{file}: `{key}` must be a positive integer, got {v!r}")
+    return v
+
+
+def _layer_of(hook: str | None) -> int | None:
+    m = re.match(r"^blocks\.(\d+)\.", hook or "")
+    return int(m.group(1)) if m else None
+
+
+def fold_pre_bias(W_enc: Tensor, b_enc: Tensor, b_pre: Tensor) -> Tensor:
+    """b_enc - b_pre W_enc: the encoder bias that gives `x W_enc + b` the pre-activations of
+    `(x - b_pre) W_enc + b_enc` (in float64, then float32)."""
+    return (b_enc.double() - b_pre.double() @ W_enc.double()).float()  # [d_sae]
+
+
+def _build(cfg: CoderConfig, where: Path, **params: Tensor) -> Coder:
+    """A Coder with `cfg` holding exactly `params` (Coder parameter names)."""
+    try:
+        coder = Coder(cfg)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
+    state = {k: v.contiguous() for k, v in params.items()}
+    expected = {k: tuple(v.shape) for k, v in coder.state_dict().items()}
+    if set(state) != set(expected):
+        raise ValueError(
+            f"{where}: a {cfg.kind} needs {sorted(expected)}, the file gives {sorted(state)}"
+        )
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != shape:
+            raise ValueError(
+                f"{where}: `{k}` has shape {list(state[k].shape)}, expected {list(shape)}"
+            )
+    coder.load_state_dict(state)
+    return coder.requires_grad_(False)
+
+
+def _make_cfg(where: Path, **kw) -> CoderConfig:
+    try:
+        return CoderConfig(**kw)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
+
+
+# ----------------------------------------------------------------------------- tcspec
+def _load_tcspec(path: Path, layer: int | None) -> tuple[Coder, Path]:
+    try:
+        return coders.load(path), path
+    except (TypeError, KeyError) as e:
+        raise ValueError(f"{path / coders.CFG_FILE}: not a tcspec dictionary config: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+# ---------------------------------------------------------------------------- SAELens
+SAELENS_ARCHITECTURES = ("standard", "topk", "transcoder", "skip_transcoder")
+
+
+def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
+    """SAELens 6 configs (fields at the top, model/hook facts under `metadata`) and the
+    flat pre-6.0 configs (`hook_point`, `activation_fn_str`, `activation_fn_kwargs`, ...)."""
+    cfg_file, w_file = path / "cfg.json", path / "sae_weights.safetensors"
+    raw = _read_json(cfg_file)
+    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+
+    def get(*keys):
+        for k in keys:
+            if k in raw and raw[k] is not None:
+                return raw[k]
+            if k in meta and meta[k] is not None:
+                return meta[k]
+        return None
+
+    arch = raw.get("architecture", "standard")
+    activation = get("activation_fn", "activation_fn_str") or "relu"
+    k = raw.get("k")
+    if "architecture" not in raw and activation == "topk":  # pre-6.0 TopK
+        arch, k = "topk", (raw.get("activation_fn_kwargs") or {}).get("k")
+    if arch not in SAELENS_ARCHITECTURES:
+        why = " (JumpReLU thresholds)" if "jumprelu" in str(arch) else ""
+        raise ValueError(
+            f"{cfg_file}: `architecture` {arch!r} is not representable{why}; tcspec loads "
+            f"{SAELENS_ARCHITECTURES}"
+        )
+    if arch in ("standard", "transcoder", "skip_transcoder") and activation != "relu":
+        raise ValueError(f"{cfg_file}: `activation_fn` {activation!r} is not supported (relu)")
+    norm = raw.get("normalize_activations")
+    if norm not in (None, False, "none"):
+        raise ValueError(
+            f"{cfg_file}: `normalize_activations` {norm!r} rescales inputs at run time, which "
+            "tcspec dictionaries do not do; fold the scale into the weights (SAELens "
+            "`fold_activation_norm_scaling_factor`) and save with `none`"
+        )
+    if get("reshape_activations") not in (None, "none") or get("hook_head_index") is not None:
+        raise ValueError(f"{cfg_file}: attention-head (hook_z / head index) SAEs are not supported")
+    if raw.get("rescale_acts_by_decoder_norm"):
+        raise ValueError(f"{cfg_file}: `rescale_acts_by_decoder_norm: true` is not supported")
+    d_in, d_sae = _int(raw, "d_in", cfg_file), _int(raw, "d_sae", cfg_file)
+    transcoder = arch in ("transcoder", "skip_transcoder")
+    d_out = _int(raw, "d_out", cfg_file) if transcoder else d_in
+    apply_b_dec = raw.get("apply_b_dec_to_input", True)
+    if transcoder and apply_b_dec:
+        raise ValueError(
+            f"{cfg_file}: `apply_b_dec_to_input: true` on a transcoder (its b_dec is the "
+            "output bias; SAELens rejects this too)"
+        )
+    in_hook = get("hook_name", "hook_point")
+    out_hook = get("hook_name_out", "out_hook_point") if transcoder else in_hook
+    at = _layer_of(in_hook)
+    if at is None:
+        at = get("hook_layer", "hook_point_layer")
+    cfg = _make_cfg(
+        cfg_file,
+        kind={"transcoder": "transcoder", "skip_transcoder": "skip_transcoder"}.get(arch, "sae"),
+        d_in=d_in,
+        d_out=d_out,
+        d_sae=d_sae,
+        activation="topk" if arch == "topk" else "relu",
+        k=k if arch == "topk" else None,
+        in_hook=in_hook,
+        out_hook=out_hook,
+        layer=at,
+    )
+    t = _read_safetensors(w_file)
+    if t.has("scaling_factor") and torch.allclose(t.tensors["scaling_factor"], torch.tensor(1.0)):
+        t.take("scaling_factor")  # all ones: a no-op SAELens itself drops
+    W_enc, b_enc = t.take("W_enc", (d_in, d_sae)), t.take("b_enc", (d_sae,))
+    W_dec, b_dec = t.take("W_dec", (d_sae, d_out)), t.take("b_dec", (d_out,))
+    params = {"W_enc": W_enc, "W_dec": W_dec}
+    if transcoder:
+        params |= {"b_enc": b_enc, "b_dec": torch.zeros(d_in), "b_dec_out": b_dec}
+        if arch == "skip_transcoder":
+            params["W_skip"] = t.take("W_skip", (d_out, d_in)).T  # [d_in, d_out]
+    else:  # SAE: b_dec is the tied output bias; as a pre-bias only when applied to the input
+        params["b_dec"] = b_dec
+        params["b_enc"] = b_enc if apply_b_dec else fold_pre_bias(W_enc, b_enc, -b_dec)
+    t.done(NOT_REPRESENTABLE)
+    return _build(cfg, w_file, **params), cfg_file
+
+
+# ---------------------------------------------------------------------------- sparsify
+def _load_sparsify(path: Path, layer: int | None) -> tuple[Coder, Path]:
+    """EleutherAI sparsify: TopK on ReLU'd pre-activations (`k >= d_sae` is plain ReLU);
+    a transcoder (`transcode: true`) has no input pre-bias. Hook names are not stored by
+    sparsify (the folder is named after a Hugging Face module); tcspec exports add them under
+    the `tcspec` key, which sparsify ignores."""
+    cfg_file, w_file = path / "cfg.json", path / "sae.safetensors"
+    raw = _read_json(cfg_file)
+    if raw.get("activation", "topk") != "topk":
+        raise ValueError(f"{cfg_file}: `activation` {raw['activation']!r} is not supported (topk)")
+    d_in = _int(raw, "d_in", cfg_file)
+    transcode, skip = bool(raw.get("transcode", False)), bool(raw.get("skip_connection", False))
+    if skip and not transcode:
+        raise ValueError(f"{cfg_file}: an SAE with a skip connection is not representable")
+    t = _read_safetensors(w_file)
+    d_sae, enc_in = t.ndim2("encoder.weight")
+    if enc_in != d_in:
+        raise ValueError(f"{w_file}: `encoder.weight` reads width {enc_in}, cfg.json says {d_in}")
+    if raw.get("num_latents") and raw["num_latents"] != d_sae:
+        raise ValueError(f"{cfg_file}: `num_latents` {raw['num_latents']} but {d_sae} latents")
+    d_out = t.ndim2("W_dec")[1]
+    k = _int(raw, "k", cfg_file, default=32)
+    ours = raw.get("tcspec") if isinstance(raw.get("tcspec"), dict) else {}
+    at = ours.get("layer")
+    if at is None:
+        m = re.search(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)(?:\.|$)", path.name)
+        at = int(m.group(1)) if m else None
+    cfg = _make_cfg(
+        cfg_file,
+        kind=("skip_transcoder" if skip else "transcoder") if transcode else "sae",
+        d_in=d_in,
+        d_out=d_out,
+        d_sae=d_sae,
+        activation="topk" if k < d_sae else "relu",
+        k=k if k < d_sae else None,
+        in_hook=ours.get("in_hook"),
+        out_hook=ours.get("out_hook"),
+        layer=at,
+    )
+    W_enc = t.take("encoder.weight", (d_sae, d_in)).T  # [d_in, d_sae]
+    params = {"W_enc": W_enc, "b_enc": t.take("encoder.bias", (d_sae,))}
+    params["W_dec"] = t.take("W_dec", (d_sae, d_out))
+    if transcode:
+        params |= {"b_dec": torch.zeros(d_in), "b_dec_out": t.take("b_dec", (d_out,))}
+        if skip:
+            params["W_skip"] = t.take("W_skip", (d_out, d_in)).T  # [d_in, d_out]
+    else:
+        params["b_dec"] = t.take("b_dec", (d_in,))
+    t.done(NOT_REPRESENTABLE)
+    return _build(cfg, w_file, **params), cfg_file
+
+
+# ---------------------------------------------------------------------- circuit-tracer
+def read_ct_config(folder: Path) -> dict:
+    """A circuit-tracer `config.yaml` (safe YAML), checked to describe a transcoder set."""
+    file = folder / CT_CONFIG
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{file}: unreadable YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: expected a mapping")
+    kind = raw.get("model_kind", "transcoder_set")
+    if kind != "transcoder_set":
+        raise ValueError(
+            f"{file}: `model_kind` {kind!r} is not supported (transcoder_set; cross-layer "
+            "transcoders have no single-layer Coder)"
+        )
+    for key in ("feature_input_hook", "feature_output_hook"):
+        if not isinstance(raw.get(key), str):
+            raise ValueError(f"{file}: missing `{key}`")
+    return raw
+
+
+def ct_layer_files(folder: Path, config: dict) -> dict[int, Path]:
+    """layer -> weights file of a circuit-tracer set: `layer_{i}.safetensors` in the folder,
+    or else the local paths listed under `transcoders` (relative ones from the folder)."""
+    files = {
+        int(m.group(1)): p
+        for p in folder.iterdir()
+        if (m := CT_LAYER.match(p.name)) and p.is_file()
+    }
+    if files or "transcoders" not in config:
+        return files
+    for i, ref in enumerate(config["transcoders"] or []):
+        if str(ref).startswith("hf://"):
+            raise ValueError(
+                f"{folder / CT_CONFIG}: `transcoders[{i}]` is a hub reference ({ref}); "
+                "download the set first"
+            )
+        p = Path(ref)
+        files[i] = p if p.is_absolute() else folder / p
+    return files
+
+
+def _ct_hook(hook: str, at: int) -> str:
+    """The full name of a circuit-tracer hook (relative to a block, or a `{layer}` template).
+
+    Names are kept as given. circuit-tracer's own sets read `mlp.hook_in` of a model loaded
+    without LayerNorm folding (LN weight and bias applied), which is not the folded model's
+    `ln2.hook_normalized`; such a set needs the model's ln2 folded into W_enc before use.
+    """
+    if "{layer}" in hook:
+        return hook.format(layer=at)
+    if hook.startswith("blocks."):
+        return hook
+    return f"blocks.{at}.{hook}"
+
+
+def _load_circuit_tracer(path: Path, layer: int | None) -> tuple[Coder, Path]:
+    folder = path.parent if path.is_file() else path
+    config = read_ct_config(folder)
+    files = ct_layer_files(folder, config)
+    if path.is_file():
+        m = CT_LAYER.match(path.name)
+        chosen = int(m.group(1)) if m else None
+        if layer is not None and chosen != layer:
+            raise ValueError(f"{path}: this file is layer {chosen}, not {layer}")
+        layer = chosen
+    if layer is None:
+        if len(files) != 1:
+            raise ValueError(
+                f"{folder}: a transcoder set of layers {sorted(files)}; pass the layer to load"
+            )
+        layer = next(iter(files))
+    if layer not in files:
+        raise ValueError(f"{folder}: no transcoder for layer {layer} (has {sorted(files)})")
+    w_file = files[layer]
+    if w_file.suffix != ".safetensors":
+        raise ValueError(f"{w_file}: only .safetensors transcoders are read")
+    t = _read_safetensors(w_file)
+    d_sae, d_in = t.ndim2("W_enc")
+    d_out = t.ndim2("W_dec")[1]
+    skip = t.has("W_skip")
+    cfg = _make_cfg(
+        w_file,
+        kind="skip_transcoder" if skip else "transcoder",
+        d_in=d_in,
+        d_out=d_out,
+        d_sae=d_sae,
+        in_hook=_ct_hook(config["feature_input_hook"], layer),
+        out_hook=_ct_hook(config["feature_output_hook"], layer),
+        layer=layer,
+    )
+    params = {
+        "W_enc": t.take("W_enc", (d_sae, d_in)).T,  # [d_in, d_sae]
+        "b_enc": t.take("b_enc", (d_sae,)),
+        "W_dec": t.take("W_dec", (d_sae, d_out)),
+        "b_dec": torch.zeros(d_in),
+        "b_dec_out": t.take("b_dec", (d_out,)),
+    }
+    if skip:
+        params["W_skip"] = t.take("W_skip", (d_out, d_in)).T  # [d_in, d_out]
+    t.done(NOT_REPRESENTABLE)
+    return _build(cfg, w_file, **params), w_file
+
+
+# ------------------------------------------------------------------ transcoder-circuits
+def _load_transcoder_circuits(
+    path: Path, layer: int | None, trust_pickle: bool = False
+) -> tuple[Coder, Path]:
+    """The transcoder paper's `.pt` checkpoints: `{cfg, state_dict}`, cfg a pickled
+    `LanguageModelSAERunnerConfig` (read as a plain record, see `safe_pickle`)."""
+    if not path.is_file():
+        raise ValueError(f"{path}: expected a .pt file")
+    obj = load_checkpoint(path, trust=trust_pickle)
+    if not isinstance(obj, dict) or "state_dict" not in obj or "cfg" not in obj:
+        raise ValueError(f"{path}: expected a dict with `cfg` and `state_dict`")
+    raw = obj["cfg"]
+    fields = raw.fields if isinstance(raw, PickledRecord) else getattr(raw, "__dict__", raw)
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path}: `cfg` is a {type(raw).__name__}, not a config")
+    t = _Tensors(path, obj["state_dict"])
+    d_in, d_sae = t.ndim2("W_enc")
+    d_out = t.ndim2("W_dec")[1]
+    transcoder = t.has("b_dec_out")
+    if bool(fields.get("is_transcoder", transcoder)) != transcoder:
+        raise ValueError(f"{path}: `cfg.is_transcoder` disagrees with `b_dec_out` in state_dict")
+    for key, have in (("d_in", d_in), ("d_sae", d_sae)):
+        if key in fields and fields[key] != have:
+            raise ValueError(f"{path}: `cfg.{key}` is {fields[key]}, the weights give {have}")
+    in_hook = fields.get("hook_point")
+    out_hook = fields.get("out_hook_point") if transcoder else in_hook
+    at = _layer_of(in_hook)
+    if at is None:
+        at = fields.get("hook_point_layer")
+    cfg = _make_cfg(
+        path,
+        kind="transcoder" if transcoder else "sae",
+        d_in=d_in,
+        d_out=d_out,
+        d_sae=d_sae,
+        in_hook=in_hook,
+        out_hook=out_hook,
+        layer=at,
+    )
+    params = {
+        "W_enc": t.take("W_enc", (d_in, d_sae)),
+        "b_enc": t.take("b_enc", (d_sae,)),
+        "W_dec": t.take("W_dec", (d_sae, d_out)),
+        "b_dec": t.take("b_dec", (d_in,)),
+    }
+    if transcoder:
+        params["b_dec_out"] = t.take("b_dec_out", (d_out,))
+    t.done(NOT_REPRESENTABLE)
+    return _build(cfg, path, **params), path
