@@ -5,10 +5,10 @@ from __future__ import annotations
 
 def run(ctx) -> dict:
     from tcspec.data import build_token_splits, iter_documents
-    from tcspec.models.load import load_tokenizer_of
+    from tcspec.models.load import load_model
 
     cfg = ctx.task.config
-    tokenizer = load_tokenizer_of(ctx.dep_dir("model"))
+    tokenizer = load_model(ctx.dep_dir("model"), "cpu").tokenizer
     source = {k: cfg.get(k) for k in ("name", "config", "split", "text_column", "streaming")}
     source = {k: v for k, v in source.items() if v is not None}
     if cfg["kind"] == "files":
