@@ -17,6 +17,7 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/interp.smk"
 include: "rules/circuits.smk"
+include: "rules/export.smk"
 include: "rules/tables.smk"
 
 

@@ -144,7 +144,7 @@ def _check(spec: Spec) -> Found:
                 f"`{c.dictionary.name}` is an SAE; "
                 "circuit analysis traces through transcoders (kind: transcoder)",
             )
-        elif d is not None:
+        elif d is not None and d.kind != "pretrained":
             yield from _check_one_point(("circuits", i, "dictionary"), c.dictionary, d)
 
 
@@ -179,8 +179,27 @@ def _check_data(spec: Spec) -> Found:
                 )
 
 
+def _check_pretrained(spec: Spec, name: str, d, dims: dict) -> Found:
+    base = ("dictionaries", name)
+    for i, layer in enumerate(d.layers or []):
+        if layer >= dims["n_layers"]:
+            yield (
+                base + ("layers", i),
+                f"layer {layer} does not exist: the model has {dims['n_layers']}",
+            )
+    if d.repo is None:
+        for layer in d.layers if d.layers is not None else spec.layers:
+            path = Path(d.path.replace("{layer}", str(layer)))
+            if not path.exists():
+                yield base + ("path",), f"not found: {path}"
+                break
+
+
 def _check_dictionary(spec: Spec, name: str, d, dims: dict) -> Found:
     base = ("dictionaries", name)
+    if d.kind == "pretrained":
+        yield from _check_pretrained(spec, name, d, dims)
+        return
     layers = d.layers if d.layers is not None else spec.layers
     for i, layer in enumerate(d.layers or []):
         if layer >= dims["n_layers"]:

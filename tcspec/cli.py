@@ -76,6 +76,22 @@ def _parser() -> argparse.ArgumentParser:
     spec_arg(sp)
     sp.set_defaults(func=cmd_tables)
 
+    sp = sub.add_parser("interp", help="the blind interpretability study")
+    isub = sp.add_subparsers(dest="interp_command", required=True)
+    ip = isub.add_parser("ingest", help="validate a ratings file and add it to the study")
+    spec_arg(ip)
+    ip.add_argument("ratings", help="the filled-in ratings.csv")
+    ip.set_defaults(func=cmd_ingest)
+
+    sp = sub.add_parser("export", help="write one trained dictionary in another tool's format")
+    sp.add_argument("dictionary", help="a dictionary folder (cfg.json + weights.safetensors)")
+    sp.add_argument("--to", required=True, choices=["saelens", "sparsify", "circuit-tracer"])
+    sp.add_argument("out", help="output folder")
+    sp.add_argument("--model-name", help="TransformerLens model name (default: from task.json)")
+    sp.add_argument("--context-size", type=int, help="context length (default: from task.json)")
+    sp.add_argument("--dataset", help="dataset name recorded in the metadata")
+    sp.set_defaults(func=cmd_export)
+
     sp = sub.add_parser("status", help="what is done, stale or missing for a spec")
     spec_arg(sp)
     sp.set_defaults(func=cmd_status)
@@ -167,6 +183,67 @@ def cmd_tables(args) -> int:
     (task,) = plan.stage("tables")
     run_task(plan, task, Path(args.results), require_inputs=False)
     return 0
+
+
+def cmd_ingest(args) -> int:
+    from tcspec.study import ingest
+
+    spec = load_spec(args.spec)
+    try:
+        saved = ingest(spec, Path(args.results), Path(args.ratings))
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"ratings saved to {saved}; `tcspec tables {args.spec}` adds Table 1")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from tcspec import coders
+    from tcspec.interop import export
+
+    folder = Path(args.dictionary)
+    if not (folder / "cfg.json").exists():
+        raise UserError(f"{folder}: not a dictionary folder (no cfg.json)")
+    facts = _training_facts(folder)
+    model_name = args.model_name or facts.get("model_name")
+    context = args.context_size or facts.get("context_size")
+    if not model_name or not context:
+        raise UserError(f"{folder}: give --model-name and --context-size (no task.json to read)")
+    try:
+        written = export(
+            coders.load(folder),
+            args.out,
+            args.to,
+            model_name=model_name,
+            context_size=context,
+            dataset=args.dataset or facts.get("dataset"),
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    print("\n".join(str(p) for p in written))
+    return 0
+
+
+def _training_facts(member_dir: Path) -> dict:
+    """Model name, context and dataset of a trained dictionary, read from the task records
+    of its train task and the model and tokens tasks upstream of it."""
+    try:
+        train = json.loads((member_dir.parent / "task.json").read_text())
+        tasks = member_dir.parent.parent.parent
+        acts = json.loads((tasks / "acts" / train["deps"]["acts"][1] / "task.json").read_text())
+        model = json.loads((tasks / "model" / acts["deps"]["model"][1] / "task.json").read_text())
+        tokens = json.loads(
+            (tasks / "tokens" / acts["deps"]["tokens"][1] / "task.json").read_text()
+        )
+    except (OSError, KeyError, ValueError):
+        return {}
+    mc, tc = model["config"], tokens["config"]
+    name = mc.get("name") or f"tcspec-{mc['kind']}"
+    return {
+        "model_name": name,
+        "context_size": tc["context"],
+        "dataset": tc.get("name") or tc["kind"],
+    }
 
 
 def cmd_status(args) -> int:

@@ -13,7 +13,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STAGES = ("model", "tokens", "acts", "train", "evaluate", "interp", "circuits", "tables")
+STAGES = (
+    "model",
+    "tokens",
+    "acts",
+    "train",
+    "evaluate",
+    "interp",
+    "circuits",
+    "export",
+    "tables",
+)
 DONE = "task.json"
 
 
@@ -44,3 +54,7 @@ def member_dir(results: Path, train_id: str, member: str) -> Path:
 
 def tables_dir(results: Path, experiment: str) -> Path:
     return Path(results) / experiment / "tables"
+
+
+def export_dir(results: Path, experiment: str, to: str) -> Path:
+    return Path(results) / experiment / "export" / to

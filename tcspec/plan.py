@@ -105,13 +105,16 @@ def compile_plan(spec: Spec) -> Plan:
     dims = model_dims(spec.model)
     model = plan.add(_model_task(spec, dims))
     tokens = plan.add(_tokens_task(spec, model))
-    acts = plan.add(_acts_task(spec, dims, model, tokens))
+    acts = plan.add(_acts_task(spec, dims, model, tokens)) if _trained(spec) else None
     evaluations, trains = [], {}
     for name, d in spec.dictionaries.items():
         layers = d.layers if d.layers is not None else spec.layers
         groups = {}
         for layer in layers:
-            train = plan.add(_train_task(spec, name, d, layer, dims, acts))
+            if d.kind == "pretrained":
+                train = plan.add(_import_task(spec, name, d, layer))
+            else:
+                train = plan.add(_train_task(spec, name, d, layer, dims, acts))
             groups[layer] = trains[(name, layer)] = train
             for member in train.config["members"]:
                 evaluations.append(plan.add(_evaluate_task(spec, train, member, model, tokens)))
@@ -130,6 +133,8 @@ def compile_plan(spec: Spec) -> Plan:
     for i, c in enumerate(spec.circuits):
         selected = _select(spec, [c.dictionary], trains)
         downstream.append(plan.add(_circuit_task(spec, i, c, selected, model, tokens)))
+    for e in spec.export:
+        plan.add(_export_task(spec, e, _select(spec, e.dictionaries, trains), model))
     plan.add(_tables_task(spec, evaluations + downstream))
     return plan
 
@@ -173,7 +178,7 @@ def _tokens_task(spec: Spec, model: Task) -> Task:
 
 def _acts_task(spec: Spec, dims: dict, model: Task, tokens: Task) -> Task:
     hooks: dict[str, int] = {}
-    for d in spec.dictionaries.values():
+    for d in _trained(spec):
         in_hook, out_hook = dictionary_hooks(d)
         for layer in d.layers if d.layers is not None else spec.layers:
             for h in (in_hook, out_hook):
@@ -188,9 +193,14 @@ def _acts_task(spec: Spec, dims: dict, model: Task, tokens: Task) -> Task:
     return _make("acts", f"L{'-'.join(map(str, sorted(_layers(spec))))}", config, deps, resources)
 
 
+def _trained(spec: Spec) -> list:
+    """Dictionaries tcspec trains (imported ones read no activation cache)."""
+    return [d for d in spec.dictionaries.values() if d.kind != "pretrained"]
+
+
 def _layers(spec: Spec) -> set[int]:
     out = set()
-    for d in spec.dictionaries.values():
+    for d in _trained(spec):
         out |= set(d.layers if d.layers is not None else spec.layers)
     return out
 
@@ -228,6 +238,25 @@ def _train_task(spec: Spec, name: str, d, layer: int, dims: dict, acts: Task) ->
     gpu = 0 if spec.model.kind == "toy" else 1  # the toy pipeline is sized for a CPU
     resources = {"mem_mb": int(mem_mb), "flops": flops, "params": params, "gpu": gpu}
     return _make("train", f"{name}-L{layer}", config, {"acts": ("acts", acts.id)}, resources)
+
+
+def _import_task(spec: Spec, name: str, d, layer: int) -> Task:
+    """Import a released dictionary into tcspec's format: a train task without training."""
+    path = d.path.replace("{layer}", str(layer))
+    member = dict(name="pretrained", point={}, opts={}, layer=layer, d_sae=None)
+    config = dict(
+        dictionary=name,
+        kind="pretrained",
+        layer=layer,
+        path=path,
+        repo=d.repo,
+        format=d.format,
+        in_hook=full_name(layer, d.in_hook) if d.in_hook else None,
+        out_hook=full_name(layer, d.out_hook) if d.out_hook else None,
+        trust_pickle=d.trust_pickle,
+        members=[member],
+    )
+    return _make("train", _safe(f"{name}-L{layer}-import"), config, {}, {"mem_mb": 4000, "gpu": 0})
 
 
 def _evaluate_task(spec: Spec, train: Task, member: dict, model: Task, tokens: Task) -> Task:
@@ -311,6 +340,25 @@ def _circuit_task(spec: Spec, i: int, c, selected, model: Task, tokens: Task) ->
     deps |= {f"train_{j}": ("train", t.id) for j, (t, _) in enumerate(selected)}
     prefix = f"{c.task}-{c.dictionary.name}"
     return _make("circuits", _safe(prefix), config, deps, {"mem_mb": 3000, "gpu": 0})
+
+
+def _export_task(spec: Spec, e, selected, model: Task) -> Task:
+    """Every selected dictionary written in one target format."""
+    name = spec.model.name if spec.model.kind == "pretrained" else f"tcspec-{spec.model.kind}"
+    config = dict(
+        to=e.to,
+        experiment=spec.experiment,
+        model_name=name,
+        context_size=spec.data.context,
+        dataset=getattr(spec.data, "name", None) or spec.data.kind,
+        coders=[
+            dict(dictionary=t.config["dictionary"], train=t.id, member=m["name"], layer=m["layer"])
+            for t, m in selected
+        ],
+    )
+    deps = {"model": ("model", model.id)}
+    deps |= {f"train_{j}": ("train", t.id) for j, (t, _) in enumerate(selected)}
+    return _make("export", e.to, config, deps, {"mem_mb": 2000, "gpu": 0})
 
 
 def _tables_task(spec: Spec, upstream: list[Task]) -> Task:

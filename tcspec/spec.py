@@ -265,8 +265,34 @@ class SAESpec(_DictionaryBase):
     """Hook it reconstructs, relative to `blocks.{layer}`."""
 
 
+class PretrainedDictionarySpec(Frozen):
+    """A released dictionary imported from disk or the HF hub; evaluated, studied and
+    tabulated exactly like a trained one."""
+
+    kind: Literal["pretrained"]
+    path: str
+    """Folder or file; `{layer}` in it is replaced by each layer. With `repo`, a path inside
+    the repository's snapshot."""
+    repo: str | None = None
+    """HF hub repository id holding the files (read from the local HF cache when offline)."""
+    format: Literal[
+        "auto", "tcspec", "saelens", "sparsify", "circuit-tracer", "transcoder-circuits"
+    ] = "auto"
+    """File format; `auto` detects it when unambiguous."""
+    layers: list[NonNegInt] | None = None
+    """Layers to import; None uses the spec's `layers`."""
+    in_hook: HookName | None = None
+    """Input hook, relative to `blocks.{layer}`, when the files don't name it (sparsify)."""
+    out_hook: HookName | None = None
+    """Output hook, relative to `blocks.{layer}`, when the files don't name it."""
+    trust_pickle: bool = False
+    """Allow pickled (`.pt`) files to run arbitrary code when loaded. Without it only tensors
+    and the paper's known config class are admitted."""
+
+
 DictionarySpec = Annotated[
-    Union[TranscoderSpec, SkipTranscoderSpec, SAESpec], Field(discriminator="kind")
+    Union[TranscoderSpec, SkipTranscoderSpec, SAESpec, PretrainedDictionarySpec],
+    Field(discriminator="kind"),
 ]
 
 
@@ -331,6 +357,16 @@ class CircuitSpec(Frozen):
     """Largest k in the keep-top-k experiment."""
 
 
+class ExportSpec(Frozen):
+    """Write trained dictionaries in another tool's format."""
+
+    to: Literal["saelens", "sparsify", "circuit-tracer"]
+    """Target format; `circuit-tracer` writes one transcoder set (layers 0..n-1) per sweep
+    point."""
+    dictionaries: list[DictionaryRef] = []
+    """Dictionaries to export; empty exports every trained dictionary."""
+
+
 class TablesSpec(Frozen):
     """Which tables and plots to generate."""
 
@@ -368,6 +404,8 @@ class Spec(Frozen):
     """Interpretability study; None skips it."""
     circuits: list[CircuitSpec] = []
     """Circuit studies."""
+    export: list[ExportSpec] = []
+    """Exports to other tools' formats, written to results/<experiment>/export/<to>/."""
     tables: TablesSpec = TablesSpec()
     """Tables and plots."""
 

@@ -37,8 +37,8 @@ INCLUDES = ("sparsity_fidelity", "matched_l0", "pareto", "interpretability", "gr
 """Table names `include` accepts (the names of `TablesSpec.include`)."""
 
 BUILT_ELSEWHERE = {
-    "interpretability": "needs feature ratings, which metrics records do not hold",
-    "greater_than": "needs circuit reports, which metrics records do not hold",
+    "interpretability": "needs the interp stage's study and, for Table 1, ingested ratings",
+    "greater_than": "needs a greater_than circuit study in the spec",
 }
 """Accepted names whose tables come from other stages' outputs, not from metrics records."""
 
@@ -659,8 +659,13 @@ def build_tables(
     include: list[str],
     reference: str | None,
     title: str,
+    extra: dict[str, list[tuple[str, pd.DataFrame, str]]] | None = None,
 ) -> list[Path]:
     """Write the tables and plots named in `include` for `records` into `out_dir`.
+
+    `extra` holds tables other stages computed (interpretability ratings, circuit studies):
+    include name -> [(file stem, frame, caption)], written as Markdown, LaTeX-free CSV and
+    shown in the index like the rest.
 
     `records` are metrics records (see module doc); `reference` optionally names a
     published table of `tcspec.paper.REFERENCES` to show beside ours; `title` heads the
@@ -745,8 +750,15 @@ def build_tables(
         sections.append("## Sparsity-fidelity plots\n\n" + "\n\n".join(lines))
 
     for name in include:
-        if name in BUILT_ELSEWHERE:
-            contents.append(f"- {name}: not built here ({BUILT_ELSEWHERE[name]}).")
+        if name in BUILT_ELSEWHERE and (extra or {}).get(name):
+            for stem, frame, caption in extra[name]:
+                md = frame.to_markdown(index=False, floatfmt=".4g")
+                written.append(_write_text(out_dir / f"{stem}.md", f"## {caption}\n\n{md}\n"))
+                written.append(_write_text(out_dir / f"{stem}.csv", frame.to_csv(index=False)))
+                contents.append(f"- [{stem}.md]({stem}.md) (.csv): {caption}.")
+                sections.append(f"## {caption}\n\n{md}")
+        elif name in BUILT_ELSEWHERE:
+            contents.append(f"- {name}: not built yet ({BUILT_ELSEWHERE[name]}).")
 
     if ref is not None:
         paths, caption, md = _reference_table(out_dir, ref)

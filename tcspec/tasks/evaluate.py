@@ -39,12 +39,12 @@ def run(ctx) -> dict:
     ]
     record = {
         "dictionary": cfg["dictionary"],
-        "kind": cfg["kind"],
+        "kind": loaded[0][0].cfg.kind,
         "layers": cfg["layers"],
         "member": cfg["member"],
         "point": cfg["point"],
         "opts": loaded[0][3]["opts"],
-        "d_sae": loaded[0][3]["d_sae"],
+        "d_sae": loaded[0][0].cfg.d_sae,
         "splice": splice,
         "eval_tokens": int(tokens.size),
         "metrics": metrics,

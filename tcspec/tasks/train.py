@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import TypeAdapter
 
 from tcspec import paths
@@ -47,6 +49,8 @@ def run(ctx) -> dict:
     from tcspec.train import train_group
 
     cfg = ctx.task.config
+    if cfg["kind"] == "pretrained":
+        return import_dictionary(ctx)
     group = members(ctx)
     keys = sorted({k for m in group for k in (m.in_key, m.out_key)})
     batch_size = cfg["members"][0]["opts"]["batch_size"]
@@ -61,3 +65,29 @@ def run(ctx) -> dict:
         group, reader.iter_batches, cfg["steps"], ctx.checkpoints, device=ctx.device
     )
     return {"members": [m.name for m in group], "results": results}
+
+
+def import_dictionary(ctx) -> dict:
+    """A released dictionary, loaded through tcspec.interop and saved in tcspec's format."""
+    from tcspec import coders
+    from tcspec.interop import detect_format, load_dictionary
+
+    cfg = ctx.task.config
+    path = Path(cfg["path"])
+    if cfg["repo"]:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(cfg["repo"])) / cfg["path"]
+    fmt = None if cfg["format"] == "auto" else cfg["format"]
+    coder = load_dictionary(
+        path,
+        fmt,
+        layer=cfg["layer"],
+        trust_pickle=cfg["trust_pickle"],
+        in_hook=cfg["in_hook"],
+        out_hook=cfg["out_hook"],
+    )
+    out = paths.member_dir(ctx.results, ctx.task.id, "pretrained")
+    source = {"source": str(path), "format": fmt or detect_format(path)}
+    coders.save(coder, out, extra=source)
+    return source | {"d_sae": coder.cfg.d_sae, "kind": coder.cfg.kind}
