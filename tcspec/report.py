@@ -47,31 +47,85 @@ def plan_table(plan: Plan, results: Path) -> str:
 
 
 def status_table(plan: Plan, results: Path) -> str:
-    """Each task: done (with wall time), failed (log present, no done marker), or to do."""
+    """Each task's state, then the counts:
+
+    - ``done (N s)``: its task.json exists (N: the task's wall time);
+    - ``stale``: done, but an upstream task is missing or was finished after it (Snakemake
+      reruns it, and everything after it);
+    - ``failed or running``: a log but no task.json; the log's last line is shown (the error
+      of a failed job), and a training checkpoint when one is there to resume from;
+    - ``to do``: never started.
+
+    Task folders of earlier configs or of other specs sharing the results folder are counted
+    as ``other task folders``.
+    """
+    results = Path(results)
     lines = []
     summary: dict[str, int] = {}
+    keys: dict[tuple[str, str], str] = {}  # (stage, id) -> summary key, upstream first
     for stage in paths.STAGES:
         for t in plan.stage(stage):
-            done = t.done(results)
-            log = paths.log_file(results, stage, t.id)
-            if done.exists():
-                wall = json.loads(done.read_text()).get("provenance", {}).get("wall_s")
-                state = f"done ({wall:.0f} s)" if wall is not None else "done"
-                key = "done"
-            elif log.exists():
-                state = key = "started or failed (see log)"
-            else:
-                state = key = "to do"
+            key, state = _task_state(t, results, keys)
+            keys[(stage, t.id)] = key
             summary[key] = summary.get(key, 0) + 1
             lines.append(f"{stage:<9} {t.id:<44} {state}")
-    stale = _stale(plan, results)
     lines.append("")
-    lines.append(", ".join(f"{k}: {v}" for k, v in summary.items()) + f"; stale outputs: {stale}")
+    counts = ", ".join(f"{k}: {summary[k]}" for k in STATES if k in summary)
+    lines.append(f"{counts}; other task folders: {_stale(plan, results)}")
     return "\n".join(lines)
 
 
+STATES = ("done", "stale", "failed or running", "to do")
+
+
+def _task_state(task, results: Path, upstream: dict[tuple[str, str], str]) -> tuple[str, str]:
+    """(summary key, the line's state text) of one task; ``upstream`` holds the keys of the
+    tasks before it."""
+    done = task.done(results)
+    if done.exists():
+        mtime = done.stat().st_mtime_ns
+        for stage, dep_id in task.deps.values():
+            dep = paths.done_file(results, stage, dep_id)
+            if not dep.exists():
+                return "stale", f"stale: upstream {stage} {dep_id} is missing"
+            if dep.stat().st_mtime_ns > mtime:
+                return "stale", f"stale: upstream {stage} {dep_id} finished after it"
+            if upstream.get((stage, dep_id)) == "stale":
+                return "stale", f"stale: upstream {stage} {dep_id} is stale"
+        try:
+            wall = json.loads(done.read_text()).get("provenance", {}).get("wall_s")
+        except (OSError, ValueError):
+            return "done", "done (task.json unreadable)"
+        return "done", f"done ({wall:.0f} s)" if wall is not None else "done"
+    log = paths.log_file(results, task.stage, task.id)
+    if log.exists():
+        state = "failed or running"
+        last = _last_line(log)
+        if last:
+            state += f": {last}"
+        ckpt = paths.checkpoint_dir(results, task.id)
+        if ckpt.is_dir() and any(p.is_file() for p in ckpt.iterdir()):
+            state += f" [checkpoint in {ckpt}: a rerun resumes from it]"
+        return "failed or running", state
+    return "to do", "to do"
+
+
+def _last_line(path: Path, width: int = 160) -> str:
+    """The last non-blank line of a log (progress bars' carriage returns end lines too)."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 16384))
+        tail = f.read().decode("utf-8", errors="replace")
+    lines = [s.strip() for s in tail.replace("\r", "\n").splitlines() if s.strip()]
+    if not lines:
+        return ""
+    last = lines[-1]
+    return last if len(last) <= width else last[: width - 3] + "..."
+
+
 def _stale(plan: Plan, results: Path) -> int:
-    """Task folders of a stage that the current plan no longer names (older sweep values)."""
+    """Task folders of a stage that the current plan does not name (older sweep values, or
+    another spec sharing the results folder)."""
     n = 0
     for stage in paths.STAGES:
         root = Path(results) / "tasks" / stage
