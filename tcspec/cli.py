@@ -172,7 +172,10 @@ def cmd_task(args) -> int:
         task = plan.get(args.stage, args.task_id)
     except KeyError as exc:
         raise UserError(exc.args[0]) from None
-    run_task(plan, task, Path(args.results))
+    try:
+        run_task(plan, task, Path(args.results))
+    except ValueError as exc:  # bad input met at run time: one line, no traceback
+        raise UserError(f"{task.stage} {task.id}: {exc}") from None
     return 0
 
 

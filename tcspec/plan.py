@@ -305,6 +305,7 @@ def _features_task(spec: Spec, train: Task, member: dict, model: Task, tokens: T
     """Feature statistics and dashboards of one trained dictionary."""
     config = spec.interp.model_dump(mode="json", exclude={"dictionaries"}) | dict(
         step="features",
+        seed=spec.seed,
         dictionary=train.config["dictionary"],
         kind=train.config["kind"],
         member=member["name"],
