@@ -1,0 +1,1 @@
+"""Circuit analysis through transcoders, and task studies (greater-than)."""
