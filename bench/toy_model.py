@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=None)
     parser.add_argument("--gt-max-duration", type=int, default=None, help="max ZZ - YY")
     parser.add_argument("--normal-pos-init", action="store_true", help="no sinusoidal W_pos")
-    parser.add_argument("--number-codes", choices=["none", "init", "fixed"], default="init")
+    parser.add_argument("--number-codes", choices=["none", "init", "fixed"], default="fixed")
     args = parser.parse_args()
     overrides_extra = {
         "sinusoidal_init": not args.normal_pos_init,
