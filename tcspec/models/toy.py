@@ -240,7 +240,7 @@ def train_toy_model(
     contexts of ``n_ctx`` tokens are drawn fresh from the recipe's corpus stream (the pydoc
     text repeats; task sentences do not). AdamW with linear warm-up and cosine decay to a
     tenth of ``lr``; gradients clipped to norm 1. ``sinusoidal_init`` and ``number_codes``:
-    see the module docstring. The defaults take about 1.5 minutes on two CPU cores
+    see the module docstring. The defaults take about two minutes on two CPU cores
     (``bench/toy_model.py``).
     """
     out_dir = Path(out_dir)
