@@ -245,7 +245,7 @@ def _show(value: Any) -> str:
         return "a list"
     if value is None:
         return "nothing (null)"
-    text = str(value)
+    text = " ".join(str(value).split())  # one line, whatever the value held
     return f"`{text[:40]}...`" if len(text) > 43 else f"`{text}`"
 
 

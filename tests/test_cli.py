@@ -45,7 +45,10 @@ def test_plan_prints_the_table_with_totals(capsys):
     out = capsys.readouterr().out
     plan = compile_plan(load_spec(QUICKSTART))
     assert out.startswith(f"experiment quickstart: {len(plan.tasks)} jobs")
-    assert "jobs: model 1, tokens 1, acts 1, train 4, evaluate 12, tables 1 (total 20)" in out
+    assert (
+        "jobs: model 1, tokens 1, acts 1, train 4, evaluate 12, interp 3, circuits 1, tables 1 (total 24)"
+        in out
+    )
     assert re.search(
         r"^activation cache: [\d.]+GB; dictionary parameters: [\d.]+M; training FLOPs: [\d.]+T$",
         out,
@@ -58,8 +61,17 @@ def test_plan_prints_the_table_with_totals(capsys):
 def test_plan_json_lists_every_task(capsys):
     assert main(["plan", "--json", str(QUICKSTART)]) == 0
     tasks = json.loads(capsys.readouterr().out)
-    assert len(tasks) == 20
-    assert {t["stage"] for t in tasks} == {"model", "tokens", "acts", "train", "evaluate", "tables"}
+    assert len(tasks) == 24
+    assert {t["stage"] for t in tasks} == {
+        "model",
+        "tokens",
+        "acts",
+        "train",
+        "evaluate",
+        "interp",
+        "circuits",
+        "tables",
+    }
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)

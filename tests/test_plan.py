@@ -19,7 +19,7 @@ from tcspec.plan import compile_plan
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "specs" / "quickstart.yaml"
 SPECS = sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("specs/paper/*.yaml")])
-TC_L1 = "    out_hook: hook_mlp_out\n    expansion: 8\n    l1: [3.0e-4, 1.0e-3, 3.0e-3]\n"
+TC_L1 = "    expansion: 8                   # d_sae 1,024\n    l1: [3.0e-4, 1.0e-3, 3.0e-3]\n"
 ENV = os.environ | {"HF_HUB_OFFLINE": "1"}
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
@@ -51,10 +51,14 @@ def test_one_l1_value_changes_only_tc_downstream():
     expected |= {
         ("evaluate", f"tc-L{layer}-l1_{v}") for layer in (0, 1) for v in ("0.0003", "0.001")
     }
+    # tc's studies downstream of its training: its dashboards, the blind study, its circuit
+    expected |= {("interp", "tc-L0-l1_0.001"), ("interp", "study-quickstart")}
+    expected |= {("circuits", "greater_than-tc")}
     assert changed == expected
     unchanged = {k for k in before if k in after and before[k] == after[k]}
     stages = {s for s, _ in unchanged}
-    assert stages == {"model", "tokens", "acts", "train", "evaluate"}
+    assert stages == {"model", "tokens", "acts", "train", "evaluate", "interp"}
+    assert ("interp", "sae-L0-l1_0.001") in unchanged
     assert {k for k in unchanged if k[0] in ("train", "evaluate")} == {
         ("train", "sae-L0"),
         ("train", "sae-L1"),
@@ -64,14 +68,20 @@ def test_one_l1_value_changes_only_tc_downstream():
             for v in ("0.0003", "0.001", "0.003")
         },
     }
-    assert len(unchanged) == 3 + 2 + 6
+    assert len(unchanged) == 3 + 2 + 6 + 1
 
 
 def test_specs_differing_only_in_dictionaries_share_the_acts():
     base = quickstart_text()
     text = base.replace(
+        "expansion: 8                   # d_sae 1,024\n    l1: [3.0e-4, 1.0e-3, 3.0e-3]",
+        "expansion: 4\n    l1: 1.0e-2",
+    )
+    text = text.replace(
         "expansion: 8\n    l1: [3.0e-4, 1.0e-3, 3.0e-3]", "expansion: 4\n    l1: 1.0e-2"
     )
+    # the studies select l1 = 1e-3, which this variant no longer trains
+    text = text[: text.index("interp:")] + text[text.index("tables:") :]
     text = text.replace("experiment: quickstart", "experiment: other")
     assert text.count("expansion: 4") == 2
     a, b = ids(base), ids(text)
@@ -152,7 +162,7 @@ def test_snakemake_dry_run_reruns_only_what_changed(tmp_path: Path):
     assert run_a.returncode == 0, run_a.stdout[-3000:]
     assert run_b.returncode == 0, run_b.stdout[-3000:]
     jobs_a, jobs_b = job_ids(run_a.stdout), job_ids(run_b.stdout)
-    assert len(jobs_a) == len(jobs_b) == 20
+    assert len(jobs_a) == len(jobs_b) == 24
     # the jobs that differ are exactly the tasks whose ids the compiler changed
     plan_a, plan_b = ids(quickstart_text()), ids(changed_l1_text())
     only_a = {v for v in plan_a.values() if v not in plan_b.values()}
@@ -162,9 +172,12 @@ def test_snakemake_dry_run_reruns_only_what_changed(tmp_path: Path):
     assert {r for r, _ in jobs_a ^ jobs_b} == {
         "train_dictionary",
         "evaluate_dictionary",
+        "sample_features",
+        "analyze_circuit",
         "build_tables",
     }
-    assert len(only_a) == len(only_b) == 2 + 6 + 1  # tc train x2, tc evaluate x6, tables
+    # tc train x2, tc evaluate x6, tc dashboards + study, tc circuit, tables
+    assert len(only_a) == len(only_b) == 2 + 6 + 2 + 1 + 1
 
 
 @pytest.mark.slow

@@ -273,7 +273,7 @@ def test_reference_of_another_layer_gets_its_own_plot(tmp_path):
     paths = _build(tmp_path / "t1", reference="table1", include=["interpretability"])
     index = (tmp_path / "t1" / "index.md").read_text()
     assert "## Published (Dunefsky et al. 2024, Table 1)" in index
-    assert "| interpretable" in index and "interpretability: not built here" in index
+    assert "| interpretable" in index and "interpretability: not built yet" in index
 
 
 def test_index_shows_every_table_and_plot(tmp_path):
