@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -177,10 +178,15 @@ def loss_and_grads(
     pre_dead = z.index_select(1, dead_idx) if dead_mode in ("ghost_grads", "aux_k") else None
     if cfg.activation == "relu":
         z.clamp_min_(0)  # [B, S]
+        y_hat = torch.addmm(coder.b_out, z, W_dec, out=ws.get("y_hat", y.shape))  # [B, d_out]
     else:
+        # TopK: only k of S features are nonzero per token, so the decoder and every
+        # gradient below touch those rows alone (gathers instead of dense matmuls)
         vals, idx = z.topk(cfg.k, dim=1)  # [B, k]
-        z.zero_().scatter_(1, idx, vals.clamp_min_(0))
-    y_hat = torch.addmm(coder.b_out, z, W_dec, out=ws.get("y_hat", y.shape))  # [B, d_out]
+        vals.clamp_min_(0)
+        z.zero_().scatter_(1, idx, vals)
+        y_hat = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")  # [B, d_out]
+        y_hat += coder.b_out
     if cfg.skip:
         y_hat.addmm_(x, coder.W_skip)
     e = torch.sub(y_hat, y, out=ws.get("e", y.shape))  # [B, d_out]
@@ -198,11 +204,16 @@ def loss_and_grads(
     l1_term = z.sum() * (l1 / B)  # z >= 0, so sum |z| = sum z
 
     # backward into the pre-activations: dpre = (g W_dec^T + l1/B) * [z > 0]
-    dz = ws.get("dz", (B, S))
-    torch.addmm(
-        torch.tensor(l1 / B, dtype=x.dtype, device=x.device), g, W_dec.t(), out=dz
-    )  # [B, S]
-    torch.ops.aten.threshold_backward.grad_input(dz, z, 0.0, grad_input=dz)
+    if cfg.activation == "relu":
+        dz = ws.get("dz", (B, S))
+        torch.addmm(
+            torch.tensor(l1 / B, dtype=x.dtype, device=x.device), g, W_dec.t(), out=dz
+        )  # [B, S]
+        torch.ops.aten.threshold_backward.grad_input(dz, z, 0.0, grad_input=dz)
+    else:
+        rows = W_dec[idx]  # [B, k, d_out]
+        dz_k = torch.bmm(rows, g.unsqueeze(2)).squeeze(2).add_(l1 / B)  # [B, k]
+        dz_k.mul_(vals > 0)
 
     aux = torch.zeros((), dtype=x.dtype, device=x.device)
     gW_dec_dead = None
@@ -216,14 +227,27 @@ def loss_and_grads(
                 k_aux = opts.aux_k or cfg.d_in // 2
                 aux = opts.aux_k_coef * aux_k_term(pre_dead, W_dec_dead, e, k_aux)
             gpre_dead, gW_dec_dead = torch.autograd.grad(aux, (pre_dead, W_dec_dead))
-        dz.index_add_(1, dead_idx, gpre_dead)
+        if cfg.activation == "relu":
+            dz.index_add_(1, dead_idx, gpre_dead)
         aux = aux.detach()
 
     # parameter gradients
     gr = {}
-    gr["W_enc"] = torch.mm(xc.t(), dz, out=ws.get("gW_enc", W_enc.shape))  # [d_in, S]
-    gr["b_enc"] = torch.sum(dz, 0, out=ws.get("gb_enc", b_enc.shape))  # [S]
-    gr["W_dec"] = torch.mm(z.t(), g, out=ws.get("gW_dec", W_dec.shape))  # [S, d_out]
+    if cfg.activation == "relu":
+        gr["W_enc"] = torch.mm(xc.t(), dz, out=ws.get("gW_enc", W_enc.shape))  # [d_in, S]
+        gr["b_enc"] = torch.sum(dz, 0, out=ws.get("gb_enc", b_enc.shape))  # [S]
+        gr["W_dec"] = torch.mm(z.t(), g, out=ws.get("gW_dec", W_dec.shape))  # [S, d_out]
+    else:
+        flat = idx.reshape(-1)  # [B * k]
+        gW_enc_t = ws.get("gW_enc_t", (S, cfg.d_in)).zero_()  # [S, d_in]
+        gW_enc_t.index_add_(0, flat, (dz_k.unsqueeze(2) * xc.unsqueeze(1)).reshape(-1, cfg.d_in))
+        gb_enc = ws.get("gb_enc", b_enc.shape).zero_().index_add_(0, flat, dz_k.reshape(-1))
+        gW_dec = ws.get("gW_dec", W_dec.shape).zero_()  # [S, d_out]
+        gW_dec.index_add_(0, flat, (vals.unsqueeze(2) * g.unsqueeze(1)).reshape(-1, cfg.d_out))
+        if pre_dead is not None:
+            gW_enc_t.index_add_(0, dead_idx, torch.mm(gpre_dead.t(), xc))
+            gb_enc.index_add_(0, dead_idx, gpre_dead.sum(0))
+        gr["W_enc"], gr["b_enc"], gr["W_dec"] = gW_enc_t.t(), gb_enc, gW_dec
     if gW_dec_dead is not None:
         gr["W_dec"].index_add_(0, dead_idx, gW_dec_dead)
     g_out = g.sum(0)  # [d_out]
