@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tcspec import paths
@@ -110,16 +111,22 @@ def _task_state(task, results: Path, upstream: dict[tuple[str, str], str]) -> tu
     return "to do", "to do"
 
 
-def _last_line(path: Path, width: int = 160) -> str:
-    """The last non-blank line of a log (progress bars' carriage returns end lines too)."""
+# "SomeError: ..." (a traceback's last line) or "tcspec: ..." (a user error), anywhere in
+# a line: a progress bar without a newline may precede it
+ERROR_LINE = re.compile(r"(\b[A-Za-z_][\w.]*(Error|Exception|Exit)|\btcspec): .*$")
+
+
+def _last_line(path: Path, width: int = 400) -> str:
+    """What a log says last: its last ``SomeError: message`` line (a traceback ends with it,
+    though progress bars closing at exit may print after it), else its last non-blank line.
+    Progress bars' carriage returns end lines too."""
     with open(path, "rb") as f:
         f.seek(0, 2)
         f.seek(max(0, f.tell() - 16384))
         tail = f.read().decode("utf-8", errors="replace")
     lines = [s.strip() for s in tail.replace("\r", "\n").splitlines() if s.strip()]
-    if not lines:
-        return ""
-    last = lines[-1]
+    errors = [m.group(0) for s in lines if (m := ERROR_LINE.search(s))]
+    last = errors[-1] if errors else (lines[-1] if lines else "")
     return last if len(last) <= width else last[: width - 3] + "..."
 
 
