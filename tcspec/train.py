@@ -21,6 +21,7 @@ lr_t (`lr_factor`), and decoder rows are renormalized to unit norm.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import xxhash
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -40,6 +42,7 @@ from tcspec.coders import Coder, CoderConfig
 from tcspec.spec import SAESpec, SkipTranscoderSpec, TranscoderSpec
 
 CHECKPOINT = "train.ckpt"
+CHECKPOINT_MAGIC = b"tcspec.ckpt/1 xxh3_128 "  # + 32 hex digits + newline, then torch.save bytes
 ADAM_EPS = 1e-8
 RESAMPLE_ENC_SCALE = 0.2  # resampled encoder columns: 0.2 x mean norm of live columns
 
@@ -567,11 +570,32 @@ def _save_checkpoint(path: Path, runs: list[_Run], members: list[Member], step: 
         "torch_rng": torch.get_rng_state(),
         "python_rng": random.getstate(),
     }
-    _atomic(path, lambda p: torch.save(state, p))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    header = CHECKPOINT_MAGIC + xxhash.xxh3_128_hexdigest(payload).encode() + b"\n"
+    _atomic(path, lambda p: p.write_bytes(header + payload))
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The state in a checkpoint, after checking its checksum (ValueError naming the file
+    if it is truncated or damaged: a damaged checkpoint is never used)."""
+    data = Path(path).read_bytes()
+    n = len(CHECKPOINT_MAGIC)
+    digest, payload = data[n : n + 32], data[n + 33 :]
+    if not data.startswith(CHECKPOINT_MAGIC) or len(data) < n + 33:
+        raise ValueError(
+            f"{path} is not a complete tcspec checkpoint; delete it to train from step 0"
+        )
+    if xxhash.xxh3_128_hexdigest(payload).encode() != digest:
+        raise ValueError(
+            f"{path} is damaged (its xxh3_128 checksum differs); delete it to train from step 0"
+        )
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 def _load_checkpoint(path: Path, runs: list[_Run], members: list[Member], steps: int):
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     if state["members"] != [_identity(m) for m in members]:
         raise ValueError(f"{path} was written by a different group of dictionaries; delete it")
     if state["step"] > steps:

@@ -31,6 +31,7 @@ from tcspec.train import (
     l1_factor,
     loss_and_grads,
     lr_factor,
+    read_checkpoint,
     reference_loss,
     remove_parallel_grad,
     train_group,
@@ -309,7 +310,7 @@ def test_nan_loss_stops_with_step_and_member(tmp_path):
     ]
     with pytest.raises(FloatingPointError, match=r"step 7: member `ok`"):
         run(ms, 20, tmp_path, bad_step=7)
-    state = torch.load(tmp_path / "ckpt" / CHECKPOINT, weights_only=True)
+    state = read_checkpoint(tmp_path / "ckpt" / CHECKPOINT)
     assert state["step"] == 5  # the last good checkpoint is kept
     for r in state["runs"]:
         assert all(torch.isfinite(v).all() for v in r["params"].values())
@@ -320,7 +321,7 @@ def test_crash_resumes_from_checkpoint(tmp_path):
     ms = [member(tmp_path, "m", checkpoint_every=4)]
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(ms, 20, tmp_path, fail_at=11)
-    assert torch.load(tmp_path / "ckpt" / CHECKPOINT, weights_only=True)["step"] == 8
+    assert read_checkpoint(tmp_path / "ckpt" / CHECKPOINT)["step"] == 8
     logs = []
     train_group(ms, make_batches(), 20, tmp_path / "ckpt", progress=False, log=logs.append)
     assert "resuming" in logs[0] and "step 8/20" in logs[0]
@@ -410,7 +411,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL
     assert not (tmp_path / "killed" / "topk" / coders.WEIGHTS_FILE).exists()
-    step = torch.load(ckpt, weights_only=True)["step"]
+    step = read_checkpoint(ckpt)["step"]
     assert 0 < step < 60
     resume_job(str(tmp_path / "killed"), 0.0)  # the rerun: a fresh call that finds the checkpoint
     for name in ("ghost", "resample", "topk"):

@@ -1,0 +1,143 @@
+"""Scale-out: the workflow on a (simulated) cluster, and the SLURM profile's plan.
+
+No scheduler runs here, so profiles/cluster-sim drives Snakemake's cluster-generic executor
+with a submit script that starts each job as a detached process (the stand-in for sbatch)
+and a status script that reports it (the stand-in for sacct). The cluster run must give
+exactly what a local ``-c2`` run gives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "workflow"))
+import harness  # noqa: E402
+from harness import CLUSTER_PROFILE, MICRO, ROOT  # noqa: E402
+
+GPT2_SMALL = ROOT / "specs" / "paper" / "gpt2_small.yaml"
+
+
+def script(name: str, *args: str, jobs: Path) -> str:
+    out = subprocess.run(
+        ["bash", str(CLUSTER_PROFILE / name), *args],
+        cwd=ROOT,
+        env=harness.env(CLUSTER_SIM_DIR=str(jobs)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def wait_for(jobs: Path, job: str, want: str, timeout_s: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while (state := script("status.sh", job, jobs=jobs)) != want:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return state
+
+
+def test_submit_and_status_scripts(tmp_path):
+    """submit.sh prints a job id; status.sh says running, then success / failed by exit
+    code; a job killed before writing its exit code has failed; cancel.sh ends a job."""
+    jobs = tmp_path / "jobs"
+    scripts = {}
+    for name, body in {"ok": "exit 0", "bad": "exit 3", "slow": "sleep 60"}.items():
+        scripts[name] = tmp_path / f"{name}.sh"
+        scripts[name].write_text(body + "\n")
+    ids = {name: script("submit.sh", name, str(path), jobs=jobs) for name, path in scripts.items()}
+    assert len(set(ids.values())) == 3 and all(re.fullmatch(r"job-\w+", i) for i in ids.values())
+    assert wait_for(jobs, ids["ok"], "success") == "success"
+    assert wait_for(jobs, ids["bad"], "failed") == "failed"
+    assert script("status.sh", ids["slow"], jobs=jobs) == "running"
+    script("cancel.sh", ids["slow"], jobs=jobs)
+    assert wait_for(jobs, ids["slow"], "failed") == "failed"
+    assert script("status.sh", "job-unknown", jobs=jobs) == "failed"
+    assert (jobs / ids["ok"] / "name").read_text().strip() == "ok"
+
+
+@pytest.mark.slow
+def test_cluster_run_equals_a_local_run(tmp_path_factory, tmp_path):
+    store = tmp_path_factory.getbasetemp() / "micro"
+    store.mkdir(exist_ok=True)
+    local = harness.baseline(store)  # shared with test_faults when both run
+
+    jobs, results = tmp_path / "jobs", tmp_path / "results"
+    run = subprocess.run(
+        harness.snakemake_cmd(results, "--profile", str(CLUSTER_PROFILE), spec=MICRO, cores=None),
+        cwd=ROOT,
+        env=harness.env(CLUSTER_SIM_DIR=str(jobs)),
+        capture_output=True,
+        text=True,
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    plan = harness.plan(MICRO)
+    submitted = re.findall(r"Submitted job \d+ with external jobid '(job-\w+)'", log)
+    assert sorted(submitted) == sorted(p.name for p in jobs.iterdir())
+    assert len(submitted) == len(plan.tasks)
+    names = sorted((jobs / j / "name").read_text().strip() for j in submitted)
+    rules = {
+        "model": "prepare_model",
+        "tokens": "tokenize_corpus",
+        "acts": "cache_activations",
+        "train": "train_dictionary",
+        "evaluate": "evaluate_dictionary",
+        "tables": "build_tables",
+    }
+    assert names == sorted(f"{rules[t.stage]}-{t.id}" for t in plan.tasks.values())
+    assert all((jobs / j / "exit").read_text().strip() == "0" for j in submitted)
+    assert harness.differences(harness.outputs(results), harness.outputs(local)) == []
+
+
+def slurm_profile(tmp_path: Path) -> Path:
+    """profiles/slurm, or (where snakemake-executor-plugin-slurm is not installed) a copy
+    without its `executor:` line: the plan and the resources are the same."""
+    profile = ROOT / "profiles" / "slurm"
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None:
+        return profile
+    copy = tmp_path / "slurm"
+    copy.mkdir()
+    lines = (profile / "config.yaml").read_text().splitlines(keepends=True)
+    (copy / "config.yaml").write_text("".join(s for s in lines if not s.startswith("executor:")))
+    return copy
+
+
+def test_slurm_profile_plans_the_gpt2_sweep_with_gpus_for_training_only(tmp_path):
+    run = harness.snakemake(
+        tmp_path / "results",
+        "--profile",
+        str(slurm_profile(tmp_path)),
+        "-n",
+        spec=GPT2_SMALL,
+        cores=None,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    jobs = []  # (rule, wildcard id, resources)
+    for block in re.split(r"\n(?=\s*rule \w+:)", out):  # grouped jobs are indented
+        rule = re.match(r"\s*rule (\w+):", block)
+        res = re.search(r"^\s+resources: (.*)$", block, re.M)
+        if rule and res and rule.group(1) != "all":
+            wid = re.search(r"^\s+wildcards: id=(\S+)$", block, re.M).group(1)
+            fields = dict(kv.split("=", 1) for kv in res.group(1).split(", "))
+            jobs.append((rule.group(1), wid, fields))
+    plan = harness.plan(GPT2_SMALL)
+    assert len(jobs) == len(plan.tasks)
+    train = [(w, f) for r, w, f in jobs if r == "train_dictionary"]
+    assert sorted(w for w, _ in train) == sorted(t.id for t in plan.stage("train"))
+    tc_layers = {int(m.group(1)) for w, _ in train if (m := re.match(r"tc-L(\d+)-", w))}
+    assert tc_layers == set(range(12))
+    gpu = {r for r, _, f in jobs if f.get("gpu") == "1"}
+    assert gpu == {"train_dictionary"}
+    assert all(f["gpu"] == "1" and f["slurm_partition"] == "gpu" for _, f in train)
+    others = [f for r, _, f in jobs if r != "train_dictionary"]
+    assert all(f.get("gpu", "0") == "0" and f["slurm_partition"] == "cpu" for f in others)
