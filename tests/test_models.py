@@ -233,3 +233,17 @@ def test_resolve_device_and_dtype():
     assert resolve_dtype(torch.float32) is torch.float32
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("float9")
+
+
+def test_damaged_toy_weights_are_named_and_refused(toy_model_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(toy_model_dir, copy)
+    weights = copy / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte inside a tensor
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=str(weights)):
+        load_model(copy)
+    load_model(toy_model_dir)  # the intact folder still loads

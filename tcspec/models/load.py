@@ -168,7 +168,13 @@ def load_toy(model_dir: Path, device: str = "cpu", dtype: torch.dtype = torch.fl
         device=device,
         init_weights=False,
     )
-    state_dict = load_file(str(Path(model_dir) / WEIGHTS))
+    weights = Path(model_dir) / WEIGHTS
+    if "weights_xxh3" in meta:
+        from tcspec.models.toy import weights_checksum
+
+        if weights_checksum(weights) != meta["weights_xxh3"]:
+            raise ValueError(f"{weights}: checksum differs from model.json's; the file is damaged")
+    state_dict = load_file(str(weights))
     return _build(cfg, load_tokenizer(Path(model_dir)), state_dict, device)
 
 

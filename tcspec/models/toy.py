@@ -204,12 +204,20 @@ def sinusoidal_positions(n_ctx: int, d_model: int) -> Tensor:
     return codes
 
 
+def weights_checksum(path: Path) -> str:
+    """xxh3-128 of a weights file, recorded in model.json and checked on every load."""
+    import xxhash
+
+    return xxhash.xxh3_128_hexdigest(Path(path).read_bytes())
+
+
 def _write_atomic(out_dir: Path, model: HookedTransformer, tokenizer, meta: dict) -> None:
     """Weights and tokenizer via temporary names, then ``model.json`` last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-") as tmp:
         state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(Path(tmp) / WEIGHTS))
+        meta["weights_xxh3"] = weights_checksum(Path(tmp) / WEIGHTS)
         for path in [Path(tmp) / WEIGHTS, *save_tokenizer(tokenizer, Path(tmp))]:
             os.replace(path, out_dir / path.name)
     write_json_atomic(out_dir / MODEL_JSON, meta)
