@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,6 +24,8 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from tcspec.atomic import atomic_write as _atomic
 
 KINDS = ("transcoder", "skip_transcoder", "sae")
 ACTIVATIONS = ("relu", "topk")
@@ -180,12 +181,3 @@ def load(dir: str | Path, device: str | torch.device = "cpu") -> Coder:
         )
     coder.load_state_dict(state)
     return coder.to(device)
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

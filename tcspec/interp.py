@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from tcspec.atomic import atomic_write as _atomic
 from tcspec.coders import Coder
 
 STATS_FILE = "stats.safetensors"
@@ -605,12 +605,3 @@ def load_stats(folder: Path) -> LoadedStats:
         json.loads((folder / VOCAB_FILE).read_text()),
         json.loads((folder / META_FILE).read_text()),
     )
-
-
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

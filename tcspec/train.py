@@ -24,7 +24,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from tcspec import coders
+from tcspec.atomic import atomic_write as _atomic
 from tcspec.coders import Coder, CoderConfig
 from tcspec.spec import SAESpec, SkipTranscoderSpec, TranscoderSpec
 
@@ -644,14 +644,3 @@ def _finish(run: _Run, steps: int, B: int, wall: float, device) -> dict:
     tensors = {"density": density, "log10_density": torch.log10(density + 1e-10)}
     _atomic(out / "density.safetensors", lambda p: save_file(tensors, str(p)))
     return summary
-
-
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

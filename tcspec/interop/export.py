@@ -25,8 +25,6 @@ Each file is written to a temporary name and renamed, weights before configs.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +34,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from tcspec import __version__
+from tcspec.atomic import atomic_write as _atomic
 from tcspec.coders import Coder
 from tcspec.interop.formats import fold_pre_bias
 
@@ -79,14 +78,6 @@ def export(
 
 
 # ---------------------------------------------------------------------------- helpers
-def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _save_tensors(path: Path, tensors: dict[str, Tensor]) -> Path:
