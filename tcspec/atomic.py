@@ -1,11 +1,25 @@
-"""Atomic file writes: the one helper every stage uses so a killed job never leaves a file
-that looks complete."""
+"""Atomic writes: the one module that renames files into place, so a killed job never leaves
+a file (or folder) that looks complete.
+
+Every writer takes the final path, writes to a per-process temporary name beside it
+(``.{name}.tmp{pid}``), and renames it over the final path only when writing succeeded; on
+failure the temporary is removed and the final path is left as it was.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+
+def temp_name(path: Path) -> Path:
+    """The per-process temporary sibling of ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
@@ -13,10 +27,50 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     ``path``; on failure the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_name(path)
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, data, indent: int = 1) -> Path:
+    """JSON with sorted keys (stable bytes for the same data); non-JSON values via str()."""
+    text = json.dumps(data, indent=indent, sort_keys=True, default=str) + "\n"
+    return write_text(path, text)
+
+
+def save_figure(fig, path: Path, **savefig_kwargs) -> Path:
+    """``fig.savefig`` to ``path`` atomically; the format comes from the suffix."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".")
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **savefig_kwargs))
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out_dir`` to write into; on success it replaces
+    ``out_dir`` (whose old contents are removed). On an exception the temporary folder is
+    removed and ``out_dir`` is left untouched."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(out_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
