@@ -10,9 +10,10 @@ a group when its estimate exceeds the per-job budget the machine side states. Th
   members of equal shape): gradients 4 x n_params, and 4 x B x (2 d_sae + d_in + 2 d_out)
   for z, dz, the centred input, y_hat and the residual; per member 24 x d_sae of feature
   statistics (an int64 and two float64 counters per feature);
-- ``buffer``: (buffer_tokens + one forward batch of rows) x the hooks' widths x the
-  activation dtype's bytes;
-- ``batch``: B x the hooks' widths x (4 + the activation bytes) (gathered, then float32);
+- ``buffer``: (buffer_tokens + one forward batch of rows) x the hooks' row bytes (width x
+  the bytes of the model's dtype, or 4 for LayerNorm outputs, which TransformerLens keeps
+  in float32 in a half-precision model);
+- ``batch``: B x (the row bytes + 4 x the widths) (gathered, then float32);
 - ``forward``: the hooks captured in one forward batch, plus a rough allowance for the
   model's own activations (``forward_bytes``);
 - ``model``: the model's weights, as given.
@@ -41,7 +42,8 @@ class StreamShape:
     rows_per_forward: int
     """Rows one forward batch adds (batch_contexts x positions kept per context)."""
     act_bytes: int = 4
-    """Bytes per activation value in the model's dtype (2 for bf16/fp16)."""
+    """Bytes per activation value in the model's dtype (2 for bf16/fp16; see
+    ``value_bytes``)."""
     forward: int = 0
     """Bytes of one forward batch beyond the captured hooks (see ``forward_bytes``)."""
     model: int = 0
@@ -81,6 +83,15 @@ def n_params(cfg: CoderConfig) -> int:
     return n + (cfg.d_in * cfg.d_out if cfg.skip else 0)
 
 
+LAYERNORM_HOOKS = ("hook_normalized", "hook_scale")
+"""Hook name endings TransformerLens computes in float32 whatever the model's dtype."""
+
+
+def value_bytes(hook: str, act_bytes: int) -> int:
+    """Bytes per value a hook gives in a model whose dtype has ``act_bytes`` bytes."""
+    return 4 if hook.endswith(LAYERNORM_HOOKS) and act_bytes < 4 else act_bytes
+
+
 def group_hooks(coders: Sequence[CoderConfig]) -> list[str]:
     """The hooks a group reads, in first-use order (each coder's in_hook and out_hook)."""
     hooks: dict[str, None] = {}
@@ -99,6 +110,7 @@ def estimate_memory(
         raise ValueError("no dictionaries to estimate")
     hooks = group_hooks(coders)
     row = sum(widths[h] for h in hooks)  # values per row over the buffered hooks
+    row_bytes = sum(widths[h] * value_bytes(h, shape.act_bytes) for h in hooks)
     B = shape.batch_size
     params = sum(n_params(c) for c in coders)
     distinct = {(c.kind, c.d_in, c.d_out, c.d_sae, c.activation): c for c in coders}
@@ -111,9 +123,9 @@ def estimate_memory(
         weights=4 * params,
         optimizer=8 * params,
         workspace=work,
-        buffer=rows_held * row * shape.act_bytes,
-        batch=B * row * (4 + shape.act_bytes),
-        forward=shape.rows_per_forward * row * shape.act_bytes + shape.forward,
+        buffer=rows_held * row_bytes,
+        batch=B * (row_bytes + 4 * row),
+        forward=shape.rows_per_forward * row_bytes + shape.forward,
         model=shape.model,
     )
 

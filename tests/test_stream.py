@@ -129,6 +129,11 @@ def test_half_precision_model_gives_float32_batches(tokens):
     s = stream(m, tokens, shuffle=False)
     b = next(s.iter_batches(0))
     assert s.buffer[HOOKS[1]].dtype == torch.bfloat16
+    assert s.buffer[HOOKS[0]].dtype == torch.float32  # TransformerLens's LayerNorm is fp32
+    shape = StreamShape(batch_size=16, buffer_tokens=64, rows_per_forward=44, act_bytes=2)
+    cfgs = [c.config for c in members(Path("unused"))]
+    est = estimate_memory(cfgs, s.widths, shape)
+    assert est.buffer == sum(buf.nbytes for buf in s.buffer.values()) == 108 * 32 * (4 + 2) * 2
     assert b[HOOKS[1]].dtype == torch.float32
     with torch.no_grad():
         _, cache = m.run_with_cache(torch.as_tensor(tokens[:4], dtype=torch.long))
