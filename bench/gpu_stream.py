@@ -83,8 +83,12 @@ def run(s: Shape, device: str, dtype: torch.dtype, seconds: float) -> dict:
     tokens = random_tokens(s, rows_for(s, s.steps))
     root = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     group = transcoders(s, root, range(s.layers), 1, dead_features="none")
-    config = StreamConfig(hooks=hooks_of(group), batch_size=s.batch_size,
-                          buffer_tokens=s.buffer_tokens, batch_contexts=s.batch_contexts)  # fmt: skip
+    config = StreamConfig(
+        hooks=hooks_of(group),
+        batch_size=s.batch_size,
+        buffer_tokens=s.buffer_tokens,
+        batch_contexts=s.batch_contexts,
+    )
     source = ActivationStream(model, tokens, config)
     fwd = forward_tokens_per_s(model, tokens, s, sync)
     if cuda:

@@ -138,11 +138,8 @@ def split_by_memory(
     ValueError when one dictionary alone exceeds the budget."""
     groups: list[list[int]] = []
     for i, c in enumerate(coders):
-        if (
-            groups
-            and estimate_memory([coders[j] for j in groups[-1]] + [c], widths, shape).total
-            <= budget
-        ):
+        joined = [coders[j] for j in groups[-1]] + [c] if groups else []
+        if joined and estimate_memory(joined, widths, shape).total <= budget:
             groups[-1].append(i)
             continue
         alone = estimate_memory([c], widths, shape)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +30,7 @@ from tcspec.coders import CoderConfig
 from tcspec.hooks import full_name
 from tcspec.spec import SAESpec, TranscoderSpec
 from tcspec.stream import ActivationStream, StreamConfig
-from tcspec.train import Member, train_group
+from tcspec.train import CHECKPOINT, Member, read_checkpoint, train_group
 
 torch.set_num_threads(1)
 
@@ -287,6 +292,49 @@ def test_train_group_on_a_stream_resumes_after_a_crash(model, tokens, tmp_path):
     for name in a:
         for k in a[name]:
             assert torch.equal(a[name][k], b[name][k]), (name, k)
+
+
+# ------------------------------------------------------------------ resume after SIGKILL
+def sigkill_job(root: str, sleep: float) -> None:
+    """The job the SIGKILL test runs in a subprocess: 5 dictionaries, 40 steps (2.8 epochs
+    of the tokens) from a shuffled stream, a checkpoint every 5 steps."""
+    torch.set_num_threads(1)
+    t = np.random.default_rng(0).integers(1, VOCAB, size=(N_CTX, CTX)).astype(np.int32)
+    t[:, 0] = BOS
+    source = stream(tiny_model(), t)
+
+    def batches(start: int):
+        for b in source.iter_batches(start):
+            time.sleep(sleep)
+            yield b
+
+    ms = members(Path(root), checkpoint_every=5)
+    train_group(ms, batches, 40, Path(root) / "ckpt", progress=False, log=lambda s: None)
+
+
+def test_stream_training_resumes_after_sigkill_bitwise(tmp_path):
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"import test_stream; test_stream.sigkill_job({str(tmp_path / 'killed')!r}, 0.05)"
+    )
+    killed = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
+    sigkill_job(str(tmp_path / "clean"), 0.0)  # the uninterrupted run, meanwhile
+    ckpt = tmp_path / "killed" / "ckpt" / CHECKPOINT
+    deadline = time.time() + 120
+    while not ckpt.exists():
+        assert killed.poll() is None and time.time() < deadline, "no checkpoint was written"
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.5))  # die at a random step after the first checkpoint
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    step = read_checkpoint(ckpt)["step"]
+    assert 0 < step < 40
+    sigkill_job(str(tmp_path / "killed"), 0.0)  # the rerun finds the checkpoint
+    a = trained(members(tmp_path / "clean"))
+    b = trained(members(tmp_path / "killed"))
+    for name in a:
+        for k in a[name]:
+            assert torch.equal(a[name][k], b[name][k]), (name, k, step)
 
 
 # ------------------------------------------------------------------------------ estimates
