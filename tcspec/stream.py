@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import xxhash
 from torch import Tensor
 
 from tcspec.activations import _check_hooks, _stop_layer
@@ -109,6 +110,7 @@ class ActivationStream:
             for h, d in self.widths.items()
         }  # [slots, d] each
         self.origin = torch.zeros(slots, dtype=torch.long)  # provenance of each slot's row
+        self._tokens_digest: str | None = None
         self._reset()
 
     # ---------------------------------------------------------------------- the forward
@@ -196,9 +198,14 @@ class ActivationStream:
 
     # ---------------------------------------------------------------------- resume
     def _identity(self) -> dict:
+        """What a saved state must match: the config, the tokens (their xxh3-128, computed
+        once) and the hooks' dtypes."""
+        if self._tokens_digest is None:
+            self._tokens_digest = xxhash.xxh3_128_hexdigest(np.ascontiguousarray(self.tokens))
         return dataclasses.asdict(self.config) | {
             "hooks": list(self.config.hooks),
             "tokens_shape": list(self.tokens.shape),
+            "tokens_xxh3": self._tokens_digest,
             "dtypes": {h: str(t) for h, t in self.dtypes.items()},
         }
 

@@ -22,10 +22,11 @@ from bench.stream import SHAPES, run_shared, run_throughput  # noqa: E402
 
 def test_shared_and_throughput_sections_report_ratios():
     text, headline = run_shared(SHAPES["tiny"], rounds=1)
-    assert "ideal (F_max + sum T) / sum (F_l + T)" in text and "F_2" in text
-    measured, ideal = headline.values()
+    assert "(F_max + sum T) / sum (F_l + T)" in text and "F_2" in text
+    measured, ideal, ideal_jobs = headline.values()
     # 6 dictionaries at 3 layers, 2 sweep points: sharing saves at least the forwards
-    assert 0 < ideal < 1 and measured > 0
+    assert 0 < ideal_jobs < ideal < 1 and measured > 0
+    assert "| forward batches run: one job / all separate jobs | 6 / 36 |" in text
     text, headline = run_throughput(SHAPES["tiny"], rounds=1)
     assert "cache (training only)" in text and headline["stream/cache tokens per s"] > 0
 

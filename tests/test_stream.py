@@ -199,6 +199,10 @@ def test_state_of_another_stream_is_refused(model, tokens):
     other = stream(model, tokens, seed=9)
     with pytest.raises(ValueError, match="saved for"):
         other.load_state_dict(s.state_dict())
+    changed = tokens.copy()
+    changed[5, 3] += 1  # same shape, other tokens
+    with pytest.raises(ValueError, match="saved for"):
+        stream(model, changed).load_state_dict(s.state_dict())
 
 
 def test_state_holds_no_activations(model, tokens):
