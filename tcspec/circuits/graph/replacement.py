@@ -245,7 +245,7 @@ def replacement_forward(
     toks = prompt.tokens.expand(batch, -1)
     with torch.no_grad():
         logits = model.run_with_hooks(toks, fwd_hooks=hooks)
-    pre = {li: c.pre_acts(live.coder_in[li].to(c.W_enc.dtype)) for li, c in coders.items()}
+        pre = {li: c.pre_acts(live.coder_in[li].to(c.W_enc.dtype)) for li, c in coders.items()}
     return pre, logits
 
 

@@ -105,7 +105,10 @@ function el(tag, attrs, parent) {
   if (parent) parent.appendChild(e);
   return e;
 }
-function row(n) { return n.layer === "E" ? 0 : Number(n.layer) + 1; }
+function row(n) {
+  if (n.layer === "E") return 0;
+  return n.feature_type === "logit" ? V.n_layers + 1 : Number(n.layer) + 1;
+}
 function visibleNodes(nt) {
   return G.nodes.filter(n => n.feature_type === "embedding" || n.feature_type === "logit"
     || (n.influence !== null && n.influence <= nt));
