@@ -127,25 +127,29 @@ function draw() {
     if (!cells.has(key)) cells.set(key, []);
     cells.get(key).push(n);
   }
-  let width = 0;
-  for (const v of cells.values()) width = Math.max(width, v.length);
-  const cw = Math.max(60, Math.min(14 * width + 20, 240)), rh = 60, rows = V.n_layers + 2;
-  const W = cw * V.n_pos + 80, H = rh * rows + 40;
+  const colw = new Array(V.n_pos).fill(50);
+  for (const [key, list] of cells) {
+    const p = Number(key.split(":")[1]);
+    colw[p] = Math.max(colw[p], Math.min(12 * list.length + 16, 400));
+  }
+  const x0 = [70];
+  for (let p = 0; p < V.n_pos; p++) x0.push(x0[p] + colw[p]);
+  const rh = 60, rows = V.n_layers + 2, W = x0[V.n_pos] + 20, H = rh * rows + 40;
   svg.setAttribute("width", W); svg.setAttribute("height", H);
   const pos = new Map();
   for (const [key, list] of cells) {
     const [r, p] = key.split(":").map(Number);
     list.sort((a, b) => (a.influence ?? 0) - (b.influence ?? 0));
-    const step = Math.min(14, (cw - 12) / Math.max(list.length, 1));
-    list.forEach((n, i) => pos.set(n.node_id,
-      [70 + p * cw + 6 + i * step, H - 30 - r * rh]));
+    const step = Math.min(12, (colw[p] - 16) / Math.max(list.length, 1));
+    list.forEach((n, i) => pos.set(n.node_id, [x0[p] + 8 + i * step, H - 30 - r * rh]));
   }
   for (let r = 0; r < rows; r++) {
     const label = r === 0 ? "Emb" : r === rows - 1 ? "Logit" : "L" + (r - 1);
     el("text", {x: 4, y: H - 26 - r * rh}, svg).textContent = label;
   }
   G.metadata.prompt_tokens.forEach((t, p) => {
-    el("text", {x: 70 + p * cw, y: H - 6}, svg).textContent = t;
+    const short = t.length > 10 ? t.slice(0, 9) + "\u2026" : t;
+    el("text", {x: x0[p], y: H - 6}, svg).textContent = short;
   });
   const maxw = Math.max(1e-12, ...links.map(l => Math.abs(l.weight)));
   const eg = el("g", {id: "edges"}, svg);
