@@ -107,7 +107,9 @@ def exactness_error(model, coders, tokens, graph) -> float:
     for k in range(graph.n_logits):
         value = logits0[0, -1] @ logit_vector(graph, k)
         errs.append(float(A[graph.logit_start + k].sum() + value - graph.logit_values[k]))
-        assert graph.logit_values[k] == pytest.approx(float(run.logits[-1] @ logit_vector(graph, k)))
+        assert graph.logit_values[k] == pytest.approx(
+            float(run.logits[-1] @ logit_vector(graph, k))
+        )
     return max(abs(e) for e in errs)
 
 
@@ -140,7 +142,9 @@ def test_logit_difference_target():
     assert graph.n_logits == 1 and graph.logit_tokens.tolist() == [3]
     assert graph.logit_probs.tolist() == [1.0]
     run = run_prompt(model, coders, tokens)
-    assert float(graph.logit_values[0]) == pytest.approx(float(run.logits[-1, 3] - run.logits[-1, 7]))
+    assert float(graph.logit_values[0]) == pytest.approx(
+        float(run.logits[-1, 3] - run.logits[-1, 7])
+    )
     assert exactness_error(model, coders, tokens, graph) < 1e-9
 
 
@@ -160,7 +164,11 @@ def frozen_model_values(model, coders, tokens, add_mlp, add_embed):
     [seq, d]), the embedding + ``add_embed`` [seq, d]. Returns (pre-acts, last logits)."""
     _, cache = model.run_with_cache(tokens[None])
     store = {}
-    hooks = [(n, lambda a, hook, v=cache[n]: v) for n in cache if n.endswith(("hook_scale", "hook_pattern"))]
+    hooks = [
+        (n, lambda a, hook, v=cache[n]: v)
+        for n in cache
+        if n.endswith(("hook_scale", "hook_pattern"))
+    ]
     hooks.append(("hook_embed", lambda a, hook: a + add_embed))
     for li in range(LAYERS):
         name = f"blocks.{li}.ln2.hook_normalized"
@@ -216,7 +224,9 @@ def test_edges_match_finite_differences_of_the_frozen_model():
         for k in range(graph.n_logits):
             v = logit_vector(graph, k)
             fd = ((plus[1] - minus[1]) @ v) / (2 * h)
-            assert float(graph.adjacency[graph.logit_start + k, s]) == pytest.approx(float(fd), abs=1e-8)
+            assert float(graph.adjacency[graph.logit_start + k, s]) == pytest.approx(
+                float(fd), abs=1e-8
+            )
     assert checked > 20  # the skip path and attention carry edges to later features
 
 
@@ -228,7 +238,9 @@ def _scale(d: dict, h: float) -> dict:
 def test_max_feature_nodes_keeps_the_rows_of_the_most_influential():
     model, coders, tokens = tiny_model("gpt2"), tiny_coders(), prompt_tokens()
     full = attribution_graph(model, coders, tokens, GraphConfig(batch_size=4))
-    capped = attribution_graph(model, coders, tokens, GraphConfig(batch_size=4, max_feature_nodes=9))
+    capped = attribution_graph(
+        model, coders, tokens, GraphConfig(batch_size=4, max_feature_nodes=9)
+    )
     assert capped.n_features == 9 and capped.n_active == full.n_active
     assert capped.backward_passes == -(-full.n_logits // 4) + 3  # logits, then 4 + 4 + 1
     idx = [full.features.tolist().index(f) for f in capped.features.tolist()]
@@ -244,8 +256,11 @@ def test_max_feature_nodes_keeps_the_rows_of_the_most_influential():
 @pytest.mark.parametrize(
     "extra, coder_kinds, match",
     [
-        ({"use_normalization_before_and_after": True, "normalization_type": "RMS"}, None,
-         "post-norm"),
+        (
+            {"use_normalization_before_and_after": True, "normalization_type": "RMS"},
+            None,
+            "post-norm",
+        ),
         ({"output_logits_soft_cap": 30.0}, None, "softcaps its logits"),
         ({}, ("sae", "transcoder"), "not a transcoder"),
     ],

@@ -9,7 +9,12 @@
 """
 
 from tcspec.circuits.graph.attribute import Graph, GraphConfig, attribution_graph
-from tcspec.circuits.graph.files import graph_json, read_adjacency, write_adjacency, write_graph_json
+from tcspec.circuits.graph.files import (
+    graph_json,
+    read_adjacency,
+    write_adjacency,
+    write_graph_json,
+)
 from tcspec.circuits.graph.interventions import (
     InterventionConfig,
     InterventionRow,

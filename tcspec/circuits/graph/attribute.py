@@ -156,7 +156,7 @@ def logit_targets(logits: Tensor, cfg: GraphConfig) -> LogitTargets:
         n = int(torch.searchsorted(top_p.cumsum(0), cfg.desired_logit_prob)) + 1
         toks, p = top[: min(n, len(top))].cpu(), top_p[: min(n, len(top))].cpu()
         vec = torch.full((len(toks), V), -1.0 / V, dtype=logits.dtype, device=logits.device)
-        vec[torch.arange(len(toks)), toks.to(logits.device)] += 1.0
+        vec[torch.arange(len(toks), device=logits.device), toks.to(logits.device)] += 1.0
     return LogitTargets(toks, p, vec, vec @ logits)
 
 
@@ -262,36 +262,29 @@ def attribution_graph(
     coders = dict(sorted(coders_by_layer.items()))
     run = run_prompt(model, coders, tokens)
     targets = logit_targets(run.logits[-1], cfg)
-    active = active_features(run, cfg.zero_positions)
-    n_active, k = len(active), len(targets.tokens)
+    n_active, k = len(active_features(run, cfg.zero_positions)), len(targets.tokens)
     n_visit = n_active if cfg.max_feature_nodes is None else min(cfg.max_feature_nodes, n_active)
     batch = max(1, min(cfg.batch_size, max(k, n_visit)))
     rows = Rows(model, coders, run, batch, cfg.zero_positions, targets)
-    logit_rows = torch.cat([rows.rows(list(range(i, min(i + batch, k)))) for i in range(0, k, batch)])
-    visited, feature_rows = _visit_features(rows, logit_rows, targets.probs, n_visit, batch)
+    logit_rows = torch.cat(
+        [rows.rows(list(range(i, min(i + batch, k)))) for i in range(0, k, batch)]
+    )
+    visited, feature_rows = _visit_features(rows, logit_rows, targets.probs, n_visit)
     order = torch.argsort(visited)  # node order: by (layer, pos, feature)
-    selected = visited[order]
-    feature_rows = feature_rows[order] if len(order) else feature_rows
-    n_f, n_rest = len(selected), rows.n_cols - n_active
-    n = n_f + n_rest + k
-    adjacency = torch.zeros(n, n, dtype=logit_rows.dtype)
-    cols = torch.cat([selected, torch.arange(n_active, rows.n_cols)])
-    adjacency[:n_f, : n_f + n_rest] = feature_rows[:, cols]
-    adjacency[n_f + n_rest :, : n_f + n_rest] = logit_rows[:, cols]
-    feats = active[selected]
+    selected, feature_rows = visited[order], feature_rows[order]
+    feats = rows.active[selected]
+    activations = [run.z[li][p, f] for li, p, f in feats.tolist()]
     return Graph(
         tokens=tokens.detach().cpu(),
         token_strs=tuple(token_str(model, t) for t in tokens.tolist()),
         n_layers=model.cfg.n_layers,
         features=feats,
-        activations=torch.stack([run.z[li][p, f] for li, p, f in feats.tolist()]).cpu()
-        if n_f
-        else torch.zeros(0, dtype=logit_rows.dtype),
+        activations=torch.stack(activations).cpu() if activations else torch.zeros(0),
         logit_tokens=targets.tokens,
         logit_strs=_logit_strs(model, targets.tokens, cfg),
         logit_probs=targets.probs,
         logit_values=targets.values.detach().cpu(),
-        adjacency=adjacency.cpu(),
+        adjacency=_assemble(selected, feature_rows, logit_rows, n_active).cpu(),
         config=cfg,
         n_active=n_active,
         backward_passes=rows.passes,
@@ -300,37 +293,45 @@ def attribution_graph(
     )
 
 
+def _assemble(selected: Tensor, feature_rows: Tensor, logit_rows: Tensor, n_active: int) -> Tensor:
+    """The [n, n] adjacency from the rows over ``[active features | errors | tokens]``: keep
+    the selected features' columns, append zero columns for the logits."""
+    n_cols = logit_rows.shape[1]
+    cols = torch.cat([selected, torch.arange(n_active, n_cols)]).to(logit_rows.device)
+    n_f, n_src, k = len(selected), len(cols), len(logit_rows)
+    adjacency = logit_rows.new_zeros(n_src + k, n_src + k)
+    adjacency[:n_f, :n_src] = feature_rows[:, cols]
+    adjacency[n_src:, :n_src] = logit_rows[:, cols]
+    return adjacency
+
+
 def _visit_features(
-    rows: Rows, logit_rows: Tensor, probs: Tensor, n_visit: int, batch: int
+    rows: Rows, logit_rows: Tensor, probs: Tensor, n_visit: int
 ) -> tuple[Tensor, Tensor]:
-    """Compute the rows of ``n_visit`` active features: all of them in order, or, when
-    capped, batch by batch the most influential not yet visited. Returns (indices into the
-    active features [n_visit], their rows [n_visit, n_cols])."""
+    """Compute the rows of ``n_visit`` active features, a batch per backward pass: all of
+    them in order, or (capped) each time the most influential on the logits through the
+    rows so far. Returns (indices into the active features [n_visit], rows [n_visit, n_cols])."""
     n_active = len(rows.active)
-    if n_visit == n_active:
-        order = torch.arange(n_active)
-    else:
-        order = None
     done: list[Tensor] = []
-    got: list[Tensor] = []
+    got: list[Tensor] = [logit_rows.new_zeros(0, rows.n_cols)]
     visited = torch.zeros(n_active, dtype=torch.bool)
-    while sum(len(d) for d in done) < n_visit:
-        want = min(batch, n_visit - sum(len(d) for d in done))
-        if order is not None:
-            nxt = order[sum(len(d) for d in done) :][:want]
+    n_done = 0
+    while n_done < n_visit:
+        want = min(rows.batch, n_visit - n_done)
+        if n_visit == n_active:
+            nxt = torch.arange(n_done, n_done + want)
         else:
             matrix = torch.cat([logit_rows, *got])
             row_nodes = torch.cat([torch.full((len(logit_rows),), -1), *done]).long()
-            infl = partial_influence(matrix, row_nodes, probs.to(matrix.dtype))[:n_active]
+            infl = partial_influence(matrix, row_nodes.to(matrix.device), probs.to(matrix))
+            infl = infl[:n_active].cpu()
             infl[visited] = -1.0
             nxt = infl.topk(want).indices.sort().values
-        seeds = [tuple(rows.active[i].tolist()) for i in nxt]
-        got.append(rows.rows(seeds))
+        got.append(rows.rows([tuple(rows.active[i].tolist()) for i in nxt]))
         done.append(nxt)
         visited[nxt] = True
-    if not done:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, rows.n_cols, dtype=logit_rows.dtype)
-    return torch.cat(done), torch.cat(got)
+        n_done += want
+    return torch.cat([torch.zeros(0, dtype=torch.long), *done]), torch.cat(got)
 
 
 def token_str(model: HookedTransformer, token: int) -> str:

@@ -112,8 +112,10 @@ def graph_json(graph: Graph, slug: str, scan: str = "tcspec", transcoder_list=()
             "batch_size": cfg.batch_size,
             "max_feature_nodes": cfg.max_feature_nodes,
         },
-        "pruning_settings": {"node_threshold": cfg.node_threshold,
-                             "edge_threshold": cfg.edge_threshold},  # fmt: skip
+        "pruning_settings": {
+            "node_threshold": cfg.node_threshold,
+            "edge_threshold": cfg.edge_threshold,
+        },  # fmt: skip
         "scores": {"replacement": scores.replacement, "completeness": scores.completeness},
     }
     qparams = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}

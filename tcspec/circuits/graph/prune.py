@@ -50,9 +50,9 @@ def partial_influence(rows: Tensor, row_nodes: Tensor, logit_probs: Tensor) -> T
     """
     A_norm = normalize_matrix(rows, eps=1e-8)
     k = len(logit_probs)
-    prod = torch.zeros(len(rows), dtype=rows.dtype)
+    prod = rows.new_zeros(len(rows))
     prod[:k] = logit_probs
-    total = torch.zeros(rows.shape[1], dtype=rows.dtype)
+    total = rows.new_zeros(rows.shape[1])
     is_feature = row_nodes >= 0
     for _ in range(MAX_ITER):
         cols = prod @ A_norm  # [m]
@@ -80,7 +80,7 @@ def find_threshold(scores: Tensor, fraction: float) -> Tensor:
     of their total."""
     s = scores.sort(descending=True).values
     cumulative = s.cumsum(0) / s.sum()
-    i = int(torch.searchsorted(cumulative, torch.tensor(fraction, dtype=cumulative.dtype)))
+    i = int(torch.searchsorted(cumulative, cumulative.new_tensor(fraction)))
     return s[min(i, len(s) - 1)]
 
 

@@ -202,7 +202,9 @@ def replacement_hooks(
     for li, c in coders.items():
         hooks.append((in_hook_name(li, c), lambda act, hook, li=li: _store(live.coder_in, li, act)))
     for li in range(model.cfg.n_layers):
-        hooks.append((full_name(li, "hook_mlp_out"), _mlp_out_hook(coders, prompt, li, live, scales)))
+        hooks.append(
+            (full_name(li, "hook_mlp_out"), _mlp_out_hook(coders, prompt, li, live, scales))
+        )
     return hooks
 
 
