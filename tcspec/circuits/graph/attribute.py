@@ -30,7 +30,13 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tcspec.circuits.graph.prune import partial_influence
-from tcspec.circuits.graph.replacement import Live, Prompt, replacement_hooks, run_prompt
+from tcspec.circuits.graph.replacement import (
+    Live,
+    Prompt,
+    last_logits,
+    replacement_hooks,
+    run_prompt,
+)
 from tcspec.coders import Coder
 
 
@@ -172,27 +178,33 @@ class Rows:
         self.live = Live(embed=prompt.embed, coder_in={}, mlp_out=[None] * L)
         hooks = replacement_hooks(model, coders, prompt, batch, self.live)
         with torch.enable_grad():
-            self.live.logits = model.run_with_hooks(
-                prompt.tokens.expand(batch, -1), fwd_hooks=hooks
-            )  # [batch, seq, d_vocab]
+            toks = prompt.tokens.expand(batch, -1)
+            resid = model.run_with_hooks(toks, fwd_hooks=hooks, stop_at_layer=L)
+            self.live.logits = last_logits(model, prompt, resid)  # [batch, 1, d_vocab]
         self.error = prompt.error.clone()  # [L, seq, d]: error sources
         self.error[:, :zero_positions] = 0
         self.active = active_features(prompt, zero_positions)  # [n_active, 3]
         self.blocks = self._decoder_blocks()
         self.n_cols = len(self.active) + L * seq + seq
 
-    def _decoder_blocks(self) -> list[tuple[int, int, Tensor]]:
-        """``(layer, pos, a * W_dec[f] [n, d])`` per run of active features, in column order."""
-        out = []
-        layer_pos = self.active[:, :2]
-        runs, counts = torch.unique_consecutive(layer_pos, dim=0, return_counts=True)
-        start = 0
-        for (li, p), n in zip(runs.tolist(), counts.tolist()):
-            f = self.active[start : start + n, 2]
+    def _decoder_blocks(self) -> list[tuple[int, Tensor, Tensor, Tensor]]:
+        """Per layer with active features, in column order: ``(layer, vectors [seq, n_max,
+        d], pos [n], slot [n])``: each position's ``a * W_dec[f]`` padded to the most at one
+        position, and where each active feature of the layer sits in that padding."""
+        out, dtype = [], self.prompt.embed.dtype
+        for li in sorted(self.coders):
+            idx = self.active[self.active[:, 0] == li]
+            if not len(idx):
+                continue
+            pos, f = idx[:, 1].contiguous(), idx[:, 2].contiguous()
+            first = torch.searchsorted(pos, pos, right=False)  # first index of each position
+            slot = torch.arange(len(pos)) - first  # rank within its position
+            vectors = self.prompt.embed.new_zeros(self.prompt.n_pos, int(slot.max()) + 1,
+                                                  self.prompt.embed.shape[-1])  # fmt: skip
             c = self.coders[li]
-            a = self.prompt.z[li][p, f]  # [n]
-            out.append((li, p, (a[:, None] * c.W_dec[f]).detach().to(self.prompt.embed.dtype)))
-            start += n
+            a = self.prompt.z[li][pos, f]  # [n]
+            vectors[pos, slot] = (a[:, None] * c.W_dec[f]).detach().to(dtype)
+            out.append((li, vectors, pos, slot))
         return out
 
     def rows(self, seeds: list[tuple[int, int, int] | int]) -> Tensor:
@@ -231,7 +243,12 @@ class Rows:
         B, seq, L = self.batch, self.prompt.n_pos, self.model.cfg.n_layers
         zero = torch.zeros_like(self.prompt.embed).expand(B, seq, -1)
         g_out = [zero if g is None else g for g in g_out]
-        feats = [g_out[li][:, p] @ dec.T for li, p, dec in self.blocks]  # [B, n] each
+        feats = []
+        for li, vectors, pos, slot in self.blocks:
+            per_pos = torch.bmm(
+                g_out[li].transpose(0, 1), vectors.transpose(1, 2)
+            )  # [seq, B, n_max]
+            feats.append(per_pos[pos, :, slot].T)  # [B, n]
         errors = torch.stack([(g_out[li] * self.error[li]).sum(-1) for li in range(L)], 1)
         tokens = (zero if g_embed is None else g_embed) * self.prompt.embed
         return torch.cat([*feats, errors.flatten(1), tokens.sum(-1)], dim=1).detach()

@@ -236,6 +236,20 @@ def _mlp_out_hook(coders, prompt: Prompt, li: int, live: Live, scales: Scales | 
     return hook
 
 
+def last_logits(model: HookedTransformer, prompt: Prompt, resid: Tensor) -> Tensor:
+    """The last position's logits from the final residual stream [batch, seq, d_model], the
+    final norm's scale frozen: [batch, 1, d_vocab] (the unembedding of one position only)."""
+    hooks = []
+    if "ln_final.hook_scale" in prompt.frozen:
+        scale = prompt.frozen["ln_final.hook_scale"][:, -1:]
+        hooks.append(("ln_final.hook_scale", lambda act, hook: scale.expand(act.shape)))
+    x = resid[:, -1:]
+    with model.hooks(fwd_hooks=hooks):
+        if model.cfg.normalization_type is not None:
+            x = model.ln_final(x)
+        return model.unembed(x)
+
+
 def replacement_forward(
     model: HookedTransformer, coders: dict[int, Coder], prompt: Prompt, scales: Scales
 ) -> tuple[dict[int, Tensor], Tensor]:
