@@ -25,6 +25,7 @@ from tcspec.circuits.graph import (
     write_adjacency,
     write_graph_json,
 )
+from tcspec.circuits.graph.interventions import plot_interventions, write_interventions
 from tcspec.circuits.graph.prune import graph_scores, partial_influence, prune
 from tcspec.circuits.graph.replacement import ones_scales, replacement_forward, run_prompt
 from tcspec.coders import Coder, CoderConfig
@@ -298,7 +299,7 @@ def test_scores_of_a_real_graph_are_fractions():
 
 
 # ----------------------------------------------------------------------------- interventions
-def test_small_frozen_steer_matches_the_prediction_and_real_rows_correlate():
+def test_small_frozen_steer_matches_the_prediction_and_real_rows_correlate(tmp_path):
     model, coders, tokens = tiny_model("gpt2"), tiny_coders(), prompt_tokens()
     graph = attribution_graph(model, coders, tokens, GraphConfig())
     small = InterventionConfig(n_features=6, steer_factor=1 + 1e-5, freeze=True)
@@ -312,6 +313,10 @@ def test_small_frozen_steer_matches_the_prediction_and_real_rows_correlate():
     assert len(real.rows) == 12 and {r.mode for r in real.rows} == {"ablate", "steer"}
     assert real.baseline == pytest.approx(float(graph.logit_values @ graph.logit_probs))
     assert real.correlation > 0.3
+    table = write_interventions(real, tmp_path / "interventions.csv").read_text().splitlines()
+    assert table[0].startswith("layer,pos,feature,mode,") and len(table) == 13
+    png = plot_interventions(real, tmp_path / "interventions.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------- files

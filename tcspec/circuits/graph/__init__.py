@@ -19,7 +19,9 @@ from tcspec.circuits.graph.interventions import (
     InterventionConfig,
     InterventionRow,
     Interventions,
+    plot_interventions,
     run_interventions,
+    write_interventions,
 )
 from tcspec.circuits.graph.prune import Pruned, Scores, prune_graph, score_graph
 from tcspec.circuits.graph.viewer import write_viewer
@@ -34,11 +36,13 @@ __all__ = [
     "Scores",
     "attribution_graph",
     "graph_json",
+    "plot_interventions",
     "prune_graph",
     "read_adjacency",
     "run_interventions",
     "score_graph",
     "write_adjacency",
     "write_graph_json",
+    "write_interventions",
     "write_viewer",
 ]

@@ -17,13 +17,18 @@ and a small steer then matches the prediction to first order.
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tcspec.atomic import save_figure, write_text
 from tcspec.circuits.graph.attribute import Graph
 from tcspec.circuits.graph.prune import node_influence
 from tcspec.circuits.graph.replacement import in_hook_name, run_prompt
@@ -156,3 +161,39 @@ def _pearson(rows: list[InterventionRow]) -> float:
     if x.std() == 0 or y.std() == 0:
         return float("nan")
     return float(np.corrcoef(x, y)[0, 1])
+
+
+def write_interventions(result: Interventions, path: str | Path) -> Path:
+    """The rows as CSV (one line per feature and mode)."""
+    buf = io.StringIO()
+    names = [f.name for f in dataclasses.fields(InterventionRow)]
+    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(dataclasses.asdict(r) for r in result.rows)
+    return write_text(Path(path), buf.getvalue())
+
+
+def plot_interventions(result: Interventions, path: str | Path) -> Path:
+    """Scatter of the actual against the predicted change of the target, by mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for mode, color in (("ablate", "#d62728"), ("steer", "#1f77b4")):
+        rows = [r for r in result.rows if r.mode == mode]
+        ax.scatter([r.predicted for r in rows], [r.actual for r in rows], s=14, c=color,
+                   label=mode)  # fmt: skip
+    values = [v for r in result.rows for v in (r.predicted, r.actual)] or [0.0]
+    lo, hi = min(values), max(values)
+    ax.plot([lo, hi], [lo, hi], color="#999", lw=0.8)
+    ax.set_xlabel("predicted change (graph)")
+    ax.set_ylabel("actual change (model)")
+    ax.set_title(f"interventions, r = {result.correlation:.3f}")
+    ax.legend()
+    fig.tight_layout()
+    try:
+        return save_figure(fig, Path(path), dpi=120)
+    finally:
+        plt.close(fig)

@@ -4,7 +4,7 @@ Nodes sit by position (x) and layer (y: tokens at the bottom, logits on top); ed
 drawn with width by |weight|, blue positive and red negative. Two sliders prune as the
 graph JSON does, by cumulative node influence and cumulative edge influence (from the
 loose pruning embedded in the page). Clicking a node lists its incoming and outgoing edges
-and, given ``dashboard_url``, links its feature dashboard. The data is embedded as JSON and
+and, given ``dashboards_url``, links its feature dashboard. The data is embedded as JSON and
 only ever inserted as text, never as markup.
 """
 
@@ -24,7 +24,7 @@ LOOSE_NODE, LOOSE_EDGE = 0.99, 0.999  # what the page holds; the sliders prune w
 MAX_LINKS = 20_000
 
 
-def viewer_data(graph: Graph, dashboard_url: str | None = None) -> dict:
+def viewer_data(graph: Graph, dashboards_url: str | None = None) -> dict:
     """The graph JSON of a loosely pruned graph, with each link's cumulative edge score."""
     cfg = graph.config
     w = graph.logit_weights()
@@ -49,15 +49,15 @@ def viewer_data(graph: Graph, dashboard_url: str | None = None) -> dict:
         "n_pos": graph.n_pos,
         "node_threshold": cfg.node_threshold,
         "edge_threshold": cfg.edge_threshold,
-        "dashboard_url": dashboard_url,
+        "dashboards_url": dashboards_url,
     }
     return data
 
 
-def write_viewer(graph: Graph, path: str | Path, dashboard_url: str | None = None) -> Path:
-    """Write the viewer page. ``dashboard_url``: a template with ``{layer}`` and
+def write_viewer(graph: Graph, path: str | Path, dashboards_url: str | None = None) -> Path:
+    """Write the viewer page. ``dashboards_url``: a template with ``{layer}`` and
     ``{feature}``, relative to the page (e.g. ``../interp/L{layer}/features/{feature}.html``)."""
-    data = json.dumps(viewer_data(graph, dashboard_url), separators=(",", ":"))
+    data = json.dumps(viewer_data(graph, dashboards_url), separators=(",", ":"))
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return write_text(Path(path), PAGE.replace("__DATA__", data))
 
@@ -190,9 +190,9 @@ function info(n, links) {
   const box = document.getElementById("info");
   box.textContent = "";
   const h = document.createElement("h3"); h.textContent = label(n); box.appendChild(h);
-  if (n.feature_type === "cross layer transcoder" && V.dashboard_url) {
+  if (n.feature_type === "cross layer transcoder" && V.dashboards_url) {
     const a = document.createElement("a");
-    a.href = V.dashboard_url.replace("{layer}", n.layer).replace("{feature}", n.node_id.split("_")[1]);
+    a.href = V.dashboards_url.replace("{layer}", n.layer).replace("{feature}", n.node_id.split("_")[1]);
     a.textContent = "feature dashboard"; a.id = "dashboard"; box.appendChild(a);
   }
   for (const [title, list, other] of [
