@@ -11,10 +11,10 @@ Nodes, in adjacency order (rows are targets, columns sources, as in circuit-trac
   (the effect on its *pre-activation*); a logit target by ``e_tok - 1/d_vocab`` on the last
   position's logits (the logit minus the mean logit), or ``e_a - e_b`` for a logit difference.
 
-Each row is one backward pass's worth of a batch: one forward pass with ``batch_size``
-copies of the prompt, then one backward per batch of targets, each copy seeded with one
-target's read-out vector; the gradients at ``mlp_out`` and ``hook_embed`` are contracted
-with the sources' vectors. A node's row plus its bias (`replacement_forward` with every
+Rows are computed a batch at a time: one forward pass with ``batch_size`` copies of the
+prompt, then one backward pass per batch of targets, each copy seeded with one target's
+read-out vector; the gradients at ``mlp_out`` and ``hook_embed`` are contracted with the
+sources' vectors. A node's row plus its bias (`replacement_forward` with every
 source off) is its value. With ``max_feature_nodes`` the features whose rows are computed are
 chosen greedily by their influence on the logits through the rows computed so far
 (`prune.partial_influence`); the others stay out of the graph.
