@@ -1,0 +1,275 @@
+"""The local replacement model of one prompt, in which an attribution graph is exact.
+
+Take a TransformerLens ``HookedTransformer`` whose MLPs are explained by transcoders (one per
+layer, some layers may have none) and run it on one prompt. Hold fixed, at their values on
+that prompt: every norm's scale (``*.hook_scale``), every attention pattern
+(``attn.hook_pattern``) and each layer's MLP output *except* a skip transcoder's linear path.
+What is left is affine in what writes the residual stream:
+
+    mlp_out[l] = sum_f z[l, f] W_dec[f] + b_out + x[l] W_skip + err[l]      (x[l] live)
+    err[l]     = mlp_out[l] - (z[l] W_dec + b_out + x[l] W_skip)             (on the prompt)
+
+so a feature's pre-activation, or a logit, is ``bias + sum_s A[t, s]`` over the sources ``s``
+(active features, error vectors and token embeddings), with ``A[t, s]`` the source's value
+pushed through the frozen model and read by the target. A layer without a transcoder is all
+error (``err[l] = mlp_out[l]``). Positional embeddings and every bias are bias terms.
+
+The model must be pre-norm (GPT-2-style, or parallel attention and MLP as in Pythia:
+``cfg.parallel_attn_mlp``); `check_supported` refuses what this cannot trace exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from tcspec.coders import Coder
+from tcspec.hooks import full_name, hooks_replacing_mlp
+
+TRANSCODER_KINDS = ("transcoder", "skip_transcoder")
+FROZEN_SUFFIXES = ("hook_scale", "attn.hook_pattern")
+
+
+def check_supported(model: HookedTransformer, coders: dict[int, Coder]) -> None:
+    """``ValueError`` naming what an attribution graph cannot trace exactly."""
+    cfg = model.cfg
+    if cfg.attn_only:
+        raise ValueError("the model is attention-only: there is no MLP for a transcoder")
+    if cfg.use_normalization_before_and_after:
+        raise ValueError(
+            "the model normalises after each sublayer (post-norm); attribution graphs "
+            "support pre-norm models only"
+        )
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    if cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        raise ValueError(
+            f"{cfg.original_architecture} is a post-norm model; attribution graphs "
+            "support pre-norm models only"
+        )
+    if cfg.output_logits_soft_cap is not None and cfg.output_logits_soft_cap > 0:
+        raise ValueError(
+            f"the model softcaps its logits (output_logits_soft_cap="
+            f"{cfg.output_logits_soft_cap}); a softcapped logit is not linear in the residual"
+        )
+    if not coders:
+        raise ValueError("no transcoders given")
+    for layer, coder in coders.items():
+        _check_coder(model, layer, coder)
+
+
+def _check_coder(model: HookedTransformer, layer: int, coder: Coder) -> None:
+    cfg, where = coder.cfg, f"layer {layer}"
+    if cfg.kind not in TRANSCODER_KINDS:
+        raise ValueError(f"{where}: a {cfg.kind} is not a transcoder; the graph needs transcoders")
+    if not 0 <= layer < model.cfg.n_layers:
+        raise ValueError(f"{where}: the model has layers 0..{model.cfg.n_layers - 1}")
+    if cfg.layer is not None and cfg.layer != layer:
+        raise ValueError(f"{where}: the transcoder was trained for layer {cfg.layer}")
+    in_hook, out_hook = relative_hook(cfg.in_hook, layer), relative_hook(cfg.out_hook, layer)
+    if not hooks_replacing_mlp(in_hook, out_hook):
+        raise ValueError(f"{where}: {cfg.in_hook} -> {cfg.out_hook} does not replace the MLP")
+    if model.cfg.parallel_attn_mlp and in_hook == "hook_resid_mid":
+        raise ValueError(f"{where}: a parallel block has no hook_resid_mid")
+    if in_hook == "hook_mlp_in" and not model.cfg.use_hook_mlp_in:
+        raise ValueError(f"{where}: reads hook_mlp_in; call model.set_use_hook_mlp_in(True)")
+    if cfg.d_in != model.cfg.d_model or cfg.d_out != model.cfg.d_model:
+        raise ValueError(f"{where}: d_in/d_out {cfg.d_in}/{cfg.d_out} != {model.cfg.d_model}")
+
+
+def relative_hook(hook: str | None, layer: int) -> str:
+    """``blocks.{layer}.ln2.hook_normalized`` -> ``ln2.hook_normalized``."""
+    if hook is None:
+        raise ValueError(f"layer {layer}: the transcoder's config names no hooks")
+    prefix = f"blocks.{layer}."
+    return hook[len(prefix) :] if hook.startswith(prefix) else hook
+
+
+def in_hook_name(layer: int, coder: Coder) -> str:
+    return full_name(layer, relative_hook(coder.cfg.in_hook, layer))
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt run through the model, with what the replacement model holds fixed."""
+
+    tokens: Tensor  # [seq] token ids
+    frozen: dict[str, Tensor]  # hook name -> norm scale or attention pattern, leading dim 1
+    embed: Tensor  # [seq, d_model]: token embeddings (hook_embed)
+    coder_in: dict[int, Tensor]  # layer -> [seq, d_in]: the transcoder's input
+    pre: dict[int, Tensor]  # layer -> [seq, d_sae]: pre-activations
+    z: dict[int, Tensor]  # layer -> [seq, d_sae]: activations
+    decoded: Tensor  # [n_layers, seq, d_model]: z W_dec + b_out (0 without a transcoder)
+    error: Tensor  # [n_layers, seq, d_model]: mlp_out - reconstruction
+    logits: Tensor  # [seq, d_vocab]
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@torch.no_grad()
+def run_prompt(model: HookedTransformer, coders: dict[int, Coder], tokens: Tensor) -> Prompt:
+    """Run ``model`` on ``tokens`` [seq] and evaluate the transcoders on its own MLP inputs."""
+    check_supported(model, coders)
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be one prompt [seq], got shape {tuple(tokens.shape)}")
+    L = model.cfg.n_layers
+    ins = {in_hook_name(li, c): li for li, c in coders.items()}
+    outs = {full_name(li, "hook_mlp_out") for li in range(L)}
+
+    def keep(name: str) -> bool:
+        return name.endswith(FROZEN_SUFFIXES) or name in ins or name in outs or name == "hook_embed"
+
+    logits, cache = model.run_with_cache(tokens[None], names_filter=keep)
+    missing = [n for n in ins if n not in cache]
+    if missing:
+        raise ValueError(f"the model never ran hooks {missing} that the transcoders read")
+    mlp_out = torch.stack([cache[full_name(li, "hook_mlp_out")][0] for li in range(L)])
+    decoded = torch.zeros_like(mlp_out)  # [L, seq, d]
+    skip = torch.zeros_like(mlp_out)
+    coder_in, pre, z = {}, {}, {}
+    for li, c in sorted(coders.items()):
+        x = cache[in_hook_name(li, c)][0]  # [seq, d_in]
+        xc = x.to(c.W_enc.dtype)
+        coder_in[li], pre[li] = x, c.pre_acts(xc)
+        z[li] = c.activate(pre[li])
+        decoded[li] = (z[li] @ c.W_dec + c.b_out).to(mlp_out.dtype)
+        if c.cfg.skip:
+            skip[li] = (xc @ c.W_skip).to(mlp_out.dtype)
+    frozen = {k: v.detach() for k, v in cache.items() if k.endswith(FROZEN_SUFFIXES)}
+    return Prompt(
+        tokens=tokens,
+        frozen=frozen,
+        embed=cache["hook_embed"][0],
+        coder_in=coder_in,
+        pre=pre,
+        z=z,
+        decoded=decoded,
+        error=mlp_out - decoded - skip,
+        logits=logits[0],
+    )
+
+
+@dataclass
+class Live:
+    """The tensors of one batched forward pass through the replacement model that
+    gradients are taken at: each is [batch, seq, width]."""
+
+    embed: Tensor  # token embeddings (a leaf)
+    coder_in: dict[int, Tensor]  # layer -> transcoder input (read-out point of its features)
+    mlp_out: list[Tensor]  # per layer: what the MLP writes (injection point of its sources)
+    logits: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Scales:
+    """Multipliers of each source in `replacement_forward`: [batch, ...] each. All ones give
+    the prompt's own values; zeros switch the sources off (what is left is the bias)."""
+
+    features: dict[int, Tensor]  # layer -> [batch, seq, d_sae]
+    errors: Tensor  # [batch, n_layers, seq]
+    embed: Tensor  # [batch, seq]
+
+
+def replacement_hooks(
+    model: HookedTransformer,
+    coders: dict[int, Coder],
+    prompt: Prompt,
+    batch: int,
+    live: Live,
+    scales: Scales | None = None,
+) -> list[tuple[str, Callable]]:
+    """Forward hooks that turn ``model`` into the replacement model of ``prompt`` for a batch
+    of ``batch`` copies; they record the gradient points in ``live``. With ``scales`` each
+    source is multiplied by its scale (for checks); without, they keep their values."""
+    hooks: list[tuple[str, Callable]] = []
+    for name, value in prompt.frozen.items():
+        hooks.append((name, lambda act, hook, v=value: v.expand(act.shape)))
+
+    def embed_hook(act, hook):
+        e = prompt.embed.expand(batch, *prompt.embed.shape).clone()
+        if scales is not None:
+            e = e * scales.embed[..., None].to(e.dtype)
+        live.embed = e.requires_grad_(scales is None)
+        return live.embed
+
+    hooks.append(("hook_embed", embed_hook))
+    for li, c in coders.items():
+        hooks.append((in_hook_name(li, c), lambda act, hook, li=li: _store(live.coder_in, li, act)))
+    for li in range(model.cfg.n_layers):
+        hooks.append(
+            (full_name(li, "hook_mlp_out"), _mlp_out_hook(coders, prompt, li, live, scales))
+        )
+    return hooks
+
+
+def _store(store: dict, key, act: Tensor) -> Tensor:
+    store[key] = act
+    return act
+
+
+def _mlp_out_hook(coders, prompt: Prompt, li: int, live: Live, scales: Scales | None):
+    c = coders.get(li)
+
+    def hook(act, hook):
+        batch = act.shape[0]
+        if scales is None:
+            out = (prompt.decoded[li] + prompt.error[li]).expand(batch, -1, -1).clone()
+        else:
+            out = prompt.error[li] * scales.errors[:, li, :, None].to(act.dtype)
+            if c is not None:
+                zs = prompt.z[li] * scales.features[li].to(prompt.z[li].dtype)  # [b, seq, F]
+                out = out + (zs @ c.W_dec + c.b_out).to(act.dtype)
+        if c is not None and c.cfg.skip:
+            x = live.coder_in[li]
+            out = out + (x.to(c.W_skip.dtype) @ c.W_skip).to(act.dtype)
+        elif scales is None:
+            out.requires_grad_(True)
+        live.mlp_out[li] = out
+        return out
+
+    return hook
+
+
+def last_logits(model: HookedTransformer, prompt: Prompt, resid: Tensor) -> Tensor:
+    """The last position's logits from the final residual stream [batch, seq, d_model], the
+    final norm's scale frozen: [batch, 1, d_vocab] (the unembedding of one position only)."""
+    hooks = []
+    if "ln_final.hook_scale" in prompt.frozen:
+        scale = prompt.frozen["ln_final.hook_scale"][:, -1:]
+        hooks.append(("ln_final.hook_scale", lambda act, hook: scale.expand(act.shape)))
+    x = resid[:, -1:]
+    with model.hooks(fwd_hooks=hooks):
+        if model.cfg.normalization_type is not None:
+            x = model.ln_final(x)
+        return model.unembed(x)
+
+
+def replacement_forward(
+    model: HookedTransformer, coders: dict[int, Coder], prompt: Prompt, scales: Scales
+) -> tuple[dict[int, Tensor], Tensor]:
+    """Values of the replacement model with every source scaled: (pre-activations, layer ->
+    [batch, seq, d_sae]; logits [batch, seq, d_vocab]). Affine in the scales."""
+    batch = int(scales.embed.shape[0])
+    live = Live(embed=prompt.embed, coder_in={}, mlp_out=[None] * model.cfg.n_layers)
+    hooks = replacement_hooks(model, coders, prompt, batch, live, scales)
+    toks = prompt.tokens.expand(batch, -1)
+    with torch.no_grad():
+        logits = model.run_with_hooks(toks, fwd_hooks=hooks)
+        pre = {li: c.pre_acts(live.coder_in[li].to(c.W_enc.dtype)) for li, c in coders.items()}
+    return pre, logits
+
+
+def ones_scales(model: HookedTransformer, coders: dict[int, Coder], prompt: Prompt, batch: int):
+    """`Scales` of all ones (the prompt's own values) for ``batch`` copies."""
+    kw = {"dtype": prompt.embed.dtype, "device": prompt.embed.device}
+    return Scales(
+        features={li: torch.ones(batch, *prompt.z[li].shape, **kw) for li in coders},
+        errors=torch.ones(batch, model.cfg.n_layers, prompt.n_pos, **kw),
+        embed=torch.ones(batch, prompt.n_pos, **kw),
+    )
