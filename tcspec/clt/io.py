@@ -14,7 +14,7 @@ and ``W_dec_{i}.safetensors`` with ``W_dec_{i} [F, L - i, d]``; ``config.yaml`` 
 ``model_kind: cross_layer_transcoder``, ``feature_input_hook``, ``feature_output_hook``
 (relative to a block), ``model_name``, ``scan``. Weights round-trip bitwise; JumpReLU
 thresholds pass through exp / log (tcspec trains log thresholds), so they round-trip to
-within one float32 ulp. circuit-tracer's CLT is ReLU or JumpReLU: a TopK CLT is written only
+float32 rounding (relative error about |log theta| x 1e-7). circuit-tracer's CLT is ReLU or JumpReLU: a TopK CLT is written only
 when asked (``allow_topk``), with ``activation: topk`` and ``k`` in ``config.yaml`` (the keys
 circuit-tracer reads for transcoder sets; its CLT loader, as of 2026-04, ignores them).
 """
