@@ -178,10 +178,8 @@ def _step(clt: CLT, opt, train: CLTTrainConfig, step: int, xs: Tensor, ys: Tenso
 
 # ---------------------------------------------------------------------------- checkpoints
 def _identity(cfg: CLTConfig, train: CLTTrainConfig) -> dict:
-    """What must match for a checkpoint to belong to this run (steps may grow)."""
-    t = dataclasses.asdict(train)
-    t.pop("steps")
-    return {"cfg": dataclasses.asdict(cfg), "train": t}
+    """What must match for a checkpoint to belong to this run."""
+    return {"cfg": dataclasses.asdict(cfg), "train": dataclasses.asdict(train)}
 
 
 def _save(path: Path, clt, opt, cfg, train, step: int, wall: float, curve: list) -> None:
@@ -205,8 +203,6 @@ def _load(path: Path, clt, opt, cfg, train) -> tuple[int, float, list]:
     state = read_checkpoint(path)
     if state.get("identity") != _identity(cfg, train):
         raise ValueError(f"{path} was written for a different CLT or training; delete it")
-    if state["step"] > train.steps:
-        raise ValueError(f"{path} is at step {state['step']}, past the {train.steps} steps")
     clt.load_state_dict(state["weights"])
     opt.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
