@@ -259,8 +259,9 @@ def test_spliced_clt_with_zero_cross_decoders_equals_per_layer_transcoders(model
     assert got["kl"] > 1e-3  # a real replacement, not the identity
 
 
-def test_cross_layer_decoders_change_later_layers_only(model3, tokens):
-    clt = randomized(CLT(CLTConfig(n_layers=3, d_model=D, d_sae=16)))
+@pytest.mark.parametrize("in_hook", ["ln2.hook_normalized", "hook_resid_mid"])
+def test_cross_layer_decoders_change_later_layers_only(model3, tokens, in_hook):
+    clt = randomized(CLT(CLTConfig(n_layers=3, d_model=D, d_sae=16, in_hook=in_hook)))
     base = evaluate_clt(model3, clt, tokens[:4], batch_contexts=4, progress=False)
     with torch.no_grad():
         clt.W_dec[0][:, 2] += 0.5  # layer-0 features now write more into layer 2
@@ -269,6 +270,10 @@ def test_cross_layer_decoders_change_later_layers_only(model3, tokens):
         assert moved["clean_layers"][i]["fvu"] == base["clean_layers"][i]["fvu"]
     assert moved["clean_layers"][2]["fvu"] != base["clean_layers"][2]["fvu"]
     assert moved["ce_loss_replaced"] != base["ce_loss_replaced"]
+    # nothing before layer 0 is replaced: its spliced-run input is the clean one
+    for k in ("fvu", "l0", "mse"):
+        assert moved["layers"][0][k] == pytest.approx(moved["clean_layers"][0][k], rel=1e-6)
+    assert moved["layers"][1]["fvu"] != pytest.approx(moved["clean_layers"][1]["fvu"], rel=1e-3)
 
 
 # ------------------------------------------------------------------------------ files

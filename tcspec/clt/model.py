@@ -250,12 +250,17 @@ def clt_loss(
     y_hat, acts, pre = clt(xs, loss.bandwidth)
     B = xs.shape[1]
     mse = (y_hat - ys).square().sum() / B
-    norms = clt.decoder_norms()[:, None, :]  # [L, 1, F]
-    scaled = acts * norms  # [L, B, F]
-    s = torch.tanh(loss.tanh_scale * scaled) if loss.penalty == "tanh" else scaled
-    penalty = (loss.coef * coef_factor) * s.sum() / B
-    pre_act = torch.zeros((), dtype=xs.dtype, device=xs.device)
-    if clt.cfg.activation == "jumprelu" and loss.pre_act_coef > 0:
+    coef = loss.coef * coef_factor
+    jump = clt.cfg.activation == "jumprelu" and loss.pre_act_coef > 0
+    zero = torch.zeros((), dtype=xs.dtype, device=xs.device)
+    penalty, pre_act = zero, zero
+    if coef > 0 or jump:
+        norms = clt.decoder_norms()[:, None, :]  # [L, 1, F]
+    if coef > 0:
+        scaled = acts * norms  # [L, B, F]
+        s = torch.tanh(loss.tanh_scale * scaled) if loss.penalty == "tanh" else scaled
+        penalty = coef * s.sum() / B
+    if jump:
         gap = torch.relu(clt.threshold[:, None, :] - pre) * norms  # [L, B, F]
         pre_act = loss.pre_act_coef * gap.sum() / B
     return {
