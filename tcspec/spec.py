@@ -14,6 +14,8 @@ from typing import Annotated, Literal, TypeVar, Union
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from tcspec.hooks import BLOCK_HOOKS, TRANSCODER_IN, TRANSCODER_OUT
+from tcspec.paper import REFERENCES
+from tcspec.tables.registry import DEFAULT_INCLUDE, TABLE_NAMES
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]+$", min_length=1, max_length=64)]
 PosInt = Annotated[int, Field(gt=0)]
@@ -370,11 +372,9 @@ class ExportSpec(Frozen):
 class TablesSpec(Frozen):
     """Which tables and plots to generate."""
 
-    include: list[
-        Literal["sparsity_fidelity", "matched_l0", "pareto", "interpretability", "greater_than"]
-    ] = ["sparsity_fidelity", "matched_l0", "pareto"]
-    """Tables to build."""
-    reference: Literal["pythia_410m_fig3", "gpt2_small_splice", "table1"] | None = None
+    include: list[Literal[TABLE_NAMES]] = list(DEFAULT_INCLUDE)  # type: ignore[valid-type]
+    """Tables to build (see tcspec/tables/registry.py)."""
+    reference: Literal[tuple(REFERENCES)] | None = None  # type: ignore[valid-type]
     """Published numbers to print beside ours (see tcspec/paper.py)."""
 
 
