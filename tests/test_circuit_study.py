@@ -18,15 +18,11 @@ from tcspec.circuits.greater_than import (
     two_digit_token_ids,
     year_token_ids,
 )
+from tcspec.circuits.deembed import year_deembeddings
+from tcspec.circuits.faithfulness import ablation_faithfulness
+from tcspec.circuits.keep_top_k import keep_top_k, keep_top_k_summary
 from tcspec.circuits.paths import build_graph, find_paths
-from tcspec.circuits.study import (
-    ablation_faithfulness,
-    greater_than_study,
-    keep_top_k,
-    keep_top_k_summary,
-    studied_layer,
-    year_deembeddings,
-)
+from tcspec.circuits.study import greater_than_study, studied_layer
 from tcspec.coders import Coder, CoderConfig
 from tcspec.models.corpus import greater_than_sentence
 from tcspec.models.tokenizer import train_tokenizer
