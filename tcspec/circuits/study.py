@@ -249,6 +249,38 @@ def _deembedding_summary(model, best: pd.DataFrame, head_names: dict) -> dict:
     }
 
 
+def _summary(
+    model: HookedTransformer,
+    layer: int,
+    prompts: Prompts,
+    circuit: Circuit,
+    per_prompt: pd.DataFrame,
+    by_layer: dict[int, dict],
+    best: pd.DataFrame,
+    head_names: dict[int, list[str]],
+) -> dict:
+    """The study's summary (the caller's ``summary.json``)."""
+    graph = circuit.graph
+    return {
+        "task": "greater_than",
+        "layer": layer,
+        "prompts": int(prompts.tokens.shape[0]),
+        "yy": prompts.yy.tolist(),
+        "root": circuit.root.id,
+        "root_value": float(graph.nodes[circuit.root].mean()),
+        "metric": {k: float(per_prompt[k].mean()) for k in per_prompt.columns if k != "yy"},
+        "keep_top_k": by_layer[layer] | {"by_layer": by_layer},
+        "graph": {
+            "nodes": len(circuit.graph_json["nodes"]),
+            "edges": len(circuit.graph_json["edges"]),
+            "paths": len(circuit.paths),
+            "explained_at_root": _explained(graph),
+        },
+        "faithfulness": _faithfulness_summary(circuit),
+        "deembedding": _deembedding_summary(model, best, head_names),
+    }
+
+
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic.write_text(path, frame.to_csv(index=False))
 
@@ -314,25 +346,7 @@ def greater_than_study(
     )
     _write_csv(out_dir / "deembedding.csv", deemb)
     best = deemb.drop_duplicates(["layer", "feature"])
-    graph = circuit.graph
-    summary = {
-        "task": "greater_than",
-        "layer": layer,
-        "prompts": int(prompts.tokens.shape[0]),
-        "yy": prompts.yy.tolist(),
-        "root": circuit.root.id,
-        "root_value": float(graph.nodes[circuit.root].mean()),
-        "metric": {k: float(per_prompt[k].mean()) for k in per_prompt.columns if k != "yy"},
-        "keep_top_k": by_layer[layer] | {"by_layer": by_layer},
-        "graph": {
-            "nodes": len(circuit.graph_json["nodes"]),
-            "edges": len(circuit.graph_json["edges"]),
-            "paths": len(circuit.paths),
-            "explained_at_root": _explained(graph),
-        },
-        "faithfulness": _faithfulness_summary(circuit),
-        "deembedding": _deembedding_summary(model, best, head_names),
-    }
+    summary = _summary(model, layer, prompts, circuit, per_prompt, by_layer, best, head_names)
     report.write_report(
         out_dir / "report.md", summary, circuit.graph_json, best.head(15), circuit.faith["rows"]
     )
