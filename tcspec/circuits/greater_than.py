@@ -24,6 +24,7 @@ from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from tcspec.models.corpus import greater_than_prompt
+from tcspec.spec import YY_SLOT
 
 PAPER_YY = tuple(range(2, 99))
 """The default start years of a model other than the toy one: 02..98 (the paper's notebook
@@ -31,8 +32,6 @@ scores 01..98: `NOTEBOOK_YY`)."""
 NOTEBOOK_TEMPLATE = "The war lasted from 17YY to 17"
 NOTEBOOK_YY = tuple(range(1, 99))
 NOTEBOOK_RANK_YY = tuple(range(100))
-YY_SLOT = "YY"
-"""What a prompt template holds in place of the start year."""
 
 
 def prompt_text(template: str, yy: int) -> str:

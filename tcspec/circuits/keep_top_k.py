@@ -31,9 +31,9 @@ from tcspec.circuits.greater_than import prob_diff
 from tcspec.circuits.trace import coder_in_name
 from tcspec.coders import Coder
 from tcspec.hooks import full_name
+from tcspec.spec import KEEP_TOP_K_POSITIONS
 
-Positions = Literal["all", "last"]
-POSITIONS: tuple[str, ...] = ("all", "last")
+Positions = Literal[KEEP_TOP_K_POSITIONS]  # type: ignore[valid-type]
 
 
 def metric(
@@ -60,7 +60,7 @@ def _rank(
     return order, {"transcoder": z.shape[1], "neurons": neurons.shape[1]}
 
 
-def _where(positions: Positions, replace_bos: bool, seq: int) -> slice:
+def replaced_positions(positions: Positions, replace_bos: bool, seq: int) -> slice:
     """The positions a protocol replaces."""
     if positions == "last":
         return slice(seq - 1, seq)
@@ -130,10 +130,12 @@ def keep_top_k(
     ``mlp_zero_{positions}`` (the MLP's output zeroed where the protocol replaces it)."""
     if k_max < 0:
         raise ValueError(f"keep_top_k must be >= 0, got {k_max}")
-    if positions not in POSITIONS:
-        raise ValueError(f"keep-top-k positions must be one of {POSITIONS}, got {positions!r}")
+    if positions not in KEEP_TOP_K_POSITIONS:
+        raise ValueError(
+            f"keep-top-k positions must be one of {KEEP_TOP_K_POSITIONS}, got {positions!r}"
+        )
     order, width = _rank(model, coder, layer, tokens if rank_tokens is None else rank_tokens)
-    hooks = Hooks(coder, layer, _where(positions, replace_bos, tokens.shape[1]))
+    hooks = Hooks(coder, layer, replaced_positions(positions, replace_bos, tokens.shape[1]))
     make: dict[str, Callable[[Tensor], list]] = {
         "transcoder": hooks.transcoder,
         "neurons": hooks.neurons,
