@@ -10,6 +10,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tcspec.circuits.attribution import Attributor, Node, trace
+from tcspec.circuits.deembed import year_deembeddings
+from tcspec.circuits.faithfulness import ablation_faithfulness
 from tcspec.circuits.greater_than import (
     greater_than_prompts,
     greater_than_root_weights,
@@ -18,8 +20,6 @@ from tcspec.circuits.greater_than import (
     two_digit_token_ids,
     year_token_ids,
 )
-from tcspec.circuits.deembed import year_deembeddings
-from tcspec.circuits.faithfulness import ablation_faithfulness
 from tcspec.circuits.keep_top_k import Hooks, keep_top_k, keep_top_k_summary, replaced_positions
 from tcspec.circuits.paths import build_graph, find_paths
 from tcspec.circuits.study import greater_than_study, studied_layer
