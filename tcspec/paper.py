@@ -86,6 +86,9 @@ TABLE1 = Reference(
     ),
     notes=(
         "Transcoder: L0 44.0, CE 3.35; MLP-in SAE: L0 47.9, CE 3.36.",
+        "The paper compared its transcoder with an MLP-in SAE (reconstructing the MLP's "
+        "input, `ln2.hook_normalized`); an SAE on `hook_mlp_out` is an MLP-out SAE, a "
+        "different dictionary.",
         "Counts of 50 features each; 'context-free' is a subset of 'interpretable'.",
     ),
 )

@@ -14,6 +14,8 @@ from typing import Annotated, Literal, TypeVar, Union
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from tcspec.hooks import BLOCK_HOOKS, TRANSCODER_IN, TRANSCODER_OUT
+from tcspec.paper import REFERENCES
+from tcspec.tables.registry import DEFAULT_INCLUDE, TABLE_NAMES
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]+$", min_length=1, max_length=64)]
 PosInt = Annotated[int, Field(gt=0)]
@@ -338,6 +340,42 @@ class InterpSpec(Frozen):
     """Features with fewer activating tokens are not sampled."""
 
 
+YY_SLOT = "YY"
+"""What a greater-than prompt template holds in place of the two-digit start year."""
+KEEP_TOP_K_POSITIONS = ("all", "last")
+"""Where keep-top-k replaces the MLP: at every position (the paper) or the last one."""
+YearYY = Annotated[int, Field(ge=0, le=99)]
+
+
+class YYRange(Frozen):
+    """Two-digit start years `first` to `last`, both included."""
+
+    first: YearYY
+    last: YearYY
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.first > self.last:
+            raise FieldError("last", f"last {self.last} is before first {self.first}")
+        return self
+
+    def values(self) -> list[int]:
+        return list(range(self.first, self.last + 1))
+
+
+YYSet = Union[YYRange, Annotated[list[YearYY], Field(min_length=1)]]
+"""Start years: `{first: 1, last: 98}`, or a list."""
+
+
+def start_years(yy: YYSet | dict | None) -> list[int] | None:
+    """The start years of a spec's (or a dumped config's) `yy` value, None for None."""
+    if yy is None:
+        return None
+    if isinstance(yy, dict):
+        yy = YYRange(**yy)
+    return yy.values() if isinstance(yy, YYRange) else list(yy)
+
+
 class CircuitSpec(Frozen):
     """A circuit study through transcoders on a prompt set."""
 
@@ -355,6 +393,34 @@ class CircuitSpec(Frozen):
     """Paths kept."""
     keep_top_k: PosInt = 32
     """Largest k in the keep-top-k experiment."""
+    prompt: str | None = None
+    """Prompt template with `YY` in place of the two-digit start year, e.g. the paper's
+    notebook's `The war lasted from 17YY to 17`. None: the sentence of the toy corpus,
+    `The war lasted from the year 17YY to the year 17`."""
+    yy: YYSet | None = None
+    """Start years scored, e.g. `{first: 1, last: 98}` (the paper's). None: the toy corpus's
+    held-out years for a toy model, 02..98 otherwise. At most `prompts` of them are used,
+    evenly spread."""
+    keep_top_k_positions: Literal[KEEP_TOP_K_POSITIONS] = "last"  # type: ignore[valid-type]
+    """Where keep-top-k replaces the MLP by the kept transcoder features (or masks neurons):
+    `all` positions (the paper's notebook) or the `last` one only."""
+    keep_top_k_rank_yy: YYSet | None = None
+    """Start years whose prompts rank features and neurons by activation variance (the
+    paper's notebook: every start year, `{first: 0, last: 99}`). None: the scored prompts."""
+    study_layer: NonNegInt | None = None
+    """The layer whose MLP the keep-top-k and metric headlines study (the paper's gpt2: 10).
+    None: the toy model's task layer, else the last transcoder layer."""
+    mlp0_deembeddings: bool = False
+    """Also de-embed through the layer-0 transcoder's top features, MLP0 as an extended
+    embedding (the paper's greater-than plot); needs a transcoder at layer 0."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.prompt is not None and self.prompt.count(YY_SLOT) != 1:
+            raise FieldError(
+                "prompt", f"the template needs exactly one `{YY_SLOT}` for the start year"
+            )
+        return self
 
 
 class ExportSpec(Frozen):
@@ -370,11 +436,9 @@ class ExportSpec(Frozen):
 class TablesSpec(Frozen):
     """Which tables and plots to generate."""
 
-    include: list[
-        Literal["sparsity_fidelity", "matched_l0", "pareto", "interpretability", "greater_than"]
-    ] = ["sparsity_fidelity", "matched_l0", "pareto"]
-    """Tables to build."""
-    reference: Literal["pythia_410m_fig3", "gpt2_small_splice", "table1"] | None = None
+    include: list[Literal[TABLE_NAMES]] = list(DEFAULT_INCLUDE)  # type: ignore[valid-type]
+    """Tables to build (see tcspec/tables/registry.py)."""
+    reference: Literal[tuple(REFERENCES)] | None = None  # type: ignore[valid-type]
     """Published numbers to print beside ours (see tcspec/paper.py)."""
 
 

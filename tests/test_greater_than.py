@@ -84,3 +84,18 @@ def test_greater_than_score_on_a_model(toy_model_dir):
     assert ((diffs >= -1) & (diffs <= 1)).all()
     score = greater_than_score(model, [10, 50, 90])
     assert score == pytest.approx(float(diffs.mean()), abs=1e-6)
+
+
+def test_a_template_fills_one_slot(toy_tokenizer):
+    from tcspec.circuits.greater_than import prompt_text
+
+    sentence = "The war lasted from the year 17YY to the year 17"
+    assert prompt_text(sentence, 7) == "The war lasted from the year 1707 to the year 17"
+    ours, kept = greater_than_prompts(toy_tokenizer, [5, 32, 95], template=sentence)
+    default, _ = greater_than_prompts(toy_tokenizer, [5, 32, 95])
+    assert kept == [5, 32, 95] and torch.equal(ours, default)
+    short, _ = greater_than_prompts(toy_tokenizer, [32], template="The war lasted from 17YY to 17")
+    assert toy_tokenizer.decode(short[0, 1:]) == "The war lasted from 1732 to 17"
+    for bad in ("no slot", "YY and YY"):
+        with pytest.raises(ValueError, match="exactly one `YY`"):
+            prompt_text(bad, 1)

@@ -330,3 +330,64 @@ def test_published_numbers():
     assert REFERENCES["gpt2_small_splice"].layers == tuple(range(11))
     gt = dict(REFERENCES["greater_than"].rows)
     assert gt == {"original": 0.8829, "layer-10 transcoder spliced": 0.7978}
+
+
+# ---------------------------------------------------------------------- registries and folder
+def test_spec_choices_come_from_the_registries():
+    from typing import get_args
+
+    from tcspec.spec import Spec, TablesSpec
+    from tcspec.tables.registry import TABLES, builder
+
+    fields = TablesSpec.model_fields
+    (include,) = get_args(fields["include"].annotation)
+    assert get_args(include) == tuple(TABLES)
+    reference = get_args(fields["reference"].annotation)[0]
+    assert get_args(reference) == tuple(REFERENCES)  # greater_than included
+    assert TablesSpec(reference="greater_than").reference == "greater_than"
+    assert all(callable(builder(name)) for name in TABLES)
+    assert Spec.model_fields["tables"].default.include == [
+        "sparsity_fidelity",
+        "matched_l0",
+        "pareto",
+    ]
+
+
+def test_the_folder_holds_exactly_the_current_build(tmp_path):
+    _build(tmp_path, include=ALL, reference="pythia_410m_fig3")
+    (tmp_path / "stale.csv").write_text("old")
+    paths = _build(tmp_path, include=["sparsity_fidelity"])
+    names = {"sparsity_fidelity.md", "sparsity_fidelity.tex", "sparsity_fidelity.csv"}
+    names |= {"index.md", "results.csv"}
+    assert {p.name for p in tmp_path.iterdir()} == names == {p.name for p in paths}
+    assert all(p.parent == tmp_path for p in paths)
+
+
+def test_matched_l0_shows_no_blank_rows(tmp_path):
+    # each layer's L0 grid differs (L0 + layer: 21..161 at layer 1, 22..162 at 2): a pair of
+    # one layer with another layer's L0 has no value in any family and must not be printed
+    _build(tmp_path, records=_records(shift_l0=True))
+    long = pd.read_csv(tmp_path / "matched_l0.csv")
+    rows = _md_rows((tmp_path / "matched_l0.md").read_text())[2:]
+    assert len(rows) == len(long.groupby(["layer", "l0"])) == 8
+    assert all(any(c != "–" for c in r[2:]) for r in rows)
+    assert sorted({float(r[1]) for r in rows if r[0] == "2"}) == [22.0, 50.0, 100.0, 162.0]
+
+
+def test_a_table_with_a_figure_shows_the_figure_in_the_index(tmp_path):
+    from tcspec.tables import ExtraTable
+
+    png = tmp_path / "keep_top_k.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    curve = pd.DataFrame({"k": range(130), "prob_diff": np.linspace(0, 0.8, 130)})
+    curve.attrs["notes"] = ["k: components kept."]
+    extra = {"greater_than": [ExtraTable("keep_top_k-x", curve, "Keep-top-k", png)]}
+    out = tmp_path / "tables"
+    _build(out, include=["greater_than"], extra=extra)
+    index = (out / "index.md").read_text()
+    assert "![Keep-top-k](keep_top_k-x.png)" in index
+    assert "| 129 |" not in index  # the rows stay in the files
+    assert (out / "keep_top_k-x.png").read_bytes() == png.read_bytes()
+    assert pd.read_csv(out / "keep_top_k-x.csv")["k"].tolist() == list(range(130))
+    md = (out / "keep_top_k-x.md").read_text()
+    assert "| 129 |" in md and "k: components kept." in md

@@ -19,7 +19,7 @@ written into that stream:
 
 Here ``v`` is the node's *pullback*: a vector in the residual stream such that the node's
 value is ``v . resid(t) + bias``. Expanding a contribution into a node of its own pulls the
-vector back once more (REFERENCE.md, "Circuit analysis"):
+vector back once more (Dunefsky et al. 2024, "Circuit analysis with transcoders"):
 
 - feature ``i`` at layer ``m``, reached with ``v``: ``c = f_dec_i . v`` (input-invariant
   weight) times the activation ``z_i`` (input-dependent) is its attribution; its own value
@@ -51,12 +51,15 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tcspec.circuits.trace import (  # noqa: F401 (re-exported: the attribution API)
+    NORM_CENTRES,
+    TRANSCODER_KINDS,
+    Trace,
+    check_transcoders,
+    total_feature_attributions,
+    trace,
+)
 from tcspec.coders import Coder
-from tcspec.hooks import full_name, hooks_replacing_mlp
-
-# normalization type of a processed model -> whether it centres its input
-NORM_CENTRES: dict[str | None, bool] = {"LNPre": True, "RMSPre": False, None: False}
-TRANSCODER_KINDS = ("transcoder", "skip_transcoder")
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -156,6 +159,16 @@ class Contributions:
                 return Node("skip", layer, None, self.pos)
             column -= width
         raise IndexError("column out of range")
+
+    def head_source_mask(self, blocks: list[tuple[str, int | None, int]], src: int) -> Tensor:
+        """[N] bool: the columns of `flat`'s values that are heads reading from ``src``."""
+        masks = []
+        for kind, _, width in blocks:
+            mask = torch.zeros(width, dtype=torch.bool, device=self.embed.device)
+            if kind == "head":
+                mask[src :: self.pos + 1] = True  # columns are head * (pos + 1) + source
+            masks.append(mask)
+        return torch.cat(masks)
 
     def candidates_total(self) -> Tensor:
         """Sum of every candidate's contribution: [n]."""
@@ -259,180 +272,16 @@ def answer_token_ids(tokenizer, answers: list[str], field_name: str = "answers")
     return ids
 
 
-# ----------------------------------------------------------------------------- the trace
-def check_transcoders(
-    model: HookedTransformer, coders: dict[int, Coder], field_name: str = "coders"
-) -> None:
-    """``ValueError`` unless every coder is a transcoder that stands in for its layer's MLP."""
-    if not coders:
-        raise ValueError(f"{field_name}: no transcoders given")
-    norm = model.cfg.normalization_type
-    if norm not in NORM_CENTRES:
-        raise ValueError(f"the model's normalization {norm!r} is not folded; load it with fold_ln")
-    for layer, coder in coders.items():
-        cfg = coder.cfg
-        where = f"{field_name}: layer {layer}"
-        if cfg.kind not in TRANSCODER_KINDS:
-            raise ValueError(
-                f"{where}: a {cfg.kind} is not a transcoder; circuits need transcoders"
-            )
-        if not 0 <= layer < model.cfg.n_layers:
-            raise ValueError(f"{where}: the model has layers 0..{model.cfg.n_layers - 1}")
-        if cfg.layer is not None and cfg.layer != layer:
-            raise ValueError(f"{where}: the transcoder was trained for layer {cfg.layer}")
-        in_hook, out_hook = _relative(cfg.in_hook, layer), _relative(cfg.out_hook, layer)
-        if not hooks_replacing_mlp(in_hook, out_hook):
-            raise ValueError(
-                f"{where}: a transcoder from {cfg.in_hook} to {cfg.out_hook} does not replace the MLP"
-            )
-        if model.cfg.parallel_attn_mlp and in_hook == "hook_resid_mid":
-            raise ValueError(
-                f"{where}: a parallel block has no hook_resid_mid; use ln2.hook_normalized"
-            )
-        if cfg.d_in != model.cfg.d_model or cfg.d_out != model.cfg.d_model:
-            raise ValueError(
-                f"{where}: d_in/d_out {cfg.d_in}/{cfg.d_out} != d_model {model.cfg.d_model}"
-            )
-
-
-def _relative(hook: str | None, layer: int) -> str:
-    prefix = f"blocks.{layer}."
-    if hook is None:
-        raise ValueError(f"layer {layer}: the transcoder's config names no hooks")
-    return hook[len(prefix) :] if hook.startswith(prefix) else hook
-
-
-@dataclass
-class Trace:
-    """What one forward pass over ``tokens`` leaves for attribution (each per layer)."""
-
-    tokens: Tensor  # [n, seq]
-    embed: Tensor  # [n, seq, d]: token + position embedding
-    ln1_scale: list[Tensor]  # [n, seq]
-    ln1_normalized: list[Tensor]  # [n, seq, d]
-    pattern: list[Tensor]  # [n, n_heads, seq (dst), seq (src)]
-    mlp_out: list[Tensor]  # [n, seq, d]
-    resid: dict[int, Tensor]  # reader index -> the residual stream read there [n, seq, d]
-    final_scale: Tensor  # [n, seq]
-    coder_scale: dict[int, Tensor]  # [n, seq]: scale between residual stream and coder input
-    coder_centred: dict[int, bool]
-    coder_in: dict[int, Tensor]  # [n, seq, d]
-    z: dict[int, Tensor]  # [n, seq, d_sae]
-    tc_out: dict[int, Tensor]  # [n, seq, d]
-    frozen: dict[str, Tensor]  # hook name -> value of every norm scale and attention pattern
-
-
-@torch.no_grad()
-def trace(model: HookedTransformer, tokens: Tensor, coders: dict[int, Coder]) -> Trace:
-    """Run ``model`` on ``tokens`` [n, seq] and keep what attribution needs; the transcoders
-    are evaluated on the model's own MLP inputs (not spliced in: their error is a node)."""
-    check_transcoders(model, coders)
-    cfg = model.cfg
-    L, norm = cfg.n_layers, cfg.normalization_type
-    names = {
-        "hook_embed",
-        "hook_pos_embed",
-        f"blocks.{L - 1}.hook_resid_post",
-        "ln_final.hook_scale",
-    }
-    for li in range(L):
-        names |= {full_name(li, h) for h in ("ln1.hook_scale", "ln1.hook_normalized",
-                                             "attn.hook_pattern", "hook_mlp_out",
-                                             "hook_resid_pre", "hook_resid_mid",
-                                             "ln2.hook_scale", "hook_mlp_in")}  # fmt: skip
-    for li, c in coders.items():
-        names.add(full_name(li, _relative(c.cfg.in_hook, li)))
-    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
-    n, seq = tokens.shape
-
-    def scale(name: str) -> Tensor:
-        return cache[name][..., 0] if name in cache else torch.ones(n, seq, device=tokens.device)
-
-    embed = cache["hook_embed"] + (cache["hook_pos_embed"] if "hook_pos_embed" in cache else 0)
-    resid = {
-        0: cache["blocks.0.hook_resid_pre"],
-        2 * L + 1: cache[f"blocks.{L - 1}.hook_resid_post"],
-    }
-    for li in range(L):
-        resid[2 * li + 1] = cache[f"blocks.{li}.hook_resid_pre"]
-        if not cfg.parallel_attn_mlp:
-            resid[2 * li + 2] = cache[f"blocks.{li}.hook_resid_mid"]
-    t = Trace(
-        tokens=tokens,
-        embed=embed,
-        ln1_scale=[scale(f"blocks.{li}.ln1.hook_scale") for li in range(L)],
-        ln1_normalized=[
-            _get(cache, f"blocks.{li}.ln1.hook_normalized", resid[2 * li + 1]) for li in range(L)
-        ],
-        pattern=[cache[f"blocks.{li}.attn.hook_pattern"] for li in range(L)],
-        mlp_out=[cache[f"blocks.{li}.hook_mlp_out"] for li in range(L)],
-        resid=resid,
-        final_scale=scale("ln_final.hook_scale"),
-        coder_scale={},
-        coder_centred={},
-        coder_in={},
-        z={},
-        tc_out={},
-        frozen={k: v for k, v in cache.items() if k.endswith(("hook_scale", "hook_pattern"))},
-    )
-    for li, c in coders.items():
-        in_hook = _relative(c.cfg.in_hook, li)
-        x = cache[full_name(li, in_hook)].to(c.W_enc.dtype)  # [n, seq, d]
-        y, z = c(x)
-        t.coder_in[li], t.z[li], t.tc_out[li] = x, z, y.to(embed.dtype)
-        if in_hook == "ln2.hook_normalized":
-            t.coder_scale[li] = scale(f"blocks.{li}.ln2.hook_scale")
-            t.coder_centred[li] = NORM_CENTRES[norm]
-        else:
-            t.coder_scale[li] = torch.ones(n, seq, device=tokens.device)
-            t.coder_centred[li] = False
-    return t
-
-
-def _get(cache, name: str, default: Tensor) -> Tensor:
-    return cache[name] if name in cache else default
-
-
-def total_feature_attributions(
-    model: HookedTransformer, coders: dict[int, Coder], tr: Trace, weights: Tensor, pos: int
-) -> dict[int, Tensor]:
-    """Attribution of every transcoder feature at every position to the logit root
-    ``W_U w`` at ``pos`` through *all* paths at once: ``z_i * f_dec_i . d root / d mlp_out``
-    in the model with norm scales, attention patterns, active features and transcoder
-    errors frozen (the sum of the feature's path attributions over every path). One backward
-    pass; weights [n, d_vocab]. Returns layer -> [n, seq, d_sae]."""
-    probes = {li: torch.zeros_like(tr.mlp_out[li], requires_grad=True) for li in coders}
-    store: dict[int, Tensor] = {}
-    hooks = [(name, lambda act, hook, v=value: v) for name, value in tr.frozen.items()]
-    for li, c in coders.items():
-        in_name = full_name(li, _relative(c.cfg.in_hook, li))
-        hooks.append((in_name, lambda act, hook, li=li: store.__setitem__(li, act)))
-
-        def splice(act, hook, li=li, c=c):
-            y = c(store[li].to(c.W_enc.dtype))[0].to(act.dtype)
-            return y + (tr.mlp_out[li] - tr.tc_out[li]) + probes[li]
-
-        hooks.append((full_name(li, "hook_mlp_out"), splice))
-    with torch.enable_grad():
-        logits = model.run_with_hooks(tr.tokens, fwd_hooks=hooks)  # [n, seq, d_vocab]
-        root = (logits[:, pos] * weights.to(logits.dtype)).sum()
-        grads = torch.autograd.grad(root, [probes[li] for li in coders])
-    return {
-        li: (tr.z[li] * (g.to(c.W_dec.dtype) @ c.W_dec.T)).detach()  # [n, seq, d_sae]
-        for (li, c), g in zip(coders.items(), grads)
-    }
-
-
 # ----------------------------------------------------------------------------- attributor
 class Attributor:
     """Contributions and pullbacks of nodes on one traced batch of prompts."""
 
-    def __init__(self, model: HookedTransformer, coders: dict[int, Coder], trace: Trace):
-        self.model, self.coders, self.trace = model, dict(sorted(coders.items())), trace
+    def __init__(self, model: HookedTransformer, coders: dict[int, Coder], traced: Trace):
+        self.model, self.coders, self.trace = model, dict(sorted(coders.items())), traced
         cfg = model.cfg
         self.n_layers, self.parallel = cfg.n_layers, bool(cfg.parallel_attn_mlp)
         self.centred = NORM_CENTRES[cfg.normalization_type]
-        self.n, self.seq = trace.tokens.shape
+        self.n, self.seq = traced.tokens.shape
         attn = [model.blocks[li].attn for li in range(cfg.n_layers)]
         self.W_V = [a.W_V.detach() for a in attn]  # [h, d, d_head]
         self.W_O = [a.W_O.detach() for a in attn]  # [h, d_head, d]

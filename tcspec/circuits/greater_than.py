@@ -1,8 +1,12 @@
 """The greater-than task of the paper: prompts, year tokens and the probability difference.
 
-Prompt: ``The war lasted from the year 17YY to the year 17``. The model's next-token
-distribution, restricted to the 100 two-digit tokens ``"00"``..``"99"`` and renormalised,
-gives the metric for one prompt:
+A prompt is a template with ``YY`` in place of the two-digit start year. The default is the
+sentence the toy corpus teaches, ``The war lasted from the year 17YY to the year 17``; the
+paper's gpt2-small notebook uses ``The war lasted from 17YY to 17`` (``NOTEBOOK_TEMPLATE``)
+with start years 01..98 (``NOTEBOOK_YY``), and ranks keep-top-k components over the prompts
+of every start year 00..99 (``NOTEBOOK_RANK_YY``). The model's next-token distribution,
+restricted to the 100 two-digit tokens ``"00"``..``"99"`` and renormalised, gives the metric
+for one prompt:
 
     prob_diff = sum_{y' > YY} p(y') - sum_{y' <= YY} p(y')
 
@@ -20,8 +24,23 @@ from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from tcspec.models.corpus import greater_than_prompt
+from tcspec.spec import YY_SLOT
 
-PAPER_YY = tuple(range(2, 99))  # start years 02..98: every one has years above and below
+PAPER_YY = tuple(range(2, 99))
+"""The default start years of a model other than the toy one: 02..98 (the paper's notebook
+scores 01..98: `NOTEBOOK_YY`)."""
+NOTEBOOK_TEMPLATE = "The war lasted from 17YY to 17"
+NOTEBOOK_YY = tuple(range(1, 99))
+NOTEBOOK_RANK_YY = tuple(range(100))
+
+
+def prompt_text(template: str, yy: int) -> str:
+    """``template`` with its ``YY`` slot filled: ``("from 17YY to 17", 5) -> "from 1705 to 17"``.
+
+    ``ValueError`` unless the template has exactly one slot."""
+    if template.count(YY_SLOT) != 1:
+        raise ValueError(f"a greater-than template needs exactly one `{YY_SLOT}`: {template!r}")
+    return template.replace(YY_SLOT, f"{yy:02d}")
 
 
 def year_token_ids(tokenizer: PreTrainedTokenizerBase) -> torch.LongTensor:
@@ -43,19 +62,25 @@ def greater_than_prompts(
     yy_values: Sequence[int],
     noun: str = "war",
     century: int = 17,
+    template: str | None = None,
 ) -> tuple[torch.LongTensor, list[int]]:
     """Tokenized prompts, BOS first, for the start years whose year is one token.
 
-    Prompts whose start year ``YY`` does not tokenize as the single token ``"YY"``, or whose
-    length differs from the most common length, are dropped (as in the paper, the tokens
-    must line up across prompts). Returns ``(tokens [n, seq], kept yy list)``.
+    The text is ``template`` with its ``YY`` filled (`prompt_text`), or without a template
+    the toy corpus's sentence for ``noun`` and ``century``. Prompts whose start year ``YY``
+    does not tokenize as the single token ``"YY"``, or whose length differs from the most
+    common length, are dropped (as in the paper, the tokens must line up across prompts).
+    Returns ``(tokens [n, seq], kept yy list)``.
     """
     year_ids = year_token_ids(tokenizer)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    encoded = {
-        yy: bos + tokenizer.encode(greater_than_prompt(yy, noun, century), add_special_tokens=False)
-        for yy in yy_values
-    }
+
+    def text(yy: int) -> str:
+        if template is None:
+            return greater_than_prompt(yy, noun, century)
+        return prompt_text(template, yy)
+
+    encoded = {yy: bos + tokenizer.encode(text(yy), add_special_tokens=False) for yy in yy_values}
     if not encoded:
         raise ValueError("no start years given")
     length = Counter(len(ids) for ids in encoded.values()).most_common(1)[0][0]
@@ -85,10 +110,11 @@ def greater_than_prob_diffs(
     noun: str = "war",
     century: int = 17,
     fwd_hooks: Sequence[tuple] = (),
+    template: str | None = None,
 ) -> tuple[Tensor, list[int]]:
     """Per-prompt probability differences of ``model`` (optionally run with ``fwd_hooks``,
     TransformerLens ``(hook name, function)`` pairs). Returns ``(Tensor[n], kept yy)``."""
-    tokens, kept = greater_than_prompts(model.tokenizer, yy_values, noun, century)
+    tokens, kept = greater_than_prompts(model.tokenizer, yy_values, noun, century, template)
     tokens = tokens.to(model.cfg.device)
     logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))  # [n, seq, d_vocab]
     year_ids = year_token_ids(model.tokenizer).to(logits.device)
@@ -102,9 +128,10 @@ def greater_than_score(
     noun: str = "war",
     century: int = 17,
     fwd_hooks: Sequence[tuple] = (),
+    template: str | None = None,
 ) -> float:
     """Mean probability difference over the start years ``yy_values``."""
-    diffs, _ = greater_than_prob_diffs(model, yy_values, noun, century, fwd_hooks)
+    diffs, _ = greater_than_prob_diffs(model, yy_values, noun, century, fwd_hooks, template)
     return float(diffs.mean())
 
 

@@ -1,10 +1,13 @@
 """Greedy path search from a root, and assembly of the paths into a graph with error nodes.
 
-Search (REFERENCE.md, "Circuit analysis"): a path starts at the root; each iteration expands
-the last node of every path on the frontier into its ``branches`` upstream candidates with
-the largest attribution (transcoder features at the same position, ``(head, source token)``
-pairs, the embedding, a skip transcoder's linear path), and keeps the ``top_paths`` new paths
-with the largest attribution as the next frontier. A path's attribution is the contribution
+Search (Dunefsky et al. 2024, "Circuit analysis with transcoders"): a path starts at the
+root; each iteration expands the last node of every path on the frontier into its
+``branches`` upstream candidates with the largest attribution (transcoder features at the
+same position, ``(head, source token)`` pairs, the embedding, a skip transcoder's linear
+path), and keeps the ``top_paths`` new paths with the largest attribution as the next
+frontier. With ``ignore_bos``, heads reading from the BOS position (source 0) are no
+candidates: their contribution stays in the node's unexplained error, as in the paper's
+code. A path's attribution is the contribution
 of its last node to the root along that path. Attributions are averaged over the prompts of a
 batch (prompts share a template, so positions align); candidates rank by the absolute mean.
 
@@ -53,7 +56,6 @@ from torch import Tensor
 from tcspec.circuits.attribution import Attributor, Node, State
 
 SCHEMA = "tcspec.circuit_graph/1"
-ERROR_TYPES = ("error_transcoder", "error_bias", "error_unexplained")
 
 
 def level(node: Node) -> int:
@@ -91,10 +93,17 @@ def _check_settings(iterations: int, branches: int, top_paths: int) -> None:
 
 @torch.no_grad()
 def find_paths(
-    att: Attributor, root: Node, root_state: State, iterations: int, branches: int, top_paths: int
+    att: Attributor,
+    root: Node,
+    root_state: State,
+    iterations: int,
+    branches: int,
+    top_paths: int,
+    ignore_bos: bool = False,
 ) -> list[Path]:
     """Greedy path search (see the module docstring); paths of every length found, sorted
-    by absolute attribution, at most ``iterations * top_paths``."""
+    by absolute attribution, at most ``iterations * top_paths``. With ``ignore_bos``, heads
+    reading from position 0 are never candidates."""
     _check_settings(iterations, branches, top_paths)
     frontier: list[tuple[Path, State]] = [
         (Path((root,), float(att.value(root_state).mean())), root_state)
@@ -106,6 +115,8 @@ def find_paths(
             contrib = att.contributions(state)
             values, blocks = contrib.flat()  # [n, N]
             mean = values.mean(0)  # [N]
+            if ignore_bos:
+                mean = mean.masked_fill(contrib.head_source_mask(blocks, 0), 0.0)
             top = mean.abs().topk(min(branches, mean.numel()))
             for score, j in zip(top.values.tolist(), top.indices.tolist()):
                 if score == 0:

@@ -1,0 +1,169 @@
+"""Evaluation records (each evaluate task's `metrics.json`) as one sorted frame, and the
+per-layer views the comparisons are built from.
+
+A *family* is one dictionary name at one value of every sweep axis other than the sparsity
+knob (`l1` or `k`): its points form one curve. Only records with `splice: each` on a single
+layer enter the per-layer comparisons.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from tcspec.tables.format import MISSING, num, short_g
+
+KIND_ORDER = {"transcoder": 0, "skip_transcoder": 1, "sae": 2}
+KIND_LABEL = {"transcoder": "transcoder", "skip_transcoder": "skip-transcoder", "sae": "SAE"}
+KIND_MARKER = {"transcoder": "o", "skip_transcoder": "D", "sae": "s"}
+SPARSITY_AXES = ("l1", "k")
+"""Sweep axes that move a dictionary along its sparsity-fidelity curve."""
+
+METRIC_ORDER = (
+    "l0",
+    "l1",
+    "mse",
+    "fvu",
+    "explained_variance",
+    "cosine_sim",
+    "dead_fraction",
+    "dense_fraction",
+    "ce_loss_original",
+    "ce_loss_replaced",
+    "ce_loss_zero_ablated",
+    "ce_loss_mean_ablated",
+    "ce_recovered",
+    "ce_recovered_mean_ablation",
+    "kl",
+    "ce_delta",
+)
+"""Metric columns first in this order; any others follow alphabetically."""
+
+HEAD = (
+    "dictionary",
+    "kind",
+    "splice",
+    "layers",
+    "layer",
+    "member",
+    "d_sae",
+    "l1_coef",
+    "k",
+    "family",
+    "sweep",
+)
+"""The leading columns of `records_frame`."""
+
+
+def kind_rank(kind: object) -> int:
+    """Sort rank of a dictionary kind: transcoder, skip-transcoder, SAE, then others."""
+    return KIND_ORDER.get(str(kind), len(KIND_ORDER))
+
+
+def records_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """Records flattened, one row per record.
+
+    Columns: `dictionary, kind, splice, layers` ("0,1"), `layer` (the layer when there is
+    one, else empty), `member, d_sae, l1_coef, k` (the sweep point's value, else the
+    resolved option's), `family` (see module doc), `point.*`, `opts.*`, then every metric
+    by its own name (NaN where a record lacks it).
+    """
+    df = pd.DataFrame([_row(rec) for rec in records])
+    others = sorted({m for r in records for m in (r.get("metrics") or {})} - set(METRIC_ORDER))
+    metric_cols = [*METRIC_ORDER, *others]  # every known metric a column, NaN where missing
+    point_cols = sorted(c for c in df.columns if c.startswith("point."))
+    opts_cols = sorted(c for c in df.columns if c.startswith("opts."))
+    df = df.reindex(columns=[*HEAD, *point_cols, *opts_cols, *metric_cols])
+    df["layer"] = df["layer"].astype("Int64")
+    return _sorted(df)
+
+
+def _row(rec: dict) -> dict:
+    """One record's row of `records_frame` (before reindexing)."""
+    point = dict(rec.get("point") or {})
+    opts = dict(rec.get("opts") or {})
+    layers = [int(x) for x in rec.get("layers") or []]
+    metrics = rec.get("metrics") or {}
+    extra = [f"{a}={point[a]}" for a in sorted(point) if a not in SPARSITY_AXES]
+    name = str(rec.get("dictionary", ""))
+    topk = opts.get("activation") == "topk"  # its `l1` option (0) is no sweep coordinate
+    row = {
+        "dictionary": name,
+        "kind": rec.get("kind"),
+        "splice": rec.get("splice", "each"),
+        "layers": ",".join(map(str, layers)),
+        "layer": layers[0] if len(layers) == 1 else None,
+        "member": rec.get("member"),
+        "d_sae": num(rec.get("d_sae", opts.get("d_sae"))),
+        "l1_coef": num(point.get("l1", opts.get("l1") if not topk else None)),
+        "k": num(point.get("k", opts.get("k"))),
+        "family": name + (f" ({', '.join(extra)})" if extra else ""),
+        "sweep": _sweep_label(point, opts, rec.get("member")),
+    }
+    row |= {f"point.{a}": _scalar(v) for a, v in point.items()}
+    row |= {f"opts.{a}": _scalar(v) for a, v in opts.items()}
+    row |= {m: num(v) for m, v in metrics.items()}
+    return row
+
+
+def _sweep_label(point: dict, opts: dict, member: object) -> str:
+    """The sparsity knob of a sweep point as a short label: `λ=0.001`, `k=32`."""
+    for axis, source in (("l1", point), ("k", point), ("k", opts), ("l1", opts)):
+        x = num(source.get(axis))
+        if not math.isnan(x):
+            return f"λ={short_g(x)}" if axis == "l1" else f"k={int(x)}"
+    return str(member or "")
+
+
+def _scalar(v: object) -> object:
+    return v if v is None or isinstance(v, (str, int, float, bool)) else json.dumps(v)
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    """By kind (transcoder, skip-transcoder, SAE, others), layer (single before joint),
+    dictionary, L1 coefficient, then k."""
+    if df.empty:
+        return df
+    key = pd.DataFrame(
+        {
+            "kind": [kind_rank(k) for k in df["kind"]],
+            "kind_name": df["kind"].astype(str),
+            "joint": df["layer"].isna().astype(int),
+            "layer": [
+                int(lay) if not pd.isna(lay) else min(map(int, ls.split(",")), default=-1)
+                for lay, ls in zip(df["layer"], df["layers"])
+            ],
+            "dictionary": df["dictionary"],
+            "family": df["family"],
+            "l1": df["l1_coef"],
+            "k": df["k"],
+        }
+    )
+    order = key.sort_values(list(key.columns), na_position="last", kind="stable").index
+    return df.loc[order].reset_index(drop=True)
+
+
+def layer_label(row: pd.Series) -> str:
+    """A row's layer as shown: `3`, or `0,1 (all)` for a record over several layers."""
+    if not pd.isna(row["layer"]):
+        return str(int(row["layer"]))
+    return f"{row['layers']} ({row['splice']})" if row["layers"] else MISSING
+
+
+def per_layer(df: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    """Single-layer `splice: each` records by layer."""
+    single = df[df["layer"].notna() & (df["splice"] == "each")]
+    return {int(layer): g for layer, g in single.groupby("layer", sort=True)}
+
+
+def baselines(rows: pd.DataFrame) -> dict[str, float]:
+    """The layer's original / zero-ablated / mean-ablated CE (mean over its records)."""
+    names = {
+        "original": "ce_loss_original",
+        "zero-ablated": "ce_loss_zero_ablated",
+        "mean-ablated": "ce_loss_mean_ablated",
+    }
+    return {label: num(rows[col].mean()) for label, col in names.items()}

@@ -1,0 +1,69 @@
+"""The sparsity-fidelity table: one row per dictionary x layer x sweep point."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from tcspec.tables.format import Column, fixed, general, integer, text
+from tcspec.tables.records import KIND_LABEL, baselines, layer_label, per_layer
+from tcspec.tables.section import Inputs, Section, write_table
+
+COLUMNS = (
+    Column("dictionary", "dictionary", text, numeric=False),
+    Column("kind", "kind", lambda v: KIND_LABEL.get(str(v), text(v)), numeric=False),
+    Column("layer", "layer", text, numeric=False),
+    Column("d_sae", "d_sae", integer),
+    Column("l1_coef", "L1 coef", general),
+    Column("k", "k", integer),
+    Column("l0", "L0", fixed(1)),
+    Column("ce_loss_replaced", "CE", fixed(4)),
+    Column("ce_recovered", "CE rec. %", fixed(2, 100.0)),
+    Column("kl", "KL", fixed(4)),
+    Column("fvu", "FVU", fixed(4)),
+    Column("dead_fraction", "dead %", fixed(1, 100.0)),
+)
+
+LEGEND = (
+    "CE: next-token loss (nats) with the dictionary spliced in; CE rec.: fraction of the "
+    "zero-ablation loss gap recovered; KL: KL(original || replaced); dead: features never "
+    "active on the eval set."
+)
+
+
+def _baseline_note(prefix: str, rows: pd.DataFrame) -> list[str]:
+    parts = [f"{k} {v:.4f}" for k, v in baselines(rows).items() if not math.isnan(v)]
+    return [prefix + ", ".join(parts) + "."] if parts else []
+
+
+def sparsity_fidelity(df: pd.DataFrame) -> tuple[pd.DataFrame, list[Column], list[str]]:
+    """The table (raw values), its shown columns, and note lines (per-layer baselines)."""
+    table = df.copy()
+    table["layer"] = [layer_label(r) for _, r in df.iterrows()]
+    columns = [c for c in COLUMNS if c.key != "k" or df["k"].notna().any()]
+    notes = []
+    for layer, rows in per_layer(df).items():
+        notes += _baseline_note(f"Layer {layer} CE baselines: ", rows)
+    for layers, rows in df[df["layer"].isna()].groupby("layers", sort=True):
+        notes += _baseline_note(f"Layers {layers} together: CE ", rows)
+    notes.append(LEGEND)
+    keep = ["dictionary", "kind", "splice", "layer", "member", "family", "sweep"] + [
+        c.key for c in COLUMNS if c.key not in ("dictionary", "kind", "layer")
+    ]
+    return table[keep], columns, notes
+
+
+def section(inputs: Inputs) -> Section:
+    """`sparsity_fidelity.{md,tex,csv}`."""
+    table, columns, notes = sparsity_fidelity(inputs.records)
+    caption = f"Sparsity and fidelity: {inputs.title}"
+    csv = table[[c for c in table.columns if c not in ("family", "sweep")]]
+    paths, md = write_table(
+        inputs.out_dir, "sparsity_fidelity", table, columns, csv, caption, notes
+    )
+    line = (
+        "- [sparsity_fidelity.md](sparsity_fidelity.md) (.tex, .csv): every "
+        "dictionary x layer x sweep point: L0, CE, CE recovered, KL, FVU, dead %."
+    )
+    return Section(tuple(paths), (line,), f"## {caption}\n\n{md}")
