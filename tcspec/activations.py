@@ -27,7 +27,6 @@ import io
 import json
 import math
 import queue
-import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -39,7 +38,8 @@ import torch
 import xxhash
 from tqdm.auto import tqdm
 
-from tcspec.data import atomic_dir
+from tcspec.atomic import atomic_dir
+from tcspec.hooks import split_name
 
 ACTS_FORMAT = "tcspec.acts/1"
 CHECKSUM = "xxh3_128"
@@ -49,7 +49,6 @@ STORAGE = {
     "float16": (torch.float16, np.dtype(np.float16)),
     "bfloat16": (torch.bfloat16, np.dtype(np.uint16)),
 }
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 class CacheError(ValueError):
@@ -197,10 +196,10 @@ def _check_hooks(model: Any, hooks: list[str]) -> None:
 def _stop_layer(hooks: list[str]) -> int | None:
     """Blocks to run: one past the last block a hook sits in; None when a hook is outside
     the blocks (e.g. ``ln_final.hook_normalized``) and the whole model must run."""
-    layers = [_BLOCK.match(h) for h in hooks]
+    layers = [split_name(h) for h in hooks]
     if not all(layers):
         return None
-    return max(int(m.group(1)) for m in layers) + 1
+    return max(layer for layer, _ in layers) + 1
 
 
 def cache_activations(

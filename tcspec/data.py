@@ -22,18 +22,17 @@ Outputs of :func:`build_token_splits` (one folder, written atomically)::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from tcspec.atomic import atomic_dir
 
 TOKENS_FORMAT = "tcspec.tokens/1"
 SPLITS = ("train", "eval")
@@ -247,29 +246,6 @@ def pack_tokens(
 
 
 # ----------------------------------------------------------------------------------- splits
-@contextlib.contextmanager
-def atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out_dir`` to write into; rename it into place on success.
-
-    On an exception the temporary folder is removed and ``out_dir`` is left untouched; a
-    killed process leaves only the hidden ``.{name}.tmp`` sibling, which the next run clears.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-
-
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from tcspec.hooks import full_name
+from tcspec.hooks import full_name, split_name
 from tcspec.metrics import (
     Accumulator,
     ce_from_logprobs,
@@ -101,12 +101,12 @@ def _apply(coder: Coder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _resume_layer(model: HookedTransformer, hook: str) -> int | None:
     """L when `hook` is `blocks.L.hook_mlp_out` and a patched run may resume at block L + 1
     from `blocks.L.hook_resid_post` plus the change to the MLP output; else None."""
-    parts = hook.split(".")
-    if len(parts) != 3 or parts[0] != "blocks" or parts[2] != "hook_mlp_out":
+    split = split_name(hook)
+    if split is None or split[1] != "hook_mlp_out":
         return None
     if model.cfg.positional_embedding_type == "shortformer" or model.cfg.n_devices > 1:
         return None
-    return int(parts[1])
+    return split[0]
 
 
 def _patched_logits(
@@ -123,7 +123,7 @@ def _patched_logits(
     layer = _resume_layer(model, hook)
     if layer is not None:
         # resid_post_L = (rest of block L) + mlp_out_L, so swapping mlp_out is a shift
-        resid = cache[f"blocks.{layer}.hook_resid_post"] + (value - cache[hook])  # [B, T, d]
+        resid = cache[full_name(layer, "hook_resid_post")] + (value - cache[hook])  # [B, T, d]
         return model(resid, start_at_layer=layer + 1)
     patch = value.expand_as(cache[hook])
 
@@ -151,7 +151,7 @@ def hook_means(
     for h in hooks:
         if h not in model.hook_dict:
             raise ValueError(f"the model has no hook `{h}`")
-    layers = [int(h.split(".")[1]) for h in hooks if h.startswith("blocks.")]
+    layers = [split[0] for split in map(split_name, hooks) if split is not None]
     stop = max(layers) + 1 if len(layers) == len(hooks) else None
     sums: dict[str, torch.Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}
@@ -222,7 +222,7 @@ def _evaluate_each(
     out_hooks = list(dict.fromkeys(out for _, out in hooks))
     needed = {h for pair in hooks for h in pair}
     resume_layers = [_resume_layer(model, h) for h in out_hooks]
-    needed |= {f"blocks.{layer}.hook_resid_post" for layer in resume_layers if layer is not None}
+    needed |= {full_name(layer, "hook_resid_post") for layer in resume_layers if layer is not None}
     accs = [Accumulator() for _ in coders]
     batches = _batches(tokens, batch_contexts, model.cfg.device)
     total = _n_batches(tokens, batch_contexts)

@@ -30,6 +30,39 @@ def full_name(layer: int, hook: str) -> str:
     return f"blocks.{layer}.{hook}"
 
 
+def split_name(name: str) -> tuple[int, str] | None:
+    """``"blocks.8.hook_mlp_out" -> (8, "hook_mlp_out")``; None for a name outside a block."""
+    parts = name.split(".", 2)
+    if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit():
+        return None
+    return int(parts[1]), parts[2]
+
+
+def relative_name(name: str, layer: int | None = None) -> str:
+    """The block-relative form of a hook name: ``"blocks.8.hook_mlp_out" -> "hook_mlp_out"``.
+
+    A name outside a block (``hook_embed``, or one already relative) comes back as given.
+    With ``layer``, a full name of another block is a ``ValueError``.
+    """
+    split = split_name(name)
+    if split is None:
+        return name
+    at, hook = split
+    if layer is not None and at != layer:
+        raise ValueError(f"`{name}` is a hook of block {at}, not of block {layer}")
+    return hook
+
+
+def block_name(layer: int, name: str) -> str:
+    """The full name of ``name`` at ``layer``: a relative name gets ``blocks.{layer}.``, a full
+    ``blocks.L....`` name stays as given, a ``{layer}`` template is filled in."""
+    if "{layer}" in name:
+        return name.format(layer=layer)
+    if split_name(name) is not None:
+        return name
+    return full_name(layer, name)
+
+
 def hook_width(hook: str, dims: dict[str, int]) -> int:
     """Width of a block hook given the model's dims (``d_model``, ``d_mlp``)."""
     return dims[BLOCK_HOOKS[hook]]

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from tcspec.atomic import atomic_write as _atomic
 from tcspec.coders import Coder
+from tcspec.hooks import relative_name
 
 STATS_FILE = "stats.safetensors"
 EXAMPLES_FILE = "examples.parquet"
@@ -442,15 +443,11 @@ def top_bottom(scores_of: Callable[[slice], Tensor], n: int, k: int, chunk: int)
     return {name: torch.cat(ts) for name, ts in out.items()}
 
 
-def _relative(hook: str | None) -> str | None:
-    return hook.split(".", 2)[2] if hook and hook.startswith("blocks.") else hook
-
-
 def logit_effects(coder: Coder, model, k: int = 10, chunk_elems: int = 1 << 24) -> dict | None:
     """Top/bottom logits of each feature's decoder direction through the unembedding:
     `W_dec[f] @ W_U` (for an output in the MLP's hidden basis, `W_dec[f] @ W_out @ W_U`).
     None when the output hook is in neither basis."""
-    out_hook = _relative(coder.cfg.out_hook)
+    out_hook = relative_name(coder.cfg.out_hook or "")
     W_dec = coder.W_dec  # [d_sae, d_out]
     if out_hook == "mlp.hook_post":
         W_dec = W_dec @ model.blocks[coder.cfg.layer].mlp.W_out  # [d_sae, d_model]
@@ -465,7 +462,7 @@ def deembeddings(coder: Coder, model, k: int = 10, chunk_elems: int = 1 << 24) -
     """Top/bottom vocabulary tokens of each transcoder feature's de-embedding
     `W_E @ W_enc[:, f]` (direct path from the embedding, LayerNorm ignored). None for SAEs
     and inputs outside the residual stream."""
-    if coder.cfg.kind == "sae" or _relative(coder.cfg.in_hook) not in RESIDUAL_HOOKS:
+    if coder.cfg.kind == "sae" or relative_name(coder.cfg.in_hook or "") not in RESIDUAL_HOOKS:
         return None
     W_E = model.W_E.to(coder.W_enc.device, coder.W_enc.dtype)  # [d_vocab, d_model]
     W_encT = coder.W_enc.T  # [d_sae, d_in]

@@ -36,6 +36,7 @@ from torch import Tensor
 from tcspec import __version__
 from tcspec.atomic import atomic_write as _atomic
 from tcspec.coders import Coder
+from tcspec.hooks import split_name
 from tcspec.interop.formats import fold_pre_bias
 
 TARGETS = ("saelens", "sparsify", "circuit-tracer")
@@ -100,10 +101,10 @@ def _refuse(coder: Coder, to: str, why: str) -> None:
 
 
 def _relative(hook: str | None, layer: int, what: str) -> str:
-    prefix = f"blocks.{layer}."
-    if not hook or not hook.startswith(prefix):
+    split = split_name(hook) if hook else None
+    if split is None or split[0] != layer:
         raise ValueError(f"layer {layer}: {what} {hook!r} is not a hook of block {layer}")
-    return hook[len(prefix) :]
+    return split[1]
 
 
 # ---------------------------------------------------------------------------- SAELens

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from tcspec import coders
 from tcspec.coders import Coder, CoderConfig
+from tcspec.hooks import block_name, split_name
 from tcspec.interop.safe_pickle import PickledRecord, load_checkpoint
 
 FORMATS = ("tcspec", "saelens", "sparsify", "circuit-tracer", "transcoder-circuits")
@@ -218,8 +219,8 @@ def _int(raw: dict, key: str, file: Path, default: int | None = None) -> int:
 
 
 def _layer_of(hook: str | None) -> int | None:
-    m = re.match(r"^blocks\.(\d+)\.", hook or "")
-    return int(m.group(1)) if m else None
+    split = split_name(hook) if isinstance(hook, str) else None
+    return split[0] if split else None
 
 
 def fold_pre_bias(W_enc: Tensor, b_enc: Tensor, b_pre: Tensor) -> Tensor:
@@ -447,20 +448,6 @@ def ct_layer_files(folder: Path, config: dict) -> dict[int, Path]:
     return files
 
 
-def _ct_hook(hook: str, at: int) -> str:
-    """The full name of a circuit-tracer hook (relative to a block, or a `{layer}` template).
-
-    Names are kept as given. circuit-tracer's own sets read `mlp.hook_in` of a model loaded
-    without LayerNorm folding (LN weight and bias applied), which is not the folded model's
-    `ln2.hook_normalized`; such a set needs the model's ln2 folded into W_enc before use.
-    """
-    if "{layer}" in hook:
-        return hook.format(layer=at)
-    if hook.startswith("blocks."):
-        return hook
-    return f"blocks.{at}.{hook}"
-
-
 def _load_circuit_tracer(path: Path, layer: int | None) -> tuple[Coder, Path]:
     folder = path.parent if path.is_file() else path
     config = read_ct_config(folder)
@@ -486,14 +473,17 @@ def _load_circuit_tracer(path: Path, layer: int | None) -> tuple[Coder, Path]:
     d_sae, d_in = t.ndim2("W_enc")
     d_out = t.ndim2("W_dec")[1]
     skip = t.has("W_skip")
+    # Hook names are kept as given. circuit-tracer's own sets read `mlp.hook_in` of a model
+    # loaded without LayerNorm folding (LN weight and bias applied), which is not the folded
+    # model's `ln2.hook_normalized`; such a set needs the model's ln2 folded into W_enc.
     cfg = _make_cfg(
         w_file,
         kind="skip_transcoder" if skip else "transcoder",
         d_in=d_in,
         d_out=d_out,
         d_sae=d_sae,
-        in_hook=_ct_hook(config["feature_input_hook"], layer),
-        out_hook=_ct_hook(config["feature_output_hook"], layer),
+        in_hook=block_name(layer, config["feature_input_hook"]),
+        out_hook=block_name(layer, config["feature_output_hook"]),
         layer=layer,
     )
     params = {

@@ -34,7 +34,6 @@ Metrics (``model.json["metrics"]``):
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -49,7 +48,9 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
+from tcspec.atomic import atomic_write, write_bytes
 from tcspec.circuits.greater_than import PAPER_YY, greater_than_score, year_token_ids
+from tcspec.hooks import full_name
 from tcspec.models.corpus import (
     DEFAULT_FAMILY_WEIGHTS,
     held_out_yy,
@@ -163,7 +164,7 @@ def toy_metrics(
         "mlp_ablation": {},
     }
     for layer in range(model.cfg.n_layers):
-        hooks = [(f"blocks.{layer}.hook_mlp_out", _zero)]
+        hooks = [(full_name(layer, "hook_mlp_out"), _zero)]
         metrics["mlp_ablation"][str(layer)] = {
             "text_loss_increase": mean_loss(model, eval_contexts, hooks) - text_loss,
             "greater_than_prob_diff": greater_than_score(model, held_out_yy(), fwd_hooks=hooks),
@@ -213,13 +214,12 @@ def weights_checksum(path: Path) -> str:
 
 def _write_atomic(out_dir: Path, model: HookedTransformer, tokenizer, meta: dict) -> None:
     """Weights and tokenizer via temporary names, then ``model.json`` last."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-") as tmp:
-        state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(Path(tmp) / WEIGHTS))
-        meta["weights_xxh3"] = weights_checksum(Path(tmp) / WEIGHTS)
-        for path in [Path(tmp) / WEIGHTS, *save_tokenizer(tokenizer, Path(tmp))]:
-            os.replace(path, out_dir / path.name)
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out_dir / WEIGHTS, lambda p: save_file(state, str(p)))
+    meta["weights_xxh3"] = weights_checksum(out_dir / WEIGHTS)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in save_tokenizer(tokenizer, Path(tmp)):
+            write_bytes(out_dir / path.name, path.read_bytes())
     write_json_atomic(out_dir / MODEL_JSON, meta)
 
 
