@@ -57,6 +57,16 @@ def inputs(n: int = 64, seed: int = 7) -> torch.Tensor:
     return torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
 
 
+def assert_identical(a: Coder, b: Coder, x: torch.Tensor) -> None:
+    """Bitwise the same parameters and outputs (not merely close)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    for ta, tb in zip(a(x), b(x)):
+        assert torch.equal(ta, tb)
+
+
 def assert_same_function(a: Coder, b: Coder, x: torch.Tensor) -> None:
     za, zb = a.encode(x), b.encode(x)
     torch.testing.assert_close(zb, za, **TOL)
@@ -98,7 +108,26 @@ def test_export_then_import_is_the_same_dictionary(tmp_path, fmt, kind, activati
     assert detect_format(tmp_path / "out") == fmt
     back = load_dictionary(tmp_path / "out", expect_d_in=D)
     assert back.cfg == coder.cfg
-    assert_same_function(coder, back, inputs())
+    assert_identical(coder, back, inputs())
+
+
+@pytest.mark.parametrize("fmt", ["saelens", "sparsify"])
+def test_a_transcoder_changed_after_export_loads_from_the_formats_own_tensors(tmp_path, fmt):
+    """The pre-bias sidecar is used only while the format's encoder bias is its fold: after
+    another tool changes b_enc, the format's tensors define the dictionary."""
+    coder = make_coder("transcoder")
+    export(coder, tmp_path / "out", fmt, model_name="toy", context_size=16)
+    w_file = (
+        tmp_path / "out" / ("sae_weights.safetensors" if fmt == "saelens" else "sae.safetensors")
+    )
+    key = "b_enc" if fmt == "saelens" else "encoder.bias"
+    t = load_file(str(w_file))
+    t[key] = t[key] + 0.5
+    save_file(t, str(w_file))
+    back = load_dictionary(tmp_path / "out")
+    assert torch.equal(back.b_dec, torch.zeros(D)) and torch.equal(back.b_enc, t[key])
+    x = inputs()
+    torch.testing.assert_close(back.pre_acts(x), coder.pre_acts(x) + 0.5, **TOL)
 
 
 def test_tcspec_folders_load_too(tmp_path):
@@ -124,6 +153,7 @@ def test_transcoder_set_writes_every_layer_and_loads_each(tmp_path):
         "layer_0.safetensors",
         "layer_1.safetensors",
         "layer_2.safetensors",
+        "tcspec_pre_bias.safetensors",
     ]
     config = yaml.safe_load((tmp_path / "set" / "config.yaml").read_text())
     assert config["model_kind"] == "transcoder_set"
@@ -134,7 +164,7 @@ def test_transcoder_set_writes_every_layer_and_loads_each(tmp_path):
     for i, coder in set_.items():
         back = load_dictionary(tmp_path / "set", layer=i)
         assert back.cfg == coder.cfg
-        assert_same_function(coder, back, inputs())
+        assert_identical(coder, back, inputs())
     # a single layer file, beside its config.yaml
     back = load_dictionary(tmp_path / "set" / "layer_1.safetensors")
     assert back.cfg.layer == 1 and back.cfg.in_hook == f"blocks.1.{IN}"

@@ -10,7 +10,9 @@
   layer 0..n-1 (its loaders require all of them), ReLU transcoders with d_in == d_out.
 
 Transcoders' input pre-bias is folded into the encoder bias (`b_enc - b_dec W_enc`), since
-none of these formats has one for transcoders; an SAE's tied b_dec maps as is.
+none of these formats has one for transcoders; an SAE's tied b_dec maps as is. The unfolded
+biases go beside them in `tensors.PRE_BIAS_FILE`, which other tools ignore and tcspec's
+loader uses, so that an export read back by tcspec is the same dictionary bit for bit.
 
 The weights act on the activations of the model tcspec trained on: TransformerLens with its
 default processing (LayerNorm folded, writing weights centred). SAELens loads models the same
@@ -37,7 +39,7 @@ from tcspec import __version__
 from tcspec.atomic import atomic_write as _atomic
 from tcspec.coders import Coder
 from tcspec.hooks import split_name
-from tcspec.interop.formats import fold_pre_bias
+from tcspec.interop.tensors import PRE_BIAS_FILE, fold_pre_bias, pre_bias_tensors
 
 TARGETS = ("saelens", "sparsify", "circuit-tracer")
 
@@ -157,10 +159,10 @@ def _export_saelens(
             tensors["W_skip"] = coder.W_skip.T  # [d_out, d_in]
     sae_cfg["metadata"] = metadata
     out.mkdir(parents=True, exist_ok=True)
-    return [
-        _save_tensors(out / "sae_weights.safetensors", tensors),
-        _save_json(out / "cfg.json", sae_cfg),
-    ]
+    written = [_save_tensors(out / "sae_weights.safetensors", tensors)]
+    if cfg.kind != "sae":
+        written.append(_save_tensors(out / PRE_BIAS_FILE, pre_bias_tensors(coder)))
+    return [*written, _save_json(out / "cfg.json", sae_cfg)]
 
 
 # ---------------------------------------------------------------------------- sparsify
@@ -201,7 +203,10 @@ def _export_sparsify(
         if cfg.skip:
             tensors["W_skip"] = coder.W_skip.T  # [d_out, d_in]
     out.mkdir(parents=True, exist_ok=True)
-    return [_save_tensors(out / "sae.safetensors", tensors), _save_json(out / "cfg.json", sp_cfg)]
+    written = [_save_tensors(out / "sae.safetensors", tensors)]
+    if cfg.kind != "sae":
+        written.append(_save_tensors(out / PRE_BIAS_FILE, pre_bias_tensors(coder)))
+    return [*written, _save_json(out / "cfg.json", sp_cfg)]
 
 
 # ---------------------------------------------------------------------- circuit-tracer
@@ -268,6 +273,10 @@ def export_transcoder_set(
         if coder.cfg.skip:
             tensors["W_skip"] = coder.W_skip.T  # [d_out, d_in]
         written.append(_save_tensors(out / f"layer_{layer}.safetensors", tensors))
+    pre_bias = {}
+    for layer in layers:
+        pre_bias |= pre_bias_tensors(coders_by_layer[layer], f"layer_{layer}.")
+    written.append(_save_tensors(out / PRE_BIAS_FILE, pre_bias))
     config = {
         "model_name": model_name,
         "model_kind": "transcoder_set",
