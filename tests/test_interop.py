@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from tcspec import coders
@@ -598,3 +600,78 @@ def test_circuit_tracer_hooks_are_kept_as_named(tmp_path):
     (tmp_path / "set" / "config.yaml").write_text(yaml.safe_dump(config))
     cfg = load_dictionary(tmp_path / "set").cfg
     assert (cfg.in_hook, cfg.out_hook) == ("blocks.0.mlp.hook_in", "blocks.0.x")
+
+
+# ------------------------------------------------------------- damaged folders, fuzzed
+def _exported_folders(root: Path, monkeypatch) -> dict[str, Path]:
+    """One dictionary in every format (a set of two layers for circuit-tracer)."""
+    folders = {}
+    for fmt in ("saelens", "sparsify"):
+        for kind in ("sae", "transcoder"):
+            folders[f"{fmt}-{kind}"] = root / f"{fmt}-{kind}"
+            export(
+                make_coder(kind), folders[f"{fmt}-{kind}"], fmt, model_name="toy", context_size=16
+            )
+    two = {i: make_coder("transcoder", layer=i, seed=i) for i in (0, 1)}
+    export_transcoder_set(two, root / "ct", model_name="toy")
+    coders.save(make_coder("skip_transcoder"), root / "tcspec")
+    (root / "pt").mkdir()
+    paper_checkpoint(root / "pt" / "final.pt", monkeypatch)
+    return folders | {"ct": root / "ct", "tcspec": root / "tcspec", "pt": root / "pt" / "final.pt"}
+
+
+VALUES = [None, True, -1, 0, 1.5, 1e300, "x", [], {}, [1, 2], {"a": 1}, 2**70, "{layer}{x}"]
+
+
+@st.composite
+def damage(draw) -> tuple:
+    """(format, file index, operation, argument): a file deleted, truncated, bit-flipped,
+    replaced by random bytes, or a config value replaced by one of the wrong type."""
+    name = draw(st.sampled_from(["saelens-sae", "saelens-transcoder", "sparsify-sae",
+                                 "sparsify-transcoder", "ct", "tcspec", "pt"]))  # fmt: skip
+    op = draw(st.sampled_from(["delete", "truncate", "flip", "random", "value"]))
+    return (
+        name,
+        draw(st.integers(0, 10)),
+        op,
+        draw(st.integers(0, 2**31)),
+        draw(st.binary(max_size=64)),
+    )
+
+
+def _damage(target: Path, index: int, op: str, n: int, junk: bytes, value) -> None:
+    files = sorted(p for p in (target.parent.iterdir() if target.is_file() else target.iterdir()))
+    f = files[index % len(files)]
+    data = f.read_bytes()
+    if op == "delete":
+        f.unlink()
+    elif op == "truncate":
+        f.write_bytes(data[: n % (len(data) + 1)])
+    elif op == "flip":
+        b = bytearray(data)
+        b[n % len(b)] ^= 1 << (n % 8)
+        f.write_bytes(bytes(b))
+    elif op == "random":
+        f.write_bytes(junk)
+    elif f.suffix in (".json", ".yaml"):
+        raw = yaml.safe_load(data)  # JSON is YAML
+        raw[sorted(raw)[n % len(raw)]] = value
+        f.write_text(json.dumps(raw) if f.suffix == ".json" else yaml.safe_dump(raw))
+
+
+@settings(max_examples=300, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@given(case=damage(), value=st.sampled_from(VALUES))
+def test_damaged_dictionaries_fail_with_one_located_line(case, value, tmp_path_factory):
+    """Whatever happens to a dictionary's files, loading it gives a Coder or a ValueError
+    whose message is one line that starts with the path; never another exception."""
+    name, index, op, n, junk = case
+    root = tmp_path_factory.mktemp("damaged", numbered=True)
+    with pytest.MonkeyPatch.context() as mp:
+        target = _exported_folders(root, mp)[name]
+    _damage(target, index, op, n, junk, value)
+    try:
+        load_dictionary(target, layer=0 if name == "ct" else None)
+    except ValueError as e:
+        msg = str(e)
+        assert "\n" not in msg and msg.startswith(str(target)), msg

@@ -23,11 +23,13 @@ cross-layer transcoders, and any tensor a loader does not consume.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import torch
 import yaml
+from safetensors import SafetensorError
 
 from tcspec import coders
 from tcspec.coders import Coder, CoderConfig
@@ -40,6 +42,7 @@ from tcspec.interop.tensors import (
     fold_pre_bias,
     layer_of,
     make_cfg,
+    one_line,
     read_int,
     read_json,
     read_safetensors,
@@ -127,7 +130,11 @@ def load_dictionary(
         "transcoder-circuits": _load_transcoder_circuits,
     }[format]
     kwargs = {"trust_pickle": trust_pickle} if format == "transcoder-circuits" else {}
-    coder, where = loader(path, layer, **kwargs)
+    try:
+        coder, where = loader(path, layer, **kwargs)
+    except ValueError as e:  # every message on one line, naming a file
+        msg = one_line(e)
+        raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from e
     cfg = coder.cfg
     if layer is not None and cfg.layer is not None and cfg.layer != layer:
         raise ValueError(f"{where}: the dictionary belongs to layer {cfg.layer}, not {layer}")
@@ -167,10 +174,13 @@ def _fields(cfg: CoderConfig) -> dict:
 def _load_tcspec(path: Path, layer: int | None) -> tuple[Coder, Path]:
     try:
         return coders.load(path), path
-    except (TypeError, KeyError) as e:
-        raise ValueError(f"{path / coders.CFG_FILE}: not a tcspec dictionary config: {e}") from e
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    except (TypeError, KeyError, RuntimeError, OverflowError, json.JSONDecodeError) as e:
+        why = one_line(e)
+        raise ValueError(f"{path / coders.CFG_FILE}: not a tcspec dictionary config: {why}") from e
+    except SafetensorError as e:
+        raise ValueError(f"{path / coders.WEIGHTS_FILE}: unreadable safetensors file: {e}") from e
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: {one_line(e)}") from e
 
 
 # ---------------------------------------------------------------------------- SAELens
@@ -317,9 +327,9 @@ def read_ct_config(folder: Path) -> dict:
     """A circuit-tracer `config.yaml` (safe YAML), checked to describe a transcoder set."""
     file = folder / CT_CONFIG
     try:
-        raw = yaml.safe_load(file.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{file}: unreadable YAML: {e}") from e
+        raw = yaml.safe_load(file.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
+        raise ValueError(f"{file}: unreadable YAML: {one_line(e)}") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{file}: expected a mapping")
     kind = raw.get("model_kind", "transcoder_set")
@@ -353,6 +363,16 @@ def ct_layer_files(folder: Path, config: dict) -> dict[int, Path]:
         p = Path(ref)
         files[i] = p if p.is_absolute() else folder / p
     return files
+
+
+def _ct_hook(folder: Path, config: dict, key: str, layer: int) -> str:
+    try:
+        return block_name(layer, config[key])
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(
+            f"{folder / CT_CONFIG}: `{key}` {config[key]!r} is neither a hook name nor a "
+            f"`{{layer}}` template ({one_line(e)})"
+        ) from e
 
 
 def _load_circuit_tracer(path: Path, layer: int | None) -> tuple[Coder, Path]:
@@ -389,8 +409,8 @@ def _load_circuit_tracer(path: Path, layer: int | None) -> tuple[Coder, Path]:
         d_in=d_in,
         d_out=d_out,
         d_sae=d_sae,
-        in_hook=block_name(layer, config["feature_input_hook"]),
-        out_hook=block_name(layer, config["feature_output_hook"]),
+        in_hook=_ct_hook(folder, config, "feature_input_hook", layer),
+        out_hook=_ct_hook(folder, config, "feature_output_hook", layer),
         layer=layer,
     )
     W_enc = t.take("W_enc", (d_sae, d_in)).T  # [d_in, d_sae]

@@ -86,12 +86,17 @@ def read_safetensors(file: Path) -> Tensors:
 
 def read_json(file: Path) -> dict:
     try:
-        raw = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file}: unreadable JSON: {e}") from e
+        raw = json.loads(file.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{file}: unreadable JSON: {one_line(e)}") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{file}: expected a JSON object")
     return raw
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (parsers' messages span several)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def read_int(raw: dict, key: str, file: Path, default: int | None = None) -> int:
