@@ -210,25 +210,9 @@ def _export_sparsify(
 
 
 # ---------------------------------------------------------------------- circuit-tracer
-def export_transcoder_set(
-    coders_by_layer: dict[int, Coder],
-    out: str | Path,
-    *,
-    model_name: str,
-    scan: str | None = None,
-    context_size: int | None = None,
-    dataset: str | None = None,
-) -> list[Path]:
-    """Write a circuit-tracer transcoder set: `layer_{i}.safetensors` for layers 0..n-1 and a
-    `config.yaml` (`model_kind: transcoder_set`, the hooks relative to a block, `scan`).
-
-    circuit-tracer loads it with `load_transcoder_set({i: path}, scan, feature_input_hook,
-    feature_output_hook)` or as a cache folder. `scan` names the feature data its frontend
-    shows (see `feature_data`); default `./data/features/<out folder name>`, i.e. feature
-    files written to `<graph data dir>/features/<out folder name>/`.
-    """
-    out = Path(out)
-    layers = sorted(coders_by_layer)
+def _set_hooks(coders_by_layer: dict[int, Coder], layers: list[int]) -> tuple[str, str]:
+    """The (in, out) hooks, relative to a block, of a set circuit-tracer can load; a
+    ValueError naming the layer for anything it cannot."""
     if not layers or layers != list(range(len(layers))):
         raise ValueError(
             f"circuit-tracer needs a transcoder for every layer 0..n-1, got layers {layers}"
@@ -259,7 +243,29 @@ def export_transcoder_set(
         )
     if len(hooks) != 1:
         raise ValueError(f"circuit-tracer needs the same hooks in every layer, got {sorted(hooks)}")
-    in_hook, out_hook = hooks.pop()
+    return hooks.pop()
+
+
+def export_transcoder_set(
+    coders_by_layer: dict[int, Coder],
+    out: str | Path,
+    *,
+    model_name: str,
+    scan: str | None = None,
+    context_size: int | None = None,
+    dataset: str | None = None,
+) -> list[Path]:
+    """Write a circuit-tracer transcoder set: `layer_{i}.safetensors` for layers 0..n-1 and a
+    `config.yaml` (`model_kind: transcoder_set`, the hooks relative to a block, `scan`).
+
+    circuit-tracer loads it with `load_transcoder_set({i: path}, scan, feature_input_hook,
+    feature_output_hook)` or as a cache folder. `scan` names the feature data its frontend
+    shows (see `feature_data`); default `./data/features/<out folder name>`, i.e. feature
+    files written to `<graph data dir>/features/<out folder name>/`.
+    """
+    out = Path(out)
+    layers = sorted(coders_by_layer)
+    in_hook, out_hook = _set_hooks(coders_by_layer, layers)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for layer in layers:

@@ -215,17 +215,7 @@ def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
         )
     if arch in ("standard", "transcoder", "skip_transcoder") and activation != "relu":
         raise ValueError(f"{cfg_file}: `activation_fn` {activation!r} is not supported (relu)")
-    norm = raw.get("normalize_activations")
-    if norm not in (None, False, "none"):
-        raise ValueError(
-            f"{cfg_file}: `normalize_activations` {norm!r} rescales inputs at run time, which "
-            "tcspec dictionaries do not do; fold the scale into the weights (SAELens "
-            "`fold_activation_norm_scaling_factor`) and save with `none`"
-        )
-    if get("reshape_activations") not in (None, "none") or get("hook_head_index") is not None:
-        raise ValueError(f"{cfg_file}: attention-head (hook_z / head index) SAEs are not supported")
-    if raw.get("rescale_acts_by_decoder_norm"):
-        raise ValueError(f"{cfg_file}: `rescale_acts_by_decoder_norm: true` is not supported")
+    _refuse_run_time_transforms(raw, get, cfg_file)
     d_in, d_sae = read_int(raw, "d_in", cfg_file), read_int(raw, "d_sae", cfg_file)
     transcoder = arch in ("transcoder", "skip_transcoder")
     d_out = read_int(raw, "d_out", cfg_file) if transcoder else d_in
@@ -252,21 +242,42 @@ def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
         out_hook=out_hook,
         layer=at,
     )
+    return build_coder(cfg, w_file, **_saelens_params(path, w_file, cfg, apply_b_dec)), cfg_file
+
+
+def _refuse_run_time_transforms(raw: dict, get, cfg_file: Path) -> None:
+    """What SAELens applies to activations at run time and a Coder cannot."""
+    norm = raw.get("normalize_activations")
+    if norm not in (None, False, "none"):
+        raise ValueError(
+            f"{cfg_file}: `normalize_activations` {norm!r} rescales inputs at run time, which "
+            "tcspec dictionaries do not do; fold the scale into the weights (SAELens "
+            "`fold_activation_norm_scaling_factor`) and save with `none`"
+        )
+    if get("reshape_activations") not in (None, "none") or get("hook_head_index") is not None:
+        raise ValueError(f"{cfg_file}: attention-head (hook_z / head index) SAEs are not supported")
+    if raw.get("rescale_acts_by_decoder_norm"):
+        raise ValueError(f"{cfg_file}: `rescale_acts_by_decoder_norm: true` is not supported")
+
+
+def _saelens_params(path: Path, w_file: Path, cfg: CoderConfig, apply_b_dec: bool) -> dict:
+    """The Coder parameters from `sae_weights.safetensors` (shapes checked against `cfg`)."""
+    d_in, d_out, d_sae = cfg.d_in, cfg.d_out, cfg.d_sae
     t = read_safetensors(w_file)
     if t.has("scaling_factor") and torch.allclose(t.tensors["scaling_factor"], torch.tensor(1.0)):
         t.take("scaling_factor")  # all ones: a no-op SAELens itself drops
     W_enc, b_enc = t.take("W_enc", (d_in, d_sae)), t.take("b_enc", (d_sae,))
     W_dec, b_dec = t.take("W_dec", (d_sae, d_out)), t.take("b_dec", (d_out,))
     params = {"W_enc": W_enc, "W_dec": W_dec}
-    if transcoder:
+    if cfg.kind != "sae":
         params |= _transcoder_biases(path, W_enc, b_enc) | {"b_dec_out": b_dec}
-        if arch == "skip_transcoder":
+        if cfg.skip:
             params["W_skip"] = t.take("W_skip", (d_out, d_in)).T  # [d_in, d_out]
     else:  # SAE: b_dec is the tied output bias; as a pre-bias only when applied to the input
         params["b_dec"] = b_dec
         params["b_enc"] = b_enc if apply_b_dec else fold_pre_bias(W_enc, b_enc, -b_dec)
     t.done(NOT_REPRESENTABLE)
-    return build_coder(cfg, w_file, **params), cfg_file
+    return params
 
 
 # ---------------------------------------------------------------------------- sparsify
