@@ -262,6 +262,17 @@ def vocab_size_of(tokenizer: Any) -> int:
     return len(tokenizer)
 
 
+def _pack_file(
+    path: Path, shape: tuple[int, int], doc_ids, bos_token_id: int, bar
+) -> tuple[int, int]:
+    """Pack ``doc_ids`` into a new int32 ``.npy`` of ``shape`` [rows, context]: (rows, docs)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.int32, shape=shape)
+    packed = _pack_into(out, doc_ids, bos_token_id, bar)
+    out.flush()
+    del out
+    return packed
+
+
 def build_token_splits(
     docs: Iterable[str],
     tokenizer: Any,
@@ -299,12 +310,9 @@ def build_token_splits(
         bar = tqdm(total=asked, unit="tok", unit_scale=True, desc="tokens", disable=not progress)
         for split in ("eval", "train"):
             path = tmp / f"{split}.npy"
-            out = np.lib.format.open_memmap(
-                path, mode="w+", dtype=np.int32, shape=(n_rows[split], context)
+            rows, n_docs = _pack_file(
+                path, (n_rows[split], context), sources[split], bos_token_id, bar
             )
-            rows, n_docs = _pack_into(out, sources[split], bos_token_id, bar)
-            out.flush()
-            del out
             if rows < n_rows[split]:
                 got = sum(s["rows"] for s in splits.values()) * context + rows * context
                 raise ValueError(

@@ -98,11 +98,27 @@ class ToyRecipe:
     """The optimiser's defaults (``train_toy_model`` arguments override them)."""
 
 
+# the greater_than_fast mix: greater-than sentences weigh more than in the default mix
+FAST_FAMILY_WEIGHTS: dict[str, float] = {
+    "greater_than": 0.75,
+    "year_count": 0.19,
+    "capital": 0.02,
+    "sequence": 0.02,
+    "addition": 0.02,
+}
+
 RECIPES: dict[str, ToyRecipe] = {
     # half task documents (mostly greater-than sentences), half Python documentation
     "greater_than_mix": ToyRecipe(task_fraction=0.5, family_weights=DEFAULT_FAMILY_WEIGHTS),
     # Python documentation only: a control without the task
     "text_only": ToyRecipe(task_fraction=0.0),
+    # 40% fewer steps: more task documents, more of them greater-than, a higher peak rate
+    # (held-out prob diff about 0.85, MLP 0 ablation about +2.2 nats; text loss 4.7, not 4.0)
+    "greater_than_fast": ToyRecipe(
+        task_fraction=0.7,
+        family_weights=FAST_FAMILY_WEIGHTS,
+        training=ToyTraining(steps=600, lr=4e-3, warmup=40),
+    ),
 }
 
 
