@@ -465,7 +465,8 @@ def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file; raise ``SpecError`` with located problems."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(spec_text.MAX_BYTES + 1)  # more is refused without reading it all
     except OSError as exc:
         raise SpecError([Problem(str(path), 1, 1, "", f"cannot read: {exc.strerror}")]) from None
     text = spec_text.decode(data)

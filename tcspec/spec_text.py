@@ -3,7 +3,7 @@
 Every problem comes back as ``(line, col, message)`` (1-based) for the loader to report,
 never as an exception from the decoder, the YAML reader or Python's recursion limit:
 
-- the bytes must be UTF-8 (a leading byte-order mark is allowed);
+- the file holds at most ``MAX_BYTES`` bytes of UTF-8 (a leading byte-order mark is allowed);
 - YAML's reader refuses control characters (NUL, ESC, ...): the position it reports
   becomes a line and column;
 - collections nest at most ``MAX_DEPTH`` deep, an alias may not refer to the collection it
@@ -17,6 +17,7 @@ import yaml
 
 Located = tuple[int, int, str]  # (line, col, message), 1-based
 
+MAX_BYTES = 1 << 20
 MAX_DEPTH = 64
 MAX_NODES = 100_000
 
@@ -27,7 +28,13 @@ def _line_col(text: str, index: int) -> tuple[int, int]:
 
 
 def decode(data: bytes) -> str | Located:
-    """The text of a spec file, or where it stops being UTF-8."""
+    """The text of a spec file, or where it stops being UTF-8 (or that it is too large)."""
+    if len(data) > MAX_BYTES:
+        return (
+            1,
+            1,
+            f"the file has more than {MAX_BYTES:,} bytes; a spec is a small text file",
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
