@@ -17,10 +17,15 @@ position of every context; CE and KL are over every position but the last of eac
 (it has no next token); the mean used for mean-ablation is the hook's mean vector over all
 positions of all eval contexts, computed in a first pass (or passed in as `ablation_means`).
 
+`evaluate_members(model, members, tokens, batch_contexts)` evaluates several `Member`s (a
+dictionary alone, or a set spliced together) in one pass over the tokens, each member's
+metrics identical to evaluating it alone; `evaluate_coders` is it for one call's coders.
+
 Work per batch: one clean forward caching only the hooks needed, one patched forward per
-coder, two (zero, mean) per distinct ablated hook. A patched forward whose hook is a
-``hook_mlp_out`` resumes from the next block (the residual stream after block L is the clean
-one plus the change to the MLP output) instead of re-running the blocks before it.
+member, two (zero, mean) per distinct ablated hook (per distinct set of hooks for sets). A
+patched forward whose hook is a ``hook_mlp_out`` resumes from the next block (the residual
+stream after block L is the clean one plus the change to the MLP output) instead of
+re-running the blocks before it.
 """
 
 from __future__ import annotations
@@ -320,7 +325,7 @@ class _Single:
 class _Joint:
     """A set of coders spliced in at once, each reading its input from the patched run."""
 
-    needed: set[str] = set()
+    needed: frozenset[str] = frozenset()  # reads no clean activations
 
     def __init__(self, model, coders: Sequence[tuple[Coder, int]], hooks, means):
         self.model, self.acc = model, Accumulator()
