@@ -27,7 +27,6 @@ import io
 import json
 import math
 import queue
-import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -39,7 +38,8 @@ import torch
 import xxhash
 from tqdm.auto import tqdm
 
-from tcspec.data import atomic_dir
+from tcspec.atomic import atomic_dir
+from tcspec.hooks import split_name
 
 ACTS_FORMAT = "tcspec.acts/1"
 CHECKSUM = "xxh3_128"
@@ -49,7 +49,6 @@ STORAGE = {
     "float16": (torch.float16, np.dtype(np.float16)),
     "bfloat16": (torch.bfloat16, np.dtype(np.uint16)),
 }
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 class CacheError(ValueError):
@@ -197,10 +196,63 @@ def _check_hooks(model: Any, hooks: list[str]) -> None:
 def _stop_layer(hooks: list[str]) -> int | None:
     """Blocks to run: one past the last block a hook sits in; None when a hook is outside
     the blocks (e.g. ``ln_final.hook_normalized``) and the whole model must run."""
-    layers = [_BLOCK.match(h) for h in hooks]
+    layers = [split_name(h) for h in hooks]
     if not all(layers):
         return None
-    return max(int(m.group(1)) for m in layers) + 1
+    return max(layer for layer, _ in layers) + 1
+
+
+def _check_cache_args(model: Any, tokens: np.ndarray, hooks: list[str], dtype: str) -> None:
+    if dtype not in STORAGE:
+        raise ValueError(f"unknown storage dtype {dtype!r}; expected one of {list(STORAGE)}")
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [n_contexts, context], got shape {tokens.shape}")
+    _check_hooks(model, hooks)
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise ValueError(
+            f"context {tokens.shape[1]} is longer than the model's n_ctx {model.cfg.n_ctx}"
+        )
+
+
+def _check_disk(out_dir: Path, total_rows: int, widths: dict[str, int], itemsize: int,
+                n_shards: int) -> None:  # fmt: skip
+    """ValueError when the cache would not fit in the free space beside ``out_dir``."""
+    need = total_rows * sum(widths.values()) * itemsize + n_shards * len(widths) * 4096
+    free = _free_disk(out_dir.parent)
+    if need > free:
+        raise ValueError(
+            f"the activation cache needs about {_size(need)} but {out_dir.parent} "
+            f"has {_size(free)} free ({total_rows:,} rows x {sum(widths.values())} "
+            f"values x {itemsize} bytes); free space, use a smaller dtype or "
+            f"fewer train_tokens"
+        )
+
+
+def _host_arrays(store: dict[str, torch.Tensor], widths: dict[str, int], first: int,
+                 dtype: str) -> dict[str, np.ndarray]:  # fmt: skip
+    """One batch's hook activations as storage-dtype numpy rows: {hook: [b * (ctx - first), d]}."""
+    torch_dtype, np_dtype = STORAGE[dtype]
+    arrays = {}
+    for h, width in widths.items():
+        act = store[h][:, first:].to(torch_dtype)  # [b, ctx - first, d]
+        act = act.reshape(-1, width).cpu()  # [b * (ctx - first), d]
+        if dtype == "bfloat16":
+            act = act.view(torch.int16)  # the bits; numpy has no bfloat16
+        arrays[h] = act.numpy().view(np_dtype)
+    return arrays
+
+
+def _manifest(dtype: str, widths: dict[str, int], shape: tuple[int, int], drop_bos: bool,
+              shard_tokens: int, shards: list) -> dict:  # fmt: skip
+    n_contexts, context = shape
+    rows = context - (1 if drop_bos else 0)
+    return {
+        "format": ACTS_FORMAT, "dtype": dtype, "storage_dtype": STORAGE[dtype][1].name,
+        "checksum": CHECKSUM, "hooks": {h: {"width": w} for h, w in widths.items()},
+        "context": context, "n_contexts": n_contexts, "drop_bos": drop_bos,
+        "rows_per_context": rows, "total_rows": n_contexts * rows,
+        "shard_tokens": shard_tokens, "shards": shards,
+    }  # fmt: skip
 
 
 def cache_activations(
@@ -224,24 +276,14 @@ def cache_activations(
     tokens ids) is stored in the manifest as is. Raises ValueError before any work when a
     hook is unknown or the estimated size exceeds the free disk space.
     """
-    if dtype not in STORAGE:
-        raise ValueError(f"unknown storage dtype {dtype!r}; expected one of {list(STORAGE)}")
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [n_contexts, context], got shape {tokens.shape}")
-    _check_hooks(model, hooks)
+    _check_cache_args(model, tokens, hooks, dtype)
     n_contexts, context = tokens.shape
-    if context > model.cfg.n_ctx:
-        raise ValueError(f"context {context} is longer than the model's n_ctx {model.cfg.n_ctx}")
     first = 1 if drop_bos else 0
-    rows_per_context = context - first
-    total_rows = n_contexts * rows_per_context
+    total_rows = n_contexts * (context - first)
     if total_rows == 0:
         raise ValueError("no token positions to cache")
-    torch_dtype, np_dtype = STORAGE[dtype]
-    device = model.cfg.device
-    stop = _stop_layer(hooks)
-    out_dir = Path(out_dir)
-
+    np_dtype = STORAGE[dtype][1]
+    device, stop, out_dir = model.cfg.device, _stop_layer(hooks), Path(out_dir)
     store: dict[str, torch.Tensor] = {}
 
     def save(act: torch.Tensor, hook: Any) -> None:
@@ -251,19 +293,9 @@ def cache_activations(
         probe = torch.as_tensor(np.asarray(tokens[:1, :2]), dtype=torch.long, device=device)
         model(probe, return_type=None, stop_at_layer=stop)  # fills store: the widths
         widths = {h: int(store[h].shape[-1]) for h in hooks}
-
         n_shards = math.ceil(total_rows / shard_tokens)
         shard_rows = [shard_tokens] * (n_shards - 1) + [total_rows - shard_tokens * (n_shards - 1)]
-        need = total_rows * sum(widths.values()) * np_dtype.itemsize + n_shards * len(hooks) * 4096
-        free = _free_disk(out_dir.parent)
-        if need > free:
-            raise ValueError(
-                f"the activation cache needs about {_size(need)} but {out_dir.parent} "
-                f"has {_size(free)} free ({total_rows:,} rows x {sum(widths.values())} "
-                f"values x {np_dtype.itemsize} bytes); free space, use a smaller dtype or "
-                f"fewer train_tokens"
-            )
-
+        _check_disk(out_dir, total_rows, widths, np_dtype.itemsize, n_shards)
         bar = tqdm(total=n_contexts * context, unit="tok", unit_scale=True, desc="acts",
                    disable=not progress)  # fmt: skip
         with atomic_dir(out_dir) as tmp:
@@ -272,17 +304,10 @@ def cache_activations(
             try:
                 for start in range(0, n_contexts, batch_contexts):
                     chunk = np.asarray(tokens[start : start + batch_contexts])  # [b, ctx]
-                    batch = torch.as_tensor(chunk, dtype=torch.long, device=device)
                     store.clear()
+                    batch = torch.as_tensor(chunk, dtype=torch.long, device=device)
                     model(batch, return_type=None, stop_at_layer=stop)  # hooks fill store
-                    arrays = {}
-                    for h in hooks:
-                        act = store[h][:, first:].to(torch_dtype)  # [b, ctx - first, d]
-                        act = act.reshape(-1, widths[h]).cpu()  # [b * (ctx - first), d]
-                        if dtype == "bfloat16":
-                            act = act.view(torch.int16)  # the bits; numpy has no bfloat16
-                        arrays[h] = act.numpy().view(np_dtype)
-                    writes.put(arrays)
+                    writes.put(_host_arrays(store, widths, first, dtype))
                     bar.update(chunk.size)
                 writes.close()
             except BaseException:
@@ -290,21 +315,8 @@ def cache_activations(
                 writer.abort()
                 raise
             bar.close()
-            manifest = {
-                "format": ACTS_FORMAT,
-                "dtype": dtype,
-                "storage_dtype": np_dtype.name,
-                "checksum": CHECKSUM,
-                "hooks": {h: {"width": widths[h]} for h in hooks},
-                "context": context,
-                "n_contexts": n_contexts,
-                "drop_bos": drop_bos,
-                "rows_per_context": rows_per_context,
-                "total_rows": total_rows,
-                "shard_tokens": shard_tokens,
-                "shards": writer.shards,
-                "meta": meta or {},
-            }
+            manifest = _manifest(dtype, widths, tokens.shape, drop_bos, shard_tokens, writer.shards)
+            manifest["meta"] = meta or {}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tcspec.atomic import write_text
+
 CSS = """
 :root { --ink:#1d2330; --muted:#667085; --line:#e4e7ec; --card:#ffffff; --bg:#f6f7f9;
         --accent:#d9480f; --link:#1c64f2; }
@@ -232,9 +234,9 @@ def build_dashboard(stats_dir: Path, out_dir: Path, title: str | None = None) ->
         next_f = pages[i + 1] if i + 1 < len(pages) else None
         ex = by_feature.get(f, stats.examples.iloc[:0])
         text = _feature_page(f, t, meta, vocab, example_rows(ex, vocab), title, prev_f, next_f)
-        _write(out_dir / "features" / f"{f}.html", text)
+        write_text(out_dir / "features" / f"{f}.html", text)
     index = out_dir / "index.html"
-    _write(index, _index_page(t, meta, vocab, stats.examples, pages, title))
+    write_text(index, _index_page(t, meta, vocab, stats.examples, pages, title))
     return index
 
 
@@ -450,11 +452,3 @@ def render_packet(items: list[PacketItem]) -> str:
         + "".join(cards)
     )
     return _page("Blind feature rating", body)
-
-
-def _write(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

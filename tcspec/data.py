@@ -22,18 +22,17 @@ Outputs of :func:`build_token_splits` (one folder, written atomically)::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from tcspec.atomic import atomic_dir
 
 TOKENS_FORMAT = "tcspec.tokens/1"
 SPLITS = ("train", "eval")
@@ -247,29 +246,6 @@ def pack_tokens(
 
 
 # ----------------------------------------------------------------------------------- splits
-@contextlib.contextmanager
-def atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out_dir`` to write into; rename it into place on success.
-
-    On an exception the temporary folder is removed and ``out_dir`` is left untouched; a
-    killed process leaves only the hidden ``.{name}.tmp`` sibling, which the next run clears.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-
-
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
@@ -284,6 +260,17 @@ def vocab_size_of(tokenizer: Any) -> int:
     if hasattr(tokenizer, "get_vocab_size"):
         return int(tokenizer.get_vocab_size(with_added_tokens=True))
     return len(tokenizer)
+
+
+def _pack_file(
+    path: Path, shape: tuple[int, int], doc_ids, bos_token_id: int, bar
+) -> tuple[int, int]:
+    """Pack ``doc_ids`` into a new int32 ``.npy`` of ``shape`` [rows, context]: (rows, docs)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.int32, shape=shape)
+    packed = _pack_into(out, doc_ids, bos_token_id, bar)
+    out.flush()
+    del out
+    return packed
 
 
 def build_token_splits(
@@ -323,12 +310,9 @@ def build_token_splits(
         bar = tqdm(total=asked, unit="tok", unit_scale=True, desc="tokens", disable=not progress)
         for split in ("eval", "train"):
             path = tmp / f"{split}.npy"
-            out = np.lib.format.open_memmap(
-                path, mode="w+", dtype=np.int32, shape=(n_rows[split], context)
+            rows, n_docs = _pack_file(
+                path, (n_rows[split], context), sources[split], bos_token_id, bar
             )
-            rows, n_docs = _pack_into(out, sources[split], bos_token_id, bar)
-            out.flush()
-            del out
             if rows < n_rows[split]:
                 got = sum(s["rows"] for s in splits.values()) * context + rows * context
                 raise ValueError(

@@ -17,15 +17,21 @@ position of every context; CE and KL are over every position but the last of eac
 (it has no next token); the mean used for mean-ablation is the hook's mean vector over all
 positions of all eval contexts, computed in a first pass (or passed in as `ablation_means`).
 
+`evaluate_members(model, members, tokens, batch_contexts)` evaluates several `Member`s (a
+dictionary alone, or a set spliced together) in one pass over the tokens, each member's
+metrics identical to evaluating it alone; `evaluate_coders` is it for one call's coders.
+
 Work per batch: one clean forward caching only the hooks needed, one patched forward per
-coder, two (zero, mean) per distinct ablated hook. A patched forward whose hook is a
-``hook_mlp_out`` resumes from the next block (the residual stream after block L is the clean
-one plus the change to the MLP output) instead of re-running the blocks before it.
+member, two (zero, mean) per distinct ablated hook (per distinct set of hooks for sets). A
+patched forward whose hook is a ``hook_mlp_out`` resumes from the next block (the residual
+stream after block L is the clean one plus the change to the MLP output) instead of
+re-running the blocks before it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -33,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from tcspec.hooks import full_name
+from tcspec.hooks import full_name, split_name
 from tcspec.metrics import (
     Accumulator,
     ce_from_logprobs,
@@ -101,12 +107,12 @@ def _apply(coder: Coder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _resume_layer(model: HookedTransformer, hook: str) -> int | None:
     """L when `hook` is `blocks.L.hook_mlp_out` and a patched run may resume at block L + 1
     from `blocks.L.hook_resid_post` plus the change to the MLP output; else None."""
-    parts = hook.split(".")
-    if len(parts) != 3 or parts[0] != "blocks" or parts[2] != "hook_mlp_out":
+    split = split_name(hook)
+    if split is None or split[1] != "hook_mlp_out":
         return None
     if model.cfg.positional_embedding_type == "shortformer" or model.cfg.n_devices > 1:
         return None
-    return int(parts[1])
+    return split[0]
 
 
 def _patched_logits(
@@ -123,7 +129,7 @@ def _patched_logits(
     layer = _resume_layer(model, hook)
     if layer is not None:
         # resid_post_L = (rest of block L) + mlp_out_L, so swapping mlp_out is a shift
-        resid = cache[f"blocks.{layer}.hook_resid_post"] + (value - cache[hook])  # [B, T, d]
+        resid = cache[full_name(layer, "hook_resid_post")] + (value - cache[hook])  # [B, T, d]
         return model(resid, start_at_layer=layer + 1)
     patch = value.expand_as(cache[hook])
 
@@ -151,7 +157,7 @@ def hook_means(
     for h in hooks:
         if h not in model.hook_dict:
             raise ValueError(f"the model has no hook `{h}`")
-    layers = [int(h.split(".")[1]) for h in hooks if h.startswith("blocks.")]
+    layers = [split[0] for split in map(split_name, hooks) if split is not None]
     stop = max(layers) + 1 if len(layers) == len(hooks) else None
     sums: dict[str, torch.Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}
@@ -169,6 +175,23 @@ def hook_means(
 
 
 # ---------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class Member:
+    """One result of an evaluation: a dictionary spliced in alone (``splice="each"``, one
+    (coder, layer) pair), or a set spliced in together, one coder per layer (``"all"``)."""
+
+    coders: tuple[tuple[Coder, int], ...]
+    splice: Literal["each", "all"] = "each"
+
+    def __post_init__(self):
+        if self.splice not in ("each", "all"):
+            raise ValueError(f"splice must be `each` or `all`; got `{self.splice}`")
+        if not self.coders:
+            raise ValueError("a member needs at least one coder")
+        if self.splice == "each" and len(self.coders) != 1:
+            raise ValueError(f"a `each` member holds one coder; got {len(self.coders)}")
+
+
 def evaluate_coders(
     model: HookedTransformer,
     coders: Sequence[tuple[Coder, int]],
@@ -190,116 +213,172 @@ def evaluate_coders(
     """
     if not coders:
         raise ValueError("no coders to evaluate")
-    if batch_contexts < 1:
-        raise ValueError(f"batch_contexts must be positive; got {batch_contexts}")
     if splice not in ("each", "all"):
         raise ValueError(f"splice must be `each` or `all`; got `{splice}`")
+    if splice == "all":
+        member = Member(tuple(coders), "all")
+        return evaluate_members(model, [member], tokens, batch_contexts, progress, ablation_means)[
+            0
+        ]
+    members = [Member((pair,)) for pair in coders]
+    return evaluate_members(model, members, tokens, batch_contexts, progress, ablation_means)
+
+
+def evaluate_members(
+    model: HookedTransformer,
+    members: Sequence[Member],
+    tokens: torch.Tensor | np.ndarray,
+    batch_contexts: int,
+    progress: bool = True,
+    ablation_means: dict[str, torch.Tensor] | None = None,
+) -> list[dict]:
+    """Metrics of several members on the same `tokens` in one pass over them: per batch one
+    clean forward, one zero- and one mean-ablated forward per output hook of the `each`
+    members and per set of output hooks of the `all` members, and one patched forward per
+    member. Each member's metrics are identical to evaluating it alone (`evaluate_coders`):
+    one dict per member, in order (see `evaluate_coders` for the keys; `all` members have
+    no fidelity metrics and no `n_tokens`)."""
+    if not members:
+        raise ValueError("no members to evaluate")
+    if batch_contexts < 1:
+        raise ValueError(f"batch_contexts must be positive; got {batch_contexts}")
     _check_tokens(tokens, model)
-    hooks = [_coder_hooks(model, c, layer) for c, layer in coders]  # [(in, out)]
-    out_hooks = list(dict.fromkeys(out for _, out in hooks))
+    hooks = [[_coder_hooks(model, c, layer) for c, layer in m.coders] for m in members]
+    for m, pairs in zip(members, hooks):
+        layers = [layer for _, layer in m.coders]
+        outs = [o for _, o in pairs]
+        if m.splice == "all" and (len(set(layers)) != len(layers) or len(set(outs)) != len(outs)):
+            raise ValueError(f"splice `all` takes one coder per layer; got layers {layers}")
+    out_hooks = list(dict.fromkeys(o for pairs in hooks for _, o in pairs))
     means = {h: v.to(model.cfg.device) for h, v in (ablation_means or {}).items()}
     missing = [h for h in out_hooks if h not in means]
     if missing:
         means |= hook_means(model, tokens, missing, batch_contexts, progress)
-    if splice == "each":
-        return _evaluate_each(model, coders, hooks, tokens, batch_contexts, means, progress)
-    layers = [layer for _, layer in coders]
-    if len(set(layers)) != len(layers) or len(set(out_hooks)) != len(out_hooks):
-        raise ValueError(f"splice `all` takes one coder per layer; got layers {layers}")
-    return _evaluate_all(model, coders, hooks, tokens, batch_contexts, means, progress)
+    runs = [
+        _Single(model, m.coders[0][0], *pairs[0], means)
+        if m.splice == "each"
+        else _Joint(model, m.coders, pairs, means)
+        for m, pairs in zip(members, hooks)
+    ]
+    return _run(model, runs, tokens, batch_contexts, progress)
 
 
-@torch.inference_mode()
-def _evaluate_each(
-    model: HookedTransformer,
-    coders: Sequence[tuple[Coder, int]],
-    hooks: list[tuple[str, str]],
-    tokens: torch.Tensor | np.ndarray,
-    batch_contexts: int,
-    means: dict[str, torch.Tensor],
-    progress: bool,
-) -> list[dict]:
-    out_hooks = list(dict.fromkeys(out for _, out in hooks))
-    needed = {h for pair in hooks for h in pair}
-    resume_layers = [_resume_layer(model, h) for h in out_hooks]
-    needed |= {f"blocks.{layer}.hook_resid_post" for layer in resume_layers if layer is not None}
-    accs = [Accumulator() for _ in coders]
-    batches = _batches(tokens, batch_contexts, model.cfg.device)
-    total = _n_batches(tokens, batch_contexts)
-    for batch in tqdm(batches, total=total, desc="evaluate", disable=not progress):
-        logits, cache = model.run_with_cache(batch, names_filter=sorted(needed))  # [B, T, V]
-        cache = {h: cache[h] for h in needed}
-        logp = next_token_logprobs(logits)  # [B, T-1, V]
-        p = logp.exp()  # [B, T-1, V]
-        ce_orig = ce_from_logprobs(logp, batch)  # [B, T-1]
-        ablated: dict[str, dict[str, torch.Tensor]] = {}
-        for h in out_hooks:
+class _Clean:
+    """The clean forward of one batch, shared by every member: its logits, log-probs and
+    the activations the `each` members read; ablated CE cached by hook (set)."""
+
+    def __init__(self, model: HookedTransformer, batch: torch.Tensor, needed: set[str]):
+        if needed:
+            logits, cache = model.run_with_cache(batch, names_filter=sorted(needed))
+            self.cache = {h: cache[h] for h in needed}
+        else:
+            logits, self.cache = model(batch), {}  # [B, T, V]
+        self.batch = batch
+        self.logp = next_token_logprobs(logits)  # [B, T-1, V]
+        self.ce = ce_from_logprobs(self.logp, batch)  # [B, T-1]
+        self.ablated: dict[object, dict[str, torch.Tensor]] = {}
+        self._p: torch.Tensor | None = None
+
+    @property
+    def p(self) -> torch.Tensor:
+        if self._p is None:
+            self._p = self.logp.exp()  # [B, T-1, V]
+        return self._p
+
+
+class _Single:
+    """One coder spliced in alone: fidelity from the clean run's hooks, one patched run."""
+
+    def __init__(self, model, coder: Coder, in_hook: str, out_hook: str, means):
+        self.model, self.coder, self.in_hook, self.out_hook = model, coder, in_hook, out_hook
+        self.mean = means[out_hook]
+        self.acc = Accumulator()
+        layer = _resume_layer(model, out_hook)
+        resume = set() if layer is None else {full_name(layer, "hook_resid_post")}
+        self.needed = {in_hook, out_hook} | resume
+
+    def update(self, clean: _Clean) -> None:
+        model, batch, cache, h = self.model, clean.batch, clean.cache, self.out_hook
+        if h not in clean.ablated:
             zero = torch.zeros_like(cache[h])  # [B, T, d]
-            ablated[h] = {
+            clean.ablated[h] = {
                 "zero_ablated": next_token_ce(_patched_logits(model, batch, cache, h, zero), batch),
                 "mean_ablated": next_token_ce(
-                    _patched_logits(model, batch, cache, h, means[h]), batch
+                    _patched_logits(model, batch, cache, h, self.mean), batch
                 ),
             }
-        for (coder, _), (in_hook, out_hook), acc in zip(coders, hooks, accs):
-            y_hat, z = _apply(coder, cache[in_hook])  # [B, T, d_out], [B, T, d_sae]
-            acc.update(cache[out_hook], y_hat, z)
-            logits_rep = _patched_logits(model, batch, cache, out_hook, y_hat)  # [B, T, V]
-            logq = next_token_logprobs(logits_rep)  # [B, T-1, V]
-            acc.update_ce(
-                original=ce_orig,
-                replaced=ce_from_logprobs(logq, batch),
-                kl=kl_from_logprobs(logp, logq, p),
-                **ablated[out_hook],
-            )
-    return [acc.compute() | {"n_tokens": acc.n_tokens, "n_ce_tokens": acc.n_ce} for acc in accs]
+        y_hat, z = _apply(self.coder, cache[self.in_hook])  # [B, T, d_out], [B, T, d_sae]
+        self.acc.update(cache[h], y_hat, z)
+        logq = next_token_logprobs(_patched_logits(model, batch, cache, h, y_hat))  # [B, T-1, V]
+        self.acc.update_ce(
+            original=clean.ce,
+            replaced=ce_from_logprobs(logq, batch),
+            kl=kl_from_logprobs(clean.logp, logq, clean.p),
+            **clean.ablated[h],
+        )
+
+    def result(self) -> dict:
+        acc = self.acc
+        return acc.compute() | {"n_tokens": acc.n_tokens, "n_ce_tokens": acc.n_ce}
 
 
-@torch.inference_mode()
-def _evaluate_all(
-    model: HookedTransformer,
-    coders: Sequence[tuple[Coder, int]],
-    hooks: list[tuple[str, str]],
-    tokens: torch.Tensor | np.ndarray,
-    batch_contexts: int,
-    means: dict[str, torch.Tensor],
-    progress: bool,
-) -> dict:
-    inputs: dict[str, torch.Tensor] = {}  # this run's activation at each coder's input hook
+class _Joint:
+    """A set of coders spliced in at once, each reading its input from the patched run."""
 
-    def capture(act: torch.Tensor, hook) -> None:
-        inputs[hook.name] = act
+    needed: frozenset[str] = frozenset()  # reads no clean activations
 
-    def replacer(coder: Coder, in_hook: str, out_hook: str):
+    def __init__(self, model, coders: Sequence[tuple[Coder, int]], hooks, means):
+        self.model, self.acc = model, Accumulator()
+        self.inputs: dict[str, torch.Tensor] = {}  # this run's activation at each input hook
+        self.splice_hooks = [(i, self._capture) for i, o in hooks if i != o]
+        self.splice_hooks += [(o, self._replacer(c, i, o)) for (c, _), (i, o) in zip(coders, hooks)]
+        self.key = tuple(o for _, o in hooks)
+        self.zero_hooks = [(o, lambda act, hook: torch.zeros_like(act)) for o in self.key]
+        self.mean_hooks = [
+            (o, lambda act, hook, mean=means[o]: mean.to(act.dtype).expand_as(act))
+            for o in self.key
+        ]
+
+    def _capture(self, act: torch.Tensor, hook) -> None:
+        self.inputs[hook.name] = act
+
+    def _replacer(self, coder: Coder, in_hook: str, out_hook: str):
         def replace(act: torch.Tensor, hook) -> torch.Tensor:
             if in_hook == out_hook:
                 return _apply(coder, act)[0]
-            if in_hook not in inputs:
+            if in_hook not in self.inputs:
                 raise ValueError(f"`{in_hook}` does not run before `{out_hook}`; cannot splice")
-            return _apply(coder, inputs.pop(in_hook))[0]
+            return _apply(coder, self.inputs.pop(in_hook))[0]
 
         return replace
 
-    splice_hooks = [(i, capture) for i, o in hooks if i != o]
-    splice_hooks += [(o, replacer(c, i, o)) for (c, _), (i, o) in zip(coders, hooks)]
+    def update(self, clean: _Clean) -> None:
+        model, batch = self.model, clean.batch
+        if self.key not in clean.ablated:
+            clean.ablated[self.key] = {
+                "zero_ablated": next_token_ce(model.run_with_hooks(batch, fwd_hooks=self.zero_hooks), batch),
+                "mean_ablated": next_token_ce(model.run_with_hooks(batch, fwd_hooks=self.mean_hooks), batch),
+            }  # fmt: skip
+        self.inputs.clear()
+        logq = next_token_logprobs(model.run_with_hooks(batch, fwd_hooks=self.splice_hooks))
+        self.acc.update_ce(
+            original=clean.ce,
+            replaced=ce_from_logprobs(logq, batch),
+            kl=kl_from_logprobs(clean.logp, logq),
+            **clean.ablated[self.key],
+        )
 
-    zero_hooks = [(o, lambda act, hook: torch.zeros_like(act)) for _, o in hooks]
-    mean_hooks = [
-        (o, lambda act, hook, mean=means[o]: mean.to(act.dtype).expand_as(act)) for _, o in hooks
-    ]
+    def result(self) -> dict:
+        return self.acc.compute() | {"n_ce_tokens": self.acc.n_ce}
 
-    acc = Accumulator()
+
+@torch.inference_mode()
+def _run(model, runs, tokens, batch_contexts: int, progress: bool) -> list[dict]:
+    needed = set().union(*(r.needed for r in runs))
     batches = _batches(tokens, batch_contexts, model.cfg.device)
     total = _n_batches(tokens, batch_contexts)
-    for batch in tqdm(batches, total=total, desc="evaluate (all layers)", disable=not progress):
-        logp = next_token_logprobs(model(batch))  # [B, T-1, V]
-        inputs.clear()
-        logq = next_token_logprobs(model.run_with_hooks(batch, fwd_hooks=splice_hooks))
-        acc.update_ce(
-            original=ce_from_logprobs(logp, batch),
-            replaced=ce_from_logprobs(logq, batch),
-            zero_ablated=next_token_ce(model.run_with_hooks(batch, fwd_hooks=zero_hooks), batch),
-            mean_ablated=next_token_ce(model.run_with_hooks(batch, fwd_hooks=mean_hooks), batch),
-            kl=kl_from_logprobs(logp, logq),
-        )
-    return acc.compute() | {"n_ce_tokens": acc.n_ce}
+    for batch in tqdm(batches, total=total, desc="evaluate", disable=not progress):
+        clean = _Clean(model, batch, needed)
+        for r in runs:
+            r.update(clean)
+    return [r.result() for r in runs]

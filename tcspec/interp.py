@@ -20,42 +20,33 @@ z [chunk, d_sae] (`chunk_elems` floats). Pass 1 keeps its nonzero activations (s
 needs no encoding) and its hook inputs (for the contexts), each only while it fits in
 `cache_mb`; otherwise they are recomputed (the model run again).
 
-Input-invariant views (`logit_effects`, `deembeddings`): the logits a feature's decoder
-direction writes, `W_dec[f] @ W_U`, and for transcoders the de-embedding `W_E @ W_enc[:, f]`,
-a score per vocabulary token independent of any input (LayerNorm ignored).
-
-On disk (`save_stats`): ``stats.safetensors`` (arrays), ``examples.parquet`` (the page
-features' examples with context), ``vocab.json`` (token strings) and ``features.json``
-(scalars, settings, page and study features, proxies).
+Input-invariant views (`logit_effects`, `deembeddings`) live in `tcspec.feature_views`, the
+folder format (`save_stats`, `load_stats`) in `tcspec.feature_files`; both are re-exported
+here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from tcspec.atomic import atomic_write as _atomic
 from tcspec.coders import Coder
 
-STATS_FILE = "stats.safetensors"
-EXAMPLES_FILE = "examples.parquet"
-VOCAB_FILE = "vocab.json"
-META_FILE = "features.json"
-
-# hooks (relative to blocks.{L}) whose basis is the residual stream's
-RESIDUAL_HOOKS = (
-    "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_in", "hook_attn_out",
-    "hook_mlp_out", "ln1.hook_normalized", "ln2.hook_normalized",
-)  # fmt: skip
+# re-exported: the interp stage and the dashboards reach them through this module
+from tcspec.feature_files import LoadedStats as LoadedStats
+from tcspec.feature_files import load_stats as load_stats
+from tcspec.feature_files import save_stats as save_stats
+from tcspec.feature_views import add_input_invariant as add_input_invariant
+from tcspec.feature_views import deembeddings as deembeddings
+from tcspec.feature_views import logit_effects as logit_effects
+from tcspec.feature_views import top_bottom as top_bottom
+from tcspec.feature_views import vocab_strings as vocab_strings
 
 HookInputs = Callable[[Tensor], Tensor]
 """tokens [B, T] (int64) -> the dictionary's input activations [B, T, d_in]."""
@@ -421,65 +412,6 @@ def _examples_frame(first: FirstPass, second: SecondPass, pages: Sequence[int], 
     return pd.DataFrame(out, columns=cols)
 
 
-# -------------------------------------------------------------------- input-invariant
-@torch.no_grad()
-def top_bottom(scores_of: Callable[[slice], Tensor], n: int, k: int, chunk: int) -> dict:
-    """Top and bottom `k` entries of the rows of a [n, V] score matrix built `chunk` rows at
-    a time by `scores_of(rows)`: {top_ids, top_vals, bottom_ids, bottom_vals}, each [n, k]."""
-    out: dict[str, list[Tensor]] = {
-        "top_ids": [],
-        "top_vals": [],
-        "bottom_ids": [],
-        "bottom_vals": [],
-    }
-    for i in range(0, n, chunk):
-        s = scores_of(slice(i, min(i + chunk, n))).float()  # [c, V]
-        kk = min(k, s.shape[1])
-        tv, ti = s.topk(kk, dim=1)
-        bv, bi = s.topk(kk, dim=1, largest=False)
-        for name, t in zip(out, (ti, tv, bi, bv)):
-            out[name].append(t.cpu())
-    return {name: torch.cat(ts) for name, ts in out.items()}
-
-
-def _relative(hook: str | None) -> str | None:
-    return hook.split(".", 2)[2] if hook and hook.startswith("blocks.") else hook
-
-
-def logit_effects(coder: Coder, model, k: int = 10, chunk_elems: int = 1 << 24) -> dict | None:
-    """Top/bottom logits of each feature's decoder direction through the unembedding:
-    `W_dec[f] @ W_U` (for an output in the MLP's hidden basis, `W_dec[f] @ W_out @ W_U`).
-    None when the output hook is in neither basis."""
-    out_hook = _relative(coder.cfg.out_hook)
-    W_dec = coder.W_dec  # [d_sae, d_out]
-    if out_hook == "mlp.hook_post":
-        W_dec = W_dec @ model.blocks[coder.cfg.layer].mlp.W_out  # [d_sae, d_model]
-    elif out_hook not in RESIDUAL_HOOKS:
-        return None
-    W_U = model.W_U.to(W_dec.device, W_dec.dtype)  # [d_model, d_vocab]
-    chunk = max(1, chunk_elems // W_U.shape[1])
-    return top_bottom(lambda s: W_dec[s] @ W_U, coder.cfg.d_sae, k, chunk)
-
-
-def deembeddings(coder: Coder, model, k: int = 10, chunk_elems: int = 1 << 24) -> dict | None:
-    """Top/bottom vocabulary tokens of each transcoder feature's de-embedding
-    `W_E @ W_enc[:, f]` (direct path from the embedding, LayerNorm ignored). None for SAEs
-    and inputs outside the residual stream."""
-    if coder.cfg.kind == "sae" or _relative(coder.cfg.in_hook) not in RESIDUAL_HOOKS:
-        return None
-    W_E = model.W_E.to(coder.W_enc.device, coder.W_enc.dtype)  # [d_vocab, d_model]
-    W_encT = coder.W_enc.T  # [d_sae, d_in]
-    chunk = max(1, chunk_elems // W_E.shape[0])
-    return top_bottom(lambda s: W_encT[s] @ W_E.T, coder.cfg.d_sae, k, chunk)
-
-
-def vocab_strings(tokenizer, d_vocab: int) -> list[str]:
-    """The text of every token id (`<id>` beyond the tokenizer's vocabulary)."""
-    n = min(len(tokenizer), d_vocab)
-    texts = tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
-    return list(texts) + [f"<{i}>" for i in range(n, d_vocab)]
-
-
 # -------------------------------------------------------------------------------- all
 @dataclass
 class FeatureStats:
@@ -538,70 +470,3 @@ def feature_statistics(
     examples = example_contexts(stream, examples, hook_inputs)
     r2 = {f: float(second.r2[i]) for i, f in enumerate(pages)}
     return FeatureStats(first.n_tokens, stream.T, cfg, t, examples, pages, r2)
-
-
-def add_input_invariant(stats: FeatureStats, coder: Coder, model, k: int | None = None) -> None:
-    """Add the logit and de-embedding tables of `coder`'s features to `stats.tensors`."""
-    k = k or stats.config.logit_k
-    for name, views in (
-        ("logit", logit_effects(coder, model, k)),
-        ("deembed", deembeddings(coder, model, k)),
-    ):
-        for key, value in (views or {}).items():
-            stats.tensors[f"{name}_{key}"] = value
-
-
-# -------------------------------------------------------------------------------- files
-def save_stats(stats: FeatureStats, out_dir: Path, vocab: list[str]) -> list[Path]:
-    """Write the four files of the module docstring into `out_dir` (each atomically)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in stats.tensors.items()}
-    meta = stats.meta | {
-        "n_tokens": stats.n_tokens,
-        "context": stats.context,
-        "d_sae": int(stats.tensors["count"].shape[0]),
-        "config": asdict(stats.config),
-        "pages": stats.pages,
-        "r2": {str(f): v for f, v in stats.r2.items()},
-    }
-    frame = stats.examples.copy()
-    frame["acts"] = [np.asarray(a, dtype=np.float32) for a in frame["acts"]]
-    written = [
-        out_dir / STATS_FILE,
-        out_dir / EXAMPLES_FILE,
-        out_dir / VOCAB_FILE,
-        out_dir / META_FILE,
-    ]
-    _atomic(written[0], lambda p: save_file(tensors, str(p)))
-    _atomic(written[1], lambda p: frame.to_parquet(p, index=False))
-    _atomic(written[2], lambda p: p.write_text(json.dumps(vocab)))
-    _atomic(written[3], lambda p: p.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n"))
-    return written
-
-
-@dataclass
-class LoadedStats:
-    """Statistics read back from a folder written by `save_stats`."""
-
-    tensors: dict[str, Tensor]
-    examples: pd.DataFrame
-    vocab: list[str]
-    meta: dict
-
-
-def load_stats(folder: Path) -> LoadedStats:
-    folder = Path(folder)
-    missing = [
-        n for n in (STATS_FILE, EXAMPLES_FILE, VOCAB_FILE, META_FILE) if not (folder / n).is_file()
-    ]
-    if missing:
-        raise ValueError(
-            f"{folder}: not a feature-statistics folder (missing {', '.join(missing)})"
-        )
-    return LoadedStats(
-        load_file(str(folder / STATS_FILE)),
-        pd.read_parquet(folder / EXAMPLES_FILE),
-        json.loads((folder / VOCAB_FILE).read_text()),
-        json.loads((folder / META_FILE).read_text()),
-    )

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tcspec import spec_text
 from tcspec.spec import FieldError, Spec
 
 Loc = tuple[str | int, ...]
@@ -390,7 +391,21 @@ def _yaml_problem(exc: yaml.YAMLError, file: str, text: str) -> Problem:
 
 def parse_spec(text: str, file: str = "<spec>", base_dir: Path | None = None) -> Spec:
     """Parse and validate spec text; raise ``SpecError`` with located problems."""
-    loader = yaml.SafeLoader(text)
+    try:
+        return _parse(text, file, base_dir)
+    except RecursionError:  # a last guard: `spec_text` limits nesting before parsing
+        raise SpecError([Problem(file, 1, 1, "", "the spec is nested too deeply")]) from None
+
+
+def _parse(text: str, file: str, base_dir: Path | None) -> Spec:
+    try:
+        loader = yaml.SafeLoader(text)  # its reader refuses control characters here
+    except yaml.reader.ReaderError as exc:
+        raise _located(file, spec_text.reader_problem(exc, text)) from None
+    too_big = spec_text.structure_problem(text)
+    if too_big:
+        loader.dispose()
+        raise _located(file, too_big)
     try:  # one parse: the node tree gives locations, the same tree constructs the data
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
@@ -425,6 +440,11 @@ def parse_spec(text: str, file: str = "<spec>", base_dir: Path | None = None) ->
     return spec
 
 
+def _located(file: str, where: spec_text.Located) -> SpecError:
+    line, col, message = where
+    return SpecError([Problem(file, line, col, "", message)])
+
+
 def _sorted(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.line, p.col))
 
@@ -445,7 +465,11 @@ def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file; raise ``SpecError`` with located problems."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            data = f.read(spec_text.MAX_BYTES + 1)  # more is refused without reading it all
     except OSError as exc:
         raise SpecError([Problem(str(path), 1, 1, "", f"cannot read: {exc.strerror}")]) from None
+    text = spec_text.decode(data)
+    if isinstance(text, tuple):
+        raise _located(str(path), text)
     return parse_spec(text, str(path), path.parent.resolve())

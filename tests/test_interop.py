@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from tcspec import coders
@@ -57,6 +59,16 @@ def inputs(n: int = 64, seed: int = 7) -> torch.Tensor:
     return torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
 
 
+def assert_identical(a: Coder, b: Coder, x: torch.Tensor) -> None:
+    """Bitwise the same parameters and outputs (not merely close)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    for ta, tb in zip(a(x), b(x)):
+        assert torch.equal(ta, tb)
+
+
 def assert_same_function(a: Coder, b: Coder, x: torch.Tensor) -> None:
     za, zb = a.encode(x), b.encode(x)
     torch.testing.assert_close(zb, za, **TOL)
@@ -98,7 +110,26 @@ def test_export_then_import_is_the_same_dictionary(tmp_path, fmt, kind, activati
     assert detect_format(tmp_path / "out") == fmt
     back = load_dictionary(tmp_path / "out", expect_d_in=D)
     assert back.cfg == coder.cfg
-    assert_same_function(coder, back, inputs())
+    assert_identical(coder, back, inputs())
+
+
+@pytest.mark.parametrize("fmt", ["saelens", "sparsify"])
+def test_a_transcoder_changed_after_export_loads_from_the_formats_own_tensors(tmp_path, fmt):
+    """The pre-bias sidecar is used only while the format's encoder bias is its fold: after
+    another tool changes b_enc, the format's tensors define the dictionary."""
+    coder = make_coder("transcoder")
+    export(coder, tmp_path / "out", fmt, model_name="toy", context_size=16)
+    w_file = (
+        tmp_path / "out" / ("sae_weights.safetensors" if fmt == "saelens" else "sae.safetensors")
+    )
+    key = "b_enc" if fmt == "saelens" else "encoder.bias"
+    t = load_file(str(w_file))
+    t[key] = t[key] + 0.5
+    save_file(t, str(w_file))
+    back = load_dictionary(tmp_path / "out")
+    assert torch.equal(back.b_dec, torch.zeros(D)) and torch.equal(back.b_enc, t[key])
+    x = inputs()
+    torch.testing.assert_close(back.pre_acts(x), coder.pre_acts(x) + 0.5, **TOL)
 
 
 def test_tcspec_folders_load_too(tmp_path):
@@ -124,6 +155,7 @@ def test_transcoder_set_writes_every_layer_and_loads_each(tmp_path):
         "layer_0.safetensors",
         "layer_1.safetensors",
         "layer_2.safetensors",
+        "tcspec_pre_bias.safetensors",
     ]
     config = yaml.safe_load((tmp_path / "set" / "config.yaml").read_text())
     assert config["model_kind"] == "transcoder_set"
@@ -134,7 +166,7 @@ def test_transcoder_set_writes_every_layer_and_loads_each(tmp_path):
     for i, coder in set_.items():
         back = load_dictionary(tmp_path / "set", layer=i)
         assert back.cfg == coder.cfg
-        assert_same_function(coder, back, inputs())
+        assert_identical(coder, back, inputs())
     # a single layer file, beside its config.yaml
     back = load_dictionary(tmp_path / "set" / "layer_1.safetensors")
     assert back.cfg.layer == 1 and back.cfg.in_hook == f"blocks.1.{IN}"
@@ -568,3 +600,78 @@ def test_circuit_tracer_hooks_are_kept_as_named(tmp_path):
     (tmp_path / "set" / "config.yaml").write_text(yaml.safe_dump(config))
     cfg = load_dictionary(tmp_path / "set").cfg
     assert (cfg.in_hook, cfg.out_hook) == ("blocks.0.mlp.hook_in", "blocks.0.x")
+
+
+# ------------------------------------------------------------- damaged folders, fuzzed
+def _exported_folders(root: Path, monkeypatch) -> dict[str, Path]:
+    """One dictionary in every format (a set of two layers for circuit-tracer)."""
+    folders = {}
+    for fmt in ("saelens", "sparsify"):
+        for kind in ("sae", "transcoder"):
+            folders[f"{fmt}-{kind}"] = root / f"{fmt}-{kind}"
+            export(
+                make_coder(kind), folders[f"{fmt}-{kind}"], fmt, model_name="toy", context_size=16
+            )
+    two = {i: make_coder("transcoder", layer=i, seed=i) for i in (0, 1)}
+    export_transcoder_set(two, root / "ct", model_name="toy")
+    coders.save(make_coder("skip_transcoder"), root / "tcspec")
+    (root / "pt").mkdir()
+    paper_checkpoint(root / "pt" / "final.pt", monkeypatch)
+    return folders | {"ct": root / "ct", "tcspec": root / "tcspec", "pt": root / "pt" / "final.pt"}
+
+
+VALUES = [None, True, -1, 0, 1.5, 1e300, "x", [], {}, [1, 2], {"a": 1}, 2**70, "{layer}{x}"]
+
+
+@st.composite
+def damage(draw) -> tuple:
+    """(format, file index, operation, argument): a file deleted, truncated, bit-flipped,
+    replaced by random bytes, or a config value replaced by one of the wrong type."""
+    name = draw(st.sampled_from(["saelens-sae", "saelens-transcoder", "sparsify-sae",
+                                 "sparsify-transcoder", "ct", "tcspec", "pt"]))  # fmt: skip
+    op = draw(st.sampled_from(["delete", "truncate", "flip", "random", "value"]))
+    return (
+        name,
+        draw(st.integers(0, 10)),
+        op,
+        draw(st.integers(0, 2**31)),
+        draw(st.binary(max_size=64)),
+    )
+
+
+def _damage(target: Path, index: int, op: str, n: int, junk: bytes, value) -> None:
+    files = sorted(p for p in (target.parent.iterdir() if target.is_file() else target.iterdir()))
+    f = files[index % len(files)]
+    data = f.read_bytes()
+    if op == "delete":
+        f.unlink()
+    elif op == "truncate":
+        f.write_bytes(data[: n % (len(data) + 1)])
+    elif op == "flip":
+        b = bytearray(data)
+        b[n % len(b)] ^= 1 << (n % 8)
+        f.write_bytes(bytes(b))
+    elif op == "random":
+        f.write_bytes(junk)
+    elif f.suffix in (".json", ".yaml"):
+        raw = yaml.safe_load(data)  # JSON is YAML
+        raw[sorted(raw)[n % len(raw)]] = value
+        f.write_text(json.dumps(raw) if f.suffix == ".json" else yaml.safe_dump(raw))
+
+
+@settings(max_examples=300, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@given(case=damage(), value=st.sampled_from(VALUES))
+def test_damaged_dictionaries_fail_with_one_located_line(case, value, tmp_path_factory):
+    """Whatever happens to a dictionary's files, loading it gives a Coder or a ValueError
+    whose message is one line that starts with the path; never another exception."""
+    name, index, op, n, junk = case
+    root = tmp_path_factory.mktemp("damaged", numbered=True)
+    with pytest.MonkeyPatch.context() as mp:
+        target = _exported_folders(root, mp)[name]
+    _damage(target, index, op, n, junk, value)
+    try:
+        load_dictionary(target, layer=0 if name == "ct" else None)
+    except ValueError as e:
+        msg = str(e)
+        assert "\n" not in msg and msg.startswith(str(target)), msg

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -141,6 +144,34 @@ def test_toy_training_is_deterministic(tmp_path, toy_model_dir):
     b = load_file(str(tmp_path / "again" / "weights.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("recipe", ["greater_than_mix", "greater_than_fast"])
+def test_toy_training_is_byte_identical_across_processes(tmp_path, recipe):
+    """Same seed and thread count, another process with another hash seed: the same bytes
+    in every file but model.json (which records wall times)."""
+    code = (
+        "import sys, torch; torch.set_num_threads(1); from tcspec.models.toy import "
+        f"train_toy_model; train_toy_model(sys.argv[1], recipe={recipe!r}, seed=0, "
+        f"progress=False, **{TINY!r})"
+    )
+    for run, hash_seed in (("a", "1"), ("b", "2")):
+        env = os.environ | {"PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / run)], env=env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert "weights.safetensors" in files and files == sorted(
+        p.name for p in (tmp_path / "b").iterdir()
+    )
+    for name in files:
+        if name != "model.json":
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), (
+                name
+            )
+    meta = [json.loads((tmp_path / r / "model.json").read_text()) for r in "ab"]
+    assert meta[0]["weights_xxh3"] == meta[1]["weights_xxh3"]
+    assert meta[0]["metrics"] == meta[1]["metrics"]
 
 
 def test_toy_load_matches_raw_weights(toy_model_dir):

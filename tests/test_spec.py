@@ -234,3 +234,81 @@ def test_mutated_specs_fail_cleanly(text: str, tmp_path_factory, capsys):
         assert err and all(located.match(line) for line in err.splitlines()), err
     else:
         assert out.startswith(f"{spec}: ok")
+
+
+# ------------------------------------------------------------------ arbitrary bytes
+def _check_bytes(data: bytes, folder: Path, capsys) -> None:
+    """`tcspec check` on a file holding `data`: exit 0, or exit 2 with every line located."""
+    spec = folder / "spec.yaml"
+    spec.write_bytes(data)
+    capsys.readouterr()
+    code = main(["check", "--skip-disk", str(spec)])
+    out, err = capsys.readouterr()
+    assert code in (0, 2), (code, data[:200])
+    if code == 2:
+        located = re.compile(rf"^{re.escape(str(spec))}:\d+:\d+: ")
+        assert err and all(located.match(line) for line in err.splitlines()), err
+    else:
+        assert out.startswith(f"{spec}: ok")
+
+
+@st.composite
+def corrupted_bytes(draw) -> bytes:
+    """A valid spec with bytes spliced in (invalid UTF-8, NULs, control characters), or
+    arbitrary bytes."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=400))
+    data = draw(st.sampled_from(SEEDS)).encode()
+    i = draw(st.integers(0, len(data)))
+    junk = draw(
+        st.one_of(
+            st.binary(min_size=1, max_size=6),
+            st.sampled_from([b"\x00", b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x1b[31m", b"\r"]),
+        )
+    )
+    return data[:i] + junk + data[i + draw(st.integers(0, 4)) :]
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=corrupted_bytes())
+def test_arbitrary_bytes_fail_cleanly(data: bytes, tmp_path_factory, capsys):
+    _check_bytes(data, tmp_path_factory.mktemp("bytes", numbered=True), capsys)
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (b"experiment: x\xff\n", "1:14: not UTF-8 text (byte 0xff)"),
+        (b"experiment: a\x00b\n", "1:14: YAML: character #x0000 is not allowed"),
+        (b"[" * 100_000 + b"]" * 100_000, "1:65: collections nest more than 64 levels"),
+        (b"".join(b" " * i + b"k:\n" for i in range(200)), "65:65: collections nest more"),
+        (b"- " * 20_000 + b"x", "collections nest more than 64 levels"),
+        (b"a: &a [*a]\n", "1:8: alias `*a` refers to the collection it is in"),
+        (
+            b"a: &a [x,x,x,x,x,x,x,x,x,x]\n"
+            + b"".join(
+                f"{n}: &{n} [{','.join(['*' + p] * 10)}]\n".encode()
+                for p, n in zip("abcdefgh", "bcdefghi")
+            ),
+            "more than 100,000 values once aliases are expanded",
+        ),
+        (b"\xef\xbb\xbfexperiment: x\n", "missing required key `layers`"),  # BOM is fine
+        (
+            b"# " + b"x" * (1 << 21),
+            "1:1: the file has more than 1,048,576 bytes; a spec is a small",
+        ),
+    ],
+)
+def test_hostile_files_get_one_located_line(data: bytes, message: str, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(data)
+    capsys.readouterr()
+    assert main(["check", "--skip-disk", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert f"{spec}:" in err and message in err, err
+    assert len(err) < 2000

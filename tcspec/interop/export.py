@@ -10,7 +10,9 @@
   layer 0..n-1 (its loaders require all of them), ReLU transcoders with d_in == d_out.
 
 Transcoders' input pre-bias is folded into the encoder bias (`b_enc - b_dec W_enc`), since
-none of these formats has one for transcoders; an SAE's tied b_dec maps as is.
+none of these formats has one for transcoders; an SAE's tied b_dec maps as is. The unfolded
+biases go beside them in `tensors.PRE_BIAS_FILE`, which other tools ignore and tcspec's
+loader uses, so that an export read back by tcspec is the same dictionary bit for bit.
 
 The weights act on the activations of the model tcspec trained on: TransformerLens with its
 default processing (LayerNorm folded, writing weights centred). SAELens loads models the same
@@ -36,7 +38,8 @@ from torch import Tensor
 from tcspec import __version__
 from tcspec.atomic import atomic_write as _atomic
 from tcspec.coders import Coder
-from tcspec.interop.formats import fold_pre_bias
+from tcspec.hooks import split_name
+from tcspec.interop.tensors import PRE_BIAS_FILE, fold_pre_bias, pre_bias_tensors
 
 TARGETS = ("saelens", "sparsify", "circuit-tracer")
 
@@ -100,10 +103,10 @@ def _refuse(coder: Coder, to: str, why: str) -> None:
 
 
 def _relative(hook: str | None, layer: int, what: str) -> str:
-    prefix = f"blocks.{layer}."
-    if not hook or not hook.startswith(prefix):
+    split = split_name(hook) if hook else None
+    if split is None or split[0] != layer:
         raise ValueError(f"layer {layer}: {what} {hook!r} is not a hook of block {layer}")
-    return hook[len(prefix) :]
+    return split[1]
 
 
 # ---------------------------------------------------------------------------- SAELens
@@ -156,10 +159,10 @@ def _export_saelens(
             tensors["W_skip"] = coder.W_skip.T  # [d_out, d_in]
     sae_cfg["metadata"] = metadata
     out.mkdir(parents=True, exist_ok=True)
-    return [
-        _save_tensors(out / "sae_weights.safetensors", tensors),
-        _save_json(out / "cfg.json", sae_cfg),
-    ]
+    written = [_save_tensors(out / "sae_weights.safetensors", tensors)]
+    if cfg.kind != "sae":
+        written.append(_save_tensors(out / PRE_BIAS_FILE, pre_bias_tensors(coder)))
+    return [*written, _save_json(out / "cfg.json", sae_cfg)]
 
 
 # ---------------------------------------------------------------------------- sparsify
@@ -200,29 +203,16 @@ def _export_sparsify(
         if cfg.skip:
             tensors["W_skip"] = coder.W_skip.T  # [d_out, d_in]
     out.mkdir(parents=True, exist_ok=True)
-    return [_save_tensors(out / "sae.safetensors", tensors), _save_json(out / "cfg.json", sp_cfg)]
+    written = [_save_tensors(out / "sae.safetensors", tensors)]
+    if cfg.kind != "sae":
+        written.append(_save_tensors(out / PRE_BIAS_FILE, pre_bias_tensors(coder)))
+    return [*written, _save_json(out / "cfg.json", sp_cfg)]
 
 
 # ---------------------------------------------------------------------- circuit-tracer
-def export_transcoder_set(
-    coders_by_layer: dict[int, Coder],
-    out: str | Path,
-    *,
-    model_name: str,
-    scan: str | None = None,
-    context_size: int | None = None,
-    dataset: str | None = None,
-) -> list[Path]:
-    """Write a circuit-tracer transcoder set: `layer_{i}.safetensors` for layers 0..n-1 and a
-    `config.yaml` (`model_kind: transcoder_set`, the hooks relative to a block, `scan`).
-
-    circuit-tracer loads it with `load_transcoder_set({i: path}, scan, feature_input_hook,
-    feature_output_hook)` or as a cache folder. `scan` names the feature data its frontend
-    shows (see `feature_data`); default `./data/features/<out folder name>`, i.e. feature
-    files written to `<graph data dir>/features/<out folder name>/`.
-    """
-    out = Path(out)
-    layers = sorted(coders_by_layer)
+def _set_hooks(coders_by_layer: dict[int, Coder], layers: list[int]) -> tuple[str, str]:
+    """The (in, out) hooks, relative to a block, of a set circuit-tracer can load; a
+    ValueError naming the layer for anything it cannot."""
     if not layers or layers != list(range(len(layers))):
         raise ValueError(
             f"circuit-tracer needs a transcoder for every layer 0..n-1, got layers {layers}"
@@ -253,7 +243,29 @@ def export_transcoder_set(
         )
     if len(hooks) != 1:
         raise ValueError(f"circuit-tracer needs the same hooks in every layer, got {sorted(hooks)}")
-    in_hook, out_hook = hooks.pop()
+    return hooks.pop()
+
+
+def export_transcoder_set(
+    coders_by_layer: dict[int, Coder],
+    out: str | Path,
+    *,
+    model_name: str,
+    scan: str | None = None,
+    context_size: int | None = None,
+    dataset: str | None = None,
+) -> list[Path]:
+    """Write a circuit-tracer transcoder set: `layer_{i}.safetensors` for layers 0..n-1 and a
+    `config.yaml` (`model_kind: transcoder_set`, the hooks relative to a block, `scan`).
+
+    circuit-tracer loads it with `load_transcoder_set({i: path}, scan, feature_input_hook,
+    feature_output_hook)` or as a cache folder. `scan` names the feature data its frontend
+    shows (see `feature_data`); default `./data/features/<out folder name>`, i.e. feature
+    files written to `<graph data dir>/features/<out folder name>/`.
+    """
+    out = Path(out)
+    layers = sorted(coders_by_layer)
+    in_hook, out_hook = _set_hooks(coders_by_layer, layers)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for layer in layers:
@@ -267,6 +279,10 @@ def export_transcoder_set(
         if coder.cfg.skip:
             tensors["W_skip"] = coder.W_skip.T  # [d_out, d_in]
         written.append(_save_tensors(out / f"layer_{layer}.safetensors", tensors))
+    pre_bias = {}
+    for layer in layers:
+        pre_bias |= pre_bias_tensors(coders_by_layer[layer], f"layer_{layer}.")
+    written.append(_save_tensors(out / PRE_BIAS_FILE, pre_bias))
     config = {
         "model_name": model_name,
         "model_kind": "transcoder_set",

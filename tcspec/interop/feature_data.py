@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from tcspec.atomic import write_text
 from tcspec.interp import LoadedStats, load_stats, quantiles_from_hist
 
 PERCENTILES = [i / 100 for i in range(1, 101)]
@@ -131,8 +131,5 @@ def write_feature_data(
     written = []
     for f, page in pages.items():
         path = out_dir / f"{cantor_pair(layer, f)}.json"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(page, allow_nan=False))
-        os.replace(tmp, path)
-        written.append(path)
+        written.append(write_text(path, json.dumps(page, allow_nan=False)))
     return written

@@ -29,12 +29,25 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file
-from torch import Tensor
+from safetensors import SafetensorError
 
 from tcspec import coders
 from tcspec.coders import Coder, CoderConfig
+from tcspec.hooks import block_name
 from tcspec.interop.safe_pickle import PickledRecord, load_checkpoint
+from tcspec.interop.tensors import (
+    NOT_REPRESENTABLE,
+    Tensors,
+    build_coder,
+    fold_pre_bias,
+    layer_of,
+    make_cfg,
+    one_line,
+    read_int,
+    read_json,
+    read_safetensors,
+    restore_pre_bias,
+)
 
 FORMATS = ("tcspec", "saelens", "sparsify", "circuit-tracer", "transcoder-circuits")
 
@@ -117,7 +130,11 @@ def load_dictionary(
         "transcoder-circuits": _load_transcoder_circuits,
     }[format]
     kwargs = {"trust_pickle": trust_pickle} if format == "transcoder-circuits" else {}
-    coder, where = loader(path, layer, **kwargs)
+    try:
+        coder, where = loader(path, layer, **kwargs)
+    except ValueError as e:  # every message on one line, naming a file
+        msg = one_line(e)
+        raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from e
     cfg = coder.cfg
     if layer is not None and cfg.layer is not None and cfg.layer != layer:
         raise ValueError(f"{where}: the dictionary belongs to layer {cfg.layer}, not {layer}")
@@ -139,131 +156,31 @@ def load_dictionary(
     return coder
 
 
+def _transcoder_biases(folder: Path, W_enc, b_enc, prefix: str = "") -> dict:
+    """The input pre-bias and encoder bias of a transcoder read from a format without a
+    pre-bias: tcspec's own, exactly, from the sidecar of a tcspec export (`tensors`);
+    otherwise a zero pre-bias and the format's encoder bias (the same function)."""
+    restored = restore_pre_bias(folder, W_enc, b_enc, prefix)
+    if restored is None:
+        return {"b_dec": torch.zeros(W_enc.shape[0]), "b_enc": b_enc}
+    return dict(zip(("b_dec", "b_enc"), restored))
+
+
 def _fields(cfg: CoderConfig) -> dict:
     return {f: getattr(cfg, f) for f in CoderConfig.__dataclass_fields__}
-
-
-# ---------------------------------------------------------------------- shared helpers
-class _Tensors:
-    """Named tensors of one file: `take` each one with its expected shape; `done` refuses any
-    left over."""
-
-    def __init__(self, file: Path, tensors: dict[str, Tensor]):
-        self.file, self.tensors = file, dict(tensors)
-
-    def has(self, key: str) -> bool:
-        return key in self.tensors
-
-    def take(self, key: str, shape: tuple[int, ...] | None = None) -> Tensor:
-        if key not in self.tensors:
-            raise ValueError(f"{self.file}: missing tensor `{key}`")
-        t = self.tensors.pop(key)
-        if not isinstance(t, Tensor):
-            raise ValueError(f"{self.file}: `{key}` is a {type(t).__name__}, not a tensor")
-        if shape is not None and tuple(t.shape) != shape:
-            raise ValueError(
-                f"{self.file}: tensor `{key}` has shape {list(t.shape)}, expected {list(shape)}"
-            )
-        return t.detach().to("cpu", torch.float32)
-
-    def ndim2(self, key: str) -> tuple[int, int]:
-        """The shape of a matrix that is still to be taken (to read dims from it)."""
-        if key not in self.tensors:
-            raise ValueError(f"{self.file}: missing tensor `{key}`")
-        shape = tuple(self.tensors[key].shape)
-        if len(shape) != 2:
-            raise ValueError(f"{self.file}: tensor `{key}` has shape {list(shape)}, not a matrix")
-        return shape  # type: ignore[return-value]
-
-    def done(self, why: dict[str, str] | None = None) -> None:
-        for key in self.tensors:
-            reason = (why or {}).get(key, "no tcspec parameter holds it")
-            raise ValueError(f"{self.file}: tensor `{key}` is not supported: {reason}")
-
-
-# tensors some formats carry that a Coder cannot represent, and why
-NOT_REPRESENTABLE = {
-    "threshold": "JumpReLU thresholds; tcspec Coders are ReLU or TopK",
-    "log_threshold": "JumpReLU thresholds; tcspec Coders are ReLU or TopK",
-    "activation_function.threshold": "JumpReLU thresholds; tcspec Coders are ReLU or TopK",
-    "log_thresholds": "JumpReLU thresholds; tcspec Coders are ReLU or TopK",
-    "scaling_factor": "a fine-tuning scale on the features that tcspec Coders lack",
-}
-
-
-def _read_safetensors(file: Path) -> _Tensors:
-    if not file.is_file():
-        raise ValueError(f"{file}: missing weights file")
-    try:
-        return _Tensors(file, load_file(str(file)))
-    except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"{file}: unreadable safetensors file: {e}") from e
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        raw = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file}: unreadable JSON: {e}") from e
-    if not isinstance(raw, dict):
-        raise ValueError(f"{file}: expected a JSON object")
-    return raw
-
-
-def _int(raw: dict, key: str, file: Path, default: int | None = None) -> int:
-    v = raw.get(key, default)
-    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-        raise ValueError(f"{file}: `{key}` must be a positive integer, got {v!r}")
-    return v
-
-
-def _layer_of(hook: str | None) -> int | None:
-    m = re.match(r"^blocks\.(\d+)\.", hook or "")
-    return int(m.group(1)) if m else None
-
-
-def fold_pre_bias(W_enc: Tensor, b_enc: Tensor, b_pre: Tensor) -> Tensor:
-    """b_enc - b_pre W_enc: the encoder bias that gives `x W_enc + b` the pre-activations of
-    `(x - b_pre) W_enc + b_enc` (in float64, then float32)."""
-    return (b_enc.double() - b_pre.double() @ W_enc.double()).float()  # [d_sae]
-
-
-def _build(cfg: CoderConfig, where: Path, **params: Tensor) -> Coder:
-    """A Coder with `cfg` holding exactly `params` (Coder parameter names)."""
-    try:
-        coder = Coder(cfg)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from e
-    state = {k: v.contiguous() for k, v in params.items()}
-    expected = {k: tuple(v.shape) for k, v in coder.state_dict().items()}
-    if set(state) != set(expected):
-        raise ValueError(
-            f"{where}: a {cfg.kind} needs {sorted(expected)}, the file gives {sorted(state)}"
-        )
-    for k, shape in expected.items():
-        if tuple(state[k].shape) != shape:
-            raise ValueError(
-                f"{where}: `{k}` has shape {list(state[k].shape)}, expected {list(shape)}"
-            )
-    coder.load_state_dict(state)
-    return coder.requires_grad_(False)
-
-
-def _make_cfg(where: Path, **kw) -> CoderConfig:
-    try:
-        return CoderConfig(**kw)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from e
 
 
 # ----------------------------------------------------------------------------- tcspec
 def _load_tcspec(path: Path, layer: int | None) -> tuple[Coder, Path]:
     try:
         return coders.load(path), path
-    except (TypeError, KeyError) as e:
-        raise ValueError(f"{path / coders.CFG_FILE}: not a tcspec dictionary config: {e}") from e
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    except (TypeError, KeyError, RuntimeError, OverflowError, json.JSONDecodeError) as e:
+        why = one_line(e)
+        raise ValueError(f"{path / coders.CFG_FILE}: not a tcspec dictionary config: {why}") from e
+    except SafetensorError as e:
+        raise ValueError(f"{path / coders.WEIGHTS_FILE}: unreadable safetensors file: {e}") from e
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: {one_line(e)}") from e
 
 
 # ---------------------------------------------------------------------------- SAELens
@@ -274,7 +191,7 @@ def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
     """SAELens 6 configs (fields at the top, model/hook facts under `metadata`) and the
     flat pre-6.0 configs (`hook_point`, `activation_fn_str`, `activation_fn_kwargs`, ...)."""
     cfg_file, w_file = path / "cfg.json", path / "sae_weights.safetensors"
-    raw = _read_json(cfg_file)
+    raw = read_json(cfg_file)
     meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
 
     def get(*keys):
@@ -298,20 +215,10 @@ def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
         )
     if arch in ("standard", "transcoder", "skip_transcoder") and activation != "relu":
         raise ValueError(f"{cfg_file}: `activation_fn` {activation!r} is not supported (relu)")
-    norm = raw.get("normalize_activations")
-    if norm not in (None, False, "none"):
-        raise ValueError(
-            f"{cfg_file}: `normalize_activations` {norm!r} rescales inputs at run time, which "
-            "tcspec dictionaries do not do; fold the scale into the weights (SAELens "
-            "`fold_activation_norm_scaling_factor`) and save with `none`"
-        )
-    if get("reshape_activations") not in (None, "none") or get("hook_head_index") is not None:
-        raise ValueError(f"{cfg_file}: attention-head (hook_z / head index) SAEs are not supported")
-    if raw.get("rescale_acts_by_decoder_norm"):
-        raise ValueError(f"{cfg_file}: `rescale_acts_by_decoder_norm: true` is not supported")
-    d_in, d_sae = _int(raw, "d_in", cfg_file), _int(raw, "d_sae", cfg_file)
+    _refuse_run_time_transforms(raw, get, cfg_file)
+    d_in, d_sae = read_int(raw, "d_in", cfg_file), read_int(raw, "d_sae", cfg_file)
     transcoder = arch in ("transcoder", "skip_transcoder")
-    d_out = _int(raw, "d_out", cfg_file) if transcoder else d_in
+    d_out = read_int(raw, "d_out", cfg_file) if transcoder else d_in
     apply_b_dec = raw.get("apply_b_dec_to_input", True)
     if transcoder and apply_b_dec:
         raise ValueError(
@@ -320,10 +227,10 @@ def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
         )
     in_hook = get("hook_name", "hook_point")
     out_hook = get("hook_name_out", "out_hook_point") if transcoder else in_hook
-    at = _layer_of(in_hook)
+    at = layer_of(in_hook)
     if at is None:
         at = get("hook_layer", "hook_point_layer")
-    cfg = _make_cfg(
+    cfg = make_cfg(
         cfg_file,
         kind={"transcoder": "transcoder", "skip_transcoder": "skip_transcoder"}.get(arch, "sae"),
         d_in=d_in,
@@ -335,21 +242,42 @@ def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
         out_hook=out_hook,
         layer=at,
     )
-    t = _read_safetensors(w_file)
+    return build_coder(cfg, w_file, **_saelens_params(path, w_file, cfg, apply_b_dec)), cfg_file
+
+
+def _refuse_run_time_transforms(raw: dict, get, cfg_file: Path) -> None:
+    """What SAELens applies to activations at run time and a Coder cannot."""
+    norm = raw.get("normalize_activations")
+    if norm not in (None, False, "none"):
+        raise ValueError(
+            f"{cfg_file}: `normalize_activations` {norm!r} rescales inputs at run time, which "
+            "tcspec dictionaries do not do; fold the scale into the weights (SAELens "
+            "`fold_activation_norm_scaling_factor`) and save with `none`"
+        )
+    if get("reshape_activations") not in (None, "none") or get("hook_head_index") is not None:
+        raise ValueError(f"{cfg_file}: attention-head (hook_z / head index) SAEs are not supported")
+    if raw.get("rescale_acts_by_decoder_norm"):
+        raise ValueError(f"{cfg_file}: `rescale_acts_by_decoder_norm: true` is not supported")
+
+
+def _saelens_params(path: Path, w_file: Path, cfg: CoderConfig, apply_b_dec: bool) -> dict:
+    """The Coder parameters from `sae_weights.safetensors` (shapes checked against `cfg`)."""
+    d_in, d_out, d_sae = cfg.d_in, cfg.d_out, cfg.d_sae
+    t = read_safetensors(w_file)
     if t.has("scaling_factor") and torch.allclose(t.tensors["scaling_factor"], torch.tensor(1.0)):
         t.take("scaling_factor")  # all ones: a no-op SAELens itself drops
     W_enc, b_enc = t.take("W_enc", (d_in, d_sae)), t.take("b_enc", (d_sae,))
     W_dec, b_dec = t.take("W_dec", (d_sae, d_out)), t.take("b_dec", (d_out,))
     params = {"W_enc": W_enc, "W_dec": W_dec}
-    if transcoder:
-        params |= {"b_enc": b_enc, "b_dec": torch.zeros(d_in), "b_dec_out": b_dec}
-        if arch == "skip_transcoder":
+    if cfg.kind != "sae":
+        params |= _transcoder_biases(path, W_enc, b_enc) | {"b_dec_out": b_dec}
+        if cfg.skip:
             params["W_skip"] = t.take("W_skip", (d_out, d_in)).T  # [d_in, d_out]
     else:  # SAE: b_dec is the tied output bias; as a pre-bias only when applied to the input
         params["b_dec"] = b_dec
         params["b_enc"] = b_enc if apply_b_dec else fold_pre_bias(W_enc, b_enc, -b_dec)
     t.done(NOT_REPRESENTABLE)
-    return _build(cfg, w_file, **params), cfg_file
+    return params
 
 
 # ---------------------------------------------------------------------------- sparsify
@@ -359,27 +287,27 @@ def _load_sparsify(path: Path, layer: int | None) -> tuple[Coder, Path]:
     sparsify (the folder is named after a Hugging Face module); tcspec exports add them under
     the `tcspec` key, which sparsify ignores."""
     cfg_file, w_file = path / "cfg.json", path / "sae.safetensors"
-    raw = _read_json(cfg_file)
+    raw = read_json(cfg_file)
     if raw.get("activation", "topk") != "topk":
         raise ValueError(f"{cfg_file}: `activation` {raw['activation']!r} is not supported (topk)")
-    d_in = _int(raw, "d_in", cfg_file)
+    d_in = read_int(raw, "d_in", cfg_file)
     transcode, skip = bool(raw.get("transcode", False)), bool(raw.get("skip_connection", False))
     if skip and not transcode:
         raise ValueError(f"{cfg_file}: an SAE with a skip connection is not representable")
-    t = _read_safetensors(w_file)
+    t = read_safetensors(w_file)
     d_sae, enc_in = t.ndim2("encoder.weight")
     if enc_in != d_in:
         raise ValueError(f"{w_file}: `encoder.weight` reads width {enc_in}, cfg.json says {d_in}")
     if raw.get("num_latents") and raw["num_latents"] != d_sae:
         raise ValueError(f"{cfg_file}: `num_latents` {raw['num_latents']} but {d_sae} latents")
     d_out = t.ndim2("W_dec")[1]
-    k = _int(raw, "k", cfg_file, default=32)
+    k = read_int(raw, "k", cfg_file, default=32)
     ours = raw.get("tcspec") if isinstance(raw.get("tcspec"), dict) else {}
     at = ours.get("layer")
     if at is None:
         m = re.search(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)(?:\.|$)", path.name)
         at = int(m.group(1)) if m else None
-    cfg = _make_cfg(
+    cfg = make_cfg(
         cfg_file,
         kind=("skip_transcoder" if skip else "transcoder") if transcode else "sae",
         d_in=d_in,
@@ -395,13 +323,14 @@ def _load_sparsify(path: Path, layer: int | None) -> tuple[Coder, Path]:
     params = {"W_enc": W_enc, "b_enc": t.take("encoder.bias", (d_sae,))}
     params["W_dec"] = t.take("W_dec", (d_sae, d_out))
     if transcode:
-        params |= {"b_dec": torch.zeros(d_in), "b_dec_out": t.take("b_dec", (d_out,))}
+        params |= _transcoder_biases(path, W_enc, params["b_enc"])
+        params["b_dec_out"] = t.take("b_dec", (d_out,))
         if skip:
             params["W_skip"] = t.take("W_skip", (d_out, d_in)).T  # [d_in, d_out]
     else:
         params["b_dec"] = t.take("b_dec", (d_in,))
     t.done(NOT_REPRESENTABLE)
-    return _build(cfg, w_file, **params), cfg_file
+    return build_coder(cfg, w_file, **params), cfg_file
 
 
 # ---------------------------------------------------------------------- circuit-tracer
@@ -409,9 +338,9 @@ def read_ct_config(folder: Path) -> dict:
     """A circuit-tracer `config.yaml` (safe YAML), checked to describe a transcoder set."""
     file = folder / CT_CONFIG
     try:
-        raw = yaml.safe_load(file.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{file}: unreadable YAML: {e}") from e
+        raw = yaml.safe_load(file.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
+        raise ValueError(f"{file}: unreadable YAML: {one_line(e)}") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{file}: expected a mapping")
     kind = raw.get("model_kind", "transcoder_set")
@@ -447,18 +376,14 @@ def ct_layer_files(folder: Path, config: dict) -> dict[int, Path]:
     return files
 
 
-def _ct_hook(hook: str, at: int) -> str:
-    """The full name of a circuit-tracer hook (relative to a block, or a `{layer}` template).
-
-    Names are kept as given. circuit-tracer's own sets read `mlp.hook_in` of a model loaded
-    without LayerNorm folding (LN weight and bias applied), which is not the folded model's
-    `ln2.hook_normalized`; such a set needs the model's ln2 folded into W_enc before use.
-    """
-    if "{layer}" in hook:
-        return hook.format(layer=at)
-    if hook.startswith("blocks."):
-        return hook
-    return f"blocks.{at}.{hook}"
+def _ct_hook(folder: Path, config: dict, key: str, layer: int) -> str:
+    try:
+        return block_name(layer, config[key])
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(
+            f"{folder / CT_CONFIG}: `{key}` {config[key]!r} is neither a hook name nor a "
+            f"`{{layer}}` template ({one_line(e)})"
+        ) from e
 
 
 def _load_circuit_tracer(path: Path, layer: int | None) -> tuple[Coder, Path]:
@@ -482,31 +407,31 @@ def _load_circuit_tracer(path: Path, layer: int | None) -> tuple[Coder, Path]:
     w_file = files[layer]
     if w_file.suffix != ".safetensors":
         raise ValueError(f"{w_file}: only .safetensors transcoders are read")
-    t = _read_safetensors(w_file)
+    t = read_safetensors(w_file)
     d_sae, d_in = t.ndim2("W_enc")
     d_out = t.ndim2("W_dec")[1]
     skip = t.has("W_skip")
-    cfg = _make_cfg(
+    # Hook names are kept as given. circuit-tracer's own sets read `mlp.hook_in` of a model
+    # loaded without LayerNorm folding (LN weight and bias applied), which is not the folded
+    # model's `ln2.hook_normalized`; such a set needs the model's ln2 folded into W_enc.
+    cfg = make_cfg(
         w_file,
         kind="skip_transcoder" if skip else "transcoder",
         d_in=d_in,
         d_out=d_out,
         d_sae=d_sae,
-        in_hook=_ct_hook(config["feature_input_hook"], layer),
-        out_hook=_ct_hook(config["feature_output_hook"], layer),
+        in_hook=_ct_hook(folder, config, "feature_input_hook", layer),
+        out_hook=_ct_hook(folder, config, "feature_output_hook", layer),
         layer=layer,
     )
-    params = {
-        "W_enc": t.take("W_enc", (d_sae, d_in)).T,  # [d_in, d_sae]
-        "b_enc": t.take("b_enc", (d_sae,)),
-        "W_dec": t.take("W_dec", (d_sae, d_out)),
-        "b_dec": torch.zeros(d_in),
-        "b_dec_out": t.take("b_dec", (d_out,)),
-    }
+    W_enc = t.take("W_enc", (d_sae, d_in)).T  # [d_in, d_sae]
+    params = _transcoder_biases(folder, W_enc, t.take("b_enc", (d_sae,)), f"layer_{layer}.")
+    params |= {"W_enc": W_enc, "W_dec": t.take("W_dec", (d_sae, d_out))}
+    params["b_dec_out"] = t.take("b_dec", (d_out,))
     if skip:
         params["W_skip"] = t.take("W_skip", (d_out, d_in)).T  # [d_in, d_out]
     t.done(NOT_REPRESENTABLE)
-    return _build(cfg, w_file, **params), w_file
+    return build_coder(cfg, w_file, **params), w_file
 
 
 # ------------------------------------------------------------------ transcoder-circuits
@@ -524,7 +449,7 @@ def _load_transcoder_circuits(
     fields = raw.fields if isinstance(raw, PickledRecord) else getattr(raw, "__dict__", raw)
     if not isinstance(fields, dict):
         raise ValueError(f"{path}: `cfg` is a {type(raw).__name__}, not a config")
-    t = _Tensors(path, obj["state_dict"])
+    t = Tensors(path, obj["state_dict"])
     d_in, d_sae = t.ndim2("W_enc")
     d_out = t.ndim2("W_dec")[1]
     transcoder = t.has("b_dec_out")
@@ -535,10 +460,10 @@ def _load_transcoder_circuits(
             raise ValueError(f"{path}: `cfg.{key}` is {fields[key]}, the weights give {have}")
     in_hook = fields.get("hook_point")
     out_hook = fields.get("out_hook_point") if transcoder else in_hook
-    at = _layer_of(in_hook)
+    at = layer_of(in_hook)
     if at is None:
         at = fields.get("hook_point_layer")
-    cfg = _make_cfg(
+    cfg = make_cfg(
         path,
         kind="transcoder" if transcoder else "sae",
         d_in=d_in,
@@ -557,4 +482,4 @@ def _load_transcoder_circuits(
     if transcoder:
         params["b_dec_out"] = t.take("b_dec_out", (d_out,))
     t.done(NOT_REPRESENTABLE)
-    return _build(cfg, path, **params), path
+    return build_coder(cfg, path, **params), path

@@ -27,7 +27,9 @@ import _compat_pickle
 import collections
 import io
 import pickle
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +224,25 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> Any:
             f"{path}: not a torch.save zip archive (the legacy pre-zip format is not read; "
             "re-save it with a current torch.save)"
         )
+    try:
+        return _load_archive(path, trust)
+    except (UnsafePickleError, ValueError) as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: unreadable checkpoint: {e}") from e
+    except CORRUPT as e:  # a damaged archive: zip, deflate or pickle stream
+        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+
+
+# what a truncated or damaged archive raises from zipfile, zlib, struct and pickle
+CORRUPT = (
+    zipfile.BadZipFile, zlib.error, struct.error, EOFError, KeyError, IndexError,
+    OverflowError, RecursionError, AttributeError, TypeError, pickle.UnpicklingError,
+    NotImplementedError, OSError,
+)  # fmt: skip
+
+
+def _load_archive(path: Path, trust: bool) -> Any:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]

@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
-import os
 import platform
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens import loading_from_pretrained as loading
 
+from tcspec.atomic import write_text
 from tcspec.models.tokenizer import load_tokenizer
 
 MODEL_JSON = "model.json"
@@ -96,12 +95,7 @@ def library_versions() -> dict[str, str]:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON to a temporary name beside ``path``, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_model_json(model_dir: Path) -> dict[str, Any]:

@@ -34,11 +34,10 @@ Metrics (``model.json["metrics"]``):
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,7 +48,9 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
+from tcspec.atomic import atomic_write, write_bytes
 from tcspec.circuits.greater_than import PAPER_YY, greater_than_score, year_token_ids
+from tcspec.hooks import full_name
 from tcspec.models.corpus import (
     DEFAULT_FAMILY_WEIGHTS,
     held_out_yy,
@@ -69,8 +70,23 @@ from tcspec.models.tokenizer import save_tokenizer, train_tokenizer
 
 
 @dataclass(frozen=True)
+class ToyTraining:
+    """How a toy model is optimised: AdamW, linear warm-up, cosine decay to a tenth."""
+
+    steps: int = 1000
+    """Optimizer steps (each on ``batch`` fresh contexts)."""
+    batch: int = 8
+    """Contexts per step."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    warmup: int = 60
+    """Steps of linear warm-up."""
+    weight_decay: float = 0.01
+
+
+@dataclass(frozen=True)
 class ToyRecipe:
-    """What a toy model is trained on."""
+    """What a toy model is trained on, and how."""
 
     task_fraction: float
     """Share of documents that are procedural task sentences (the rest is pydoc text)."""
@@ -78,13 +94,31 @@ class ToyRecipe:
     """Task sentence family -> weight (see ``corpus.FAMILIES``)."""
     vocab_size: int = 2048
     """Tokenizer vocabulary size, BOS and the 200 forced digit tokens included."""
+    training: ToyTraining = ToyTraining()
+    """The optimiser's defaults (``train_toy_model`` arguments override them)."""
 
+
+# the greater_than_fast mix: greater-than sentences weigh more than in the default mix
+FAST_FAMILY_WEIGHTS: dict[str, float] = {
+    "greater_than": 0.75,
+    "year_count": 0.19,
+    "capital": 0.02,
+    "sequence": 0.02,
+    "addition": 0.02,
+}
 
 RECIPES: dict[str, ToyRecipe] = {
     # half task documents (mostly greater-than sentences), half Python documentation
     "greater_than_mix": ToyRecipe(task_fraction=0.5, family_weights=DEFAULT_FAMILY_WEIGHTS),
     # Python documentation only: a control without the task
     "text_only": ToyRecipe(task_fraction=0.0),
+    # 40% fewer steps: more task documents, more of them greater-than, a higher peak rate
+    # (held-out prob diff about 0.85, MLP 0 ablation about +2.2 nats; text loss 4.7, not 4.0)
+    "greater_than_fast": ToyRecipe(
+        task_fraction=0.7,
+        family_weights=FAST_FAMILY_WEIGHTS,
+        training=ToyTraining(steps=600, lr=4e-3, warmup=40),
+    ),
 }
 
 
@@ -163,7 +197,7 @@ def toy_metrics(
         "mlp_ablation": {},
     }
     for layer in range(model.cfg.n_layers):
-        hooks = [(f"blocks.{layer}.hook_mlp_out", _zero)]
+        hooks = [(full_name(layer, "hook_mlp_out"), _zero)]
         metrics["mlp_ablation"][str(layer)] = {
             "text_loss_increase": mean_loss(model, eval_contexts, hooks) - text_loss,
             "greater_than_prob_diff": greater_than_score(model, held_out_yy(), fwd_hooks=hooks),
@@ -212,15 +246,91 @@ def weights_checksum(path: Path) -> str:
 
 
 def _write_atomic(out_dir: Path, model: HookedTransformer, tokenizer, meta: dict) -> None:
-    """Weights and tokenizer via temporary names, then ``model.json`` last."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-") as tmp:
-        state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(Path(tmp) / WEIGHTS))
-        meta["weights_xxh3"] = weights_checksum(Path(tmp) / WEIGHTS)
-        for path in [Path(tmp) / WEIGHTS, *save_tokenizer(tokenizer, Path(tmp))]:
-            os.replace(path, out_dir / path.name)
+    """Weights and tokenizer first, then ``model.json`` last (each file atomically)."""
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out_dir / WEIGHTS, lambda p: save_file(state, str(p)))
+    meta["weights_xxh3"] = weights_checksum(out_dir / WEIGHTS)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in save_tokenizer(tokenizer, Path(tmp)):
+            write_bytes(out_dir / path.name, path.read_bytes())
     write_json_atomic(out_dir / MODEL_JSON, meta)
+
+
+@dataclass(frozen=True)
+class _Corpus:
+    train: Tensor  # [steps * batch, n_ctx] training contexts
+    eval_contexts: Tensor  # [n, n_ctx] held-out pydoc text
+    unigram: Tensor  # [d_vocab] add-one log unigram of the training text
+
+
+def _corpus(tokenizer, rec: ToyRecipe, seed: int, n_train: int, n_ctx: int) -> _Corpus:
+    mix = dict(task_fraction=rec.task_fraction, family_weights=rec.family_weights)
+    train = pack_contexts(tokenizer, iter_documents(seed, **mix), n_train, n_ctx)
+    if len(train) < n_train:
+        raise ValueError(f"corpus too small for {n_train} contexts")
+    text_docs = iter(toy_documents(seed, split="train", task_fraction=0.0))
+    unigram = unigram_log_probs(pack_contexts(tokenizer, text_docs, 10**9, n_ctx), len(tokenizer))
+    eval_docs = iter(toy_documents(seed, split="eval", task_fraction=0.0))
+    return _Corpus(train, pack_contexts(tokenizer, eval_docs, 10**9, n_ctx), unigram)
+
+
+def _init_model(
+    arch: dict, seed: int, tokenizer, sinusoidal_init: bool, number_codes: str
+) -> tuple[HookedTransformer, Tensor | None]:
+    """The untrained model, and the fixed year-token codes (None with ``number_codes="none"``);
+    draws from torch's global generator, seeded here, in a fixed order."""
+    torch.manual_seed(seed)
+    cfg = HookedTransformerConfig(
+        **arch, positional_embedding_type="standard", seed=seed, init_weights=True, device="cpu"
+    )
+    with quiet_deprecation():
+        model = HookedTransformer(cfg, tokenizer=tokenizer)
+    n_ctx, d_model = arch["n_ctx"], arch["d_model"]
+    if sinusoidal_init:
+        with torch.no_grad():
+            codes = sinusoidal_positions(n_ctx, d_model)  # [n_ctx, d_model]
+            model.W_pos.copy_(codes * model.W_E.std() / codes.std())
+    if number_codes == "none":
+        return model, None
+    with torch.no_grad():
+        rotation = torch.linalg.qr(torch.randn(d_model, d_model))[0]  # [d_model, d_model]
+        codes = sinusoidal_positions(100, d_model) @ rotation  # [100, d_model]
+        year_codes = codes * model.W_E.std() / codes.std()
+        model.W_E[year_token_ids(tokenizer)] = year_codes
+    return model, year_codes
+
+
+def _train(
+    model: HookedTransformer,
+    train: Tensor,
+    opt_cfg: ToyTraining,
+    fixed: tuple[Tensor, Tensor] | None,
+    bar: tqdm,
+) -> float:
+    """Optimise ``model`` on ``train`` [steps * batch, n_ctx]; ``fixed`` = (year token ids,
+    their codes) to hold in place after every step. Returns the last step's loss."""
+    steps, batch = opt_cfg.steps, opt_cfg.batch
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=opt_cfg.lr, betas=(0.9, 0.98), weight_decay=opt_cfg.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, opt_cfg.warmup))
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for step in bar:
+        tokens = train[step * batch : (step + 1) * batch]  # [batch, n_ctx]
+        loss = model(tokens, return_type="loss")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if fixed is not None:
+            with torch.no_grad():
+                model.W_E[fixed[0]] = fixed[1]
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return loss.item()
 
 
 def train_toy_model(
@@ -233,11 +343,11 @@ def train_toy_model(
     n_heads: int = 4,
     d_mlp: int = 512,
     n_ctx: int = 128,
-    steps: int = 1000,
-    batch: int = 8,
-    lr: float = 3e-3,
-    warmup: int = 60,
-    weight_decay: float = 0.01,
+    steps: int | None = None,
+    batch: int | None = None,
+    lr: float | None = None,
+    warmup: int | None = None,
+    weight_decay: float | None = None,
     sinusoidal_init: bool = True,
     number_codes: Literal["none", "init", "fixed"] = "fixed",
     progress: bool = True,
@@ -246,93 +356,43 @@ def train_toy_model(
 
     Deterministic in ``seed`` for a fixed machine and thread count. ``steps * batch``
     contexts of ``n_ctx`` tokens are drawn fresh from the recipe's corpus stream (the pydoc
-    text repeats; task sentences do not). AdamW with linear warm-up and cosine decay to a
-    tenth of ``lr``; gradients clipped to norm 1. ``sinusoidal_init`` and ``number_codes``:
-    see the module docstring. The defaults take about two minutes on two CPU cores
-    (``bench/toy_model.py``).
+    text repeats; task sentences do not). The optimiser settings default to the recipe's
+    ``training`` (``ToyTraining``); gradients are clipped to norm 1. ``sinusoidal_init`` and
+    ``number_codes``: see the module docstring. ``bench/toy_model.py`` times it.
     """
     out_dir = Path(out_dir)
     rec = get_recipe(recipe)
+    given = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, weight_decay=weight_decay)
+    opt_cfg = replace(rec.training, **{k: v for k, v in given.items() if v is not None})
     start = time.perf_counter()
     mix = dict(task_fraction=rec.task_fraction, family_weights=rec.family_weights)
     tokenizer = train_tokenizer(toy_documents(seed, **mix), rec.vocab_size)
-    d_vocab = len(tokenizer)
-
-    train = pack_contexts(tokenizer, iter_documents(seed, **mix), steps * batch, n_ctx)
-    if len(train) < steps * batch:
-        raise ValueError(f"corpus too small for {steps} x {batch} contexts")
-    text_docs = iter(toy_documents(seed, split="train", task_fraction=0.0))
-    unigram = unigram_log_probs(pack_contexts(tokenizer, text_docs, 10**9, n_ctx), d_vocab)
-    eval_docs = iter(toy_documents(seed, split="eval", task_fraction=0.0))
-    eval_contexts = pack_contexts(tokenizer, eval_docs, 10**9, n_ctx)
-
+    data = _corpus(tokenizer, rec, seed, opt_cfg.steps * opt_cfg.batch, n_ctx)
     arch = dict(
         n_layers=n_layers, d_model=d_model, d_mlp=d_mlp, d_head=d_model // n_heads,
-        n_heads=n_heads, d_vocab=d_vocab, n_ctx=n_ctx, act_fn="gelu",
+        n_heads=n_heads, d_vocab=len(tokenizer), n_ctx=n_ctx, act_fn="gelu",
         normalization_type="LN",
     )  # fmt: skip
-    torch.manual_seed(seed)
-    cfg = HookedTransformerConfig(
-        **arch, positional_embedding_type="standard", seed=seed, init_weights=True, device="cpu"
-    )
-    with quiet_deprecation():
-        model = HookedTransformer(cfg, tokenizer=tokenizer)
-    if sinusoidal_init:
-        with torch.no_grad():
-            codes = sinusoidal_positions(n_ctx, d_model)  # [n_ctx, d_model]
-            model.W_pos.copy_(codes * model.W_E.std() / codes.std())
-    year_ids = year_token_ids(tokenizer)  # [100]
-    year_codes = None
-    if number_codes != "none":
-        with torch.no_grad():
-            rotation = torch.linalg.qr(torch.randn(d_model, d_model))[0]  # [d_model, d_model]
-            codes = sinusoidal_positions(100, d_model) @ rotation  # [100, d_model]
-            year_codes = codes * model.W_E.std() / codes.std()
-            model.W_E[year_ids] = year_codes
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, warmup))
-
-    model.train()
+    model, year_codes = _init_model(arch, seed, tokenizer, sinusoidal_init, number_codes)
+    fixed = (year_token_ids(tokenizer), year_codes) if number_codes == "fixed" else None
     setup_seconds = time.perf_counter() - start
-    bar = tqdm(range(steps), desc=f"toy {recipe}", disable=not progress)
-    loss = torch.tensor(float("nan"))
-    for step in bar:
-        tokens = train[step * batch : (step + 1) * batch]  # [batch, n_ctx]
-        loss = model(tokens, return_type="loss")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if number_codes == "fixed":
-            with torch.no_grad():
-                model.W_E[year_ids] = year_codes
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
+    bar = tqdm(range(opt_cfg.steps), desc=f"toy {recipe}", disable=not progress)
+    final_loss = _train(model, data.train, opt_cfg, fixed, bar)
     train_seconds = time.perf_counter() - start - setup_seconds
 
-    metrics, task_layer = toy_metrics(model, eval_contexts, unigram)
-    metrics["train_loss_final"] = loss.item()
+    metrics, task_layer = toy_metrics(model, data.eval_contexts, data.unigram)
+    metrics["train_loss_final"] = final_loss
     model.set_use_hook_mlp_in(True)
-    hook_names = fired_hook_names(model)
     meta = {
         "kind": "toy",
         "recipe": recipe,
         "seed": seed,
         "cfg": arch | {"parallel_attn_mlp": False},
         "bos_token_id": tokenizer.bos_token_id,
-        "hook_names": hook_names,
-        "training": dict(
-            steps=steps,
-            batch=batch,
-            lr=lr,
-            warmup=warmup,
-            weight_decay=weight_decay,
-            sinusoidal_init=sinusoidal_init,
-            number_codes=number_codes,
-            tokens=steps * batch * n_ctx,
-        ),
+        "hook_names": fired_hook_names(model),
+        "training": asdict(opt_cfg)
+        | dict(sinusoidal_init=sinusoidal_init, number_codes=number_codes)
+        | {"tokens": opt_cfg.steps * opt_cfg.batch * n_ctx},
         "metrics": metrics,
         "task_layer": task_layer,
         "timing": {
