@@ -12,10 +12,16 @@
   jointly patched run, against the same output hooks all zero- or mean-ablated at once.
   Returns one dict of CE/KL metrics.
 
-Formulas are in `tcspec.metrics`. Conventions: sparsity and fidelity metrics are over every
-position of every context; CE and KL are over every position but the last of each context
-(it has no next token); the mean used for mean-ablation is the hook's mean vector over all
-positions of all eval contexts, computed in a first pass (or passed in as `ablation_means`).
+Formulas are in `tcspec.metrics`. Positions: a position is *counted* unless its token is in
+`exclude_tokens` (the BOS convention `exclude` passes the BOS id, as SAELens's
+`exclude_special_tokens` does: by token identity, so a BOS inside a packed row is excluded
+too). The dictionary is spliced only at counted positions (an excluded position keeps its
+original activation); sparsity and fidelity metrics cover the counted positions; CE covers
+the counted positions but the last of each context (it has no next token); KL covers every
+counted position, the last included (SAELens's convention). Zero-ablation sets every
+position to 0 (BOS too, as SAELens does); the mean used for mean-ablation is the hook's mean
+over the counted positions of all eval contexts, computed in a first pass (or passed in as
+`ablation_means`).
 
 Work per batch: one clean forward caching only the hooks needed, one patched forward per
 coder, two (zero, mean) per distinct ablated hook. A patched forward whose hook is a
@@ -26,6 +32,7 @@ one plus the change to the MLP output) instead of re-running the blocks before i
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -36,10 +43,10 @@ from transformer_lens import HookedTransformer
 from tcspec.hooks import full_name
 from tcspec.metrics import (
     Accumulator,
+    all_logprobs,
     ce_from_logprobs,
     kl_from_logprobs,
     next_token_ce,
-    next_token_logprobs,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +77,35 @@ def _batches(
 
 def _n_batches(tokens: torch.Tensor | np.ndarray, batch_contexts: int) -> int:
     return -(-tokens.shape[0] // batch_contexts)
+
+
+def keep_mask(tokens: torch.Tensor, exclude_tokens: Sequence[int]) -> torch.Tensor:
+    """Counted positions: True where the token is not in `exclude_tokens`. [B, T] bool."""
+    if not exclude_tokens:
+        return torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
+    excluded = torch.as_tensor(list(exclude_tokens), device=tokens.device)
+    return ~torch.isin(tokens, excluded)
+
+
+def _update_losses(
+    acc: Accumulator,
+    mask: torch.Tensor,
+    logp: torch.Tensor,
+    logq: torch.Tensor,
+    batch: torch.Tensor,
+    ablated: dict[str, torch.Tensor],
+) -> None:
+    """CE and KL of one batch over the counted positions. logp, logq: [B, T, V] log-probs of
+    the original and replaced runs; ablated: zero/mean-ablated CE [B, T-1] and the zero
+    ablation's KL [B, T]."""
+    m_ce = mask[:, :-1]  # a prediction counts when made from a counted token
+    acc.update_ce(
+        original=ce_from_logprobs(logp[:, :-1], batch)[m_ce],
+        replaced=ce_from_logprobs(logq[:, :-1], batch)[m_ce],
+        zero_ablated=ablated["zero_ablated"][m_ce],
+        mean_ablated=ablated["mean_ablated"][m_ce],
+    )
+    acc.update_kl(kl=kl_from_logprobs(logp, logq)[mask], kl_zero_ablated=ablated["kl_zero"][mask])
 
 
 def _hook(model: HookedTransformer, name: str, layer: int) -> str:
@@ -141,8 +177,10 @@ def hook_means(
     hooks: Sequence[str],
     batch_contexts: int,
     progress: bool = True,
+    exclude_tokens: Sequence[int] = (),
 ) -> dict[str, torch.Tensor]:
-    """Mean vector of each full hook name over all positions of all contexts: {hook: [d]}.
+    """Mean vector of each full hook name over the counted positions (tokens not in
+    `exclude_tokens`) of all contexts: {hook: [d]}.
 
     Runs the model only as far as the deepest hook needs; sums in float64.
     """
@@ -160,11 +198,12 @@ def hook_means(
     total = _n_batches(tokens, batch_contexts)
     for batch in tqdm(batches, total=total, desc="hook means", disable=not progress):
         _, cache = model.run_with_cache(batch, names_filter=hooks, stop_at_layer=stop)
+        mask = keep_mask(batch, exclude_tokens)  # [B, T]
         for h in hooks:
-            act = cache[h]  # [B, T, d]
+            act = cache[h][mask]  # [n, d]
             dtypes[h] = act.dtype
-            sums[h] = sums.get(h, 0) + act.double().reshape(-1, act.shape[-1]).sum(0)  # [d]
-        n += batch.numel()
+            sums[h] = sums.get(h, 0) + act.double().sum(0)  # [d]
+        n += int(mask.sum())
     return {h: (s / n).to(dtypes[h]) for h, s in sums.items()}
 
 
@@ -177,6 +216,7 @@ def evaluate_coders(
     splice: Literal["each", "all"] = "each",
     progress: bool = True,
     ablation_means: dict[str, torch.Tensor] | None = None,
+    exclude_tokens: Sequence[int] = (),
 ) -> list[dict] | dict:
     """Metrics of coders spliced into `model` on `tokens` [n_rows, ctx] (see module doc).
 
@@ -184,9 +224,11 @@ def evaluate_coders(
     names its `in_hook` and `out_hook`, full (`blocks.8.ln2.hook_normalized`) or relative to
     the block (`ln2.hook_normalized`). `ablation_means` optionally gives
     precomputed mean-ablation vectors by full hook name (see `hook_means`); missing ones are
-    computed in a first pass. Returns a list of dicts (`each`, in the order of `coders`) or
-    one dict (`all`); each holds the metrics of `tcspec.metrics` that apply, plus
-    `n_tokens` (positions the fidelity metrics cover) and `n_ce_tokens`.
+    computed in a first pass. `exclude_tokens`: token ids whose positions are not spliced
+    and count in no metric (the BOS convention `exclude`). Returns a list of dicts (`each`,
+    in the order of `coders`) or one dict (`all`); each holds the metrics of
+    `tcspec.metrics` that apply, plus `n_tokens` (positions the fidelity metrics cover),
+    `n_ce_tokens` and `n_kl_tokens`.
     """
     if not coders:
         raise ValueError("no coders to evaluate")
@@ -200,106 +242,116 @@ def evaluate_coders(
     means = {h: v.to(model.cfg.device) for h, v in (ablation_means or {}).items()}
     missing = [h for h in out_hooks if h not in means]
     if missing:
-        means |= hook_means(model, tokens, missing, batch_contexts, progress)
+        means |= hook_means(model, tokens, missing, batch_contexts, progress, exclude_tokens)
+    run = _Run(model, tokens, batch_contexts, means, tuple(exclude_tokens), progress)
     if splice == "each":
-        return _evaluate_each(model, coders, hooks, tokens, batch_contexts, means, progress)
+        return _evaluate_each(run, coders, hooks)
     layers = [layer for _, layer in coders]
     if len(set(layers)) != len(layers) or len(set(out_hooks)) != len(out_hooks):
         raise ValueError(f"splice `all` takes one coder per layer; got layers {layers}")
-    return _evaluate_all(model, coders, hooks, tokens, batch_contexts, means, progress)
+    return _evaluate_all(run, coders, hooks)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every evaluation pass shares: the model, the eval tokens and conventions."""
+
+    model: HookedTransformer
+    tokens: torch.Tensor | np.ndarray
+    batch_contexts: int
+    means: dict[str, torch.Tensor]
+    exclude_tokens: tuple[int, ...]
+    progress: bool
+
+    def batches(self, desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(tokens [B, T], counted-position mask [B, T]) per batch, with a progress bar."""
+        batches = _batches(self.tokens, self.batch_contexts, self.model.cfg.device)
+        total = _n_batches(self.tokens, self.batch_contexts)
+        for batch in tqdm(batches, total=total, desc=desc, disable=not self.progress):
+            yield batch, keep_mask(batch, self.exclude_tokens)
+
+
+def _finish(acc: Accumulator) -> dict:
+    out = acc.compute() | {"n_ce_tokens": acc.n_ce, "n_kl_tokens": acc.n_kl}
+    return out | ({"n_tokens": acc.n_tokens} if acc.n_tokens else {})
 
 
 @torch.inference_mode()
 def _evaluate_each(
-    model: HookedTransformer,
-    coders: Sequence[tuple[Coder, int]],
-    hooks: list[tuple[str, str]],
-    tokens: torch.Tensor | np.ndarray,
-    batch_contexts: int,
-    means: dict[str, torch.Tensor],
-    progress: bool,
+    run: _Run, coders: Sequence[tuple[Coder, int]], hooks: list[tuple[str, str]]
 ) -> list[dict]:
+    model = run.model
     out_hooks = list(dict.fromkeys(out for _, out in hooks))
     needed = {h for pair in hooks for h in pair}
     resume_layers = [_resume_layer(model, h) for h in out_hooks]
     needed |= {f"blocks.{layer}.hook_resid_post" for layer in resume_layers if layer is not None}
     accs = [Accumulator() for _ in coders]
-    batches = _batches(tokens, batch_contexts, model.cfg.device)
-    total = _n_batches(tokens, batch_contexts)
-    for batch in tqdm(batches, total=total, desc="evaluate", disable=not progress):
+    for batch, mask in run.batches("evaluate"):
         logits, cache = model.run_with_cache(batch, names_filter=sorted(needed))  # [B, T, V]
         cache = {h: cache[h] for h in needed}
-        logp = next_token_logprobs(logits)  # [B, T-1, V]
-        p = logp.exp()  # [B, T-1, V]
-        ce_orig = ce_from_logprobs(logp, batch)  # [B, T-1]
-        ablated: dict[str, dict[str, torch.Tensor]] = {}
-        for h in out_hooks:
-            zero = torch.zeros_like(cache[h])  # [B, T, d]
-            ablated[h] = {
-                "zero_ablated": next_token_ce(_patched_logits(model, batch, cache, h, zero), batch),
-                "mean_ablated": next_token_ce(
-                    _patched_logits(model, batch, cache, h, means[h]), batch
-                ),
-            }
+        logp = all_logprobs(logits)  # [B, T, V]
+        ablated = {h: _ablations(run, batch, cache, h, logp) for h in out_hooks}
         for (coder, _), (in_hook, out_hook), acc in zip(coders, hooks, accs):
+            y = cache[out_hook]  # [B, T, d_out]
             y_hat, z = _apply(coder, cache[in_hook])  # [B, T, d_out], [B, T, d_sae]
-            acc.update(cache[out_hook], y_hat, z)
-            logits_rep = _patched_logits(model, batch, cache, out_hook, y_hat)  # [B, T, V]
-            logq = next_token_logprobs(logits_rep)  # [B, T-1, V]
-            acc.update_ce(
-                original=ce_orig,
-                replaced=ce_from_logprobs(logq, batch),
-                kl=kl_from_logprobs(logp, logq, p),
-                **ablated[out_hook],
-            )
-    return [acc.compute() | {"n_tokens": acc.n_tokens, "n_ce_tokens": acc.n_ce} for acc in accs]
+            acc.update(y[mask], y_hat[mask], z[mask])
+            spliced = torch.where(mask[..., None], y_hat, y)  # excluded positions kept
+            logq = all_logprobs(_patched_logits(model, batch, cache, out_hook, spliced))
+            _update_losses(acc, mask, logp, logq, batch, ablated[out_hook])
+    return [_finish(acc) for acc in accs]
+
+
+def _ablations(
+    run: _Run, batch: torch.Tensor, cache: dict, hook: str, logp: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Zero- and mean-ablated next-token CE [B, T-1] and the zero ablation's KL [B, T]."""
+    zero_logits = _patched_logits(run.model, batch, cache, hook, torch.zeros_like(cache[hook]))
+    mean_logits = _patched_logits(run.model, batch, cache, hook, run.means[hook])
+    return {
+        "zero_ablated": next_token_ce(zero_logits, batch),
+        "mean_ablated": next_token_ce(mean_logits, batch),
+        "kl_zero": kl_from_logprobs(logp, all_logprobs(zero_logits)),
+    }
 
 
 @torch.inference_mode()
 def _evaluate_all(
-    model: HookedTransformer,
-    coders: Sequence[tuple[Coder, int]],
-    hooks: list[tuple[str, str]],
-    tokens: torch.Tensor | np.ndarray,
-    batch_contexts: int,
-    means: dict[str, torch.Tensor],
-    progress: bool,
+    run: _Run, coders: Sequence[tuple[Coder, int]], hooks: list[tuple[str, str]]
 ) -> dict:
+    model = run.model
     inputs: dict[str, torch.Tensor] = {}  # this run's activation at each coder's input hook
+    current: dict[str, torch.Tensor] = {}  # this batch's counted-position mask
 
     def capture(act: torch.Tensor, hook) -> None:
         inputs[hook.name] = act
 
     def replacer(coder: Coder, in_hook: str, out_hook: str):
         def replace(act: torch.Tensor, hook) -> torch.Tensor:
-            if in_hook == out_hook:
-                return _apply(coder, act)[0]
-            if in_hook not in inputs:
+            if in_hook != out_hook and in_hook not in inputs:
                 raise ValueError(f"`{in_hook}` does not run before `{out_hook}`; cannot splice")
-            return _apply(coder, inputs.pop(in_hook))[0]
+            x = act if in_hook == out_hook else inputs.pop(in_hook)
+            return torch.where(current["mask"][..., None], _apply(coder, x)[0], act)
 
         return replace
 
     splice_hooks = [(i, capture) for i, o in hooks if i != o]
     splice_hooks += [(o, replacer(c, i, o)) for (c, _), (i, o) in zip(coders, hooks)]
-
     zero_hooks = [(o, lambda act, hook: torch.zeros_like(act)) for _, o in hooks]
     mean_hooks = [
-        (o, lambda act, hook, mean=means[o]: mean.to(act.dtype).expand_as(act)) for _, o in hooks
+        (o, lambda act, hook, mean=run.means[o]: mean.to(act.dtype).expand_as(act))
+        for _, o in hooks
     ]
-
     acc = Accumulator()
-    batches = _batches(tokens, batch_contexts, model.cfg.device)
-    total = _n_batches(tokens, batch_contexts)
-    for batch in tqdm(batches, total=total, desc="evaluate (all layers)", disable=not progress):
-        logp = next_token_logprobs(model(batch))  # [B, T-1, V]
+    for batch, mask in run.batches("evaluate (all layers)"):
+        current["mask"] = mask
+        logp = all_logprobs(model(batch))  # [B, T, V]
         inputs.clear()
-        logq = next_token_logprobs(model.run_with_hooks(batch, fwd_hooks=splice_hooks))
-        acc.update_ce(
-            original=ce_from_logprobs(logp, batch),
-            replaced=ce_from_logprobs(logq, batch),
-            zero_ablated=next_token_ce(model.run_with_hooks(batch, fwd_hooks=zero_hooks), batch),
-            mean_ablated=next_token_ce(model.run_with_hooks(batch, fwd_hooks=mean_hooks), batch),
-            kl=kl_from_logprobs(logp, logq),
-        )
-    return acc.compute() | {"n_ce_tokens": acc.n_ce}
+        logq = all_logprobs(model.run_with_hooks(batch, fwd_hooks=splice_hooks))
+        zero_logits = model.run_with_hooks(batch, fwd_hooks=zero_hooks)
+        ablated = {
+            "zero_ablated": next_token_ce(zero_logits, batch),
+            "mean_ablated": next_token_ce(model.run_with_hooks(batch, fwd_hooks=mean_hooks), batch),
+            "kl_zero": kl_from_logprobs(logp, all_logprobs(zero_logits)),
+        }
+        _update_losses(acc, mask, logp, logq, batch, ablated)
+    return _finish(acc)
