@@ -12,10 +12,16 @@
   jointly patched run, against the same output hooks all zero- or mean-ablated at once.
   Returns one dict of CE/KL metrics.
 
-Formulas are in `tcspec.metrics`. Conventions: sparsity and fidelity metrics are over every
-position of every context; CE and KL are over every position but the last of each context
-(it has no next token); the mean used for mean-ablation is the hook's mean vector over all
-positions of all eval contexts, computed in a first pass (or passed in as `ablation_means`).
+Formulas are in `tcspec.metrics`. Positions: a position is *counted* unless its token is in
+`exclude_tokens` (the BOS convention `exclude` passes the BOS id, as SAELens's
+`exclude_special_tokens` does: by token identity, so a BOS inside a packed row is excluded
+too). The dictionary is spliced only at counted positions (an excluded position keeps its
+original activation); sparsity and fidelity metrics cover the counted positions; CE covers
+the counted positions but the last of each context (it has no next token); KL covers every
+counted position, the last included (SAELens's convention). Zero-ablation sets every
+position to 0 (BOS too, as SAELens does); the mean used for mean-ablation is the hook's mean
+over the counted positions of all eval contexts, computed in a first pass (or passed in as
+`ablation_means`).
 
 `evaluate_members(model, members, tokens, batch_contexts)` evaluates several `Member`s (a
 dictionary alone, or a set spliced together) in one pass over the tokens, each member's
@@ -42,10 +48,10 @@ from transformer_lens import HookedTransformer
 from tcspec.hooks import full_name, split_name
 from tcspec.metrics import (
     Accumulator,
+    all_logprobs,
     ce_from_logprobs,
     kl_from_logprobs,
     next_token_ce,
-    next_token_logprobs,
 )
 
 if TYPE_CHECKING:
@@ -76,6 +82,14 @@ def _batches(
 
 def _n_batches(tokens: torch.Tensor | np.ndarray, batch_contexts: int) -> int:
     return -(-tokens.shape[0] // batch_contexts)
+
+
+def keep_mask(tokens: torch.Tensor, exclude_tokens: Sequence[int]) -> torch.Tensor:
+    """Counted positions: True where the token is not in `exclude_tokens`. [B, T] bool."""
+    if not exclude_tokens:
+        return torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
+    excluded = torch.as_tensor(list(exclude_tokens), device=tokens.device)
+    return ~torch.isin(tokens, excluded)
 
 
 def _hook(model: HookedTransformer, name: str, layer: int) -> str:
@@ -147,8 +161,10 @@ def hook_means(
     hooks: Sequence[str],
     batch_contexts: int,
     progress: bool = True,
+    exclude_tokens: Sequence[int] = (),
 ) -> dict[str, torch.Tensor]:
-    """Mean vector of each full hook name over all positions of all contexts: {hook: [d]}.
+    """Mean vector of each full hook name over the counted positions (tokens not in
+    `exclude_tokens`) of all contexts: {hook: [d]}.
 
     Runs the model only as far as the deepest hook needs; sums in float64.
     """
@@ -166,11 +182,12 @@ def hook_means(
     total = _n_batches(tokens, batch_contexts)
     for batch in tqdm(batches, total=total, desc="hook means", disable=not progress):
         _, cache = model.run_with_cache(batch, names_filter=hooks, stop_at_layer=stop)
+        mask = keep_mask(batch, exclude_tokens)  # [B, T]
         for h in hooks:
-            act = cache[h]  # [B, T, d]
+            act = cache[h][mask]  # [n, d]
             dtypes[h] = act.dtype
-            sums[h] = sums.get(h, 0) + act.double().reshape(-1, act.shape[-1]).sum(0)  # [d]
-        n += batch.numel()
+            sums[h] = sums.get(h, 0) + act.double().sum(0)  # [d]
+        n += int(mask.sum())
     return {h: (s / n).to(dtypes[h]) for h, s in sums.items()}
 
 
@@ -200,6 +217,7 @@ def evaluate_coders(
     splice: Literal["each", "all"] = "each",
     progress: bool = True,
     ablation_means: dict[str, torch.Tensor] | None = None,
+    exclude_tokens: Sequence[int] = (),
 ) -> list[dict] | dict:
     """Metrics of coders spliced into `model` on `tokens` [n_rows, ctx] (see module doc).
 
@@ -207,21 +225,21 @@ def evaluate_coders(
     names its `in_hook` and `out_hook`, full (`blocks.8.ln2.hook_normalized`) or relative to
     the block (`ln2.hook_normalized`). `ablation_means` optionally gives
     precomputed mean-ablation vectors by full hook name (see `hook_means`); missing ones are
-    computed in a first pass. Returns a list of dicts (`each`, in the order of `coders`) or
-    one dict (`all`); each holds the metrics of `tcspec.metrics` that apply, plus
-    `n_tokens` (positions the fidelity metrics cover) and `n_ce_tokens`.
+    computed in a first pass. `exclude_tokens`: token ids whose positions are not spliced
+    and count in no metric (the BOS convention `exclude`). Returns a list of dicts (`each`,
+    in the order of `coders`) or one dict (`all`); each holds the metrics of
+    `tcspec.metrics` that apply, plus `n_tokens` (positions the fidelity metrics cover),
+    `n_ce_tokens` and `n_kl_tokens`.
     """
     if not coders:
         raise ValueError("no coders to evaluate")
     if splice not in ("each", "all"):
         raise ValueError(f"splice must be `each` or `all`; got `{splice}`")
-    if splice == "all":
-        member = Member(tuple(coders), "all")
-        return evaluate_members(model, [member], tokens, batch_contexts, progress, ablation_means)[
-            0
-        ]
-    members = [Member((pair,)) for pair in coders]
-    return evaluate_members(model, members, tokens, batch_contexts, progress, ablation_means)
+    members = [Member(tuple(coders), "all")] if splice == "all" else [Member((p,)) for p in coders]
+    out = evaluate_members(
+        model, members, tokens, batch_contexts, progress, ablation_means, exclude_tokens
+    )
+    return out[0] if splice == "all" else out
 
 
 def evaluate_members(
@@ -231,6 +249,7 @@ def evaluate_members(
     batch_contexts: int,
     progress: bool = True,
     ablation_means: dict[str, torch.Tensor] | None = None,
+    exclude_tokens: Sequence[int] = (),
 ) -> list[dict]:
     """Metrics of several members on the same `tokens` in one pass over them: per batch one
     clean forward, one zero- and one mean-ablated forward per output hook of the `each`
@@ -253,37 +272,52 @@ def evaluate_members(
     means = {h: v.to(model.cfg.device) for h, v in (ablation_means or {}).items()}
     missing = [h for h in out_hooks if h not in means]
     if missing:
-        means |= hook_means(model, tokens, missing, batch_contexts, progress)
+        means |= hook_means(model, tokens, missing, batch_contexts, progress, exclude_tokens)
     runs = [
         _Single(model, m.coders[0][0], *pairs[0], means)
         if m.splice == "each"
         else _Joint(model, m.coders, pairs, means)
         for m, pairs in zip(members, hooks)
     ]
-    return _run(model, runs, tokens, batch_contexts, progress)
+    return _run(model, runs, tokens, batch_contexts, progress, tuple(exclude_tokens))
 
 
 class _Clean:
     """The clean forward of one batch, shared by every member: its logits, log-probs and
     the activations the `each` members read; ablated CE cached by hook (set)."""
 
-    def __init__(self, model: HookedTransformer, batch: torch.Tensor, needed: set[str]):
+    def __init__(
+        self, model: HookedTransformer, batch: torch.Tensor, needed: set[str], mask: torch.Tensor
+    ):
         if needed:
             logits, cache = model.run_with_cache(batch, names_filter=sorted(needed))
             self.cache = {h: cache[h] for h in needed}
         else:
             logits, self.cache = model(batch), {}  # [B, T, V]
-        self.batch = batch
-        self.logp = next_token_logprobs(logits)  # [B, T-1, V]
-        self.ce = ce_from_logprobs(self.logp, batch)  # [B, T-1]
+        self.batch, self.mask = batch, mask  # [B, T], counted positions [B, T]
+        self.logp = all_logprobs(logits)  # [B, T, V]
+        self.p = self.logp.exp()  # [B, T, V]
         self.ablated: dict[object, dict[str, torch.Tensor]] = {}
-        self._p: torch.Tensor | None = None
 
-    @property
-    def p(self) -> torch.Tensor:
-        if self._p is None:
-            self._p = self.logp.exp()  # [B, T-1, V]
-        return self._p
+    def ablations(self, zero_logits: torch.Tensor, mean_logits: torch.Tensor) -> dict:
+        """Zero- and mean-ablated next-token CE [B, T-1] and the zero ablation's KL [B, T]."""
+        return {
+            "zero_ablated": next_token_ce(zero_logits, self.batch),
+            "mean_ablated": next_token_ce(mean_logits, self.batch),
+            "kl_zero": kl_from_logprobs(self.logp, all_logprobs(zero_logits), self.p),
+        }
+
+    def update(self, acc: Accumulator, logq: torch.Tensor, key: object) -> None:
+        """CE and KL of one member over the counted positions; logq [B, T, V] is its run's."""
+        m_ce, ablated = self.mask[:, :-1], self.ablated[key]  # a prediction from a counted token
+        acc.update_ce(
+            original=ce_from_logprobs(self.logp[:, :-1], self.batch)[m_ce],
+            replaced=ce_from_logprobs(logq[:, :-1], self.batch)[m_ce],
+            zero_ablated=ablated["zero_ablated"][m_ce],
+            mean_ablated=ablated["mean_ablated"][m_ce],
+        )
+        kl = kl_from_logprobs(self.logp, logq, self.p)  # [B, T]
+        acc.update_kl(kl=kl[self.mask], kl_zero_ablated=ablated["kl_zero"][self.mask])
 
 
 class _Single:
@@ -301,25 +335,22 @@ class _Single:
         model, batch, cache, h = self.model, clean.batch, clean.cache, self.out_hook
         if h not in clean.ablated:
             zero = torch.zeros_like(cache[h])  # [B, T, d]
-            clean.ablated[h] = {
-                "zero_ablated": next_token_ce(_patched_logits(model, batch, cache, h, zero), batch),
-                "mean_ablated": next_token_ce(
-                    _patched_logits(model, batch, cache, h, self.mean), batch
-                ),
-            }
+            clean.ablated[h] = clean.ablations(
+                _patched_logits(model, batch, cache, h, zero),
+                _patched_logits(model, batch, cache, h, self.mean),
+            )
+        y, mask = cache[h], clean.mask  # [B, T, d_out], [B, T]
         y_hat, z = _apply(self.coder, cache[self.in_hook])  # [B, T, d_out], [B, T, d_sae]
-        self.acc.update(cache[h], y_hat, z)
-        logq = next_token_logprobs(_patched_logits(model, batch, cache, h, y_hat))  # [B, T-1, V]
-        self.acc.update_ce(
-            original=clean.ce,
-            replaced=ce_from_logprobs(logq, batch),
-            kl=kl_from_logprobs(clean.logp, logq, clean.p),
-            **clean.ablated[h],
-        )
+        self.acc.update(y[mask], y_hat[mask], z[mask])
+        spliced = torch.where(mask[..., None], y_hat, y)  # excluded positions keep y
+        logq = all_logprobs(_patched_logits(model, batch, cache, h, spliced))  # [B, T, V]
+        clean.update(self.acc, logq, h)
 
     def result(self) -> dict:
         acc = self.acc
-        return acc.compute() | {"n_tokens": acc.n_tokens, "n_ce_tokens": acc.n_ce}
+        return acc.compute() | {
+            "n_tokens": acc.n_tokens, "n_ce_tokens": acc.n_ce, "n_kl_tokens": acc.n_kl
+        }  # fmt: skip
 
 
 class _Joint:
@@ -330,6 +361,7 @@ class _Joint:
     def __init__(self, model, coders: Sequence[tuple[Coder, int]], hooks, means):
         self.model, self.acc = model, Accumulator()
         self.inputs: dict[str, torch.Tensor] = {}  # this run's activation at each input hook
+        self.mask: torch.Tensor | None = None  # this batch's counted positions [B, T]
         self.splice_hooks = [(i, self._capture) for i, o in hooks if i != o]
         self.splice_hooks += [(o, self._replacer(c, i, o)) for (c, _), (i, o) in zip(coders, hooks)]
         self.key = tuple(o for _, o in hooks)
@@ -344,41 +376,36 @@ class _Joint:
 
     def _replacer(self, coder: Coder, in_hook: str, out_hook: str):
         def replace(act: torch.Tensor, hook) -> torch.Tensor:
-            if in_hook == out_hook:
-                return _apply(coder, act)[0]
-            if in_hook not in self.inputs:
+            if in_hook != out_hook and in_hook not in self.inputs:
                 raise ValueError(f"`{in_hook}` does not run before `{out_hook}`; cannot splice")
-            return _apply(coder, self.inputs.pop(in_hook))[0]
+            x = act if in_hook == out_hook else self.inputs.pop(in_hook)
+            return torch.where(self.mask[..., None], _apply(coder, x)[0], act)
 
         return replace
 
     def update(self, clean: _Clean) -> None:
         model, batch = self.model, clean.batch
         if self.key not in clean.ablated:
-            clean.ablated[self.key] = {
-                "zero_ablated": next_token_ce(model.run_with_hooks(batch, fwd_hooks=self.zero_hooks), batch),
-                "mean_ablated": next_token_ce(model.run_with_hooks(batch, fwd_hooks=self.mean_hooks), batch),
-            }  # fmt: skip
+            clean.ablated[self.key] = clean.ablations(
+                model.run_with_hooks(batch, fwd_hooks=self.zero_hooks),
+                model.run_with_hooks(batch, fwd_hooks=self.mean_hooks),
+            )
         self.inputs.clear()
-        logq = next_token_logprobs(model.run_with_hooks(batch, fwd_hooks=self.splice_hooks))
-        self.acc.update_ce(
-            original=clean.ce,
-            replaced=ce_from_logprobs(logq, batch),
-            kl=kl_from_logprobs(clean.logp, logq),
-            **clean.ablated[self.key],
-        )
+        self.mask = clean.mask
+        logq = all_logprobs(model.run_with_hooks(batch, fwd_hooks=self.splice_hooks))
+        clean.update(self.acc, logq, self.key)
 
     def result(self) -> dict:
-        return self.acc.compute() | {"n_ce_tokens": self.acc.n_ce}
+        return self.acc.compute() | {"n_ce_tokens": self.acc.n_ce, "n_kl_tokens": self.acc.n_kl}
 
 
 @torch.inference_mode()
-def _run(model, runs, tokens, batch_contexts: int, progress: bool) -> list[dict]:
+def _run(model, runs, tokens, batch_contexts: int, progress: bool, exclude) -> list[dict]:
     needed = set().union(*(r.needed for r in runs))
     batches = _batches(tokens, batch_contexts, model.cfg.device)
     total = _n_batches(tokens, batch_contexts)
     for batch in tqdm(batches, total=total, desc="evaluate", disable=not progress):
-        clean = _Clean(model, batch, needed)
+        clean = _Clean(model, batch, needed, keep_mask(batch, exclude))
         for r in runs:
             r.update(clean)
     return [r.result() for r in runs]

@@ -173,12 +173,26 @@ def ce_recovered_mean_ablation(s: Stats) -> float:
     return _ratio(l_abl - ce_loss_replaced(s), l_abl - ce_loss_original(s))
 
 
-@metric("kl", needs=("n_ce", "kl_sum"))
+@metric("kl", needs=("n_kl", "kl_sum"))
 def kl(s: Stats) -> float:
-    """kl = (1/M) sum_{b,p} sum_v p_orig(v) (log p_orig(v) - log p_rep(v)), the mean over the
-    same M positions as the CE losses of KL(p_original || p_replaced) of the next-token
-    distributions (nats)."""
-    return s["kl_sum"] / s["n_ce"]
+    """kl = (1/K) sum_{b,p} sum_v p_orig(v) (log p_orig(v) - log p_rep(v)), the mean of
+    KL(p_original || p_replaced) of the output distributions (nats) over the K counted
+    positions, the last of each context included (SAELens's convention)."""
+    return s["kl_sum"] / s["n_kl"]
+
+
+@metric("kl_zero_ablated", needs=("n_kl", "kl_zero_ablated_sum"))
+def kl_zero_ablated(s: Stats) -> float:
+    """kl_zero_ablated = (1/K) sum KL(p_orig || p_zero), as `kl` with the dictionary's output
+    hook set to 0 instead of replaced."""
+    return s["kl_zero_ablated_sum"] / s["n_kl"]
+
+
+@metric("kl_div_score", needs=("n_kl", "kl_sum", "kl_zero_ablated_sum"))
+def kl_div_score(s: Stats) -> float:
+    """kl_div_score = (KL_zero - KL_rep) / KL_zero, the fraction of the zero-ablation KL the
+    replacement removes (SAELens's `kl_div_score`)."""
+    return _ratio(s["kl_zero_ablated_sum"] - s["kl_sum"], s["kl_zero_ablated_sum"])
 
 
 # ---------------------------------------------------------------------- per-token helpers
@@ -204,6 +218,11 @@ def ce_from_logprobs(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return -logp.gather(-1, tokens[:, 1:].long().unsqueeze(-1)).squeeze(-1)
 
 
+def all_logprobs(logits: torch.Tensor) -> torch.Tensor:
+    """log softmax of the logits at every position, in float32 or wider: [B, T, V]."""
+    return F.log_softmax(logits.float(), dim=-1)
+
+
 def kl_from_logprobs(
     logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -226,8 +245,9 @@ class Accumulator:
 
     `update(y, y_hat, z)` takes one batch of targets, predictions and feature activations
     ([..., d_out], [..., d_out], [..., d_sae]; leading dims are flattened into tokens);
-    `update_ce(original=..., replaced=..., ...)` takes per-token next-token losses and
-    per-token KL for one batch (any shape, one entry per position with a next token).
+    `update_ce(original=..., replaced=..., ...)` takes per-token next-token losses for one
+    batch (any shape, one entry per counted position with a next token); `update_kl` the
+    per-position KL divergences (one entry per counted position).
     Sums are kept in float64 on the device of the first batch.
     """
 
@@ -241,7 +261,8 @@ class Accumulator:
         self.n_ce = 0
         self.ce_names: frozenset[str] | None = None
         self.ce: dict[str, torch.Tensor] = {}
-        self.kl_sum: torch.Tensor | None = None
+        self.n_kl = 0
+        self.kl: dict[str, torch.Tensor] = {}  # "kl", "kl_zero_ablated" -> float64 sums
 
     @torch.inference_mode()
     def update(self, y: torch.Tensor, y_hat: torch.Tensor, z: torch.Tensor) -> None:
@@ -283,27 +304,41 @@ class Accumulator:
         self.n_tokens = n_new
 
     @torch.inference_mode()
-    def update_ce(self, kl: torch.Tensor | None = None, **losses: torch.Tensor) -> None:
-        """Add per-token losses named by `CE_KINDS` (`original`, `replaced`, `zero_ablated`,
-        `mean_ablated`) and per-token `kl`; every call must name the same ones."""
+    def update_ce(self, **losses: torch.Tensor) -> None:
+        """Add per-token next-token losses named by `CE_KINDS` (`original`, `replaced`,
+        `zero_ablated`, `mean_ablated`); every call must name the same ones."""
         unknown = set(losses) - set(CE_KINDS)
         if unknown:
             raise ValueError(f"unknown loss kinds {sorted(unknown)}; known: {CE_KINDS}")
-        given = dict(losses) | ({} if kl is None else {"kl": kl})
-        if not given:
+        if not losses:
             raise ValueError("update_ce needs at least one per-token loss")
-        counts = {k: v.numel() for k, v in given.items()}
+        counts = {k: v.numel() for k, v in losses.items()}
         if len(set(counts.values())) != 1:
             raise ValueError(f"per-token tensors differ in size: {counts}")
         if self.ce_names is None:
-            self.ce_names = frozenset(given)
-        elif frozenset(given) != self.ce_names:
-            raise ValueError(f"update_ce got {sorted(given)}, earlier {sorted(self.ce_names)}")
+            self.ce_names = frozenset(losses)
+        elif frozenset(losses) != self.ce_names:
+            raise ValueError(f"update_ce got {sorted(losses)}, earlier {sorted(self.ce_names)}")
         for k, v in losses.items():
             self.ce[k] = self.ce.get(k, 0) + v.double().sum()
-        if kl is not None:
-            self.kl_sum = (0 if self.kl_sum is None else self.kl_sum) + kl.double().sum()
         self.n_ce += next(iter(counts.values()))
+
+    @torch.inference_mode()
+    def update_kl(self, kl: torch.Tensor, kl_zero_ablated: torch.Tensor | None = None) -> None:
+        """Add per-position KL(original || replaced) (and KL(original || zero-ablated)); their
+        positions may differ from the CE losses' (KL covers the last position too)."""
+        given = {"kl": kl} | (
+            {} if kl_zero_ablated is None else {"kl_zero_ablated": kl_zero_ablated}
+        )
+        if kl_zero_ablated is not None and kl_zero_ablated.numel() != kl.numel():
+            raise ValueError(
+                f"kl has {kl.numel()} positions, kl_zero_ablated {kl_zero_ablated.numel()}"
+            )
+        if self.kl and set(given) != set(self.kl):
+            raise ValueError(f"update_kl got {sorted(given)}, earlier {sorted(self.kl)}")
+        for k, v in given.items():
+            self.kl[k] = self.kl.get(k, 0) + v.double().sum()
+        self.n_kl += kl.numel()
 
     def stats(self) -> Stats:
         """The sufficient statistics gathered so far, as Python floats (and `fire_count`)."""
@@ -322,8 +357,9 @@ class Accumulator:
         if self.n_ce:
             s["n_ce"] = self.n_ce
             s |= {f"ce_{k}": v.item() for k, v in self.ce.items()}
-            if self.kl_sum is not None:
-                s["kl_sum"] = self.kl_sum.item()
+        if self.n_kl:
+            s["n_kl"] = self.n_kl
+            s |= {f"{k}_sum": v.item() for k, v in self.kl.items()}
         return s
 
     def compute(self, names: list[str] | None = None) -> dict[str, float]:

@@ -231,6 +231,12 @@ class _DictionaryBase(Frozen):
             raise FieldError("activation", "`activation: topk` needs `k`")
         if self.activation == "relu" and self.k is not None:
             raise FieldError("k", "`k` only applies to `activation: topk`")
+        if not self.normalize_decoder and self.activation == "relu" and _positive(self.l1):
+            raise FieldError(
+                "normalize_decoder",
+                "`normalize_decoder: false` with an L1 penalty is degenerate (the L1 term "
+                "shrinks z while W_dec grows); keep unit-norm decoder rows or set `l1: 0`",
+            )
         if self.dead_features == "aux_k" and self.activation != "topk":
             raise FieldError("dead_features", "`dead_features: aux_k` needs `activation: topk`")
         for f in self.zip:
@@ -241,6 +247,11 @@ class _DictionaryBase(Frozen):
             sizes = ", ".join(f"`{f}` has {n}" for f, n in lengths.items())
             raise FieldError("zip", f"zipped axes must have equal lengths: {sizes} values")
         return self
+
+
+def _positive(value: float | list[float]) -> bool:
+    """True when a (possibly swept) coefficient is positive at some sweep point."""
+    return any(v > 0 for v in (value if isinstance(value, list) else [value]))
 
 
 class TranscoderSpec(_DictionaryBase):

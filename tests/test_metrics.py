@@ -32,6 +32,7 @@ def test_registry_has_every_metric_with_a_formula():
         "l0", "l1", "mse", "fvu", "explained_variance", "cosine_sim", "dead_fraction",
         "dense_fraction", "ce_loss_original", "ce_loss_replaced", "ce_loss_zero_ablated",
         "ce_loss_mean_ablated", "ce_recovered", "ce_recovered_mean_ablation", "kl", "ce_delta",
+        "kl_zero_ablated", "kl_div_score",
     }  # fmt: skip
     assert expected <= set(METRICS)
     for m in METRICS.values():
@@ -88,20 +89,23 @@ def test_fvu_uses_the_mean_over_the_whole_eval_set():
 
 def test_ce_metrics_by_hand():
     acc = Accumulator()
-    # 4 positions; mean losses: orig 2, replaced 3, zero 6, mean-ablated 4, kl 0.5
+    # 4 CE positions; mean losses: orig 2, replaced 3, zero 6, mean-ablated 4
+    # 6 KL positions (KL covers the last position of each context too): kl 0.5, zero 2
     acc.update_ce(
         original=torch.tensor([[1.0, 3.0]]),
         replaced=torch.tensor([[2.0, 4.0]]),
         zero_ablated=torch.tensor([[6.0, 6.0]]),
         mean_ablated=torch.tensor([[5.0, 3.0]]),
-        kl=torch.tensor([[0.25, 0.75]]),
     )
+    acc.update_kl(kl=torch.tensor([[0.25, 0.75, 0.5]]), kl_zero_ablated=torch.full((1, 3), 2.0))
     acc.update_ce(
         original=torch.tensor([[2.0, 2.0]]),
         replaced=torch.tensor([[3.0, 3.0]]),
         zero_ablated=torch.tensor([[6.0, 6.0]]),
         mean_ablated=torch.tensor([[4.0, 4.0]]),
-        kl=torch.tensor([[0.5, 0.5]]),
+    )
+    acc.update_kl(
+        kl=torch.tensor([[0.5, 0.5, 0.5]]), kl_zero_ablated=torch.tensor([[1.0, 3.0, 2.0]])
     )
     m = acc.compute()
     assert m["ce_loss_original"] == pytest.approx(2.0)
@@ -112,6 +116,8 @@ def test_ce_metrics_by_hand():
     assert m["ce_recovered"] == pytest.approx((6 - 3) / (6 - 2))
     assert m["ce_recovered_mean_ablation"] == pytest.approx((4 - 3) / (4 - 2))
     assert m["kl"] == pytest.approx(0.5)
+    assert m["kl_zero_ablated"] == pytest.approx(2.0)
+    assert m["kl_div_score"] == pytest.approx((2.0 - 0.5) / 2.0)
     assert "fvu" not in m  # no fidelity statistics were given
 
 
