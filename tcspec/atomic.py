@@ -22,6 +22,29 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def clear_stale(path: Path) -> None:
+    """Remove temporaries of ``path`` left by processes that no longer run (a killed job's
+    half-written file or folder); a live process's temporary is left alone."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary name in ``path``'s folder, then rename it over
     ``path``; on failure the temporary file is removed and ``path`` is left as it was."""
@@ -64,6 +87,7 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     removed and ``out_dir`` is left untouched."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale(out_dir)
     tmp = temp_name(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
