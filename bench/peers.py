@@ -12,7 +12,7 @@ Two pairings, each a training step on batches of B tokens, fp32, CPU:
                       and the did-fire bookkeeping, as `Trainer.fit` does per step; also with
                       sparsify's default optimizer (schedule-free SignSGD, "signum").
 
-tcspec runs `tcspec.train._Run.step`, the body of `train_group`'s loop (gradients by hand,
+tcspec runs `tcspec.train.MemberRun.step`, the body of `train_group`'s loop (gradients by hand,
 decoder renormalization and parallel-gradient removal on, which its peers skip for a
 transcoder / a standard SAE). Every tool gets the same in-memory batches (a few pre-made ones,
 cycled), the same thread count; warm-up steps are excluded and the tools' steps interleave.
@@ -31,7 +31,7 @@ from bench.common import Timing, interleaved, markdown_table, threads
 from bench.train_throughput import make_batches
 from tcspec.coders import CoderConfig
 from tcspec.spec import SAESpec, TranscoderSpec
-from tcspec.train import Member, Workspace, _Run
+from tcspec.train import Member, MemberRun, Workspace
 
 IN, OUT = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
 K = 32  # TopK's active features per token
@@ -63,7 +63,7 @@ def tcspec_step(kind: str, activation: str, d: int, d_sae: int, data: list[tuple
     out_key = IN if kind == "sae" else OUT
     cfg = CoderConfig(kind, d, d, d_sae, activation=opts.activation, k=opts.k)
     m = Member("bench", opts, cfg, IN, out_key, Path(tempfile.mkdtemp()), seed=0)
-    run = _Run(m, steps=10**6, batch_size=B, device="cpu")
+    run = MemberRun(m, steps=10**6, batch_size=B, device="cpu")
     ws = Workspace("cpu")
     x0, y0 = data[0]
     run.init_biases(x0, x0 if kind == "sae" else y0)

@@ -26,9 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from tcspec.atomic import atomic_write as _atomic
+from tcspec.kinds import ACTIVATIONS, KINDS
 
-KINDS = ("transcoder", "skip_transcoder", "sae")
-ACTIVATIONS = ("relu", "topk")
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -37,7 +36,7 @@ WEIGHTS_FILE = "weights.safetensors"
 class CoderConfig:
     """Shape and type of one dictionary (what is needed to rebuild it from its weights)."""
 
-    kind: Literal["transcoder", "skip_transcoder", "sae"]
+    kind: Literal[KINDS]  # type: ignore[valid-type]
     """`sae` reconstructs its input (tied output bias); the transcoders predict another hook."""
     d_in: int
     """Width of the input hook."""
@@ -45,7 +44,7 @@ class CoderConfig:
     """Width of the output hook (equals d_in for an SAE)."""
     d_sae: int
     """Number of features."""
-    activation: Literal["relu", "topk"] = "relu"
+    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
     """ReLU, or TopK keeping the k largest pre-activations (then ReLU'd)."""
     k: int | None = None
     """Active features per token for `topk`."""

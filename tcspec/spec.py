@@ -14,6 +14,7 @@ from typing import Annotated, Literal, TypeVar, Union
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from tcspec.hooks import BLOCK_HOOKS, TRANSCODER_IN, TRANSCODER_OUT
+from tcspec.kinds import ACTIVATIONS
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]+$", min_length=1, max_length=64)]
 PosInt = Annotated[int, Field(gt=0)]
@@ -168,7 +169,7 @@ class _DictionaryBase(Frozen):
     """Width as a multiple of d_in (d_sae = expansion * d_in). Give this or `d_sae`."""
     d_sae: Sweep[PosInt] | None = None
     """Number of features. Give this or `expansion`."""
-    activation: Literal["relu", "topk"] = "relu"
+    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
     """`relu` with an L1 penalty, or `topk` keeping the k largest pre-activations."""
     k: Sweep[PosInt] | None = None
     """Active features per token for `topk`."""
