@@ -43,8 +43,9 @@ def loss_and_grads(
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
     """One member's loss terms and parameter gradients on a batch, without autograd.
 
-    Returns (grads by parameter name, terms {loss, rec, l1, aux} as 0-d tensors,
-    z [B, d_sae], e = y_hat - y [B, d_out]); all of these live in `ws` and are overwritten
+    Returns (grads by parameter name, terms {loss, rec, l1, aux} as 0-d tensors, the
+    activation's codes (`l1_sum()`, `fired(ws)`), e = y_hat - y [B, d_out]); all of these
+    live in `ws` and are overwritten
     by the next call of the same shape. `dead_idx` lists the dead features (long [n_dead]).
     """
     cfg, act = coder.cfg, ACTIVATION[coder.cfg.activation]
@@ -58,7 +59,7 @@ def loss_and_grads(
         y_hat.addmm_(x, coder.W_skip)
     e = torch.sub(y_hat, y, out=ws.get("e", y.shape))  # [B, d_out]
     rec_elem, rec, g = reconstruction(e, y, opts.loss)
-    l1_term = codes.z.sum() * (l1 / B)  # z >= 0, so sum |z| = sum z
+    l1_term = codes.l1_sum() * (l1 / B)
 
     aux, dead = torch.zeros((), dtype=x.dtype, device=x.device), None
     if use_dead:
@@ -76,7 +77,7 @@ def loss_and_grads(
     if cfg.skip:
         gr["W_skip"] = torch.mm(x.t(), g, out=ws.get("gW_skip", coder.W_skip.shape))
     terms = {"loss": rec + l1_term + aux, "rec": rec, "l1": l1_term, "aux": aux}
-    return gr, terms, codes.z, e
+    return gr, terms, codes, e
 
 
 def reference_loss(coder: Coder, x: Tensor, y: Tensor, opts, l1: float, dead: Tensor | None):

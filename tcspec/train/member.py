@@ -91,7 +91,7 @@ class MemberRun:
         """One optimizer step on batch `step` (x [B, d_in], y [B, d_out])."""
         o = self.member.opts
         l1 = o.l1 * l1_factor(step, o.l1_warmup_steps)
-        gr, terms, z, e = loss_and_grads(self.coder, x, y, o, l1, self.dead_idx(), ws)
+        gr, terms, codes, e = loss_and_grads(self.coder, x, y, o, l1, self.dead_idx(), ws)
         loss = terms["loss"].item()
         if not math.isfinite(loss):
             raise FloatingPointError(
@@ -105,8 +105,7 @@ class MemberRun:
         if o.normalize_decoder:
             W = self.coder.W_dec
             W.div_(W.norm(dim=1, keepdim=True))
-        # feature statistics: dz is free now, so it holds the firing indicator
-        fired = torch.sign(z, out=ws.get("dz", z.shape)).sum(0)  # [S] tokens firing per feature
+        fired = codes.fired(ws)  # [S] tokens each feature fired on
         self.firing.update(fired, o.density_window)
         if o.dead_features == "resample" and (step + 1) % o.dead_window == 0:
             self.resample(x, y, e)

@@ -15,6 +15,14 @@ from tcspec.train.workspace import Workspace
 class Codes:
     z: Tensor  # [B, S] activations (the pre-activation buffer, rectified in place)
 
+    def l1_sum(self) -> Tensor:
+        """sum_b sum_i z_bi (z >= 0, so this is sum |z|)."""
+        return self.z.sum()
+
+    def fired(self, ws: Workspace) -> Tensor:
+        """Tokens each feature fired on (z > 0), float [S]; in the free `dz` buffer."""
+        return torch.sign(self.z, out=ws.get("dz", self.z.shape)).sum(0)
+
 
 def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace) -> tuple[Codes, Tensor]:
     """pre [B, S] (overwritten) -> (codes, z W_dec + b_out [B, d_out])."""

@@ -1,5 +1,11 @@
 """TopK dictionaries: only k of S features are nonzero per token, so the decoder and every
-gradient touch those rows alone (gathers and index-adds instead of dense matmuls)."""
+gradient touch those rows alone (gathers and index-adds instead of dense matmuls), and the
+dense activations z [B, S] are never formed.
+
+The backward runs over chunks of CHUNK tokens so that its [C, k, d] intermediates stay in
+cache; index_add_ accumulates in index order, so chunking leaves every sum's order, and so
+the result, exactly as one call over the whole batch.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +18,32 @@ from torch import Tensor
 from tcspec.coders import Coder
 from tcspec.train.workspace import Workspace
 
+CHUNK = 256  # tokens per backward chunk
+
 
 @dataclass
 class Codes:
-    z: Tensor  # [B, S] dense activations (zero but at idx)
     idx: Tensor  # long [B, k] active features
     vals: Tensor  # [B, k] their activations (ReLU'd)
+    d_sae: int
+
+    def l1_sum(self) -> Tensor:
+        """sum_b sum_i z_bi (z >= 0), over the active features only."""
+        return self.vals.sum()
+
+    def fired(self, ws: Workspace) -> Tensor:
+        """Tokens each feature fired on (z > 0), float [S]."""
+        on = self.idx[self.vals > 0]
+        return torch.bincount(on, minlength=self.d_sae).to(self.vals.dtype)
 
 
 def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace) -> tuple[Codes, Tensor]:
-    """pre [B, S] (overwritten) -> (codes, z W_dec + b_out [B, d_out])."""
+    """pre [B, S] -> (codes, z W_dec + b_out [B, d_out])."""
     vals, idx = pre.topk(coder.cfg.k, dim=1)  # [B, k]
     vals.clamp_min_(0)
-    z = pre.zero_().scatter_(1, idx, vals)
     y_hat = F.embedding_bag(idx, coder.W_dec, per_sample_weights=vals, mode="sum")
     y_hat += coder.b_out
-    return Codes(z, idx, vals), y_hat
+    return Codes(idx, vals, coder.cfg.d_sae), y_hat
 
 
 def backward(
@@ -38,17 +54,24 @@ def backward(
     d pre at the active features = (W_dec[idx] g + l1/B) * [vals > 0]  [B, k], plus the
     dead-feature term's gradient `dead` = (dead_idx [n], d term / d pre_dead [B, n]).
     """
-    idx, vals = codes.idx, codes.vals
     S, d_in, d_out = coder.cfg.d_sae, coder.cfg.d_in, coder.cfg.d_out
-    rows = coder.W_dec[idx]  # [B, k, d_out]
-    dz_k = torch.bmm(rows, g.unsqueeze(2)).squeeze(2).add_(l1_b)  # [B, k]
-    dz_k.mul_(vals > 0)
-    flat = idx.reshape(-1)  # [B * k]
     gW_enc_t = ws.get("gW_enc_t", (S, d_in)).zero_()  # [S, d_in]
-    gW_enc_t.index_add_(0, flat, (dz_k.unsqueeze(2) * xc.unsqueeze(1)).reshape(-1, d_in))
-    gb_enc = ws.get("gb_enc", (S,)).zero_().index_add_(0, flat, dz_k.reshape(-1))
+    gb_enc = ws.get("gb_enc", (S,)).zero_()  # [S]
     gW_dec = ws.get("gW_dec", (S, d_out)).zero_()  # [S, d_out]
-    gW_dec.index_add_(0, flat, (vals.unsqueeze(2) * g.unsqueeze(1)).reshape(-1, d_out))
+    k = codes.idx.shape[1]
+    for s in range(0, g.shape[0], CHUNK):
+        idx, vals = codes.idx[s : s + CHUNK], codes.vals[s : s + CHUNK]  # [C, k]
+        gc, xcc = g[s : s + CHUNK], xc[s : s + CHUNK]
+        C, flat = idx.shape[0], idx.reshape(-1)  # [C * k]
+        rows = ws.get("rows", (C, k, d_out))
+        torch.index_select(coder.W_dec, 0, flat, out=rows.view(C * k, d_out))  # W_dec[idx]
+        dz_k = torch.bmm(rows, gc.unsqueeze(2), out=ws.get("dz_k", (C, k, 1))).squeeze(2)
+        dz_k.add_(l1_b).mul_(vals > 0)  # [C, k]
+        contrib = torch.mul(dz_k.unsqueeze(2), xcc.unsqueeze(1), out=ws.get("c_in", (C, k, d_in)))
+        gW_enc_t.index_add_(0, flat, contrib.view(C * k, d_in))
+        gb_enc.index_add_(0, flat, dz_k.reshape(-1))
+        contrib = torch.mul(vals.unsqueeze(2), gc.unsqueeze(1), out=rows)  # rows is free
+        gW_dec.index_add_(0, flat, contrib.view(C * k, d_out))
     if dead is not None:
         dead_idx, gpre_dead = dead
         gW_enc_t.index_add_(0, dead_idx, torch.mm(gpre_dead.t(), xc))
