@@ -2,9 +2,10 @@
 gradient touch those rows alone (gathers and index-adds instead of dense matmuls), and the
 dense activations z [B, S] are never formed.
 
-The backward runs over chunks of CHUNK tokens so that its [C, k, d] intermediates stay in
-cache; index_add_ accumulates in index order, so chunking leaves every sum's order, and so
-the result, exactly as one call over the whole batch.
+The backward runs over chunks of CHUNK tokens, into reused work buffers, so that its
+[C, k, d] intermediates stay bounded (and are not allocated afresh each step); index_add_
+accumulates in index order, so chunking leaves every sum's order, and so the result,
+exactly as one call over the whole batch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor
 from tcspec.coders import Coder
 from tcspec.train.workspace import Workspace
 
-CHUNK = 256  # tokens per backward chunk
+CHUNK = 512  # tokens per backward chunk
 
 
 @dataclass
@@ -55,9 +56,11 @@ def backward(
     dead-feature term's gradient `dead` = (dead_idx [n], d term / d pre_dead [B, n]).
     """
     S, d_in, d_out = coder.cfg.d_sae, coder.cfg.d_in, coder.cfg.d_out
-    gW_enc_t = ws.get("gW_enc_t", (S, d_in)).zero_()  # [S, d_in]
+    # one index_add per chunk fills both matrices: rows of gW [S, d_in + d_out] are
+    # [d W_enc^T row | d W_dec row]; the sums per element are the same as two index_adds
+    gW = ws.get("gW_topk", (S, d_in + d_out)).zero_()
+    gW_enc_t, gW_dec = gW[:, :d_in], gW[:, d_in:]  # [S, d_in], [S, d_out]
     gb_enc = ws.get("gb_enc", (S,)).zero_()  # [S]
-    gW_dec = ws.get("gW_dec", (S, d_out)).zero_()  # [S, d_out]
     k = codes.idx.shape[1]
     for s in range(0, g.shape[0], CHUNK):
         idx, vals = codes.idx[s : s + CHUNK], codes.vals[s : s + CHUNK]  # [C, k]
@@ -67,11 +70,11 @@ def backward(
         torch.index_select(coder.W_dec, 0, flat, out=rows.view(C * k, d_out))  # W_dec[idx]
         dz_k = torch.bmm(rows, gc.unsqueeze(2), out=ws.get("dz_k", (C, k, 1))).squeeze(2)
         dz_k.add_(l1_b).mul_(vals > 0)  # [C, k]
-        contrib = torch.mul(dz_k.unsqueeze(2), xcc.unsqueeze(1), out=ws.get("c_in", (C, k, d_in)))
-        gW_enc_t.index_add_(0, flat, contrib.view(C * k, d_in))
+        contrib = ws.get("contrib", (C, k, d_in + d_out))
+        torch.mul(dz_k.unsqueeze(2), xcc.unsqueeze(1), out=contrib[:, :, :d_in])
+        torch.mul(vals.unsqueeze(2), gc.unsqueeze(1), out=contrib[:, :, d_in:])
+        gW.index_add_(0, flat, contrib.view(C * k, d_in + d_out))
         gb_enc.index_add_(0, flat, dz_k.reshape(-1))
-        contrib = torch.mul(vals.unsqueeze(2), gc.unsqueeze(1), out=rows)  # rows is free
-        gW_dec.index_add_(0, flat, contrib.view(C * k, d_out))
     if dead is not None:
         dead_idx, gpre_dead = dead
         gW_enc_t.index_add_(0, dead_idx, torch.mm(gpre_dead.t(), xc))
