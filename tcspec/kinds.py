@@ -10,11 +10,20 @@ KINDS = ("transcoder", "skip_transcoder", "sae")
 """Trainable dictionary kinds: `sae` reconstructs its input hook, the transcoders predict
 another hook (the skip transcoder adds a linear map of its input)."""
 
-ACTIVATIONS = ("relu", "topk")
-"""`relu` (trained with an L1 penalty), `topk` (the k largest pre-activations, ReLU'd)."""
+ACTIVATIONS = ("relu", "topk", "jumprelu", "batchtopk")
+"""`relu` (trained with an L1 penalty), `topk` (the k largest pre-activations, ReLU'd),
+`jumprelu` (z = pre * [pre > threshold_i], trained with an L0 penalty), `batchtopk` (the
+k * B largest over a batch of B tokens in training; a threshold at inference)."""
 
-SPARSITY_K = ("topk",)
+SPARSITY_K = ("topk", "batchtopk")
 """Activations that take `k` (active features per token)."""
+
+THRESHOLD_ACTIVATIONS = ("jumprelu", "batchtopk")
+"""Activations whose dictionaries infer in the threshold form z = pre * [pre > threshold]
+(a `threshold` [d_sae] beside the weights)."""
+
+DEAD_AUX_K = ("topk", "batchtopk")
+"""Activations the aux-k dead-feature loss applies to."""
 
 
 def d_sae_of(d_in: int, d_sae: int | None, expansion: int | None) -> int:

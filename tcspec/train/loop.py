@@ -20,6 +20,7 @@ from torch import Tensor
 from tcspec import coders
 from tcspec.atomic import atomic_write, write_text
 from tcspec.kinds import d_sae_of, is_live, never_fires
+from tcspec.spec import SWEEP_FIELDS
 from tcspec.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from tcspec.train.member import Member, MemberRun
 from tcspec.train.workspace import Workspace
@@ -154,7 +155,7 @@ def _check_members(members: list[Member], steps: int) -> None:
         raise ValueError("members of one group must share batch_size")
     for m in members:
         o, c = m.opts, m.config
-        for f in ("l1", "lr", "k", "d_sae", "expansion"):
+        for f in SWEEP_FIELDS:
             if isinstance(getattr(o, f), list):
                 raise ValueError(f"member `{m.name}`: `{f}` is a sweep list; resolve it first")
         if o.kind != c.kind or o.activation != c.activation or o.k != c.k:

@@ -19,11 +19,13 @@ import torch
 from torch import Tensor
 
 from tcspec.coders import Coder
-from tcspec.train import relu, topk
+from tcspec.train import batchtopk, jumprelu, relu, topk
 from tcspec.train.dead import DEAD_TERMS, dead_term, dead_term_grads
 from tcspec.train.workspace import Workspace
 
-ACTIVATION = {"relu": relu, "topk": topk}  # activation -> module with forward, backward
+ACTIVATION = {"relu": relu, "topk": topk, "jumprelu": jumprelu, "batchtopk": batchtopk}
+"""activation -> its module: forward(coder, pre, out_shape, ws, opts) -> (codes, y_hat),
+backward(coder, codes, g, l1/B, xc, dead, ws) -> grads."""
 
 
 def reconstruction(e: Tensor, y: Tensor, loss: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -54,7 +56,7 @@ def loss_and_grads(
     pre = torch.addmm(coder.b_enc, xc, coder.W_enc, out=ws.get("z", (B, S)))  # [B, S]
     use_dead = opts.dead_features in DEAD_TERMS and dead_idx is not None and len(dead_idx) > 0
     pre_dead = pre.index_select(1, dead_idx) if use_dead else None  # [B, n_dead]
-    codes, y_hat = act.forward(coder, pre, y.shape, ws)
+    codes, y_hat = act.forward(coder, pre, y.shape, ws, opts)
     if cfg.skip:
         y_hat.addmm_(x, coder.W_skip)
     e = torch.sub(y_hat, y, out=ws.get("e", y.shape))  # [B, d_out]
@@ -76,19 +78,43 @@ def loss_and_grads(
         gr["b_dec_out"] = g_out
     if cfg.skip:
         gr["W_skip"] = torch.mm(x.t(), g, out=ws.get("gW_skip", coder.W_skip.shape))
-    terms = {"loss": rec + l1_term + aux, "rec": rec, "l1": l1_term, "aux": aux}
+    extra = codes.extra_terms()  # e.g. JumpReLU's L0 penalty (its gradient is in `gr`)
+    loss = rec + l1_term + aux
+    for v in extra.values():
+        loss = loss + v
+    terms = {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
     return gr, terms, codes, e
 
 
-def reference_loss(coder: Coder, x: Tensor, y: Tensor, opts, l1: float, dead: Tensor | None):
+def reference_loss(
+    coder: Coder,
+    x: Tensor,
+    y: Tensor,
+    opts,
+    l1: float,
+    dead: Tensor | None,
+    log_threshold: Tensor | None = None,
+):
     """The loss with autograd through `coder` (slow; the formula `loss_and_grads` follows).
 
-    Returns a dict of scalar tensors: loss, rec, l1, aux. `dead` is a bool mask [d_sae].
+    Returns a dict of scalar tensors: loss, rec, l1, aux (and l0_loss for JumpReLU, whose
+    threshold is exp(`log_threshold`), default log(coder.threshold)). `dead` is a bool
+    mask [d_sae].
     """
     pre = coder.pre_acts(x)  # [B, d_sae]
-    z = coder.activate(pre)
+    B, extra = x.shape[0], {}
+    if coder.cfg.activation == "jumprelu":
+        lt = log_threshold if log_threshold is not None else coder.threshold.log()
+        eps = opts.jumprelu_bandwidth
+        z = jumprelu.JumpReLUFn.apply(pre, lt.exp(), eps)
+        steps = jumprelu.StepFn.apply(pre, lt.exp(), eps)
+        extra["l0_loss"] = opts.l0_coef * steps.sum() / B
+    elif coder.cfg.activation == "batchtopk":
+        vals, idx = torch.relu(pre).reshape(-1).topk(coder.cfg.k * B)
+        z = torch.zeros_like(pre).reshape(-1).scatter(0, idx, vals).view_as(pre)
+    else:
+        z = coder.activate(pre)
     e = coder.decode(z, x) - y  # [B, d_out]
-    B = x.shape[0]
     if opts.loss == "squared_error":
         rec_elem = e.square()
         rec = rec_elem.sum() / B
@@ -100,7 +126,8 @@ def reference_loss(coder: Coder, x: Tensor, y: Tensor, opts, l1: float, dead: Te
     if dead is not None and dead.any() and opts.dead_features in DEAD_TERMS:
         W_dead = coder.W_dec[dead]
         aux = dead_term(opts, coder.cfg.d_in, pre[:, dead], W_dead, e.detach(), rec_elem.detach())
-    return {"loss": rec + l1_term + aux, "rec": rec, "l1": l1_term, "aux": aux}
+    loss = rec + l1_term + aux + sum(extra.values())
+    return {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
 
 
 def remove_parallel_grad(grad: Tensor, W_dec: Tensor) -> None:

@@ -13,6 +13,7 @@ from tcspec.coders import Coder, CoderConfig
 from tcspec.kinds import is_dead, is_live
 from tcspec.spec import SAESpec, SkipTranscoderSpec, TranscoderSpec
 from tcspec.train.adam import AdamState
+from tcspec.train.batchtopk import update_threshold
 from tcspec.train.dead import DEAD_TERMS, resample
 from tcspec.train.firing import FiringStats
 from tcspec.train.loss import loss_and_grads, remove_parallel_grad
@@ -48,7 +49,11 @@ class MemberRun:
     def __init__(self, m: Member, steps: int, batch_size: int, device):
         self.member, self.steps, self.batch_size = m, steps, batch_size
         self.coder = Coder(m.config, seed=m.seed).to(device).requires_grad_(False)
-        self.params = dict(self.coder.named_parameters())
+        self.params = trainable(self.coder, m.opts)  # what Adam steps
+        self.act_state: dict[str, Tensor] = {}  # BatchTopK's running threshold estimate
+        if m.config.activation == "batchtopk":
+            self.act_state["topk_threshold"] = torch.tensor(float("nan"), dtype=torch.float64)
+        self.sync_threshold()
         self.adam = AdamState.zeros(self.params)
         self.firing = FiringStats.zeros(m.config.d_sae, device)
         self.gen = torch.Generator().manual_seed(m.seed + 1)  # resampling draws (CPU)
@@ -58,6 +63,8 @@ class MemberRun:
     def state_dict(self) -> dict:
         return {
             "params": _cpu(self.params),
+            "derived": _cpu(self.derived()),
+            "act_state": _cpu(self.act_state),
             "adam": _fields_state(self.adam),
             "firing": _fields_state(self.firing),
             "gen": self.gen.get_state(),
@@ -66,6 +73,8 @@ class MemberRun:
 
     def load_state_dict(self, s: dict) -> None:
         _copy_into(self.params, s["params"])
+        _copy_into(self.derived(), s["derived"])
+        _copy_into(self.act_state, s["act_state"])
         _load_fields(self.adam, s["adam"])
         _load_fields(self.firing, s["firing"])
         self.gen.set_state(s["gen"])
@@ -105,11 +114,27 @@ class MemberRun:
         if o.normalize_decoder:
             W = self.coder.W_dec
             W.div_(W.norm(dim=1, keepdim=True))
+        if "topk_threshold" in self.act_state:
+            update_threshold(self.act_state["topk_threshold"], codes, o.batchtopk_threshold_lr)
+        self.sync_threshold()
         fired = codes.fired(ws)  # [S] tokens each feature fired on
         self.firing.update(fired, o.density_window)
         if o.dead_features == "resample" and (step + 1) % o.dead_window == 0:
             self.resample(x, y, e)
         self.log.last = dict(terms) | {"l0": fired.sum() / x.shape[0], "lr": lr}
+
+    def derived(self) -> dict[str, Tensor]:
+        """The coder's tensors that Adam does not step (a threshold set from others)."""
+        return {k: v for k, v in self.coder.named_parameters() if k not in self.params}
+
+    @torch.no_grad()
+    def sync_threshold(self) -> None:
+        """coder.threshold <- exp(log_threshold) (JumpReLU) or the BatchTopK estimate."""
+        if "log_threshold" in self.params:
+            torch.exp(self.params["log_threshold"], out=self.coder.threshold)
+        elif "topk_threshold" in self.act_state:
+            theta = self.act_state["topk_threshold"]
+            self.coder.threshold.fill_(0.0 if torch.isnan(theta) else float(theta))
 
     def resample(self, x: Tensor, y: Tensor, e: Tensor) -> None:
         """Re-initialize the dead features (`tcspec.train.dead.resample`)."""
@@ -130,6 +155,16 @@ class MemberRun:
         row["dead"] = int(is_dead(self.firing.since_fired, o.dead_window).sum())
         self.log.curve.append(row)
         return row
+
+
+def trainable(coder: Coder, opts) -> dict[str, Tensor]:
+    """The tensors Adam steps, by name: the coder's parameters, except that a JumpReLU
+    trains log(threshold) in place of its threshold and a BatchTopK estimates its own."""
+    params = {k: v for k, v in coder.named_parameters() if k != "threshold"}
+    if coder.cfg.activation == "jumprelu":
+        init = torch.full_like(coder.b_enc, math.log(opts.jumprelu_init_threshold))
+        params["log_threshold"] = init  # [S]
+    return params
 
 
 # ------------------------------------------------------------------ state, generically

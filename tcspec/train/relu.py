@@ -19,12 +19,15 @@ class Codes:
         """sum_b sum_i z_bi (z >= 0, so this is sum |z|)."""
         return self.z.sum()
 
+    def extra_terms(self) -> dict[str, Tensor]:
+        return {}
+
     def fired(self, ws: Workspace) -> Tensor:
         """Tokens each feature fired on (z > 0), float [S]; in the free `dz` buffer."""
         return torch.sign(self.z, out=ws.get("dz", self.z.shape)).sum(0)
 
 
-def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace) -> tuple[Codes, Tensor]:
+def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace, opts=None):
     """pre [B, S] (overwritten) -> (codes, z W_dec + b_out [B, d_out])."""
     z = pre.clamp_min_(0)  # [B, S]
     y_hat = torch.addmm(coder.b_out, z, coder.W_dec, out=ws.get("y_hat", out_shape))

@@ -32,13 +32,16 @@ class Codes:
         """sum_b sum_i z_bi (z >= 0), over the active features only."""
         return self.vals.sum()
 
+    def extra_terms(self) -> dict[str, Tensor]:
+        return {}
+
     def fired(self, ws: Workspace) -> Tensor:
         """Tokens each feature fired on (z > 0), float [S]."""
         on = self.idx[self.vals > 0]
         return torch.bincount(on, minlength=self.d_sae).to(self.vals.dtype)
 
 
-def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace) -> tuple[Codes, Tensor]:
+def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace, opts=None):
     """pre [B, S] -> (codes, z W_dec + b_out [B, d_out])."""
     vals, idx = pre.topk(coder.cfg.k, dim=1)  # [B, k]
     vals.clamp_min_(0)
