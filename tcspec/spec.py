@@ -223,6 +223,10 @@ class _DictionaryBase(Frozen):
     """JumpReLU: width of the rectangle kernel in the threshold's pseudo-derivatives."""
     jumprelu_init_threshold: PosFloat = 0.01
     """JumpReLU: initial threshold of every feature (trained as log(threshold))."""
+    matryoshka: list[PosInt] | None = None
+    """BatchTopK: nested prefix widths (strictly increasing; d_sae is the last, appended when
+    missing): the loss adds each inner prefix's reconstruction loss (unweighted, as SAELens).
+    """
     batchtopk_threshold_lr: Fraction = 0.01
     """BatchTopK: rate of the running estimate of the inference threshold, updated each step
     toward the batch's smallest positive kept activation (SAELens's rule)."""
@@ -251,6 +255,11 @@ class _DictionaryBase(Frozen):
             raise FieldError(
                 "dead_features", f"`dead_features: aux_k` needs {_activations(DEAD_AUX_K)}"
             )
+        if self.matryoshka is not None:
+            if self.activation != "batchtopk":
+                raise FieldError("matryoshka", "`matryoshka` needs `activation: batchtopk`")
+            if any(b <= a for a, b in zip(self.matryoshka, self.matryoshka[1:])):
+                raise FieldError("matryoshka", "prefix widths must be strictly increasing")
         for f in self.zip:
             if not isinstance(getattr(self, f), list):
                 raise FieldError("zip", f"zip names `{f}`, which is not a list of sweep values")

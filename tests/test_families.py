@@ -125,3 +125,48 @@ def test_batchtopk_inference_l0_is_near_k_on_held_out_data(tmp_path):
     assert abs(l0 - 4) < 0.25 * 4, l0
     y_hat, _ = c(held_out)
     assert torch.isfinite(y_hat).all()
+
+
+@pytest.mark.parametrize(
+    "kind, loss", [("sae", "squared_error"), ("skip_transcoder", "normalized_mse")]
+)
+def test_matryoshka_gradients_match_autograd(kind, loss):
+    g = torch.Generator().manual_seed(3)
+    S, d_out = 12, D_IN if kind == "sae" else 5
+    opts = SPECS[kind](
+        kind=kind, d_sae=S, activation="batchtopk", k=4, loss=loss, matryoshka=[3, 7],
+        dead_features="aux_k" if kind == "sae" else "none", aux_k=4,
+    )  # fmt: skip
+    c = Coder(CoderConfig(kind, D_IN, d_out, S, "batchtopk", 4), seed=0).double()
+    with torch.no_grad():
+        for p in c.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    x = torch.randn(16, D_IN, generator=g, dtype=torch.float64)
+    y = x if kind == "sae" else torch.randn(16, d_out, generator=g, dtype=torch.float64)
+    dead = torch.zeros(S, dtype=torch.bool)
+    dead[[1, 8, 10]] = True
+    dead = dead if kind == "sae" else None
+    ref = reference_loss(c, x, y, opts, 0.0, dead)
+    ref["loss"].backward()
+    idx = dead.nonzero().squeeze(1) if dead is not None else None
+    grads, terms, _, _ = loss_and_grads(c, x, y, opts, 0.0, idx, Workspace("cpu", torch.float64))
+    assert terms["matryoshka"] > 0  # the two inner prefixes
+    for k in ("loss", "rec", "aux", "matryoshka"):
+        assert torch.allclose(terms[k], ref[k].detach(), rtol=1e-12, atol=1e-12), k
+    for name, p in c.named_parameters():
+        if name != "threshold":
+            assert torch.allclose(grads[name], p.grad, rtol=1e-9, atol=1e-12), name
+
+
+def test_matryoshka_prefix_fvu_does_not_increase_with_width(tmp_path):
+    m = member(tmp_path, "m", kind="sae", activation="batchtopk", k=4, matryoshka=[8, 16, 32])
+    run([m], 200, tmp_path)
+    c = coders.load(m.out_dir)
+    x = torch.cat([next(make_batches()(60_000 + i))[IN] for i in range(4)])
+    with torch.no_grad():
+        z = c.encode(x)
+        var = (x - x.mean(0)).square().sum()
+        fvu = [float((c.decode(z * (torch.arange(64) < w)) - x).square().sum() / var)
+               for w in (8, 16, 32, 64)]  # fmt: skip
+    assert all(b <= a for a, b in zip(fvu, fvu[1:])), fvu
+    assert fvu[-1] < 0.5 and fvu[0] < 1.0, fvu  # 200 steps: it learned at every width

@@ -19,24 +19,14 @@ import torch
 from torch import Tensor
 
 from tcspec.coders import Coder
-from tcspec.train import batchtopk, jumprelu, relu, topk
+from tcspec.train import batchtopk, jumprelu, matryoshka, relu, topk
 from tcspec.train.dead import DEAD_TERMS, dead_term, dead_term_grads
+from tcspec.train.recon import reconstruction
 from tcspec.train.workspace import Workspace
 
 ACTIVATION = {"relu": relu, "topk": topk, "jumprelu": jumprelu, "batchtopk": batchtopk}
 """activation -> its module: forward(coder, pre, out_shape, ws, opts) -> (codes, y_hat),
 backward(coder, codes, g, l1/B, xc, dead, ws) -> grads."""
-
-
-def reconstruction(e: Tensor, y: Tensor, loss: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(per-element term [B, d_out], rec as a 0-d tensor, g = d rec / d y_hat [B, d_out])."""
-    B, d_out = e.shape
-    if loss == "squared_error":
-        rec_elem = e.square()  # [B, d_out]
-        return rec_elem, rec_elem.sum() / B, e * (2.0 / B)
-    inv_norm = y.norm(dim=1, keepdim=True).reciprocal_()  # [B, 1]
-    rec_elem = e.square().mul_(inv_norm)
-    return rec_elem, rec_elem.mean(), (e * (2.0 / (B * d_out))).mul_(inv_norm)
 
 
 @torch.no_grad()
@@ -67,7 +57,13 @@ def loss_and_grads(
     if use_dead:
         aux, gpre_dead, gW_dec_dead = dead_term_grads(opts, coder, pre_dead, dead_idx, e, rec_elem)
         dead = (dead_idx, gpre_dead)
-    gr = act.backward(coder, codes, g, l1 / B, xc, dead, ws)
+    extra = codes.extra_terms()  # e.g. JumpReLU's L0 penalty (its gradient is in `gr`)
+    if opts.matryoshka:  # the inner prefixes' losses; every prefix's g reaches b_out, W_skip
+        extra["matryoshka"], groups = matryoshka.prefix_terms(coder, codes.z, e, y, g, opts)
+        gr = matryoshka.backward(coder, codes.z, groups, l1 / B, xc, dead, ws)
+        g = groups[0][2]
+    else:
+        gr = act.backward(coder, codes, g, l1 / B, xc, dead, ws)
     if use_dead:
         gr["W_dec"].index_add_(0, dead_idx, gW_dec_dead)
     g_out = g.sum(0)  # [d_out]
@@ -78,7 +74,6 @@ def loss_and_grads(
         gr["b_dec_out"] = g_out
     if cfg.skip:
         gr["W_skip"] = torch.mm(x.t(), g, out=ws.get("gW_skip", coder.W_skip.shape))
-    extra = codes.extra_terms()  # e.g. JumpReLU's L0 penalty (its gradient is in `gr`)
     loss = rec + l1_term + aux
     for v in extra.values():
         loss = loss + v
@@ -122,12 +117,23 @@ def reference_loss(
         rec_elem = e.square() / y.norm(dim=1, keepdim=True)
         rec = rec_elem.mean()
     l1_term = l1 * z.abs().sum() / B
+    if opts.matryoshka:
+        inner = matryoshka.widths(opts, coder.cfg.d_sae)[:-1]
+        prefix = [_rec(coder.decode(z * (torch.arange(z.shape[1]) < w), x) - y, y, opts.loss)
+                  for w in inner]  # fmt: skip
+        extra["matryoshka"] = sum(prefix)
     aux = torch.zeros((), dtype=x.dtype)
     if dead is not None and dead.any() and opts.dead_features in DEAD_TERMS:
         W_dead = coder.W_dec[dead]
         aux = dead_term(opts, coder.cfg.d_in, pre[:, dead], W_dead, e.detach(), rec_elem.detach())
     loss = rec + l1_term + aux + sum(extra.values())
     return {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
+
+
+def _rec(e: Tensor, y: Tensor, loss: str) -> Tensor:
+    if loss == "squared_error":
+        return e.square().sum() / e.shape[0]
+    return (e.square() / y.norm(dim=1, keepdim=True)).mean()
 
 
 def remove_parallel_grad(grad: Tensor, W_dec: Tensor) -> None:
