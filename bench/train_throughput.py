@@ -32,18 +32,18 @@ import torch
 
 from tcspec.coders import CoderConfig
 from tcspec.spec import TranscoderSpec
-from tcspec.train import Member, Workspace, _Run
+from tcspec.train import Member, MemberRun, Workspace
 
 IN, OUT = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
 
 
-def make_run(d_in: int, d_out: int, d_sae: int, batch: int) -> _Run:
+def make_run(d_in: int, d_out: int, d_sae: int, batch: int) -> MemberRun:
     opts = TranscoderSpec(
         kind="transcoder", d_sae=d_sae, l1=1e-4, batch_size=batch, lr_warmup_steps=10
     )
     cfg = CoderConfig("transcoder", d_in, d_out, d_sae, in_hook=IN, out_hook=OUT, layer=0)
     m = Member("bench", opts, cfg, IN, OUT, Path(tempfile.mkdtemp()), seed=0)
-    return _Run(m, steps=10**6, batch_size=batch, device="cpu")
+    return MemberRun(m, steps=10**6, batch_size=batch, device="cpu")
 
 
 def make_batches(d_in: int, d_out: int, batch: int, n: int = 3) -> list[tuple]:

@@ -2,12 +2,15 @@
 
 A transcoder is an SAE whose input and output hooks differ, so one module serves all three:
 
-    z     = act((x - b_dec) W_enc + b_enc)          act = ReLU, or TopK (k largest, ReLU'd)
+    z     = act((x - b_dec) W_enc + b_enc)          act = ReLU, TopK (k largest, ReLU'd), or
+                                                    the threshold form pre * [pre > threshold]
+                                                    (JumpReLU; BatchTopK at inference)
     y_hat = z W_dec + b_out (+ x W_skip)            b_out = b_dec_out, or b_dec for an SAE
 
 W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_in] (input pre-bias),
 b_dec_out [d_out] (output bias; an SAE has none: its output bias is tied to b_dec),
-W_skip [d_in, d_out] for skip transcoders (it reads the raw input x).
+W_skip [d_in, d_out] for skip transcoders (it reads the raw input x), threshold [d_sae] for
+JumpReLU and BatchTopK dictionaries.
 
 On disk a dictionary is a folder: ``cfg.json`` (the CoderConfig plus any extra keys) and
 ``weights.safetensors`` (the parameters above by name), each written atomically.
@@ -26,9 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from tcspec.atomic import atomic_write as _atomic
+from tcspec.kinds import ACTIVATIONS, KINDS, SPARSITY_K, THRESHOLD_ACTIVATIONS
 
-KINDS = ("transcoder", "skip_transcoder", "sae")
-ACTIVATIONS = ("relu", "topk")
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -37,7 +39,7 @@ WEIGHTS_FILE = "weights.safetensors"
 class CoderConfig:
     """Shape and type of one dictionary (what is needed to rebuild it from its weights)."""
 
-    kind: Literal["transcoder", "skip_transcoder", "sae"]
+    kind: Literal[KINDS]  # type: ignore[valid-type]
     """`sae` reconstructs its input (tied output bias); the transcoders predict another hook."""
     d_in: int
     """Width of the input hook."""
@@ -45,10 +47,11 @@ class CoderConfig:
     """Width of the output hook (equals d_in for an SAE)."""
     d_sae: int
     """Number of features."""
-    activation: Literal["relu", "topk"] = "relu"
-    """ReLU, or TopK keeping the k largest pre-activations (then ReLU'd)."""
+    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+    """ReLU; TopK keeping the k largest pre-activations (then ReLU'd); JumpReLU; BatchTopK
+    (k per token on average in training, the threshold form at inference)."""
     k: int | None = None
-    """Active features per token for `topk`."""
+    """Active features per token for `topk` and `batchtopk`."""
     in_hook: str | None = None
     """Full TransformerLens name of the input hook, e.g. `blocks.8.ln2.hook_normalized`."""
     out_hook: str | None = None
@@ -64,11 +67,13 @@ class CoderConfig:
         for f in ("d_in", "d_out", "d_sae"):
             if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
                 raise ValueError(f"{f} must be a positive int, got {getattr(self, f)!r}")
-        if self.activation == "topk":
+        if self.activation in SPARSITY_K:
             if self.k is None or not 0 < self.k <= self.d_sae:
-                raise ValueError(f"topk needs 0 < k <= d_sae ({self.d_sae}), got k={self.k}")
+                raise ValueError(
+                    f"{self.activation} needs 0 < k <= d_sae ({self.d_sae}), got k={self.k}"
+                )
         elif self.k is not None:
-            raise ValueError("k only applies to activation `topk`")
+            raise ValueError(f"k only applies to activations {SPARSITY_K}")
         if self.kind == "sae" and self.d_in != self.d_out:
             raise ValueError(f"an SAE has d_in == d_out, got {self.d_in} and {self.d_out}")
 
@@ -80,6 +85,11 @@ class CoderConfig:
     @property
     def skip(self) -> bool:
         return self.kind == "skip_transcoder"
+
+    @property
+    def thresholded(self) -> bool:
+        """True when inference is z = pre * [pre > threshold] (JumpReLU, BatchTopK)."""
+        return self.activation in THRESHOLD_ACTIVATIONS
 
 
 class Coder(nn.Module):
@@ -101,6 +111,8 @@ class Coder(nn.Module):
             self.b_dec_out = nn.Parameter(torch.zeros(cfg.d_out))  # [d_out]
         if cfg.skip:
             self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_out))  # [d_in, d_out]
+        if cfg.thresholded:
+            self.threshold = nn.Parameter(torch.zeros(cfg.d_sae))  # [d_sae]
 
     @property
     def b_out(self) -> Tensor:
@@ -112,9 +124,12 @@ class Coder(nn.Module):
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
     def activate(self, pre: Tensor) -> Tensor:
-        """ReLU, or TopK: keep the k largest pre-activations per token, ReLU'd, zero the rest."""
+        """ReLU; TopK: keep the k largest pre-activations per token, ReLU'd, zero the rest;
+        the threshold form (JumpReLU, BatchTopK): pre * [pre > threshold]."""
         if self.cfg.activation == "relu":
             return torch.relu(pre)
+        if self.cfg.thresholded:
+            return pre * (pre > self.threshold)
         vals, idx = pre.topk(self.cfg.k, dim=-1)  # [..., k]
         return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(vals))
 

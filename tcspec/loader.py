@@ -192,13 +192,15 @@ def _model_at(loc: Loc, data: Any) -> type[BaseModel] | None:
 
 
 def _suggest(word: str, choices) -> str:
-    """``; did you mean `x`?`` for the closest choice (or a choice the word extends, as
-    `l1_coef` extends `l1`), else ``""``."""
+    """``; did you mean `x`?`` for the first of: the same word in another case, a choice
+    that extends the word (`lr_warmup` -> `lr_warmup_steps`), a choice the word extends
+    (`l1_coef` -> `l1`), the closest choice; else ``""``."""
     choices = [str(c) for c in choices]
     close = [c for c in choices if c.lower() == word.lower()]
-    close = close or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    close = close or sorted(c for c in choices if c.startswith(word + "_"))
     if not close:
         close = sorted((c for c in choices if word.startswith(c + "_")), key=len, reverse=True)
+    close = close or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean `{close[0]}`?" if close else ""
 
 

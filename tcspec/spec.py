@@ -14,6 +14,7 @@ from typing import Annotated, Literal, TypeVar, Union
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from tcspec.hooks import BLOCK_HOOKS, TRANSCODER_IN, TRANSCODER_OUT
+from tcspec.kinds import ACTIVATIONS, DEAD_AUX_K, SPARSITY_K
 from tcspec.paper import REFERENCES
 from tcspec.tables.registry import DEFAULT_INCLUDE, TABLE_NAMES
 
@@ -30,7 +31,7 @@ T = TypeVar("T")
 Sweep = Union[T, Annotated[list[T], Field(min_length=1)]]
 """A value, or a list of values that makes a sweep axis."""
 
-SWEEP_FIELDS = ("expansion", "d_sae", "k", "l1", "lr")
+SWEEP_FIELDS = ("expansion", "d_sae", "k", "l1", "lr", "l0_coef")
 RESERVED_EXPERIMENT_NAMES = ("tasks", "logs", "benchmarks", "checkpoints")
 
 
@@ -163,6 +164,11 @@ class ActsSpec(Frozen):
 
 
 # --------------------------------------------------------------------------- dictionaries
+def _activations(names: tuple[str, ...]) -> str:
+    """("topk", "batchtopk") -> "`activation: topk` or `batchtopk`"."""
+    return " or ".join([f"`activation: {names[0]}`", *(f"`{n}`" for n in names[1:])])
+
+
 class _DictionaryBase(Frozen):
     layers: list[NonNegInt] | None = None
     """Layers to train at; None uses the spec's `layers`."""
@@ -170,10 +176,12 @@ class _DictionaryBase(Frozen):
     """Width as a multiple of d_in (d_sae = expansion * d_in). Give this or `d_sae`."""
     d_sae: Sweep[PosInt] | None = None
     """Number of features. Give this or `expansion`."""
-    activation: Literal["relu", "topk"] = "relu"
-    """`relu` with an L1 penalty, or `topk` keeping the k largest pre-activations."""
+    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+    """`relu` with an L1 penalty; `topk` keeping the k largest pre-activations; `jumprelu`
+    (per-feature threshold, L0 penalty `l0_coef`); `batchtopk` (the k * B largest over a
+    batch in training, a threshold estimated in training at inference)."""
     k: Sweep[PosInt] | None = None
-    """Active features per token for `topk`."""
+    """Active features per token for `topk` and `batchtopk`."""
     l1: Sweep[NonNegFloat] = 0.0
     """L1 coefficient lambda on sum_i |z_i| (mean over the batch)."""
     loss: Literal["squared_error", "normalized_mse"] = "normalized_mse"
@@ -210,6 +218,20 @@ class _DictionaryBase(Frozen):
     """Dead features the aux-k loss reconstructs with; None uses d_in / 2."""
     aux_k_coef: NonNegFloat = 1 / 32
     """Weight of the aux-k loss."""
+    l0_coef: Sweep[NonNegFloat] = 1.0
+    """JumpReLU: coefficient of the L0 penalty l0_coef * mean_b sum_i H(pre_bi - threshold_i)
+    (the `step` form, with rectangle-kernel pseudo-derivatives)."""
+    jumprelu_bandwidth: PosFloat = 0.05
+    """JumpReLU: width of the rectangle kernel in the threshold's pseudo-derivatives."""
+    jumprelu_init_threshold: PosFloat = 0.01
+    """JumpReLU: initial threshold of every feature (trained as log(threshold))."""
+    matryoshka: list[PosInt] | None = None
+    """BatchTopK: nested prefix widths (strictly increasing; d_sae is the last, appended when
+    missing): the loss adds each inner prefix's reconstruction loss (unweighted, as SAELens).
+    """
+    batchtopk_threshold_lr: Fraction = 0.01
+    """BatchTopK: rate of the running estimate of the inference threshold, updated each step
+    toward the batch's smallest positive kept activation (SAELens's rule)."""
     density_window: PosInt = 1000
     """Steps over which feature density (firing frequency) is tracked."""
     live_threshold: Fraction = 1e-4
@@ -227,18 +249,25 @@ class _DictionaryBase(Frozen):
             raise FieldError("d_sae", "give `expansion` or `d_sae`, not both")
         if self.expansion is None and self.d_sae is None:
             raise FieldError("expansion", "give one of `expansion` and `d_sae` (the width)")
-        if self.activation == "topk" and self.k is None:
-            raise FieldError("activation", "`activation: topk` needs `k`")
-        if self.activation == "relu" and self.k is not None:
-            raise FieldError("k", "`k` only applies to `activation: topk`")
+        if self.activation in SPARSITY_K and self.k is None:
+            raise FieldError("activation", f"`activation: {self.activation}` needs `k`")
+        if self.activation not in SPARSITY_K and self.k is not None:
+            raise FieldError("k", f"`k` only applies to {_activations(SPARSITY_K)}")
         if not self.normalize_decoder and self.activation == "relu" and _positive(self.l1):
             raise FieldError(
                 "normalize_decoder",
                 "`normalize_decoder: false` with an L1 penalty is degenerate (the L1 term "
                 "shrinks z while W_dec grows); keep unit-norm decoder rows or set `l1: 0`",
             )
-        if self.dead_features == "aux_k" and self.activation != "topk":
-            raise FieldError("dead_features", "`dead_features: aux_k` needs `activation: topk`")
+        if self.dead_features == "aux_k" and self.activation not in DEAD_AUX_K:
+            raise FieldError(
+                "dead_features", f"`dead_features: aux_k` needs {_activations(DEAD_AUX_K)}"
+            )
+        if self.matryoshka is not None:
+            if self.activation != "batchtopk":
+                raise FieldError("matryoshka", "`matryoshka` needs `activation: batchtopk`")
+            if any(b <= a for a, b in zip(self.matryoshka, self.matryoshka[1:])):
+                raise FieldError("matryoshka", "prefix widths must be strictly increasing")
         for f in self.zip:
             if not isinstance(getattr(self, f), list):
                 raise FieldError("zip", f"zip names `{f}`, which is not a list of sweep values")

@@ -22,12 +22,13 @@ from safetensors.torch import load_file
 
 from tcspec import coders
 from tcspec.coders import Coder, CoderConfig
+from tcspec.kinds import d_sae_of, is_dead
 from tcspec.spec import SAESpec, SkipTranscoderSpec, TranscoderSpec
 from tcspec.train import (
     CHECKPOINT,
     Member,
+    MemberRun,
     Workspace,
-    _Run,
     l1_factor,
     loss_and_grads,
     lr_factor,
@@ -160,7 +161,7 @@ def test_schedules():
 
 def test_adam_matches_torch_optim(tmp_path):
     m = member(tmp_path, "a", adam_betas=(0.8, 0.95))
-    r = _Run(m, steps=10, batch_size=B, device="cpu")
+    r = MemberRun(m, steps=10, batch_size=B, device="cpu")
     ref = {k: p.clone().requires_grad_() for k, p in r.params.items()}
     opt = torch.optim.Adam(list(ref.values()), lr=1e-2, betas=(0.8, 0.95), foreach=False)
     ws = Workspace("cpu")
@@ -169,7 +170,7 @@ def test_adam_matches_torch_optim(tmp_path):
         for k, p in ref.items():
             p.grad = grads[k].clone()
         opt.step()
-        r.adam(grads, t, 1e-2, ws)
+        r.adam.step(r.params, grads, t, 1e-2, (0.8, 0.95), ws)
     for k, p in r.params.items():
         assert torch.allclose(p, ref[k], rtol=0, atol=1e-7), k
 
@@ -237,26 +238,27 @@ def test_every_option_trains(tmp_path, opts):
 
 def test_init_biases_from_first_batch_means(tmp_path):
     batch = next(make_batches()(0))
-    r = _Run(member(tmp_path, "m"), 10, B, "cpu")
+    r = MemberRun(member(tmp_path, "m"), 10, B, "cpu")
     r.init_biases(batch[IN], batch[OUT])
     assert torch.allclose(r.coder.b_dec, batch[IN].mean(0))
     assert torch.allclose(r.coder.b_dec_out, batch[OUT].mean(0))
-    r = _Run(member(tmp_path, "n", init_bias_from_mean=False), 10, B, "cpu")
+    r = MemberRun(member(tmp_path, "n", init_bias_from_mean=False), 10, B, "cpu")
     r.init_biases(batch[IN], batch[OUT])
     assert torch.equal(r.coder.b_dec, torch.zeros(D_IN))
 
 
 def test_resample_reinitializes_only_dead_features(tmp_path):
     m = member(tmp_path, "m", dead_features="resample", dead_window=5)
-    r = _Run(m, 10, B, "cpu")
+    r = MemberRun(m, 10, B, "cpu")
     batch = next(make_batches()(0))
     x, y = batch[IN], batch[OUT]
-    for st in (r.exp_avg, r.exp_avg_sq):
+    for st in (r.adam.exp_avg, r.adam.exp_avg_sq):
         for v in st.values():
             v.fill_(1.0)
     before = {k: v.clone() for k, v in r.params.items()}
-    r.since_fired[:] = 0
-    r.since_fired[[2, 7, 30]] = 5
+    r.firing.since_fired[:] = 0
+    r.firing.since_fired[[2, 7, 30]] = 6  # dead: more than dead_window steps
+    r.firing.since_fired[11] = 5  # not yet dead
     e = r.coder(x)[0] - y
     r.resample(x, y, e)
     dead = torch.zeros(64, dtype=torch.bool)
@@ -266,9 +268,13 @@ def test_resample_reinitializes_only_dead_features(tmp_path):
     assert not torch.equal(c.W_enc[:, dead], before["W_enc"][:, dead])
     assert torch.allclose(c.W_dec[dead].norm(dim=1), torch.ones(3))
     assert torch.equal(c.b_enc[dead], torch.zeros(3))
-    assert (r.exp_avg["W_dec"][dead] == 0).all() and (r.exp_avg_sq["W_enc"][:, dead] == 0).all()
-    assert (r.exp_avg["W_dec"][~dead] == 1).all()
-    assert r.resampled == 3 and (r.since_fired == 0).all()
+    adam = r.adam
+    assert (adam.exp_avg["W_dec"][dead] == 0).all() and (
+        adam.exp_avg_sq["W_enc"][:, dead] == 0
+    ).all()
+    assert (adam.exp_avg["W_dec"][~dead] == 1).all()
+    assert r.log.resampled == 3 and (r.firing.since_fired[dead] == 0).all()
+    assert r.firing.since_fired[11] == 5
 
 
 def test_density_over_last_window(tmp_path):
@@ -425,3 +431,58 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
         da = load_file(str(tmp_path / "clean" / name / "density.safetensors"))["density"]
         db = load_file(str(tmp_path / "killed" / name / "density.safetensors"))["density"]
         assert torch.equal(da, db)
+
+
+# ------------------------------------------------------------ a data source with a state
+class CountingSource:
+    """A `BatchSource` whose state (the batches it handed out, as a tensor) goes into the
+    trainer's checkpoint; it fails at `fail_at` to simulate a crash."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.served = torch.zeros((), dtype=torch.long)
+        self.loaded: list[int] = []
+        self.fail_at = fail_at
+
+    def iter_batches(self, start_step: int):
+        for b in make_batches(fail_at=self.fail_at)(start_step):
+            self.served += 1
+            yield b
+
+    def state_dict(self) -> dict:
+        return {"served": self.served.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.served = state["served"].clone()
+        self.loaded.append(int(self.served))
+
+
+def test_source_state_is_checkpointed_and_restored(tmp_path):
+    ms = [member(tmp_path / "a", "m", checkpoint_every=4)]
+    src = CountingSource(fail_at=11)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_group(ms, src, 20, tmp_path / "ckpt", progress=False, log=lambda s: None)
+    state = read_checkpoint(tmp_path / "ckpt" / CHECKPOINT)
+    assert state["step"] == 8 and int(state["source"]["served"]) == 8
+    resumed = CountingSource()
+    train_group(ms, resumed, 20, tmp_path / "ckpt", progress=False, log=lambda s: None)
+    assert resumed.loaded == [8] and int(resumed.served) == 20
+    clean = [member(tmp_path / "b", "m", checkpoint_every=4)]
+    train_group(clean, CountingSource(), 20, tmp_path / "ck2", progress=False, log=lambda s: None)
+    for k, v in weights(clean[0]).items():
+        assert torch.equal(v, weights(ms[0])[k]), k
+
+
+def test_source_state_needs_a_source_that_loads_it(tmp_path):
+    ms = [member(tmp_path, "m", checkpoint_every=4)]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_group(ms, CountingSource(fail_at=6), 20, tmp_path / "ckpt", progress=False)
+    with pytest.raises(ValueError, match="cannot load it"):
+        run(ms, 20, tmp_path)  # a plain callable cannot take the saved state back
+
+
+def test_width_and_dead_definitions():
+    assert d_sae_of(16, None, 4) == 64 and d_sae_of(16, 24, None) == 24
+    with pytest.raises(ValueError, match="width"):
+        d_sae_of(16, None, None)
+    since = torch.tensor([0, 5, 6, 100])
+    assert is_dead(since, 5).tolist() == [False, False, True, True]

@@ -15,8 +15,9 @@
 Returns one dict: the CE/KL metrics of `tcspec.metrics` (joint over all layers), `n_ce_tokens`,
 `l0` (active features per token summed over layers, on the replaced run), `layers` and
 `clean_layers` (per layer: `block` and the sparsity and fidelity metrics, `n_tokens`).
-Conventions are those of `tcspec.evaluate`: fidelity over every position, CE and KL over every
-position but the last of each context.
+Conventions are those of `tcspec.evaluate`: positions whose token is in `exclude_tokens` are
+not spliced and count in no metric; fidelity over the counted positions, CE over them but the
+last of each context, KL over every counted position.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from tcspec.clt.model import CLT
-from tcspec.evaluate import hook_means
+from tcspec.evaluate import hook_means, keep_mask
 from tcspec.metrics import (
     Accumulator,
+    all_logprobs,
     ce_from_logprobs,
     kl_from_logprobs,
     next_token_ce,
-    next_token_logprobs,
 )
 
 
@@ -51,8 +52,8 @@ def _batches(tokens, batch_contexts: int, device) -> Iterator[torch.Tensor]:
 class _Splice:
     """The forward hooks that splice `clt` into every one of its layers of one run."""
 
-    def __init__(self, clt: CLT, accs: list[Accumulator]):
-        self.clt, self.accs = clt, accs
+    def __init__(self, clt: CLT, accs: list[Accumulator], mask: torch.Tensor):
+        self.clt, self.accs, self.mask = clt, accs, mask  # mask: counted positions [B, T]
         p = clt.b_enc
         self.device, self.dtype = p.device, p.dtype
         self.pending: dict[int, torch.Tensor] = {}  # output layer -> sum of decoder writes
@@ -83,8 +84,9 @@ class _Splice:
                 raise ValueError(f"`{hook.name}` runs before the CLT's input hook of its layer")
             y_hat = self.pending.pop(m) + self.clt.output_bias(self.inputs.pop(m), m)
             y_hat = y_hat.to(device=act.device, dtype=act.dtype)  # [B, T, d]
-            self.accs[m].update(act, y_hat, self.acts.pop(m).to(act.device))
-            return y_hat
+            mask = self.mask
+            self.accs[m].update(act[mask], y_hat[mask], self.acts.pop(m).to(act.device)[mask])
+            return torch.where(mask[..., None], y_hat, act)
 
         return write
 
@@ -97,9 +99,11 @@ def evaluate_clt(
     batch_contexts: int,
     progress: bool = True,
     ablation_means: dict[str, torch.Tensor] | None = None,
+    exclude_tokens: tuple[int, ...] = (),
 ) -> dict:
     """Metrics of `clt` spliced into all its layers of `model` on `tokens` [n_rows, ctx]
-    (see the module docstring). `ablation_means`: mean-ablation vectors by full hook name."""
+    (see the module docstring). `ablation_means`: mean-ablation vectors by full hook name;
+    `exclude_tokens`: token ids whose positions are not spliced and count in no metric."""
     cfg = clt.cfg
     if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be [n_rows >= 1, ctx >= 2]; got {tuple(tokens.shape)}")
@@ -111,7 +115,7 @@ def evaluate_clt(
     means = {h: v.to(model.cfg.device) for h, v in (ablation_means or {}).items()}
     need = [h for h in cfg.out_names if h not in means]
     if need:
-        means |= hook_means(model, tokens, need, batch_contexts, progress)
+        means |= hook_means(model, tokens, need, batch_contexts, progress, exclude_tokens)
     zero_hooks = [(o, lambda act, hook: torch.zeros_like(act)) for o in cfg.out_names]
     mean_hooks = [
         (o, lambda act, hook, mean=means[o]: mean.to(act.dtype).expand_as(act))
@@ -125,34 +129,42 @@ def evaluate_clt(
     batches = _batches(tokens, batch_contexts, model.cfg.device)
     for batch in tqdm(batches, total=total, desc="evaluate CLT", disable=not progress):
         logits, cache = model.run_with_cache(batch, names_filter=names)  # [B, T, V]
-        logp = next_token_logprobs(logits)  # [B, T-1, V]
-        _clean_fidelity(clt, cache, clean_accs)
-        splice = _Splice(clt, layer_accs)
-        logq = next_token_logprobs(model.run_with_hooks(batch, fwd_hooks=splice.hooks()))
+        mask = keep_mask(batch, exclude_tokens)  # [B, T]
+        logp = all_logprobs(logits)  # [B, T, V]
+        _clean_fidelity(clt, cache, clean_accs, mask)
+        splice = _Splice(clt, layer_accs, mask)
+        logq = all_logprobs(model.run_with_hooks(batch, fwd_hooks=splice.hooks()))
+        zero_logits = model.run_with_hooks(batch, fwd_hooks=zero_hooks)
+        m_ce = mask[:, :-1]
         ce.update_ce(
-            original=ce_from_logprobs(logp, batch),
-            replaced=ce_from_logprobs(logq, batch),
-            zero_ablated=next_token_ce(model.run_with_hooks(batch, fwd_hooks=zero_hooks), batch),
-            mean_ablated=next_token_ce(model.run_with_hooks(batch, fwd_hooks=mean_hooks), batch),
-            kl=kl_from_logprobs(logp, logq),
+            original=ce_from_logprobs(logp[:, :-1], batch)[m_ce],
+            replaced=ce_from_logprobs(logq[:, :-1], batch)[m_ce],
+            zero_ablated=next_token_ce(zero_logits, batch)[m_ce],
+            mean_ablated=next_token_ce(model.run_with_hooks(batch, fwd_hooks=mean_hooks), batch)[
+                m_ce
+            ],
         )
+        kl_zero = kl_from_logprobs(logp, all_logprobs(zero_logits))
+        ce.update_kl(kl=kl_from_logprobs(logp, logq)[mask], kl_zero_ablated=kl_zero[mask])
     layers = [_layer_row(b, acc) for b, acc in zip(cfg.blocks, layer_accs)]
     return ce.compute() | {
         "n_ce_tokens": ce.n_ce,
+        "n_kl_tokens": ce.n_kl,
         "l0": sum(row["l0"] for row in layers),
         "layers": layers,
         "clean_layers": [_layer_row(b, acc) for b, acc in zip(cfg.blocks, clean_accs)],
     }
 
 
-def _clean_fidelity(clt: CLT, cache, accs: list[Accumulator]) -> None:
+def _clean_fidelity(clt: CLT, cache, accs: list[Accumulator], mask: torch.Tensor) -> None:
     """The CLT on the clean run's inputs against its outputs, per layer."""
     cfg, p = clt.cfg, clt.b_enc
     xs = torch.stack([cache[n] for n in cfg.in_names]).to(device=p.device, dtype=p.dtype)
     y_hat, acts, _ = clt(xs)  # [L, B, T, d], [L, B, T, F]
     for m, name in enumerate(cfg.out_names):
         y = cache[name]
-        accs[m].update(y, y_hat[m].to(device=y.device, dtype=y.dtype), acts[m].to(y.device))
+        y_hat_m = y_hat[m].to(device=y.device, dtype=y.dtype)
+        accs[m].update(y[mask], y_hat_m[mask], acts[m].to(y.device)[mask])
 
 
 def _layer_row(block: int, acc: Accumulator) -> dict:

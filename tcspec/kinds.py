@@ -1,0 +1,53 @@
+"""The dictionary kinds and activations tcspec trains, and the facts every layer shares
+about them: the width formula and what a dead or live feature is.
+
+Pure Python (no torch), so the spec, the planner and the checks import it cheaply.
+"""
+
+from __future__ import annotations
+
+KINDS = ("transcoder", "skip_transcoder", "sae")
+"""Trainable dictionary kinds: `sae` reconstructs its input hook, the transcoders predict
+another hook (the skip transcoder adds a linear map of its input)."""
+
+ACTIVATIONS = ("relu", "topk", "jumprelu", "batchtopk")
+"""`relu` (trained with an L1 penalty), `topk` (the k largest pre-activations, ReLU'd),
+`jumprelu` (z = pre * [pre > threshold_i], trained with an L0 penalty), `batchtopk` (the
+k * B largest over a batch of B tokens in training; a threshold at inference)."""
+
+SPARSITY_K = ("topk", "batchtopk")
+"""Activations that take `k` (active features per token)."""
+
+THRESHOLD_ACTIVATIONS = ("jumprelu", "batchtopk")
+"""Activations whose dictionaries infer in the threshold form z = pre * [pre > threshold]
+(a `threshold` [d_sae] beside the weights)."""
+
+DEAD_AUX_K = ("topk", "batchtopk")
+"""Activations the aux-k dead-feature loss applies to."""
+
+
+def d_sae_of(d_in: int, d_sae: int | None, expansion: int | None) -> int:
+    """The number of features: `d_sae` when given, else `expansion * d_in`."""
+    if d_sae is not None:
+        return d_sae
+    if expansion is None:
+        raise ValueError("give one of `d_sae` and `expansion` (the width)")
+    return expansion * d_in
+
+
+def is_dead(steps_since_fired, dead_window: int):
+    """A feature is dead in training when it has not fired for more than `dead_window`
+    consecutive steps: steps_since_fired > dead_window (elementwise on a tensor or array)."""
+    return steps_since_fired > dead_window
+
+
+def is_live(frequency, live_threshold: float):
+    """A feature is live when its firing frequency (fraction of tokens on which z > 0)
+    exceeds `live_threshold`: frequency > live_threshold (elementwise)."""
+    return frequency > live_threshold
+
+
+def never_fires(count):
+    """A feature never fires on a set of tokens when its firing count there is 0 (the
+    `dead_fraction` metric and the dashboards' `dead`)."""
+    return count == 0

@@ -1,0 +1,142 @@
+"""A dictionary's training loss and its gradients, written out by hand.
+
+Loss of one member on a batch of B tokens, x [B, d_in], y [B, d_out] (y = x for an SAE):
+
+    e     = y_hat - y                                              [B, d_out]
+    rec   = squared_error:  (1/B) sum_b sum_j e_bj^2                (paper: ||y - y_hat||^2)
+            normalized_mse: (1/(B d_out)) sum_b sum_j e_bj^2 / ||y_b||_2   (released code)
+    l1    = lambda_t * (1/B) sum_b sum_i |z_bi|      lambda_t = l1 * min(1, (t+1)/l1_warmup)
+    loss  = rec + l1 (+ ghost-grad term) (+ aux_k_coef * aux-k term)
+
+The activation's own forward and backward live in one module per activation (`ACTIVATION`);
+the dead-feature terms in `tcspec.train.dead`. `reference_loss` is the same loss through
+autograd, which the tests hold the hand-written gradients to.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tcspec.coders import Coder
+from tcspec.train import batchtopk, jumprelu, matryoshka, relu, topk
+from tcspec.train.dead import DEAD_TERMS, dead_term, dead_term_grads
+from tcspec.train.recon import reconstruction
+from tcspec.train.workspace import Workspace
+
+ACTIVATION = {"relu": relu, "topk": topk, "jumprelu": jumprelu, "batchtopk": batchtopk}
+"""activation -> its module: forward(coder, pre, out_shape, ws, opts) -> (codes, y_hat),
+backward(coder, codes, g, l1/B, xc, dead, ws) -> grads."""
+
+
+@torch.no_grad()
+def loss_and_grads(
+    coder: Coder, x: Tensor, y: Tensor, opts, l1: float, dead_idx: Tensor | None, ws: Workspace
+) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
+    """One member's loss terms and parameter gradients on a batch, without autograd.
+
+    Returns (grads by parameter name, terms {loss, rec, l1, aux} as 0-d tensors, the
+    activation's codes (`l1_sum()`, `fired(ws)`), e = y_hat - y [B, d_out]); all of these
+    live in `ws` and are overwritten
+    by the next call of the same shape. `dead_idx` lists the dead features (long [n_dead]).
+    """
+    cfg, act = coder.cfg, ACTIVATION[coder.cfg.activation]
+    B, S = x.shape[0], cfg.d_sae
+    xc = torch.sub(x, coder.b_dec, out=ws.get("xc", x.shape))  # [B, d_in]
+    pre = torch.addmm(coder.b_enc, xc, coder.W_enc, out=ws.get("z", (B, S)))  # [B, S]
+    use_dead = opts.dead_features in DEAD_TERMS and dead_idx is not None and len(dead_idx) > 0
+    pre_dead = pre.index_select(1, dead_idx) if use_dead else None  # [B, n_dead]
+    codes, y_hat = act.forward(coder, pre, y.shape, ws, opts)
+    if cfg.skip:
+        y_hat.addmm_(x, coder.W_skip)
+    e = torch.sub(y_hat, y, out=ws.get("e", y.shape))  # [B, d_out]
+    rec_elem, rec, g = reconstruction(e, y, opts.loss)
+    l1_term = codes.l1_sum() * (l1 / B)
+
+    aux, dead = torch.zeros((), dtype=x.dtype, device=x.device), None
+    if use_dead:
+        aux, gpre_dead, gW_dec_dead = dead_term_grads(opts, coder, pre_dead, dead_idx, e, rec_elem)
+        dead = (dead_idx, gpre_dead)
+    extra = codes.extra_terms()  # e.g. JumpReLU's L0 penalty (its gradient is in `gr`)
+    if opts.matryoshka:  # the inner prefixes' losses; every prefix's g reaches b_out, W_skip
+        extra["matryoshka"], groups = matryoshka.prefix_terms(coder, codes.z, e, y, g, opts)
+        gr = matryoshka.backward(coder, codes.z, groups, l1 / B, xc, dead, ws)
+        g = groups[0][2]
+    else:
+        gr = act.backward(coder, codes, g, l1 / B, xc, dead, ws)
+    if use_dead:
+        gr["W_dec"].index_add_(0, dead_idx, gW_dec_dead)
+    g_out = g.sum(0)  # [d_out]
+    gr["b_dec"] = torch.mv(coder.W_enc, gr["b_enc"], out=ws.get("gb_dec", (cfg.d_in,))).neg_()
+    if cfg.tied_bias:
+        gr["b_dec"] += g_out
+    else:
+        gr["b_dec_out"] = g_out
+    if cfg.skip:
+        gr["W_skip"] = torch.mm(x.t(), g, out=ws.get("gW_skip", coder.W_skip.shape))
+    loss = rec + l1_term + aux
+    for v in extra.values():
+        loss = loss + v
+    terms = {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
+    return gr, terms, codes, e
+
+
+def reference_loss(
+    coder: Coder,
+    x: Tensor,
+    y: Tensor,
+    opts,
+    l1: float,
+    dead: Tensor | None,
+    log_threshold: Tensor | None = None,
+):
+    """The loss with autograd through `coder` (slow; the formula `loss_and_grads` follows).
+
+    Returns a dict of scalar tensors: loss, rec, l1, aux (and l0_loss for JumpReLU, whose
+    threshold is exp(`log_threshold`), default log(coder.threshold)). `dead` is a bool
+    mask [d_sae].
+    """
+    pre = coder.pre_acts(x)  # [B, d_sae]
+    B, extra = x.shape[0], {}
+    if coder.cfg.activation == "jumprelu":
+        lt = log_threshold if log_threshold is not None else coder.threshold.log()
+        eps = opts.jumprelu_bandwidth
+        z = jumprelu.JumpReLUFn.apply(pre, lt.exp(), eps)
+        steps = jumprelu.StepFn.apply(pre, lt.exp(), eps)
+        extra["l0_loss"] = opts.l0_coef * steps.sum() / B
+    elif coder.cfg.activation == "batchtopk":
+        vals, idx = torch.relu(pre).reshape(-1).topk(coder.cfg.k * B)
+        z = torch.zeros_like(pre).reshape(-1).scatter(0, idx, vals).view_as(pre)
+    else:
+        z = coder.activate(pre)
+    e = coder.decode(z, x) - y  # [B, d_out]
+    if opts.loss == "squared_error":
+        rec_elem = e.square()
+        rec = rec_elem.sum() / B
+    else:
+        rec_elem = e.square() / y.norm(dim=1, keepdim=True)
+        rec = rec_elem.mean()
+    l1_term = l1 * z.abs().sum() / B
+    if opts.matryoshka:
+        inner = matryoshka.widths(opts, coder.cfg.d_sae)[:-1]
+        prefix = [_rec(coder.decode(z * (torch.arange(z.shape[1]) < w), x) - y, y, opts.loss)
+                  for w in inner]  # fmt: skip
+        extra["matryoshka"] = sum(prefix)
+    aux = torch.zeros((), dtype=x.dtype)
+    if dead is not None and dead.any() and opts.dead_features in DEAD_TERMS:
+        W_dead = coder.W_dec[dead]
+        aux = dead_term(opts, coder.cfg.d_in, pre[:, dead], W_dead, e.detach(), rec_elem.detach())
+    loss = rec + l1_term + aux + sum(extra.values())
+    return {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
+
+
+def _rec(e: Tensor, y: Tensor, loss: str) -> Tensor:
+    if loss == "squared_error":
+        return e.square().sum() / e.shape[0]
+    return (e.square() / y.norm(dim=1, keepdim=True)).mean()
+
+
+def remove_parallel_grad(grad: Tensor, W_dec: Tensor) -> None:
+    """grad_i -= (grad_i . w_i / w_i . w_i) w_i for each decoder row w_i, in place."""
+    coef = (grad * W_dec).sum(1, keepdim=True) / (W_dec * W_dec).sum(1, keepdim=True)  # [S, 1]
+    grad.addcmul_(W_dec, coef, value=-1.0)
