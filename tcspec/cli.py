@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tcspec import layout
 from tcspec.loader import SpecError, load_spec
 
 DEFAULT_SPEC = "specs/quickstart.yaml"
@@ -66,10 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="passed to snakemake")
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("task", help="run one task of a plan (what Snakemake jobs call)")
+    sp = sub.add_parser("task", help="run one stored task by stage and id (what jobs call)")
     sp.add_argument("stage")
     sp.add_argument("task_id")
-    spec_arg(sp)
+    sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder")
+    sp.add_argument("--device", help="auto, cpu or cuda (default: $TCSPEC_DEVICE, else auto)")
     sp.set_defaults(func=cmd_task)
 
     sp = sub.add_parser("tables", help="regenerate a spec's tables from existing outputs")
@@ -90,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--model-name", help="TransformerLens model name (default: from task.json)")
     sp.add_argument("--context-size", type=int, help="context length (default: from task.json)")
     sp.add_argument("--dataset", help="dataset name recorded in the metadata")
+    sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder it is in")
     sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("status", help="what is done, stale or missing for a spec")
@@ -102,14 +105,11 @@ def _plan(args):
     from tcspec.plan import compile_plan
 
     spec = load_spec(args.spec)
-    return spec, compile_plan(spec)
+    return spec, compile_plan(spec, Path(args.spec).resolve().parent)
 
 
 def cmd_check(args) -> int:
-    from tcspec.plan import compile_plan
-
-    spec = load_spec(args.spec)
-    plan = compile_plan(spec)
+    spec, plan = _plan(args)
     if not args.skip_disk:
         _check_disk(plan, Path(args.results), args.spec)
     print(f"{args.spec}: ok ({len(plan.tasks)} tasks)")
@@ -118,8 +118,6 @@ def cmd_check(args) -> int:
 
 def _check_disk(plan, results: Path, spec_file: str) -> None:
     import shutil
-
-    from tcspec import paths
 
     need = sum(
         t.resources.get("disk_mb", 0) for t in plan.stage("acts") if not t.done(results).exists()
@@ -131,7 +129,6 @@ def _check_disk(plan, results: Path, spec_file: str) -> None:
             f"{spec_file}: the activation cache needs ~{need:,.0f} MB but {probe} has "
             f"{free:,.0f} MB free"
         )
-    del paths
 
 
 def cmd_plan(args) -> int:
@@ -139,7 +136,7 @@ def cmd_plan(args) -> int:
 
     spec, plan = _plan(args)
     if args.json:
-        print(json.dumps([t.__dict__ for t in plan.tasks.values()], indent=1, default=str))
+        print(json.dumps([t.record() for t in plan.tasks.values()], indent=1, default=str))
     else:
         print(plan_table(plan, Path(args.results)))
     return 0
@@ -165,35 +162,46 @@ def cmd_run(args) -> int:
 
 
 def cmd_task(args) -> int:
-    from tcspec.tasks import run_task
+    from tcspec.tasks import device_from_env, load_task, run_task
 
-    spec, plan = _plan(args)
+    results = Path(args.results)
     try:
-        task = plan.get(args.stage, args.task_id)
-    except KeyError as exc:
+        task = load_task(results, args.stage, args.task_id)
+        run_task(task, results, args.device or device_from_env())
+    except LookupError as exc:
         raise UserError(exc.args[0]) from None
-    try:
-        run_task(plan, task, Path(args.results))
     except ValueError as exc:  # bad input met at run time: one line, no traceback
-        raise UserError(f"{task.stage} {task.id}: {exc}") from None
+        raise UserError(f"{args.stage} {args.task_id}: {exc}") from None
     return 0
 
 
 def cmd_tables(args) -> int:
-    from tcspec.tasks import run_task
+    from tcspec.tasks import run_task, save_task
 
     spec, plan = _plan(args)
+    results = Path(args.results)
+    for t in plan.tasks.values():
+        save_task(results, t)
     (task,) = plan.stage("tables")
-    run_task(plan, task, Path(args.results), require_inputs=False)
+    record = run_task(task, results, "cpu", require_inputs=False)
+    files = record["summary"]["files"]
+    if not files:
+        raise UserError(f"{args.spec}: no tables written (no finished evaluations yet)")
+    print(f"{len(files)} files in {layout.tables_dir(results, spec.experiment)}")
     return 0
 
 
 def cmd_ingest(args) -> int:
     from tcspec.study import ingest
 
-    spec = load_spec(args.spec)
+    spec, plan = _plan(args)
+    results = Path(args.results)
+    studies = plan.stage("study")
+    if not studies:
+        raise UserError(f"spec `{spec.experiment}` has no interp section, so no study packet")
+    target, key = layout.ratings_files(results, spec.experiment)
     try:
-        saved = ingest(spec, Path(args.results), Path(args.ratings))
+        saved = ingest(studies[0].dir(results), Path(args.ratings), target, key)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     print(f"ratings saved to {saved}; `tcspec tables {args.spec}` adds Table 1")
@@ -207,7 +215,7 @@ def cmd_export(args) -> int:
     folder = Path(args.dictionary)
     if not (folder / "cfg.json").exists():
         raise UserError(f"{folder}: not a dictionary folder (no cfg.json)")
-    facts = _training_facts(folder)
+    facts = _training_facts(folder, Path(args.results))
     model_name = args.model_name or facts.get("model_name")
     context = args.context_size or facts.get("context_size")
     if not model_name or not context:
@@ -227,25 +235,22 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _training_facts(member_dir: Path) -> dict:
-    """Model name, context and dataset of a trained dictionary, read from the task records
-    of its train task and the model and tokens tasks upstream of it."""
+def _training_facts(member_dir: Path, results: Path) -> dict:
+    """Model name, context and dataset of a trained dictionary, read from the stored
+    configs of its train task and the model and tokens tasks upstream of it."""
+    from tcspec.tasks import load_task
+
     try:
-        train = json.loads((member_dir.parent / "task.json").read_text())
-        tasks = member_dir.parent.parent.parent
-        acts = json.loads((tasks / "acts" / train["deps"]["acts"][1] / "task.json").read_text())
-        model = json.loads((tasks / "model" / acts["deps"]["model"][1] / "task.json").read_text())
-        tokens = json.loads(
-            (tasks / "tokens" / acts["deps"]["tokens"][1] / "task.json").read_text()
-        )
-    except (OSError, KeyError, ValueError):
+        train = json.loads((member_dir / layout.DONE).read_text())
+        acts = load_task(results, *train["deps"]["acts"])
+        model = load_task(results, *acts.deps["model"]).config.model
+        data = load_task(results, *acts.deps["tokens"]).config.data
+    except (OSError, KeyError, ValueError, LookupError):
         return {}
-    mc, tc = model["config"], tokens["config"]
-    name = mc.get("name") or f"tcspec-{mc['kind']}"
     return {
-        "model_name": name,
-        "context_size": tc["context"],
-        "dataset": tc.get("name") or tc["kind"],
+        "model_name": getattr(model, "name", None) or f"tcspec-{model.kind}",
+        "context_size": data.context,
+        "dataset": getattr(data, "name", None) or data.kind,
     }
 
 
