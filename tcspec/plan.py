@@ -340,9 +340,7 @@ def _study_task(spec: Spec, features: list[Task]) -> Task:
 
 def _circuit_task(spec: Spec, c, selected: list[Task], model: Task, tokens: Task) -> Task:
     """A circuit study through one transcoder per layer (one sweep point)."""
-    config = CircuitConfig(
-        circuit=c, coders=tuple(coder_ref(t) for t in selected), seed=spec.seed
-    )
+    config = CircuitConfig(circuit=c, coders=tuple(coder_ref(t) for t in selected), seed=spec.seed)
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
     deps |= _coder_deps(selected)
     return _make("circuits", f"{c.task}-{c.dictionary.name}", config, deps, {"mem_mb": 3000})

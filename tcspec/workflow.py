@@ -89,7 +89,9 @@ class Workflow:
 
         experiment = self.plan.spec.experiment
         for t in self.plan.stage("tables"):
-            publish(t.dir(self.results) / layout.TABLES, layout.tables_dir(self.results, experiment))
+            publish(
+                t.dir(self.results) / layout.TABLES, layout.tables_dir(self.results, experiment)
+            )
         for t in self.plan.stage("export"):
             shown = layout.export_dir(self.results, experiment, t.config.to)
             publish(t.dir(self.results) / layout.EXPORT, shown)

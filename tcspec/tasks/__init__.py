@@ -45,8 +45,8 @@ def load_task(results: Path, stage: str, task_id: str) -> Task:
     path = layout.config_file(results, stage, task_id)
     if not path.is_file():
         raise LookupError(
-            f"no {stage} task `{task_id}` in {path.parent}: the workflow stores a task's "
-            "config when it builds its DAG (run snakemake or `tcspec status SPEC`)"
+            f"no {stage} task `{task_id}` in {path.parent}: a task's config is stored when "
+            "Snakemake builds the DAG of a spec that has it (`snakemake -n` does)"
         )
     record = json.loads(path.read_text())
     return Task(

@@ -45,7 +45,9 @@ def run(ctx) -> dict:
     interp.add_input_invariant(stats, coder, model)
     out_hook = coder.cfg.out_hook or ctx.dep("coder_0").config.out_key
     stats.meta = _meta(cfg, (in_hook, out_hook), order, stats)
-    interp.save_stats(stats, ctx.out / layout.STATS, interp.vocab_strings(model.tokenizer, model.cfg.d_vocab))
+    interp.save_stats(
+        stats, ctx.out / layout.STATS, interp.vocab_strings(model.tokenizer, model.cfg.d_vocab)
+    )
     index = dashboards.build_dashboard(
         ctx.out / layout.STATS, ctx.out / layout.DASHBOARD, ref.label
     )
