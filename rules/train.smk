@@ -19,6 +19,9 @@ for p in WF.passes:
         resources:
             mem_mb=p.resources["mem_mb"],
             gpu=p.resources["gpu"],
+            slurm_partition=(
+                config.get("gpu_partition", "gpu") if p.resources["gpu"] else "cpu"
+            ),
         params:
             stage=p.stage,
             id=p.id,

@@ -264,7 +264,7 @@ def ingest(study: Path, ratings_csv: Path, target: Path, target_key: Path) -> Pa
     study = Path(study)
     key_file = study / KEY_FILE
     if not key_file.is_file():
-        raise ValueError(f"{key_file} not found: run the study first")
+        raise ValueError(f"{key_file} not found: run the interp stage (its study) first")
     key = json.loads(key_file.read_text())
     validate_ratings(Path(ratings_csv), list(key["ids"]))
     write_text(target_key, json.dumps(key | {"study": str(study)}, indent=1) + "\n")
