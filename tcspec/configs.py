@@ -62,12 +62,10 @@ class ActsConfig(StageConfig):
 
 
 class TrainedMemberConfig(StageConfig):
-    """One trained dictionary: one sweep point of one spec dictionary at one layer."""
+    """One trained dictionary: one sweep point of one spec dictionary at one layer. Only
+    what fixes the weights: no names or sweep labels of the spec it came from, so specs
+    that sweep differently share the points they have in common."""
 
-    dictionary: str
-    name: str
-    """Readable sweep point: ``l1_0.001`` (``single`` without a sweep)."""
-    point: dict[str, float | int]
     opts: TrainedSpec
     layer: int
     d_in: int
@@ -91,7 +89,6 @@ class TrainedMemberConfig(StageConfig):
 class ImportedMemberConfig(StageConfig):
     """A released dictionary at one layer, imported into tcspec's format."""
 
-    dictionary: str
     layer: int
     path: str
     """Absolute path (or a path inside `repo`'s snapshot)."""
@@ -102,10 +99,8 @@ class ImportedMemberConfig(StageConfig):
     trust_pickle: bool
     files: dict[str, str]
     """Relative file name -> sha256 of its bytes (empty for a hub import)."""
-    name: Literal["pretrained"] = "pretrained"
     live_threshold: float = IMPORTED_LIVE_THRESHOLD
     kind: Literal["pretrained"] = "pretrained"
-    point: dict[str, float | int] = {}
 
     @property
     def in_key(self) -> str | None:
@@ -126,8 +121,13 @@ class TrainGroupConfig(StageConfig):
     """Train task ids, sorted."""
 
 
+IMPORTED_MEMBER = "pretrained"
+"""The member name (sweep label) of an imported dictionary."""
+
+
 class CoderRef(StageConfig):
-    """A dictionary a downstream task reads: its train or import task and how to label it."""
+    """A dictionary a downstream task reads: its train or import task and how the spec
+    labels it (dictionary name, sweep point)."""
 
     stage: Literal["train", "import"]
     id: str

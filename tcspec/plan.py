@@ -25,6 +25,7 @@ from tcspec.checks import dictionary_hooks, model_dims
 from tcspec.configs import (
     ActsConfig,
     CircuitConfig,
+    IMPORTED_MEMBER,
     CoderRef,
     EvaluateConfig,
     ExportConfig,
@@ -56,6 +57,9 @@ class Task:
     """Named inputs: name -> (stage, task id)."""
     resources: dict = field(default_factory=dict)
     """Estimates for the scheduler: mem_mb, disk_mb, gpu, threads, flops, params."""
+    label: dict = field(default_factory=dict, compare=False)
+    """How the spec names a train or import task (dictionary, member, point): for the
+    configs downstream of it; not part of its id."""
 
     def dir(self, results: Path) -> Path:
         return layout.task_dir(results, self.stage, self.id)
@@ -106,9 +110,11 @@ def task_id(prefix: str, config: StageConfig, deps: dict) -> str:
     return f"{_safe(prefix)}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
-def _make(stage: str, prefix: str, config: StageConfig, deps: dict, resources: dict) -> Task:
+def _make(
+    stage: str, prefix: str, config: StageConfig, deps: dict, resources: dict, label=None
+) -> Task:
     resources = {"gpu": 0, "threads": THREADS.get(stage, 1)} | resources
-    return Task(stage, task_id(prefix, config, deps), config, deps, resources)
+    return Task(stage, task_id(prefix, config, deps), config, deps, resources, label or {})
 
 
 # ------------------------------------------------------------------------------ sweeps
@@ -193,10 +199,10 @@ def _matches(member, where: dict) -> bool:
 
 def coder_ref(task: Task) -> CoderRef:
     """How a downstream config names a train or import task."""
-    c = task.config
+    c, label = task.config, task.label
     return CoderRef(
-        stage=task.stage, id=task.id, dictionary=c.dictionary, member=c.name, layer=c.layer,
-        kind=c.kind,
+        stage=task.stage, id=task.id, dictionary=label["dictionary"], member=label["member"],
+        layer=c.layer, kind=c.kind,
     )  # fmt: skip
 
 
@@ -261,19 +267,27 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, acts: Task) -
         opts = d.model_copy(update=point | {"seed": seed, "layers": None, "zip": []})
         d_sae = opts.d_sae if opts.d_sae is not None else opts.expansion * d_in
         config = TrainedMemberConfig(
-            dictionary=name, name=member_name(point), point=point, opts=opts, layer=layer,
-            d_in=d_in, d_out=d_out, d_sae=d_sae, in_key=full_name(layer, in_hook),
-            out_key=full_name(layer, out_hook), steps=steps, data_seed=spec.seed,
+            opts=opts, layer=layer, d_in=d_in, d_out=d_out, d_sae=d_sae, steps=steps,
+            in_key=full_name(layer, in_hook), out_key=full_name(layer, out_hook),
+            data_seed=spec.seed,
         )  # fmt: skip
+        label = {"dictionary": name, "member": member_name(point), "point": point}
         params = d_sae * (d_in + d_out) + d_sae + d_in + d_out
         params += d_in * d_out if d.kind == "skip_transcoder" else 0
         # weights + Adam moments + grads, fp32, plus a few batches
         mem_mb = params * 16 / 2**20 + 4 * d.batch_size * (d_in + d_out) * 4 / 2**20 + 1500
         flops = 6 * steps * d.batch_size * d_sae * (d_in + d_out)
         resources = {"mem_mb": int(mem_mb), "flops": flops, "params": params, "gpu": gpu}
-        prefix = f"{name}-L{layer}-{config.name}"
-        tasks.append(_make("train", prefix, config, {"acts": ("acts", acts.id)}, resources))
+        prefix = f"{name}-L{layer}-{_content_name(opts)}"
+        deps = {"acts": ("acts", acts.id)}
+        tasks.append(_make("train", prefix, config, deps, resources, label))
     return tasks
+
+
+def _content_name(opts) -> str:
+    """Readable part of a train id from what was trained (not from how the spec swept)."""
+    point = {"k": opts.k} if opts.activation == "topk" else {"l1": opts.l1}
+    return member_name(point | ({"d_sae": opts.d_sae} if opts.d_sae else {}))
 
 
 def _import_task(name: str, d, layer: int, base_dir: Path | None) -> Task:
@@ -282,12 +296,13 @@ def _import_task(name: str, d, layer: int, base_dir: Path | None) -> Task:
     if d.repo is None and not Path(path).is_absolute():
         path = str((Path(base_dir or ".") / path).resolve())
     config = ImportedMemberConfig(
-        dictionary=name, layer=layer, path=path, repo=d.repo, format=d.format,
+        layer=layer, path=path, repo=d.repo, format=d.format,
         in_hook=full_name(layer, d.in_hook) if d.in_hook else None,
         out_hook=full_name(layer, d.out_hook) if d.out_hook else None,
         trust_pickle=d.trust_pickle, files=file_hashes(Path(path)) if d.repo is None else {},
     )  # fmt: skip
-    return _make("import", f"{name}-L{layer}-import", config, {}, {"mem_mb": 4000})
+    label = {"dictionary": name, "member": IMPORTED_MEMBER, "point": {}}
+    return _make("import", f"{name}-L{layer}-import", config, {}, {"mem_mb": 4000}, label)
 
 
 def file_hashes(path: Path) -> dict[str, str]:
@@ -304,16 +319,16 @@ def file_hashes(path: Path) -> dict[str, str]:
 
 def _evaluate_task(spec: Spec, coders: list[Task], model: Task, tokens: Task) -> Task:
     """Metrics of one sweep point spliced in at one layer (or several layers at once)."""
-    first = coders[0].config
+    refs = tuple(coder_ref(t) for t in coders)
     config = EvaluateConfig(
-        coders=tuple(coder_ref(t) for t in coders),
-        point=first.point,
+        coders=refs,
+        point=coders[0].label["point"],
         eval_tokens=spec.evaluate.eval_tokens or spec.data.eval_tokens,
         batch_contexts=spec.evaluate.batch_contexts,
     )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)} | _coder_deps(coders)
-    layer = f"L{first.layer}" if len(coders) == 1 else "all"
-    prefix = f"{first.dictionary}-{layer}-{first.name}"
+    layer = f"L{refs[0].layer}" if len(coders) == 1 else "all"
+    prefix = f"{refs[0].dictionary}-{layer}-{refs[0].member}"
     return _make("evaluate", prefix, config, deps, {"mem_mb": 3000})
 
 
@@ -385,11 +400,11 @@ def group_task(members: list[Task]) -> Task:
     not done): its id names exactly that set, so an interrupted pass resumes its checkpoint."""
     config = TrainGroupConfig(members=tuple(sorted(t.id for t in members)))
     deps = dict(members[0].deps)  # the cache they all read
-    first = members[0].config
+    first = members[0].label
     resources = {
         "mem_mb": sum(t.resources["mem_mb"] for t in members) - 1500 * (len(members) - 1),
         "gpu": max(t.resources["gpu"] for t in members),
         "threads": THREADS.get("train", 1),
     }
-    prefix = f"{first.dictionary}-L{first.layer}-x{len(members)}"
+    prefix = f"{first['dictionary']}-L{members[0].config.layer}-x{len(members)}"
     return Task(layout.GROUP, task_id(prefix, config, deps), config, deps, resources)

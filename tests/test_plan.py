@@ -60,6 +60,17 @@ def test_one_l1_value_changes_only_that_point_downstream():
     assert ("circuits", "greater_than-tc") in unchanged
 
 
+def test_a_point_keeps_its_train_id_when_the_sweep_around_it_changes():
+    """Training ids hash what was trained, not how the spec swept: a single value, a
+    one-point list and a point of a longer sweep share one trained dictionary."""
+    base = quickstart_text()
+    single = base.replace(TC_L1, TC_L1.replace("[3.0e-4, 1.0e-3, 3.0e-3]", "1.0e-3"))
+    wider = base.replace(TC_L1, TC_L1.replace("3.0e-3]", "3.0e-3, 1.0e-2]"))
+    trains = [{v for k, v in ids(t).items() if k[0] == "train"} for t in (base, single, wider)]
+    assert trains[1] < trains[0] < trains[2]
+    assert len(trains[2] - trains[0]) == 2  # the new point, at layers 0 and 1
+
+
 def test_train_configs_are_typed_and_canonical():
     from tcspec.configs import TrainedMemberConfig
 
@@ -94,7 +105,7 @@ def test_specs_differing_only_in_dictionaries_share_the_acts():
         assert [v for k, v in a.items() if k[0] == stage] == [
             v for k, v in b.items() if k[0] == stage
         ]
-    assert ("train", "tc-L0-single") in b and ("train", "tc-L0-single") not in a
+    assert ("train", "tc-L0-l1_0.01") in b and ("train", "tc-L0-l1_0.01") not in a
     # a dictionary that reads another hook needs another cache
     hook_post = base.replace("hook: hook_mlp_out", "hook: mlp.hook_post")
     assert ids(hook_post)[("acts", "L0-1")] != a[("acts", "L0-1")]

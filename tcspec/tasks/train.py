@@ -20,7 +20,7 @@ def member(ctx, task) -> object:
         k=c.opts.k, in_hook=c.in_key, out_hook=c.out_key, layer=c.layer,
     )  # fmt: skip
     return Member(
-        name=c.name,
+        name=task.id,
         opts=c.opts,
         config=coder,
         in_key=c.in_key,
