@@ -104,6 +104,7 @@ def check_spec(spec: Spec) -> list[tuple[tuple, str]]:
 
 def _check(spec: Spec) -> Found:
     yield from _check_data(spec)
+    yield from _check_device(spec)
     try:
         dims = model_dims(spec.model)
     except DimsUnknown as exc:
@@ -138,7 +139,8 @@ def _check(spec: Spec) -> Found:
         yield from _check_ref(spec, loc, ref)
     for i, c in enumerate(spec.circuits):
         d = spec.dictionaries.get(c.dictionary.name)
-        if d is not None and d.kind not in ("transcoder", "skip_transcoder"):
+        # an imported dictionary's files say what it is: checked when the study loads it
+        if d is not None and d.kind not in ("transcoder", "skip_transcoder", "pretrained"):
             yield (
                 ("circuits", i, "dictionary", "name"),
                 f"`{c.dictionary.name}` is an SAE; "
@@ -160,6 +162,18 @@ def _check_one_point(loc: tuple, ref, d) -> Found:
                 f"`where: {{{unpicked[0]}: {_as_list(getattr(d, unpicked[0]))[0]}}}`"
             ),
         )
+
+
+def _check_device(spec: Spec) -> Found:
+    if spec.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            yield (
+                ("device",),
+                "cuda, but this torch sees no CUDA device (built without CUDA, or no GPU "
+                "visible here); use `auto` (CUDA when present) or `cpu`",
+            )
 
 
 def _check_data(spec: Spec) -> Found:

@@ -105,7 +105,7 @@ def _plan(args):
     from tcspec.plan import compile_plan
 
     spec = load_spec(args.spec)
-    return spec, compile_plan(spec, Path(args.spec).resolve().parent)
+    return spec, compile_plan(spec)
 
 
 def cmd_check(args) -> int:

@@ -23,9 +23,9 @@ from pathlib import Path
 from tcspec import layout
 from tcspec.checks import dictionary_hooks, model_dims
 from tcspec.configs import (
+    IMPORTED_MEMBER,
     ActsConfig,
     CircuitConfig,
-    IMPORTED_MEMBER,
     CoderRef,
     EvaluateConfig,
     ExportConfig,
@@ -139,9 +139,7 @@ def member_name(point: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ compile
-def compile_plan(spec: Spec, base_dir: Path | None = None) -> Plan:
-    """The plan of ``spec``; relative import paths resolve against ``base_dir`` (the spec
-    file's folder; default the working directory)."""
+def compile_plan(spec: Spec) -> Plan:
     plan = Plan(spec)
     dims = model_dims(spec.model)
     model = plan.add(_model_task(spec, dims))
@@ -152,7 +150,7 @@ def compile_plan(spec: Spec, base_dir: Path | None = None) -> Plan:
         layers = d.layers if d.layers is not None else spec.layers
         for layer in layers:
             if d.kind == "pretrained":
-                group = [plan.add(_import_task(name, d, layer, base_dir))]
+                group = [plan.add(_import_task(name, d, layer))]
             else:
                 group = [plan.add(t) for t in _train_tasks(spec, name, d, layer, dims, acts)]
                 plan.groups.append(tuple(sorted(t.id for t in group)))
@@ -290,11 +288,10 @@ def _content_name(opts) -> str:
     return member_name(point | ({"d_sae": opts.d_sae} if opts.d_sae else {}))
 
 
-def _import_task(name: str, d, layer: int, base_dir: Path | None) -> Task:
-    """Import a released dictionary into tcspec's format; its id covers the files' bytes."""
+def _import_task(name: str, d, layer: int) -> Task:
+    """Import a released dictionary into tcspec's format; its id covers the files' bytes.
+    (The loader made a relative local path relative to the spec file.)"""
     path = d.path.replace("{layer}", str(layer))
-    if d.repo is None and not Path(path).is_absolute():
-        path = str((Path(base_dir or ".") / path).resolve())
     config = ImportedMemberConfig(
         layer=layer, path=path, repo=d.repo, format=d.format,
         in_hook=full_name(layer, d.in_hook) if d.in_hook else None,

@@ -52,7 +52,8 @@ def status_table(plan: Plan, results: Path) -> str:
 
     - ``done (N s)``: its task.json exists (N: the task's wall time);
     - ``stale``: done, but an upstream task is missing or was finished after it (Snakemake
-      reruns it, and everything after it);
+      reruns it, and everything after it); never a done train task, which content
+      addressing makes final (its id names what it trained on);
     - ``failed or running``: a log but no task.json; the log's last line is shown (the error
       of a failed job), and a training checkpoint when one is there to resume from;
     - ``to do``: never started.
@@ -88,7 +89,9 @@ def _task_state(task, results: Path, upstream: dict, job) -> tuple[str, str]:
     done = task.done(results)
     if done.exists():
         mtime = done.stat().st_mtime_ns
-        for stage, dep_id in task.deps.values():
+        # a done train task is no job's output (passes train only members not done): final
+        deps = {} if task.stage == "train" else task.deps
+        for stage, dep_id in deps.values():
             dep = layout.done_file(results, stage, dep_id)
             if not dep.exists():
                 return "stale", f"stale: upstream {stage} {dep_id} is missing"

@@ -34,7 +34,7 @@ class Workflow:
         self.results = Path(results)
         try:
             spec = load_spec(spec_file)
-            self.plan: Plan = compile_plan(spec, Path(spec_file).resolve().parent)
+            self.plan: Plan = compile_plan(spec)
         except SpecError as exc:  # located, one line per problem; no traceback
             print(exc, file=sys.stderr)
             raise SystemExit(2) from None

@@ -385,8 +385,10 @@ def test_status_of_a_finished_and_a_touched_run(copy):
     assert status.returncode == 0
     assert "done: 6;" in status.stdout
     later = time.time() + 5
-    os.utime(task_of("acts").done(copy), (later, later))  # acts finished again, later
+    os.utime(task_of("tokens").done(copy), (later, later))  # tokens finished again, later
     status = tcspec("status", str(MICRO), "--results", str(copy)).stdout
     assert "done: 3, stale: 3" in status, status
+    evaluate = next(s for s in status.splitlines() if s.startswith("evaluate"))
+    assert f"upstream tokens {task_of('tokens').id} finished after it" in evaluate
     train = next(s for s in status.splitlines() if s.startswith("train"))
-    assert f"upstream acts {task_of('acts').id} finished after it" in train
+    assert "done" in train  # final: its id names the cache it trained on

@@ -113,10 +113,24 @@ def test_specs_differing_only_in_dictionaries_share_the_acts():
 
 def test_device_is_not_part_of_ids():
     base = quickstart_text()
-    variants = [
-        base.replace("seed: 0\n", f"seed: 0\ndevice: {d}\n") for d in ("cpu", "cuda", "auto")
-    ]
-    assert ids(variants[0]) == ids(variants[1]) == ids(variants[2]) == ids(base)
+    variants = [base.replace("seed: 0\n", f"seed: 0\ndevice: {d}\n") for d in ("cpu", "auto")]
+    assert ids(variants[0]) == ids(variants[1]) == ids(base)
+    # cuda (checked against this machine by the loader): the same ids
+    cuda = parse_spec(base, "spec.yaml").model_copy(update={"device": "cuda"})
+    assert {t.id for t in compile_plan(cuda).tasks.values()} == set(ids(base).values())
+
+
+def test_cuda_without_cuda_is_a_located_check_error():
+    import torch
+
+    from tcspec.loader import SpecError
+
+    text = quickstart_text().replace("seed: 0\n", "seed: 0\ndevice: cuda\n")
+    if torch.cuda.is_available():
+        assert ids(text) == ids(quickstart_text())
+        return
+    with pytest.raises(SpecError, match=r"spec.yaml:\d+:\d+: device: cuda, but this torch sees"):
+        parse_spec(text, "spec.yaml")
 
 
 def test_ids_are_stable_across_processes():
@@ -207,6 +221,6 @@ def test_every_committed_spec_dry_runs_offline(tmp_path: Path):
     runs = dry_runs(SPECS, tmp_path)
     for spec, run in zip(SPECS, runs):
         assert run.returncode == 0, f"{spec}:\n{run.stdout[-3000:]}"
-        plan = compile_plan(parse_spec(spec.read_text(), str(spec), spec.parent), spec.parent)
+        plan = compile_plan(parse_spec(spec.read_text(), str(spec), spec.parent))
         jobs = len(plan.tasks) - len(plan.stage("train")) + len(plan.groups)
         assert len(job_ids(run.stdout)) == jobs, spec

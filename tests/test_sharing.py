@@ -121,11 +121,12 @@ def test_a_second_spec_trains_only_its_new_point_and_switching_back_is_a_no_op(s
 def test_status_agrees_with_a_dry_run_after_a_change_upstream(shared, tmp_path):
     results = harness.copy_results(shared, tmp_path / "results")
     later = time.time() + 5
-    (acts,) = harness.plan(MICRO).stage("acts")
-    os.utime(acts.done(results), (later, later))
+    (tokens,) = harness.plan(MICRO).stage("tokens")
+    os.utime(tokens.done(results), (later, later))
     todo = dry_run_tasks(results, MICRO)
     assert todo == status_tasks(results, MICRO)
-    assert {s for s, _ in todo} == {"train", "evaluate", "tables"}
+    # a done train task is final: content addressing, not modification times, names it
+    assert {s for s, _ in todo} == {"acts", "evaluate", "tables"}
 
 
 def test_an_imported_dictionary_goes_through_interp_and_a_circuit_study(shared, tmp_path):
@@ -141,7 +142,7 @@ def test_an_imported_dictionary_goes_through_interp_and_a_circuit_study(shared, 
         tmp_path,
         "micro-import",
         {
-            "dictionaries:": "dictionaries:\n  imp: {kind: pretrained, path: dicts/L{layer}}\n"
+            "dictionaries:": 'dictionaries:\n  imp: {kind: pretrained, path: "dicts/L{layer}"}\n'
             "unused:",
             "evaluate: {batch_contexts: 16}": "evaluate: {batch_contexts: 16}\n"
             "interp: {features: 2, dashboard_features: 2, examples: 4, bands: 2, "

@@ -56,7 +56,7 @@ def plan(spec: Path = MICRO):
     from tcspec.loader import load_spec
     from tcspec.plan import compile_plan
 
-    return compile_plan(load_spec(spec), Path(spec).resolve().parent)
+    return compile_plan(load_spec(spec))
 
 
 def job_of(task, spec: Path = MICRO):
