@@ -184,8 +184,8 @@ def test_sigint_to_snakemake_stops_training_and_the_plain_command_resumes(tmp_pa
     spec = variant(
         tmp_path,
         "micro-long",
-        {"batch_size: 64": "batch_size: 64\n    train_tokens: 1_310_720",
-         "checkpoint_every: 16": "checkpoint_every: 1024"},
+        {"train_tokens: 8192": "train_tokens: 65536", "expansion: 2": "expansion: 32",
+         "batch_size: 64": "batch_size: 8", "checkpoint_every: 16": "checkpoint_every: 512"},
     )  # fmt: skip
     results = tmp_path / "results"
     (train,) = harness.plan(spec).stage("train")
