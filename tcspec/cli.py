@@ -1,4 +1,4 @@
-"""The `tcspec` command: check | plan | schema | run | task | tables | status.
+"""The `tcspec` command: check | plan | schema | run | task | tables | status | clean.
 
 User errors print one located line each and exit 2; tracebacks are for bugs only.
 """
@@ -94,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", help="dataset name recorded in the metadata")
     sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder it is in")
     sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("clean", help="list (or remove) task folders no given spec needs")
+    sp.add_argument("specs", nargs="+", help="every spec whose outputs to keep")
+    sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder")
+    sp.add_argument("--yes", action="store_true", help="remove them (default: only list)")
+    sp.set_defaults(func=cmd_clean)
 
     sp = sub.add_parser("status", help="what is done, stale or missing for a spec")
     spec_arg(sp)
@@ -252,6 +258,67 @@ def _training_facts(member_dir: Path, results: Path) -> dict:
         "context_size": data.context,
         "dataset": getattr(data, "name", None) or data.kind,
     }
+
+
+def cmd_clean(args) -> int:
+    import shutil
+
+    from tcspec.plan import compile_plan
+    from tcspec.workflow import pending_passes
+
+    results = Path(args.results)
+    keep: set[tuple[str, str]] = set()
+    for spec_file in args.specs:
+        plan = compile_plan(load_spec(spec_file))
+        keep |= set(plan.tasks) | {(p.stage, p.id) for p in pending_passes(plan, results)}
+    found = _task_files(results)
+    keep |= {k for k in found if k[0] == layout.GROUP and _trains_any(results, k[1], keep)}
+    stale = {key: files for key, files in found.items() if key not in keep}
+    size = sum(_size(f) for files in stale.values() for f in files)
+    for (stage, task_id), files in sorted(stale.items()):
+        print(f"{stage:<9} {task_id}")
+        if args.yes:
+            for f in files:
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+    verb = "removed" if args.yes else "not needed (remove with --yes)"
+    print(f"{len(stale)} of {len(found)} tasks {verb}: {size / 2**20:,.1f} MB")
+    return 0
+
+
+def _trains_any(results: Path, pass_id: str, keep: set) -> bool:
+    """Whether a training pass (its log, its checkpoint) trained a task that is kept."""
+    from tcspec.tasks import load_task
+
+    try:
+        members = load_task(results, layout.GROUP, pass_id).config.members
+    except (LookupError, ValueError):
+        return False
+    return any(("train", m) in keep for m in members)
+
+
+def _task_files(results: Path) -> dict[tuple[str, str], list[Path]]:
+    """(stage, id) -> every file or folder of that task under ``results``: its folder, its
+    stored config, log, benchmark and checkpoints."""
+    out: dict[tuple[str, str], list[Path]] = {}
+    for stage in (*layout.STAGES, layout.GROUP):
+        ids = {p.name for p in (results / "tasks" / stage).glob("*") if p.is_dir()}
+        ids |= {p.stem for p in layout.config_file(results, stage, "x").parent.glob("*.json")}
+        for task_id in ids:
+            files = [
+                layout.task_dir(results, stage, task_id),
+                layout.config_file(results, stage, task_id),
+                layout.log_file(results, stage, task_id),
+                layout.benchmark_file(results, stage, task_id),
+                layout.checkpoint_dir(results, task_id),
+            ]
+            out[(stage, task_id)] = [f for f in files if f.exists()]
+    return out
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
 
 
 def cmd_status(args) -> int:
