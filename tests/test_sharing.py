@@ -242,3 +242,19 @@ def test_clean_lists_and_removes_what_no_given_spec_needs(shared, tmp_path):
     assert snapshot(results) == before  # B had only stored configs; A's outputs stay
     again = snakemake(results, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_point_trained_alone_equals_it_trained_beside_others(shared, tmp_path):
+    """One id, one result: the micro point trained alone (spec A) and in one pass with a
+    second point (spec B, fresh folder) has byte-identical weights."""
+    b = variant(tmp_path, "micro-b", {"l1: 1.0e-3": "l1: [1.0e-3, 2.0e-3]"})
+    results = tmp_path / "results"
+    run = snakemake(results, spec=b)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (group,) = harness.plan(b).groups
+    assert len(group) == 2  # both points in one pass
+    (train,) = harness.plan(MICRO).stage("train")
+    files = ("weights.safetensors", "density.safetensors")
+    for name in files:
+        alone = (train.dir(shared) / name).read_bytes()
+        assert (train.dir(results) / name).read_bytes() == alone, name
