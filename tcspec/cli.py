@@ -189,10 +189,11 @@ def cmd_tables(args) -> int:
     for t in plan.tasks.values():
         save_task(results, t)
     (task,) = plan.stage("tables")
+    finished = [t for t in plan.stage("evaluate") if t.done(results).exists()]
+    if not finished:
+        raise UserError(f"{args.spec}: no finished evaluations in {results}: nothing to tabulate")
     record = run_task(task, results, "cpu", require_inputs=False)
     files = record["summary"]["files"]
-    if not files:
-        raise UserError(f"{args.spec}: no tables written (no finished evaluations yet)")
     print(f"{len(files)} files in {layout.tables_dir(results, spec.experiment)}")
     return 0
 

@@ -140,3 +140,15 @@ def test_unreadable_spec_is_one_located_line(tmp_path: Path, capsys):
     assert main(["check", str(missing)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{missing}:1:1: cannot read")
+
+
+def test_tables_without_evaluations_is_an_error(tmp_path: Path, capsys):
+    spec = ROOT / "tests" / "workflow" / "micro.yaml"
+    assert main(["tables", str(spec), "--results", str(tmp_path)]) == 2
+    assert "no finished evaluations" in capsys.readouterr().err
+    assert not (tmp_path / "micro").exists()
+
+
+def test_task_unknown_to_the_store_is_one_line(tmp_path: Path, capsys):
+    assert main(["task", "train", "nope", "--results", str(tmp_path)]) == 2
+    assert "no train task `nope`" in capsys.readouterr().err
