@@ -102,6 +102,28 @@ def check_spec(spec: Spec) -> list[tuple[tuple, str]]:
     return list(_check(spec))
 
 
+def sanity_warnings(spec: Spec) -> list[tuple[tuple, str]]:
+    """Settings that run but are likely mistakes: (location, message), for `tcspec check`
+    (errors with `--strict`). Warm-up longer than training; a batch larger than the data."""
+    out = []
+    for name, d in spec.dictionaries.items():
+        if d.kind == "pretrained":
+            continue
+        base = ("dictionaries", name)
+        tokens = d.train_tokens or spec.data.train_tokens
+        steps = tokens // d.batch_size
+        if d.batch_size > spec.data.train_tokens:
+            out.append((base + ("batch_size",), f"batch of {d.batch_size} tokens is larger "
+                        f"than the cache (data.train_tokens {spec.data.train_tokens})"))  # fmt: skip
+        for field in ("lr_warmup_steps", "l1_warmup_steps"):
+            warmup = getattr(d, field)
+            if steps and warmup > steps:
+                out.append((base + (field,), f"{warmup} warm-up steps, but training takes "
+                            f"{steps} ({tokens} tokens / batch {d.batch_size}): it never "
+                            "reaches its full value"))  # fmt: skip
+    return out
+
+
 def _check(spec: Spec) -> Found:
     yield from _check_data(spec)
     yield from _check_device(spec)

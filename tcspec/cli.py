@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--skip-disk", action="store_true", help="don't compare cache size to free disk"
     )
+    sp.add_argument("--strict", action="store_true", help="warnings are errors (exit 2)")
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("plan", help="print the job table of a spec")
@@ -115,7 +116,15 @@ def _plan(args):
 
 
 def cmd_check(args) -> int:
+    from tcspec.checks import sanity_warnings
+    from tcspec.loader import format_path
+
     spec, plan = _plan(args)
+    warnings = sanity_warnings(spec)
+    for loc, message in warnings:
+        print(f"{args.spec}: {format_path(loc)}: warning: {message}", file=sys.stderr)
+    if warnings and args.strict:
+        raise UserError(f"{args.spec}: {len(warnings)} warning(s) and --strict")
     if not args.skip_disk:
         _check_disk(plan, Path(args.results), args.spec)
     print(f"{args.spec}: ok ({len(plan.tasks)} tasks)")

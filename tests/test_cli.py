@@ -152,3 +152,15 @@ def test_tables_without_evaluations_is_an_error(tmp_path: Path, capsys):
 def test_task_unknown_to_the_store_is_one_line(tmp_path: Path, capsys):
     assert main(["task", "train", "nope", "--results", str(tmp_path)]) == 2
     assert "no train task `nope`" in capsys.readouterr().err
+
+
+def test_warm_up_longer_than_training_warns_and_strict_fails(tmp_path: Path, capsys):
+    text = (ROOT / "tests" / "workflow" / "micro.yaml").read_text()
+    spec = tmp_path / "warm.yaml"
+    spec.write_text(text.replace("lr_warmup_steps: 2", "lr_warmup_steps: 5000"))
+    assert main(["check", "--skip-disk", str(spec)]) == 0
+    err = capsys.readouterr().err
+    # 8192 tokens / batch 64 = 128 steps
+    assert f"{spec}: dictionaries.tc.lr_warmup_steps: warning: 5000 warm-up steps, but " in err
+    assert "training takes 128" in err
+    assert main(["check", "--skip-disk", "--strict", str(spec)]) == 2
