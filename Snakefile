@@ -10,18 +10,15 @@ configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
-include: "rules/model.smk"
-include: "rules/tokens.smk"
-include: "rules/acts.smk"
+include: "rules/tasks.smk"
 include: "rules/train.smk"
-include: "rules/evaluate.smk"
-include: "rules/interp.smk"
-include: "rules/circuits.smk"
-include: "rules/export.smk"
-include: "rules/tables.smk"
 
 
 rule all:
     default_target: True
     input:
         WF.targets(),
+
+
+onsuccess:
+    WF.publish()

@@ -1,12 +1,11 @@
-from tcspec.workflow import ID_PATTERN, Workflow
+from tcspec.layout import STAGES
+from tcspec.workflow import ID_PATTERN, RULE_STAGES, Workflow, stop_jobs_on_interrupt
 
 WF = Workflow(config["spec"], config["results"])
+stop_jobs_on_interrupt()
 
-# every job runs one task of the plan: `tcspec task STAGE ID SPEC`
-TASK = (
-    "TCSPEC_THREADS={threads} tcspec task {params.stage} {wildcards.id} {params.spec} "
-    "--results {params.results} 2>&1 | tee {log}"
-)
+# every job runs one stored task by stage and id: `tcspec task STAGE ID --results R`
+TASK = "exec tcspec task {params.stage} {params.id} --results {params.results} > {log} 2>&1"
 
 
 wildcard_constraints:

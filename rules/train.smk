@@ -1,29 +1,30 @@
-# Train: every sweep point of one dictionary at one layer, in one pass over the cache.
+# One rule per training pass: its outputs are the members of one group not yet done.
 
+for p in WF.passes:
 
-rule train_dictionary:
-    input:
-        unpack(WF.inputs("train")),
-    output:
-        done=WF.done("train"),
-    log:
-        WF.log("train"),
-    benchmark:
-        WF.benchmark("train")
-    conda:
-        "../envs/tcspec.yaml"
-    threads: 1
-    resources:
-        mem_mb=WF.resource("train", "mem_mb"),
-        gpu=WF.resource("train", "gpu"),
-    params:
-        stage="train",
-        spec=WF.spec_file,
-        results=WF.results,
-    shell:
-        TASK
-
-
-rule train:
-    input:
-        WF.targets("train"),
+    rule:
+        name:
+            f"train_{p.id.replace('-', '_').replace('.', '_')}"
+        input:
+            **WF.plan.inputs(p, WF.results),
+        output:
+            WF.pass_outputs(p),
+        log:
+            WF.pass_file(p, "log"),
+        benchmark:
+            WF.pass_file(p, "benchmark")
+        conda:
+            "../envs/tcspec.yaml"
+        threads: p.resources["threads"]
+        resources:
+            mem_mb=p.resources["mem_mb"],
+            gpu=p.resources["gpu"],
+            slurm_partition=(
+                config.get("gpu_partition", "gpu") if p.resources["gpu"] else "cpu"
+            ),
+        params:
+            stage=p.stage,
+            id=p.id,
+            results=WF.results,
+        shell:
+            TASK

@@ -102,8 +102,31 @@ def check_spec(spec: Spec) -> list[tuple[tuple, str]]:
     return list(_check(spec))
 
 
+def sanity_warnings(spec: Spec) -> list[tuple[tuple, str]]:
+    """Settings that run but are likely mistakes: (location, message), for `tcspec check`
+    (errors with `--strict`). Warm-up longer than training; a batch larger than the data."""
+    out = []
+    for name, d in spec.dictionaries.items():
+        if d.kind == "pretrained":
+            continue
+        base = ("dictionaries", name)
+        tokens = d.train_tokens or spec.data.train_tokens
+        steps = tokens // d.batch_size
+        if d.batch_size > spec.data.train_tokens:
+            out.append((base + ("batch_size",), f"batch of {d.batch_size} tokens is larger "
+                        f"than the cache (data.train_tokens {spec.data.train_tokens})"))  # fmt: skip
+        for field in ("lr_warmup_steps", "l1_warmup_steps"):
+            warmup = getattr(d, field)
+            if steps and warmup > steps:
+                out.append((base + (field,), f"{warmup} warm-up steps, but training takes "
+                            f"{steps} ({tokens} tokens / batch {d.batch_size}): it never "
+                            "reaches its full value"))  # fmt: skip
+    return out
+
+
 def _check(spec: Spec) -> Found:
     yield from _check_data(spec)
+    yield from _check_device(spec)
     try:
         dims = model_dims(spec.model)
     except DimsUnknown as exc:
@@ -138,7 +161,8 @@ def _check(spec: Spec) -> Found:
         yield from _check_ref(spec, loc, ref)
     for i, c in enumerate(spec.circuits):
         d = spec.dictionaries.get(c.dictionary.name)
-        if d is not None and d.kind not in ("transcoder", "skip_transcoder"):
+        # an imported dictionary's files say what it is: checked when the study loads it
+        if d is not None and d.kind not in ("transcoder", "skip_transcoder", "pretrained"):
             yield (
                 ("circuits", i, "dictionary", "name"),
                 f"`{c.dictionary.name}` is an SAE; "
@@ -160,6 +184,18 @@ def _check_one_point(loc: tuple, ref, d) -> Found:
                 f"`where: {{{unpicked[0]}: {_as_list(getattr(d, unpicked[0]))[0]}}}`"
             ),
         )
+
+
+def _check_device(spec: Spec) -> Found:
+    if spec.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            yield (
+                ("device",),
+                "cuda, but this torch sees no CUDA device (built without CUDA, or no GPU "
+                "visible here); use `auto` (CUDA when present) or `cpu`",
+            )
 
 
 def _check_data(spec: Spec) -> Found:

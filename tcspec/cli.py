@@ -1,4 +1,4 @@
-"""The `tcspec` command: check | plan | schema | run | task | tables | status.
+"""The `tcspec` command: check | plan | schema | run | task | tables | status | clean.
 
 User errors print one located line each and exit 2; tracebacks are for bugs only.
 """
@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tcspec import layout
 from tcspec.loader import SpecError, load_spec
 
 DEFAULT_SPEC = "specs/quickstart.yaml"
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--skip-disk", action="store_true", help="don't compare cache size to free disk"
     )
+    sp.add_argument("--strict", action="store_true", help="warnings are errors (exit 2)")
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("plan", help="print the job table of a spec")
@@ -66,10 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="passed to snakemake")
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("task", help="run one task of a plan (what Snakemake jobs call)")
+    sp = sub.add_parser("task", help="run one stored task by stage and id (what jobs call)")
     sp.add_argument("stage")
     sp.add_argument("task_id")
-    spec_arg(sp)
+    sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder")
+    sp.add_argument("--device", help="auto, cpu or cuda (default: $TCSPEC_DEVICE, else auto)")
     sp.set_defaults(func=cmd_task)
 
     sp = sub.add_parser("tables", help="regenerate a spec's tables from existing outputs")
@@ -90,7 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--model-name", help="TransformerLens model name (default: from task.json)")
     sp.add_argument("--context-size", type=int, help="context length (default: from task.json)")
     sp.add_argument("--dataset", help="dataset name recorded in the metadata")
+    sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder it is in")
     sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("clean", help="list (or remove) task folders no given spec needs")
+    sp.add_argument("specs", nargs="+", help="every spec whose outputs to keep")
+    sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder")
+    sp.add_argument("--yes", action="store_true", help="remove them (default: only list)")
+    sp.set_defaults(func=cmd_clean)
 
     sp = sub.add_parser("status", help="what is done, stale or missing for a spec")
     spec_arg(sp)
@@ -106,10 +116,15 @@ def _plan(args):
 
 
 def cmd_check(args) -> int:
-    from tcspec.plan import compile_plan
+    from tcspec.checks import sanity_warnings
+    from tcspec.loader import format_path
 
-    spec = load_spec(args.spec)
-    plan = compile_plan(spec)
+    spec, plan = _plan(args)
+    warnings = sanity_warnings(spec)
+    for loc, message in warnings:
+        print(f"{args.spec}: {format_path(loc)}: warning: {message}", file=sys.stderr)
+    if warnings and args.strict:
+        raise UserError(f"{args.spec}: {len(warnings)} warning(s) and --strict")
     if not args.skip_disk:
         _check_disk(plan, Path(args.results), args.spec)
     print(f"{args.spec}: ok ({len(plan.tasks)} tasks)")
@@ -118,8 +133,6 @@ def cmd_check(args) -> int:
 
 def _check_disk(plan, results: Path, spec_file: str) -> None:
     import shutil
-
-    from tcspec import paths
 
     need = sum(
         t.resources.get("disk_mb", 0) for t in plan.stage("acts") if not t.done(results).exists()
@@ -131,7 +144,6 @@ def _check_disk(plan, results: Path, spec_file: str) -> None:
             f"{spec_file}: the activation cache needs ~{need:,.0f} MB but {probe} has "
             f"{free:,.0f} MB free"
         )
-    del paths
 
 
 def cmd_plan(args) -> int:
@@ -139,7 +151,7 @@ def cmd_plan(args) -> int:
 
     spec, plan = _plan(args)
     if args.json:
-        print(json.dumps([t.__dict__ for t in plan.tasks.values()], indent=1, default=str))
+        print(json.dumps([t.record() for t in plan.tasks.values()], indent=1, default=str))
     else:
         print(plan_table(plan, Path(args.results)))
     return 0
@@ -165,35 +177,47 @@ def cmd_run(args) -> int:
 
 
 def cmd_task(args) -> int:
-    from tcspec.tasks import run_task
+    from tcspec.tasks import device_from_env, load_task, run_task
 
-    spec, plan = _plan(args)
+    results = Path(args.results)
     try:
-        task = plan.get(args.stage, args.task_id)
-    except KeyError as exc:
+        task = load_task(results, args.stage, args.task_id)
+        run_task(task, results, args.device or device_from_env())
+    except LookupError as exc:
         raise UserError(exc.args[0]) from None
-    try:
-        run_task(plan, task, Path(args.results))
     except ValueError as exc:  # bad input met at run time: one line, no traceback
-        raise UserError(f"{task.stage} {task.id}: {exc}") from None
+        raise UserError(f"{args.stage} {args.task_id}: {exc}") from None
     return 0
 
 
 def cmd_tables(args) -> int:
-    from tcspec.tasks import run_task
+    from tcspec.tasks import run_task, save_task
 
     spec, plan = _plan(args)
+    results = Path(args.results)
+    for t in plan.tasks.values():
+        save_task(results, t)
     (task,) = plan.stage("tables")
-    run_task(plan, task, Path(args.results), require_inputs=False)
+    finished = [t for t in plan.stage("evaluate") if t.done(results).exists()]
+    if not finished:
+        raise UserError(f"{args.spec}: no finished evaluations in {results}: nothing to tabulate")
+    record = run_task(task, results, "cpu", require_inputs=False)
+    files = record["summary"]["files"]
+    print(f"{len(files)} files in {layout.tables_dir(results, spec.experiment)}")
     return 0
 
 
 def cmd_ingest(args) -> int:
     from tcspec.study import ingest
 
-    spec = load_spec(args.spec)
+    spec, plan = _plan(args)
+    results = Path(args.results)
+    studies = plan.stage("study")
+    if not studies:
+        raise UserError(f"spec `{spec.experiment}` has no interp section, so no study packet")
+    target, key = layout.ratings_files(results, spec.experiment)
     try:
-        saved = ingest(spec, Path(args.results), Path(args.ratings))
+        saved = ingest(studies[0].dir(results), Path(args.ratings), target, key)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     print(f"ratings saved to {saved}; `tcspec tables {args.spec}` adds Table 1")
@@ -207,7 +231,7 @@ def cmd_export(args) -> int:
     folder = Path(args.dictionary)
     if not (folder / "cfg.json").exists():
         raise UserError(f"{folder}: not a dictionary folder (no cfg.json)")
-    facts = _training_facts(folder)
+    facts = _training_facts(folder, Path(args.results))
     model_name = args.model_name or facts.get("model_name")
     context = args.context_size or facts.get("context_size")
     if not model_name or not context:
@@ -227,26 +251,84 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _training_facts(member_dir: Path) -> dict:
-    """Model name, context and dataset of a trained dictionary, read from the task records
-    of its train task and the model and tokens tasks upstream of it."""
+def _training_facts(member_dir: Path, results: Path) -> dict:
+    """Model name, context and dataset of a trained dictionary, read from the stored
+    configs of its train task and the model and tokens tasks upstream of it."""
+    from tcspec.tasks import load_task
+
     try:
-        train = json.loads((member_dir.parent / "task.json").read_text())
-        tasks = member_dir.parent.parent.parent
-        acts = json.loads((tasks / "acts" / train["deps"]["acts"][1] / "task.json").read_text())
-        model = json.loads((tasks / "model" / acts["deps"]["model"][1] / "task.json").read_text())
-        tokens = json.loads(
-            (tasks / "tokens" / acts["deps"]["tokens"][1] / "task.json").read_text()
-        )
-    except (OSError, KeyError, ValueError):
+        train = json.loads((member_dir / layout.DONE).read_text())
+        acts = load_task(results, *train["deps"]["acts"])
+        model = load_task(results, *acts.deps["model"]).config.model
+        data = load_task(results, *acts.deps["tokens"]).config.data
+    except (OSError, KeyError, ValueError, LookupError):
         return {}
-    mc, tc = model["config"], tokens["config"]
-    name = mc.get("name") or f"tcspec-{mc['kind']}"
     return {
-        "model_name": name,
-        "context_size": tc["context"],
-        "dataset": tc.get("name") or tc["kind"],
+        "model_name": getattr(model, "name", None) or f"tcspec-{model.kind}",
+        "context_size": data.context,
+        "dataset": getattr(data, "name", None) or data.kind,
     }
+
+
+def cmd_clean(args) -> int:
+    import shutil
+
+    from tcspec.plan import compile_plan
+    from tcspec.workflow import pending_passes
+
+    results = Path(args.results)
+    keep: set[tuple[str, str]] = set()
+    for spec_file in args.specs:
+        plan = compile_plan(load_spec(spec_file))
+        keep |= set(plan.tasks) | {(p.stage, p.id) for p in pending_passes(plan, results)}
+    found = _task_files(results)
+    keep |= {k for k in found if k[0] == layout.GROUP and _trains_any(results, k[1], keep)}
+    stale = {key: files for key, files in found.items() if key not in keep}
+    size = sum(_size(f) for files in stale.values() for f in files)
+    for (stage, task_id), files in sorted(stale.items()):
+        print(f"{stage:<9} {task_id}")
+        if args.yes:
+            for f in files:
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+    verb = "removed" if args.yes else "not needed (remove with --yes)"
+    print(f"{len(stale)} of {len(found)} tasks {verb}: {size / 2**20:,.1f} MB")
+    return 0
+
+
+def _trains_any(results: Path, pass_id: str, keep: set) -> bool:
+    """Whether a training pass (its log, its checkpoint) trained a task that is kept."""
+    from tcspec.tasks import load_task
+
+    try:
+        members = load_task(results, layout.GROUP, pass_id).config.members
+    except (LookupError, ValueError):
+        return False
+    return any(("train", m) in keep for m in members)
+
+
+def _task_files(results: Path) -> dict[tuple[str, str], list[Path]]:
+    """(stage, id) -> every file or folder of that task under ``results``: its folder, its
+    stored config, log, benchmark and checkpoints."""
+    out: dict[tuple[str, str], list[Path]] = {}
+    for stage in (*layout.STAGES, layout.GROUP):
+        ids = {p.name for p in (results / "tasks" / stage).glob("*") if p.is_dir()}
+        ids |= {p.stem for p in layout.config_file(results, stage, "x").parent.glob("*.json")}
+        for task_id in ids:
+            files = [
+                layout.task_dir(results, stage, task_id),
+                layout.config_file(results, stage, task_id),
+                layout.log_file(results, stage, task_id),
+                layout.benchmark_file(results, stage, task_id),
+                layout.checkpoint_dir(results, task_id),
+            ]
+            out[(stage, task_id)] = [f for f in files if f.exists()]
+    return out
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
 
 
 def cmd_status(args) -> int:

@@ -1,12 +1,15 @@
-"""The compiler: Spec -> Plan of content-addressed Tasks.
+"""The compiler: Spec -> Plan of content-addressed Tasks with typed configs.
 
 All expansion happens here (sweeps, layers, which cache a dictionary reads), so Snakemake
-rules stay thin. A task's id is a readable prefix plus a hash of its resolved config and
-its upstream ids: change one sweep value and only the tasks downstream of it get new ids;
-two specs that need the same cache compute the same acts id and share it.
+rules stay generic. A task's id is a readable prefix plus a hash of its config's canonical
+JSON and its upstream ids: change one sweep value and only the tasks downstream of that
+point get new ids; two specs that need the same cache compute the same acts id.
 
-    model --> tokens --> acts --> train (one per dictionary x layer; a whole sweep in one pass)
+    model --> tokens --> acts --> train (one task per sweep point x layer)
                               \\--> evaluate (one per sweep point x layer) --> tables
+
+Each sweep point is its own train task; ``Plan.groups`` lists the members that share one
+pass over the cache (a dictionary at a layer), which the workflow trains together.
 """
 
 from __future__ import annotations
@@ -17,37 +20,70 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tcspec import paths
+from tcspec import layout
 from tcspec.checks import dictionary_hooks, model_dims
+from tcspec.configs import (
+    IMPORTED_MEMBER,
+    ActsConfig,
+    CircuitConfig,
+    CoderRef,
+    EvaluateConfig,
+    ExportConfig,
+    FeaturesConfig,
+    ImportedMemberConfig,
+    ModelConfig,
+    StageConfig,
+    StudyConfig,
+    TablesConfig,
+    TokensConfig,
+    TrainedMemberConfig,
+    TrainGroupConfig,
+)
 from tcspec.hooks import full_name, hook_width
-from tcspec.spec import SWEEP_FIELDS, Spec
+from tcspec.spec import SWEEP_FIELDS, DictionaryRef, Spec
 
-# fields of the spec that describe the machine, not the science: never part of an id
-MACHINE_FIELDS = ("device",)
+THREADS = {"model": 2, "acts": 2}
+"""CPU threads per job (default 1): the model and acts stages run first and alone; the
+training passes, evaluations and studies run side by side, one thread each. Part of what
+fixes a task's numbers on CPU, so a job always uses its stage's count."""
 
 
 @dataclass(frozen=True)
 class Task:
     stage: str
     id: str
-    config: dict
-    """Everything the task function needs, resolved and JSON-serialisable."""
+    config: StageConfig
     deps: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Named inputs: name -> (stage, task id)."""
     resources: dict = field(default_factory=dict)
-    """Estimates for the scheduler: mem_mb, disk_mb, runtime (min), gpu, flops, params."""
+    """Estimates for the scheduler: mem_mb, disk_mb, gpu, threads, flops, params."""
+    label: dict = field(default_factory=dict, compare=False)
+    """How the spec names a train or import task (dictionary, member, point): for the
+    configs downstream of it; not part of its id."""
 
     def dir(self, results: Path) -> Path:
-        return paths.task_dir(results, self.stage, self.id)
+        return layout.task_dir(results, self.stage, self.id)
 
     def done(self, results: Path) -> Path:
-        return paths.done_file(results, self.stage, self.id)
+        return layout.done_file(results, self.stage, self.id)
+
+    def record(self) -> dict:
+        """What the config store holds under the task's id."""
+        return {
+            "stage": self.stage,
+            "id": self.id,
+            "config": self.config.model_dump(mode="json"),
+            "deps": {k: list(v) for k, v in self.deps.items()},
+            "resources": self.resources,
+        }
 
 
 @dataclass
 class Plan:
     spec: Spec
     tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
+    groups: list[tuple[str, ...]] = field(default_factory=list)
+    """Train task ids that share one pass over their cache."""
 
     def add(self, task: Task) -> Task:
         self.tasks.setdefault((task.stage, task.id), task)
@@ -66,16 +102,19 @@ class Plan:
 
     def inputs(self, task: Task, results: Path) -> dict[str, str]:
         """Named input files (upstream done markers) of a task."""
-        return {name: str(paths.done_file(results, s, i)) for name, (s, i) in task.deps.items()}
+        return {name: str(layout.done_file(results, s, i)) for name, (s, i) in task.deps.items()}
 
 
-def task_id(prefix: str, config: dict, deps: dict) -> str:
-    blob = json.dumps({"config": config, "deps": deps}, sort_keys=True, default=str)
-    return f"{prefix}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+def task_id(prefix: str, config: StageConfig, deps: dict) -> str:
+    blob = json.dumps({"config": json.loads(config.canonical()), "deps": deps}, sort_keys=True)
+    return f"{_safe(prefix)}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
-def _make(stage: str, prefix: str, config: dict, deps: dict, resources: dict) -> Task:
-    return Task(stage, task_id(prefix, config, deps), config, deps, resources)
+def _make(
+    stage: str, prefix: str, config: StageConfig, deps: dict, resources: dict, label=None
+) -> Task:
+    resources = {"gpu": 0, "threads": THREADS.get(stage, 1)} | resources
+    return Task(stage, task_id(prefix, config, deps), config, deps, resources, label or {})
 
 
 # ------------------------------------------------------------------------------ sweeps
@@ -93,7 +132,7 @@ def sweep_points(d) -> list[dict]:
 
 
 def member_name(point: dict) -> str:
-    """Readable folder name of a sweep point: ``l1_0.0003-lr_0.0004``; ``single`` if none."""
+    """Readable name of a sweep point: ``l1_0.0003-lr_0.0004``; ``single`` if none."""
     if not point:
         return "single"
     return "-".join(f"{k}_{v:g}" if isinstance(v, float) else f"{k}_{v}" for k, v in point.items())
@@ -106,73 +145,84 @@ def compile_plan(spec: Spec) -> Plan:
     model = plan.add(_model_task(spec, dims))
     tokens = plan.add(_tokens_task(spec, model))
     acts = plan.add(_acts_task(spec, dims, model, tokens)) if _trained(spec) else None
-    evaluations, trains = [], {}
+    evaluations, members = [], {}
     for name, d in spec.dictionaries.items():
         layers = d.layers if d.layers is not None else spec.layers
-        groups = {}
         for layer in layers:
             if d.kind == "pretrained":
-                train = plan.add(_import_task(spec, name, d, layer))
+                group = [plan.add(_import_task(name, d, layer))]
             else:
-                train = plan.add(_train_task(spec, name, d, layer, dims, acts))
-            groups[layer] = trains[(name, layer)] = train
-            for member in train.config["members"]:
-                evaluations.append(plan.add(_evaluate_task(spec, train, member, model, tokens)))
+                group = [plan.add(t) for t in _train_tasks(spec, name, d, layer, dims, acts)]
+                plan.groups.append(tuple(sorted(t.id for t in group)))
+            members[(name, layer)] = group
+            for t in group:
+                evaluations.append(plan.add(_evaluate_task(spec, [t], model, tokens)))
         if spec.evaluate.splice_all_layers and d.kind != "sae" and len(layers) > 1:
-            for m in groups[layers[0]].config["members"]:
-                evaluations.append(
-                    plan.add(_splice_task(spec, name, m["name"], groups, model, tokens))
-                )
+            for i in range(len(members[(name, layers[0])])):
+                group = [members[(name, layer)][i] for layer in layers]
+                evaluations.append(plan.add(_evaluate_task(spec, group, model, tokens)))
     downstream = []
     if spec.interp is not None:
         features = [
-            plan.add(_features_task(spec, train, member, model, tokens))
-            for train, member in _select(spec, spec.interp.dictionaries, trains)
+            plan.add(_features_task(spec, t, model, tokens))
+            for t in _select(spec, spec.interp.dictionaries, members)
         ]
         downstream.append(plan.add(_study_task(spec, features)))
-    for i, c in enumerate(spec.circuits):
-        selected = _select(spec, [c.dictionary], trains)
-        downstream.append(plan.add(_circuit_task(spec, i, c, selected, model, tokens)))
+    for c in spec.circuits:
+        selected = _select(spec, [c.dictionary], members)
+        downstream.append(plan.add(_circuit_task(spec, c, selected, model, tokens)))
     for e in spec.export:
-        plan.add(_export_task(spec, e, _select(spec, e.dictionaries, trains), model))
+        plan.add(_export_task(spec, e, _select(spec, e.dictionaries, members), model))
     plan.add(_tables_task(spec, evaluations + downstream))
     return plan
 
 
-def _select(spec: Spec, refs, trains: dict) -> list[tuple[Task, dict]]:
-    """(train task, member) pairs a list of DictionaryRefs selects; empty selects all."""
-    if not refs:
-        from tcspec.spec import DictionaryRef
-
-        refs = [DictionaryRef(name=n) for n in spec.dictionaries]
+def _select(spec: Spec, refs, members: dict) -> list[Task]:
+    """Train/import tasks a list of DictionaryRefs selects; empty selects all."""
+    refs = refs or [DictionaryRef(name=n) for n in spec.dictionaries]
     out = []
     for ref in refs:
-        for (name, layer), train in trains.items():
+        for (name, layer), group in members.items():
             if name != ref.name or (ref.layer is not None and layer != ref.layer):
                 continue
-            for m in train.config["members"]:
-                if all(float(m["opts"][f]) == float(v) for f, v in ref.where.items()):
-                    out.append((train, m))
+            out += [t for t in group if _matches(t.config, ref.where)]
     return out
+
+
+def _matches(member, where: dict) -> bool:
+    if isinstance(member, ImportedMemberConfig):
+        return not where
+    return all(float(getattr(member.opts, f)) == float(v) for f, v in where.items())
+
+
+def coder_ref(task: Task) -> CoderRef:
+    """How a downstream config names a train or import task."""
+    c, label = task.config, task.label
+    return CoderRef(
+        stage=task.stage, id=task.id, dictionary=label["dictionary"], member=label["member"],
+        layer=c.layer, kind=c.kind,
+    )  # fmt: skip
+
+
+def _coder_deps(tasks: list[Task]) -> dict:
+    return {f"coder_{j}": (t.stage, t.id) for j, t in enumerate(tasks)}
 
 
 def _model_task(spec: Spec, dims: dict) -> Task:
     m = spec.model
-    config = m.model_dump(mode="json")
     if m.kind == "toy":
-        config["seed"] = spec.seed
-        prefix = f"toy-{m.recipe}"
+        prefix, seed = f"toy-{m.recipe}", spec.seed
     elif m.kind == "pretrained":
-        prefix = m.name.replace("/", "_").replace(".", "_")
+        prefix, seed = m.name.replace("/", "_").replace(".", "_"), None
     else:
-        prefix = f"checkpoint-{Path(m.path).name}"
-    return _make("model", _safe(prefix), config, {}, {"mem_mb": _model_mem_mb(dims), "gpu": 0})
+        prefix, seed = f"checkpoint-{Path(m.path).name}", None
+    config = ModelConfig(model=m, seed=seed)
+    return _make("model", prefix, config, {}, {"mem_mb": _model_mem_mb(dims)})
 
 
 def _tokens_task(spec: Spec, model: Task) -> Task:
-    data = spec.data
-    config = data.model_dump(mode="json") | {"seed": spec.seed}
-    prefix = f"{data.kind}-ctx{data.context}"
+    config = TokensConfig(data=spec.data, seed=spec.seed)
+    prefix = f"{spec.data.kind}-ctx{spec.data.context}"
     return _make("tokens", prefix, config, {"model": ("model", model.id)}, {"mem_mb": 2000})
 
 
@@ -183,13 +233,11 @@ def _acts_task(spec: Spec, dims: dict, model: Task, tokens: Task) -> Task:
         for layer in d.layers if d.layers is not None else spec.layers:
             for h in (in_hook, out_hook):
                 hooks[full_name(layer, h)] = hook_width(h, dims)
-    hooks = dict(sorted(hooks.items()))
-    config = spec.acts.model_dump(mode="json") | {"hooks": hooks, "drop_bos": True}
-    rows = spec.data.train_tokens
+    config = ActsConfig(acts=spec.acts, hooks=dict(sorted(hooks.items())))
     bytes_per = 2 if spec.acts.dtype != "float32" else 4
-    disk_mb = rows * sum(hooks.values()) * bytes_per / 2**20
+    disk_mb = spec.data.train_tokens * sum(hooks.values()) * bytes_per / 2**20
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
-    resources = {"disk_mb": int(disk_mb) + 1, "mem_mb": _model_mem_mb(dims) + 1000, "gpu": 0}
+    resources = {"disk_mb": int(disk_mb) + 1, "mem_mb": _model_mem_mb(dims) + 1000}
     return _make("acts", f"L{'-'.join(map(str, sorted(_layers(spec))))}", config, deps, resources)
 
 
@@ -205,167 +253,133 @@ def _layers(spec: Spec) -> set[int]:
     return out
 
 
-def _train_task(spec: Spec, name: str, d, layer: int, dims: dict, acts: Task) -> Task:
+def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, acts: Task) -> list[Task]:
+    """One train task per sweep point: the member's resolved options, shapes and hooks."""
     in_hook, out_hook = dictionary_hooks(d)
     d_in, d_out = hook_width(in_hook, dims), hook_width(out_hook, dims)
-    tokens = d.train_tokens or spec.data.train_tokens
-    steps = tokens // d.batch_size
-    members, flops, params = [], 0, 0
-    for point in sweep_points(d):
-        opts = d.model_dump(mode="json", exclude={"layers", "zip"}) | point
-        d_sae = opts["d_sae"] if opts["d_sae"] is not None else opts["expansion"] * d_in
-        opts["seed"] = d.seed if d.seed is not None else spec.seed
-        n_params = d_sae * (d_in + d_out) + d_sae + d_in + d_out
-        n_params += d_in * d_out if d.kind == "skip_transcoder" else 0
-        params += n_params
-        flops += 6 * steps * d.batch_size * d_sae * (d_in + d_out)
-        members.append(
-            dict(
-                name=member_name(point),
-                point=point,
-                opts=opts,
-                layer=layer,
-                d_in=d_in,
-                d_out=d_out,
-                d_sae=d_sae,
-                in_key=full_name(layer, in_hook),
-                out_key=full_name(layer, out_hook),
-            )
-        )
-    config = dict(dictionary=name, kind=d.kind, layer=layer, steps=steps, members=members)
-    # weights + Adam moments + grads, fp32, plus a few batches
-    mem_mb = params * 4 * 4 / 2**20 + 4 * d.batch_size * (d_in + d_out) * 4 / 2**20 + 1500
+    steps = (d.train_tokens or spec.data.train_tokens) // d.batch_size
     gpu = 0 if spec.model.kind == "toy" else 1  # the toy pipeline is sized for a CPU
-    resources = {"mem_mb": int(mem_mb), "flops": flops, "params": params, "gpu": gpu}
-    return _make("train", f"{name}-L{layer}", config, {"acts": ("acts", acts.id)}, resources)
+    tasks = []
+    for point in sweep_points(d):
+        seed = d.seed if d.seed is not None else spec.seed
+        opts = d.model_copy(update=point | {"seed": seed, "layers": None, "zip": []})
+        d_sae = opts.d_sae if opts.d_sae is not None else opts.expansion * d_in
+        config = TrainedMemberConfig(
+            opts=opts, layer=layer, d_in=d_in, d_out=d_out, d_sae=d_sae, steps=steps,
+            in_key=full_name(layer, in_hook), out_key=full_name(layer, out_hook),
+            data_seed=spec.seed,
+        )  # fmt: skip
+        label = {"dictionary": name, "member": member_name(point), "point": point}
+        params = d_sae * (d_in + d_out) + d_sae + d_in + d_out
+        params += d_in * d_out if d.kind == "skip_transcoder" else 0
+        # weights + Adam moments + grads, fp32, plus a few batches
+        mem_mb = params * 16 / 2**20 + 4 * d.batch_size * (d_in + d_out) * 4 / 2**20 + 1500
+        flops = 6 * steps * d.batch_size * d_sae * (d_in + d_out)
+        resources = {"mem_mb": int(mem_mb), "flops": flops, "params": params, "gpu": gpu}
+        prefix = f"{name}-L{layer}-{_content_name(opts)}"
+        deps = {"acts": ("acts", acts.id)}
+        tasks.append(_make("train", prefix, config, deps, resources, label))
+    return tasks
 
 
-def _import_task(spec: Spec, name: str, d, layer: int) -> Task:
-    """Import a released dictionary into tcspec's format: a train task without training."""
+def _content_name(opts) -> str:
+    """Readable part of a train id from what was trained (not from how the spec swept)."""
+    point = {"k": opts.k} if opts.activation == "topk" else {"l1": opts.l1}
+    return member_name(point | ({"d_sae": opts.d_sae} if opts.d_sae else {}))
+
+
+def _import_task(name: str, d, layer: int) -> Task:
+    """Import a released dictionary into tcspec's format; its id covers the files' bytes.
+    (The loader made a relative local path relative to the spec file.)"""
     path = d.path.replace("{layer}", str(layer))
-    member = dict(name="pretrained", point={}, opts={}, layer=layer, d_sae=None)
-    config = dict(
-        dictionary=name,
-        kind="pretrained",
-        layer=layer,
-        path=path,
-        repo=d.repo,
-        format=d.format,
+    config = ImportedMemberConfig(
+        layer=layer, path=path, repo=d.repo, format=d.format,
         in_hook=full_name(layer, d.in_hook) if d.in_hook else None,
         out_hook=full_name(layer, d.out_hook) if d.out_hook else None,
-        trust_pickle=d.trust_pickle,
-        members=[member],
+        trust_pickle=d.trust_pickle, files=file_hashes(Path(path)) if d.repo is None else {},
+    )  # fmt: skip
+    label = {"dictionary": name, "member": IMPORTED_MEMBER, "point": {}}
+    return _make("import", f"{name}-L{layer}-import", config, {}, {"mem_mb": 4000}, label)
+
+
+def file_hashes(path: Path) -> dict[str, str]:
+    """sha256 of every file at ``path`` (a file, or a folder's files), by relative name;
+    empty when nothing is there (the checks report it)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    out = {}
+    for f in files:
+        if f.is_file():
+            name = f.name if f == path else str(f.relative_to(path))
+            out[name] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def _evaluate_task(spec: Spec, coders: list[Task], model: Task, tokens: Task) -> Task:
+    """Metrics of one sweep point spliced in at one layer (or several layers at once)."""
+    refs = tuple(coder_ref(t) for t in coders)
+    config = EvaluateConfig(
+        coders=refs,
+        point=coders[0].label["point"],
+        eval_tokens=spec.evaluate.eval_tokens or spec.data.eval_tokens,
+        batch_contexts=spec.evaluate.batch_contexts,
     )
-    return _make("train", _safe(f"{name}-L{layer}-import"), config, {}, {"mem_mb": 4000, "gpu": 0})
+    deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)} | _coder_deps(coders)
+    layer = f"L{refs[0].layer}" if len(coders) == 1 else "all"
+    prefix = f"{refs[0].dictionary}-{layer}-{refs[0].member}"
+    return _make("evaluate", prefix, config, deps, {"mem_mb": 3000})
 
 
-def _evaluate_task(spec: Spec, train: Task, member: dict, model: Task, tokens: Task) -> Task:
-    ev = spec.evaluate
-    config = dict(
-        dictionary=train.config["dictionary"],
-        kind=train.config["kind"],
-        member=member["name"],
-        point=member["point"],
-        layers=[member["layer"]],
-        eval_tokens=ev.eval_tokens or spec.data.eval_tokens,
-        batch_contexts=ev.batch_contexts,
-    )
-    deps = {
-        "model": ("model", model.id),
-        "tokens": ("tokens", tokens.id),
-        "train": ("train", train.id),
-    }
-    prefix = f"{train.config['dictionary']}-L{member['layer']}-{member['name']}"
-    return _make("evaluate", _safe(prefix), config, deps, {"mem_mb": 3000, "gpu": 0})
-
-
-def _splice_task(
-    spec: Spec, name: str, member: str, groups: dict, model: Task, tokens: Task
-) -> Task:
-    first = groups[next(iter(groups))]
-    point = next(m["point"] for m in first.config["members"] if m["name"] == member)
-    ev = spec.evaluate
-    config = dict(
-        dictionary=name,
-        kind=first.config["kind"],
-        member=member,
-        point=point,
-        layers=sorted(groups),
-        eval_tokens=ev.eval_tokens or spec.data.eval_tokens,
-        batch_contexts=ev.batch_contexts,
+def _features_task(spec: Spec, coder: Task, model: Task, tokens: Task) -> Task:
+    """Feature statistics and dashboards of one trained dictionary."""
+    config = FeaturesConfig(
+        **spec.interp.model_dump(exclude={"dictionaries"}),
+        coder=coder_ref(coder),
+        live_threshold=coder.config.live_threshold,
+        eval_tokens=spec.data.eval_tokens,
+        seed=spec.seed,
     )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
-    deps |= {f"train_L{layer}": ("train", t.id) for layer, t in groups.items()}
-    return _make(
-        "evaluate", _safe(f"{name}-all-{member}"), config, deps, {"mem_mb": 3000, "gpu": 0}
-    )
-
-
-def _features_task(spec: Spec, train: Task, member: dict, model: Task, tokens: Task) -> Task:
-    """Feature statistics and dashboards of one trained dictionary."""
-    config = spec.interp.model_dump(mode="json", exclude={"dictionaries"}) | dict(
-        step="features",
-        seed=spec.seed,
-        dictionary=train.config["dictionary"],
-        kind=train.config["kind"],
-        member=member["name"],
-        layer=member["layer"],
-        eval_tokens=spec.data.eval_tokens,
-    )
-    deps = {
-        "model": ("model", model.id),
-        "tokens": ("tokens", tokens.id),
-        "train": ("train", train.id),
-    }
-    prefix = f"{train.config['dictionary']}-L{member['layer']}-{member['name']}"
-    return _make("interp", _safe(prefix), config, deps, {"mem_mb": 3000, "gpu": 0})
+    deps |= _coder_deps([coder])
+    return _make("interp", config.coder.label, config, deps, {"mem_mb": 3000})
 
 
 def _study_task(spec: Spec, features: list[Task]) -> Task:
     """The blind rating study over every studied dictionary's features."""
-    config = dict(step="study", features=spec.interp.features, seed=spec.seed)
+    config = StudyConfig(features=spec.interp.features, seed=spec.seed)
     deps = {f"features_{i}": ("interp", t.id) for i, t in enumerate(features)}
-    return _make("interp", f"study-{spec.experiment}", config, deps, {"mem_mb": 1000, "gpu": 0})
+    return _make("study", f"study-{spec.experiment}", config, deps, {"mem_mb": 1000})
 
 
-def _circuit_task(spec: Spec, i: int, c, selected, model: Task, tokens: Task) -> Task:
+def _circuit_task(spec: Spec, c, selected: list[Task], model: Task, tokens: Task) -> Task:
     """A circuit study through one transcoder per layer (one sweep point)."""
-    config = c.model_dump(mode="json") | dict(
-        seed=spec.seed,
-        coders=[
-            dict(train=t.id, member=m["name"], layer=m["layer"], kind=t.config["kind"])
-            for t, m in selected
-        ],
-    )
+    config = CircuitConfig(circuit=c, coders=tuple(coder_ref(t) for t in selected), seed=spec.seed)
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
-    deps |= {f"train_{j}": ("train", t.id) for j, (t, _) in enumerate(selected)}
-    prefix = f"{c.task}-{c.dictionary.name}"
-    return _make("circuits", _safe(prefix), config, deps, {"mem_mb": 3000, "gpu": 0})
+    deps |= _coder_deps(selected)
+    return _make("circuits", f"{c.task}-{c.dictionary.name}", config, deps, {"mem_mb": 3000})
 
 
-def _export_task(spec: Spec, e, selected, model: Task) -> Task:
+def _export_task(spec: Spec, e, selected: list[Task], model: Task) -> Task:
     """Every selected dictionary written in one target format."""
     name = spec.model.name if spec.model.kind == "pretrained" else f"tcspec-{spec.model.kind}"
-    config = dict(
+    config = ExportConfig(
         to=e.to,
-        experiment=spec.experiment,
+        coders=tuple(coder_ref(t) for t in selected),
         model_name=name,
         context_size=spec.data.context,
         dataset=getattr(spec.data, "name", None) or spec.data.kind,
-        coders=[
-            dict(dictionary=t.config["dictionary"], train=t.id, member=m["name"], layer=m["layer"])
-            for t, m in selected
-        ],
     )
-    deps = {"model": ("model", model.id)}
-    deps |= {f"train_{j}": ("train", t.id) for j, (t, _) in enumerate(selected)}
-    return _make("export", e.to, config, deps, {"mem_mb": 2000, "gpu": 0})
+    deps = {"model": ("model", model.id)} | _coder_deps(selected)
+    return _make("export", e.to, config, deps, {"mem_mb": 2000})
 
 
 def _tables_task(spec: Spec, upstream: list[Task]) -> Task:
-    config = spec.tables.model_dump(mode="json") | {"experiment": spec.experiment}
+    config = TablesConfig(
+        experiment=spec.experiment,
+        include=tuple(spec.tables.include),
+        reference=spec.tables.reference,
+    )
     deps = {f"{t.stage}_{i}": (t.stage, t.id) for i, t in enumerate(upstream)}
-    return _make("tables", spec.experiment, config, deps, {"mem_mb": 1000, "gpu": 0})
+    return _make("tables", spec.experiment, config, deps, {"mem_mb": 1000})
 
 
 def _model_mem_mb(dims: dict) -> int:
@@ -376,3 +390,18 @@ def _model_mem_mb(dims: dict) -> int:
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def group_task(members: list[Task]) -> Task:
+    """One training pass over the cache for ``members`` (train tasks of one group that are
+    not done): its id names exactly that set, so an interrupted pass resumes its checkpoint."""
+    config = TrainGroupConfig(members=tuple(sorted(t.id for t in members)))
+    deps = dict(members[0].deps)  # the cache they all read
+    first = members[0].label
+    resources = {
+        "mem_mb": sum(t.resources["mem_mb"] for t in members) - 1500 * (len(members) - 1),
+        "gpu": max(t.resources["gpu"] for t in members),
+        "threads": THREADS.get("train", 1),
+    }
+    prefix = f"{first['dictionary']}-L{members[0].config.layer}-x{len(members)}"
+    return Task(layout.GROUP, task_id(prefix, config, deps), config, deps, resources)

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from tcspec import paths
+from tcspec import layout
 from tcspec.plan import Plan
 
 
@@ -25,7 +25,7 @@ def plan_table(plan: Plan, results: Path) -> str:
     header = f"{'stage':<9} {'id':<44} {'mem':>8} {'disk':>8} {'params':>8} {'flops':>8}"
     lines += [header, "-" * len(header)]
     totals = {"disk_mb": 0, "flops": 0, "params": 0}
-    for stage in paths.STAGES:
+    for stage in layout.STAGES:
         for t in plan.stage(stage):
             r = t.resources
             for k in totals:
@@ -36,7 +36,7 @@ def plan_table(plan: Plan, results: Path) -> str:
                 f"{_human(r['params']) if r.get('params') else '':>8} "
                 f"{_human(r['flops']) if r.get('flops') else '':>8}"
             )
-    counts = {s: len(plan.stage(s)) for s in paths.STAGES if plan.stage(s)}
+    counts = {s: len(plan.stage(s)) for s in layout.STAGES if plan.stage(s)}
     lines += [
         "",
         "jobs: " + ", ".join(f"{s} {n}" for s, n in counts.items()) + f" (total {len(plan.tasks)})",
@@ -52,7 +52,8 @@ def status_table(plan: Plan, results: Path) -> str:
 
     - ``done (N s)``: its task.json exists (N: the task's wall time);
     - ``stale``: done, but an upstream task is missing or was finished after it (Snakemake
-      reruns it, and everything after it);
+      reruns it, and everything after it); never a done train task, which content
+      addressing makes final (its id names what it trained on);
     - ``failed or running``: a log but no task.json; the log's last line is shown (the error
       of a failed job), and a training checkpoint when one is there to resume from;
     - ``to do``: never started.
@@ -60,13 +61,16 @@ def status_table(plan: Plan, results: Path) -> str:
     Task folders of earlier configs or of other specs sharing the results folder are counted
     as ``other task folders``.
     """
+    from tcspec.workflow import pending_passes
+
     results = Path(results)
+    passes = {m: p for p in pending_passes(plan, results) for m in p.config.members}
     lines = []
     summary: dict[str, int] = {}
     keys: dict[tuple[str, str], str] = {}  # (stage, id) -> summary key, upstream first
-    for stage in paths.STAGES:
+    for stage in layout.STAGES:
         for t in plan.stage(stage):
-            key, state = _task_state(t, results, keys)
+            key, state = _task_state(t, results, keys, passes.get(t.id, t))
             keys[(stage, t.id)] = key
             summary[key] = summary.get(key, 0) + 1
             lines.append(f"{stage:<9} {t.id:<44} {state}")
@@ -79,14 +83,16 @@ def status_table(plan: Plan, results: Path) -> str:
 STATES = ("done", "stale", "failed or running", "to do")
 
 
-def _task_state(task, results: Path, upstream: dict[tuple[str, str], str]) -> tuple[str, str]:
+def _task_state(task, results: Path, upstream: dict, job) -> tuple[str, str]:
     """(summary key, the line's state text) of one task; ``upstream`` holds the keys of the
-    tasks before it."""
+    tasks before it; ``job`` is what runs it (itself, or the training pass of a member)."""
     done = task.done(results)
     if done.exists():
         mtime = done.stat().st_mtime_ns
-        for stage, dep_id in task.deps.values():
-            dep = paths.done_file(results, stage, dep_id)
+        # a done train task is no job's output (passes train only members not done): final
+        deps = {} if task.stage == "train" else task.deps
+        for stage, dep_id in deps.values():
+            dep = layout.done_file(results, stage, dep_id)
             if not dep.exists():
                 return "stale", f"stale: upstream {stage} {dep_id} is missing"
             if dep.stat().st_mtime_ns > mtime:
@@ -98,13 +104,13 @@ def _task_state(task, results: Path, upstream: dict[tuple[str, str], str]) -> tu
         except (OSError, ValueError):
             return "done", "done (task.json unreadable)"
         return "done", f"done ({wall:.0f} s)" if wall is not None else "done"
-    log = paths.log_file(results, task.stage, task.id)
+    log = layout.log_file(results, job.stage, job.id)
     if log.exists():
         state = "failed or running"
         last = _last_line(log)
         if last:
             state += f": {last}"
-        ckpt = paths.checkpoint_dir(results, task.id)
+        ckpt = layout.checkpoint_dir(results, job.id)
         if ckpt.is_dir() and any(p.is_file() for p in ckpt.iterdir()):
             state += f" [checkpoint in {ckpt}: a rerun resumes from it]"
         return "failed or running", state
@@ -134,7 +140,7 @@ def _stale(plan: Plan, results: Path) -> int:
     """Task folders of a stage that the current plan does not name (older sweep values, or
     another spec sharing the results folder)."""
     n = 0
-    for stage in paths.STAGES:
+    for stage in layout.STAGES:
         root = Path(results) / "tasks" / stage
         if root.exists():
             current = {t.id for t in plan.stage(stage)}

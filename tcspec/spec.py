@@ -11,7 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    model_validator,
+)
 
 from tcspec.hooks import BLOCK_HOOKS, TRANSCODER_IN, TRANSCODER_OUT
 from tcspec.kinds import ACTIVATIONS, DEAD_AUX_K, SPARSITY_K
@@ -313,8 +320,8 @@ class PretrainedDictionarySpec(Frozen):
 
     kind: Literal["pretrained"]
     path: str
-    """Folder or file; `{layer}` in it is replaced by each layer. With `repo`, a path inside
-    the repository's snapshot."""
+    """Folder or file; `{layer}` in it is replaced by each layer. Relative to the spec file's
+    folder; with `repo`, a path inside the repository's snapshot."""
     repo: str | None = None
     """HF hub repository id holding the files (read from the local HF cache when offline)."""
     format: Literal[
@@ -330,6 +337,15 @@ class PretrainedDictionarySpec(Frozen):
     trust_pickle: bool = False
     """Allow pickled (`.pt`) files to run arbitrary code when loaded. Without it only tensors
     and the paper's known config class are admitted."""
+
+    @model_validator(mode="after")
+    def _relative_to_the_spec(self, info: ValidationInfo):
+        """A relative local `path` is relative to the spec file's folder (the loader's
+        `base_dir`), like `data.paths`."""
+        base = (info.context or {}).get("base_dir")
+        if base is not None and self.repo is None and not Path(self.path).is_absolute():
+            object.__setattr__(self, "path", str((Path(base) / self.path).resolve()))
+        return self
 
 
 DictionarySpec = Annotated[

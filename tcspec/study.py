@@ -39,8 +39,6 @@ import csv
 import io
 import json
 import math
-import os
-import shutil
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -48,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from tcspec.atomic import write_bytes, write_text
 
 RATINGS = ("yes", "maybe", "no")
 COLUMNS = ("id", "rating", "context_free", "note")
@@ -164,11 +164,11 @@ def build_study(feature_dirs: Sequence[Path], out_dir: Path, n: int, seed: int) 
     out_dir = Path(out_dir)
     packet = out_dir / PACKET_DIR
     packet.mkdir(parents=True, exist_ok=True)
-    _write_text(packet / "packet.html", dashboards.render_packet(items))
-    _write_text(packet / "ratings.csv", ratings_template(list(key)))
+    write_text(packet / "packet.html", dashboards.render_packet(items))
+    write_text(packet / "ratings.csv", ratings_template(list(key)))
     record = {"seed": seed, "features_per_dictionary": n, "dictionaries": dictionaries, "ids": key}
-    _write_text(out_dir / KEY_FILE, json.dumps(record, indent=1) + "\n")
-    _write_text(out_dir / PROXIES_FILE, pd.DataFrame(proxies).to_csv(index=False))
+    write_text(out_dir / KEY_FILE, json.dumps(record, indent=1) + "\n")
+    write_text(out_dir / PROXIES_FILE, pd.DataFrame(proxies).to_csv(index=False))
     return {"features": len(key), "dictionaries": list(dictionaries)}
 
 
@@ -257,50 +257,19 @@ def _id_range(ids: Sequence[str]) -> str:
     return f"{ids[0]}..{ids[-1]}" if ids else "no ids"
 
 
-def ratings_files(results: Path, experiment: str) -> tuple[Path, Path]:
-    """Where ingested ratings live: results/<experiment>/ratings.csv and the key beside it."""
-    folder = Path(results) / experiment
-    return folder / "ratings.csv", folder / "ratings_key.json"
-
-
-def study_dir(spec, results: Path) -> Path:
-    """The study task's folder of `spec` (a Spec, or a path to one)."""
-    from tcspec.plan import compile_plan
-
-    plan = compile_plan(_as_spec(spec))
-    studies = [t for t in plan.stage("interp") if t.config.get("step") == "study"]
-    if not studies:
-        raise ValueError(f"spec `{plan.spec.experiment}` has no interp section, so no study packet")
-    return studies[0].dir(results)
-
-
-def ingest(spec, results: Path, ratings_csv: Path) -> Path:
-    """Validate `ratings_csv` against the study packet of `spec` (a Spec or a spec path) in
-    `results` and copy it to results/<experiment>/ratings.csv (with the key beside it as
-    ratings_key.json). Raises ValueError, writing nothing, when the packet is missing or
-    the file does not match it. Returns the path written."""
-    spec = _as_spec(spec)
-    folder = study_dir(spec, results)
-    key_file = folder / KEY_FILE
+def ingest(study: Path, ratings_csv: Path, target: Path, target_key: Path) -> Path:
+    """Validate `ratings_csv` against the study packet in the folder `study` and copy it to
+    `target` (with the packet's key beside it as `target_key`). Raises ValueError, writing
+    nothing, when the packet is missing or the file does not match it. Returns `target`."""
+    study = Path(study)
+    key_file = study / KEY_FILE
     if not key_file.is_file():
-        raise ValueError(f"{key_file} not found: run the interp stage of `{spec.experiment}` first")
+        raise ValueError(f"{key_file} not found: run the interp stage (its study) first")
     key = json.loads(key_file.read_text())
     validate_ratings(Path(ratings_csv), list(key["ids"]))
-    target, target_key = ratings_files(results, spec.experiment)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _write_text(target_key, json.dumps(key | {"study": str(folder)}, indent=1) + "\n")
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.copyfile(ratings_csv, tmp)
-    os.replace(tmp, target)
-    return target
-
-
-def _as_spec(spec):
-    if isinstance(spec, (str, Path)):
-        from tcspec.loader import load_spec
-
-        return load_spec(spec)
-    return spec
+    write_text(target_key, json.dumps(key | {"study": str(study)}, indent=1) + "\n")
+    write_bytes(target, Path(ratings_csv).read_bytes())
+    return Path(target)
 
 
 # ------------------------------------------------------------------------------- Table 1
@@ -330,12 +299,11 @@ def count_classes(ratings: pd.DataFrame, key: dict) -> pd.DataFrame:
     return table
 
 
-def table1(results: Path, experiment: str) -> pd.DataFrame | None:
-    """Table 1 of an experiment from its ingested ratings (None when there are none): the
-    counts per class and dictionary, the paper's counts beside them (columns "paper: ...").
-    `attrs["z_tests"]` holds the interpretable-fraction test of each pair of dictionaries."""
-    ratings_csv, key_file = ratings_files(results, experiment)
-    if not ratings_csv.is_file():
+def table1(ratings_csv: Path, key_file: Path) -> pd.DataFrame | None:
+    """Table 1 from ingested ratings and their packet key (None when there are no ratings):
+    the counts per class and dictionary, the paper's counts beside them (columns "paper:
+    ..."). `attrs["z_tests"]` holds the interpretable-fraction test of each pair."""
+    if not Path(ratings_csv).is_file():
         return None
     key = json.loads(key_file.read_text())
     ratings = validate_ratings(ratings_csv, list(key["ids"]))
@@ -425,10 +393,3 @@ def _auc_lower(score: np.ndarray, positive: np.ndarray) -> float:
         return math.nan
     diff = pos[:, None] - neg[None, :]
     return float(((diff < 0) + 0.5 * (diff == 0)).mean())
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

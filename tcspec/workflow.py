@@ -1,20 +1,31 @@
 """The bridge from a compiled Plan to Snakemake rules.
 
-Rules are generic over a task id wildcard; the functions here (input, resource and target
-lookups) are the only place the plan is read from ``rules/*.smk``. Nothing here imports
-Snakemake, so it is tested like any other module.
+Building the DAG stores every task's frozen config under its id (``tcspec.tasks.save_task``,
+written only when absent), so a job is named by its stage and id alone: rules carry nothing
+of the spec (no params), and two specs sharing a task share its job and its outputs.
+
+Rules: one per stage over an ``{id}`` wildcard (``rules/tasks.smk``), and one per training
+pass (``rules/train.smk``, declared in a loop): a pass's outputs are the done markers of the
+members of its group that are not done yet, so a done member is never an output again (and
+never deleted or retrained) while the new ones still share one pass over the cache.
+Nothing here imports Snakemake, so it is tested like any other module.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
-from tcspec import paths
+from tcspec import layout
 from tcspec.loader import SpecError, load_spec
-from tcspec.plan import Plan, compile_plan
+from tcspec.plan import Plan, Task, compile_plan, group_task
+from tcspec.tasks import DEVICE_ENV, save_task
 
 ID_PATTERN = r"[A-Za-z0-9_.\-]+"
+RULE_STAGES = tuple(s for s in layout.STAGES if s != "train")
+"""Stages with one generic rule; members train in passes."""
 
 
 class Workflow:
@@ -22,20 +33,25 @@ class Workflow:
         self.spec_file = str(spec_file)
         self.results = Path(results)
         try:
-            self.plan: Plan = compile_plan(load_spec(spec_file))
+            spec = load_spec(spec_file)
+            self.plan: Plan = compile_plan(spec)
         except SpecError as exc:  # located, one line per problem; no traceback
             print(exc, file=sys.stderr)
             raise SystemExit(2) from None
+        self.passes = pending_passes(self.plan, self.results)
+        for task in [*self.plan.tasks.values(), *self.passes]:
+            save_task(self.results, task)
+        os.environ[DEVICE_ENV] = spec.device  # jobs inherit it; no rule names it
 
     # ---- per-rule paths with an {id} wildcard
     def done(self, stage: str) -> str:
-        return str(paths.done_file(self.results, stage, "{id}"))
+        return str(layout.done_file(self.results, stage, "{id}"))
 
     def log(self, stage: str) -> str:
-        return str(paths.log_file(self.results, stage, "{id}"))
+        return str(layout.log_file(self.results, stage, "{id}"))
 
     def benchmark(self, stage: str) -> str:
-        return str(paths.benchmark_file(self.results, stage, "{id}"))
+        return str(layout.benchmark_file(self.results, stage, "{id}"))
 
     # ---- lookups by wildcard
     def inputs(self, stage: str):
@@ -54,7 +70,67 @@ class Workflow:
 
         return resource
 
+    # ---- training passes (concrete rules, no wildcards)
+    def pass_outputs(self, task: Task) -> list[str]:
+        return [str(layout.done_file(self.results, "train", i)) for i in task.config.members]
+
+    def pass_file(self, task: Task, kind: str) -> str:
+        files = {"log": layout.log_file, "benchmark": layout.benchmark_file}
+        return str(files[kind](self.results, task.stage, task.id))
+
     # ---- targets
     def targets(self, *stages: str) -> list[str]:
-        stages = stages or paths.STAGES
+        stages = stages or layout.STAGES
         return [str(t.done(self.results)) for s in stages for t in self.plan.stage(s)]
+
+    def publish(self) -> None:
+        """After a run: show the spec's tables and exports in results/<experiment>/."""
+        from tcspec.tasks.tables import publish
+
+        experiment = self.plan.spec.experiment
+        for t in self.plan.stage("tables"):
+            publish(
+                t.dir(self.results) / layout.TABLES, layout.tables_dir(self.results, experiment)
+            )
+        for t in self.plan.stage("export"):
+            shown = layout.export_dir(self.results, experiment, t.config.to)
+            publish(t.dir(self.results) / layout.EXPORT, shown)
+
+
+def pending_passes(plan: Plan, results: Path) -> list[Task]:
+    """One training pass per group with members not done (only those members)."""
+    out = []
+    for ids in plan.groups:
+        todo = [plan.get("train", i) for i in ids]
+        todo = [t for t in todo if not t.done(results).exists()]
+        if todo:
+            out.append(group_task(todo))
+    return out
+
+
+def stop_jobs_on_interrupt() -> None:
+    """On SIGINT, terminate the jobs this process started (its child processes) before
+    Snakemake's own handling, which otherwise waits for them to finish. Linux only."""
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        for pid in _children(os.getpid()):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if callable(previous):
+            previous(signum, frame)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out

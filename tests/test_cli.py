@@ -46,8 +46,8 @@ def test_plan_prints_the_table_with_totals(capsys):
     plan = compile_plan(load_spec(QUICKSTART))
     assert out.startswith(f"experiment quickstart: {len(plan.tasks)} jobs")
     assert (
-        "jobs: model 1, tokens 1, acts 1, train 4, evaluate 12, interp 3, circuits 1, tables 1 (total 24)"
-        in out
+        "jobs: model 1, tokens 1, acts 1, train 12, evaluate 12, interp 2, study 1, circuits 1, "
+        "tables 1 (total 32)" in out
     )
     assert re.search(
         r"^activation cache: [\d.]+GB; dictionary parameters: [\d.]+M; training FLOPs: [\d.]+T$",
@@ -61,7 +61,7 @@ def test_plan_prints_the_table_with_totals(capsys):
 def test_plan_json_lists_every_task(capsys):
     assert main(["plan", "--json", str(QUICKSTART)]) == 0
     tasks = json.loads(capsys.readouterr().out)
-    assert len(tasks) == 24
+    assert len(tasks) == 32
     assert {t["stage"] for t in tasks} == {
         "model",
         "tokens",
@@ -69,9 +69,12 @@ def test_plan_json_lists_every_task(capsys):
         "train",
         "evaluate",
         "interp",
+        "study",
         "circuits",
         "tables",
     }
+    train = next(t for t in tasks if t["stage"] == "train")
+    assert train["config"]["opts"]["kind"] == "transcoder" and train["resources"]["threads"] == 1
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
@@ -137,3 +140,27 @@ def test_unreadable_spec_is_one_located_line(tmp_path: Path, capsys):
     assert main(["check", str(missing)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{missing}:1:1: cannot read")
+
+
+def test_tables_without_evaluations_is_an_error(tmp_path: Path, capsys):
+    spec = ROOT / "tests" / "workflow" / "micro.yaml"
+    assert main(["tables", str(spec), "--results", str(tmp_path)]) == 2
+    assert "no finished evaluations" in capsys.readouterr().err
+    assert not (tmp_path / "micro").exists()
+
+
+def test_task_unknown_to_the_store_is_one_line(tmp_path: Path, capsys):
+    assert main(["task", "train", "nope", "--results", str(tmp_path)]) == 2
+    assert "no train task `nope`" in capsys.readouterr().err
+
+
+def test_warm_up_longer_than_training_warns_and_strict_fails(tmp_path: Path, capsys):
+    text = (ROOT / "tests" / "workflow" / "micro.yaml").read_text()
+    spec = tmp_path / "warm.yaml"
+    spec.write_text(text.replace("lr_warmup_steps: 2", "lr_warmup_steps: 5000"))
+    assert main(["check", "--skip-disk", str(spec)]) == 0
+    err = capsys.readouterr().err
+    # 8192 tokens / batch 64 = 128 steps
+    assert f"{spec}: dictionaries.tc.lr_warmup_steps: warning: 5000 warm-up steps, but " in err
+    assert "training takes 128" in err
+    assert main(["check", "--skip-disk", "--strict", str(spec)]) == 2

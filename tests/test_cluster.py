@@ -83,17 +83,13 @@ def test_cluster_run_equals_a_local_run(tmp_path_factory, tmp_path):
     plan = harness.plan(MICRO)
     submitted = re.findall(r"Submitted job \d+ with external jobid '(job-\w+)'", log)
     assert sorted(submitted) == sorted(p.name for p in jobs.iterdir())
-    assert len(submitted) == len(plan.tasks)
+    assert len(submitted) == len(plan.tasks)  # one member: one training pass
     names = sorted((jobs / j / "name").read_text().strip() for j in submitted)
-    rules = {
-        "model": "prepare_model",
-        "tokens": "tokenize_corpus",
-        "acts": "cache_activations",
-        "train": "train_dictionary",
-        "evaluate": "evaluate_dictionary",
-        "tables": "build_tables",
-    }
-    assert names == sorted(f"{rules[t.stage]}-{t.id}" for t in plan.tasks.values())
+    expected = [f"run_{t.stage}-{t.id}" for t in plan.tasks.values() if t.stage != "train"]
+    for t in plan.stage("train"):
+        job = harness.job_of(t)
+        expected.append(f"train_{job.id.replace('-', '_').replace('.', '_')}-{job.id}")
+    assert names == sorted(expected)
     assert all((jobs / j / "exit").read_text().strip() == "0" for j in submitted)
     assert harness.differences(harness.outputs(results), harness.outputs(local)) == []
 
@@ -122,22 +118,21 @@ def test_slurm_profile_plans_the_gpt2_sweep_with_gpus_for_training_only(tmp_path
     )
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-4000:]
-    jobs = []  # (rule, wildcard id, resources)
+    jobs = []  # (rule, resources)
     for block in re.split(r"\n(?=\s*rule \w+:)", out):  # grouped jobs are indented
         rule = re.match(r"\s*rule (\w+):", block)
         res = re.search(r"^\s+resources: (.*)$", block, re.M)
         if rule and res and rule.group(1) != "all":
-            wid = re.search(r"^\s+wildcards: id=(\S+)$", block, re.M).group(1)
             fields = dict(kv.split("=", 1) for kv in res.group(1).split(", "))
-            jobs.append((rule.group(1), wid, fields))
+            jobs.append((rule.group(1), fields))
     plan = harness.plan(GPT2_SMALL)
-    assert len(jobs) == len(plan.tasks)
-    train = [(w, f) for r, w, f in jobs if r == "train_dictionary"]
-    assert sorted(w for w, _ in train) == sorted(t.id for t in plan.stage("train"))
-    tc_layers = {int(m.group(1)) for w, _ in train if (m := re.match(r"tc-L(\d+)-", w))}
+    # every task but the members, plus one training pass per dictionary and layer
+    assert len(jobs) == len(plan.tasks) - len(plan.stage("train")) + len(plan.groups)
+    train = [(r, f) for r, f in jobs if r.startswith("train_")]
+    tc_layers = {int(m.group(1)) for r, _ in train if (m := re.match(r"train_tc_L(\d+)_", r))}
     assert tc_layers == set(range(12))
-    gpu = {r for r, _, f in jobs if f.get("gpu") == "1"}
-    assert gpu == {"train_dictionary"}
+    assert len(train) == len(plan.groups)
+    assert {r for r, f in jobs if f.get("gpu") == "1"} == {r for r, _ in train}
     assert all(f["gpu"] == "1" and f["slurm_partition"] == "gpu" for _, f in train)
-    others = [f for r, _, f in jobs if r != "train_dictionary"]
+    others = [f for r, f in jobs if not r.startswith("train_")]
     assert all(f.get("gpu", "0") == "0" and f["slurm_partition"] == "cpu" for f in others)

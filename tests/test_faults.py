@@ -8,6 +8,7 @@ must give exactly what the uninterrupted run gave.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "workflow"))
 import harness  # noqa: E402
 from harness import MICRO, MICRO_L1B, kill_task, snakemake, task_of  # noqa: E402
 
-from tcspec import paths  # noqa: E402
+from tcspec import layout  # noqa: E402
 from tcspec.tasks import run_task  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def copy(base, tmp_path) -> Path:
 
 def job_seconds(results: Path, stage: str, task_id: str) -> float:
     """Wall time of a finished Snakemake job (its benchmark file)."""
-    rows = paths.benchmark_file(results, stage, task_id).read_text().splitlines()
+    rows = layout.benchmark_file(results, stage, task_id).read_text().splitlines()
     return float(rows[1].split("\t")[0])
 
 
@@ -78,11 +79,13 @@ def truncate(path: Path, fraction: float = 0.5) -> None:
 
 
 def context(results: Path, stage: str, spec: Path = MICRO):
+    """(the stage's task, the job that runs it, that job's Context)."""
     from tcspec.tasks import Context
 
-    p = harness.plan(spec)
-    (task,) = p.stage(stage)
-    return p, task, Context(p, task, results, "cpu")
+    task = task_of(stage, spec)
+    job = harness.job_of(task, spec)
+    harness.store(results, spec)
+    return task, job, Context(job, results, "cpu")
 
 
 # ----------------------------------------------------------------------- killed jobs
@@ -98,7 +101,7 @@ def kill_point(stage: str, results: Path, base: Path, rng: random.Random):
     if stage == "acts":
         return folder / ".cache.tmp" / "shard_00000", rng.uniform(0.0, 0.2)
     if stage == "train":
-        return paths.checkpoint_dir(results, t.id) / "train.ckpt", 0.0
+        return harness.job_checkpoints(results, "train", t.id) / "train.ckpt", 0.0
     # evaluate and tables write only at their end: a random point of the whole job
     return None, rng.uniform(0.3, 1.0) * job_seconds(base, stage, t.id)
 
@@ -127,9 +130,9 @@ def test_killed_jobs_resume_to_identical_outputs(base, base_outputs, tmp_path):
         assert run.returncode == 0, run.stderr[-3000:]
         assert t.done(results).exists()
         if stage == "train" and any(f.endswith("train.ckpt") for f in k.left):
-            log = paths.log_file(results, "train", t.id).read_text()
+            log = harness.job_log(results, "train", t.id).read_text()
             assert "resuming from" in log and "train.ckpt" in log
-            assert not (paths.checkpoint_dir(results, t.id) / "train.ckpt").exists()
+            assert not (harness.job_checkpoints(results, "train", t.id) / "train.ckpt").exists()
     final = snakemake(results, "--rerun-incomplete")
     assert final.returncode == 0, final.stderr[-3000:]
     assert "Nothing to be done" in final.stdout + final.stderr
@@ -145,7 +148,7 @@ def test_snakemake_reruns_a_job_killed_with_it(base, base_outputs, copy):
     t = task_of("train")
     for stage in ("train", "evaluate", "tables"):
         harness.remove_task(copy, stage, task_of(stage).id)
-    ckpt = paths.checkpoint_dir(copy, t.id) / "train.ckpt"
+    ckpt = harness.job_checkpoints(copy, "train", t.id) / "train.ckpt"
     proc = harness.start_snakemake(copy, cores=1, log=copy / "snakemake.log")
     while not ckpt.exists() and proc.poll() is None:
         time.sleep(0.002)
@@ -161,7 +164,7 @@ def test_snakemake_reruns_a_job_killed_with_it(base, base_outputs, copy):
     run = snakemake(copy, "--rerun-incomplete")
     assert run.returncode == 0, run.stderr[-3000:]
     assert harness.differences(harness.outputs(copy), base_outputs) == []
-    assert "resuming from" in paths.log_file(copy, "train", t.id).read_text()
+    assert "resuming from" in harness.job_log(copy, "train", t.id).read_text()
 
 
 # --------------------------------------------------------------- concurrent invocations
@@ -178,7 +181,7 @@ def test_lock_and_a_shared_cache(base, base_outputs, copy):
     done_before = acts.done(copy).stat().st_mtime_ns
 
     first = harness.start_snakemake(copy, cores=1, log=copy / "first.log")
-    started = paths.log_file(copy, "train", task_of("train").id)
+    started = harness.job_log(copy, "train", task_of("train").id)
     while not started.exists() and first.poll() is None:
         time.sleep(0.01)
     other = harness.start_snakemake(copy, spec=MICRO_L1B, cores=1, log=copy / "other.log")
@@ -217,7 +220,7 @@ def test_corrupted_cache_shard_fails_the_job_and_names_the_file(copy):
     flip_byte(bad)
     job = harness.start_task("train", t.id, copy)
     assert job.wait() != 0
-    log = paths.log_file(copy, "train", t.id).read_text()
+    log = harness.job_log(copy, "train", t.id).read_text()
     last = harness.last_line(log)
     assert str(bad) in last and "corrupted" in last, last
     assert not t.done(copy).exists()
@@ -229,10 +232,10 @@ def test_corrupted_cache_shard_fails_the_job_and_names_the_file(copy):
 
 def test_truncated_cache_shard_is_named(copy):
     truncate(shard_file(copy, 0))
-    plan, task, _ = context(copy, "train")
+    task, job, _ = context(copy, "train")
     harness.remove_task(copy, "train", task.id)
     with pytest.raises(ValueError, match=re.escape(str(shard_file(copy, 0))) + ".*truncated"):
-        run_task(plan, task, copy)
+        run_task(job, copy)
     assert not task.done(copy).exists()
 
 
@@ -241,10 +244,10 @@ def test_truncated_cache_shard_is_named(copy):
 def test_damaged_token_file_is_named(copy, split, stage, damage):
     tokens = task_of("tokens").dir(copy) / "tokens" / f"{split}.npy"
     damage(tokens)
-    plan, task, _ = context(copy, stage)
+    task, job, _ = context(copy, stage)
     harness.remove_task(copy, stage, task.id)
     with pytest.raises(ValueError, match=re.escape(str(tokens)) + ".*corrupted"):
-        run_task(plan, task, copy)
+        run_task(job, copy)
     assert not task.done(copy).exists()
 
 
@@ -255,12 +258,12 @@ def partial_training(results: Path, stop_after: int) -> Path:
     from tcspec.tasks import train as train_task
     from tcspec.train import train_group
 
-    plan, task, ctx = context(results, "train")
+    task, _, ctx = context(results, "train")
     harness.remove_task(results, "train", task.id)
-    group = train_task.members(ctx)
+    group = [train_task.member(ctx, task)]
     keys = sorted({k for m in group for k in (m.in_key, m.out_key)})
     reader = ActivationReader(
-        ctx.dep_dir("acts") / "cache", keys, batch_size=64, seed=plan.spec.seed
+        ctx.dep_dir("acts") / "cache", keys, batch_size=64, seed=task.config.data_seed
     )
 
     def batches(start: int):
@@ -273,7 +276,7 @@ def partial_training(results: Path, stop_after: int) -> Path:
         train_group(
             group,
             batches,
-            task.config["steps"],
+            task.config.steps,
             ctx.checkpoints,
             progress=False,
             log=lambda s: None,
@@ -286,8 +289,8 @@ def partial_training(results: Path, stop_after: int) -> Path:
 def test_crashed_training_resumes_to_identical_weights(copy, base_outputs):
     """The in-process twin of the SIGKILL test: a crash after step 20, then the job."""
     partial_training(copy, stop_after=20)
-    plan, task, _ = context(copy, "train")
-    run_task(plan, task, copy)
+    _, job, _ = context(copy, "train")
+    run_task(job, copy)
     out = harness.outputs(copy)
     weights = {k: v for k, v in base_outputs.items() if k.startswith("weights/")}
     assert {k: out[k] for k in weights} == weights
@@ -297,9 +300,9 @@ def test_crashed_training_resumes_to_identical_weights(copy, base_outputs):
 def test_damaged_checkpoint_is_named_and_never_used(copy, damage):
     ckpt = partial_training(copy, stop_after=20)
     damage(ckpt)
-    plan, task, _ = context(copy, "train")
+    task, job, _ = context(copy, "train")
     with pytest.raises(ValueError, match=re.escape(str(ckpt))):
-        run_task(plan, task, copy)
+        run_task(job, copy)
     assert not task.done(copy).exists()
 
 
@@ -332,7 +335,7 @@ def test_disk_full_while_training_leaves_no_weights(copy):
     assert not t.done(copy).exists()
     assert not list(t.dir(copy).rglob("weights.safetensors"))
     assert not list(t.dir(copy).rglob("cfg.json"))
-    ckpt = paths.checkpoint_dir(copy, t.id)
+    ckpt = harness.job_checkpoints(copy, "train", t.id)
     assert not ckpt.exists() or not list(ckpt.iterdir())
     last = harness.last_line(run.stdout + run.stderr)
     assert "File too large" in last or "No space" in last, last
@@ -350,9 +353,6 @@ def test_same_spec_twice_is_bitwise_identical(base_outputs, tmp_path):
 def test_every_task_records_its_provenance(base):
     from importlib.metadata import version
 
-    from tcspec.loader import load_spec
-    from tcspec.tasks import spec_hash
-
     plan = harness.plan(MICRO)
 
     def is_commit(sha: str) -> bool:
@@ -363,17 +363,20 @@ def test_every_task_records_its_provenance(base):
     for task in plan.tasks.values():
         record = json.loads(task.done(base).read_text())
         assert (record["stage"], record["id"]) == (task.stage, task.id)
-        assert record["config"] == json.loads(json.dumps(task.config))
+        assert record["config"] == task.config.model_dump(mode="json")
+        assert (
+            record["config_sha256"] == hashlib.sha256(task.config.canonical().encode()).hexdigest()
+        )
         assert record["deps"] == {k: list(v) for k, v in task.deps.items()}
         prov = record["provenance"]
-        assert prov["spec_hash"] == spec_hash(load_spec(MICRO))
-        assert prov["experiment"] == "micro"
+        assert prov["threads"] == task.resources["threads"]
         assert prov["versions"]["torch"] == version("torch")
         assert prov["versions"]["tcspec"] == version("tcspec")
         assert prov["device"] == "cpu"
         commit = prov["git_commit"]  # None outside a git checkout
         assert commit is None or (re.fullmatch(r"[0-9a-f]{40}", commit) and is_commit(commit))
-        assert 0 < prov["wall_s"] <= job_seconds(base, task.stage, task.id)
+        job = harness.job_of(task)
+        assert 0 < prov["wall_s"] <= job_seconds(base, job.stage, job.id)
         time.strptime(prov["finished"], "%Y-%m-%dT%H:%M:%S%z")
 
 
@@ -382,8 +385,10 @@ def test_status_of_a_finished_and_a_touched_run(copy):
     assert status.returncode == 0
     assert "done: 6;" in status.stdout
     later = time.time() + 5
-    os.utime(task_of("acts").done(copy), (later, later))  # acts finished again, later
+    os.utime(task_of("tokens").done(copy), (later, later))  # tokens finished again, later
     status = tcspec("status", str(MICRO), "--results", str(copy)).stdout
     assert "done: 3, stale: 3" in status, status
+    evaluate = next(s for s in status.splitlines() if s.startswith("evaluate"))
+    assert f"upstream tokens {task_of('tokens').id} finished after it" in evaluate
     train = next(s for s in status.splitlines() if s.startswith("train"))
-    assert f"upstream acts {task_of('acts').id} finished after it" in train
+    assert "done" in train  # final: its id names the cache it trained on

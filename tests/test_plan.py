@@ -41,34 +41,50 @@ def ids(text: str) -> dict[tuple[str, str], str]:
     return {(t.stage, t.id.rsplit("-", 1)[0]): t.id for t in plan.tasks.values()}
 
 
-def test_one_l1_value_changes_only_tc_downstream():
+def test_one_l1_value_changes_only_that_point_downstream():
+    """Each sweep point is its own train task: moving one L1 value renames that point's
+    train and evaluate tasks at each layer and changes only the tables that list them."""
     before, after = ids(quickstart_text()), ids(changed_l1_text())
-    # readable names are the same, except the tc evaluate member whose l1 moved
     renamed = {k for k in before if k not in after}
-    assert renamed == {("evaluate", f"tc-L{layer}-l1_0.003") for layer in (0, 1)}
+    assert renamed == {
+        (stage, f"tc-L{layer}-l1_0.003") for stage in ("train", "evaluate") for layer in (0, 1)
+    }
+    assert {k for k in after if k not in before} == {
+        (stage, f"tc-L{layer}-l1_0.005") for stage in ("train", "evaluate") for layer in (0, 1)
+    }
     changed = {k for k in before if k in after and before[k] != after[k]}
-    expected = {("train", "tc-L0"), ("train", "tc-L1"), ("tables", "quickstart")}
-    expected |= {
-        ("evaluate", f"tc-L{layer}-l1_{v}") for layer in (0, 1) for v in ("0.0003", "0.001")
-    }
-    # tc's studies downstream of its training: its dashboards, the blind study, its circuit
-    expected |= {("interp", "tc-L0-l1_0.001"), ("interp", "study-quickstart")}
-    expected |= {("circuits", "greater_than-tc")}
-    assert changed == expected
+    assert changed == {("tables", "quickstart")}
     unchanged = {k for k in before if k in after and before[k] == after[k]}
-    stages = {s for s, _ in unchanged}
-    assert stages == {"model", "tokens", "acts", "train", "evaluate", "interp"}
-    assert ("interp", "sae-L0-l1_0.001") in unchanged
-    assert {k for k in unchanged if k[0] in ("train", "evaluate")} == {
-        ("train", "sae-L0"),
-        ("train", "sae-L1"),
-        *{
-            ("evaluate", f"sae-L{layer}-l1_{v}")
-            for layer in (0, 1)
-            for v in ("0.0003", "0.001", "0.003")
-        },
-    }
-    assert len(unchanged) == 3 + 2 + 6 + 1
+    assert len(unchanged) == len(before) - 4 - 1
+    assert ("train", "tc-L0-l1_0.001") in unchanged and ("interp", "tc-L0-l1_0.001") in unchanged
+    assert ("circuits", "greater_than-tc") in unchanged
+
+
+def test_a_point_keeps_its_train_id_when_the_sweep_around_it_changes():
+    """Training ids hash what was trained, not how the spec swept: a single value, a
+    one-point list and a point of a longer sweep share one trained dictionary."""
+    base = quickstart_text()
+    single = base.replace(TC_L1, TC_L1.replace("[3.0e-4, 1.0e-3, 3.0e-3]", "1.0e-3"))
+    wider = base.replace(TC_L1, TC_L1.replace("3.0e-3]", "3.0e-3, 1.0e-2]"))
+    trains = [{v for k, v in ids(t).items() if k[0] == "train"} for t in (base, single, wider)]
+    assert trains[1] < trains[0] < trains[2]
+    assert len(trains[2] - trains[0]) == 2  # the new point, at layers 0 and 1
+
+
+def test_train_configs_are_typed_and_canonical():
+    from tcspec.configs import TrainedMemberConfig
+
+    plan = compile_plan(parse_spec(quickstart_text(), "spec.yaml"))
+    (t,) = [t for t in plan.stage("train") if t.id.startswith("tc-L0-l1_0.001-")]
+    assert isinstance(t.config, TrainedMemberConfig)
+    assert (t.config.opts.l1, t.config.d_sae, t.config.in_key) == (
+        1e-3,
+        1024,
+        "blocks.0.ln2.hook_normalized",
+    )
+    again = TrainedMemberConfig.model_validate_json(t.config.canonical())
+    assert again == t.config and again.canonical() == t.config.canonical()
+    assert len(plan.groups) == 4 and all(len(g) == 3 for g in plan.groups)
 
 
 def test_specs_differing_only_in_dictionaries_share_the_acts():
@@ -89,7 +105,7 @@ def test_specs_differing_only_in_dictionaries_share_the_acts():
         assert [v for k, v in a.items() if k[0] == stage] == [
             v for k, v in b.items() if k[0] == stage
         ]
-    assert a[("train", "tc-L0")] != b[("train", "tc-L0")]
+    assert ("train", "tc-L0-l1_0.01") in b and ("train", "tc-L0-l1_0.01") not in a
     # a dictionary that reads another hook needs another cache
     hook_post = base.replace("hook: hook_mlp_out", "hook: mlp.hook_post")
     assert ids(hook_post)[("acts", "L0-1")] != a[("acts", "L0-1")]
@@ -97,10 +113,24 @@ def test_specs_differing_only_in_dictionaries_share_the_acts():
 
 def test_device_is_not_part_of_ids():
     base = quickstart_text()
-    variants = [
-        base.replace("seed: 0\n", f"seed: 0\ndevice: {d}\n") for d in ("cpu", "cuda", "auto")
-    ]
-    assert ids(variants[0]) == ids(variants[1]) == ids(variants[2]) == ids(base)
+    variants = [base.replace("seed: 0\n", f"seed: 0\ndevice: {d}\n") for d in ("cpu", "auto")]
+    assert ids(variants[0]) == ids(variants[1]) == ids(base)
+    # cuda (checked against this machine by the loader): the same ids
+    cuda = parse_spec(base, "spec.yaml").model_copy(update={"device": "cuda"})
+    assert {t.id for t in compile_plan(cuda).tasks.values()} == set(ids(base).values())
+
+
+def test_cuda_without_cuda_is_a_located_check_error():
+    import torch
+
+    from tcspec.loader import SpecError
+
+    text = quickstart_text().replace("seed: 0\n", "seed: 0\ndevice: cuda\n")
+    if torch.cuda.is_available():
+        assert ids(text) == ids(quickstart_text())
+        return
+    with pytest.raises(SpecError, match=r"spec.yaml:\d+:\d+: device: cuda, but this torch sees"):
+        parse_spec(text, "spec.yaml")
 
 
 def test_ids_are_stable_across_processes():
@@ -149,8 +179,15 @@ def dry_runs(specs: list[Path], results: Path) -> list[subprocess.CompletedProce
 
 
 def job_ids(output: str) -> set[tuple[str, str]]:
-    """(rule, id) of every job a dry run lists."""
-    return set(re.findall(r"^rule (\w+):\n(?:    .*\n)*?    wildcards: id=(\S+)$", output, re.M))
+    """(rule, id) of every job a dry run lists; a training pass (no wildcard) is named by
+    its rule, ``train_<pass id>``."""
+    jobs = set()
+    for block in re.split(r"\n(?=rule \w+:)", output):
+        rule = re.match(r"rule (\w+):", block)
+        if rule and rule.group(1) != "all":
+            wid = re.search(r"^    wildcards: id=(\S+)$", block, re.M)
+            jobs.add((rule.group(1), wid.group(1) if wid else rule.group(1)))
+    return jobs
 
 
 @pytest.mark.slow
@@ -162,22 +199,20 @@ def test_snakemake_dry_run_reruns_only_what_changed(tmp_path: Path):
     assert run_a.returncode == 0, run_a.stdout[-3000:]
     assert run_b.returncode == 0, run_b.stdout[-3000:]
     jobs_a, jobs_b = job_ids(run_a.stdout), job_ids(run_b.stdout)
-    assert len(jobs_a) == len(jobs_b) == 24
-    # the jobs that differ are exactly the tasks whose ids the compiler changed
+    # 32 tasks: the 12 members train in 4 passes (a dictionary at a layer)
+    assert len(jobs_a) == len(jobs_b) == 32 - 12 + 4
     plan_a, plan_b = ids(quickstart_text()), ids(changed_l1_text())
-    only_a = {v for v in plan_a.values() if v not in plan_b.values()}
-    only_b = {v for v in plan_b.values() if v not in plan_a.values()}
-    assert {i for _, i in jobs_a - jobs_b} == only_a
-    assert {i for _, i in jobs_b - jobs_a} == only_b
-    assert {r for r, _ in jobs_a ^ jobs_b} == {
-        "train_dictionary",
-        "evaluate_dictionary",
-        "sample_features",
-        "analyze_circuit",
-        "build_tables",
+    only_a = {v for k, v in plan_a.items() if v not in plan_b.values() and k[0] != "train"}
+    only_b = {v for k, v in plan_b.items() if v not in plan_a.values() and k[0] != "train"}
+    passes = {i for _, i in jobs_a ^ jobs_b if i.startswith("train_tc_")}
+    assert {i for _, i in jobs_a - jobs_b} == only_a | (passes & {i for _, i in jobs_a})
+    assert {i for _, i in jobs_b - jobs_a} == only_b | (passes & {i for _, i in jobs_b})
+    assert {r for r, _ in jobs_a ^ jobs_b if not r.startswith("train_")} == {
+        "run_evaluate",
+        "run_tables",
     }
-    # tc train x2, tc evaluate x6, tc dashboards + study, tc circuit, tables
-    assert len(only_a) == len(only_b) == 2 + 6 + 2 + 1 + 1
+    # the tc passes at layers 0 and 1 (another member set), its 2 evaluations, the tables
+    assert len(passes) == 4 and len(only_a) == len(only_b) == 2 + 1
 
 
 @pytest.mark.slow
@@ -187,4 +222,5 @@ def test_every_committed_spec_dry_runs_offline(tmp_path: Path):
     for spec, run in zip(SPECS, runs):
         assert run.returncode == 0, f"{spec}:\n{run.stdout[-3000:]}"
         plan = compile_plan(parse_spec(spec.read_text(), str(spec), spec.parent))
-        assert len(job_ids(run.stdout)) == len(plan.tasks), spec
+        jobs = len(plan.tasks) - len(plan.stage("train")) + len(plan.groups)
+        assert len(job_ids(run.stdout)) == jobs, spec

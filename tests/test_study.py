@@ -15,19 +15,18 @@ import pandas as pd
 import pytest
 import torch
 
+from tcspec import layout, study
 from tcspec.coders import Coder, CoderConfig
 from tcspec.interp import StatsConfig, feature_statistics, save_stats
 from tcspec.loader import parse_spec
+from tcspec.plan import compile_plan
 from tcspec.study import (
     build_study,
     cohen_kappa,
     eligible_features,
     feature_order,
     feature_proxies,
-    ingest,
     proxy_summary,
-    ratings_files,
-    study_dir,
     table1,
     token_concentration,
     two_proportion_z,
@@ -92,6 +91,20 @@ def world(tmp_path_factory):
     out = study_dir(spec, results)
     summary = build_study(folders, out, n=N, seed=0)
     return spec, results, out, summary
+
+
+def ingest(study_dir: Path, results: Path, ratings: Path) -> Path:
+    """Ingest ratings where the CLI puts them for the experiment `tiny`."""
+    return study.ingest(study_dir, ratings, *layout.ratings_files(results, "tiny"))
+
+
+def tiny_table1(results: Path):
+    return table1(*layout.ratings_files(results, "tiny"))
+
+
+def study_dir(spec, results: Path) -> Path:
+    (task,) = compile_plan(spec).stage("study")
+    return task.dir(results)
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -184,17 +197,17 @@ def test_ingest_and_table1_counts(world, tmp_path):
     spec, results, out, _ = world
     ratings = tmp_path / "mine.csv"
     write_ratings(out, ratings)
-    target = ingest(spec, results, ratings)
-    assert target == ratings_files(results, "tiny")[0]
+    target = ingest(out, results, ratings)
+    assert target == layout.ratings_files(results, "tiny")[0]
     assert target.read_bytes() == ratings.read_bytes()
-    t = table1(results, "tiny").set_index("class")
+    t = tiny_table1(results).set_index("class")
     tc, sae = t["tc-L1-l1_0.001"], t["sae-L1-single"]
     # by hand from PLAN: a "no" marked context-free does not count as context-free
     assert tc.tolist() == [2, 1, 1, 1, 4]
     assert sae.tolist() == [3, 0, 1, 2, 4]
     assert t["paper: transcoder"].tolist() == [41, 8, 1, 6, 50]
     assert t["paper: MLP-in SAE"].tolist() == [38, 8, 4, 16, 50]
-    (test,) = table1(results, "tiny").attrs["z_tests"]
+    (test,) = tiny_table1(results).attrs["z_tests"]
     # 2/4 vs 3/4: p = 5/8, se = sqrt(5/8 * 3/8 * (1/4 + 1/4)) = 0.342327, z = -0.25 / se
     assert test["z"] == pytest.approx(-0.730297, rel=1e-5)
     assert test["p_value"] == pytest.approx(0.465209, rel=1e-4)
@@ -212,7 +225,7 @@ def test_bad_ratings_are_located_and_nothing_is_overwritten(world, tmp_path):
     spec, results, out, _ = world
     good = tmp_path / "good.csv"
     write_ratings(out, good)
-    target = ingest(spec, results, good)
+    target = ingest(out, results, good)
     before = target.read_bytes()
     bad = tmp_path / "ratings.csv"
     bad.write_text(
@@ -225,7 +238,7 @@ def test_bad_ratings_are_located_and_nothing_is_overwritten(world, tmp_path):
         "F04,yes,0,extra,field\n"  # line 7: too many fields
     )
     with pytest.raises(ValueError) as e:
-        ingest(spec, results, bad)
+        ingest(out, results, bad)
     msg = str(e.value)
     for expected in (
         f"{bad}:3: id: `F99` is not in the packet (F01..F08)",
@@ -247,8 +260,8 @@ def test_a_bad_header_and_a_missing_packet_are_reported(world, tmp_path):
     with pytest.raises(ValueError, match=r"r.csv:1: header: expected the columns id, rating"):
         validate_ratings(bad, ["F01"])
     with pytest.raises(ValueError, match="run the interp stage"):
-        ingest(spec, tmp_path / "empty_results", bad)
-    assert table1(tmp_path / "empty_results", "tiny") is None
+        ingest(tmp_path / "empty_results" / "study", tmp_path / "empty_results", bad)
+    assert tiny_table1(tmp_path / "empty_results") is None
 
 
 # ------------------------------------------------------------------------------ proxies
@@ -301,7 +314,7 @@ def test_interp_stage_end_to_end(tmp_path):
     spec.write_text(SPEC)
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    cmd = [sys.executable, "-m", "snakemake", "-c2", "interp", "--config", f"spec={spec}"]
+    cmd = [sys.executable, "-m", "snakemake", "-c2", "study", "--config", f"spec={spec}"]
     out = subprocess.run(
         cmd + [f"results={results}"], cwd=ROOT, env=env, capture_output=True, text=True
     )
@@ -317,6 +330,6 @@ def test_interp_stage_end_to_end(tmp_path):
     assert len(json.loads((out_dir / "key.json").read_text())["ids"]) == 2 * N
     ratings = tmp_path / "ratings.csv"
     write_ratings(out_dir, ratings)
-    ingest(spec, results, ratings)
-    counts = table1(results, "tiny").set_index("class")
+    ingest(out_dir, results, ratings)
+    counts = tiny_table1(results).set_index("class")
     assert counts.loc["total", "tc-L1-l1_0.001"] == counts.loc["total", "sae-L1-single"] == N

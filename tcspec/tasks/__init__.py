@@ -1,13 +1,16 @@
 """Task entry points: one module per stage, each with ``run(ctx)``.
 
-``run_task`` is what every Snakemake job calls (through ``tcspec task STAGE ID``): it checks
-the task's inputs are complete, runs the stage, and writes ``task.json`` last (atomically),
-holding the frozen task config and its provenance. Only this package and ``rules/`` know
-about Snakemake; the library modules below them take plain arguments.
+Every Snakemake job runs ``tcspec task STAGE ID --results R``: ``load_task`` reads the
+task's frozen config (and its upstream tasks' configs) from the config store under its id,
+never from a spec; ``run_task`` checks the inputs are complete, runs the stage with the
+stage's thread count, and writes ``task.json`` last (atomically): the config and its
+provenance. Only this package, ``tcspec.workflow`` and the CLI know the results layout; the
+library modules below them take plain arguments.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -17,20 +20,53 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tcspec import paths
-from tcspec.plan import Plan, Task
+from tcspec import atomic, layout
+from tcspec.configs import CONFIGS, CoderRef
+from tcspec.plan import Task
+
+DEVICE_ENV = "TCSPEC_DEVICE"
+"""The device jobs run on (auto, cpu, cuda): set by the workflow from the spec, not part of
+any id or rule."""
+MODULES = {"group": "train", "import": "imports"}
+"""Stage -> its module in this package, where the names differ."""
+
+
+# ---------------------------------------------------------------------------- the store
+def save_task(results: Path, task: Task) -> Path:
+    """Store a task's config under its id; written only when absent, so it never changes."""
+    path = layout.config_file(results, task.stage, task.id)
+    if not path.exists():
+        atomic.write_json(path, task.record())
+    return path
+
+
+def load_task(results: Path, stage: str, task_id: str) -> Task:
+    """A stored task, its config typed; ``LookupError`` when the store does not have it."""
+    path = layout.config_file(results, stage, task_id)
+    if not path.is_file():
+        raise LookupError(
+            f"no {stage} task `{task_id}` in {path.parent}: a task's config is stored when "
+            "Snakemake builds the DAG of a spec that has it (`snakemake -n` does)"
+        )
+    record = json.loads(path.read_text())
+    return Task(
+        stage,
+        task_id,
+        CONFIGS[stage].model_validate(record["config"]),
+        {k: tuple(v) for k, v in record["deps"].items()},
+        record.get("resources", {}),
+    )
 
 
 @dataclass
 class Context:
-    plan: Plan
     task: Task
     results: Path
     device: str
 
     @property
-    def spec(self):
-        return self.plan.spec
+    def config(self):
+        return self.task.config
 
     @property
     def out(self) -> Path:
@@ -40,55 +76,66 @@ class Context:
         return d
 
     def dep(self, name: str) -> Task:
-        stage, task_id = self.task.deps[name]
-        return self.plan.get(stage, task_id)
+        return load_task(self.results, *self.task.deps[name])
 
     def dep_dir(self, name: str) -> Path:
-        return self.dep(name).dir(self.results)
+        return layout.task_dir(self.results, *self.task.deps[name])
 
     def deps_of(self, stage: str) -> list[Task]:
-        return [self.plan.get(s, i) for s, i in self.task.deps.values() if s == stage]
+        return [load_task(self.results, s, i) for s, i in self.task.deps.values() if s == stage]
+
+    def coder_dir(self, ref: CoderRef) -> Path:
+        return layout.member_dir(self.results, ref.stage, ref.id)
 
     @property
     def checkpoints(self) -> Path:
-        return paths.checkpoint_dir(self.results, self.task.id)
+        return layout.checkpoint_dir(self.results, self.task.id)
 
 
-def run_task(plan: Plan, task: Task, results: Path, require_inputs: bool = True) -> dict:
-    missing = [str(p) for p in plan.inputs(task, results).values() if not Path(p).exists()]
+def run_task(task: Task, results: Path, device: str = "auto", require_inputs=True) -> dict:
+    """Run one task (or one training pass, stage ``group``) and write its record(s)."""
+    results = Path(results)
+    missing = [
+        str(layout.done_file(results, s, i))
+        for s, i in task.deps.values()
+        if not layout.done_file(results, s, i).exists()
+    ]
     if missing and require_inputs:
         raise RuntimeError(f"{task.stage} {task.id}: inputs not complete: {', '.join(missing)}")
-    threads = int(os.environ.get("TCSPEC_THREADS", "0"))
-    device = _device(plan.spec.device)
-    if threads:
-        import torch
+    device = resolve_device(device)
+    import torch
 
-        torch.set_num_threads(threads)
-    module = importlib.import_module(f"tcspec.tasks.{task.stage}")
-    ctx = Context(plan, task, results, device)
+    torch.set_num_threads(int(task.resources.get("threads", 1)))
+    if task.stage == "train":
+        raise ValueError(f"train {task.id}: a member trains in a pass; run its `group` task")
+    module = importlib.import_module(f"tcspec.tasks.{MODULES.get(task.stage, task.stage)}")
     start = time.time()
-    summary = module.run(ctx) or {}
-    record = {
-        "stage": task.stage,
-        "id": task.id,
-        "config": task.config,
-        "deps": {k: list(v) for k, v in task.deps.items()},
-        "summary": summary,
-        "provenance": provenance(plan, device, time.time() - start),
-    }
-    write_json(task.done(results), record)
+    summary = module.run(Context(task, results, device)) or {}
+    if task.stage == layout.GROUP:
+        return summary  # the pass wrote each member's record
+    return finish(task, results, summary, device, time.time() - start)
+
+
+def finish(task: Task, results: Path, summary: dict, device: str, wall_s: float) -> dict:
+    """Write ``task.json``: the task's config, deps, summary and provenance."""
+    record = task.record() | {"summary": summary, "provenance": provenance(device, wall_s)}
+    record["config_sha256"] = hashlib.sha256(task.config.canonical().encode()).hexdigest()
+    atomic.write_json(task.done(results), record)
     return record
 
 
-def _device(device: str) -> str:
-    if device != "auto":
-        return device
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when present, else cpu; ``cuda`` without CUDA is a ValueError."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device}, but this torch has no CUDA device (use auto or cpu)")
+    return device
 
 
-def provenance(plan: Plan, device: str, wall_s: float) -> dict:
+def provenance(device: str, wall_s: float) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
@@ -97,24 +144,18 @@ def provenance(plan: Plan, device: str, wall_s: float) -> dict:
             versions[pkg] = version(pkg.replace("_", "-"))
         except PackageNotFoundError:
             versions[pkg] = None
+    import torch
+
     return {
-        "spec_hash": spec_hash(plan.spec),
-        "experiment": plan.spec.experiment,
         "versions": versions,
         "python": platform.python_version(),
         "git_commit": _git_commit(),
         "device": device,
+        "threads": torch.get_num_threads(),
         "host": platform.node(),
         "wall_s": round(wall_s, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def spec_hash(spec) -> str:
-    import hashlib
-
-    blob = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _git_commit() -> str | None:
@@ -131,14 +172,9 @@ def _git_commit() -> str | None:
         return None
 
 
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically: a temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def device_from_env() -> str:
+    return os.environ.get(DEVICE_ENV, "auto")

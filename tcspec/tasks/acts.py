@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-from tcspec.tasks.model import DTYPES
+from tcspec import layout
+from tcspec.tasks import model as model_task
+from tcspec.tasks import tokens as tokens_task
 
 
 def run(ctx) -> dict:
     from tcspec.activations import cache_activations
-    from tcspec.data import load_tokens
-    from tcspec.models.load import load_model
 
-    cfg = ctx.task.config
-    model_cfg = ctx.dep("model").config
-    model = load_model(ctx.dep_dir("model"), ctx.device, DTYPES[model_cfg.get("dtype", "float32")])
-    tokens = load_tokens(ctx.dep_dir("tokens") / "tokens", "train")
+    cfg = ctx.config
     manifest = cache_activations(
-        model,
-        tokens,
-        list(cfg["hooks"]),
-        ctx.out / "cache",
-        dtype=cfg["dtype"],
-        batch_contexts=cfg["batch_contexts"],
-        shard_tokens=cfg["shard_tokens"],
-        drop_bos=cfg["drop_bos"],
+        model_task.load(ctx),
+        tokens_task.load(ctx, "train"),
+        list(cfg.hooks),
+        ctx.out / layout.CACHE,
+        dtype=cfg.acts.dtype,
+        batch_contexts=cfg.acts.batch_contexts,
+        shard_tokens=cfg.acts.shard_tokens,
+        drop_bos=cfg.drop_bos,
         meta={
             "task": ctx.task.id,
             "model": ctx.task.deps["model"][1],
             "tokens": ctx.task.deps["tokens"][1],
         },
     )
-    return {"rows": manifest["total_rows"], "hooks": cfg["hooks"]}
+    return {"rows": manifest["total_rows"], "hooks": cfg.hooks}

@@ -7,16 +7,28 @@ import torch
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def dtype_of(config) -> torch.dtype:
+    """Forward-pass dtype of a model task's config (a toy model is float32)."""
+    return DTYPES[getattr(config.model, "dtype", "float32")]
+
+
+def load(ctx, name: str = "model"):
+    """The model of the task's ``name`` dependency, on the task's device."""
+    from tcspec.models.load import load_model
+
+    return load_model(ctx.dep_dir(name), ctx.device, dtype_of(ctx.dep(name).config))
+
+
 def run(ctx) -> dict:
     from tcspec.models import load, toy
 
-    cfg = ctx.task.config
-    if cfg["kind"] == "toy":
-        dims = {k: cfg[k] for k in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx")}
-        steps = {"steps": cfg["steps"]} if cfg.get("steps") else {}
-        meta = toy.train_toy_model(ctx.out, recipe=cfg["recipe"], seed=cfg["seed"], **dims, **steps)
-    elif cfg["kind"] == "pretrained":
-        meta = load.prepare_pretrained(cfg["name"], ctx.out, ctx.device, DTYPES[cfg["dtype"]])
+    m = ctx.config.model
+    if m.kind == "toy":
+        dims = {k: getattr(m, k) for k in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx")}
+        steps = {"steps": m.steps} if m.steps else {}
+        meta = toy.train_toy_model(ctx.out, recipe=m.recipe, seed=ctx.config.seed, **dims, **steps)
+    elif m.kind == "pretrained":
+        meta = load.prepare_pretrained(m.name, ctx.out, ctx.device, DTYPES[m.dtype])
     else:
-        meta = load.prepare_checkpoint(cfg["path"], ctx.out, ctx.device, DTYPES[cfg["dtype"]])
+        meta = load.prepare_checkpoint(m.path, ctx.out, ctx.device, DTYPES[m.dtype])
     return {"cfg": meta.get("cfg"), "metrics": meta.get("metrics")}

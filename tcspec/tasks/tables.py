@@ -1,46 +1,70 @@
 """tables stage: comparison tables and plots from every metrics.json of the spec, plus the
-interpretability study and circuit studies when the spec has them."""
+interpretability study and circuit studies when the spec has them. Built inside the task's
+folder, then copied whole to results/<experiment>/tables/ (``publish``), so that folder
+always shows exactly the current spec's tables."""
 
 from __future__ import annotations
 
-from tcspec import paths
+import shutil
+from pathlib import Path
+
+from tcspec import atomic, layout
 from tcspec.tasks import read_json
 
 
 def run(ctx) -> dict:
     from tcspec.tables import build_tables
 
-    cfg = ctx.task.config
+    cfg = ctx.config
     records = []
     for task in ctx.deps_of("evaluate"):
-        f = task.dir(ctx.results) / "metrics.json"
+        f = task.dir(ctx.results) / layout.METRICS
         if f.exists():
             records.append(read_json(f))
-    out = paths.tables_dir(ctx.results, cfg["experiment"])
-    written = build_tables(
-        records,
-        out,
-        include=cfg["include"],
-        reference=cfg["reference"],
-        title=cfg["experiment"],
-        extra={"interpretability": interpretability(ctx), "greater_than": circuits(ctx)},
-    )
-    return {"records": len(records), "files": [str(p) for p in written]}
+    extra = {"interpretability": interpretability(ctx), "greater_than": circuits(ctx)}
+    with atomic.atomic_dir(ctx.out / layout.TABLES) as tmp:
+        written = build_tables(
+            records,
+            tmp,
+            include=list(cfg.include),
+            reference=cfg.reference,
+            title=cfg.experiment,
+            extra=extra,
+        )
+    publish(ctx.out / layout.TABLES, layout.tables_dir(ctx.results, cfg.experiment))
+    return {"records": len(records), "files": [Path(p).name for p in written]}
+
+
+def publish(built: Path, shown: Path) -> bool:
+    """Make ``shown`` an exact copy of ``built`` (atomically); False when it already is."""
+    if not built.is_dir() or _same_tree(built, shown):
+        return False
+    with atomic.atomic_dir(shown) as tmp:
+        shutil.copytree(built, tmp, dirs_exist_ok=True)
+    return True
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    if not b.is_dir():
+        return False
+    files = {p.relative_to(a) for p in a.rglob("*") if p.is_file()}
+    if files != {p.relative_to(b) for p in b.rglob("*") if p.is_file()}:
+        return False
+    return all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
 
 
 def interpretability(ctx) -> list:
     """Table 1 from ingested ratings, and the automatic proxies of the study's features."""
     import pandas as pd
 
-    from tcspec.study import proxy_summary, ratings_files, table1
+    from tcspec.study import proxy_summary, table1
 
-    studies = [t for t in ctx.deps_of("interp") if t.config.get("step") == "study"]
+    studies = ctx.deps_of("study")
     if not studies or not studies[0].done(ctx.results).exists():
         return []
-    experiment = ctx.task.config["experiment"]
-    ratings, _ = ratings_files(ctx.results, experiment)
+    ratings, key = layout.ratings_files(ctx.results, ctx.config.experiment)
     out = []
-    counts = table1(ctx.results, experiment)
+    counts = table1(ratings, key)
     if counts is not None:
         out.append(("table1", counts, "Blind interpretability ratings (Table 1)"))
     proxies = proxy_summary(studies[0].dir(ctx.results), ratings if ratings.exists() else None)
@@ -56,11 +80,12 @@ def circuits(ctx) -> list:
     out = []
     for task in ctx.deps_of("circuits"):
         folder = task.dir(ctx.results)
-        for stem, caption in (
-            ("greater_than", "Greater-than probability difference"),
-            ("keep_top_k", "Keep-top-k: transcoder features vs MLP neurons"),
+        for name, caption in (
+            (layout.GREATER_THAN, "Greater-than probability difference"),
+            (layout.KEEP_TOP_K, "Keep-top-k: transcoder features vs MLP neurons"),
         ):
-            f = folder / f"{stem}.csv"
+            f = folder / name
             if f.exists():
+                stem = Path(name).stem
                 out.append((f"{stem}-{task.id}", pd.read_csv(f), f"{caption} ({task.id})"))
     return out

@@ -2,34 +2,38 @@
 
 from __future__ import annotations
 
+from tcspec import layout
+
+SPLIT_FIELDS = ("kind", "context", "train_tokens", "eval_tokens")
+
 
 def run(ctx) -> dict:
     from tcspec.data import build_token_splits, iter_documents
     from tcspec.models.load import load_model
 
-    cfg = ctx.task.config
+    data, seed = ctx.config.data, ctx.config.seed
     tokenizer = load_model(ctx.dep_dir("model"), "cpu").tokenizer
-    source = {k: cfg.get(k) for k in ("name", "config", "split", "text_column", "streaming")}
-    source = {k: v for k, v in source.items() if v is not None}
-    if cfg["kind"] == "files":
-        source |= {
-            "paths": cfg["paths"],
-            "format": cfg.get("format"),
-            "text_column": cfg["text_column"],
-        }
-    docs = iter_documents(cfg["kind"], seed=cfg["seed"], **source)
-    eval_docs = None
-    if cfg["kind"] == "toy":
-        eval_docs = iter_documents("toy", seed=cfg["seed"], split="eval")
+    source = {k: v for k, v in dict(data).items() if k not in SPLIT_FIELDS and v is not None}
+    docs = iter_documents(data.kind, seed=seed, **source)
+    eval_docs = iter_documents("toy", seed=seed, split="eval") if data.kind == "toy" else None
     manifest = build_token_splits(
         docs,
         tokenizer,
-        context=cfg["context"],
+        context=data.context,
         bos_token_id=tokenizer.bos_token_id,
-        train_tokens=cfg["train_tokens"],
-        eval_tokens=cfg["eval_tokens"],
-        out_dir=ctx.out / "tokens",
+        train_tokens=data.train_tokens,
+        eval_tokens=data.eval_tokens,
+        out_dir=ctx.out / layout.TOKENS,
         eval_docs=eval_docs,
         meta={"task": ctx.task.id, "model": ctx.task.deps["model"][1]},
     )
     return {"splits": manifest["splits"]}
+
+
+def load(ctx, split: str, eval_tokens: int | None = None):
+    """The task's tokens dependency, one split [rows, context]; ``eval_tokens`` keeps the
+    fewest rows holding that many tokens."""
+    from tcspec.data import load_tokens
+
+    tokens = load_tokens(ctx.dep_dir("tokens") / layout.TOKENS, split)
+    return tokens if eval_tokens is None else tokens[: -(-eval_tokens // tokens.shape[1])]

@@ -4,8 +4,9 @@ Shared by tests/test_faults.py, tests/test_cluster.py and bench/faults.py. Every
 as real subprocesses from the repository root; nothing is mocked.
 
 - ``snakemake(results, ...)``: a Snakemake run of a spec (``-c2`` unless told otherwise).
-- ``start_task`` / ``kill_task``: one job's command line (``tcspec task STAGE ID SPEC``) with
-  its log where the rule writes it, killed with SIGKILL when a file appears or at a delay.
+- ``start_task`` / ``kill_task``: one job's command line (``tcspec task STAGE ID``) with
+  its log where the rule writes it, killed with SIGKILL when a file appears or at a delay;
+  a train task runs as its group's training pass (``job_of``).
 - ``outputs(results, spec)``: every result a person reads, as comparable values: each
   metrics.json's ``metrics``, each dictionary's tensors (bytes), the tables' CSV files.
 - ``limited_run``: a command under a file-size limit (RLIMIT_FSIZE), the portable stand-in
@@ -58,6 +59,18 @@ def plan(spec: Path = MICRO):
     return compile_plan(load_spec(spec))
 
 
+def job_of(task, spec: Path = MICRO):
+    """The job that runs ``task``: itself, or for a train task the training pass of its
+    whole group (what a fresh run starts)."""
+    from tcspec.plan import group_task
+
+    if task.stage != "train":
+        return task
+    p = plan(spec)
+    (ids,) = [g for g in p.groups if task.id in g]
+    return group_task([p.get("train", i) for i in ids])
+
+
 def task_of(stage: str, spec: Path = MICRO):
     """The one task of ``stage`` in the spec's plan (the micro spec has one per stage)."""
     tasks = plan(spec).stage(stage)
@@ -104,8 +117,37 @@ def start_snakemake(
 
 
 def task_cmd(stage: str, task_id: str, results: Path, spec: Path = MICRO) -> list[str]:
-    """The command a Snakemake job runs (rules/common.smk), without the shell's tee."""
-    return [str(BIN / "tcspec"), "task", stage, task_id, str(spec), "--results", str(results)]
+    """The command a Snakemake job runs (rules/common.smk); a train task's is its pass's."""
+    job = job_of(plan(spec).get(stage, task_id), spec) if stage == "train" else None
+    stage, task_id = (job.stage, job.id) if job else (stage, task_id)
+    return [str(BIN / "tcspec"), "task", stage, task_id, "--results", str(results)]
+
+
+def store(results: Path, spec: Path = MICRO) -> None:
+    """Store every task's config of the spec, and its fresh training passes', as building
+    the DAG does."""
+    from tcspec.tasks import save_task
+
+    p = plan(spec)
+    for t in [*p.tasks.values(), *(job_of(p.get("train", g[0]), spec) for g in p.groups)]:
+        save_task(results, t)
+
+
+def job_log(results: Path, stage: str, task_id: str, spec: Path = MICRO) -> Path:
+    """The log of the job that runs a task (a train task's: its pass's)."""
+    from tcspec import layout
+
+    if stage == "train":
+        job = job_of(plan(spec).get(stage, task_id), spec)
+        return layout.log_file(results, job.stage, job.id)
+    return layout.log_file(results, stage, task_id)
+
+
+def job_checkpoints(results: Path, stage: str, task_id: str, spec: Path = MICRO) -> Path:
+    from tcspec import layout
+
+    job = job_of(plan(spec).get(stage, task_id), spec)
+    return layout.checkpoint_dir(results, job.id)
 
 
 def start_task(
@@ -115,16 +157,16 @@ def start_task(
     spec: Path = MICRO,
     preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.Popen:
-    """Start one job as Snakemake would, its output in the job's log file."""
-    from tcspec import paths
-
-    log = paths.log_file(results, stage, task_id)
+    """Start one job as Snakemake would (its config stored first, as building the DAG
+    does), its output in the job's log file."""
+    store(results, spec)
+    log = job_log(results, stage, task_id, spec)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         return subprocess.Popen(
             task_cmd(stage, task_id, results, spec),
             cwd=ROOT,
-            env=env(TCSPEC_THREADS="1"),
+            env=env(),
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=preexec_fn,
@@ -157,7 +199,7 @@ def kill_task(
 ) -> Kill:
     """Start a job and SIGKILL it ``delay_s`` seconds after ``trigger`` exists (after its
     start when ``trigger`` is None). Polls every 2 ms."""
-    from tcspec import paths
+    from tcspec import layout
 
     t0 = time.monotonic()
     proc = start_task(stage, task_id, results, spec)
@@ -174,7 +216,10 @@ def kill_task(
         proc.send_signal(signal.SIGKILL)
     proc.wait()
     elapsed = time.monotonic() - t0
-    roots = [paths.task_dir(results, stage, task_id), paths.checkpoint_dir(results, task_id)]
+    roots = [
+        layout.task_dir(results, stage, task_id),
+        job_checkpoints(results, stage, task_id, spec),
+    ]
     left = sorted(str(p.relative_to(results)) for r in roots if r.exists() for p in r.rglob("*"))
     return Kill(stage, str(trigger.name) if trigger else "start", delay_s, killed, elapsed, left)
 
@@ -215,12 +260,12 @@ def outputs(results: Path, spec: Path = MICRO) -> dict[str, object]:
     """Every result of the spec as comparable values (raise if one is missing):
 
     ``metrics/<evaluate id>``: the ``metrics`` dict of metrics.json (floats, exact);
-    ``weights/<train id>/<member>/<tensor>``: sha256 of each tensor's bytes (safetensors);
+    ``weights/<train id>/<tensor>``: sha256 of each tensor's bytes (safetensors);
     ``tables/<file>.csv``: the CSV text.
     """
     from safetensors.numpy import load_file
 
-    from tcspec import paths
+    from tcspec import layout
 
     p = plan(spec)
     out: dict[str, object] = {}
@@ -228,13 +273,10 @@ def outputs(results: Path, spec: Path = MICRO) -> dict[str, object]:
         record = json.loads((t.dir(results) / "metrics.json").read_text())
         out[f"metrics/{t.id}"] = record["metrics"]
     for t in p.stage("train"):
-        for m in t.config["members"]:
-            folder = paths.member_dir(results, t.id, m["name"])
-            for name, array in sorted(load_file(str(folder / "weights.safetensors")).items()):
-                out[f"weights/{t.id}/{m['name']}/{name}"] = hashlib.sha256(
-                    array.tobytes()
-                ).hexdigest()
-    tables = paths.tables_dir(results, p.spec.experiment)
+        folder = layout.member_dir(results, t.stage, t.id)
+        for name, array in sorted(load_file(str(folder / "weights.safetensors")).items()):
+            out[f"weights/{t.id}/{name}"] = hashlib.sha256(array.tobytes()).hexdigest()
+    tables = layout.tables_dir(results, p.spec.experiment)
     csvs = sorted(tables.glob("*.csv"))
     if not csvs:
         raise FileNotFoundError(f"no tables in {tables}")
@@ -254,13 +296,13 @@ def copy_results(src: Path, dst: Path) -> Path:
     return dst
 
 
-def remove_task(results: Path, stage: str, task_id: str) -> None:
-    """Forget a finished task: its folder, log and checkpoints."""
-    from tcspec import paths
+def remove_task(results: Path, stage: str, task_id: str, spec: Path = MICRO) -> None:
+    """Forget a finished task: its folder, its job's log and checkpoints."""
+    from tcspec import layout
 
-    shutil.rmtree(paths.task_dir(results, stage, task_id), ignore_errors=True)
-    shutil.rmtree(paths.checkpoint_dir(results, task_id), ignore_errors=True)
-    paths.log_file(results, stage, task_id).unlink(missing_ok=True)
+    shutil.rmtree(layout.task_dir(results, stage, task_id), ignore_errors=True)
+    shutil.rmtree(job_checkpoints(results, stage, task_id, spec), ignore_errors=True)
+    job_log(results, stage, task_id, spec).unlink(missing_ok=True)
 
 
 def baseline(store: Path) -> Path:

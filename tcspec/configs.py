@@ -1,0 +1,207 @@
+"""One frozen, typed config per stage: the only schema of what a task is given.
+
+The compiler (``tcspec.plan``) builds them from a Spec; a task's id hashes ``canonical``
+(sorted-key JSON) of its config and its upstream ids; the workflow stores each config under
+its id and a job reads it back (``CONFIGS[stage].model_validate``). Tasks read attributes,
+never string keys.
+
+    model -> tokens -> acts -> train (one member = one sweep point at one layer)
+                   import (a released dictionary) -/-> evaluate, interp -> study, circuits,
+                                                      export -> tables
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from tcspec.spec import (
+    ActsSpec,
+    CircuitSpec,
+    DataSpec,
+    Frozen,
+    ModelSpec,
+    SAESpec,
+    SkipTranscoderSpec,
+    TranscoderSpec,
+)
+
+TrainedSpec = Annotated[
+    Union[TranscoderSpec, SkipTranscoderSpec, SAESpec], Field(discriminator="kind")
+]
+"""A trainable dictionary's spec with every sweep field a scalar (one sweep point)."""
+
+# a dictionary that is imported has no training options; interp needs its live threshold
+IMPORTED_LIVE_THRESHOLD = 1e-4
+
+
+class StageConfig(Frozen):
+    def canonical(self) -> str:
+        """Sorted-key JSON: what a task id hashes and what the config store holds."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+class ModelConfig(StageConfig):
+    model: ModelSpec
+    seed: int | None = None
+    """Training seed of a toy model; None for a loaded one."""
+
+
+class TokensConfig(StageConfig):
+    data: DataSpec
+    seed: int
+
+
+class ActsConfig(StageConfig):
+    acts: ActsSpec
+    hooks: dict[str, int]
+    """Full hook name -> width, sorted."""
+    drop_bos: bool = True
+
+
+class TrainedMemberConfig(StageConfig):
+    """One trained dictionary: one sweep point of one spec dictionary at one layer. Only
+    what fixes the weights: no names or sweep labels of the spec it came from, so specs
+    that sweep differently share the points they have in common."""
+
+    opts: TrainedSpec
+    layer: int
+    d_in: int
+    d_out: int
+    d_sae: int
+    in_key: str
+    out_key: str
+    steps: int
+    data_seed: int
+    """Seed of the shuffled cache reader (the batches every member of a pass sees)."""
+
+    @property
+    def kind(self) -> str:
+        return self.opts.kind
+
+    @property
+    def live_threshold(self) -> float:
+        return self.opts.live_threshold
+
+
+class ImportedMemberConfig(StageConfig):
+    """A released dictionary at one layer, imported into tcspec's format."""
+
+    layer: int
+    path: str
+    """Absolute path (or a path inside `repo`'s snapshot)."""
+    repo: str | None
+    format: str
+    in_hook: str | None
+    out_hook: str | None
+    trust_pickle: bool
+    files: dict[str, str]
+    """Relative file name -> sha256 of its bytes (empty for a hub import)."""
+    live_threshold: float = IMPORTED_LIVE_THRESHOLD
+    kind: Literal["pretrained"] = "pretrained"
+
+    @property
+    def in_key(self) -> str | None:
+        return self.in_hook
+
+    @property
+    def out_key(self) -> str | None:
+        return self.out_hook
+
+
+MemberConfig = TrainedMemberConfig | ImportedMemberConfig
+
+
+class TrainGroupConfig(StageConfig):
+    """Members trained together in one pass over one cache (same steps, batch, seed)."""
+
+    members: tuple[str, ...]
+    """Train task ids, sorted."""
+
+
+IMPORTED_MEMBER = "pretrained"
+"""The member name (sweep label) of an imported dictionary."""
+
+
+class CoderRef(StageConfig):
+    """A dictionary a downstream task reads: its train or import task and how the spec
+    labels it (dictionary name, sweep point)."""
+
+    stage: Literal["train", "import"]
+    id: str
+    dictionary: str
+    member: str
+    layer: int
+    kind: str
+
+    @property
+    def label(self) -> str:
+        """Display name: ``tc-L1-l1_0.001``."""
+        return f"{self.dictionary}-L{self.layer}-{self.member}"
+
+
+class EvaluateConfig(StageConfig):
+    coders: tuple[CoderRef, ...]
+    """One per layer; several are spliced in at once."""
+    point: dict[str, float | int]
+    eval_tokens: int
+    batch_contexts: int
+
+
+class FeaturesConfig(StageConfig):
+    """Feature statistics, study sampling and dashboards of one dictionary."""
+
+    coder: CoderRef
+    live_threshold: float
+    features: int
+    dashboard_features: int
+    examples: int
+    bands: int
+    context_window: int
+    min_examples: int
+    eval_tokens: int
+    seed: int
+
+
+class StudyConfig(StageConfig):
+    features: int
+    seed: int
+
+
+class CircuitConfig(StageConfig):
+    circuit: CircuitSpec
+    coders: tuple[CoderRef, ...]
+    seed: int
+
+
+class ExportConfig(StageConfig):
+    to: Literal["saelens", "sparsify", "circuit-tracer"]
+    coders: tuple[CoderRef, ...]
+    model_name: str
+    context_size: int
+    dataset: str
+
+
+class TablesConfig(StageConfig):
+    experiment: str
+    include: tuple[str, ...]
+    reference: str | None
+
+
+CONFIGS: dict[str, type[StageConfig]] = {
+    "model": ModelConfig,
+    "tokens": TokensConfig,
+    "acts": ActsConfig,
+    "train": TrainedMemberConfig,
+    "import": ImportedMemberConfig,
+    "evaluate": EvaluateConfig,
+    "interp": FeaturesConfig,
+    "study": StudyConfig,
+    "circuits": CircuitConfig,
+    "export": ExportConfig,
+    "tables": TablesConfig,
+    "group": TrainGroupConfig,
+}
+"""Stage -> its config type (``group``: a training pass, not a task folder)."""

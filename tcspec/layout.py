@@ -1,0 +1,106 @@
+"""The results layout: the one home of every output path and artifact file name.
+
+results/
+  configs/<stage>/<id>.json        a task's frozen config and upstream ids, written once
+  tasks/<stage>/<id>/task.json     its record (config + provenance), written last
+  tasks/<stage>/<id>/...           its artifacts (weights, shards, metrics, html, tables)
+  checkpoints/<id>/                resumable state of a training pass (never an output)
+  logs/<stage>/<id>.log            the job's log
+  benchmarks/<stage>/<id>.tsv      Snakemake's per-job wall time and memory
+  <experiment>/tables/             a copy of the spec's tables task output (exactly it)
+  <experiment>/export/<to>/        a copy of each export task's output
+  <experiment>/ratings.csv         ingested ratings (+ ratings_key.json)
+
+Only ``tcspec.tasks``, ``tcspec.workflow`` and the CLI use this module; library modules
+take explicit paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STAGES = (
+    "model",
+    "tokens",
+    "acts",
+    "train",
+    "import",
+    "evaluate",
+    "interp",
+    "study",
+    "circuits",
+    "export",
+    "tables",
+)
+GROUP = "group"
+"""Not a task folder: the config stage of one training pass over several members."""
+
+DONE = "task.json"
+METRICS = "metrics.json"
+TRAINING = "training.json"
+SUMMARY = "summary.json"
+GREATER_THAN = "greater_than.csv"
+KEEP_TOP_K = "keep_top_k.csv"
+TOKENS = "tokens"  # folder of the token splits, in a tokens task
+CACHE = "cache"  # folder of the activation shards, in an acts task
+STATS = "stats"  # feature statistics, in an interp task
+DASHBOARD = "dashboard"
+TABLES = "tables"  # folder of tables and plots, in a tables task
+EXPORT = "export"  # folder of exported dictionaries, in an export task
+RATINGS = "ratings.csv"
+RATINGS_KEY = "ratings_key.json"
+
+
+def task_dir(results: Path, stage: str, task_id: str) -> Path:
+    return Path(results) / "tasks" / stage / task_id
+
+
+def done_file(results: Path, stage: str, task_id: str) -> Path:
+    return task_dir(results, stage, task_id) / DONE
+
+
+def config_file(results: Path, stage: str, task_id: str) -> Path:
+    return Path(results) / "configs" / stage / f"{task_id}.json"
+
+
+def log_file(results: Path, stage: str, task_id: str) -> Path:
+    return Path(results) / "logs" / stage / f"{task_id}.log"
+
+
+def benchmark_file(results: Path, stage: str, task_id: str) -> Path:
+    return Path(results) / "benchmarks" / stage / f"{task_id}.tsv"
+
+
+def checkpoint_dir(results: Path, task_id: str) -> Path:
+    return Path(results) / "checkpoints" / task_id
+
+
+def member_dir(results: Path, stage: str, task_id: str) -> Path:
+    """Folder of one dictionary (cfg.json + weights): its train or import task's folder."""
+    return task_dir(results, stage, task_id)
+
+
+def experiment_dir(results: Path, experiment: str) -> Path:
+    return Path(results) / experiment
+
+
+def tables_dir(results: Path, experiment: str) -> Path:
+    """Where a spec's current tables are shown (a copy of its tables task's output)."""
+    return experiment_dir(results, experiment) / TABLES
+
+
+def export_dir(results: Path, experiment: str, to: str) -> Path:
+    """Where a spec's exports in one format are shown (a copy of the export task's output)."""
+    return experiment_dir(results, experiment) / EXPORT / to
+
+
+def ratings_files(results: Path, experiment: str) -> tuple[Path, Path]:
+    """Ingested ratings of an experiment and the packet key beside them."""
+    folder = experiment_dir(results, experiment)
+    return folder / RATINGS, folder / RATINGS_KEY
+
+
+def task_stages(results: Path) -> list[str]:
+    """Stages that have task folders under ``results``."""
+    root = Path(results) / "tasks"
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
