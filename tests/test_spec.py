@@ -100,12 +100,13 @@ def test_python_tag_does_not_execute(tmp_path: Path):
 
 
 # ----------------------------------------------------------------------------- valid specs
-# expected jobs per stage, and sweep points per train task
+# expected tasks per stage (one train task per sweep point x layer), and sweep points per
+# training pass (the members of one dictionary at one layer share a pass over the cache)
 VALID_PLANS = {
-    "gpt2_skip_topk": ({"train": 2, "evaluate": 8}, 4),  # k x lr crossed: 2 x 2
+    "gpt2_skip_topk": ({"train": 8, "evaluate": 8}, 4),  # k x lr crossed: 2 x 2, 2 layers
     "files_data": ({"train": 2, "evaluate": 2}, 1),
-    "zip_sweep": ({"train": 1, "evaluate": 6}, 6),  # (l1, lr) zipped: 3, x expansion 2
-    "checkpoint": ({"train": 3, "evaluate": 5 + 2}, None),  # + 2 all-layer splices of tc
+    "zip_sweep": ({"train": 6, "evaluate": 6}, 6),  # (l1, lr) zipped: 3, x expansion 2
+    "checkpoint": ({"train": 5, "evaluate": 5 + 2}, None),  # + 2 all-layer splices of tc
     "minimal": ({"train": 1, "evaluate": 1}, 1),
 }
 
@@ -124,7 +125,7 @@ def test_valid_spec_compiles(path: Path):
     for stage in ("model", "tokens", "acts", "tables"):
         assert len(plan.stage(stage)) == 1
     if members is not None:
-        assert all(len(t.config["members"]) == members for t in plan.stage("train"))
+        assert plan.groups and all(len(g) == members for g in plan.groups)
     assert main(["check", "--skip-disk", str(path)]) == 0
 
 
@@ -145,8 +146,8 @@ def test_relative_paths_resolve_against_the_spec_folder():
     assert files.data.paths == [(HERE / "specs" / "data" / "corpus.txt").resolve()]
     ckpt = load_spec(HERE / "specs" / "valid" / "checkpoint.yaml")
     assert ckpt.model.path == (HERE / "specs" / "data" / "tiny_gpt2").resolve()
-    (train,) = [t for t in compile_plan(ckpt).stage("train") if t.config["dictionary"] == "sae"]
-    assert train.config["members"][0]["d_in"] == 256  # mlp.hook_post is d_mlp (n_inner)
+    (train,) = [t for t in compile_plan(ckpt).stage("train") if t.label["dictionary"] == "sae"]
+    assert train.config.d_in == 256  # mlp.hook_post is d_mlp (n_inner)
 
 
 # ------------------------------------------------------------------------------- fuzzing
