@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "workf
 import harness  # noqa: E402
 from harness import copy_results, snakemake, task_of  # noqa: E402
 
-from tcspec import paths  # noqa: E402
+from tcspec import layout as paths  # noqa: E402
 
 STAGES = ("model", "tokens", "acts", "train", "evaluate", "tables")
 
@@ -76,7 +76,8 @@ def fingerprint(results: Path, stage: str) -> dict[str, str]:
 
 
 def job_seconds(results: Path, stage: str) -> float:
-    rows = paths.benchmark_file(results, stage, task_of(stage).id).read_text().splitlines()
+    job = harness.job_of(task_of(stage), harness.MICRO)  # a train task's job is its pass
+    rows = paths.benchmark_file(results, job.stage, job.id).read_text().splitlines()
     return float(rows[1].split("\t")[0])
 
 
@@ -97,9 +98,9 @@ def kills(base: Path, work: Path, n: int, rng: random.Random) -> list[Row]:
     for stage in STAGES:
         t = task_of(stage)
         first_file = {
-            "tokens": t.dir(work) / ".tokens.tmp",
-            "acts": t.dir(work) / ".cache.tmp" / "shard_00000",
-            "train": paths.checkpoint_dir(work, t.id) / "train.ckpt",
+            "tokens": t.dir(work) / ".tokens.tmp*",
+            "acts": t.dir(work) / ".cache.tmp*" / "shard_00000",
+            "train": harness.job_checkpoints(work, "train", t.id) / "train.ckpt",
         }.get(stage)
         points = [(None, rng.uniform(0.0, 1.2) * job_seconds(base, stage)) for _ in range(n)]
         if first_file is not None:
@@ -119,7 +120,7 @@ def kills(base: Path, work: Path, n: int, rng: random.Random) -> list[Row]:
             same = run.returncode == 0 and fingerprint(results, stage) == fingerprint(base, stage)
             resumed = (
                 stage == "train"
-                and "resuming from" in paths.log_file(results, stage, t.id).read_text()
+                and "resuming from" in harness.job_log(results, stage, t.id).read_text()
             )
             outcome = f"left {len(k.left)} files, no task.json" if k.killed else "finished"
             outcome += "; resumed from checkpoint" if resumed else ""
@@ -132,7 +133,7 @@ def kill_snakemake(base: Path, work: Path) -> list[Row]:
     results = fresh_copy(base, work, "kill-snakemake")
     for stage in ("train", "evaluate", "tables"):
         harness.remove_task(results, stage, task_of(stage).id)
-    ckpt = paths.checkpoint_dir(results, task_of("train").id) / "train.ckpt"
+    ckpt = harness.job_checkpoints(results, "train", task_of("train").id) / "train.ckpt"
     proc = harness.start_snakemake(results, cores=1, log=results / "snakemake.log")
     while not ckpt.exists() and proc.poll() is None:
         time.sleep(0.002)
@@ -184,7 +185,7 @@ def partial_checkpoint(results: Path) -> Path:
     """Kill the training job right after its first checkpoint; return the checkpoint."""
     t = task_of("train")
     harness.remove_task(results, "train", t.id)
-    ckpt = paths.checkpoint_dir(results, t.id) / "train.ckpt"
+    ckpt = harness.job_checkpoints(results, "train", t.id) / "train.ckpt"
     k = harness.kill_task("train", t.id, results, trigger=ckpt)
     if not k.killed or not ckpt.exists():
         raise RuntimeError("training ended before it could be killed at a checkpoint")
@@ -282,7 +283,7 @@ def lock(base: Path, work: Path) -> list[Row]:
     for stage in ("train", "evaluate", "tables"):
         harness.remove_task(results, stage, task_of(stage).id)
     first = harness.start_snakemake(results, cores=1, log=results / "first.log")
-    started = paths.log_file(results, "train", task_of("train").id)
+    started = harness.job_log(results, "train", task_of("train").id)
     while not started.exists() and first.poll() is None:
         time.sleep(0.01)
     other = harness.start_snakemake(

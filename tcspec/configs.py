@@ -148,6 +148,8 @@ class EvaluateConfig(StageConfig):
     point: dict[str, float | int]
     eval_tokens: int
     batch_contexts: int
+    bos: Literal["exclude", "include"] = "exclude"
+    """The spec's BOS convention (`data.bos`)."""
 
 
 class FeaturesConfig(StageConfig):
@@ -174,6 +176,8 @@ class CircuitConfig(StageConfig):
     circuit: CircuitSpec
     coders: tuple[CoderRef, ...]
     seed: int
+    bos: Literal["exclude", "include"] = "exclude"
+    """The spec's BOS convention (`data.bos`): `exclude` ignores BOS-source heads."""
 
 
 class ExportConfig(StageConfig):

@@ -221,7 +221,9 @@ def _model_task(spec: Spec, dims: dict) -> Task:
 
 
 def _tokens_task(spec: Spec, model: Task) -> Task:
-    config = TokensConfig(data=spec.data, seed=spec.seed)
+    # the BOS convention changes no token: leave it out of the tokens' id
+    data = spec.data.model_copy(update={"bos": "exclude"})
+    config = TokensConfig(data=data, seed=spec.seed)
     prefix = f"{spec.data.kind}-ctx{spec.data.context}"
     return _make("tokens", prefix, config, {"model": ("model", model.id)}, {"mem_mb": 2000})
 
@@ -233,7 +235,9 @@ def _acts_task(spec: Spec, dims: dict, model: Task, tokens: Task) -> Task:
         for layer in d.layers if d.layers is not None else spec.layers:
             for h in (in_hook, out_hook):
                 hooks[full_name(layer, h)] = hook_width(h, dims)
-    config = ActsConfig(acts=spec.acts, hooks=dict(sorted(hooks.items())))
+    config = ActsConfig(
+        acts=spec.acts, hooks=dict(sorted(hooks.items())), drop_bos=spec.data.bos == "exclude"
+    )
     bytes_per = 2 if spec.acts.dtype != "float32" else 4
     disk_mb = spec.data.train_tokens * sum(hooks.values()) * bytes_per / 2**20
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
@@ -322,6 +326,7 @@ def _evaluate_task(spec: Spec, coders: list[Task], model: Task, tokens: Task) ->
         point=coders[0].label["point"],
         eval_tokens=spec.evaluate.eval_tokens or spec.data.eval_tokens,
         batch_contexts=spec.evaluate.batch_contexts,
+        bos=spec.data.bos,
     )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)} | _coder_deps(coders)
     layer = f"L{refs[0].layer}" if len(coders) == 1 else "all"
@@ -352,7 +357,9 @@ def _study_task(spec: Spec, features: list[Task]) -> Task:
 
 def _circuit_task(spec: Spec, c, selected: list[Task], model: Task, tokens: Task) -> Task:
     """A circuit study through one transcoder per layer (one sweep point)."""
-    config = CircuitConfig(circuit=c, coders=tuple(coder_ref(t) for t in selected), seed=spec.seed)
+    config = CircuitConfig(
+        circuit=c, coders=tuple(coder_ref(t) for t in selected), seed=spec.seed, bos=spec.data.bos
+    )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
     deps |= _coder_deps(selected)
     return _make("circuits", f"{c.task}-{c.dictionary.name}", config, deps, {"mem_mb": 3000})

@@ -120,6 +120,11 @@ class _DataBase(Frozen):
     """Tokens in the training split (the activation cache holds this many)."""
     eval_tokens: PosInt
     """Tokens in the evaluation split, disjoint from training."""
+    bos: Literal["exclude", "include"] = "exclude"
+    """BOS positions: `exclude` (SAELens's `exclude_special_tokens`) keeps them out of the
+    training activations (each row's leading BOS) and out of every metric, and evaluation
+    does not splice the dictionary there (every BOS token, as SAELens masks by token id);
+    `include` trains, splices and scores them like any other position (the paper's code)."""
 
 
 class ToyDataSpec(_DataBase):

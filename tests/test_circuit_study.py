@@ -26,7 +26,6 @@ from tcspec.circuits.study import greater_than_study, studied_layer
 from tcspec.coders import Coder, CoderConfig
 from tcspec.models.corpus import greater_than_sentence
 from tcspec.models.tokenizer import train_tokenizer
-from tcspec.tasks.circuits import check_config
 
 torch.set_num_threads(1)
 D, D_SAE = 32, 48
@@ -152,20 +151,6 @@ def test_study_writes_everything(gt_setup, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "Pearson" in report and "L@12 <- " in report
     assert studied_layer(coders, None) == 1 and studied_layer(coders, 5) == 1
-
-
-def test_config_errors_name_the_field():
-    base = dict(task="greater_than", dictionary={"name": "tc"}, prompts=8, iterations=2, branches=3,
-                top_paths=4, keep_top_k=4, coders=[dict(train="t", member="m", layer=0, kind="transcoder")])  # fmt: skip
-    check_config(base)
-    with pytest.raises(ValueError, match=r"circuits.dictionary `tc`: is a sae"):
-        check_config(base | {"coders": [dict(train="t", member="m", layer=0, kind="sae")]})
-    with pytest.raises(ValueError, match=r"several dictionaries at layer\(s\) \[0\]"):
-        check_config(base | {"coders": base["coders"] * 2})
-    with pytest.raises(ValueError, match="circuits.task"):
-        check_config(base | {"task": "ioi"})
-    with pytest.raises(ValueError, match="selects no trained dictionary"):
-        check_config(base | {"coders": []})
 
 
 # ------------------------------------------------------------- the paper's protocols, tiny GPT-2

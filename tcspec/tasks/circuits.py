@@ -23,6 +23,7 @@ def run(ctx) -> dict:
     from tcspec.circuits.study import greater_than_study
     from tcspec.models.corpus import held_out_yy
     from tcspec.models.load import read_model_json
+    from tcspec.spec import start_years
 
     cfg, c = ctx.config, ctx.config.circuit
     model = model_task.load(ctx)
@@ -38,7 +39,8 @@ def run(ctx) -> dict:
         for ref in cfg.coders
     }
     check_transcoders(model, coders, f"circuits.dictionary `{c.dictionary.name}`")
-    yy = spread_yy(held_out_yy() if meta["kind"] == "toy" else PAPER_YY, c.prompts)
+    default_yy = held_out_yy() if meta["kind"] == "toy" else PAPER_YY
+    yy = spread_yy(start_years(c.yy) or default_yy, c.prompts)
     summary = greater_than_study(
         model,
         coders,
@@ -48,7 +50,12 @@ def run(ctx) -> dict:
         branches=c.branches,
         top_paths=c.top_paths,
         keep_top_k_max=c.keep_top_k,
-        task_layer=meta.get("task_layer"),
+        task_layer=c.study_layer if c.study_layer is not None else meta.get("task_layer"),
+        template=c.prompt,
+        keep_top_k_positions=c.keep_top_k_positions,
+        keep_top_k_rank_yy=start_years(c.keep_top_k_rank_yy),
+        mlp0_deembeddings=c.mlp0_deembeddings,
+        exclude_bos=cfg.bos == "exclude",
     )
     summary["coders"] = [ref.model_dump(mode="json") for ref in cfg.coders]
     atomic.write_json(ctx.out / layout.SUMMARY, summary)

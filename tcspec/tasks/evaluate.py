@@ -11,6 +11,12 @@ SPEC_ONLY = {"layers", "zip"}  # fields of the spec, not of one trained dictiona
 TRAINING_FIELDS = ("steps", "tokens", "tokens_per_s", "wall_s", "live_fraction")
 
 
+def excluded_tokens(model, bos: str) -> tuple[int, ...]:
+    """Token ids kept out of every metric under the BOS convention `bos`."""
+    bos_id = getattr(model.tokenizer, "bos_token_id", None)
+    return (bos_id,) if bos == "exclude" and bos_id is not None else ()
+
+
 def run(ctx) -> dict:
     from tcspec import coders
     from tcspec.evaluate import evaluate_coders
@@ -27,6 +33,7 @@ def run(ctx) -> dict:
         tokens,
         batch_contexts=cfg.batch_contexts,
         splice=splice,
+        exclude_tokens=excluded_tokens(model, cfg.bos),
     )
     metrics = result if isinstance(result, dict) else result[0]
     training = [read_json(f / layout.TRAINING) for f in folders if (f / layout.TRAINING).exists()]
@@ -41,6 +48,7 @@ def run(ctx) -> dict:
         "opts": opts,
         "d_sae": loaded[0].cfg.d_sae,
         "splice": splice,
+        "bos": cfg.bos,
         "eval_tokens": int(tokens.size),
         "metrics": metrics,
         "training": [{k: t[k] for k in TRAINING_FIELDS if k in t} for t in training],

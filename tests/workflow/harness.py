@@ -187,6 +187,12 @@ class Kill:
     """Files of the task (and its checkpoints) that the killed job left behind."""
 
 
+def appeared(path: Path) -> bool:
+    """Whether a path (glob patterns allowed in any part) exists."""
+    path = Path(path)
+    return any(Path(path.anchor).glob(str(path.relative_to(path.anchor))))
+
+
 def kill_task(
     stage: str,
     task_id: str,
@@ -198,12 +204,13 @@ def kill_task(
     timeout_s: float = 600.0,
 ) -> Kill:
     """Start a job and SIGKILL it ``delay_s`` seconds after ``trigger`` exists (after its
-    start when ``trigger`` is None). Polls every 2 ms."""
+    start when ``trigger`` is None; ``trigger`` may hold glob patterns, e.g. the per-process
+    temporary ``.cache.tmp*/shard_00000``). Polls every 2 ms."""
     from tcspec import layout
 
     t0 = time.monotonic()
     proc = start_task(stage, task_id, results, spec)
-    while trigger is not None and not trigger.exists() and proc.poll() is None:
+    while trigger is not None and not appeared(trigger) and proc.poll() is None:
         if time.monotonic() - t0 > timeout_s:
             proc.kill()
             raise TimeoutError(f"{trigger} did not appear within {timeout_s} s")
