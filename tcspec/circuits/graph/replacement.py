@@ -28,7 +28,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tcspec.coders import Coder
-from tcspec.hooks import full_name, hooks_replacing_mlp
+from tcspec.hooks import full_name, hooks_replacing_mlp, relative_name
 
 TRANSCODER_KINDS = ("transcoder", "skip_transcoder")
 FROZEN_SUFFIXES = ("hook_scale", "attn.hook_pattern")
@@ -85,8 +85,7 @@ def relative_hook(hook: str | None, layer: int) -> str:
     """``blocks.{layer}.ln2.hook_normalized`` -> ``ln2.hook_normalized``."""
     if hook is None:
         raise ValueError(f"layer {layer}: the transcoder's config names no hooks")
-    prefix = f"blocks.{layer}."
-    return hook[len(prefix) :] if hook.startswith(prefix) else hook
+    return relative_name(hook, layer)
 
 
 def in_hook_name(layer: int, coder: Coder) -> str:
