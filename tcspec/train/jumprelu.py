@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from tcspec.coders import Coder
+from tcspec.train.relu import encoder_grads
 from tcspec.train.workspace import Workspace
 
 
@@ -70,11 +71,7 @@ def backward(
     g_theta = (dz * K).sum(0).mul_(-theta / eps)  # [S] from the reconstruction and L1
     g_theta -= K.sum(0) * (codes.l0_coef / (B * eps))  # from the L0 penalty
     dz.mul_(on)  # d pre
-    if dead is not None:
-        dz.index_add_(1, dead[0], dead[1])
-    return {
-        "W_enc": torch.mm(xc.t(), dz, out=ws.get("gW_enc", coder.W_enc.shape)),  # [d_in, S]
-        "b_enc": torch.sum(dz, 0, out=ws.get("gb_enc", coder.b_enc.shape)),  # [S]
+    return encoder_grads(coder, xc, dz, dead, ws) | {
         "W_dec": torch.mm(z.t(), g, out=ws.get("gW_dec", coder.W_dec.shape)),  # [S, d_out]
         "log_threshold": g_theta * theta,  # [S]
     }

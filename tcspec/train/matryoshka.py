@@ -17,6 +17,7 @@ from torch import Tensor
 
 from tcspec.coders import Coder
 from tcspec.train.recon import reconstruction
+from tcspec.train.relu import encoder_grads
 from tcspec.train.workspace import Workspace
 
 
@@ -57,10 +58,4 @@ def backward(
         dz[:, a:b] = torch.mm(G, coder.W_dec[a:b].t()).add_(l1_b)  # [B, b - a]
         torch.mm(z[:, a:b].t(), G, out=gW_dec[a:b])  # [b - a, d_out]
     torch.ops.aten.threshold_backward.grad_input(dz, z, 0.0, grad_input=dz)
-    if dead is not None:
-        dz.index_add_(1, dead[0], dead[1])
-    return {
-        "W_enc": torch.mm(xc.t(), dz, out=ws.get("gW_enc", coder.W_enc.shape)),  # [d_in, S]
-        "b_enc": torch.sum(dz, 0, out=ws.get("gb_enc", coder.b_enc.shape)),  # [S]
-        "W_dec": gW_dec,
-    }
+    return encoder_grads(coder, xc, dz, dead, ws) | {"W_dec": gW_dec}

@@ -47,10 +47,17 @@ def backward(
     bias = torch.tensor(l1_b, dtype=z.dtype, device=z.device)
     torch.addmm(bias, g, coder.W_dec.t(), out=dz)  # [B, S]
     torch.ops.aten.threshold_backward.grad_input(dz, z, 0.0, grad_input=dz)
+    return encoder_grads(coder, xc, dz, dead, ws) | {
+        "W_dec": torch.mm(z.t(), g, out=ws.get("gW_dec", coder.W_dec.shape)),  # [S, d_out]
+    }
+
+
+def encoder_grads(coder: Coder, xc: Tensor, dz: Tensor, dead, ws: Workspace) -> dict:
+    """W_enc and b_enc gradients from d pre [B, S] (the dead-feature term added in place);
+    xc [B, d_in] is the centred input."""
     if dead is not None:
         dz.index_add_(1, dead[0], dead[1])
     return {
         "W_enc": torch.mm(xc.t(), dz, out=ws.get("gW_enc", coder.W_enc.shape)),  # [d_in, S]
         "b_enc": torch.sum(dz, 0, out=ws.get("gb_enc", coder.b_enc.shape)),  # [S]
-        "W_dec": torch.mm(z.t(), g, out=ws.get("gW_dec", coder.W_dec.shape)),  # [S, d_out]
     }
