@@ -306,12 +306,27 @@ def _check_ref(spec: Spec, loc: tuple, ref) -> Found:
             f"`{ref.name}` is not trained at layer {ref.layer} (layers {layers})",
         )
     for field, value in ref.where.items():
-        values = _as_list(getattr(d, field))
+        values = _as_list(getattr(d, field, None))
+        unused = _unused_field(d, field)
+        if unused:
+            yield loc + ("where", field), f"`{ref.name}` {unused}: select it by another field"
+            continue
         if not any(v is not None and float(v) == float(value) for v in values):
             yield (
                 loc + ("where", field),
                 f"`{ref.name}` has no {field} = {value} (values: {values})",
             )
+
+
+def _unused_field(d, field: str) -> str | None:
+    """Why `field` cannot select among `d`'s sweep points, if it cannot (it does not apply)."""
+    if d.kind == "pretrained":
+        return "is imported; it has no sweep points"
+    if field == "l1" and getattr(d, "activation", "relu") != "relu":
+        return f"is `activation: {d.activation}`, which has no L1 penalty"
+    if field == "k" and getattr(d, "k", None) is None:
+        return f"is `activation: {d.activation}`, which has no `k`"
+    return None
 
 
 def _as_list(v) -> list:
