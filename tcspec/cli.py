@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,28 @@ def cmd_schema(args) -> int:
     return 0
 
 
+class _Lines:
+    """A text stream that ends every progress-bar redraw (``\\r``) as a line of its own."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text.replace("\r", "\n").replace("\n\n", "\n"))
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def plain_progress(every_s: float = 15.0) -> None:
+    """Progress bars in a log file (not a terminal): a plain line at most every `every_s`
+    seconds instead of carriage-return redraws. A terminal keeps the live bars."""
+    if sys.stderr.isatty():
+        return
+    os.environ.setdefault("TQDM_MININTERVAL", str(every_s))
+    sys.stderr = _Lines(sys.stderr)
+
+
 def cmd_run(args) -> int:
     load_spec(args.spec)  # fail early, with located errors, before Snakemake starts
     snakefile = Path(__file__).resolve().parent.parent / "Snakefile"
@@ -179,6 +202,7 @@ def cmd_run(args) -> int:
 def cmd_task(args) -> int:
     from tcspec.tasks import device_from_env, load_task, run_task
 
+    plain_progress()
     results = Path(args.results)
     try:
         task = load_task(results, args.stage, args.task_id)

@@ -164,3 +164,23 @@ def test_warm_up_longer_than_training_warns_and_strict_fails(tmp_path: Path, cap
     assert f"{spec}: dictionaries.tc.lr_warmup_steps: warning: 5000 warm-up steps, but " in err
     assert "training takes 128" in err
     assert main(["check", "--skip-disk", "--strict", str(spec)]) == 2
+
+
+def test_progress_in_a_log_file_is_plain_periodic_lines(tmp_path):
+    """A job's progress bars, written to its log file, are lines (no carriage returns), at
+    most one per interval."""
+    import subprocess
+    import sys
+
+    code = (
+        "from tcspec.cli import plain_progress; plain_progress(0.25)\n"
+        "import time; from tqdm.auto import tqdm\n"
+        "for _ in tqdm(range(40), desc='steps'): time.sleep(0.025)\n"
+    )
+    log = tmp_path / "job.log"
+    with open(log, "w") as out:
+        subprocess.run([sys.executable, "-c", code], stderr=out, check=True)
+    text = log.read_text()
+    lines = [line for line in text.splitlines() if line.startswith("steps")]
+    assert "\r" not in text
+    assert 2 <= len(lines) <= 10 and "40/40" in lines[-1]
