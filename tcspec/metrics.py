@@ -375,3 +375,25 @@ class Accumulator:
         if missing:
             raise ValueError(f"metrics lack statistics (none were accumulated): {missing}")
         return {n: float(METRICS[n].fn(s)) for n in names}
+
+
+# ---------------------------------------------------------------------- sanity
+DEAD_WARN = 0.5
+"""A dictionary with more than this fraction of features never active is flagged."""
+
+
+def sanity_flags(m: dict) -> list[str]:
+    """What looks wrong in one evaluation's metrics, one phrase each (empty: nothing)."""
+
+    def value(name: str) -> float | None:
+        v = m.get(name)
+        return None if v is None or v != v else float(v)
+
+    flags = []
+    if (v := value("ce_recovered")) is not None and v < 0:
+        flags.append(f"CE recovered {v:.1%} < 0 (worse than ablating the hook)")
+    if (v := value("fvu")) is not None and v > 1:
+        flags.append(f"FVU {v:.3g} > 1 (worse than predicting the mean)")
+    if (v := value("dead_fraction")) is not None and v > DEAD_WARN:
+        flags.append(f"{v:.0%} of features dead (> {DEAD_WARN:.0%})")
+    return flags

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from tcspec import layout
+from tcspec.metrics import sanity_flags
 from tcspec.plan import Plan
 
 
@@ -100,10 +101,13 @@ def _task_state(task, results: Path, upstream: dict, job) -> tuple[str, str]:
             if upstream.get((stage, dep_id)) == "stale":
                 return "stale", f"stale: upstream {stage} {dep_id} is stale"
         try:
-            wall = json.loads(done.read_text()).get("provenance", {}).get("wall_s")
+            record = json.loads(done.read_text())
         except (OSError, ValueError):
             return "done", "done (task.json unreadable)"
-        return "done", f"done ({wall:.0f} s)" if wall is not None else "done"
+        wall = record.get("provenance", {}).get("wall_s")
+        text = f"done ({wall:.0f} s)" if wall is not None else "done"
+        flags = sanity_flags(record.get("summary", {}).get("metrics") or {})
+        return "done", text + "".join(f"; warning: {f}" for f in flags)
     log = layout.log_file(results, job.stage, job.id)
     if log.exists():
         state = "failed or running"

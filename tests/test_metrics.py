@@ -177,3 +177,13 @@ def test_errors_for_people():
         acc.compute(["fvu"])
     with pytest.raises(ValueError, match="unknown metrics"):
         acc.compute(["nope"])
+
+
+def test_sanity_flags_name_what_looks_wrong():
+    from tcspec.metrics import sanity_flags
+
+    assert sanity_flags({"ce_recovered": 0.9, "fvu": 0.2, "dead_fraction": 0.1}) == []
+    assert sanity_flags({"fvu": float("nan")}) == []
+    flags = sanity_flags({"ce_recovered": -0.25, "fvu": 1.5, "dead_fraction": 0.75})
+    assert [f.split()[0] for f in flags] == ["CE", "FVU", "75%"]
+    assert "-25.0% < 0" in flags[0] and "1.5 > 1" in flags[1]

@@ -391,3 +391,15 @@ def test_a_table_with_a_figure_shows_the_figure_in_the_index(tmp_path):
     assert pd.read_csv(out / "keep_top_k-x.csv")["k"].tolist() == list(range(130))
     md = (out / "keep_top_k-x.md").read_text()
     assert "| 129 |" in md and "k: components kept." in md
+
+
+def test_rows_whose_metrics_look_wrong_are_flagged_in_the_notes(tmp_path):
+    records = _records()
+    bad = records[0]
+    bad["metrics"] = bad["metrics"] | {"fvu": 1.25, "ce_recovered": -0.5}
+    _build(tmp_path, records, include=["sparsity_fidelity"])
+    md = (tmp_path / "sparsity_fidelity.md").read_text()
+    warnings = [line for line in md.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"Warning: {bad['dictionary']} 1 {bad['member']}:")
+    assert "CE recovered -50.0% < 0" in warnings[0] and "FVU 1.25 > 1" in warnings[0]

@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from tcspec.metrics import sanity_flags
 from tcspec.tables.format import Column, fixed, general, integer, text
 from tcspec.tables.records import KIND_LABEL, baselines, layer_label, per_layer
 from tcspec.tables.section import Inputs, Section, write_table
@@ -37,6 +38,18 @@ def _baseline_note(prefix: str, rows: pd.DataFrame) -> list[str]:
     return [prefix + ", ".join(parts) + "."] if parts else []
 
 
+def _sanity_notes(table: pd.DataFrame) -> list[str]:
+    """A warning line per row whose metrics look wrong (see `metrics.sanity_flags`)."""
+    names = [n for n in ("ce_recovered", "fvu", "dead_fraction") if n in table]
+    notes = []
+    for _, r in table.iterrows():
+        flags = sanity_flags({n: r[n] for n in names})
+        if flags:
+            where = f"{r['dictionary']} {r['layer']} {r.get('member', '')}".strip()
+            notes.append(f"Warning: {where}: " + "; ".join(flags) + ".")
+    return notes
+
+
 def sparsity_fidelity(df: pd.DataFrame) -> tuple[pd.DataFrame, list[Column], list[str]]:
     """The table (raw values), its shown columns, and note lines (per-layer baselines)."""
     table = df.copy()
@@ -47,6 +60,7 @@ def sparsity_fidelity(df: pd.DataFrame) -> tuple[pd.DataFrame, list[Column], lis
         notes += _baseline_note(f"Layer {layer} CE baselines: ", rows)
     for layers, rows in df[df["layer"].isna()].groupby("layers", sort=True):
         notes += _baseline_note(f"Layers {layers} together: CE ", rows)
+    notes += _sanity_notes(table)
     notes.append(LEGEND)
     keep = ["dictionary", "kind", "splice", "layer", "member", "family", "sweep"] + [
         c.key for c in COLUMNS if c.key not in ("dictionary", "kind", "layer")
