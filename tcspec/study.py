@@ -238,6 +238,12 @@ def validate_ratings(path: Path, ids: Sequence[str]) -> pd.DataFrame:
                 f"{name}:{line}: context_free: {f'`{cf}`' if cf else 'empty'}; expected 0 or 1"
             )
             bad = True
+        elif cf == "1" and rating != "yes":
+            errors.append(
+                f"{name}:{line}: context_free: 1 on rating `{rating}`; a context-free feature "
+                "is an interpretable one (rating yes)"
+            )
+            bad = True
         if not bad:
             rows.append((fid, rating, int(cf), note))
     absent = [i for i in ids if i not in seen]

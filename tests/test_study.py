@@ -178,7 +178,7 @@ def test_proxies_file_has_one_row_per_id(world):
 
 # ------------------------------------------------------------------------------ ratings
 PLAN = {  # per dictionary: (rating, context_free) of its 4 features in key order
-    "tc-L1-l1_0.001": [("yes", 1), ("yes", 0), ("maybe", 0), ("no", 1)],
+    "tc-L1-l1_0.001": [("yes", 1), ("yes", 0), ("maybe", 0), ("no", 0)],
     "sae-L1-single": [("yes", 1), ("yes", 1), ("yes", 0), ("no", 0)],
 }
 
@@ -236,6 +236,7 @@ def test_bad_ratings_are_located_and_nothing_is_overwritten(world, tmp_path):
         "F03,no,2,\n"  # line 5: bad context_free
         "F01,no,0,\n"  # line 6: duplicate
         "F04,yes,0,extra,field\n"  # line 7: too many fields
+        "F05,maybe,1,\n"  # line 8: context-free but not interpretable
     )
     with pytest.raises(ValueError) as e:
         ingest(out, results, bad)
@@ -246,7 +247,9 @@ def test_bad_ratings_are_located_and_nothing_is_overwritten(world, tmp_path):
         f"{bad}:5: context_free: `2`; expected 0 or 1",
         f"{bad}:6: id: `F01` repeats line 2",
         f"{bad}:7: row: 5 fields, the header has 4",
-        f"{bad}:8: id: no row for 5 packet id(s): F04, F05, F06, F07, F08",
+        f"{bad}:8: context_free: 1 on rating `maybe`; a context-free feature is an "
+        "interpretable one (rating yes)",
+        f"{bad}:9: id: no row for 4 packet id(s): F04, F06, F07, F08",
     ):
         assert expected in msg
     assert "nothing was ingested" in msg

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tcspec import layout
 
-SPLIT_FIELDS = ("kind", "context", "train_tokens", "eval_tokens")
+SPLIT_FIELDS = ("kind", "context", "train_tokens", "eval_tokens", "bos")  # not the source's
 
 
 def run(ctx) -> dict:
