@@ -144,5 +144,7 @@ def test_the_table_gathers_every_prompt(run):
     assert len(frame) == 3 and set(frame["dictionary"]) == {"tc-single"}
     assert frame["replacement"].between(0, 1).all() and frame["completeness"].between(0, 1).all()
     assert (frame["nodes_kept"] > 0).all()
+    # with attention and norms frozen the graph is exact: its predictions match the model
+    assert (frame["intervention_r_frozen"] > 0.99).all()
     index = (shown / "index.md").read_text()
     assert "Attribution graphs" in index

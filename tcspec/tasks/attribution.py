@@ -4,8 +4,11 @@ point's transcoders (``tcspec.circuits.graph``).
 Config: ``tcspec.configs.CircuitConfig`` with an ``AttributionSpec`` whose prompts the plan
 resolved. Per prompt, in ``prompt-<i>/``: the pruned graph JSON, the full adjacency
 (safetensors), the HTML viewer (linking the feature dashboards of an interp task that studied
-the same dictionary), the interventions CSV and scatter plot. ``attribution.csv`` holds one
-summary row per prompt. BOS is prepended to each prompt: the graph treats position 0 as BOS.
+the same dictionary), the interventions CSV and scatter plot (in the real model, attention
+and norms live). ``attribution.csv`` holds one summary row per prompt, with the
+interventions' correlation both live and with attention and norms frozen (where the graph is
+exact: near 1 unless the graph is wrong). BOS is prepended to each prompt: the graph treats
+position 0 as BOS.
 """
 
 from __future__ import annotations
@@ -70,17 +73,22 @@ def one_prompt(model, coders, tokens, text, graph_cfg, folder: Path, dashboards,
     result = run_interventions(model, coders, graph, InterventionConfig())
     write_interventions(result, folder / layout.INTERVENTIONS)
     plot_interventions(result, folder / layout.INTERVENTIONS_PLOT)
-    r = result.correlation
+    frozen = run_interventions(model, coders, graph, InterventionConfig(freeze=True))
     return {
         "replacement": scores.replacement,
         "completeness": scores.completeness,
         "nodes_kept": int(pruned.node_mask.sum()),
         "features_active": graph.n_active,
         "features_in_graph": graph.n_features,
-        "intervention_r": None if math.isnan(r) else r,
+        "intervention_r": _number(result.correlation),
+        "intervention_r_frozen": _number(frozen.correlation),
         "tokens": graph.n_pos,
         "seconds": round(graph.seconds, 3),
     }
+
+
+def _number(x: float) -> float | None:
+    return None if math.isnan(x) else x
 
 
 def graph_config(c, tokenizer):

@@ -108,6 +108,6 @@ def attribution(ctx) -> list:
         return []
     frame = pd.concat(frames, ignore_index=True)
     columns = ["dictionary", "prompt", "replacement", "completeness", "nodes_kept",
-               "features_active", "intervention_r", "task", "folder"]  # fmt: skip
+               "features_active", "intervention_r", "intervention_r_frozen", "task", "folder"]  # fmt: skip
     caption = "Attribution graphs: replacement and completeness scores per prompt"
     return [("attribution", frame[columns], caption)]
