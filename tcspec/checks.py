@@ -170,6 +170,12 @@ def _check(spec: Spec) -> Found:
             )
         elif d is not None and d.kind != "pretrained":
             yield from _check_one_point(("circuits", i, "dictionary"), c.dictionary, d)
+        if c.task == "attribution" and c.prompts_file is not None:
+            f = c.prompts_file
+            if not _exists(f) or f.is_dir():
+                yield ("circuits", i, "prompts_file"), f"file not found: {f}"
+            elif not c.prompt_list():
+                yield ("circuits", i, "prompts_file"), f"no prompts in {f} (one a line)"
 
 
 def _check_one_point(loc: tuple, ref, d) -> Found:

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from tcspec.spec import (
     ActsSpec,
-    CircuitSpec,
+    CircuitEntry,
     DataSpec,
     Frozen,
     ModelSpec,
@@ -173,7 +173,8 @@ class StudyConfig(StageConfig):
 
 
 class CircuitConfig(StageConfig):
-    circuit: CircuitSpec
+    circuit: CircuitEntry
+    """The spec's entry; an attribution entry's prompts are resolved (read from its file)."""
     coders: tuple[CoderRef, ...]
     seed: int
     bos: Literal["exclude", "include"] = "exclude"

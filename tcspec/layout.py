@@ -41,6 +41,12 @@ TRAINING = "training.json"
 SUMMARY = "summary.json"
 GREATER_THAN = "greater_than.csv"
 KEEP_TOP_K = "keep_top_k.csv"
+ATTRIBUTION = "attribution.csv"  # an attribution task's summary rows, one per prompt
+GRAPH_JSON = "graph.json"  # per prompt: the pruned graph (circuit-tracer / Neuronpedia JSON)
+ADJACENCY = "adjacency.safetensors"  # per prompt: the full graph at full precision
+VIEWER = "graph.html"  # per prompt: the static viewer
+INTERVENTIONS = "interventions.csv"  # per prompt: ablations and steering vs the graph
+INTERVENTIONS_PLOT = "interventions.png"
 TOKENS = "tokens"  # folder of the token splits, in a tokens task
 CACHE = "cache"  # folder of the activation shards, in an acts task
 STATS = "stats"  # feature statistics, in an interp task
@@ -78,6 +84,11 @@ def checkpoint_dir(results: Path, task_id: str) -> Path:
 def member_dir(results: Path, stage: str, task_id: str) -> Path:
     """Folder of one dictionary (cfg.json + weights): its train or import task's folder."""
     return task_dir(results, stage, task_id)
+
+
+def prompt_dir(task_out: Path, index: int) -> Path:
+    """Folder of one prompt's graph files inside an attribution task's folder."""
+    return Path(task_out) / f"prompt-{index:03d}"
 
 
 def experiment_dir(results: Path, experiment: str) -> Path:

@@ -140,7 +140,11 @@ _BRANCH_TAGS = {
     "transcoder",
     "skip_transcoder",
     "sae",
+    "greater_than",
+    "attribution",
 }
+UNION_TAGS = ("kind", "task")
+"""The fields tagged unions are discriminated on (`circuits` entries: `task`)."""
 
 
 def _unwrap(tp: Any, value: Any) -> Any:
@@ -152,10 +156,11 @@ def _unwrap(tp: Any, value: Any) -> Any:
         branches = [a for a in typing.get_args(tp) if a is not type(None)]
         models = [_unwrap(a, value) for a in branches]
         models = [m for m in models if isinstance(m, type) and issubclass(m, BaseModel)]
-        if isinstance(value, dict) and "kind" in value:
-            for m in models:
-                if value["kind"] in _literal_values(m.model_fields.get("kind")):
-                    return m
+        for tag in UNION_TAGS:
+            if isinstance(value, dict) and tag in value:
+                for m in models:
+                    if value[tag] in _literal_values(m.model_fields.get(tag)):
+                        return m
         return models[0] if len(models) == 1 else None
     return tp
 
@@ -212,7 +217,7 @@ def _pydantic_problems(err: ValidationError, data: Any, locator: _Locator) -> li
         if isinstance(error, FieldError):  # a cross-field check names the key it is about
             loc += (error.field,)
         elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            loc += ("kind",)
+            loc += (e.get("ctx", {}).get("discriminator", "'kind'").strip("'"),)
         by_path.setdefault(loc, []).append(e)
     # `l1: [a, b]` fails as a number (at l1) and item by item (at l1[0], l1[1]): the items
     # say more, so drop a parent's type errors when errors under it exist
@@ -284,12 +289,12 @@ def _message(errs: list[dict], loc: Loc, data: Any) -> str:
     if kind == "missing":
         return f"missing required key `{last}`"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        choices = _kinds_at(loc[:-1], data)
+        choices = _kinds_at(loc[:-1], data, last)
         one_of = f"one of {', '.join(choices)}"
         if kind == "union_tag_not_found":
-            return f"missing required key `kind`: {one_of}"
+            return f"missing required key `{last}`: {one_of}"
         tag = str(ctx.get("tag", got))
-        return f"unknown kind `{tag}`{_suggest(tag, choices)} ({one_of})"
+        return f"unknown {last} `{tag}`{_suggest(tag, choices)} ({one_of})"
     if kind == "literal_error":
         choices = [c.strip(" '") for c in ctx.get("expected", "").replace(" or ", ",").split(",")]
         if isinstance(got, (dict, list)) or got is None:
@@ -322,8 +327,8 @@ def _message(errs: list[dict], loc: Loc, data: Any) -> str:
     return msg[0].lower() + msg[1:] if msg else kind
 
 
-def _kinds_at(loc: Loc, data: Any) -> list[str]:
-    """The `kind` tags of the tagged union validated at ``loc`` (e.g. toy, pretrained, ...)."""
+def _kinds_at(loc: Loc, data: Any, tag: str = "kind") -> list[str]:
+    """The ``tag`` values of the tagged union validated at ``loc`` (e.g. toy, pretrained)."""
     tp: Any = Spec
     for i, part in enumerate(loc):
         tp = _unwrap(tp, _at(data, loc[:i]))
@@ -338,7 +343,7 @@ def _kinds_at(loc: Loc, data: Any) -> list[str]:
     kinds = []
     for branch in typing.get_args(tp):
         if isinstance(branch, type) and issubclass(branch, BaseModel):
-            kinds += _literal_values(branch.model_fields.get("kind"))
+            kinds += _literal_values(branch.model_fields.get(tag))
     return kinds
 
 

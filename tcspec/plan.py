@@ -161,7 +161,7 @@ def compile_plan(spec: Spec) -> Plan:
             for i in range(len(members[(name, layers[0])])):
                 group = [members[(name, layer)][i] for layer in layers]
                 evaluations.append(plan.add(_evaluate_task(spec, group, model, tokens)))
-    downstream = []
+    downstream, features = [], []
     if spec.interp is not None:
         features = [
             plan.add(_features_task(spec, t, model, tokens))
@@ -170,7 +170,7 @@ def compile_plan(spec: Spec) -> Plan:
         downstream.append(plan.add(_study_task(spec, features)))
     for c in spec.circuits:
         selected = _select(spec, [c.dictionary], members)
-        downstream.append(plan.add(_circuit_task(spec, c, selected, model, tokens)))
+        downstream.append(plan.add(_circuit_task(spec, c, selected, model, tokens, features)))
     for e in spec.export:
         plan.add(_export_task(spec, e, _select(spec, e.dictionaries, members), model))
     plan.add(_tables_task(spec, evaluations + downstream))
@@ -355,13 +355,21 @@ def _study_task(spec: Spec, features: list[Task]) -> Task:
     return _make("study", f"study-{spec.experiment}", config, deps, {"mem_mb": 1000})
 
 
-def _circuit_task(spec: Spec, c, selected: list[Task], model: Task, tokens: Task) -> Task:
+def _circuit_task(
+    spec: Spec, c, selected: list[Task], model: Task, tokens: Task, interp: list[Task]
+) -> Task:
     """A circuit study through one transcoder per layer (one sweep point)."""
+    if c.task == "attribution":  # the prompts' text, not a file's name, is in the id
+        c = c.model_copy(update={"prompts": c.prompt_list(), "prompts_file": None})
     config = CircuitConfig(
         circuit=c, coders=tuple(coder_ref(t) for t in selected), seed=spec.seed, bos=spec.data.bos
     )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
     deps |= _coder_deps(selected)
+    if c.task == "attribution":  # feature dashboards of the same dictionaries, to link
+        ids = {t.id for t in selected}
+        studied = [t for t in interp if t.config.coder.id in ids]
+        deps |= {f"features_{i}": ("interp", t.id) for i, t in enumerate(studied)}
     return _make("circuits", f"{c.task}-{c.dictionary.name}", config, deps, {"mem_mb": 3000})
 
 

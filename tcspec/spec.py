@@ -484,6 +484,65 @@ class CircuitSpec(Frozen):
         return self
 
 
+class TargetSpec(Frozen):
+    """A logit difference as the graph's one target: `correct` minus `incorrect`."""
+
+    correct: str
+    """Text of the token whose logit counts positively, e.g. `" 18"` (one token)."""
+    incorrect: str
+    """Text of the token whose logit counts negatively, e.g. `" 17"` (one token)."""
+
+
+class AttributionSpec(Frozen):
+    """Attribution graphs through transcoders on the user's own prompts (circuit-tracer's
+    definitions): per prompt a pruned graph (JSON), its adjacency, an HTML viewer and an
+    intervention check."""
+
+    task: Literal["attribution"]
+    """Attribution graphs on `prompts`."""
+    dictionary: DictionaryRef
+    """Transcoders to trace through (one sweep point; one per layer)."""
+    prompts: list[Annotated[str, Field(min_length=1)]] | None = None
+    """Prompts, each traced on its own (BOS is prepended). Give this or `prompts_file`."""
+    prompts_file: Path | None = None
+    """A text file of prompts, one a line (blank lines skipped); relative to the spec file."""
+    max_n_logits: PosInt = 10
+    """At most this many top logits become target nodes."""
+    desired_logit_prob: Fraction = 0.95
+    """Fewer top logits when their cumulative probability reaches this."""
+    max_feature_nodes: PosInt | None = None
+    """Cap on the features whose rows are computed (the most influential); None: all."""
+    node_threshold: Fraction = 0.8
+    """Pruning keeps the nodes carrying this fraction of the influence on the logits."""
+    edge_threshold: Fraction = 0.98
+    """...and the edges carrying this fraction of the edge influence."""
+    target: TargetSpec | None = None
+    """One logit-difference target instead of the top logits."""
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo):
+        if (self.prompts is None) == (self.prompts_file is None):
+            raise FieldError("prompts", "give `prompts` (a list) or `prompts_file`, not both")
+        if self.prompts is not None and not self.prompts:
+            raise FieldError("prompts", "`prompts` is empty; give at least one prompt")
+        base = (info.context or {}).get("base_dir")
+        path = self.prompts_file
+        if base is not None and path is not None and not path.is_absolute():
+            object.__setattr__(self, "prompts_file", (Path(base) / path).resolve())
+        return self
+
+    def prompt_list(self) -> list[str]:
+        """The prompts, from `prompts` or read from `prompts_file`."""
+        if self.prompts is not None:
+            return list(self.prompts)
+        lines = Path(self.prompts_file).read_text().splitlines()
+        return [line for line in lines if line.strip()]
+
+
+CircuitEntry = Annotated[Union[CircuitSpec, AttributionSpec], Field(discriminator="task")]
+"""A circuit study: tagged by `task`."""
+
+
 class ExportSpec(Frozen):
     """Write trained dictionaries in another tool's format."""
 
@@ -527,8 +586,8 @@ class Spec(Frozen):
     """Evaluation settings."""
     interp: InterpSpec | None = None
     """Interpretability study; None skips it."""
-    circuits: list[CircuitSpec] = []
-    """Circuit studies."""
+    circuits: list[CircuitEntry] = []
+    """Circuit studies: `task: greater_than`, or `task: attribution` on your own prompts."""
     export: list[ExportSpec] = []
     """Exports to other tools' formats, written to results/<experiment>/export/<to>/."""
     tables: TablesSpec = TablesSpec()

@@ -46,8 +46,8 @@ def test_plan_prints_the_table_with_totals(capsys):
     plan = compile_plan(load_spec(QUICKSTART))
     assert out.startswith(f"experiment quickstart: {len(plan.tasks)} jobs")
     assert (
-        "jobs: model 1, tokens 1, acts 1, train 12, evaluate 12, interp 2, study 1, circuits 1, "
-        "tables 1 (total 32)" in out
+        "jobs: model 1, tokens 1, acts 1, train 12, evaluate 12, interp 2, study 1, circuits 2, "
+        "tables 1 (total 33)" in out
     )
     assert re.search(
         r"^activation cache: [\d.]+GB; dictionary parameters: [\d.]+M; training FLOPs: [\d.]+T$",
@@ -61,7 +61,7 @@ def test_plan_prints_the_table_with_totals(capsys):
 def test_plan_json_lists_every_task(capsys):
     assert main(["plan", "--json", str(QUICKSTART)]) == 0
     tasks = json.loads(capsys.readouterr().out)
-    assert len(tasks) == 32
+    assert len(tasks) == 33
     assert {t["stage"] for t in tasks} == {
         "model",
         "tokens",

@@ -72,3 +72,4 @@ interpretability = section_for(
     "interpretability", "needs the interp stage's study and, for Table 1, ingested ratings"
 )
 greater_than = section_for("greater_than", "needs a greater_than circuit study in the spec")
+attribution = section_for("attribution", "needs a circuits entry with `task: attribution`")

@@ -50,6 +50,11 @@ TABLES: dict[str, Table] = {
             "the greater-than circuit studies' metric and keep-top-k curves",
             "tcspec.tables.extra:greater_than",
         ),
+        Table(
+            "attribution",
+            "attribution graphs per prompt and dictionary: replacement, completeness, nodes kept",
+            "tcspec.tables.extra:attribution",
+        ),
     )
 }
 """Tables in the order the index shows them."""

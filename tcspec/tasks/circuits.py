@@ -1,4 +1,5 @@
-"""circuits stage: a circuit study through transcoders (built-in task: greater-than).
+"""circuits stage: a circuit study through transcoders (built-in task: greater-than;
+attribution graphs on the spec's prompts: ``tcspec.tasks.attribution``).
 
 Config: ``tcspec.configs.CircuitConfig`` (the spec's circuit, one coder per layer, the
 seed; the spec types and ``tcspec.checks`` guarantee it can run). Writes ``graph.json``,
@@ -26,6 +27,10 @@ def run(ctx) -> dict:
     from tcspec.spec import start_years
 
     cfg, c = ctx.config, ctx.config.circuit
+    if c.task == "attribution":
+        from tcspec.tasks import attribution
+
+        return attribution.run(ctx)
     model = model_task.load(ctx)
     meta = read_model_json(ctx.dep_dir("model"))
     try:

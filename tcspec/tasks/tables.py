@@ -21,7 +21,11 @@ def run(ctx) -> dict:
         f = task.dir(ctx.results) / layout.METRICS
         if f.exists():
             records.append(read_json(f))
-    extra = {"interpretability": interpretability(ctx), "greater_than": circuits(ctx)}
+    extra = {
+        "interpretability": interpretability(ctx),
+        "greater_than": circuits(ctx),
+        "attribution": attribution(ctx),
+    }
     with atomic.atomic_dir(ctx.out / layout.TABLES) as tmp:
         written = build_tables(
             records,
@@ -89,3 +93,21 @@ def circuits(ctx) -> list:
                 stem = Path(name).stem
                 out.append((f"{stem}-{task.id}", pd.read_csv(f), f"{caption} ({task.id})"))
     return out
+
+
+def attribution(ctx) -> list:
+    """One table of every attribution task's per-prompt rows, across dictionaries."""
+    import pandas as pd
+
+    frames = []
+    for task in ctx.deps_of("circuits"):
+        f = task.dir(ctx.results) / layout.ATTRIBUTION
+        if f.exists():
+            frames.append(pd.read_csv(f).assign(task=task.id))
+    if not frames:
+        return []
+    frame = pd.concat(frames, ignore_index=True)
+    columns = ["dictionary", "prompt", "replacement", "completeness", "nodes_kept",
+               "features_active", "intervention_r", "intervention_r_frozen", "task", "folder"]  # fmt: skip
+    caption = "Attribution graphs: replacement and completeness scores per prompt"
+    return [("attribution", frame[columns], caption)]

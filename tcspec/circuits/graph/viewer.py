@@ -24,7 +24,7 @@ LOOSE_NODE, LOOSE_EDGE = 0.99, 0.999  # what the page holds; the sliders prune w
 MAX_LINKS = 20_000
 
 
-def viewer_data(graph: Graph, dashboards_url: str | None = None) -> dict:
+def viewer_data(graph: Graph, dashboards_url: str | dict[str, str] | None = None) -> dict:
     """The graph JSON of a loosely pruned graph, with each link's cumulative edge score."""
     cfg = graph.config
     w = graph.logit_weights()
@@ -54,9 +54,12 @@ def viewer_data(graph: Graph, dashboards_url: str | None = None) -> dict:
     return data
 
 
-def write_viewer(graph: Graph, path: str | Path, dashboards_url: str | None = None) -> Path:
+def write_viewer(
+    graph: Graph, path: str | Path, dashboards_url: str | dict[str, str] | None = None
+) -> Path:
     """Write the viewer page. ``dashboards_url``: a template with ``{layer}`` and
-    ``{feature}``, relative to the page (e.g. ``../interp/L{layer}/features/{feature}.html``)."""
+    ``{feature}``, relative to the page (e.g. ``../interp/L{layer}/features/{feature}.html``),
+    or one template per layer (``{"0": ...}``; layers without one get no link)."""
     data = json.dumps(viewer_data(graph, dashboards_url), separators=(",", ":"))
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return write_text(Path(path), PAGE.replace("__DATA__", data))
@@ -190,9 +193,11 @@ function info(n, links) {
   const box = document.getElementById("info");
   box.textContent = "";
   const h = document.createElement("h3"); h.textContent = label(n); box.appendChild(h);
-  if (n.feature_type === "cross layer transcoder" && V.dashboards_url) {
+  const url = typeof V.dashboards_url === "string" ? V.dashboards_url
+    : (V.dashboards_url || {})[n.layer];
+  if (n.feature_type === "cross layer transcoder" && url) {
     const a = document.createElement("a");
-    a.href = V.dashboards_url.replace("{layer}", n.layer).replace("{feature}", n.node_id.split("_")[1]);
+    a.href = url.replace("{layer}", n.layer).replace("{feature}", n.node_id.split("_")[1]);
     a.textContent = "feature dashboard"; a.id = "dashboard"; box.appendChild(a);
   }
   for (const [title, list, other] of [

@@ -1,0 +1,150 @@
+"""`circuits: [{task: attribution, ...}]` from a spec to files: the micro pipeline run in this
+process task by task (as its Snakemake jobs would), then every prompt's graph JSON (against
+Neuronpedia's required fields), adjacency, viewer, interventions and the summary table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tcspec import layout
+from tcspec.loader import load_spec
+from tcspec.models.load import read_model_json
+from tcspec.plan import compile_plan, group_task
+from tcspec.tasks import run_task, save_task
+
+SPEC = Path(__file__).resolve().parent / "workflow" / "micro_attribution.yaml"
+NODE = {
+    "type": "object",
+    "required": ["node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "clerp"],
+    "properties": {
+        "node_id": {"type": "string"},
+        "feature": {"type": "integer"},
+        "layer": {"type": "string"},
+        "ctx_idx": {"type": "integer"},
+        "feature_type": {
+            "enum": ["cross layer transcoder", "mlp reconstruction error", "embedding", "logit"]
+        },
+        "influence": {"type": ["number", "null"]},
+    },
+}
+GRAPH_SCHEMA = {  # Neuronpedia's graph-schema.json: its required fields (FIELD.md section 6)
+    "type": "object",
+    "required": ["metadata", "qParams", "nodes", "links"],
+    "properties": {
+        "metadata": {
+            "type": "object",
+            "required": ["slug", "scan", "prompt_tokens", "prompt", "schema_version"],
+            "properties": {"schema_version": {"const": 1}},
+        },
+        "nodes": {"type": "array", "items": NODE},
+        "links": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["source", "target", "weight"],
+                "properties": {"weight": {"type": "number"}},
+            },
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    plan = compile_plan(load_spec(SPEC))
+    for t in plan.tasks.values():
+        save_task(results, t)
+    passes = [group_task([plan.get("train", i) for i in g]) for g in plan.groups]
+    for t in passes:
+        save_task(results, t)
+    for stage in layout.STAGES:
+        jobs = passes if stage == "train" else plan.stage(stage)
+        for job in jobs:
+            run_task(job, results, device="cpu")
+    return results, plan
+
+
+def test_each_prompt_gets_its_graph_files(run):
+    results, plan = run
+    first, second = plan.stage("circuits")
+    (model,) = plan.stage("model")
+    bos = read_model_json(model.dir(results))["bos_token_id"]
+    assert len(first.config.circuit.prompts) == 2 and second.config.circuit.prompts_file is None
+    for task, n_prompts in ((first, 2), (second, 1)):
+        out = task.dir(results)
+        rows = pd.read_csv(out / layout.ATTRIBUTION)
+        assert len(rows) == n_prompts
+        assert list(rows["prompt"]) == task.config.circuit.prompts
+        for i, row in rows.iterrows():
+            folder = layout.prompt_dir(out, i)
+            data = json.loads((folder / layout.GRAPH_JSON).read_text())
+            jsonschema.validate(data, GRAPH_SCHEMA)
+            meta = data["metadata"]
+            assert meta["prompt"] == row["prompt"]
+            types = {n["feature_type"] for n in data["nodes"]}
+            assert {"cross layer transcoder", "embedding", "logit"} <= types
+            # all features traced: some error node carries enough influence to be kept
+            assert ("mlp reconstruction error" in types) == (task is first)
+            for score in ("replacement", "completeness"):
+                assert 0 <= meta["scores"][score] <= 1
+                assert meta["scores"][score] == pytest.approx(row[score])
+            adjacency = load_file(folder / layout.ADJACENCY)
+            n_feat = adjacency["features"].shape[0]
+            assert (
+                int(adjacency["tokens"][0]) == bos and len(meta["prompt_tokens"]) == row["tokens"]
+            )
+            n_pos, n_logits = row["tokens"], len(adjacency["logit_tokens"])
+            n_nodes = (
+                n_feat + 1 * n_pos + n_pos + n_logits
+            )  # one layer: one error node per position
+            assert adjacency["adjacency"].shape == (n_nodes, n_nodes)
+            assert n_feat == row["features_in_graph"] <= row["features_active"]
+            assert torch.isfinite(adjacency["adjacency"]).all()
+            interventions = pd.read_csv(folder / layout.INTERVENTIONS)
+            assert set(interventions["mode"]) == {"ablate", "steer"}
+            assert len(interventions) == 2 * min(10, n_feat)
+            assert (folder / layout.INTERVENTIONS_PLOT).stat().st_size > 1000
+            html = (folder / layout.VIEWER).read_text()
+            assert "dashboard/features/{feature}.html" in html and "http://" not in html.replace(
+                "http://www.w3.org/2000/svg", ""
+            )
+    # the target entry: one logit node, the difference "8" - "7", with probability 1
+    data = json.loads((layout.prompt_dir(second.dir(results), 0) / layout.GRAPH_JSON).read_text())
+    (logit,) = [n for n in data["nodes"] if n["feature_type"] == "logit"]
+    assert (
+        logit["token_prob"] == 1.0
+        and data["metadata"]["generation_settings"]["max_feature_nodes"] == 20
+    )
+
+
+def test_viewer_links_the_studied_dashboards(run):
+    results, plan = run
+    (interp,) = plan.stage("interp")
+    task = plan.stage("circuits")[0]
+    folder = layout.prompt_dir(task.dir(results), 0)
+    html = (folder / layout.VIEWER).read_text()
+    rel = f"../../../interp/{interp.id}/dashboard/features/{{feature}}.html"
+    assert rel in html
+    assert (folder / rel.replace("{feature}", "0")).resolve().parent.is_dir()
+
+
+def test_the_table_gathers_every_prompt(run):
+    results, plan = run
+    (tables,) = plan.stage("tables")
+    shown = layout.tables_dir(results, tables.config.experiment)
+    frame = pd.read_csv(shown / "attribution.csv")
+    assert len(frame) == 3 and set(frame["dictionary"]) == {"tc-single"}
+    assert frame["replacement"].between(0, 1).all() and frame["completeness"].between(0, 1).all()
+    assert (frame["nodes_kept"] > 0).all()
+    # with attention and norms frozen the graph is exact: its predictions match the model
+    assert (frame["intervention_r_frozen"] > 0.99).all()
+    index = (shown / "index.md").read_text()
+    assert "Attribution graphs" in index
