@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tcspec.hooks import BLOCK_HOOKS, hook_width
 from tcspec.models import catalog
-from tcspec.spec import SWEEP_FIELDS, Spec, TranscoderSpec
+from tcspec.spec import SWEEP_FIELDS, CLTSpec, Spec, TranscoderSpec
 
 Found = Iterator[tuple[tuple, str]]
 
@@ -95,7 +95,9 @@ def _read_json(path: Path) -> dict:
 
 def dictionary_hooks(d) -> tuple[str, str]:
     """(in_hook, out_hook) relative to the block; equal for an SAE."""
-    return (d.in_hook, d.out_hook) if isinstance(d, TranscoderSpec) else (d.hook, d.hook)
+    if isinstance(d, (TranscoderSpec, CLTSpec)):
+        return d.in_hook, d.out_hook
+    return d.hook, d.hook
 
 
 def check_spec(spec: Spec) -> list[tuple[tuple, str]]:
