@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tcspec.hooks import BLOCK_HOOKS, hook_width
+from tcspec.kinds import CLT
 from tcspec.models import catalog
 from tcspec.spec import SWEEP_FIELDS, CLTSpec, Spec, TranscoderSpec
 
@@ -300,6 +301,9 @@ def _check_ref(spec: Spec, loc: tuple, ref) -> Found:
         hint = f"; did you mean `{close[0]}`?" if close else ""
         names = ", ".join(spec.dictionaries)
         yield loc + ("name",), f"no dictionary named `{ref.name}`{hint} (dictionaries: {names})"
+        return
+    if d.kind == CLT:
+        yield loc + ("name",), f"`{ref.name}` is a cross-layer transcoder: not studied here yet"
         return
     layers = d.layers if d.layers is not None else spec.layers
     if ref.layer is not None and ref.layer not in layers:

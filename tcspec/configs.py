@@ -101,7 +101,8 @@ class ImportedMemberConfig(StageConfig):
     files: dict[str, str]
     """Relative file name -> sha256 of its bytes (empty for a hub import)."""
     live_threshold: float = IMPORTED_LIVE_THRESHOLD
-    kind: Literal["pretrained"] = "pretrained"
+    kind: Literal["pretrained", "clt"] = "pretrained"
+    """`clt`: a circuit-tracer cross-layer transcoder folder (all its layers in one task)."""
 
     @property
     def in_key(self) -> str | None:

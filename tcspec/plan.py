@@ -151,8 +151,11 @@ def compile_plan(spec: Spec) -> Plan:
     clts: dict = {}  # (name, first layer) -> the CLT's train tasks (not studied in interp)
     for name, d in spec.dictionaries.items():
         layers = d.layers if d.layers is not None else spec.layers
-        if d.kind == CLT:
-            clts[(name, layers[0])] = [plan.add(t) for t in _clt_tasks(spec, name, d, dims, acts)]
+        if d.kind == CLT or is_clt_folder(d):
+            found = (
+                _clt_tasks(spec, name, d, dims, acts) if d.kind == CLT else [_import_clt(name, d)]
+            )
+            clts[(name, layers[0])] = [plan.add(t) for t in found]
             for t in clts[(name, layers[0])]:
                 evaluations.append(plan.add(_evaluate_task(spec, [t], model, tokens)))
             continue
@@ -348,6 +351,29 @@ def _import_task(name: str, d, layer: int) -> Task:
     )  # fmt: skip
     label = {"dictionary": name, "member": IMPORTED_MEMBER, "point": {}}
     return _make("import", f"{name}-L{layer}-import", config, {}, {"mem_mb": 4000}, label)
+
+
+def is_clt_folder(d) -> bool:
+    """Whether a `kind: pretrained` dictionary is a local circuit-tracer cross-layer
+    transcoder folder (one dictionary over all its layers, imported by one task)."""
+    if d.kind != "pretrained" or d.repo is not None or d.format not in ("auto", "circuit-tracer"):
+        return False
+    from tcspec.clt.io import CT_CONFIG, read_ct_clt_config
+
+    try:
+        return (Path(d.path) / CT_CONFIG).is_file() and bool(read_ct_clt_config(d.path))
+    except ValueError:
+        return False
+
+
+def _import_clt(name: str, d) -> Task:
+    """Import a circuit-tracer CLT folder (blocks 0..n-1) into tcspec's CLT format."""
+    config = ImportedMemberConfig(
+        layer=0, path=d.path, repo=None, format="circuit-tracer", in_hook=None, out_hook=None,
+        trust_pickle=False, files=file_hashes(Path(d.path)), kind=CLT,
+    )  # fmt: skip
+    label = {"dictionary": name, "member": IMPORTED_MEMBER, "point": {}}
+    return _make("import", f"{name}-clt-import", config, {}, {"mem_mb": 4000}, label)
 
 
 def file_hashes(path: Path) -> dict[str, str]:

@@ -7,6 +7,7 @@ exactly."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,8 @@ def run_plan(plan, results: Path) -> None:
                 run_task(group_task([plan.get("train", i) for i in g]), results, "cpu")
             continue
         for t in plan.stage(stage):
-            run_task(t, results, "cpu")
+            if not t.done(results).exists():  # a task shared with an earlier spec
+                run_task(t, results, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +118,63 @@ def test_circuit_tracer_export_loads_back_exactly(micro_clt_run):
     a, b = saved.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_exported_clt_imports_back_and_evaluates_the_same(micro_clt_run):
+    """`kind: pretrained, format: circuit-tracer` on the export folder: one import task, then
+    the same spliced evaluation, number for number."""
+    plan, results = micro_clt_run
+    (export,) = plan.stage("export")
+    folder = export.dir(results) / layout.EXPORT / "clt-single"
+    text = MICRO_CLT.read_text().split("dictionaries:")[0].replace("micro_clt", "micro_clt_ct")
+    text += f"dictionaries:\n  ct: {{kind: pretrained, format: circuit-tracer, path: {folder}}}\n"
+    imported = compile_plan(parse_spec(text, str(MICRO_CLT), MICRO_CLT.parent))
+    (task,) = imported.stage("import")
+    assert task.config.kind == "clt" and not imported.stage("acts")
+    run_plan(imported, results)
+    (ev,) = imported.stage("evaluate")
+    (original,) = [t for t in plan.stage("evaluate") if t.config.coders[0].kind == "clt"]
+    a, b = (json.loads((t.dir(results) / layout.METRICS).read_text()) for t in (original, ev))
+    assert b["kind"] == "clt" and b["layers"] == [0, 1]
+    assert a["metrics"] == b["metrics"] and a["per_layer"] == b["per_layer"]
+
+
+def test_interrupted_clt_task_resumes_bitwise(micro_clt_run, tmp_path):
+    """A pass stopped after its step-16 checkpoint (the batches fail at step 20) leaves the
+    checkpoint in the task's checkpoint folder; rerunning the task resumes from it and ends
+    with the uninterrupted run's weights, bit for bit."""
+    from tcspec.activations import ActivationReader
+    from tcspec.clt.train import train_clt
+    from tcspec.tasks.clt import CHECKPOINT, train_config
+
+    plan, results = micro_clt_run
+    (clt,) = plan.stage("clt")
+    c, shape = clt.config, clt_shape(clt.config)
+    fresh = tmp_path / "results"
+    shutil.copytree(results, fresh, ignore=shutil.ignore_patterns("clt-L0-1-*"))
+    (acts,) = plan.stage("acts")
+    reader = ActivationReader(
+        acts.dir(fresh) / layout.CACHE, sorted(shape.in_names + shape.out_names),
+        batch_size=c.opts.batch_size, seed=c.data_seed,
+    )  # fmt: skip
+
+    def failing(start: int):
+        for step, batch in enumerate(reader.iter_batches(start), start):
+            if step == 20:
+                raise OSError("the node went away")
+            yield batch
+
+    ckpt = layout.checkpoint_dir(fresh, clt.id) / CHECKPOINT
+    ckpt.parent.mkdir(parents=True)
+    with pytest.raises(OSError, match="went away"):
+        train_clt(shape, train_config(c), failing, ckpt, log=lambda _: None)
+    assert ckpt.exists() and not clt.done(fresh).exists()
+    run_task(clt, fresh, "cpu")
+    a, b = io.load(clt.dir(results)).state_dict(), io.load(clt.dir(fresh)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a) and not ckpt.exists()
+
+
+def test_interp_of_a_clt_is_refused_by_the_checks():
+    text = MICRO_CLT.read_text() + "interp: {dictionaries: [{name: clt}]}\n"
+    with pytest.raises(SpecError, match="`clt` is a cross-layer transcoder"):
+        parse_spec(text, str(MICRO_CLT), MICRO_CLT.parent)

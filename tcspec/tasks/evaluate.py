@@ -63,8 +63,10 @@ def _run_clt(ctx, model, tokens) -> dict:
     clt = io.load(folder, device=ctx.device)
     result = evaluate_clt(model, clt, tokens, cfg.batch_contexts, progress=False)
     metrics = {k: v for k, v in result.items() if k not in ("layers", "clean_layers")}
-    opts = ctx.dep("coder_0").config.opts.model_dump(mode="json", exclude=SPEC_ONLY)
-    training = read_json(folder / layout.TRAINING)
+    member = ctx.dep("coder_0").config  # trained (with its options) or imported
+    opts = member.opts.model_dump(mode="json", exclude=SPEC_ONLY) if hasattr(member, "opts") else {}
+    trained = (folder / layout.TRAINING).exists()
+    training = [read_json(folder / layout.TRAINING)] if trained else []
     record = {
         "dictionary": ref.dictionary,
         "kind": CLT,
@@ -78,7 +80,7 @@ def _run_clt(ctx, model, tokens) -> dict:
         "metrics": metrics,
         "per_layer": result["layers"],
         "clean_layers": result["clean_layers"],
-        "training": [{k: training[k] for k in TRAINING_FIELDS if k in training}],
+        "training": [{k: t[k] for k in TRAINING_FIELDS if k in t} for t in training],
     }
     atomic.write_json(ctx.out / layout.METRICS, record)
     return {"metrics": metrics}
