@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tcspec.hooks import BLOCK_HOOKS, hook_width
+from tcspec.kinds import CLT
 from tcspec.models import catalog
-from tcspec.spec import SWEEP_FIELDS, Spec, TranscoderSpec
+from tcspec.spec import SWEEP_FIELDS, CLTSpec, Spec, TranscoderSpec
 
 Found = Iterator[tuple[tuple, str]]
 
@@ -95,7 +96,9 @@ def _read_json(path: Path) -> dict:
 
 def dictionary_hooks(d) -> tuple[str, str]:
     """(in_hook, out_hook) relative to the block; equal for an SAE."""
-    return (d.in_hook, d.out_hook) if isinstance(d, TranscoderSpec) else (d.hook, d.hook)
+    if isinstance(d, (TranscoderSpec, CLTSpec)):
+        return d.in_hook, d.out_hook
+    return d.hook, d.hook
 
 
 def check_spec(spec: Spec) -> list[tuple[tuple, str]]:
@@ -304,6 +307,9 @@ def _check_ref(spec: Spec, loc: tuple, ref) -> Found:
         hint = f"; did you mean `{close[0]}`?" if close else ""
         names = ", ".join(spec.dictionaries)
         yield loc + ("name",), f"no dictionary named `{ref.name}`{hint} (dictionaries: {names})"
+        return
+    if d.kind == CLT:
+        yield loc + ("name",), f"`{ref.name}` is a cross-layer transcoder: not studied here yet"
         return
     layers = d.layers if d.layers is not None else spec.layers
     if ref.layer is not None and ref.layer not in layers:

@@ -20,6 +20,7 @@ from pydantic import Field
 from tcspec.spec import (
     ActsSpec,
     CircuitEntry,
+    CLTSpec,
     DataSpec,
     Frozen,
     ModelSpec,
@@ -100,7 +101,8 @@ class ImportedMemberConfig(StageConfig):
     files: dict[str, str]
     """Relative file name -> sha256 of its bytes (empty for a hub import)."""
     live_threshold: float = IMPORTED_LIVE_THRESHOLD
-    kind: Literal["pretrained"] = "pretrained"
+    kind: Literal["pretrained", "clt"] = "pretrained"
+    """`clt`: a circuit-tracer cross-layer transcoder folder (all its layers in one task)."""
 
     @property
     def in_key(self) -> str | None:
@@ -111,7 +113,32 @@ class ImportedMemberConfig(StageConfig):
         return self.out_hook
 
 
-MemberConfig = TrainedMemberConfig | ImportedMemberConfig
+class CLTMemberConfig(StageConfig):
+    """One cross-layer transcoder: one sweep point of a `kind: clt` dictionary over all its
+    layers (only what fixes the weights, like `TrainedMemberConfig`)."""
+
+    opts: CLTSpec
+    layers: tuple[int, ...]
+    """Model blocks it spans, increasing."""
+    d_model: int
+    d_sae: int
+    """Features per layer."""
+    steps: int
+    data_seed: int
+    """Seed of the shuffled cache reader."""
+    kind: Literal["clt"] = "clt"
+
+    @property
+    def layer(self) -> int:
+        """The first layer (what a CoderRef names it by)."""
+        return self.layers[0]
+
+    @property
+    def live_threshold(self) -> float:
+        return self.opts.live_threshold
+
+
+MemberConfig = TrainedMemberConfig | ImportedMemberConfig | CLTMemberConfig
 
 
 class TrainGroupConfig(StageConfig):
@@ -129,7 +156,7 @@ class CoderRef(StageConfig):
     """A dictionary a downstream task reads: its train or import task and how the spec
     labels it (dictionary name, sweep point)."""
 
-    stage: Literal["train", "import"]
+    stage: Literal["train", "import", "clt"]
     id: str
     dictionary: str
     member: str
@@ -200,6 +227,7 @@ CONFIGS: dict[str, type[StageConfig]] = {
     "tokens": TokensConfig,
     "acts": ActsConfig,
     "train": TrainedMemberConfig,
+    "clt": CLTMemberConfig,
     "import": ImportedMemberConfig,
     "evaluate": EvaluateConfig,
     "interp": FeaturesConfig,

@@ -15,6 +15,15 @@ ACTIVATIONS = ("relu", "topk", "jumprelu", "batchtopk")
 `jumprelu` (z = pre * [pre > threshold_i], trained with an L0 penalty), `batchtopk` (the
 k * B largest over a batch of B tokens in training; a threshold at inference)."""
 
+CLT = "clt"
+"""The cross-layer transcoder: one dictionary over several layers (its own training loop)."""
+
+CLT_ACTIVATIONS = ("relu", "topk", "jumprelu")
+"""Activations of a cross-layer transcoder (TopK: k per layer)."""
+
+CLT_IN_HOOKS = ("ln2.hook_normalized", "hook_resid_mid")
+"""Input hooks a cross-layer transcoder reads, relative to a block."""
+
 SPARSITY_K = ("topk", "batchtopk")
 """Activations that take `k` (active features per token)."""
 

@@ -24,6 +24,7 @@ STAGES = (
     "tokens",
     "acts",
     "train",
+    "clt",
     "import",
     "evaluate",
     "interp",

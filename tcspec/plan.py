@@ -26,6 +26,7 @@ from tcspec.configs import (
     IMPORTED_MEMBER,
     ActsConfig,
     CircuitConfig,
+    CLTMemberConfig,
     CoderRef,
     EvaluateConfig,
     ExportConfig,
@@ -40,6 +41,7 @@ from tcspec.configs import (
     TrainGroupConfig,
 )
 from tcspec.hooks import full_name, hook_width
+from tcspec.kinds import CLT, d_sae_of
 from tcspec.spec import SWEEP_FIELDS, DictionaryRef, Spec
 
 THREADS = {"model": 2, "acts": 2}
@@ -120,7 +122,7 @@ def _make(
 # ------------------------------------------------------------------------------ sweeps
 def sweep_points(d) -> list[dict]:
     """The sweep points of a dictionary spec: list-valued fields crossed, `zip` fields paired."""
-    axes = {f: getattr(d, f) for f in SWEEP_FIELDS if isinstance(getattr(d, f), list)}
+    axes = {f: getattr(d, f) for f in SWEEP_FIELDS if isinstance(getattr(d, f, None), list)}
     zipped = [f for f in d.zip if f in axes]
     crossed = [f for f in axes if f not in zipped]
     zip_rows = list(zip(*(axes[f] for f in zipped))) if zipped else [()]
@@ -146,8 +148,17 @@ def compile_plan(spec: Spec) -> Plan:
     tokens = plan.add(_tokens_task(spec, model))
     acts = plan.add(_acts_task(spec, dims, model, tokens)) if _trained(spec) else None
     evaluations, members = [], {}
+    clts: dict = {}  # (name, first layer) -> the CLT's train tasks (not studied in interp)
     for name, d in spec.dictionaries.items():
         layers = d.layers if d.layers is not None else spec.layers
+        if d.kind == CLT or is_clt_folder(d):
+            found = (
+                _clt_tasks(spec, name, d, dims, acts) if d.kind == CLT else [_import_clt(name, d)]
+            )
+            clts[(name, layers[0])] = [plan.add(t) for t in found]
+            for t in clts[(name, layers[0])]:
+                evaluations.append(plan.add(_evaluate_task(spec, [t], model, tokens)))
+            continue
         for layer in layers:
             if d.kind == "pretrained":
                 group = [plan.add(_import_task(name, d, layer))]
@@ -172,7 +183,8 @@ def compile_plan(spec: Spec) -> Plan:
         selected = _select(spec, [c.dictionary], members)
         downstream.append(plan.add(_circuit_task(spec, c, selected, model, tokens, features)))
     for e in spec.export:
-        plan.add(_export_task(spec, e, _select(spec, e.dictionaries, members), model))
+        exported = members | (clts if e.to == "circuit-tracer" else {})
+        plan.add(_export_task(spec, e, _select(spec, e.dictionaries, exported), model))
     plan.add(_tables_task(spec, evaluations + downstream))
     return plan
 
@@ -286,6 +298,45 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, acts: Task) -
     return tasks
 
 
+def _clt_tasks(spec: Spec, name: str, d, dims: dict, acts: Task) -> list[Task]:
+    """One train task per sweep point of a CLT over all its layers (its own training loop,
+    stage `clt`); resources from `tcspec.clt.cost.clt_cost`."""
+    from tcspec.clt.cost import clt_cost
+
+    layers = tuple(d.layers if d.layers is not None else spec.layers)
+    d_model = hook_width(d.in_hook, dims)
+    steps = (d.train_tokens or spec.data.train_tokens) // d.batch_size
+    tasks = []
+    for point in sweep_points(d):
+        seed = d.seed if d.seed is not None else spec.seed
+        opts = d.model_copy(update=point | {"seed": seed, "layers": None, "zip": []})
+        d_sae = d_sae_of(d_model, opts.d_sae, opts.expansion)
+        config = CLTMemberConfig(
+            opts=opts, layers=layers, d_model=d_model, d_sae=d_sae, steps=steps,
+            data_seed=spec.seed,
+        )  # fmt: skip
+        cost = clt_cost(clt_shape(config), d.batch_size, steps)
+        resources = {
+            "mem_mb": cost.mem_mb + 1500, "flops": cost.flops, "params": cost.params,
+            "gpu": 0 if spec.model.kind == "toy" else 1,
+        }  # fmt: skip
+        label = {"dictionary": name, "member": member_name(point), "point": point}
+        prefix = f"{name}-L{'-'.join(map(str, layers))}-{_content_name(opts)}"
+        tasks.append(_make(CLT, prefix, config, {"acts": ("acts", acts.id)}, resources, label))
+    return tasks
+
+
+def clt_shape(c: CLTMemberConfig):
+    """The `tcspec.clt.model.CLTConfig` of a CLT train task."""
+    from tcspec.clt.model import CLTConfig
+
+    o = c.opts
+    return CLTConfig(
+        n_layers=len(c.layers), d_model=c.d_model, d_sae=c.d_sae, activation=o.activation,
+        k=o.k, in_hook=o.in_hook, out_hook=o.out_hook, skip=o.skip, layers=c.layers,
+    )  # fmt: skip
+
+
 def _content_name(opts) -> str:
     """Readable part of a train id from what was trained (not from how the spec swept)."""
     point = {"k": opts.k} if opts.activation == "topk" else {"l1": opts.l1}
@@ -304,6 +355,29 @@ def _import_task(name: str, d, layer: int) -> Task:
     )  # fmt: skip
     label = {"dictionary": name, "member": IMPORTED_MEMBER, "point": {}}
     return _make("import", f"{name}-L{layer}-import", config, {}, {"mem_mb": 4000}, label)
+
+
+def is_clt_folder(d) -> bool:
+    """Whether a `kind: pretrained` dictionary is a local circuit-tracer cross-layer
+    transcoder folder (one dictionary over all its layers, imported by one task)."""
+    if d.kind != "pretrained" or d.repo is not None or d.format not in ("auto", "circuit-tracer"):
+        return False
+    from tcspec.clt.io import CT_CONFIG, read_ct_clt_config
+
+    try:
+        return (Path(d.path) / CT_CONFIG).is_file() and bool(read_ct_clt_config(d.path))
+    except ValueError:
+        return False
+
+
+def _import_clt(name: str, d) -> Task:
+    """Import a circuit-tracer CLT folder (blocks 0..n-1) into tcspec's CLT format."""
+    config = ImportedMemberConfig(
+        layer=0, path=d.path, repo=None, format="circuit-tracer", in_hook=None, out_hook=None,
+        trust_pickle=False, files=file_hashes(Path(d.path)), kind=CLT,
+    )  # fmt: skip
+    label = {"dictionary": name, "member": IMPORTED_MEMBER, "point": {}}
+    return _make("import", f"{name}-clt-import", config, {}, {"mem_mb": 4000}, label)
 
 
 def file_hashes(path: Path) -> dict[str, str]:
@@ -329,7 +403,7 @@ def _evaluate_task(spec: Spec, coders: list[Task], model: Task, tokens: Task) ->
         bos=spec.data.bos,
     )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)} | _coder_deps(coders)
-    layer = f"L{refs[0].layer}" if len(coders) == 1 else "all"
+    layer = f"L{refs[0].layer}" if len(coders) == 1 and refs[0].kind != CLT else "all"
     prefix = f"{refs[0].dictionary}-{layer}-{refs[0].member}"
     return _make("evaluate", prefix, config, deps, {"mem_mb": 3000})
 

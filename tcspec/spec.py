@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from tcspec.hooks import BLOCK_HOOKS, TRANSCODER_IN, TRANSCODER_OUT
-from tcspec.kinds import ACTIVATIONS, DEAD_AUX_K, SPARSITY_K
+from tcspec.kinds import ACTIVATIONS, CLT_ACTIVATIONS, CLT_IN_HOOKS, DEAD_AUX_K, SPARSITY_K
 from tcspec.paper import REFERENCES
 from tcspec.tables.registry import DEFAULT_INCLUDE, TABLE_NAMES
 
@@ -353,8 +353,86 @@ class PretrainedDictionarySpec(Frozen):
         return self
 
 
+class CLTSpec(Frozen):
+    """A cross-layer transcoder over its layers: an encoder at each layer reading `in_hook`,
+    decoders from each layer's features to `hook_mlp_out` of that and every later layer; one
+    dictionary (one train task per sweep point) that replaces every MLP at once."""
+
+    kind: Literal["clt"]
+    layers: list[NonNegInt] | None = None
+    """Layers it spans (increasing); None uses the spec's `layers`."""
+    expansion: Sweep[PosInt] | None = None
+    """Features per layer as a multiple of d_model. Give this or `d_sae`."""
+    d_sae: Sweep[PosInt] | None = None
+    """Features per layer. Give this or `expansion`."""
+    activation: Literal[CLT_ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+    """`relu` or `jumprelu` with the sparsity penalty; `topk` keeping k features per layer."""
+    k: Sweep[PosInt] | None = None
+    """Active features per layer per token for `topk`."""
+    penalty: Literal["tanh", "l1"] = "tanh"
+    """Sparsity penalty on a feature's activation times its concatenated decoders' norm:
+    `tanh(c a ||W_dec||)` (Anthropic, CLT-Forge) or `a ||W_dec||`."""
+    l1: Sweep[NonNegFloat] = 0.0
+    """Coefficient of the sparsity penalty (mean over the batch, summed over layers)."""
+    tanh_scale: PosFloat = 4.0
+    """c in tanh(c a ||W_dec||)."""
+    pre_act_coef: NonNegFloat = 0.0
+    """JumpReLU: coefficient of relu(theta - z) ||W_dec|| (keeps features alive)."""
+    jumprelu_bandwidth: PosFloat = 1.0
+    """JumpReLU: width of the rectangle kernel in the threshold's pseudo-derivatives."""
+    jumprelu_init_threshold: PosFloat = 0.03
+    """JumpReLU: initial threshold of every feature."""
+    skip: bool = False
+    """Affine skip connection x_m W_skip[m] at every output layer."""
+    in_hook: Literal[CLT_IN_HOOKS] = TRANSCODER_IN  # type: ignore[valid-type]
+    """Input hook of every layer, relative to `blocks.{layer}`."""
+    out_hook: Literal["hook_mlp_out"] = "hook_mlp_out"
+    """Output hook every decoder writes, relative to `blocks.{layer}`."""
+    lr: Sweep[PosFloat] = 2e-4
+    """Adam learning rate (peak)."""
+    adam_betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    """Adam betas."""
+    lr_warmup_steps: NonNegInt = 0
+    """Linear learning-rate warm-up from 0 over this many steps."""
+    lr_decay: Literal["none", "linear", "cosine"] = "none"
+    """Learning-rate decay after `lr_decay_start`."""
+    lr_decay_start: Fraction = 0.8
+    """Fraction of training after which the decay begins."""
+    l1_warmup_steps: NonNegInt = 0
+    """Linear warm-up of the sparsity coefficient over this many steps."""
+    batch_size: PosInt = 4096
+    """Tokens per optimizer step."""
+    train_tokens: PosInt | None = None
+    """Tokens to train on; None uses `data.train_tokens` (one pass over the cache)."""
+    init_bias_from_mean: bool = True
+    """Initialize b_dec to the mean of the first batch's MLP outputs."""
+    live_threshold: Fraction = 1e-4
+    """A feature is live when its firing frequency exceeds this."""
+    checkpoint_every: PosInt = 1000
+    """Steps between resumable checkpoints."""
+    seed: NonNegInt | None = None
+    """Training seed; None uses the spec's seed."""
+    zip: list[Literal[SWEEP_FIELDS]] = []  # type: ignore[valid-type]
+    """Sweep axes that advance together (equal lengths) instead of crossing."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.expansion is None) == (self.d_sae is None):
+            raise FieldError("expansion", "give one of `expansion` and `d_sae` (the width)")
+        if (self.activation == "topk") != (self.k is not None):
+            raise FieldError("k", "`k` goes with `activation: topk`, and only with it")
+        if self.layers is not None and sorted(set(self.layers)) != self.layers:
+            raise FieldError("layers", f"a CLT's layers must increase: {self.layers}")
+        for f in self.zip:
+            if not isinstance(getattr(self, f, None), list):
+                raise FieldError("zip", f"zip names `{f}`, which is not a list of sweep values")
+        if len({len(getattr(self, f)) for f in self.zip}) > 1:
+            raise FieldError("zip", "zipped axes must have equal lengths")
+        return self
+
+
 DictionarySpec = Annotated[
-    Union[TranscoderSpec, SkipTranscoderSpec, SAESpec, PretrainedDictionarySpec],
+    Union[TranscoderSpec, SkipTranscoderSpec, SAESpec, PretrainedDictionarySpec, CLTSpec],
     Field(discriminator="kind"),
 ]
 

@@ -34,9 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from tcspec.hooks import full_name
+from tcspec.kinds import CLT_ACTIVATIONS as ACTIVATIONS
+from tcspec.kinds import CLT_IN_HOOKS as IN_HOOKS
 
-ACTIVATIONS = ("relu", "topk", "jumprelu")
-IN_HOOKS = ("ln2.hook_normalized", "hook_resid_mid")
 OUT_HOOKS = ("hook_mlp_out",)
 PENALTIES = ("tanh", "l1")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tcspec import atomic, layout
+from tcspec.kinds import CLT
 from tcspec.tasks import model as model_task
 from tcspec.tasks import read_json
 from tcspec.tasks import tokens as tokens_task
@@ -24,6 +25,8 @@ def run(ctx) -> dict:
     cfg = ctx.config
     model = model_task.load(ctx)
     tokens = tokens_task.load(ctx, "eval", cfg.eval_tokens)
+    if cfg.coders[0].kind == CLT:
+        return _run_clt(ctx, model, tokens)
     folders = [ctx.coder_dir(ref) for ref in cfg.coders]
     loaded = [coders.load(f, device=ctx.device) for f in folders]
     splice = "all" if len(loaded) > 1 else "each"
@@ -51,6 +54,40 @@ def run(ctx) -> dict:
         "bos": cfg.bos,
         "eval_tokens": int(tokens.size),
         "metrics": metrics,
+        "training": [{k: t[k] for k in TRAINING_FIELDS if k in t} for t in training],
+    }
+    atomic.write_json(ctx.out / layout.METRICS, record)
+    return {"metrics": metrics}
+
+
+def _run_clt(ctx, model, tokens) -> dict:
+    """A cross-layer transcoder spliced into all its layers at once: joint CE, KL and CE
+    recovered and total L0 at the top, each layer's sparsity and fidelity in `layers`."""
+    from tcspec.clt import io
+    from tcspec.clt.evaluate import evaluate_clt
+
+    cfg, (ref,) = ctx.config, ctx.config.coders
+    folder = ctx.coder_dir(ref)
+    clt = io.load(folder, device=ctx.device)
+    result = evaluate_clt(model, clt, tokens, cfg.batch_contexts, progress=False)
+    metrics = {k: v for k, v in result.items() if k not in ("layers", "clean_layers")}
+    member = ctx.dep("coder_0").config  # trained (with its options) or imported
+    opts = member.opts.model_dump(mode="json", exclude=SPEC_ONLY) if hasattr(member, "opts") else {}
+    trained = (folder / layout.TRAINING).exists()
+    training = [read_json(folder / layout.TRAINING)] if trained else []
+    record = {
+        "dictionary": ref.dictionary,
+        "kind": CLT,
+        "layers": list(clt.cfg.blocks),
+        "member": ref.member,
+        "point": cfg.point,
+        "opts": opts,
+        "d_sae": clt.cfg.d_sae,
+        "splice": "all",
+        "eval_tokens": int(tokens.size),
+        "metrics": metrics,
+        "per_layer": result["layers"],
+        "clean_layers": result["clean_layers"],
         "training": [{k: t[k] for k in TRAINING_FIELDS if k in t} for t in training],
     }
     atomic.write_json(ctx.out / layout.METRICS, record)

@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tcspec import layout
+from tcspec.kinds import CLT
 
 
 def run(ctx) -> dict:
@@ -19,6 +20,9 @@ def run(ctx) -> dict:
     written = []
     sets: dict[tuple, dict] = defaultdict(dict)
     for ref in cfg.coders:
+        if ref.kind == CLT:  # the plan exports a CLT only to circuit-tracer
+            written += _export_clt(ctx, ref, root / f"{ref.dictionary}-{ref.member}")
+            continue
         coder = coders.load(ctx.coder_dir(ref))
         if cfg.to == "circuit-tracer":
             sets[(ref.dictionary, ref.member)][ref.layer] = coder
@@ -27,3 +31,14 @@ def run(ctx) -> dict:
     for (name, member), by_layer in sets.items():
         written += export_transcoder_set(by_layer, root / f"{name}-{member}", **facts)
     return {"files": [str(Path(p).relative_to(ctx.out)) for p in written]}
+
+
+def _export_clt(ctx, ref, out: Path) -> list[Path]:
+    """A cross-layer transcoder in circuit-tracer's CLT format (a TopK one with
+    `activation: topk` and `k` in its config.yaml)."""
+    from tcspec.clt import io
+
+    io.export_circuit_tracer(
+        io.load(ctx.coder_dir(ref)), out, model_name=ctx.config.model_name, allow_topk=True
+    )
+    return sorted(p for p in out.iterdir() if p.is_file())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tcspec.kinds import CLT
 from tcspec.plan import file_hashes
 
 
@@ -23,6 +24,12 @@ def run(ctx) -> dict:
             f"{path}: the files changed since the plan was compiled; rerun so the import "
             "gets the id of their new contents"
         )
+    if cfg.kind == CLT:
+        from tcspec.clt import io
+
+        clt = io.load_circuit_tracer(path)
+        io.save(clt, ctx.out, extra={"source": str(path), "format": cfg.format})
+        return {"source": str(path), "format": cfg.format, "d_sae": clt.cfg.d_sae, "kind": CLT}
     fmt = None if cfg.format == "auto" else cfg.format
     coder = load_dictionary(
         path,

@@ -1,0 +1,63 @@
+"""clt stage: train one cross-layer transcoder (one sweep point over all its layers) from the
+activation cache with `tcspec.clt.train.train_clt`, its own loop; resumable from the task's
+checkpoint folder. The task's folder holds the CLT (`tcspec.clt.io.save`) and training.json."""
+
+from __future__ import annotations
+
+import shutil
+
+from tcspec import atomic, layout
+
+CHECKPOINT = "clt.ckpt"
+
+
+def train_config(c):
+    """The `tcspec.clt.train.CLTTrainConfig` of a CLT train task's config."""
+    from tcspec.clt.model import CLTLoss
+    from tcspec.clt.train import CLTTrainConfig
+
+    o = c.opts
+    loss = CLTLoss(
+        penalty=o.penalty, coef=o.l1, tanh_scale=o.tanh_scale, pre_act_coef=o.pre_act_coef,
+        bandwidth=o.jumprelu_bandwidth,
+    )  # fmt: skip
+    return CLTTrainConfig(
+        steps=c.steps, batch_size=o.batch_size, lr=o.lr, lr_warmup_steps=o.lr_warmup_steps,
+        lr_decay=o.lr_decay, lr_decay_start=o.lr_decay_start, adam_betas=o.adam_betas,
+        loss=loss, coef_warmup_steps=o.l1_warmup_steps, seed=o.seed,
+        init_threshold=o.jumprelu_init_threshold, init_b_dec_from_mean=o.init_bias_from_mean,
+        checkpoint_every=o.checkpoint_every,
+    )  # fmt: skip
+
+
+def run(ctx) -> dict:
+    from tcspec.activations import ActivationReader
+    from tcspec.clt import io
+    from tcspec.clt.train import train_clt
+    from tcspec.plan import clt_shape
+
+    c = ctx.config
+    shape, train = clt_shape(c), train_config(c)
+    reader = ActivationReader(
+        ctx.dep_dir("acts") / layout.CACHE,
+        sorted(shape.in_names + shape.out_names),
+        batch_size=train.batch_size,
+        seed=c.data_seed,
+        device=ctx.device,
+    )
+    ctx.checkpoints.mkdir(parents=True, exist_ok=True)
+    result = train_clt(shape, train, reader.iter_batches, ctx.checkpoints / CHECKPOINT, ctx.device)
+    last = result.curve[-1]
+    training = {
+        "steps": c.steps,
+        "tokens": c.steps * train.batch_size,
+        "tokens_per_s": result.tokens_per_s,
+        "wall_s": result.wall_s,
+        "fvu": last["fvu"],
+        "l0": last["l0"],
+        "curve": result.curve,
+    }
+    io.save(result.clt, ctx.out)
+    atomic.write_json(ctx.out / layout.TRAINING, training)
+    shutil.rmtree(ctx.checkpoints, ignore_errors=True)
+    return {k: v for k, v in training.items() if k != "curve"}

@@ -1,0 +1,180 @@
+"""A cross-layer transcoder through the pipeline: the spec compiles to one `clt` train task
+per sweep point (resources from `clt_cost`), the micro spec's tasks run in order (the jobs
+Snakemake would run, in this process), the CLT evaluates spliced into both layers beside
+the per-layer transcoders, lands in the tables, and its circuit-tracer export loads back
+exactly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tcspec import layout
+from tcspec.clt import io
+from tcspec.clt.cost import clt_cost
+from tcspec.hooks import full_name
+from tcspec.loader import SpecError, load_spec, parse_spec
+from tcspec.plan import clt_shape, compile_plan, group_task
+from tcspec.tasks import run_task, save_task
+
+ROOT = Path(__file__).resolve().parent.parent
+MICRO_CLT = ROOT / "tests" / "workflow" / "micro_clt.yaml"
+
+
+def test_plan_has_one_clt_task_per_sweep_point():
+    spec = load_spec(MICRO_CLT)
+    text = MICRO_CLT.read_text().replace(
+        "    k: 8\n    lr: 1.0e-3", "    k: [4, 8]\n    lr: 1.0e-3", 1
+    )
+    swept = compile_plan(parse_spec(text, str(MICRO_CLT), MICRO_CLT.parent))
+    plan = compile_plan(spec)
+    (clt,) = plan.stage("clt")
+    assert [t.config.opts.k for t in swept.stage("clt")] == [4, 8]
+    assert clt.config.layers == (0, 1) and clt.config.d_sae == 64 and clt.config.steps == 128
+    assert all(clt.id not in g for g in plan.groups)  # its own loop, not a training pass
+    cost = clt_cost(clt_shape(clt.config), 64, 128)
+    assert clt.resources["flops"] == cost.flops and clt.resources["params"] == cost.params
+    # 2 layers x (32 x 64 encoder) + 64 x 32 x 3 decoder blocks + biases
+    assert cost.params == 2 * 32 * 64 + 64 * 32 * 3 + 2 * 64 + 2 * 32
+    (acts,) = plan.stage("acts")
+    hooks = {full_name(b, h) for b in (0, 1) for h in ("ln2.hook_normalized", "hook_mlp_out")}
+    assert set(acts.config.hooks) == hooks
+    clt_evals = [t for t in plan.stage("evaluate") if t.config.coders[0].kind == "clt"]
+    assert len(clt_evals) == 1 and clt_evals[0].id.startswith("clt-all-")
+    (export,) = plan.stage("export")
+    assert [r.stage for r in export.config.coders] == ["clt"]
+
+
+def test_clt_spec_checks_its_fields():
+    text = MICRO_CLT.read_text()
+    with pytest.raises(SpecError, match="`k` goes with `activation: topk`"):
+        parse_spec(
+            text.replace("    k: 8\n    lr: 1.0e-3", "    lr: 1.0e-3", 1), str(MICRO_CLT), ROOT
+        )
+    with pytest.raises(SpecError, match="`hook_mlp_in` is not allowed"):
+        parse_spec(
+            text.replace("kind: clt", "kind: clt\n    in_hook: hook_mlp_in"), str(MICRO_CLT), ROOT
+        )
+
+
+def run_plan(plan, results: Path) -> None:
+    """Every task in stage order, as the jobs of a Snakemake run would."""
+    for t in [*plan.tasks.values(), *(group_task([plan.get("train", i) for i in g])
+                                      for g in plan.groups)]:  # fmt: skip
+        save_task(results, t)
+    for stage in layout.STAGES:
+        if stage == "train":
+            for g in plan.groups:
+                run_task(group_task([plan.get("train", i) for i in g]), results, "cpu")
+            continue
+        for t in plan.stage(stage):
+            if not t.done(results).exists():  # a task shared with an earlier spec
+                run_task(t, results, "cpu")
+
+
+@pytest.fixture(scope="module")
+def micro_clt_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    plan = compile_plan(load_spec(MICRO_CLT))
+    run_plan(plan, results)
+    return plan, results
+
+
+def test_clt_trains_evaluates_spliced_everywhere_and_tabulates(micro_clt_run):
+    plan, results = micro_clt_run
+    (clt,) = plan.stage("clt")
+    assert not layout.checkpoint_dir(results, clt.id).exists()  # removed once saved
+    training = json.loads((clt.dir(results) / layout.TRAINING).read_text())
+    assert training["steps"] == 128 and training["l0"] == 16.0 and 0 < training["fvu"] < 1
+    records = [
+        json.loads((t.dir(results) / layout.METRICS).read_text()) for t in plan.stage("evaluate")
+    ]
+    (rec,) = [r for r in records if r["kind"] == "clt"]
+    m = rec["metrics"]
+    assert rec["splice"] == "all" and rec["layers"] == [0, 1] and rec["d_sae"] == 64
+    assert m["l0"] == 16.0  # TopK: k = 8 per layer, 2 layers
+    assert [row["block"] for row in rec["per_layer"]] == [0, 1]
+    assert all(row["l0"] == 8.0 and 0 < row["fvu"] < 1.5 for row in rec["per_layer"])
+    assert m["ce_loss_zero_ablated"] > m["ce_loss_original"] > 0 and m["kl"] >= 0
+    joint_tc = [r for r in records if r["kind"] == "transcoder" and r["splice"] == "all"]
+    assert joint_tc and joint_tc[0]["metrics"]["ce_loss_original"] == m["ce_loss_original"]
+    (tables,) = plan.stage("tables")
+    text = (tables.dir(results) / layout.TABLES / "sparsity_fidelity.md").read_text()
+    assert "| clt          | clt        | 0,1 (all) |" in text
+
+
+def test_circuit_tracer_export_loads_back_exactly(micro_clt_run):
+    plan, results = micro_clt_run
+    (clt,) = plan.stage("clt")
+    (export,) = plan.stage("export")
+    folder = export.dir(results) / layout.EXPORT / "clt-single"
+    saved, loaded = io.load(clt.dir(results)), io.load_circuit_tracer(folder)
+    assert loaded.cfg.activation == "topk" and loaded.cfg.k == 8
+    assert loaded.cfg.d_sae == saved.cfg.d_sae and loaded.cfg.n_layers == 2
+    a, b = saved.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_exported_clt_imports_back_and_evaluates_the_same(micro_clt_run):
+    """`kind: pretrained, format: circuit-tracer` on the export folder: one import task, then
+    the same spliced evaluation, number for number."""
+    plan, results = micro_clt_run
+    (export,) = plan.stage("export")
+    folder = export.dir(results) / layout.EXPORT / "clt-single"
+    text = MICRO_CLT.read_text().split("dictionaries:")[0].replace("micro_clt", "micro_clt_ct")
+    text += f"dictionaries:\n  ct: {{kind: pretrained, format: circuit-tracer, path: {folder}}}\n"
+    imported = compile_plan(parse_spec(text, str(MICRO_CLT), MICRO_CLT.parent))
+    (task,) = imported.stage("import")
+    assert task.config.kind == "clt" and not imported.stage("acts")
+    run_plan(imported, results)
+    (ev,) = imported.stage("evaluate")
+    (original,) = [t for t in plan.stage("evaluate") if t.config.coders[0].kind == "clt"]
+    a, b = (json.loads((t.dir(results) / layout.METRICS).read_text()) for t in (original, ev))
+    assert b["kind"] == "clt" and b["layers"] == [0, 1]
+    assert a["metrics"] == b["metrics"] and a["per_layer"] == b["per_layer"]
+
+
+def test_interrupted_clt_task_resumes_bitwise(micro_clt_run, tmp_path):
+    """A pass stopped after its step-16 checkpoint (the batches fail at step 20) leaves the
+    checkpoint in the task's checkpoint folder; rerunning the task resumes from it and ends
+    with the uninterrupted run's weights, bit for bit."""
+    from tcspec.activations import ActivationReader
+    from tcspec.clt.train import train_clt
+    from tcspec.tasks.clt import CHECKPOINT, train_config
+
+    plan, results = micro_clt_run
+    (clt,) = plan.stage("clt")
+    c, shape = clt.config, clt_shape(clt.config)
+    fresh = tmp_path / "results"
+    shutil.copytree(results, fresh, ignore=shutil.ignore_patterns("clt-L0-1-*"))
+    (acts,) = plan.stage("acts")
+    reader = ActivationReader(
+        acts.dir(fresh) / layout.CACHE, sorted(shape.in_names + shape.out_names),
+        batch_size=c.opts.batch_size, seed=c.data_seed,
+    )  # fmt: skip
+
+    def failing(start: int):
+        for step, batch in enumerate(reader.iter_batches(start), start):
+            if step == 20:
+                raise OSError("the node went away")
+            yield batch
+
+    ckpt = layout.checkpoint_dir(fresh, clt.id) / CHECKPOINT
+    ckpt.parent.mkdir(parents=True)
+    with pytest.raises(OSError, match="went away"):
+        train_clt(shape, train_config(c), failing, ckpt, log=lambda _: None)
+    assert ckpt.exists() and not clt.done(fresh).exists()
+    run_task(clt, fresh, "cpu")
+    a, b = io.load(clt.dir(results)).state_dict(), io.load(clt.dir(fresh)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a) and not ckpt.exists()
+
+
+def test_interp_of_a_clt_is_refused_by_the_checks():
+    text = MICRO_CLT.read_text() + "interp: {dictionaries: [{name: clt}]}\n"
+    with pytest.raises(SpecError, match="`clt` is a cross-layer transcoder"):
+        parse_spec(text, str(MICRO_CLT), MICRO_CLT.parent)
