@@ -29,8 +29,10 @@ def run(ctx) -> dict:
         splice=splice,
     )
     metrics = result if isinstance(result, dict) else result[0]
-    training = [read_json(f / layout.TRAINING) for f in folders if (f / layout.TRAINING).exists()]
     first = ctx.dep("coder_0").config
+    if splice == "each" and getattr(getattr(first, "opts", None), "matryoshka", None):
+        metrics = metrics | _prefix_metrics(model, loaded[0], cfg, tokens, first.opts)
+    training = [read_json(f / layout.TRAINING) for f in folders if (f / layout.TRAINING).exists()]
     opts = first.opts.model_dump(mode="json", exclude=SPEC_ONLY) if hasattr(first, "opts") else {}
     record = {
         "dictionary": cfg.coders[0].dictionary,
@@ -47,3 +49,13 @@ def run(ctx) -> dict:
     }
     atomic.write_json(ctx.out / layout.METRICS, record)
     return {"metrics": metrics}
+
+
+def _prefix_metrics(model, coder, cfg, tokens, opts) -> dict:
+    """`fvu_prefix_{w}` for every Matryoshka prefix width w (d_sae last)."""
+    from tcspec.prefixes import prefix_fvu, prefix_key
+    from tcspec.train.matryoshka import widths
+
+    ws = widths(opts, coder.cfg.d_sae)
+    fvus = prefix_fvu(model, coder, cfg.coders[0].layer, tokens, cfg.batch_contexts, ws)
+    return {prefix_key(w): v for w, v in fvus.items()}
