@@ -85,3 +85,23 @@ def test_prefix_table_is_long_form_and_built(tmp_path):
     csv = pd.read_csv(tmp_path / "matryoshka_prefixes.csv")
     assert csv["width"].tolist() == list(WIDTHS)
     assert "| mat " in (tmp_path / "matryoshka_prefixes.md").read_text()
+
+
+def test_a_jumprelu_l0_coef_sweep_is_one_family_with_its_coefficient_shown(tmp_path):
+    def record(c, l0):
+        opts = {"activation": "jumprelu", "l0_coef": c, "l1": 0.0, "k": None}
+        return {"dictionary": "jr", "kind": "transcoder", "layers": [1], "member": f"c{c}",
+                "point": {"l0_coef": c}, "opts": opts, "d_sae": F, "splice": "each",
+                "metrics": {"l0": l0, "fvu": 0.1}}  # fmt: skip
+
+    df = records_frame([record(1e-3, 30.0), record(1e-2, 10.0)])
+    assert df["family"].tolist() == ["jr", "jr"]
+    assert df["sweep"].tolist() == ["λ0=0.001", "λ0=0.01"]
+    assert df["l1_coef"].isna().all()
+    build_tables(
+        [record(1e-3, 30.0), record(1e-2, 10.0)], tmp_path, include=["sparsity_fidelity"],
+        title="t", reference=None,
+    )  # fmt: skip
+    csv = pd.read_csv(tmp_path / "sparsity_fidelity.csv")
+    assert csv["l0_coef"].tolist() == [1e-3, 1e-2]
+    assert "L0 coef" in (tmp_path / "sparsity_fidelity.md").read_text()
