@@ -330,7 +330,13 @@ class PretrainedDictionarySpec(Frozen):
     repo: str | None = None
     """HF hub repository id holding the files (read from the local HF cache when offline)."""
     format: Literal[
-        "auto", "tcspec", "saelens", "sparsify", "circuit-tracer", "transcoder-circuits"
+        "auto",
+        "tcspec",
+        "saelens",
+        "sparsify",
+        "circuit-tracer",
+        "gemma-scope",
+        "transcoder-circuits",
     ] = "auto"
     """File format; `auto` detects it when unambiguous."""
     layers: list[NonNegInt] | None = None

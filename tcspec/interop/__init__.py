@@ -1,7 +1,8 @@
 """Interoperability: load dictionaries released by other tools, write ours in their formats.
 
 - `detect_format(path)`, `load_dictionary(path, format=None, *, layer, trust_pickle,
-  expect_d_in, in_hook, out_hook) -> Coder` (`formats`)
+  expect_d_in, in_hook, out_hook) -> Coder` (`formats`; circuit-tracer sets in
+  `circuit_tracer`, Gemma Scope files in `gemma_scope`)
 - `export(coder, out, to, *, model_name, context_size, dataset, ...)` and
   `export_transcoder_set(coders_by_layer, out, *, model_name, ...)` (`export`)
 - `write_feature_data(stats_dir, out_dir, *, layer, ...)`: circuit-tracer feature pages

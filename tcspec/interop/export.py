@@ -2,12 +2,22 @@
 
 - `saelens`: a folder SAELens 6 loads with `SAE.load_from_disk` (`cfg.json` with the model
   and hook facts under `metadata`, `sae_weights.safetensors`). Architectures `standard`,
-  `topk`, `transcoder`, `skip_transcoder`; SAELens has no TopK transcoder.
+  `topk`, `transcoder`, `skip_transcoder`, and `jumprelu`, `jumprelu_transcoder`,
+  `jumprelu_skip_transcoder` for JumpReLU and BatchTopK dictionaries; SAELens has no TopK
+  transcoder.
 - `sparsify`: a folder `SparseCoder.load_from_disk` loads (`cfg.json` + `sae.safetensors`).
   sparsify is TopK only: a ReLU dictionary is written with `k = d_sae`, which keeps every
-  ReLU'd pre-activation, i.e. is the same function. sparsify needs d_out == d_in.
+  ReLU'd pre-activation, i.e. is the same function. sparsify needs d_out == d_in and has no
+  thresholds (no JumpReLU or BatchTopK).
 - `circuit-tracer`: a transcoder set, `config.yaml` + `layer_{i}.safetensors` for every
-  layer 0..n-1 (its loaders require all of them), ReLU transcoders with d_in == d_out.
+  layer 0..n-1 (its loaders require all of them), ReLU or threshold (JumpReLU, BatchTopK)
+  transcoders with d_in == d_out; a threshold is `activation_function.threshold` [d_sae].
+
+A BatchTopK dictionary infers in the threshold form, so it is written as a JumpReLU one with
+its scalar threshold broadcast to [d_sae] (as SAELens saves its BatchTopK SAEs); `k` and the
+activation travel under tcspec's own keys, which the other tools ignore. SAELens and
+circuit-tracer compute `relu(pre) * [pre > threshold]`, tcspec `pre * [pre > threshold]`:
+the same function while every threshold is >= 0, which the export checks.
 
 Transcoders' input pre-bias is folded into the encoder bias (`b_enc - b_dec W_enc`), since
 none of these formats has one for transcoders; an SAE's tied b_dec maps as is. The unfolded
@@ -102,6 +112,22 @@ def _refuse(coder: Coder, to: str, why: str) -> None:
     raise ValueError(f"cannot export a {name} to {to}: {why}")
 
 
+def _thresholds(coder: Coder, to: str) -> dict[str, Tensor]:
+    """{"threshold": [d_sae]} of a threshold dictionary (empty for the others); refused when a
+    threshold is negative (the other tools ReLU first, so there it is not the same function)."""
+    if not coder.cfg.thresholded:
+        return {}
+    th = coder.threshold.detach()
+    if bool((th < 0).any()):
+        _refuse(coder, to, f"{int((th < 0).sum())} thresholds are negative")
+    return {"threshold": th}
+
+
+def _tcspec_activation(coder: Coder) -> dict:
+    """The activation and k under tcspec keys (a BatchTopK file reads as JumpReLU elsewhere)."""
+    return {"tcspec_activation": coder.cfg.activation, "tcspec_k": coder.cfg.k}
+
+
 def _relative(hook: str | None, layer: int, what: str) -> str:
     split = split_name(hook) if hook else None
     if split is None or split[0] != layer:
@@ -124,7 +150,10 @@ def _export_saelens(
         _refuse(coder, "saelens", "SAELens has no TopK transcoder architecture")
     if not cfg.in_hook or (cfg.kind != "sae" and not cfg.out_hook):
         _refuse(coder, "saelens", "SAELens needs the hook names (in_hook/out_hook)")
-    arch = {"sae": "topk" if cfg.activation == "topk" else "standard"}.get(cfg.kind, cfg.kind)
+    if cfg.thresholded:
+        arch = {"sae": "jumprelu"}.get(cfg.kind, f"jumprelu_{cfg.kind}")
+    else:
+        arch = {"sae": "topk" if cfg.activation == "topk" else "standard"}.get(cfg.kind, cfg.kind)
     metadata = {
         "sae_lens_version": SAELENS_FORMAT_VERSION,
         "model_name": model_name,
@@ -135,6 +164,7 @@ def _export_saelens(
         "dataset_path": dataset,
         "prepend_bos": prepend_bos,
         "tcspec_version": __version__,
+        **_tcspec_activation(coder),
     }
     sae_cfg: dict = {
         "architecture": arch,
@@ -148,7 +178,7 @@ def _export_saelens(
     }
     if arch == "topk":
         sae_cfg |= {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
-    tensors = {"W_enc": coder.W_enc, "W_dec": coder.W_dec}
+    tensors = {"W_enc": coder.W_enc, "W_dec": coder.W_dec} | _thresholds(coder, "saelens")
     if cfg.kind == "sae":
         tensors |= {"b_enc": coder.b_enc, "b_dec": coder.b_dec}
     else:
@@ -170,6 +200,8 @@ def _export_sparsify(
     coder: Coder, out: Path, *, model_name: str, context_size: int, dataset: str | None
 ) -> list[Path]:
     cfg = coder.cfg
+    if cfg.thresholded:
+        _refuse(coder, "sparsify", "sparsify has no thresholds (JumpReLU, BatchTopK)")
     if cfg.d_out != cfg.d_in:
         _refuse(coder, "sparsify", f"sparsify needs d_out == d_in, got {cfg.d_out} != {cfg.d_in}")
     k = cfg.k if cfg.activation == "topk" else cfg.d_sae  # k = d_sae: plain ReLU
@@ -225,7 +257,7 @@ def _set_hooks(coders_by_layer: dict[int, Coder], layers: list[int]) -> tuple[st
         where = f"circuit-tracer, layer {layer}"
         if cfg.kind == "sae":
             _refuse(coder, where, "circuit-tracer takes transcoders only")
-        if cfg.activation != "relu":
+        if cfg.activation == "topk":
             _refuse(coder, where, "circuit-tracer's transcoder sets are ReLU or JumpReLU")
         if cfg.d_in != cfg.d_out:
             _refuse(
@@ -233,10 +265,12 @@ def _set_hooks(coders_by_layer: dict[int, Coder], layers: list[int]) -> tuple[st
             )
         if cfg.layer is not None and cfg.layer != layer:
             raise ValueError(f"{where}: the dictionary belongs to layer {cfg.layer}")
-        if (cfg.skip, cfg.d_sae) != (first.skip, first.d_sae):
+        same = ("skip", "d_sae", "activation", "k")
+        if any(getattr(cfg, f) != getattr(first, f) for f in same):
             raise ValueError(
-                f"{where}: every layer needs the same width and skip connection as layer 0 "
-                f"(d_sae {first.d_sae}, skip {first.skip}), got d_sae {cfg.d_sae}, skip {cfg.skip}"
+                f"{where}: every layer needs the same width and skip connection (and activation) "
+                f"as layer 0 ({same}: {[getattr(first, f) for f in same]}), got "
+                f"{[getattr(cfg, f) for f in same]}"
             )
         hooks.add(
             (_relative(cfg.in_hook, layer, "in_hook"), _relative(cfg.out_hook, layer, "out_hook"))
@@ -278,6 +312,9 @@ def export_transcoder_set(
         }
         if coder.cfg.skip:
             tensors["W_skip"] = coder.W_skip.T  # [d_out, d_in]
+        if coder.cfg.thresholded:
+            th = _thresholds(coder, f"circuit-tracer, layer {layer}")["threshold"]
+            tensors["activation_function.threshold"] = th  # [d_sae]
         written.append(_save_tensors(out / f"layer_{layer}.safetensors", tensors))
     pre_bias = {}
     for layer in layers:
@@ -289,7 +326,13 @@ def export_transcoder_set(
         "feature_input_hook": in_hook,
         "feature_output_hook": out_hook,
         "scan": scan or f"./data/features/{out.name}",
-        "tcspec": {"version": __version__, "context_size": context_size, "dataset": dataset},
+        "tcspec": {
+            "version": __version__,
+            "context_size": context_size,
+            "dataset": dataset,
+            "activation": coders_by_layer[0].cfg.activation,
+            "k": coders_by_layer[0].cfg.k,
+        },
     }
     text = yaml.safe_dump(config, sort_keys=False)
     written.append(_atomic(out / "config.yaml", lambda p: p.write_text(text)))

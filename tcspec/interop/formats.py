@@ -8,6 +8,7 @@ Formats (the names `detect_format` returns and `load_dictionary` takes):
 | `saelens` | folder: `cfg.json` + `sae_weights.safetensors` | W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_out], b_dec, W_skip [d_out, d_in] |
 | `sparsify` | folder: `cfg.json` + `sae.safetensors` | encoder.weight [d_sae, d_in], encoder.bias, W_dec [d_sae, d_out], b_dec, W_skip [d_out, d_in] |
 | `circuit-tracer` | folder: `config.yaml` + `layer_{i}.safetensors` | W_enc [d_sae, d_in], b_enc, W_dec [d_sae, d_out], b_dec [d_out], W_skip [d_out, d_in] |
+| `gemma-scope` | `params.npz` or `params.safetensors` (file or folder) | see `gemma_scope` |
 | `transcoder-circuits` | `.pt` file: pickled `{cfg, state_dict}` | W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_out], b_dec [d_in], b_dec_out [d_out] |
 
 Biases. A Coder computes `z = act((x - b_dec) W_enc + b_enc)`. Where a format has no input
@@ -16,8 +17,14 @@ pre-bias (transcoders in SAELens, sparsify and circuit-tracer; SAELens SAEs with
 tied to b_dec, b_dec is moved into the encoder bias: `b_enc' = b_enc + b_dec W_enc` gives the
 same pre-activations. The formats' output bias `b_dec` becomes the Coder's `b_dec_out`.
 
+JumpReLU. The formats compute `relu(pre) * [pre > threshold]`, a Coder `pre * [pre >
+threshold]`: a negative threshold is read as 0 (the same function). SAELens `jumprelu*`
+folders written by tcspec from a BatchTopK dictionary load back as BatchTopK (`k` kept in the
+metadata); any other is a JumpReLU Coder. Gemma Scope files (`gemma-scope`, see
+`gemma_scope`) are JumpReLU SAEs and transcoders.
+
 What a Coder cannot hold is refused with a ValueError naming the file and the key: JumpReLU
-thresholds, run-time input normalisation, attention-head (hook_z) reshaping, groupmax,
+log-thresholds (the training form), run-time input normalisation, attention-head (hook_z) reshaping, groupmax,
 cross-layer transcoders, and any tensor a loader does not consume.
 """
 
@@ -28,12 +35,12 @@ import re
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import SafetensorError
 
 from tcspec import coders
 from tcspec.coders import Coder, CoderConfig
-from tcspec.hooks import block_name
+from tcspec.interop.circuit_tracer import CT_CONFIG, CT_LAYER, load_circuit_tracer
+from tcspec.interop.gemma_scope import GEMMA_FILES, load_gemma_scope
 from tcspec.interop.safe_pickle import PickledRecord, load_checkpoint
 from tcspec.interop.tensors import (
     NOT_REPRESENTABLE,
@@ -46,10 +53,12 @@ from tcspec.interop.tensors import (
     read_int,
     read_json,
     read_safetensors,
-    restore_pre_bias,
+    take_threshold,
+    threshold_activation,
+    transcoder_biases,
 )
 
-FORMATS = ("tcspec", "saelens", "sparsify", "circuit-tracer", "transcoder-circuits")
+FORMATS = ("tcspec", "saelens", "sparsify", "circuit-tracer", "gemma-scope", "transcoder-circuits")
 
 # marker files of the folder formats
 MARKERS: dict[str, tuple[str, str]] = {
@@ -57,8 +66,6 @@ MARKERS: dict[str, tuple[str, str]] = {
     "saelens": ("cfg.json", "sae_weights.safetensors"),
     "sparsify": ("cfg.json", "sae.safetensors"),
 }
-CT_CONFIG = "config.yaml"
-CT_LAYER = re.compile(r"^layer_(\d+)\.safetensors$")
 PT_SUFFIXES = (".pt", ".pth")
 
 
@@ -76,14 +83,19 @@ def detect_format(path: str | Path) -> str:
             return "transcoder-circuits"
         if CT_LAYER.match(path.name) and (path.parent / CT_CONFIG).is_file():
             return "circuit-tracer"
+        if path.name in GEMMA_FILES:
+            return "gemma-scope"
         raise ValueError(
             f"{path}: not a dictionary file (expected a `.pt` checkpoint, or a "
-            f"`layer_<i>.safetensors` beside a circuit-tracer `{CT_CONFIG}`); "
+            f"`layer_<i>.safetensors` beside a circuit-tracer `{CT_CONFIG}`, or Gemma Scope "
+            f"{' or '.join(GEMMA_FILES)}); "
             "for a folder format, give the folder"
         )
     found = [f for f, files in MARKERS.items() if all((path / n).is_file() for n in files)]
     if (path / CT_CONFIG).is_file():
         found.append("circuit-tracer")
+    if any((path / n).is_file() for n in GEMMA_FILES):
+        found.append("gemma-scope")
     if len(found) == 1:
         return found[0]
     if found:
@@ -91,7 +103,8 @@ def detect_format(path: str | Path) -> str:
     expected = "; ".join(f"{f}: {' + '.join(n)}" for f, n in MARKERS.items())
     raise ValueError(
         f"{path}: no known dictionary format ({expected}; circuit-tracer: {CT_CONFIG} + "
-        "layer_<i>.safetensors; transcoder-circuits: a .pt file)"
+        f"layer_<i>.safetensors; gemma-scope: {' or '.join(GEMMA_FILES)}; "
+        "transcoder-circuits: a .pt file)"
     )
 
 
@@ -126,7 +139,8 @@ def load_dictionary(
         "tcspec": _load_tcspec,
         "saelens": _load_saelens,
         "sparsify": _load_sparsify,
-        "circuit-tracer": _load_circuit_tracer,
+        "circuit-tracer": load_circuit_tracer,
+        "gemma-scope": load_gemma_scope,
         "transcoder-circuits": _load_transcoder_circuits,
     }[format]
     kwargs = {"trust_pickle": trust_pickle} if format == "transcoder-circuits" else {}
@@ -156,16 +170,6 @@ def load_dictionary(
     return coder
 
 
-def _transcoder_biases(folder: Path, W_enc, b_enc, prefix: str = "") -> dict:
-    """The input pre-bias and encoder bias of a transcoder read from a format without a
-    pre-bias: tcspec's own, exactly, from the sidecar of a tcspec export (`tensors`);
-    otherwise a zero pre-bias and the format's encoder bias (the same function)."""
-    restored = restore_pre_bias(folder, W_enc, b_enc, prefix)
-    if restored is None:
-        return {"b_dec": torch.zeros(W_enc.shape[0]), "b_enc": b_enc}
-    return dict(zip(("b_dec", "b_enc"), restored))
-
-
 def _fields(cfg: CoderConfig) -> dict:
     return {f: getattr(cfg, f) for f in CoderConfig.__dataclass_fields__}
 
@@ -184,7 +188,9 @@ def _load_tcspec(path: Path, layer: int | None) -> tuple[Coder, Path]:
 
 
 # ---------------------------------------------------------------------------- SAELens
-SAELENS_ARCHITECTURES = ("standard", "topk", "transcoder", "skip_transcoder")
+SAELENS_ARCHITECTURES = ("standard", "topk", "transcoder", "skip_transcoder", "jumprelu")
+SAELENS_ARCHITECTURES += ("jumprelu_transcoder", "jumprelu_skip_transcoder")
+SAELENS_KINDS = {"transcoder": "transcoder", "skip_transcoder": "skip_transcoder"}
 
 
 def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
@@ -208,16 +214,17 @@ def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
     if "architecture" not in raw and activation == "topk":  # pre-6.0 TopK
         arch, k = "topk", (raw.get("activation_fn_kwargs") or {}).get("k")
     if arch not in SAELENS_ARCHITECTURES:
-        why = " (JumpReLU thresholds)" if "jumprelu" in str(arch) else ""
         raise ValueError(
-            f"{cfg_file}: `architecture` {arch!r} is not representable{why}; tcspec loads "
+            f"{cfg_file}: `architecture` {arch!r} is not representable; tcspec loads "
             f"{SAELENS_ARCHITECTURES}"
         )
-    if arch in ("standard", "transcoder", "skip_transcoder") and activation != "relu":
+    jump = arch.startswith("jumprelu")
+    if arch != "topk" and activation != "relu":
         raise ValueError(f"{cfg_file}: `activation_fn` {activation!r} is not supported (relu)")
     _refuse_run_time_transforms(raw, get, cfg_file)
     d_in, d_sae = read_int(raw, "d_in", cfg_file), read_int(raw, "d_sae", cfg_file)
-    transcoder = arch in ("transcoder", "skip_transcoder")
+    base = arch.removeprefix("jumprelu_") if jump else arch
+    transcoder = base in ("transcoder", "skip_transcoder")
     d_out = read_int(raw, "d_out", cfg_file) if transcoder else d_in
     apply_b_dec = raw.get("apply_b_dec_to_input", True)
     if transcoder and apply_b_dec:
@@ -230,14 +237,19 @@ def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
     at = layer_of(in_hook)
     if at is None:
         at = get("hook_layer", "hook_point_layer")
+    activation, k = ("topk", k) if arch == "topk" else ("relu", None)
+    if jump:
+        activation, k = threshold_activation(
+            meta.get("tcspec_activation"), meta.get("tcspec_k"), d_sae
+        )
     cfg = make_cfg(
         cfg_file,
-        kind={"transcoder": "transcoder", "skip_transcoder": "skip_transcoder"}.get(arch, "sae"),
+        kind=SAELENS_KINDS.get(base, "sae"),
         d_in=d_in,
         d_out=d_out,
         d_sae=d_sae,
-        activation="topk" if arch == "topk" else "relu",
-        k=k if arch == "topk" else None,
+        activation=activation,
+        k=k,
         in_hook=in_hook,
         out_hook=out_hook,
         layer=at,
@@ -269,8 +281,10 @@ def _saelens_params(path: Path, w_file: Path, cfg: CoderConfig, apply_b_dec: boo
     W_enc, b_enc = t.take("W_enc", (d_in, d_sae)), t.take("b_enc", (d_sae,))
     W_dec, b_dec = t.take("W_dec", (d_sae, d_out)), t.take("b_dec", (d_out,))
     params = {"W_enc": W_enc, "W_dec": W_dec}
+    if cfg.thresholded:
+        params["threshold"] = take_threshold(t, "threshold", d_sae)
     if cfg.kind != "sae":
-        params |= _transcoder_biases(path, W_enc, b_enc) | {"b_dec_out": b_dec}
+        params |= transcoder_biases(path, W_enc, b_enc) | {"b_dec_out": b_dec}
         if cfg.skip:
             params["W_skip"] = t.take("W_skip", (d_out, d_in)).T  # [d_in, d_out]
     else:  # SAE: b_dec is the tied output bias; as a pre-bias only when applied to the input
@@ -323,7 +337,7 @@ def _load_sparsify(path: Path, layer: int | None) -> tuple[Coder, Path]:
     params = {"W_enc": W_enc, "b_enc": t.take("encoder.bias", (d_sae,))}
     params["W_dec"] = t.take("W_dec", (d_sae, d_out))
     if transcode:
-        params |= _transcoder_biases(path, W_enc, params["b_enc"])
+        params |= transcoder_biases(path, W_enc, params["b_enc"])
         params["b_dec_out"] = t.take("b_dec", (d_out,))
         if skip:
             params["W_skip"] = t.take("W_skip", (d_out, d_in)).T  # [d_in, d_out]
@@ -331,107 +345,6 @@ def _load_sparsify(path: Path, layer: int | None) -> tuple[Coder, Path]:
         params["b_dec"] = t.take("b_dec", (d_in,))
     t.done(NOT_REPRESENTABLE)
     return build_coder(cfg, w_file, **params), cfg_file
-
-
-# ---------------------------------------------------------------------- circuit-tracer
-def read_ct_config(folder: Path) -> dict:
-    """A circuit-tracer `config.yaml` (safe YAML), checked to describe a transcoder set."""
-    file = folder / CT_CONFIG
-    try:
-        raw = yaml.safe_load(file.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
-        raise ValueError(f"{file}: unreadable YAML: {one_line(e)}") from e
-    if not isinstance(raw, dict):
-        raise ValueError(f"{file}: expected a mapping")
-    kind = raw.get("model_kind", "transcoder_set")
-    if kind != "transcoder_set":
-        raise ValueError(
-            f"{file}: `model_kind` {kind!r} is not supported (transcoder_set; cross-layer "
-            "transcoders have no single-layer Coder)"
-        )
-    for key in ("feature_input_hook", "feature_output_hook"):
-        if not isinstance(raw.get(key), str):
-            raise ValueError(f"{file}: missing `{key}`")
-    return raw
-
-
-def ct_layer_files(folder: Path, config: dict) -> dict[int, Path]:
-    """layer -> weights file of a circuit-tracer set: `layer_{i}.safetensors` in the folder,
-    or else the local paths listed under `transcoders` (relative ones from the folder)."""
-    files = {
-        int(m.group(1)): p
-        for p in folder.iterdir()
-        if (m := CT_LAYER.match(p.name)) and p.is_file()
-    }
-    if files or "transcoders" not in config:
-        return files
-    for i, ref in enumerate(config["transcoders"] or []):
-        if str(ref).startswith("hf://"):
-            raise ValueError(
-                f"{folder / CT_CONFIG}: `transcoders[{i}]` is a hub reference ({ref}); "
-                "download the set first"
-            )
-        p = Path(ref)
-        files[i] = p if p.is_absolute() else folder / p
-    return files
-
-
-def _ct_hook(folder: Path, config: dict, key: str, layer: int) -> str:
-    try:
-        return block_name(layer, config[key])
-    except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(
-            f"{folder / CT_CONFIG}: `{key}` {config[key]!r} is neither a hook name nor a "
-            f"`{{layer}}` template ({one_line(e)})"
-        ) from e
-
-
-def _load_circuit_tracer(path: Path, layer: int | None) -> tuple[Coder, Path]:
-    folder = path.parent if path.is_file() else path
-    config = read_ct_config(folder)
-    files = ct_layer_files(folder, config)
-    if path.is_file():
-        m = CT_LAYER.match(path.name)
-        chosen = int(m.group(1)) if m else None
-        if layer is not None and chosen != layer:
-            raise ValueError(f"{path}: this file is layer {chosen}, not {layer}")
-        layer = chosen
-    if layer is None:
-        if len(files) != 1:
-            raise ValueError(
-                f"{folder}: a transcoder set of layers {sorted(files)}; pass the layer to load"
-            )
-        layer = next(iter(files))
-    if layer not in files:
-        raise ValueError(f"{folder}: no transcoder for layer {layer} (has {sorted(files)})")
-    w_file = files[layer]
-    if w_file.suffix != ".safetensors":
-        raise ValueError(f"{w_file}: only .safetensors transcoders are read")
-    t = read_safetensors(w_file)
-    d_sae, d_in = t.ndim2("W_enc")
-    d_out = t.ndim2("W_dec")[1]
-    skip = t.has("W_skip")
-    # Hook names are kept as given. circuit-tracer's own sets read `mlp.hook_in` of a model
-    # loaded without LayerNorm folding (LN weight and bias applied), which is not the folded
-    # model's `ln2.hook_normalized`; such a set needs the model's ln2 folded into W_enc.
-    cfg = make_cfg(
-        w_file,
-        kind="skip_transcoder" if skip else "transcoder",
-        d_in=d_in,
-        d_out=d_out,
-        d_sae=d_sae,
-        in_hook=_ct_hook(folder, config, "feature_input_hook", layer),
-        out_hook=_ct_hook(folder, config, "feature_output_hook", layer),
-        layer=layer,
-    )
-    W_enc = t.take("W_enc", (d_sae, d_in)).T  # [d_in, d_sae]
-    params = _transcoder_biases(folder, W_enc, t.take("b_enc", (d_sae,)), f"layer_{layer}.")
-    params |= {"W_enc": W_enc, "W_dec": t.take("W_dec", (d_sae, d_out))}
-    params["b_dec_out"] = t.take("b_dec", (d_out,))
-    if skip:
-        params["W_skip"] = t.take("W_skip", (d_out, d_in)).T  # [d_in, d_out]
-    t.done(NOT_REPRESENTABLE)
-    return build_coder(cfg, w_file, **params), w_file
 
 
 # ------------------------------------------------------------------ transcoder-circuits

@@ -66,13 +66,22 @@ class Tensors:
 
 
 # tensors some formats carry that a Coder cannot represent, and why
+_STRAY_THRESHOLD = "JumpReLU thresholds in a file whose config names no JumpReLU architecture"
 NOT_REPRESENTABLE = {
-    "threshold": "JumpReLU thresholds; tcspec Coders are ReLU or TopK",
-    "log_threshold": "JumpReLU thresholds; tcspec Coders are ReLU or TopK",
-    "activation_function.threshold": "JumpReLU thresholds; tcspec Coders are ReLU or TopK",
-    "log_thresholds": "JumpReLU thresholds; tcspec Coders are ReLU or TopK",
+    "threshold": _STRAY_THRESHOLD,
+    "log_threshold": "JumpReLU log-thresholds (training form; save thresholds, `exp` of them)",
+    "activation_function.threshold": _STRAY_THRESHOLD,
+    "log_thresholds": "JumpReLU log-thresholds (training form; save thresholds, `exp` of them)",
     "scaling_factor": "a fine-tuning scale on the features that tcspec Coders lack",
 }
+
+
+def take_threshold(t: Tensors, key: str, d_sae: int) -> Tensor:
+    """A JumpReLU threshold [d_sae] of a tool that ReLUs first (`relu(pre) * [pre > th]`,
+    SAELens, Gemma Scope, circuit-tracer) as a Coder threshold (`pre * [pre > th]`): a negative
+    threshold acts as 0 there, so it becomes 0 (nonnegative ones are kept bit for bit)."""
+    th = t.take(key, (d_sae,))
+    return torch.where(th < 0, torch.zeros_like(th), th)
 
 
 def read_safetensors(file: Path) -> Tensors:
@@ -167,3 +176,22 @@ def restore_pre_bias(
     if not torch.equal(fold_pre_bias(W_enc, unfolded, pre), b_enc):
         return None
     return pre, unfolded
+
+
+def transcoder_biases(folder: Path, W_enc, b_enc, prefix: str = "") -> dict:
+    """The input pre-bias and encoder bias of a transcoder read from a format without a
+    pre-bias: tcspec's own, exactly, from the sidecar of a tcspec export (`tensors`);
+    otherwise a zero pre-bias and the format's encoder bias (the same function)."""
+    restored = restore_pre_bias(folder, W_enc, b_enc, prefix)
+    if restored is None:
+        return {"b_dec": torch.zeros(W_enc.shape[0]), "b_enc": b_enc}
+    return dict(zip(("b_dec", "b_enc"), restored))
+
+
+def threshold_activation(activation, k, d_sae: int) -> tuple[str, int | None]:
+    """(activation, k) of a JumpReLU file: BatchTopK when tcspec wrote it from one (the
+    activation and k under tcspec's keys), otherwise JumpReLU."""
+    if activation == "batchtopk" and isinstance(k, int) and not isinstance(k, bool):
+        if 0 < k <= d_sae:
+            return "batchtopk", k
+    return "jumprelu", None

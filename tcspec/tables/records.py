@@ -19,7 +19,7 @@ from tcspec.tables.format import MISSING, num, short_g
 KIND_ORDER = {"transcoder": 0, "skip_transcoder": 1, "sae": 2}
 KIND_LABEL = {"transcoder": "transcoder", "skip_transcoder": "skip-transcoder", "sae": "SAE"}
 KIND_MARKER = {"transcoder": "o", "skip_transcoder": "D", "sae": "s"}
-SPARSITY_AXES = ("l1", "k")
+SPARSITY_AXES = ("l1", "k", "l0_coef")
 """Sweep axes that move a dictionary along its sparsity-fidelity curve."""
 
 METRIC_ORDER = (
@@ -89,7 +89,7 @@ def _row(rec: dict) -> dict:
     metrics = rec.get("metrics") or {}
     extra = [f"{a}={point[a]}" for a in sorted(point) if a not in SPARSITY_AXES]
     name = str(rec.get("dictionary", ""))
-    topk = opts.get("activation") == "topk"  # its `l1` option (0) is no sweep coordinate
+    topk = opts.get("activation") not in (None, "relu")  # its `l1` option is no sweep coordinate
     row = {
         "dictionary": name,
         "kind": rec.get("kind"),
@@ -111,10 +111,11 @@ def _row(rec: dict) -> dict:
 
 def _sweep_label(point: dict, opts: dict, member: object) -> str:
     """The sparsity knob of a sweep point as a short label: `λ=0.001`, `k=32`."""
-    for axis, source in (("l1", point), ("k", point), ("k", opts), ("l1", opts)):
+    axes = (("l1", point), ("k", point), ("l0_coef", point), ("k", opts), ("l1", opts))
+    for axis, source in axes:
         x = num(source.get(axis))
         if not math.isnan(x):
-            return f"λ={short_g(x)}" if axis == "l1" else f"k={int(x)}"
+            return {"l1": f"λ={short_g(x)}", "l0_coef": f"λ0={short_g(x)}"}.get(axis, f"k={int(x)}")
     return str(member or "")
 
 

@@ -41,6 +41,11 @@ TABLES: dict[str, Table] = {
             "tcspec.tables.pareto:section",
         ),
         Table(
+            "matryoshka_prefixes",
+            "FVU of each nested prefix width of the Matryoshka dictionaries",
+            "tcspec.tables.matryoshka:section",
+        ),
+        Table(
             "interpretability",
             "Table 1 from ingested ratings, and the study's automatic proxies",
             "tcspec.tables.extra:interpretability",

@@ -18,6 +18,7 @@ COLUMNS = (
     Column("d_sae", "d_sae", integer),
     Column("l1_coef", "L1 coef", general),
     Column("k", "k", integer),
+    Column("l0_coef", "L0 coef", general),
     Column("l0", "L0", fixed(1)),
     Column("ce_loss_replaced", "CE", fixed(4)),
     Column("ce_recovered", "CE rec. %", fixed(2, 100.0)),
@@ -50,11 +51,21 @@ def _sanity_notes(table: pd.DataFrame) -> list[str]:
     return notes
 
 
+def _l0_coef(df: pd.DataFrame) -> pd.Series:
+    """JumpReLU rows' L0 coefficient (the sweep point's, else the option's); NaN otherwise."""
+    nan = pd.Series(math.nan, index=df.index)
+    jump = df.get("opts.activation", nan) == "jumprelu"
+    value = df.get("point.l0_coef", nan).fillna(df.get("opts.l0_coef", nan))
+    return pd.to_numeric(value.where(jump), errors="coerce")
+
+
 def sparsity_fidelity(df: pd.DataFrame) -> tuple[pd.DataFrame, list[Column], list[str]]:
     """The table (raw values), its shown columns, and note lines (per-layer baselines)."""
     table = df.copy()
     table["layer"] = [layer_label(r) for _, r in df.iterrows()]
-    columns = [c for c in COLUMNS if c.key != "k" or df["k"].notna().any()]
+    table["l0_coef"] = _l0_coef(df)
+    shown = {"k": df["k"].notna().any(), "l0_coef": table["l0_coef"].notna().any()}
+    columns = [c for c in COLUMNS if shown.get(c.key, True)]
     notes = []
     for layer, rows in per_layer(df).items():
         notes += _baseline_note(f"Layer {layer} CE baselines: ", rows)

@@ -39,8 +39,10 @@ def run(ctx) -> dict:
         exclude_tokens=excluded_tokens(model, cfg.bos),
     )
     metrics = result if isinstance(result, dict) else result[0]
-    training = [read_json(f / layout.TRAINING) for f in folders if (f / layout.TRAINING).exists()]
     first = ctx.dep("coder_0").config
+    if splice == "each" and getattr(getattr(first, "opts", None), "matryoshka", None):
+        metrics = metrics | _prefix_metrics(model, loaded[0], cfg, tokens, first.opts)
+    training = [read_json(f / layout.TRAINING) for f in folders if (f / layout.TRAINING).exists()]
     opts = first.opts.model_dump(mode="json", exclude=SPEC_ONLY) if hasattr(first, "opts") else {}
     record = {
         "dictionary": cfg.coders[0].dictionary,
@@ -69,7 +71,10 @@ def _run_clt(ctx, model, tokens) -> dict:
     cfg, (ref,) = ctx.config, ctx.config.coders
     folder = ctx.coder_dir(ref)
     clt = io.load(folder, device=ctx.device)
-    result = evaluate_clt(model, clt, tokens, cfg.batch_contexts, progress=False)
+    exclude = excluded_tokens(model, cfg.bos)
+    result = evaluate_clt(
+        model, clt, tokens, cfg.batch_contexts, progress=False, exclude_tokens=exclude
+    )
     metrics = {k: v for k, v in result.items() if k not in ("layers", "clean_layers")}
     member = ctx.dep("coder_0").config  # trained (with its options) or imported
     opts = member.opts.model_dump(mode="json", exclude=SPEC_ONLY) if hasattr(member, "opts") else {}
@@ -84,6 +89,7 @@ def _run_clt(ctx, model, tokens) -> dict:
         "opts": opts,
         "d_sae": clt.cfg.d_sae,
         "splice": "all",
+        "bos": cfg.bos,
         "eval_tokens": int(tokens.size),
         "metrics": metrics,
         "per_layer": result["layers"],
@@ -92,3 +98,14 @@ def _run_clt(ctx, model, tokens) -> dict:
     }
     atomic.write_json(ctx.out / layout.METRICS, record)
     return {"metrics": metrics}
+
+
+def _prefix_metrics(model, coder, cfg, tokens, opts) -> dict:
+    """`fvu_prefix_{w}` for every Matryoshka prefix width w (d_sae last)."""
+    from tcspec.prefixes import prefix_fvu, prefix_key
+    from tcspec.train.matryoshka import widths
+
+    ws = widths(opts, coder.cfg.d_sae)
+    exclude = excluded_tokens(model, cfg.bos)
+    fvus = prefix_fvu(model, coder, cfg.coders[0].layer, tokens, cfg.batch_contexts, ws, exclude)
+    return {prefix_key(w): v for w, v in fvus.items()}
