@@ -9,7 +9,12 @@ point get new ids; two specs that need the same cache compute the same acts id.
                               \\--> evaluate (one per sweep point x layer) --> tables
 
 Each sweep point is its own train task; ``Plan.groups`` lists the members that share one
-pass over the cache (a dictionary at a layer), which the workflow trains together.
+pass, which the workflow trains together: over the cache, the sweep points of a dictionary
+at a layer; with ``acts: {source: stream}`` (no acts task; train tasks read the model and
+tokens), every dictionary of the spec that reads the same batches (any layer, sweep point
+or kind), split where the estimated memory of a pass exceeds a per-job budget, which the
+machine side gives (``compile_plan(spec, stream_budget_mb)``; the workflow reads it from
+Snakemake's config), never the spec.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tcspec import layout
+from tcspec import budget, layout
 from tcspec.checks import dictionary_hooks, model_dims
 from tcspec.configs import (
     IMPORTED_MEMBER,
@@ -33,6 +38,7 @@ from tcspec.configs import (
     ImportedMemberConfig,
     ModelConfig,
     StageConfig,
+    StreamSource,
     StudyConfig,
     TablesConfig,
     TokensConfig,
@@ -41,6 +47,9 @@ from tcspec.configs import (
 )
 from tcspec.hooks import full_name, hook_width
 from tcspec.spec import SWEEP_FIELDS, DictionaryRef, Spec
+
+DEFAULT_STREAM_BUDGET_MB = 40_000
+"""Per-job memory budget of a stream pass when the machine side gives none (a 40 GB GPU)."""
 
 THREADS = {"model": 2, "acts": 2}
 """CPU threads per job (default 1): the model and acts stages run first and alone; the
@@ -83,7 +92,9 @@ class Plan:
     spec: Spec
     tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
     groups: list[tuple[str, ...]] = field(default_factory=list)
-    """Train task ids that share one pass over their cache."""
+    """Train task ids that share one pass over their cache or one stream."""
+    stream_shape: budget.StreamShape | None = None
+    """What sizes a stream pass besides its dictionaries (None for a cache spec)."""
 
     def add(self, task: Task) -> Task:
         self.tasks.setdefault((task.stage, task.id), task)
@@ -139,12 +150,17 @@ def member_name(point: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ compile
-def compile_plan(spec: Spec) -> Plan:
+def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -> Plan:
     plan = Plan(spec)
     dims = model_dims(spec.model)
     model = plan.add(_model_task(spec, dims))
     tokens = plan.add(_tokens_task(spec, model))
-    acts = plan.add(_acts_task(spec, dims, model, tokens)) if _trained(spec) else None
+    stream = spec.acts.source == "stream"
+    if stream:
+        plan.stream_shape = _stream_shape(spec, dims)
+        upstream = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
+    elif _trained(spec):
+        upstream = {"acts": ("acts", plan.add(_acts_task(spec, dims, model, tokens)).id)}
     evaluations, members = [], {}
     for name, d in spec.dictionaries.items():
         layers = d.layers if d.layers is not None else spec.layers
@@ -152,8 +168,9 @@ def compile_plan(spec: Spec) -> Plan:
             if d.kind == "pretrained":
                 group = [plan.add(_import_task(name, d, layer))]
             else:
-                group = [plan.add(t) for t in _train_tasks(spec, name, d, layer, dims, acts)]
-                plan.groups.append(tuple(sorted(t.id for t in group)))
+                group = [plan.add(t) for t in _train_tasks(spec, name, d, layer, dims, upstream)]
+                if not stream:
+                    plan.groups.append(tuple(sorted(t.id for t in group)))
             members[(name, layer)] = group
             for t in group:
                 evaluations.append(plan.add(_evaluate_task(spec, [t], model, tokens)))
@@ -161,6 +178,8 @@ def compile_plan(spec: Spec) -> Plan:
             for i in range(len(members[(name, layers[0])])):
                 group = [members[(name, layer)][i] for layer in layers]
                 evaluations.append(plan.add(_evaluate_task(spec, group, model, tokens)))
+    if stream:
+        plan.groups += stream_groups(plan, stream_budget_mb)
     downstream = []
     if spec.interp is not None:
         features = [
@@ -253,8 +272,9 @@ def _layers(spec: Spec) -> set[int]:
     return out
 
 
-def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, acts: Task) -> list[Task]:
-    """One train task per sweep point: the member's resolved options, shapes and hooks."""
+def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dict) -> list[Task]:
+    """One train task per sweep point: the member's resolved options, shapes and hooks;
+    ``upstream``: its deps (the cache, or the model and tokens a stream reads)."""
     in_hook, out_hook = dictionary_hooks(d)
     d_in, d_out = hook_width(in_hook, dims), hook_width(out_hook, dims)
     steps = (d.train_tokens or spec.data.train_tokens) // d.batch_size
@@ -267,7 +287,7 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, acts: Task) -
         config = TrainedMemberConfig(
             opts=opts, layer=layer, d_in=d_in, d_out=d_out, d_sae=d_sae, steps=steps,
             in_key=full_name(layer, in_hook), out_key=full_name(layer, out_hook),
-            data_seed=spec.seed,
+            data_seed=spec.seed, stream=_stream_source(spec),
         )  # fmt: skip
         label = {"dictionary": name, "member": member_name(point), "point": point}
         params = d_sae * (d_in + d_out) + d_sae + d_in + d_out
@@ -277,9 +297,64 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, acts: Task) -
         flops = 6 * steps * d.batch_size * d_sae * (d_in + d_out)
         resources = {"mem_mb": int(mem_mb), "flops": flops, "params": params, "gpu": gpu}
         prefix = f"{name}-L{layer}-{_content_name(opts)}"
-        deps = {"acts": ("acts", acts.id)}
-        tasks.append(_make("train", prefix, config, deps, resources, label))
+        tasks.append(_make("train", prefix, config, dict(upstream), resources, label))
     return tasks
+
+
+# ------------------------------------------------------------------------------ streams
+def _stream_source(spec: Spec) -> StreamSource | None:
+    a = spec.acts
+    if a.source != "stream":
+        return None
+    return StreamSource(buffer_tokens=a.buffer_tokens, batch_contexts=a.batch_contexts)
+
+
+def _stream_shape(spec: Spec, dims: dict) -> budget.StreamShape:
+    """The buffer, forward and model of a stream pass, for its memory estimate."""
+    a, ctx = spec.acts, spec.data.context
+    act_bytes = 4 if getattr(spec.model, "dtype", "float32") == "float32" else 2
+    d, n, v = dims["d_model"], dims["n_layers"], dims.get("d_vocab", 50257)
+    return budget.StreamShape(
+        batch_size=0,  # set per group
+        buffer_tokens=a.buffer_tokens,
+        rows_per_forward=a.batch_contexts * (ctx - 1),  # BOS dropped
+        act_bytes=act_bytes,
+        forward=budget.forward_bytes(
+            a.batch_contexts, ctx, d, dims["d_mlp"], dims["n_heads"], act_bytes
+        ),
+        model=(12 * n * d * d + 2 * v * d) * act_bytes,
+    )
+
+
+def stream_memory(members: list[Task], shape: budget.StreamShape) -> budget.MemoryEstimate:
+    """Estimated device bytes of one stream pass training ``members`` (train tasks)."""
+    coders = [t.config.coder() for t in members]
+    widths = {}
+    for c in coders:
+        widths[c.in_hook], widths[c.out_hook] = c.d_in, c.d_out
+    shape = replace(shape, batch_size=members[0].config.opts.batch_size)
+    return budget.estimate_memory(coders, widths, shape)
+
+
+def stream_groups(plan: Plan, budget_mb: int) -> list[tuple[str, ...]]:
+    """Passes of a stream spec: the train tasks that see the same batches (same batch size,
+    steps and seed), ordered by layer, split where a pass's estimate exceeds the budget."""
+    shared: dict[tuple, list[Task]] = {}
+    for t in plan.stage("train"):
+        c = t.config
+        shared.setdefault((c.opts.batch_size, c.steps, c.data_seed), []).append(t)
+    groups = []
+    for tasks in shared.values():
+        tasks.sort(key=lambda t: (t.config.layer, t.id))
+        coders = [t.config.coder() for t in tasks]
+        widths = {h: w for c in coders for h, w in ((c.in_hook, c.d_in), (c.out_hook, c.d_out))}
+        shape = replace(plan.stream_shape, batch_size=tasks[0].config.opts.batch_size)
+        try:
+            split = budget.split_by_memory(coders, widths, shape, budget_mb * 2**20)
+        except ValueError as exc:
+            raise ValueError(f"{tasks[0].id} cannot be streamed: {exc}") from None
+        groups += [tuple(sorted(tasks[i].id for i in idx)) for idx in split]
+    return groups
 
 
 def _content_name(opts) -> str:
@@ -392,11 +467,13 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def group_task(members: list[Task]) -> Task:
-    """One training pass over the cache for ``members`` (train tasks of one group that are
-    not done): its id names exactly that set, so an interrupted pass resumes its checkpoint."""
+def group_task(members: list[Task], shape: budget.StreamShape | None = None) -> Task:
+    """One training pass for ``members`` (train tasks of one group that are not done): its
+    id names exactly that set, so an interrupted pass resumes its checkpoint. A stream
+    pass's memory is ``stream_memory`` (with the plan's ``shape``), its disk the checkpoint
+    and the weights."""
     config = TrainGroupConfig(members=tuple(sorted(t.id for t in members)))
-    deps = dict(members[0].deps)  # the cache they all read
+    deps = dict(members[0].deps)  # the cache, or the model and tokens, they all read
     first = members[0].label
     resources = {
         "mem_mb": sum(t.resources["mem_mb"] for t in members) - 1500 * (len(members) - 1),
@@ -404,4 +481,10 @@ def group_task(members: list[Task]) -> Task:
         "threads": THREADS.get("train", 1),
     }
     prefix = f"{first['dictionary']}-L{members[0].config.layer}-x{len(members)}"
+    if members[0].config.stream is not None:
+        prefix = f"stream-x{len(members)}"
+        if shape is not None:
+            resources["mem_mb"] = int(stream_memory(members, shape).total / 2**20) + 1500
+        params = sum(t.resources["params"] for t in members)
+        resources["disk_mb"] = int(params * 16 / 2**20) + 1  # checkpoint (+ Adam) + weights
     return Task(layout.GROUP, task_id(prefix, config, deps), config, deps, resources)
