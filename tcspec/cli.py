@@ -112,11 +112,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plan(args):
-    from tcspec.plan import compile_plan
+def _plan(args, stream_budget_mb: int | None = None):
+    from tcspec.plan import DEFAULT_STREAM_BUDGET_MB, compile_plan
 
     spec = load_spec(args.spec)
-    return spec, compile_plan(spec)
+    try:
+        return spec, compile_plan(spec, stream_budget_mb or DEFAULT_STREAM_BUDGET_MB)
+    except ValueError as exc:  # a dictionary too large for one stream job
+        raise UserError(f"{args.spec}: {exc}") from None
 
 
 def cmd_check(args) -> int:
@@ -152,10 +155,9 @@ def _check_disk(plan, results: Path, spec_file: str) -> None:
 
 
 def cmd_plan(args) -> int:
-    from tcspec.plan import DEFAULT_STREAM_BUDGET_MB, compile_plan
     from tcspec.report import plan_table
 
-    plan = compile_plan(load_spec(args.spec), args.stream_budget_mb or DEFAULT_STREAM_BUDGET_MB)
+    spec, plan = _plan(args, args.stream_budget_mb)
     if args.json:
         print(json.dumps([t.record() for t in plan.tasks.values()], indent=1, default=str))
     else:

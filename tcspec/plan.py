@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tcspec import budget, layout
@@ -38,7 +38,6 @@ from tcspec.configs import (
     ImportedMemberConfig,
     ModelConfig,
     StageConfig,
-    StreamSource,
     StudyConfig,
     TablesConfig,
     TokensConfig,
@@ -47,6 +46,7 @@ from tcspec.configs import (
 )
 from tcspec.hooks import full_name, hook_width
 from tcspec.spec import SWEEP_FIELDS, DictionaryRef, Spec
+from tcspec.stream_plan import split_passes, stream_memory, stream_shape, stream_source
 
 DEFAULT_STREAM_BUDGET_MB = 40_000
 """Per-job memory budget of a stream pass when the machine side gives none (a 40 GB GPU)."""
@@ -157,7 +157,7 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
     tokens = plan.add(_tokens_task(spec, model))
     stream = spec.acts.source == "stream"
     if stream:
-        plan.stream_shape = _stream_shape(spec, dims)
+        plan.stream_shape = stream_shape(spec, dims)
         upstream = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
     elif _trained(spec):
         upstream = {"acts": ("acts", plan.add(_acts_task(spec, dims, model, tokens)).id)}
@@ -179,7 +179,9 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
                 group = [members[(name, layer)][i] for layer in layers]
                 evaluations.append(plan.add(_evaluate_task(spec, group, model, tokens)))
     if stream:
-        plan.groups += stream_groups(plan, stream_budget_mb)
+        train = plan.stage("train")
+        ids, configs = [t.id for t in train], [t.config for t in train]
+        plan.groups += split_passes(ids, configs, plan.stream_shape, stream_budget_mb)
     downstream = []
     if spec.interp is not None:
         features = [
@@ -287,7 +289,7 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dic
         config = TrainedMemberConfig(
             opts=opts, layer=layer, d_in=d_in, d_out=d_out, d_sae=d_sae, steps=steps,
             in_key=full_name(layer, in_hook), out_key=full_name(layer, out_hook),
-            data_seed=spec.seed, stream=_stream_source(spec),
+            data_seed=spec.seed, stream=stream_source(spec),
         )  # fmt: skip
         label = {"dictionary": name, "member": member_name(point), "point": point}
         params = d_sae * (d_in + d_out) + d_sae + d_in + d_out
@@ -299,62 +301,6 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dic
         prefix = f"{name}-L{layer}-{_content_name(opts)}"
         tasks.append(_make("train", prefix, config, dict(upstream), resources, label))
     return tasks
-
-
-# ------------------------------------------------------------------------------ streams
-def _stream_source(spec: Spec) -> StreamSource | None:
-    a = spec.acts
-    if a.source != "stream":
-        return None
-    return StreamSource(buffer_tokens=a.buffer_tokens, batch_contexts=a.batch_contexts)
-
-
-def _stream_shape(spec: Spec, dims: dict) -> budget.StreamShape:
-    """The buffer, forward and model of a stream pass, for its memory estimate."""
-    a, ctx = spec.acts, spec.data.context
-    act_bytes = 4 if getattr(spec.model, "dtype", "float32") == "float32" else 2
-    d, n, v = dims["d_model"], dims["n_layers"], dims.get("d_vocab", 50257)
-    return budget.StreamShape(
-        batch_size=0,  # set per group
-        buffer_tokens=a.buffer_tokens,
-        rows_per_forward=a.batch_contexts * (ctx - 1),  # BOS dropped
-        act_bytes=act_bytes,
-        forward=budget.forward_bytes(
-            a.batch_contexts, ctx, d, dims["d_mlp"], dims["n_heads"], act_bytes
-        ),
-        model=(12 * n * d * d + 2 * v * d) * act_bytes,
-    )
-
-
-def stream_memory(members: list[Task], shape: budget.StreamShape) -> budget.MemoryEstimate:
-    """Estimated device bytes of one stream pass training ``members`` (train tasks)."""
-    coders = [t.config.coder() for t in members]
-    widths = {}
-    for c in coders:
-        widths[c.in_hook], widths[c.out_hook] = c.d_in, c.d_out
-    shape = replace(shape, batch_size=members[0].config.opts.batch_size)
-    return budget.estimate_memory(coders, widths, shape)
-
-
-def stream_groups(plan: Plan, budget_mb: int) -> list[tuple[str, ...]]:
-    """Passes of a stream spec: the train tasks that see the same batches (same batch size,
-    steps and seed), ordered by layer, split where a pass's estimate exceeds the budget."""
-    shared: dict[tuple, list[Task]] = {}
-    for t in plan.stage("train"):
-        c = t.config
-        shared.setdefault((c.opts.batch_size, c.steps, c.data_seed), []).append(t)
-    groups = []
-    for tasks in shared.values():
-        tasks.sort(key=lambda t: (t.config.layer, t.id))
-        coders = [t.config.coder() for t in tasks]
-        widths = {h: w for c in coders for h, w in ((c.in_hook, c.d_in), (c.out_hook, c.d_out))}
-        shape = replace(plan.stream_shape, batch_size=tasks[0].config.opts.batch_size)
-        try:
-            split = budget.split_by_memory(coders, widths, shape, budget_mb * 2**20)
-        except ValueError as exc:
-            raise ValueError(f"{tasks[0].id} cannot be streamed: {exc}") from None
-        groups += [tuple(sorted(tasks[i].id for i in idx)) for idx in split]
-    return groups
 
 
 def _content_name(opts) -> str:
@@ -484,7 +430,8 @@ def group_task(members: list[Task], shape: budget.StreamShape | None = None) -> 
     if members[0].config.stream is not None:
         prefix = f"stream-x{len(members)}"
         if shape is not None:
-            resources["mem_mb"] = int(stream_memory(members, shape).total / 2**20) + 1500
+            memory = stream_memory([t.config for t in members], shape)
+            resources["mem_mb"] = int(memory.total / 2**20) + 1500
         params = sum(t.resources["params"] for t in members)
         resources["disk_mb"] = int(params * 16 / 2**20) + 1  # checkpoint (+ Adam) + weights
     return Task(layout.GROUP, task_id(prefix, config, deps), config, deps, resources)

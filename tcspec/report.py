@@ -57,14 +57,15 @@ def stream_passes(plan: Plan) -> list[str]:
     """One line per stream training pass: its dictionaries, memory, disk and GPU time."""
     from tcspec import budget
     from tcspec.checks import model_dims
-    from tcspec.plan import group_task, stream_memory
+    from tcspec.plan import group_task
+    from tcspec.stream_plan import stream_memory
 
     dims = model_dims(plan.spec.model)
     lines = [f"stream passes (GPU time at {_human(STATED_FLOPS)}FLOP/s sustained):"]
     for ids in plan.groups:
         members = [plan.get("train", i) for i in ids]
         c = members[0].config
-        memory = stream_memory(members, plan.stream_shape)
+        memory = stream_memory([m.config for m in members], plan.stream_shape)
         blocks = max(m.config.layer for m in members) + 1
         per_token = budget.forward_flops_per_token(
             blocks, dims["d_model"], dims["d_mlp"], plan.spec.data.context
