@@ -155,7 +155,7 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
     dims = model_dims(spec.model)
     model = plan.add(_model_task(spec, dims))
     tokens = plan.add(_tokens_task(spec, model))
-    stream = spec.acts.source == "stream"
+    stream, upstream = spec.acts.source == "stream", {}
     if stream:
         plan.stream_shape = stream_shape(spec, dims)
         upstream = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
