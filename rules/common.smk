@@ -1,7 +1,7 @@
 from tcspec.layout import STAGES
 from tcspec.workflow import ID_PATTERN, RULE_STAGES, Workflow, stop_jobs_on_interrupt
 
-WF = Workflow(config["spec"], config["results"])
+WF = Workflow(config["spec"], config["results"], config.get("stream_budget_mb"))
 stop_jobs_on_interrupt()
 
 # every job runs one stored task by stage and id: `tcspec task STAGE ID --results R`

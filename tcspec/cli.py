@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("plan", help="print the job table of a spec")
     spec_arg(sp)
+    sp.add_argument(
+        "--stream-budget-mb", type=int, help="memory of one stream training job (as in "
+        "Snakemake's --config stream_budget_mb=N; default the workflow's)",
+    )  # fmt: skip
     sp.add_argument("--json", action="store_true", help="print the plan as JSON")
     sp.set_defaults(func=cmd_plan)
 
@@ -109,11 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plan(args):
-    from tcspec.plan import compile_plan
+def _plan(args, stream_budget_mb: int | None = None):
+    from tcspec.plan import DEFAULT_STREAM_BUDGET_MB, compile_plan
 
     spec = load_spec(args.spec)
-    return spec, compile_plan(spec)
+    try:
+        return spec, compile_plan(spec, stream_budget_mb or DEFAULT_STREAM_BUDGET_MB)
+    except ValueError as exc:  # a dictionary too large for one stream job
+        raise UserError(f"{args.spec}: {exc}") from None
 
 
 def cmd_check(args) -> int:
@@ -143,14 +150,15 @@ def _check_disk(plan, results: Path, spec_file: str) -> None:
     if need > free:
         raise UserError(
             f"{spec_file}: the activation cache needs ~{need:,.0f} MB but {probe} has "
-            f"{free:,.0f} MB free"
+            f"{free:,.0f} MB free; `acts: {{source: stream}}` trains from the model's "
+            "activations computed on the fly, with no cache on disk"
         )
 
 
 def cmd_plan(args) -> int:
     from tcspec.report import plan_table
 
-    spec, plan = _plan(args)
+    spec, plan = _plan(args, args.stream_budget_mb)
     if args.json:
         print(json.dumps([t.record() for t in plan.tasks.values()], indent=1, default=str))
     else:
@@ -282,9 +290,11 @@ def _training_facts(member_dir: Path, results: Path) -> dict:
 
     try:
         train = json.loads((member_dir / layout.DONE).read_text())
-        acts = load_task(results, *train["deps"]["acts"])
-        model = load_task(results, *acts.deps["model"]).config.model
-        data = load_task(results, *acts.deps["tokens"]).config.data
+        deps = train["deps"]  # a stream member reads the model and tokens itself
+        if "acts" in deps:
+            deps = load_task(results, *deps["acts"]).deps
+        model = load_task(results, *deps["model"]).config.model
+        data = load_task(results, *deps["tokens"]).config.data
     except (OSError, KeyError, ValueError, LookupError):
         return {}
     return {

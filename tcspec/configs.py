@@ -61,6 +61,29 @@ class ActsConfig(StageConfig):
     """Full hook name -> width, sorted."""
     drop_bos: bool = True
 
+    def canonical(self) -> str:
+        """As for every stage, less the fields that do not change a cache (its id is the
+        one it had before a spec could choose ``source``)."""
+        dump = self.model_dump(mode="json")
+        for f in NOT_CACHE_FIELDS:
+            dump["acts"].pop(f)
+        return json.dumps(dump, sort_keys=True)
+
+
+NOT_CACHE_FIELDS = ("source", "buffer_tokens")
+"""ActsSpec fields that only a stream reads."""
+
+
+class StreamSource(Frozen):
+    """How a stream pass computes its batches (a member's weights depend on it)."""
+
+    buffer_tokens: int
+    """Rows per hook of the shuffle buffer."""
+    batch_contexts: int
+    """Contexts per model forward."""
+    drop_bos: bool = True
+    """Position 0 of each context is skipped, as the cache does."""
+
 
 class TrainedMemberConfig(StageConfig):
     """One trained dictionary: one sweep point of one spec dictionary at one layer. Only
@@ -77,6 +100,25 @@ class TrainedMemberConfig(StageConfig):
     steps: int
     data_seed: int
     """Seed of the shuffled cache reader (the batches every member of a pass sees)."""
+    stream: StreamSource | None = None
+    """Set when the member trains from a stream (``acts: {source: stream}``), not a cache."""
+
+    def canonical(self) -> str:
+        """As for every stage; ``stream`` only when set, so a cache member keeps its id."""
+        dump = self.model_dump(mode="json")
+        if dump["stream"] is None:
+            del dump["stream"]
+        return json.dumps(dump, sort_keys=True)
+
+    def coder(self):
+        """The dictionary's shape and hooks (``tcspec.coders.CoderConfig``)."""
+        from tcspec.coders import CoderConfig
+
+        return CoderConfig(
+            kind=self.kind, d_in=self.d_in, d_out=self.d_out, d_sae=self.d_sae,
+            activation=self.opts.activation, k=self.opts.k, in_hook=self.in_key,
+            out_hook=self.out_key, layer=self.layer,
+        )  # fmt: skip
 
     @property
     def kind(self) -> str:

@@ -9,7 +9,12 @@ point get new ids; two specs that need the same cache compute the same acts id.
                               \\--> evaluate (one per sweep point x layer) --> tables
 
 Each sweep point is its own train task; ``Plan.groups`` lists the members that share one
-pass over the cache (a dictionary at a layer), which the workflow trains together.
+pass, which the workflow trains together: over the cache, the sweep points of a dictionary
+at a layer; with ``acts: {source: stream}`` (no acts task; train tasks read the model and
+tokens), every dictionary of the spec that reads the same batches (any layer, sweep point
+or kind), split where the estimated memory of a pass exceeds a per-job budget, which the
+machine side gives (``compile_plan(spec, stream_budget_mb)``; the workflow reads it from
+Snakemake's config), never the spec.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tcspec import layout
+from tcspec import budget, layout
 from tcspec.checks import dictionary_hooks, model_dims
 from tcspec.configs import (
     IMPORTED_MEMBER,
@@ -43,6 +48,10 @@ from tcspec.configs import (
 from tcspec.hooks import full_name, hook_width
 from tcspec.kinds import CLT, d_sae_of
 from tcspec.spec import SWEEP_FIELDS, DictionaryRef, Spec
+from tcspec.stream_plan import split_passes, stream_memory, stream_shape, stream_source
+
+DEFAULT_STREAM_BUDGET_MB = 40_000
+"""Per-job memory budget of a stream pass when the machine side gives none (a 40 GB GPU)."""
 
 THREADS = {"model": 2, "acts": 2}
 """CPU threads per job (default 1): the model and acts stages run first and alone; the
@@ -85,7 +94,9 @@ class Plan:
     spec: Spec
     tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
     groups: list[tuple[str, ...]] = field(default_factory=list)
-    """Train task ids that share one pass over their cache."""
+    """Train task ids that share one pass over their cache or one stream."""
+    stream_shape: budget.StreamShape | None = None
+    """What sizes a stream pass besides its dictionaries (None for a cache spec)."""
 
     def add(self, task: Task) -> Task:
         self.tasks.setdefault((task.stage, task.id), task)
@@ -141,19 +152,26 @@ def member_name(point: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ compile
-def compile_plan(spec: Spec) -> Plan:
+def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -> Plan:
     plan = Plan(spec)
     dims = model_dims(spec.model)
     model = plan.add(_model_task(spec, dims))
     tokens = plan.add(_tokens_task(spec, model))
-    acts = plan.add(_acts_task(spec, dims, model, tokens)) if _trained(spec) else None
+    stream, upstream = spec.acts.source == "stream", {}
+    if stream:
+        plan.stream_shape = stream_shape(spec, dims)
+        upstream = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
+    elif _trained(spec):
+        upstream = {"acts": ("acts", plan.add(_acts_task(spec, dims, model, tokens)).id)}
     evaluations, members = [], {}
     clts: dict = {}  # (name, first layer) -> the CLT's train tasks (not studied in interp)
     for name, d in spec.dictionaries.items():
         layers = d.layers if d.layers is not None else spec.layers
         if d.kind == CLT or is_clt_folder(d):
             found = (
-                _clt_tasks(spec, name, d, dims, acts) if d.kind == CLT else [_import_clt(name, d)]
+                _clt_tasks(spec, name, d, dims, upstream)
+                if d.kind == CLT
+                else [_import_clt(name, d)]
             )
             clts[(name, layers[0])] = [plan.add(t) for t in found]
             for t in clts[(name, layers[0])]:
@@ -163,8 +181,9 @@ def compile_plan(spec: Spec) -> Plan:
             if d.kind == "pretrained":
                 group = [plan.add(_import_task(name, d, layer))]
             else:
-                group = [plan.add(t) for t in _train_tasks(spec, name, d, layer, dims, acts)]
-                plan.groups.append(tuple(sorted(t.id for t in group)))
+                group = [plan.add(t) for t in _train_tasks(spec, name, d, layer, dims, upstream)]
+                if not stream:
+                    plan.groups.append(tuple(sorted(t.id for t in group)))
             members[(name, layer)] = group
             for t in group:
                 evaluations.append(plan.add(_evaluate_task(spec, [t], model, tokens)))
@@ -172,6 +191,10 @@ def compile_plan(spec: Spec) -> Plan:
             for i in range(len(members[(name, layers[0])])):
                 group = [members[(name, layer)][i] for layer in layers]
                 evaluations.append(plan.add(_evaluate_task(spec, group, model, tokens)))
+    if stream:
+        train = plan.stage("train")
+        ids, configs = [t.id for t in train], [t.config for t in train]
+        plan.groups += split_passes(ids, configs, plan.stream_shape, stream_budget_mb)
     downstream, features = [], []
     if spec.interp is not None:
         features = [
@@ -269,8 +292,9 @@ def _layers(spec: Spec) -> set[int]:
     return out
 
 
-def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, acts: Task) -> list[Task]:
-    """One train task per sweep point: the member's resolved options, shapes and hooks."""
+def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dict) -> list[Task]:
+    """One train task per sweep point: the member's resolved options, shapes and hooks;
+    ``upstream``: its deps (the cache, or the model and tokens a stream reads)."""
     in_hook, out_hook = dictionary_hooks(d)
     d_in, d_out = hook_width(in_hook, dims), hook_width(out_hook, dims)
     steps = (d.train_tokens or spec.data.train_tokens) // d.batch_size
@@ -283,7 +307,7 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, acts: Task) -
         config = TrainedMemberConfig(
             opts=opts, layer=layer, d_in=d_in, d_out=d_out, d_sae=d_sae, steps=steps,
             in_key=full_name(layer, in_hook), out_key=full_name(layer, out_hook),
-            data_seed=spec.seed,
+            data_seed=spec.seed, stream=stream_source(spec),
         )  # fmt: skip
         label = {"dictionary": name, "member": member_name(point), "point": point}
         params = d_sae * (d_in + d_out) + d_sae + d_in + d_out
@@ -293,12 +317,11 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, acts: Task) -
         flops = 6 * steps * d.batch_size * d_sae * (d_in + d_out)
         resources = {"mem_mb": int(mem_mb), "flops": flops, "params": params, "gpu": gpu}
         prefix = f"{name}-L{layer}-{_content_name(opts)}"
-        deps = {"acts": ("acts", acts.id)}
-        tasks.append(_make("train", prefix, config, deps, resources, label))
+        tasks.append(_make("train", prefix, config, dict(upstream), resources, label))
     return tasks
 
 
-def _clt_tasks(spec: Spec, name: str, d, dims: dict, acts: Task) -> list[Task]:
+def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Task]:
     """One train task per sweep point of a CLT over all its layers (its own training loop,
     stage `clt`); resources from `tcspec.clt.cost.clt_cost`."""
     from tcspec.clt.cost import clt_cost
@@ -322,7 +345,7 @@ def _clt_tasks(spec: Spec, name: str, d, dims: dict, acts: Task) -> list[Task]:
         }  # fmt: skip
         label = {"dictionary": name, "member": member_name(point), "point": point}
         prefix = f"{name}-L{'-'.join(map(str, layers))}-{_content_name(opts)}"
-        tasks.append(_make(CLT, prefix, config, {"acts": ("acts", acts.id)}, resources, label))
+        tasks.append(_make(CLT, prefix, config, dict(upstream), resources, label))
     return tasks
 
 
@@ -481,11 +504,13 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def group_task(members: list[Task]) -> Task:
-    """One training pass over the cache for ``members`` (train tasks of one group that are
-    not done): its id names exactly that set, so an interrupted pass resumes its checkpoint."""
+def group_task(members: list[Task], shape: budget.StreamShape | None = None) -> Task:
+    """One training pass for ``members`` (train tasks of one group that are not done): its
+    id names exactly that set, so an interrupted pass resumes its checkpoint. A stream
+    pass's memory is ``stream_memory`` (with the plan's ``shape``), its disk the checkpoint
+    and the weights."""
     config = TrainGroupConfig(members=tuple(sorted(t.id for t in members)))
-    deps = dict(members[0].deps)  # the cache they all read
+    deps = dict(members[0].deps)  # the cache, or the model and tokens, they all read
     first = members[0].label
     resources = {
         "mem_mb": sum(t.resources["mem_mb"] for t in members) - 1500 * (len(members) - 1),
@@ -493,4 +518,11 @@ def group_task(members: list[Task]) -> Task:
         "threads": THREADS.get("train", 1),
     }
     prefix = f"{first['dictionary']}-L{members[0].config.layer}-x{len(members)}"
+    if members[0].config.stream is not None:
+        prefix = f"stream-x{len(members)}"
+        if shape is not None:
+            memory = stream_memory([t.config for t in members], shape)
+            resources["mem_mb"] = int(memory.total / 2**20) + 1500
+        params = sum(t.resources["params"] for t in members)
+        resources["disk_mb"] = int(params * 16 / 2**20) + 1  # checkpoint (+ Adam) + weights
     return Task(layout.GROUP, task_id(prefix, config, deps), config, deps, resources)

@@ -45,7 +45,42 @@ def plan_table(plan: Plan, results: Path) -> str:
         f"dictionary parameters: {_human(totals['params'])}; "
         f"training FLOPs: {_human(totals['flops'])}",
     ]
+    if plan.stream_shape is not None:
+        lines += ["", *stream_passes(plan)]
     return "\n".join(lines)
+
+
+STATED_FLOPS = 50e12
+"""Sustained FLOP/s the plan's GPU-time estimates assume (an fp32/TF32 GPU job's)."""
+
+
+def stream_passes(plan: Plan) -> list[str]:
+    """One line per stream training pass: its dictionaries, memory, disk and GPU time."""
+    from tcspec import budget
+    from tcspec.checks import model_dims
+    from tcspec.plan import group_task
+    from tcspec.stream_plan import stream_memory
+
+    dims = model_dims(plan.spec.model)
+    lines = [f"stream passes (GPU time at {_human(STATED_FLOPS)}FLOP/s sustained):"]
+    for ids in plan.groups:
+        members = [plan.get("train", i) for i in ids]
+        c = members[0].config
+        memory = stream_memory([m.config for m in members], plan.stream_shape)
+        blocks = max(m.config.layer for m in members) + 1
+        per_token = budget.forward_flops_per_token(
+            blocks, dims["d_model"], dims["d_mlp"], plan.spec.data.context
+        )
+        coders = [m.config.coder() for m in members]
+        seconds = budget.gpu_seconds(coders, c.steps * c.opts.batch_size, per_token, STATED_FLOPS)
+        task = group_task(members, plan.stream_shape)
+        layers = sorted({m.config.layer for m in members})
+        lines.append(
+            f"  {task.id}: {len(members)} dictionaries at layers {layers}; "
+            f"memory {memory.describe()}; disk {_human(task.resources['disk_mb'] * 2**20, 'B')}; "
+            f"~{seconds / 3600:.2f} GPU h"
+        )
+    return lines
 
 
 def status_table(plan: Plan, results: Path) -> str:

@@ -165,14 +165,22 @@ DataSpec = Annotated[Union[ToyDataSpec, HubDataSpec, FilesDataSpec], Field(discr
 
 
 class ActsSpec(Frozen):
-    """How the activation cache is stored."""
+    """Where training activations come from: a cache on disk, or streamed from the model."""
+
+    source: Literal["cache", "stream"] = "cache"
+    """`cache`: one acts job writes every hook's activations to disk and training reads them
+    (right for small models and repeated sweeps). `stream`: no cache; each training job runs
+    the model itself and trains every dictionary of its pass from one shuffle buffer (for
+    paper-scale token counts, whose cache would not fit on disk)."""
+    buffer_tokens: PosInt = 262_144
+    """`stream`: rows per hook the seeded shuffle buffer holds (refilled when half drained)."""
 
     dtype: DType = "float32"
-    """Storage dtype of cached activations (the paper used float32)."""
+    """`cache`: storage dtype of cached activations (the paper used float32)."""
     batch_contexts: PosInt = 32
-    """Contexts per forward pass while caching."""
+    """Contexts per forward pass while caching (or streaming)."""
     shard_tokens: PosInt = 65536
-    """Token rows per shard file."""
+    """`cache`: token rows per shard file."""
 
 
 # --------------------------------------------------------------------------- dictionaries
@@ -687,4 +695,10 @@ class Spec(Frozen):
             )
         if len(set(self.layers)) != len(self.layers):
             raise FieldError("layers", f"layers repeat: {self.layers}")
+        if self.acts.source == "stream" and any(
+            d.kind == "clt" for d in self.dictionaries.values()
+        ):
+            raise FieldError(
+                "acts", "`kind: clt` trains from the activation cache: use `acts: {source: cache}`"
+            )
         return self

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tcspec import layout
 from tcspec.loader import SpecError, load_spec
-from tcspec.plan import Plan, Task, compile_plan, group_task
+from tcspec.plan import DEFAULT_STREAM_BUDGET_MB, Plan, Task, compile_plan, group_task
 from tcspec.tasks import DEVICE_ENV, save_task
 
 ID_PATTERN = r"[A-Za-z0-9_.\-]+"
@@ -29,12 +29,14 @@ RULE_STAGES = tuple(s for s in layout.STAGES if s != "train")
 
 
 class Workflow:
-    def __init__(self, spec_file: str, results: str):
+    def __init__(self, spec_file: str, results: str, stream_budget_mb: int | None = None):
+        """``stream_budget_mb``: the per-job memory of a stream pass (Snakemake's
+        ``--config stream_budget_mb=N``; the machine's, never the spec's)."""
         self.spec_file = str(spec_file)
         self.results = Path(results)
         try:
             spec = load_spec(spec_file)
-            self.plan: Plan = compile_plan(spec)
+            self.plan: Plan = compile_plan(spec, int(stream_budget_mb or DEFAULT_STREAM_BUDGET_MB))
         except SpecError as exc:  # located, one line per problem; no traceback
             print(exc, file=sys.stderr)
             raise SystemExit(2) from None
@@ -104,7 +106,7 @@ def pending_passes(plan: Plan, results: Path) -> list[Task]:
         todo = [plan.get("train", i) for i in ids]
         todo = [t for t in todo if not t.done(results).exists()]
         if todo:
-            out.append(group_task(todo))
+            out.append(group_task(todo, plan.stream_shape))
     return out
 
 

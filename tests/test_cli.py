@@ -91,7 +91,38 @@ def test_check_fails_when_the_cache_exceeds_free_disk(tmp_path: Path, monkeypatc
     assert main(["check", str(QUICKSTART), "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"~{need:,.0f} MB" in err and f"{free_mb:,} MB free" in err, err
+    assert "`acts: {source: stream}`" in err, err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+PAPER = sorted((ROOT / "specs" / "paper").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("spec", PAPER, ids=lambda p: p.stem)
+def test_paper_specs_stream_and_pass_check_on_a_small_disk(spec, monkeypatch, capsys, tmp_path):
+    usage = namedtuple("usage", "total used free")
+    free = 99 * 10**9  # under 100 GB
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40 - free, free))
+    assert main(["check", str(spec), "--results", str(tmp_path)]) == 0
+    plan = compile_plan(load_spec(spec))
+    assert not plan.stage("acts") and plan.groups
+    assert all(set(t.deps) == {"model", "tokens"} for t in plan.stage("train"))
+    capsys.readouterr()
+    assert main(["plan", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "stream passes (GPU time at 50TFLOP/s sustained):" in out
+    assert out.count(" GPU h") == len(plan.groups)
+
+
+def test_stream_passes_split_by_the_machine_budget(capsys):
+    spec = load_spec(ROOT / "specs" / "paper" / "gpt2_small.yaml")
+    (one,) = compile_plan(spec).groups  # 12 transcoders and 4 SAEs in one pass
+    assert len(one) == 16
+    split = compile_plan(spec, stream_budget_mb=16_000).groups
+    assert len(split) > 1 and sorted(i for g in split for i in g) == sorted(one)
+    assert main(["plan", str(ROOT / "specs" / "paper" / "gpt2_small.yaml"),
+                 "--stream-budget-mb", "16000"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.count(" GPU h") == len(split)
 
 
 def test_check_passes_when_the_disk_has_room(tmp_path: Path, monkeypatch, capsys):

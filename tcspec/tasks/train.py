@@ -1,5 +1,7 @@
-"""group stage: one training pass over the cache for the train tasks (sweep points) of one
-dictionary at one layer that are not done yet; each member's folder is its train task's."""
+"""group stage: one training pass for the train tasks of one group that are not done yet:
+over the activation cache (the sweep points of one dictionary at one layer), or from one
+activation stream (every dictionary reading the same model and tokens). Each member's
+folder is its train task's."""
 
 from __future__ import annotations
 
@@ -7,22 +9,19 @@ import time
 
 from tcspec import layout
 from tcspec.configs import TrainedMemberConfig
+from tcspec.tasks import model as model_task
+from tcspec.tasks import tokens as tokens_task
 
 
 def member(ctx, task) -> object:
     """The trainer's view of one train task."""
-    from tcspec.coders import CoderConfig
     from tcspec.train import Member
 
     c: TrainedMemberConfig = task.config
-    coder = CoderConfig(
-        kind=c.kind, d_in=c.d_in, d_out=c.d_out, d_sae=c.d_sae, activation=c.opts.activation,
-        k=c.opts.k, in_hook=c.in_key, out_hook=c.out_key, layer=c.layer,
-    )  # fmt: skip
     return Member(
         name=task.id,
         opts=c.opts,
-        config=coder,
+        config=c.coder(),
         in_key=c.in_key,
         out_key=c.out_key,
         out_dir=layout.member_dir(ctx.results, task.stage, task.id),
@@ -31,7 +30,6 @@ def member(ctx, task) -> object:
 
 
 def run(ctx) -> dict:
-    from tcspec.activations import ActivationReader
     from tcspec.tasks import finish, load_task
     from tcspec.train import train_group
 
@@ -40,6 +38,18 @@ def run(ctx) -> dict:
     first: TrainedMemberConfig = tasks[0].config
     group = [member(ctx, t) for t in tasks]
     keys = sorted({k for m in group for k in (m.in_key, m.out_key)})
+    source = _stream(ctx, first, keys) if first.stream else _reader(ctx, first, keys)
+    results = train_group(group, source, first.steps, ctx.checkpoints, ctx.device)
+    wall = time.time() - start
+    for task, result in zip(tasks, results):
+        finish(task, ctx.results, {"pass": ctx.task.id, "result": result}, ctx.device, wall)
+    return {"members": [t.id for t in tasks]}
+
+
+def _reader(ctx, first: TrainedMemberConfig, keys: list[str]):
+    """Shuffled batches from the pass's activation cache."""
+    from tcspec.activations import ActivationReader
+
     reader = ActivationReader(
         ctx.dep_dir("acts") / layout.CACHE,
         keys,
@@ -47,8 +57,21 @@ def run(ctx) -> dict:
         seed=first.data_seed,
         device=ctx.device,
     )
-    results = train_group(group, reader.iter_batches, first.steps, ctx.checkpoints, ctx.device)
-    wall = time.time() - start
-    for task, result in zip(tasks, results):
-        finish(task, ctx.results, {"pass": ctx.task.id, "result": result}, ctx.device, wall)
-    return {"members": [t.id for t in tasks]}
+    return reader.iter_batches
+
+
+def _stream(ctx, first: TrainedMemberConfig, keys: list[str]):
+    """Shuffled batches computed from the model on the fly; its position and buffer go in
+    the trainer's checkpoint (no activations are written)."""
+    from tcspec.stream import ActivationStream, StreamConfig
+
+    config = StreamConfig(
+        hooks=tuple(keys),
+        batch_size=first.opts.batch_size,
+        buffer_tokens=first.stream.buffer_tokens,
+        batch_contexts=first.stream.batch_contexts,
+        seed=first.data_seed,
+        shuffle=True,
+        drop_bos=first.stream.drop_bos,
+    )
+    return ActivationStream(model_task.load(ctx), tokens_task.load(ctx, "train"), config)
