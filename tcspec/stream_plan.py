@@ -20,7 +20,11 @@ def stream_source(spec: Spec) -> StreamSource | None:
     a = spec.acts
     if a.source != "stream":
         return None
-    return StreamSource(buffer_tokens=a.buffer_tokens, batch_contexts=a.batch_contexts)
+    return StreamSource(
+        buffer_tokens=a.buffer_tokens,
+        batch_contexts=a.batch_contexts,
+        drop_bos=spec.data.bos == "exclude",
+    )
 
 
 def stream_shape(spec: Spec, dims: dict) -> budget.StreamShape:
