@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from tcspec.coders import Coder
+from tcspec.hooks import TRANSCODER_IN, TRANSCODER_OUT, full_name
 from tcspec.interop.tensors import (
     Tensors,
     build_coder,
@@ -76,7 +77,7 @@ def _hooks(path: Path, transcoder: bool) -> tuple[int | None, str | None, str | 
     if layer is None:
         return None, None, None
     if transcoder:
-        return layer, f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
+        return layer, full_name(layer, TRANSCODER_IN), full_name(layer, TRANSCODER_OUT)
     if "-att" in text or "attn_out" in text:
         raise ValueError(f"{path}: attention-output SAEs (read at attn.hook_z) are not supported")
     for marks, hook in (
@@ -84,7 +85,7 @@ def _hooks(path: Path, transcoder: bool) -> tuple[int | None, str | None, str | 
         (("-mlp", "mlp_out"), "hook_mlp_out"),
     ):
         if any(mark in text for mark in marks):
-            return layer, f"blocks.{layer}.{hook}", f"blocks.{layer}.{hook}"
+            return layer, full_name(layer, hook), full_name(layer, hook)
     return layer, None, None
 
 

@@ -19,16 +19,12 @@ Snakemake's config), never the spec.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tcspec import budget, layout
 from tcspec.checks import dictionary_hooks, model_dims
 from tcspec.configs import (
-    IMPORTED_MEMBER,
     ActsConfig,
     CircuitConfig,
     CLTMemberConfig,
@@ -38,7 +34,6 @@ from tcspec.configs import (
     FeaturesConfig,
     ImportedMemberConfig,
     ModelConfig,
-    StageConfig,
     StudyConfig,
     TablesConfig,
     TokensConfig,
@@ -47,87 +42,13 @@ from tcspec.configs import (
 )
 from tcspec.hooks import full_name, hook_width
 from tcspec.kinds import CLT, d_sae_of
+from tcspec.plan.imports import file_hashes, import_clt, import_task, is_clt_folder  # noqa: F401
+from tcspec.plan.task import THREADS, Plan, Task, make_task, safe_name, task_id  # noqa: F401
 from tcspec.spec import SWEEP_FIELDS, DictionaryRef, Spec
 from tcspec.stream_plan import split_passes, stream_memory, stream_shape, stream_source
 
 DEFAULT_STREAM_BUDGET_MB = 40_000
 """Per-job memory budget of a stream pass when the machine side gives none (a 40 GB GPU)."""
-
-THREADS = {"model": 2, "acts": 2}
-"""CPU threads per job (default 1): the model and acts stages run first and alone; the
-training passes, evaluations and studies run side by side, one thread each. Part of what
-fixes a task's numbers on CPU, so a job always uses its stage's count."""
-
-
-@dataclass(frozen=True)
-class Task:
-    stage: str
-    id: str
-    config: StageConfig
-    deps: dict[str, tuple[str, str]] = field(default_factory=dict)
-    """Named inputs: name -> (stage, task id)."""
-    resources: dict = field(default_factory=dict)
-    """Estimates for the scheduler: mem_mb, disk_mb, gpu, threads, flops, params."""
-    label: dict = field(default_factory=dict, compare=False)
-    """How the spec names a train or import task (dictionary, member, point): for the
-    configs downstream of it; not part of its id."""
-
-    def dir(self, results: Path) -> Path:
-        return layout.task_dir(results, self.stage, self.id)
-
-    def done(self, results: Path) -> Path:
-        return layout.done_file(results, self.stage, self.id)
-
-    def record(self) -> dict:
-        """What the config store holds under the task's id."""
-        return {
-            "stage": self.stage,
-            "id": self.id,
-            "config": self.config.model_dump(mode="json"),
-            "deps": {k: list(v) for k, v in self.deps.items()},
-            "resources": self.resources,
-        }
-
-
-@dataclass
-class Plan:
-    spec: Spec
-    tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
-    groups: list[tuple[str, ...]] = field(default_factory=list)
-    """Train task ids that share one pass over their cache or one stream."""
-    stream_shape: budget.StreamShape | None = None
-    """What sizes a stream pass besides its dictionaries (None for a cache spec)."""
-
-    def add(self, task: Task) -> Task:
-        self.tasks.setdefault((task.stage, task.id), task)
-        return task
-
-    def get(self, stage: str, task_id: str) -> Task:
-        try:
-            return self.tasks[(stage, task_id)]
-        except KeyError:
-            raise KeyError(
-                f"no {stage} task `{task_id}` in the plan of `{self.spec.experiment}`"
-            ) from None
-
-    def stage(self, stage: str) -> list[Task]:
-        return [t for (s, _), t in self.tasks.items() if s == stage]
-
-    def inputs(self, task: Task, results: Path) -> dict[str, str]:
-        """Named input files (upstream done markers) of a task."""
-        return {name: str(layout.done_file(results, s, i)) for name, (s, i) in task.deps.items()}
-
-
-def task_id(prefix: str, config: StageConfig, deps: dict) -> str:
-    blob = json.dumps({"config": json.loads(config.canonical()), "deps": deps}, sort_keys=True)
-    return f"{_safe(prefix)}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
-
-
-def _make(
-    stage: str, prefix: str, config: StageConfig, deps: dict, resources: dict, label=None
-) -> Task:
-    resources = {"gpu": 0, "threads": THREADS.get(stage, 1)} | resources
-    return Task(stage, task_id(prefix, config, deps), config, deps, resources, label or {})
 
 
 # ------------------------------------------------------------------------------ sweeps
@@ -171,7 +92,7 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
             found = (
                 _clt_tasks(spec, name, d, dims, upstream)
                 if d.kind == CLT
-                else [_import_clt(name, d)]
+                else [import_clt(name, d)]
             )
             clts[(name, layers[0])] = [plan.add(t) for t in found]
             for t in clts[(name, layers[0])]:
@@ -179,7 +100,7 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
             continue
         for layer in layers:
             if d.kind == "pretrained":
-                group = [plan.add(_import_task(name, d, layer))]
+                group = [plan.add(import_task(name, d, layer))]
             else:
                 group = [plan.add(t) for t in _train_tasks(spec, name, d, layer, dims, upstream)]
                 if not stream:
@@ -252,7 +173,7 @@ def _model_task(spec: Spec, dims: dict) -> Task:
     else:
         prefix, seed = f"checkpoint-{Path(m.path).name}", None
     config = ModelConfig(model=m, seed=seed)
-    return _make("model", prefix, config, {}, {"mem_mb": _model_mem_mb(dims)})
+    return make_task("model", prefix, config, {}, {"mem_mb": _model_mem_mb(dims)})
 
 
 def _tokens_task(spec: Spec, model: Task) -> Task:
@@ -260,7 +181,7 @@ def _tokens_task(spec: Spec, model: Task) -> Task:
     data = spec.data.model_copy(update={"bos": "exclude"})
     config = TokensConfig(data=data, seed=spec.seed)
     prefix = f"{spec.data.kind}-ctx{spec.data.context}"
-    return _make("tokens", prefix, config, {"model": ("model", model.id)}, {"mem_mb": 2000})
+    return make_task("tokens", prefix, config, {"model": ("model", model.id)}, {"mem_mb": 2000})
 
 
 def _acts_task(spec: Spec, dims: dict, model: Task, tokens: Task) -> Task:
@@ -277,7 +198,9 @@ def _acts_task(spec: Spec, dims: dict, model: Task, tokens: Task) -> Task:
     disk_mb = spec.data.train_tokens * sum(hooks.values()) * bytes_per / 2**20
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
     resources = {"disk_mb": int(disk_mb) + 1, "mem_mb": _model_mem_mb(dims) + 1000}
-    return _make("acts", f"L{'-'.join(map(str, sorted(_layers(spec))))}", config, deps, resources)
+    return make_task(
+        "acts", f"L{'-'.join(map(str, sorted(_layers(spec))))}", config, deps, resources
+    )
 
 
 def _trained(spec: Spec) -> list:
@@ -317,7 +240,7 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dic
         flops = 6 * steps * d.batch_size * d_sae * (d_in + d_out)
         resources = {"mem_mb": int(mem_mb), "flops": flops, "params": params, "gpu": gpu}
         prefix = f"{name}-L{layer}-{_content_name(opts)}"
-        tasks.append(_make("train", prefix, config, dict(upstream), resources, label))
+        tasks.append(make_task("train", prefix, config, dict(upstream), resources, label))
     return tasks
 
 
@@ -345,7 +268,7 @@ def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Tas
         }  # fmt: skip
         label = {"dictionary": name, "member": member_name(point), "point": point}
         prefix = f"{name}-L{'-'.join(map(str, layers))}-{_content_name(opts)}"
-        tasks.append(_make(CLT, prefix, config, dict(upstream), resources, label))
+        tasks.append(make_task(CLT, prefix, config, dict(upstream), resources, label))
     return tasks
 
 
@@ -366,55 +289,6 @@ def _content_name(opts) -> str:
     return member_name(point | ({"d_sae": opts.d_sae} if opts.d_sae else {}))
 
 
-def _import_task(name: str, d, layer: int) -> Task:
-    """Import a released dictionary into tcspec's format; its id covers the files' bytes.
-    (The loader made a relative local path relative to the spec file.)"""
-    path = d.path.replace("{layer}", str(layer))
-    config = ImportedMemberConfig(
-        layer=layer, path=path, repo=d.repo, format=d.format,
-        in_hook=full_name(layer, d.in_hook) if d.in_hook else None,
-        out_hook=full_name(layer, d.out_hook) if d.out_hook else None,
-        trust_pickle=d.trust_pickle, files=file_hashes(Path(path)) if d.repo is None else {},
-    )  # fmt: skip
-    label = {"dictionary": name, "member": IMPORTED_MEMBER, "point": {}}
-    return _make("import", f"{name}-L{layer}-import", config, {}, {"mem_mb": 4000}, label)
-
-
-def is_clt_folder(d) -> bool:
-    """Whether a `kind: pretrained` dictionary is a local circuit-tracer cross-layer
-    transcoder folder (one dictionary over all its layers, imported by one task)."""
-    if d.kind != "pretrained" or d.repo is not None or d.format not in ("auto", "circuit-tracer"):
-        return False
-    from tcspec.clt.io import CT_CONFIG, read_ct_clt_config
-
-    try:
-        return (Path(d.path) / CT_CONFIG).is_file() and bool(read_ct_clt_config(d.path))
-    except ValueError:
-        return False
-
-
-def _import_clt(name: str, d) -> Task:
-    """Import a circuit-tracer CLT folder (blocks 0..n-1) into tcspec's CLT format."""
-    config = ImportedMemberConfig(
-        layer=0, path=d.path, repo=None, format="circuit-tracer", in_hook=None, out_hook=None,
-        trust_pickle=False, files=file_hashes(Path(d.path)), kind=CLT,
-    )  # fmt: skip
-    label = {"dictionary": name, "member": IMPORTED_MEMBER, "point": {}}
-    return _make("import", f"{name}-clt-import", config, {}, {"mem_mb": 4000}, label)
-
-
-def file_hashes(path: Path) -> dict[str, str]:
-    """sha256 of every file at ``path`` (a file, or a folder's files), by relative name;
-    empty when nothing is there (the checks report it)."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    out = {}
-    for f in files:
-        if f.is_file():
-            name = f.name if f == path else str(f.relative_to(path))
-            out[name] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
-
-
 def _evaluate_task(spec: Spec, coders: list[Task], model: Task, tokens: Task) -> Task:
     """Metrics of one sweep point spliced in at one layer (or several layers at once)."""
     refs = tuple(coder_ref(t) for t in coders)
@@ -428,7 +302,7 @@ def _evaluate_task(spec: Spec, coders: list[Task], model: Task, tokens: Task) ->
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)} | _coder_deps(coders)
     layer = f"L{refs[0].layer}" if len(coders) == 1 and refs[0].kind != CLT else "all"
     prefix = f"{refs[0].dictionary}-{layer}-{refs[0].member}"
-    return _make("evaluate", prefix, config, deps, {"mem_mb": 3000})
+    return make_task("evaluate", prefix, config, deps, {"mem_mb": 3000})
 
 
 def _features_task(spec: Spec, coder: Task, model: Task, tokens: Task) -> Task:
@@ -442,14 +316,14 @@ def _features_task(spec: Spec, coder: Task, model: Task, tokens: Task) -> Task:
     )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
     deps |= _coder_deps([coder])
-    return _make("interp", config.coder.label, config, deps, {"mem_mb": 3000})
+    return make_task("interp", config.coder.label, config, deps, {"mem_mb": 3000})
 
 
 def _study_task(spec: Spec, features: list[Task]) -> Task:
     """The blind rating study over every studied dictionary's features."""
     config = StudyConfig(features=spec.interp.features, seed=spec.seed)
     deps = {f"features_{i}": ("interp", t.id) for i, t in enumerate(features)}
-    return _make("study", f"study-{spec.experiment}", config, deps, {"mem_mb": 1000})
+    return make_task("study", f"study-{spec.experiment}", config, deps, {"mem_mb": 1000})
 
 
 def _circuit_task(
@@ -467,7 +341,7 @@ def _circuit_task(
         ids = {t.id for t in selected}
         studied = [t for t in interp if t.config.coder.id in ids]
         deps |= {f"features_{i}": ("interp", t.id) for i, t in enumerate(studied)}
-    return _make("circuits", f"{c.task}-{c.dictionary.name}", config, deps, {"mem_mb": 3000})
+    return make_task("circuits", f"{c.task}-{c.dictionary.name}", config, deps, {"mem_mb": 3000})
 
 
 def _export_task(spec: Spec, e, selected: list[Task], model: Task) -> Task:
@@ -481,7 +355,7 @@ def _export_task(spec: Spec, e, selected: list[Task], model: Task) -> Task:
         dataset=getattr(spec.data, "name", None) or spec.data.kind,
     )
     deps = {"model": ("model", model.id)} | _coder_deps(selected)
-    return _make("export", e.to, config, deps, {"mem_mb": 2000})
+    return make_task("export", e.to, config, deps, {"mem_mb": 2000})
 
 
 def _tables_task(spec: Spec, upstream: list[Task]) -> Task:
@@ -491,17 +365,13 @@ def _tables_task(spec: Spec, upstream: list[Task]) -> Task:
         reference=spec.tables.reference,
     )
     deps = {f"{t.stage}_{i}": (t.stage, t.id) for i, t in enumerate(upstream)}
-    return _make("tables", spec.experiment, config, deps, {"mem_mb": 1000})
+    return make_task("tables", spec.experiment, config, deps, {"mem_mb": 1000})
 
 
 def _model_mem_mb(dims: dict) -> int:
     d, n, v = dims["d_model"], dims["n_layers"], dims.get("d_vocab", 50257)
     params = 12 * n * d * d + 2 * v * d
     return int(params * 4 * 3 / 2**20) + 1000
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 def group_task(members: list[Task], shape: budget.StreamShape | None = None) -> Task:

@@ -1,0 +1,43 @@
+"""Shared pieces of the spec language: constrained scalars, sweeps, the frozen base model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeVar, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+
+from tcspec.hooks import BLOCK_HOOKS
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]+$", min_length=1, max_length=64)]
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+HookName = Literal[tuple(BLOCK_HOOKS)]  # type: ignore[valid-type]
+DType = Literal["float32", "float16", "bfloat16"]
+
+T = TypeVar("T")
+Sweep = Union[T, Annotated[list[T], Field(min_length=1)]]
+"""A value, or a list of values that makes a sweep axis."""
+
+SWEEP_FIELDS = ("expansion", "d_sae", "k", "l1", "lr", "l0_coef")
+RESERVED_EXPERIMENT_NAMES = ("tasks", "logs", "benchmarks", "checkpoints")
+
+
+class FieldError(ValueError):
+    """A cross-field check failed; ``field`` names the key the message is about, so the
+    loader can point at that key's line instead of the enclosing mapping."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)

@@ -1,0 +1,295 @@
+"""The spec's dictionaries: trained (transcoder, skip transcoder, SAE, CLT) or imported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import (
+    Field,
+    ValidationInfo,
+    model_validator,
+)
+
+from tcspec.hooks import TRANSCODER_IN, TRANSCODER_OUT
+from tcspec.kinds import ACTIVATIONS, CLT_ACTIVATIONS, CLT_IN_HOOKS, DEAD_AUX_K, SPARSITY_K
+from tcspec.spec.base import (
+    SWEEP_FIELDS,
+    FieldError,
+    Fraction,
+    Frozen,
+    HookName,
+    NonNegFloat,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    Sweep,
+)
+
+
+# --------------------------------------------------------------------------- dictionaries
+def _activations(names: tuple[str, ...]) -> str:
+    """("topk", "batchtopk") -> "`activation: topk` or `batchtopk`"."""
+    return " or ".join([f"`activation: {names[0]}`", *(f"`{n}`" for n in names[1:])])
+
+
+class _DictionaryBase(Frozen):
+    layers: list[NonNegInt] | None = None
+    """Layers to train at; None uses the spec's `layers`."""
+    expansion: Sweep[PosInt] | None = None
+    """Width as a multiple of d_in (d_sae = expansion * d_in). Give this or `d_sae`."""
+    d_sae: Sweep[PosInt] | None = None
+    """Number of features. Give this or `expansion`."""
+    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+    """`relu` with an L1 penalty; `topk` keeping the k largest pre-activations; `jumprelu`
+    (per-feature threshold, L0 penalty `l0_coef`); `batchtopk` (the k * B largest over a
+    batch in training, a threshold estimated in training at inference)."""
+    k: Sweep[PosInt] | None = None
+    """Active features per token for `topk` and `batchtopk`."""
+    l1: Sweep[NonNegFloat] = 0.0
+    """L1 coefficient lambda on sum_i |z_i| (mean over the batch)."""
+    loss: Literal["squared_error", "normalized_mse"] = "normalized_mse"
+    """Reconstruction loss: `squared_error` is the paper's ||y - y_hat||^2 (mean over tokens);
+    `normalized_mse` is the released code's mean((y_hat - y)^2 / ||y||_2). Lambdas differ."""
+    lr: Sweep[PosFloat] = 4e-4
+    """Adam learning rate (paper text 2e-5; code runs 2e-4 pythia, 4e-4 gpt2)."""
+    adam_betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    """Adam betas."""
+    lr_warmup_steps: NonNegInt = 5000
+    """Linear warm-up from 0 over this many steps."""
+    lr_decay: Literal["none", "linear", "cosine"] = "none"
+    """Learning-rate decay after `lr_decay_start` (the paper used none)."""
+    lr_decay_start: Fraction = 0.8
+    """Fraction of training after which the decay begins."""
+    l1_warmup_steps: NonNegInt = 0
+    """Linear warm-up of the L1 coefficient over this many steps."""
+    batch_size: PosInt = 4096
+    """Tokens per optimizer step."""
+    train_tokens: PosInt | None = None
+    """Tokens to train on; None uses `data.train_tokens` (one pass over the cache)."""
+    normalize_decoder: bool = True
+    """Renormalize decoder rows to unit norm after each step."""
+    remove_parallel_grad: bool = True
+    """Remove the gradient component parallel to each decoder row before each step."""
+    init_bias_from_mean: bool = True
+    """Initialize b_dec (and b_dec_out) to the mean of the first batch of activations."""
+    dead_features: Literal["none", "ghost_grads", "resample", "aux_k"] = "none"
+    """Dead-feature handling: none (paper), ghost grads (released example script), periodic
+    resampling, or the TopK auxiliary loss."""
+    dead_window: PosInt = 5000
+    """Steps without firing after which a feature counts as dead (ghost grads, resampling)."""
+    aux_k: PosInt | None = None
+    """Dead features the aux-k loss reconstructs with; None uses d_in / 2."""
+    aux_k_coef: NonNegFloat = 1 / 32
+    """Weight of the aux-k loss."""
+    l0_coef: Sweep[NonNegFloat] = 1.0
+    """JumpReLU: coefficient of the L0 penalty l0_coef * mean_b sum_i H(pre_bi - threshold_i)
+    (the `step` form, with rectangle-kernel pseudo-derivatives)."""
+    jumprelu_bandwidth: PosFloat = 0.05
+    """JumpReLU: width of the rectangle kernel in the threshold's pseudo-derivatives."""
+    jumprelu_init_threshold: PosFloat = 0.01
+    """JumpReLU: initial threshold of every feature (trained as log(threshold))."""
+    matryoshka: list[PosInt] | None = None
+    """BatchTopK: nested prefix widths (strictly increasing; d_sae is the last, appended when
+    missing): the loss adds each inner prefix's reconstruction loss (unweighted, as SAELens).
+    """
+    batchtopk_threshold_lr: Fraction = 0.01
+    """BatchTopK: rate of the running estimate of the inference threshold, updated each step
+    toward the batch's smallest positive kept activation (SAELens's rule)."""
+    density_window: PosInt = 1000
+    """Steps over which feature density (firing frequency) is tracked."""
+    live_threshold: Fraction = 1e-4
+    """A feature is live when its firing frequency exceeds this (log10 freq > -4)."""
+    checkpoint_every: PosInt = 1000
+    """Steps between resumable checkpoints."""
+    seed: NonNegInt | None = None
+    """Training seed; None uses the spec's seed."""
+    zip: list[Literal[SWEEP_FIELDS]] = []  # type: ignore[valid-type]
+    """Sweep axes that advance together (equal lengths) instead of crossing."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.expansion is not None and self.d_sae is not None:
+            raise FieldError("d_sae", "give `expansion` or `d_sae`, not both")
+        if self.expansion is None and self.d_sae is None:
+            raise FieldError("expansion", "give one of `expansion` and `d_sae` (the width)")
+        if self.activation in SPARSITY_K and self.k is None:
+            raise FieldError("activation", f"`activation: {self.activation}` needs `k`")
+        if self.activation not in SPARSITY_K and self.k is not None:
+            raise FieldError("k", f"`k` only applies to {_activations(SPARSITY_K)}")
+        if not self.normalize_decoder and self.activation == "relu" and _positive(self.l1):
+            raise FieldError(
+                "normalize_decoder",
+                "`normalize_decoder: false` with an L1 penalty is degenerate (the L1 term "
+                "shrinks z while W_dec grows); keep unit-norm decoder rows or set `l1: 0`",
+            )
+        if self.dead_features == "aux_k" and self.activation not in DEAD_AUX_K:
+            raise FieldError(
+                "dead_features", f"`dead_features: aux_k` needs {_activations(DEAD_AUX_K)}"
+            )
+        if self.matryoshka is not None:
+            if self.activation != "batchtopk":
+                raise FieldError("matryoshka", "`matryoshka` needs `activation: batchtopk`")
+            if any(b <= a for a, b in zip(self.matryoshka, self.matryoshka[1:])):
+                raise FieldError("matryoshka", "prefix widths must be strictly increasing")
+        for f in self.zip:
+            if not isinstance(getattr(self, f), list):
+                raise FieldError("zip", f"zip names `{f}`, which is not a list of sweep values")
+        lengths = {f: len(getattr(self, f)) for f in self.zip}
+        if len(set(lengths.values())) > 1:
+            sizes = ", ".join(f"`{f}` has {n}" for f, n in lengths.items())
+            raise FieldError("zip", f"zipped axes must have equal lengths: {sizes} values")
+        return self
+
+
+def _positive(value: float | list[float]) -> bool:
+    """True when a (possibly swept) coefficient is positive at some sweep point."""
+    return any(v > 0 for v in (value if isinstance(value, list) else [value]))
+
+
+class TranscoderSpec(_DictionaryBase):
+    """A transcoder: reads the MLP input hook, predicts the MLP output hook."""
+
+    kind: Literal["transcoder"]
+    in_hook: HookName = TRANSCODER_IN
+    """Input hook, relative to `blocks.{layer}` (paper: ln2.hook_normalized)."""
+    out_hook: HookName = TRANSCODER_OUT
+    """Output hook it predicts, relative to `blocks.{layer}`."""
+
+
+class SkipTranscoderSpec(TranscoderSpec):
+    """A transcoder with an added linear skip connection `W_skip x`."""
+
+    kind: Literal["skip_transcoder"]  # type: ignore[assignment]
+
+
+class SAESpec(_DictionaryBase):
+    """A sparse autoencoder reconstructing one hook (tied output bias)."""
+
+    kind: Literal["sae"]
+    hook: HookName = TRANSCODER_OUT
+    """Hook it reconstructs, relative to `blocks.{layer}`."""
+
+
+class PretrainedDictionarySpec(Frozen):
+    """A released dictionary imported from disk or the HF hub; evaluated, studied and
+    tabulated exactly like a trained one."""
+
+    kind: Literal["pretrained"]
+    path: str
+    """Folder or file; `{layer}` in it is replaced by each layer. Relative to the spec file's
+    folder; with `repo`, a path inside the repository's snapshot."""
+    repo: str | None = None
+    """HF hub repository id holding the files (read from the local HF cache when offline)."""
+    format: Literal[
+        "auto",
+        "tcspec",
+        "saelens",
+        "sparsify",
+        "circuit-tracer",
+        "gemma-scope",
+        "transcoder-circuits",
+    ] = "auto"
+    """File format; `auto` detects it when unambiguous."""
+    layers: list[NonNegInt] | None = None
+    """Layers to import; None uses the spec's `layers`."""
+    in_hook: HookName | None = None
+    """Input hook, relative to `blocks.{layer}`, when the files don't name it (sparsify)."""
+    out_hook: HookName | None = None
+    """Output hook, relative to `blocks.{layer}`, when the files don't name it."""
+    trust_pickle: bool = False
+    """Allow pickled (`.pt`) files to run arbitrary code when loaded. Without it only tensors
+    and the paper's known config class are admitted."""
+
+    @model_validator(mode="after")
+    def _relative_to_the_spec(self, info: ValidationInfo):
+        """A relative local `path` is relative to the spec file's folder (the loader's
+        `base_dir`), like `data.paths`."""
+        base = (info.context or {}).get("base_dir")
+        if base is not None and self.repo is None and not Path(self.path).is_absolute():
+            object.__setattr__(self, "path", str((Path(base) / self.path).resolve()))
+        return self
+
+
+class CLTSpec(Frozen):
+    """A cross-layer transcoder over its layers: an encoder at each layer reading `in_hook`,
+    decoders from each layer's features to `hook_mlp_out` of that and every later layer; one
+    dictionary (one train task per sweep point) that replaces every MLP at once."""
+
+    kind: Literal["clt"]
+    layers: list[NonNegInt] | None = None
+    """Layers it spans (increasing); None uses the spec's `layers`."""
+    expansion: Sweep[PosInt] | None = None
+    """Features per layer as a multiple of d_model. Give this or `d_sae`."""
+    d_sae: Sweep[PosInt] | None = None
+    """Features per layer. Give this or `expansion`."""
+    activation: Literal[CLT_ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+    """`relu` or `jumprelu` with the sparsity penalty; `topk` keeping k features per layer."""
+    k: Sweep[PosInt] | None = None
+    """Active features per layer per token for `topk`."""
+    penalty: Literal["tanh", "l1"] = "tanh"
+    """Sparsity penalty on a feature's activation times its concatenated decoders' norm:
+    `tanh(c a ||W_dec||)` (Anthropic, CLT-Forge) or `a ||W_dec||`."""
+    l1: Sweep[NonNegFloat] = 0.0
+    """Coefficient of the sparsity penalty (mean over the batch, summed over layers)."""
+    tanh_scale: PosFloat = 4.0
+    """c in tanh(c a ||W_dec||)."""
+    pre_act_coef: NonNegFloat = 0.0
+    """JumpReLU: coefficient of relu(theta - z) ||W_dec|| (keeps features alive)."""
+    jumprelu_bandwidth: PosFloat = 1.0
+    """JumpReLU: width of the rectangle kernel in the threshold's pseudo-derivatives."""
+    jumprelu_init_threshold: PosFloat = 0.03
+    """JumpReLU: initial threshold of every feature."""
+    skip: bool = False
+    """Affine skip connection x_m W_skip[m] at every output layer."""
+    in_hook: Literal[CLT_IN_HOOKS] = TRANSCODER_IN  # type: ignore[valid-type]
+    """Input hook of every layer, relative to `blocks.{layer}`."""
+    out_hook: Literal["hook_mlp_out"] = "hook_mlp_out"
+    """Output hook every decoder writes, relative to `blocks.{layer}`."""
+    lr: Sweep[PosFloat] = 2e-4
+    """Adam learning rate (peak)."""
+    adam_betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    """Adam betas."""
+    lr_warmup_steps: NonNegInt = 0
+    """Linear learning-rate warm-up from 0 over this many steps."""
+    lr_decay: Literal["none", "linear", "cosine"] = "none"
+    """Learning-rate decay after `lr_decay_start`."""
+    lr_decay_start: Fraction = 0.8
+    """Fraction of training after which the decay begins."""
+    l1_warmup_steps: NonNegInt = 0
+    """Linear warm-up of the sparsity coefficient over this many steps."""
+    batch_size: PosInt = 4096
+    """Tokens per optimizer step."""
+    train_tokens: PosInt | None = None
+    """Tokens to train on; None uses `data.train_tokens` (one pass over the cache)."""
+    init_bias_from_mean: bool = True
+    """Initialize b_dec to the mean of the first batch's MLP outputs."""
+    live_threshold: Fraction = 1e-4
+    """A feature is live when its firing frequency exceeds this."""
+    checkpoint_every: PosInt = 1000
+    """Steps between resumable checkpoints."""
+    seed: NonNegInt | None = None
+    """Training seed; None uses the spec's seed."""
+    zip: list[Literal[SWEEP_FIELDS]] = []  # type: ignore[valid-type]
+    """Sweep axes that advance together (equal lengths) instead of crossing."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.expansion is None) == (self.d_sae is None):
+            raise FieldError("expansion", "give one of `expansion` and `d_sae` (the width)")
+        if (self.activation == "topk") != (self.k is not None):
+            raise FieldError("k", "`k` goes with `activation: topk`, and only with it")
+        if self.layers is not None and sorted(set(self.layers)) != self.layers:
+            raise FieldError("layers", f"a CLT's layers must increase: {self.layers}")
+        for f in self.zip:
+            if not isinstance(getattr(self, f, None), list):
+                raise FieldError("zip", f"zip names `{f}`, which is not a list of sweep values")
+        if len({len(getattr(self, f)) for f in self.zip}) > 1:
+            raise FieldError("zip", "zipped axes must have equal lengths")
+        return self
+
+
+DictionarySpec = Annotated[
+    Union[TranscoderSpec, SkipTranscoderSpec, SAESpec, PretrainedDictionarySpec, CLTSpec],
+    Field(discriminator="kind"),
+]

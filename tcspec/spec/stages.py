@@ -1,0 +1,227 @@
+"""The spec's downstream stages: evaluation, interp, circuits, export, tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import (
+    Field,
+    ValidationInfo,
+    model_validator,
+)
+
+from tcspec.paper import REFERENCES
+from tcspec.spec.base import (
+    SWEEP_FIELDS,
+    FieldError,
+    Fraction,
+    Frozen,
+    Name,
+    NonNegInt,
+    PosInt,
+)
+from tcspec.tables.registry import DEFAULT_INCLUDE, TABLE_NAMES
+
+
+# ----------------------------------------------------------------------- downstream stages
+class EvaluateSpec(Frozen):
+    """Sparsity and fidelity metrics on the eval split."""
+
+    eval_tokens: PosInt | None = None
+    """Eval tokens to use; None uses all of `data.eval_tokens`."""
+    batch_contexts: PosInt = 16
+    """Contexts per forward pass."""
+    splice_all_layers: bool = False
+    """Also evaluate each sweep point with its transcoders spliced into all layers at once."""
+
+
+class DictionaryRef(Frozen):
+    """Selects trained dictionaries: a name, optionally one layer and sweep values."""
+
+    name: Name
+    """Dictionary name from `dictionaries`."""
+    layer: NonNegInt | None = None
+    """Layer; None selects every layer it was trained at."""
+    where: dict[Literal[SWEEP_FIELDS], float] = {}  # type: ignore[valid-type]
+    """Sweep values to select, e.g. {l1: 0.001}; empty selects every sweep point."""
+
+
+class InterpSpec(Frozen):
+    """Feature dashboards and a blind interpretability study."""
+
+    dictionaries: list[DictionaryRef] = []
+    """Dictionaries to study; empty studies every dictionary."""
+    features: PosInt = 50
+    """Random live features per dictionary in the blind study (paper: 50)."""
+    dashboard_features: PosInt = 100
+    """Features per dictionary that get a dashboard page (the study's features always do)."""
+    examples: PosInt = 20
+    """Examples shown per feature."""
+    bands: PosInt = 5
+    """Activation bands the examples are sampled across."""
+    context_window: PosInt = 5
+    """Tokens of context either side of an example's token."""
+    min_examples: PosInt = 4
+    """Features with fewer activating tokens are not sampled."""
+
+
+YY_SLOT = "YY"
+"""What a greater-than prompt template holds in place of the two-digit start year."""
+KEEP_TOP_K_POSITIONS = ("all", "last")
+"""Where keep-top-k replaces the MLP: at every position (the paper) or the last one."""
+YearYY = Annotated[int, Field(ge=0, le=99)]
+
+
+class YYRange(Frozen):
+    """Two-digit start years `first` to `last`, both included."""
+
+    first: YearYY
+    last: YearYY
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.first > self.last:
+            raise FieldError("last", f"last {self.last} is before first {self.first}")
+        return self
+
+    def values(self) -> list[int]:
+        return list(range(self.first, self.last + 1))
+
+
+YYSet = Union[YYRange, Annotated[list[YearYY], Field(min_length=1)]]
+"""Start years: `{first: 1, last: 98}`, or a list."""
+
+
+def start_years(yy: YYSet | dict | None) -> list[int] | None:
+    """The start years of a spec's (or a dumped config's) `yy` value, None for None."""
+    if yy is None:
+        return None
+    if isinstance(yy, dict):
+        yy = YYRange(**yy)
+    return yy.values() if isinstance(yy, YYRange) else list(yy)
+
+
+class CircuitSpec(Frozen):
+    """A circuit study through transcoders on a prompt set."""
+
+    task: Literal["greater_than"]
+    """Built-in prompt set and metric."""
+    dictionary: DictionaryRef
+    """Transcoders to trace through (one per layer of the model's MLPs that matter)."""
+    prompts: PosInt = 32
+    """Number of prompts."""
+    iterations: PosInt = 3
+    """Path-search depth."""
+    branches: PosInt = 15
+    """Upstream nodes expanded per step."""
+    top_paths: PosInt = 20
+    """Paths kept."""
+    keep_top_k: PosInt = 32
+    """Largest k in the keep-top-k experiment."""
+    prompt: str | None = None
+    """Prompt template with `YY` in place of the two-digit start year, e.g. the paper's
+    notebook's `The war lasted from 17YY to 17`. None: the sentence of the toy corpus,
+    `The war lasted from the year 17YY to the year 17`."""
+    yy: YYSet | None = None
+    """Start years scored, e.g. `{first: 1, last: 98}` (the paper's). None: the toy corpus's
+    held-out years for a toy model, 02..98 otherwise. At most `prompts` of them are used,
+    evenly spread."""
+    keep_top_k_positions: Literal[KEEP_TOP_K_POSITIONS] = "last"  # type: ignore[valid-type]
+    """Where keep-top-k replaces the MLP by the kept transcoder features (or masks neurons):
+    `all` positions (the paper's notebook) or the `last` one only."""
+    keep_top_k_rank_yy: YYSet | None = None
+    """Start years whose prompts rank features and neurons by activation variance (the
+    paper's notebook: every start year, `{first: 0, last: 99}`). None: the scored prompts."""
+    study_layer: NonNegInt | None = None
+    """The layer whose MLP the keep-top-k and metric headlines study (the paper's gpt2: 10).
+    None: the toy model's task layer, else the last transcoder layer."""
+    mlp0_deembeddings: bool = False
+    """Also de-embed through the layer-0 transcoder's top features, MLP0 as an extended
+    embedding (the paper's greater-than plot); needs a transcoder at layer 0."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.prompt is not None and self.prompt.count(YY_SLOT) != 1:
+            raise FieldError(
+                "prompt", f"the template needs exactly one `{YY_SLOT}` for the start year"
+            )
+        return self
+
+
+class TargetSpec(Frozen):
+    """A logit difference as the graph's one target: `correct` minus `incorrect`."""
+
+    correct: str
+    """Text of the token whose logit counts positively, e.g. `" 18"` (one token)."""
+    incorrect: str
+    """Text of the token whose logit counts negatively, e.g. `" 17"` (one token)."""
+
+
+class AttributionSpec(Frozen):
+    """Attribution graphs through transcoders on the user's own prompts (circuit-tracer's
+    definitions): per prompt a pruned graph (JSON), its adjacency, an HTML viewer and an
+    intervention check."""
+
+    task: Literal["attribution"]
+    """Attribution graphs on `prompts`."""
+    dictionary: DictionaryRef
+    """Transcoders to trace through (one sweep point; one per layer)."""
+    prompts: list[Annotated[str, Field(min_length=1)]] | None = None
+    """Prompts, each traced on its own (BOS is prepended). Give this or `prompts_file`."""
+    prompts_file: Path | None = None
+    """A text file of prompts, one a line (blank lines skipped); relative to the spec file."""
+    max_n_logits: PosInt = 10
+    """At most this many top logits become target nodes."""
+    desired_logit_prob: Fraction = 0.95
+    """Fewer top logits when their cumulative probability reaches this."""
+    max_feature_nodes: PosInt | None = None
+    """Cap on the features whose rows are computed (the most influential); None: all."""
+    node_threshold: Fraction = 0.8
+    """Pruning keeps the nodes carrying this fraction of the influence on the logits."""
+    edge_threshold: Fraction = 0.98
+    """...and the edges carrying this fraction of the edge influence."""
+    target: TargetSpec | None = None
+    """One logit-difference target instead of the top logits."""
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo):
+        if (self.prompts is None) == (self.prompts_file is None):
+            raise FieldError("prompts", "give `prompts` (a list) or `prompts_file`, not both")
+        if self.prompts is not None and not self.prompts:
+            raise FieldError("prompts", "`prompts` is empty; give at least one prompt")
+        base = (info.context or {}).get("base_dir")
+        path = self.prompts_file
+        if base is not None and path is not None and not path.is_absolute():
+            object.__setattr__(self, "prompts_file", (Path(base) / path).resolve())
+        return self
+
+    def prompt_list(self) -> list[str]:
+        """The prompts, from `prompts` or read from `prompts_file`."""
+        if self.prompts is not None:
+            return list(self.prompts)
+        lines = Path(self.prompts_file).read_text().splitlines()
+        return [line for line in lines if line.strip()]
+
+
+CircuitEntry = Annotated[Union[CircuitSpec, AttributionSpec], Field(discriminator="task")]
+"""A circuit study: tagged by `task`."""
+
+
+class ExportSpec(Frozen):
+    """Write trained dictionaries in another tool's format."""
+
+    to: Literal["saelens", "sparsify", "circuit-tracer"]
+    """Target format; `circuit-tracer` writes one transcoder set (layers 0..n-1) per sweep
+    point."""
+    dictionaries: list[DictionaryRef] = []
+    """Dictionaries to export; empty exports every trained dictionary."""
+
+
+class TablesSpec(Frozen):
+    """Which tables and plots to generate."""
+
+    include: list[Literal[TABLE_NAMES]] = list(DEFAULT_INCLUDE)  # type: ignore[valid-type]
+    """Tables to build (see tcspec/tables/registry.py)."""
+    reference: Literal[tuple(REFERENCES)] | None = None  # type: ignore[valid-type]
+    """Published numbers to print beside ours (see tcspec/paper.py)."""
