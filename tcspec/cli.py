@@ -208,6 +208,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_task(args) -> int:
+    # the thread count a task runs with is fixed by its stage; keep the math libraries from
+    # using fewer threads when the machine is busy (a different split of every reduction)
+    os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+    os.environ.setdefault("OMP_DYNAMIC", "FALSE")
     from tcspec.tasks import device_from_env, load_task, run_task
 
     plain_progress()
