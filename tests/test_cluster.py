@@ -126,10 +126,13 @@ def test_slurm_profile_plans_the_gpt2_sweep_with_gpus_for_training_only(tmp_path
             fields = dict(kv.split("=", 1) for kv in res.group(1).split(", "))
             jobs.append((rule.group(1), fields))
     plan = harness.plan(GPT2_SMALL)
-    # every task but the members, plus one training pass per dictionary and layer
+    # every task but the members, plus one job per training pass (the paper spec streams:
+    # its dictionaries at every layer share passes, split only by the memory budget)
     assert len(jobs) == len(plan.tasks) - len(plan.stage("train")) + len(plan.groups)
     train = [(r, f) for r, f in jobs if r.startswith("train_")]
-    tc_layers = {int(m.group(1)) for r, _ in train if (m := re.match(r"train_tc_L(\d+)_", r))}
+    members = [plan.get("train", m) for g in plan.groups for m in g]
+    assert {t.id for t in members} == {t.id for t in plan.stage("train")}
+    tc_layers = {t.config.layer for t in members if t.label["dictionary"] == "tc"}
     assert tc_layers == set(range(12))
     assert len(train) == len(plan.groups)
     assert {r for r, f in jobs if f.get("gpu") == "1"} == {r for r, _ in train}
