@@ -33,7 +33,24 @@ def _activations(names: tuple[str, ...]) -> str:
     return " or ".join([f"`activation: {names[0]}`", *(f"`{n}`" for n in names[1:])])
 
 
-class _DictionaryBase(Frozen):
+class _Schedule(Frozen):
+    """The optimiser and schedule fields every trained dictionary has."""
+
+    adam_betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    """Adam betas."""
+    lr_decay: Literal["none", "linear", "cosine"] = "none"
+    """Learning-rate decay after `lr_decay_start` (the paper used none)."""
+    lr_decay_start: Fraction = 0.8
+    """Fraction of training after which the decay begins."""
+    l1_warmup_steps: NonNegInt = 0
+    """Linear warm-up of the sparsity (L1) coefficient over this many steps."""
+    batch_size: PosInt = 4096
+    """Tokens per optimizer step."""
+    train_tokens: PosInt | None = None
+    """Tokens to train on; None uses `data.train_tokens` (one pass over the cache)."""
+
+
+class _DictionaryBase(_Schedule):
     layers: list[NonNegInt] | None = None
     """Layers to train at; None uses the spec's `layers`."""
     expansion: Sweep[PosInt] | None = None
@@ -53,20 +70,8 @@ class _DictionaryBase(Frozen):
     `normalized_mse` is the released code's mean((y_hat - y)^2 / ||y||_2). Lambdas differ."""
     lr: Sweep[PosFloat] = 4e-4
     """Adam learning rate (paper text 2e-5; code runs 2e-4 pythia, 4e-4 gpt2)."""
-    adam_betas: tuple[Fraction, Fraction] = (0.9, 0.999)
-    """Adam betas."""
     lr_warmup_steps: NonNegInt = 5000
     """Linear warm-up from 0 over this many steps."""
-    lr_decay: Literal["none", "linear", "cosine"] = "none"
-    """Learning-rate decay after `lr_decay_start` (the paper used none)."""
-    lr_decay_start: Fraction = 0.8
-    """Fraction of training after which the decay begins."""
-    l1_warmup_steps: NonNegInt = 0
-    """Linear warm-up of the L1 coefficient over this many steps."""
-    batch_size: PosInt = 4096
-    """Tokens per optimizer step."""
-    train_tokens: PosInt | None = None
-    """Tokens to train on; None uses `data.train_tokens` (one pass over the cache)."""
     normalize_decoder: bool = True
     """Renormalize decoder rows to unit norm after each step."""
     remove_parallel_grad: bool = True
@@ -211,7 +216,7 @@ class PretrainedDictionarySpec(Frozen):
         return self
 
 
-class CLTSpec(Frozen):
+class CLTSpec(_Schedule):
     """A cross-layer transcoder over its layers: an encoder at each layer reading `in_hook`,
     decoders from each layer's features to `hook_mlp_out` of that and every later layer; one
     dictionary (one train task per sweep point) that replaces every MLP at once."""
@@ -248,20 +253,8 @@ class CLTSpec(Frozen):
     """Output hook every decoder writes, relative to `blocks.{layer}`."""
     lr: Sweep[PosFloat] = 2e-4
     """Adam learning rate (peak)."""
-    adam_betas: tuple[Fraction, Fraction] = (0.9, 0.999)
-    """Adam betas."""
     lr_warmup_steps: NonNegInt = 0
     """Linear learning-rate warm-up from 0 over this many steps."""
-    lr_decay: Literal["none", "linear", "cosine"] = "none"
-    """Learning-rate decay after `lr_decay_start`."""
-    lr_decay_start: Fraction = 0.8
-    """Fraction of training after which the decay begins."""
-    l1_warmup_steps: NonNegInt = 0
-    """Linear warm-up of the sparsity coefficient over this many steps."""
-    batch_size: PosInt = 4096
-    """Tokens per optimizer step."""
-    train_tokens: PosInt | None = None
-    """Tokens to train on; None uses `data.train_tokens` (one pass over the cache)."""
     init_bias_from_mean: bool = True
     """Initialize b_dec to the mean of the first batch's MLP outputs."""
     live_threshold: Fraction = 1e-4
