@@ -11,7 +11,7 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/tasks.smk"
-include: "rules/train.smk"
+include: "rules/passes.smk"
 
 
 rule all:

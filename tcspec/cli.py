@@ -320,7 +320,7 @@ def cmd_clean(args) -> int:
         plan = compile_plan(load_spec(spec_file))
         keep |= set(plan.tasks) | {(p.stage, p.id) for p in pending_passes(plan, results)}
     found = _task_files(results)
-    keep |= {k for k in found if k[0] == layout.GROUP and _trains_any(results, k[1], keep)}
+    keep |= {k for k in found if k[0] in layout.PASS_MEMBERS and _runs_any(results, *k, keep)}
     stale = {key: files for key, files in found.items() if key not in keep}
     size = sum(_size(f) for files in stale.values() for f in files)
     for (stage, task_id), files in sorted(stale.items()):
@@ -333,22 +333,22 @@ def cmd_clean(args) -> int:
     return 0
 
 
-def _trains_any(results: Path, pass_id: str, keep: set) -> bool:
-    """Whether a training pass (its log, its checkpoint) trained a task that is kept."""
+def _runs_any(results: Path, stage: str, pass_id: str, keep: set) -> bool:
+    """Whether a pass (its log, its checkpoint) ran a task that is kept."""
     from tcspec.tasks import load_task
 
     try:
-        members = load_task(results, layout.GROUP, pass_id).config.members
+        members = load_task(results, stage, pass_id).config.members
     except (LookupError, ValueError):
         return False
-    return any(("train", m) in keep for m in members)
+    return any((layout.PASS_MEMBERS[stage], m) in keep for m in members)
 
 
 def _task_files(results: Path) -> dict[tuple[str, str], list[Path]]:
     """(stage, id) -> every file or folder of that task under ``results``: its folder, its
     stored config, log, benchmark and checkpoints."""
     out: dict[tuple[str, str], list[Path]] = {}
-    for stage in (*layout.STAGES, layout.GROUP):
+    for stage in (*layout.STAGES, *layout.PASS_MEMBERS):
         ids = {p.name for p in (results / "tasks" / stage).glob("*") if p.is_dir()}
         ids |= {p.stem for p in layout.config_file(results, stage, "x").parent.glob("*.json")}
         for task_id in ids:

@@ -183,11 +183,13 @@ class CLTMemberConfig(StageConfig):
 MemberConfig = TrainedMemberConfig | ImportedMemberConfig | CLTMemberConfig
 
 
-class TrainGroupConfig(StageConfig):
-    """Members trained together in one pass over one cache (same steps, batch, seed)."""
+class PassConfig(StageConfig):
+    """The tasks one job runs together: train tasks trained in one pass over one cache or
+    stream (same steps, batch, seed), or evaluate tasks sharing one pass over the eval
+    tokens (one clean and one ablated forward per hook for all of them)."""
 
     members: tuple[str, ...]
-    """Train task ids, sorted."""
+    """Member task ids, sorted."""
 
 
 IMPORTED_MEMBER = "pretrained"
@@ -277,6 +279,8 @@ CONFIGS: dict[str, type[StageConfig]] = {
     "circuits": CircuitConfig,
     "export": ExportConfig,
     "tables": TablesConfig,
-    "group": TrainGroupConfig,
+    "group": PassConfig,
+    "evalgroup": PassConfig,
 }
-"""Stage -> its config type (``group``: a training pass, not a task folder)."""
+"""Stage -> its config type (``group``, ``evalgroup``: a training or evaluation pass, not a
+task folder)."""

@@ -35,6 +35,10 @@ STAGES = (
 )
 GROUP = "group"
 """Not a task folder: the config stage of one training pass over several members."""
+EVAL_GROUP = "evalgroup"
+"""Not a task folder: the config stage of one evaluation pass over several members."""
+PASS_MEMBERS = {GROUP: "train", EVAL_GROUP: "evaluate"}
+"""Pass stage -> the stage of its members (each member keeps its own folder and record)."""
 
 DONE = "task.json"
 METRICS = "metrics.json"

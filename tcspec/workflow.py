@@ -4,10 +4,12 @@ Building the DAG stores every task's frozen config under its id (``tcspec.tasks.
 written only when absent), so a job is named by its stage and id alone: rules carry nothing
 of the spec (no params), and two specs sharing a task share its job and its outputs.
 
-Rules: one per stage over an ``{id}`` wildcard (``rules/tasks.smk``), and one per training
-pass (``rules/train.smk``, declared in a loop): a pass's outputs are the done markers of the
-members of its group that are not done yet, so a done member is never an output again (and
-never deleted or retrained) while the new ones still share one pass over the cache.
+Rules: one per stage over an ``{id}`` wildcard (``rules/tasks.smk``), and one per pass
+(``rules/passes.smk``, declared in a loop): a training pass trains the members of a group
+over one cache or stream, an evaluation pass evaluates the sweep points of a dictionary
+over one clean and one ablated forward per hook. A pass's outputs are the done markers of
+the members of its group that are not done yet, so a done member is never an output again
+(never deleted, retrained or re-evaluated) while the new ones still share one pass.
 Nothing here imports Snakemake, so it is tested like any other module.
 """
 
@@ -20,12 +22,19 @@ from pathlib import Path
 
 from tcspec import layout
 from tcspec.loader import SpecError, load_spec
-from tcspec.plan import DEFAULT_STREAM_BUDGET_MB, Plan, Task, compile_plan, group_task
+from tcspec.plan import (
+    DEFAULT_STREAM_BUDGET_MB,
+    Plan,
+    Task,
+    compile_plan,
+    eval_group_task,
+    group_task,
+)
 from tcspec.tasks import DEVICE_ENV, save_task
 
 ID_PATTERN = r"[A-Za-z0-9_.\-]+"
-RULE_STAGES = tuple(s for s in layout.STAGES if s != "train")
-"""Stages with one generic rule; members train in passes."""
+RULE_STAGES = tuple(s for s in layout.STAGES if s not in layout.PASS_MEMBERS.values())
+"""Stages with one generic rule; train and evaluate tasks run in passes."""
 
 
 class Workflow:
@@ -72,9 +81,10 @@ class Workflow:
 
         return resource
 
-    # ---- training passes (concrete rules, no wildcards)
+    # ---- training and evaluation passes (concrete rules, no wildcards)
     def pass_outputs(self, task: Task) -> list[str]:
-        return [str(layout.done_file(self.results, "train", i)) for i in task.config.members]
+        stage = layout.PASS_MEMBERS[task.stage]
+        return [str(layout.done_file(self.results, stage, i)) for i in task.config.members]
 
     def pass_file(self, task: Task, kind: str) -> str:
         files = {"log": layout.log_file, "benchmark": layout.benchmark_file}
@@ -100,13 +110,18 @@ class Workflow:
 
 
 def pending_passes(plan: Plan, results: Path) -> list[Task]:
-    """One training pass per group with members not done (only those members)."""
+    """One training pass per group with members not done (only those members), then one
+    evaluation pass per eval group likewise."""
     out = []
-    for ids in plan.groups:
-        todo = [plan.get("train", i) for i in ids]
-        todo = [t for t in todo if not t.done(results).exists()]
-        if todo:
-            out.append(group_task(todo, plan.stream_shape))
+    for stage, groups in (("train", plan.groups), ("evaluate", plan.eval_groups)):
+        for ids in groups:
+            todo = [plan.get(stage, i) for i in ids]
+            todo = [t for t in todo if not t.done(results).exists()]
+            if not todo:
+                continue
+            out.append(
+                group_task(todo, plan.stream_shape) if stage == "train" else eval_group_task(todo)
+            )
     return out
 
 

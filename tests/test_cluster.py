@@ -85,10 +85,11 @@ def test_cluster_run_equals_a_local_run(tmp_path_factory, tmp_path):
     assert sorted(submitted) == sorted(p.name for p in jobs.iterdir())
     assert len(submitted) == len(plan.tasks)  # one member: one training pass
     names = sorted((jobs / j / "name").read_text().strip() for j in submitted)
-    expected = [f"run_{t.stage}-{t.id}" for t in plan.tasks.values() if t.stage != "train"]
-    for t in plan.stage("train"):
+    passes = ("train", "evaluate")
+    expected = [f"run_{t.stage}-{t.id}" for t in plan.tasks.values() if t.stage not in passes]
+    for t in [*plan.stage("train"), *plan.stage("evaluate")]:
         job = harness.job_of(t)
-        expected.append(f"train_{job.id.replace('-', '_').replace('.', '_')}-{job.id}")
+        expected.append(f"{job.stage}_{job.id.replace('-', '_').replace('.', '_')}-{job.id}")
     assert names == sorted(expected)
     assert all((jobs / j / "exit").read_text().strip() == "0" for j in submitted)
     assert harness.differences(harness.outputs(results), harness.outputs(local)) == []
@@ -127,9 +128,11 @@ def test_slurm_profile_plans_the_gpt2_sweep_with_gpus_for_training_only(tmp_path
             jobs.append((rule.group(1), fields))
     plan = harness.plan(GPT2_SMALL)
     # every task but the members, plus one job per training pass (the paper spec streams:
-    # its dictionaries at every layer share passes, split only by the memory budget)
-    assert len(jobs) == len(plan.tasks) - len(plan.stage("train")) + len(plan.groups)
-    train = [(r, f) for r, f in jobs if r.startswith("train_")]
+    # its dictionaries at every layer share passes, split only by the memory budget) and
+    # one per evaluation pass
+    members_of = len(plan.stage("train")) + len(plan.stage("evaluate"))
+    assert len(jobs) == len(plan.tasks) - members_of + len(plan.groups) + len(plan.eval_groups)
+    train = [(r, f) for r, f in jobs if r.startswith("group_")]
     members = [plan.get("train", m) for g in plan.groups for m in g]
     assert {t.id for t in members} == {t.id for t in plan.stage("train")}
     tc_layers = {t.config.layer for t in members if t.label["dictionary"] == "tc"}
@@ -137,5 +140,5 @@ def test_slurm_profile_plans_the_gpt2_sweep_with_gpus_for_training_only(tmp_path
     assert len(train) == len(plan.groups)
     assert {r for r, f in jobs if f.get("gpu") == "1"} == {r for r, _ in train}
     assert all(f["gpu"] == "1" and f["slurm_partition"] == "gpu" for _, f in train)
-    others = [f for r, f in jobs if not r.startswith("train_")]
+    others = [f for r, f in jobs if not r.startswith("group_")]
     assert all(f.get("gpu", "0") == "0" and f["slurm_partition"] == "cpu" for f in others)

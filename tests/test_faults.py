@@ -103,7 +103,8 @@ def kill_point(stage: str, results: Path, base: Path, rng: random.Random):
     if stage == "train":
         return harness.job_checkpoints(results, "train", t.id) / "train.ckpt", 0.0
     # evaluate and tables write only at their end: a random point of the whole job
-    return None, rng.uniform(0.3, 1.0) * job_seconds(base, stage, t.id)
+    job = harness.job_of(t)
+    return None, rng.uniform(0.3, 1.0) * job_seconds(base, job.stage, job.id)
 
 
 def test_killed_jobs_resume_to_identical_outputs(base, base_outputs, tmp_path):

@@ -179,8 +179,8 @@ def dry_runs(specs: list[Path], results: Path) -> list[subprocess.CompletedProce
 
 
 def job_ids(output: str) -> set[tuple[str, str]]:
-    """(rule, id) of every job a dry run lists; a training pass (no wildcard) is named by
-    its rule, ``train_<pass id>``."""
+    """(rule, id) of every job a dry run lists; a training or evaluation pass (no wildcard)
+    is named by its rule, ``group_<pass id>`` or ``evalgroup_<pass id>``."""
     jobs = set()
     for block in re.split(r"\n(?=rule \w+:)", output):
         rule = re.match(r"rule (\w+):", block)
@@ -199,20 +199,25 @@ def test_snakemake_dry_run_reruns_only_what_changed(tmp_path: Path):
     assert run_a.returncode == 0, run_a.stdout[-3000:]
     assert run_b.returncode == 0, run_b.stdout[-3000:]
     jobs_a, jobs_b = job_ids(run_a.stdout), job_ids(run_b.stdout)
-    # 33 tasks: the 12 members train in 4 passes (a dictionary at a layer)
-    assert len(jobs_a) == len(jobs_b) == 33 - 12 + 4
+    # 33 tasks: the 12 members train in 4 passes and are evaluated in 4 (a dictionary at a
+    # layer)
+    assert len(jobs_a) == len(jobs_b) == 33 - 12 - 12 + 4 + 4
     plan_a, plan_b = ids(quickstart_text()), ids(changed_l1_text())
-    only_a = {v for k, v in plan_a.items() if v not in plan_b.values() and k[0] != "train"}
-    only_b = {v for k, v in plan_b.items() if v not in plan_a.values() and k[0] != "train"}
-    passes = {i for _, i in jobs_a ^ jobs_b if i.startswith("train_tc_")}
-    assert {i for _, i in jobs_a - jobs_b} == only_a | (passes & {i for _, i in jobs_a})
-    assert {i for _, i in jobs_b - jobs_a} == only_b | (passes & {i for _, i in jobs_b})
-    assert {r for r, _ in jobs_a ^ jobs_b if not r.startswith("train_")} == {
-        "run_evaluate",
-        "run_tables",
+    in_passes = ("train", "evaluate")
+    only_a = {k: v for k, v in plan_a.items() if v not in plan_b.values() and k[0] != "train"}
+    only_b = {k: v for k, v in plan_b.items() if v not in plan_a.values() and k[0] != "train"}
+    passes = {i for _, i in jobs_a ^ jobs_b if i.startswith(("group_tc_", "evalgroup_tc_"))}
+    rest_a = {v for k, v in only_a.items() if k[0] not in in_passes}
+    rest_b = {v for k, v in only_b.items() if k[0] not in in_passes}
+    assert {i for _, i in jobs_a - jobs_b} == rest_a | (passes & {i for _, i in jobs_a})
+    assert {i for _, i in jobs_b - jobs_a} == rest_b | (passes & {i for _, i in jobs_b})
+    assert {r for r, _ in jobs_a ^ jobs_b if not r.startswith(("group_", "evalgroup_"))} == {
+        "run_tables"
     }
-    # the tc passes at layers 0 and 1 (another member set), its 2 evaluations, the tables
-    assert len(passes) == 4 and len(only_a) == len(only_b) == 2 + 1
+    # the tc passes at layers 0 and 1 (another member set): training and evaluation; the
+    # changed point's 2 evaluations (one per layer) and the tables
+    assert len(passes) == 2 * 4 and len(only_a) == len(only_b) == 2 + 1
+    assert sorted(k[0] for k in only_a) == ["evaluate", "evaluate", "tables"]
 
 
 @pytest.mark.slow
@@ -223,4 +228,5 @@ def test_every_committed_spec_dry_runs_offline(tmp_path: Path):
         assert run.returncode == 0, f"{spec}:\n{run.stdout[-3000:]}"
         plan = compile_plan(parse_spec(spec.read_text(), str(spec), spec.parent))
         jobs = len(plan.tasks) - len(plan.stage("train")) + len(plan.groups)
+        jobs += len(plan.eval_groups) - len(plan.stage("evaluate"))
         assert len(job_ids(run.stdout)) == jobs, spec

@@ -34,11 +34,11 @@ from tcspec.configs import (
     FeaturesConfig,
     ImportedMemberConfig,
     ModelConfig,
+    PassConfig,
     StudyConfig,
     TablesConfig,
     TokensConfig,
     TrainedMemberConfig,
-    TrainGroupConfig,
 )
 from tcspec.hooks import full_name, hook_width
 from tcspec.kinds import CLT, d_sae_of
@@ -97,6 +97,7 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
             clts[(name, layers[0])] = [plan.add(t) for t in found]
             for t in clts[(name, layers[0])]:
                 evaluations.append(plan.add(_evaluate_task(spec, [t], model, tokens)))
+                plan.eval_groups.append((evaluations[-1].id,))
             continue
         for layer in layers:
             if d.kind == "pretrained":
@@ -106,12 +107,11 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
                 if not stream:
                     plan.groups.append(tuple(sorted(t.id for t in group)))
             members[(name, layer)] = group
-            for t in group:
-                evaluations.append(plan.add(_evaluate_task(spec, [t], model, tokens)))
+            _add_evaluations(plan, [[t] for t in group], spec, model, tokens, evaluations)
         if spec.evaluate.splice_all_layers and d.kind != "sae" and len(layers) > 1:
-            for i in range(len(members[(name, layers[0])])):
-                group = [members[(name, layer)][i] for layer in layers]
-                evaluations.append(plan.add(_evaluate_task(spec, group, model, tokens)))
+            n = len(members[(name, layers[0])])
+            sets = [[members[(name, layer)][i] for layer in layers] for i in range(n)]
+            _add_evaluations(plan, sets, spec, model, tokens, evaluations)
     if stream:
         train = plan.stage("train")
         ids, configs = [t.id for t in train], [t.config for t in train]
@@ -131,6 +131,15 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
         plan.add(_export_task(spec, e, _select(spec, e.dictionaries, exported), model))
     plan.add(_tables_task(spec, evaluations + downstream))
     return plan
+
+
+def _add_evaluations(plan: Plan, coder_sets, spec, model, tokens, evaluations: list) -> None:
+    """One evaluate task per set of coders (one coder, or one per layer spliced at once),
+    all in one evaluation pass: the sweep points of one dictionary at one layer (or at all
+    its layers) share the pass's clean and ablated forwards."""
+    tasks = [plan.add(_evaluate_task(spec, s, model, tokens)) for s in coder_sets]
+    evaluations += tasks
+    plan.eval_groups.append(tuple(sorted(t.id for t in tasks)))
 
 
 def _select(spec: Spec, refs, members: dict) -> list[Task]:
@@ -300,9 +309,14 @@ def _evaluate_task(spec: Spec, coders: list[Task], model: Task, tokens: Task) ->
         bos=spec.data.bos,
     )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)} | _coder_deps(coders)
-    layer = f"L{refs[0].layer}" if len(coders) == 1 and refs[0].kind != CLT else "all"
-    prefix = f"{refs[0].dictionary}-{layer}-{refs[0].member}"
+    prefix = f"{_spliced(refs)}-{refs[0].member}"
     return make_task("evaluate", prefix, config, deps, {"mem_mb": 3000})
+
+
+def _spliced(refs: tuple[CoderRef, ...]) -> str:
+    """Readable part of an evaluation's id: the dictionary and where it is spliced."""
+    layer = f"L{refs[0].layer}" if len(refs) == 1 and refs[0].kind != CLT else "all"
+    return f"{refs[0].dictionary}-{layer}"
 
 
 def _features_task(spec: Spec, coder: Task, model: Task, tokens: Task) -> Task:
@@ -379,7 +393,7 @@ def group_task(members: list[Task], shape: budget.StreamShape | None = None) -> 
     id names exactly that set, so an interrupted pass resumes its checkpoint. A stream
     pass's memory is ``stream_memory`` (with the plan's ``shape``), its disk the checkpoint
     and the weights."""
-    config = TrainGroupConfig(members=tuple(sorted(t.id for t in members)))
+    config = PassConfig(members=tuple(sorted(t.id for t in members)))
     deps = dict(members[0].deps)  # the cache, or the model and tokens, they all read
     first = members[0].label
     resources = {
@@ -396,3 +410,20 @@ def group_task(members: list[Task], shape: budget.StreamShape | None = None) -> 
         params = sum(t.resources["params"] for t in members)
         resources["disk_mb"] = int(params * 16 / 2**20) + 1  # checkpoint (+ Adam) + weights
     return Task(layout.GROUP, task_id(prefix, config, deps), config, deps, resources)
+
+
+def eval_group_task(members: list[Task]) -> Task:
+    """One evaluation pass for ``members`` (evaluate tasks of one eval group that are not
+    done): the model and tokens once, then every member's dictionaries (its deps: the union
+    of theirs, renamed per member)."""
+    config = PassConfig(members=tuple(sorted(t.id for t in members)))
+    deps = {k: v for k, v in members[0].deps.items() if k in ("model", "tokens")}
+    for i, t in enumerate(members):
+        deps |= {f"m{i}_{k}": v for k, v in t.deps.items() if k not in ("model", "tokens")}
+    resources = {
+        "mem_mb": max(t.resources["mem_mb"] for t in members) + 200 * (len(members) - 1),
+        "gpu": max(t.resources["gpu"] for t in members),
+        "threads": THREADS.get("evaluate", 1),
+    }
+    prefix = f"{_spliced(members[0].config.coders)}-x{len(members)}"
+    return Task(layout.EVAL_GROUP, task_id(prefix, config, deps), config, deps, resources)

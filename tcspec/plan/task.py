@@ -54,6 +54,9 @@ class Plan:
     tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
     groups: list[tuple[str, ...]] = field(default_factory=list)
     """Train task ids that share one pass over their cache or one stream."""
+    eval_groups: list[tuple[str, ...]] = field(default_factory=list)
+    """Evaluate task ids that share one pass over the eval tokens (every evaluate task is
+    in exactly one)."""
     stream_shape: budget.StreamShape | None = None
     """What sizes a stream pass besides its dictionaries (None for a cache spec)."""
 

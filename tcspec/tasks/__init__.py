@@ -27,7 +27,7 @@ from tcspec.plan import Task
 DEVICE_ENV = "TCSPEC_DEVICE"
 """The device jobs run on (auto, cpu, cuda): set by the workflow from the spec, not part of
 any id or rule."""
-MODULES = {"group": "train", "import": "imports"}
+MODULES = {"group": "train", "evalgroup": "evaluate", "import": "imports"}
 """Stage -> its module in this package, where the names differ."""
 
 
@@ -93,7 +93,7 @@ class Context:
 
 
 def run_task(task: Task, results: Path, device: str = "auto", require_inputs=True) -> dict:
-    """Run one task (or one training pass, stage ``group``) and write its record(s)."""
+    """Run one task (or one pass, stage ``group`` or ``evalgroup``) and write its record(s)."""
     results = Path(results)
     missing = [
         str(layout.done_file(results, s, i))
@@ -111,7 +111,7 @@ def run_task(task: Task, results: Path, device: str = "auto", require_inputs=Tru
     module = importlib.import_module(f"tcspec.tasks.{MODULES.get(task.stage, task.stage)}")
     start = time.time()
     summary = module.run(Context(task, results, device)) or {}
-    if task.stage == layout.GROUP:
+    if task.stage in layout.PASS_MEMBERS:
         return summary  # the pass wrote each member's record
     return finish(task, results, summary, device, time.time() - start)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from tcspec import atomic, layout
 from tcspec.kinds import CLT
 from tcspec.tasks import model as model_task
@@ -19,29 +21,68 @@ def excluded_tokens(model, bos: str) -> tuple[int, ...]:
 
 
 def run(ctx) -> dict:
-    from tcspec import coders
-    from tcspec.evaluate import evaluate_coders
+    """One evaluate task, or an evaluation pass (stage ``evalgroup``) over several: the model
+    and the eval tokens loaded once; the per-layer members evaluated in one shared pass
+    (``evaluate_members``), each CLT alone; each member's ``metrics.json`` and ``task.json``
+    written in its own folder."""
+    from tcspec.tasks import Context, finish, load_task
 
-    cfg = ctx.config
+    start = time.time()
+    if ctx.task.stage == layout.EVAL_GROUP:
+        tasks = [load_task(ctx.results, "evaluate", i) for i in ctx.config.members]
+        contexts = [Context(t, ctx.results, ctx.device) for t in tasks]
+    else:
+        contexts = [ctx]
+    cfg = contexts[0].config
     model = model_task.load(ctx)
     tokens = tokens_task.load(ctx, "eval", cfg.eval_tokens)
-    if cfg.coders[0].kind == CLT:
-        return _run_clt(ctx, model, tokens)
-    folders = [ctx.coder_dir(ref) for ref in cfg.coders]
-    loaded = [coders.load(f, device=ctx.device) for f in folders]
-    splice = "all" if len(loaded) > 1 else "each"
-    result = evaluate_coders(
-        model,
-        [(c, ref.layer) for c, ref in zip(loaded, cfg.coders)],
-        tokens,
-        batch_contexts=cfg.batch_contexts,
-        splice=splice,
-        exclude_tokens=excluded_tokens(model, cfg.bos),
+    clts = [c for c in contexts if c.config.coders[0].kind == CLT]
+    per_layer = [c for c in contexts if c.config.coders[0].kind != CLT]
+    summaries = {id(c): _run_clt(c, model, tokens) for c in clts}
+    if per_layer:
+        summaries |= dict(zip(map(id, per_layer), _run_members(per_layer, model, tokens)))
+    if ctx.task.stage != layout.EVAL_GROUP:
+        return summaries[id(ctx)]
+    wall = time.time() - start
+    for c in contexts:
+        finish(c.task, ctx.results, summaries[id(c)] | {"pass": ctx.task.id}, ctx.device, wall)
+    return {"members": [c.task.id for c in contexts]}
+
+
+def _run_members(contexts: list, model, tokens) -> list[dict]:
+    """Metrics of per-layer members (one coder, or one per layer spliced at once) from one
+    shared pass over ``tokens``; writes each member's ``metrics.json``."""
+    from tcspec import coders
+    from tcspec.evaluate import Member, evaluate_members
+
+    cfg = contexts[0].config
+    for c in contexts:
+        same = (c.config.eval_tokens, c.config.batch_contexts, c.config.bos)
+        if same != (cfg.eval_tokens, cfg.batch_contexts, cfg.bos):
+            raise ValueError(f"evaluate {c.task.id}: not the pass's eval tokens or BOS convention")
+    loaded = [
+        [coders.load(c.coder_dir(r), device=c.device) for r in c.config.coders] for c in contexts
+    ]
+    members = [
+        Member(tuple(zip(cs, [r.layer for r in c.config.coders])), "all" if len(cs) > 1 else "each")
+        for cs, c in zip(loaded, contexts)
+    ]
+    exclude = excluded_tokens(model, cfg.bos)
+    results = evaluate_members(
+        model, members, tokens, cfg.batch_contexts, progress=True, exclude_tokens=exclude
     )
-    metrics = result if isinstance(result, dict) else result[0]
+    return [_record(c, cs, m, model, tokens) for c, cs, m in zip(contexts, loaded, results)]
+
+
+def _record(ctx, loaded: list, metrics: dict, model, tokens) -> dict:
+    """Write one member's ``metrics.json``: its metrics (Matryoshka prefix FVUs added), how
+    it was trained and spliced."""
+    cfg = ctx.config
+    splice = "all" if len(loaded) > 1 else "each"
     first = ctx.dep("coder_0").config
     if splice == "each" and getattr(getattr(first, "opts", None), "matryoshka", None):
         metrics = metrics | _prefix_metrics(model, loaded[0], cfg, tokens, first.opts)
+    folders = [ctx.coder_dir(ref) for ref in cfg.coders]
     training = [read_json(f / layout.TRAINING) for f in folders if (f / layout.TRAINING).exists()]
     opts = first.opts.model_dump(mode="json", exclude=SPEC_ONLY) if hasattr(first, "opts") else {}
     record = {

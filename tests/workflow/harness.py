@@ -60,15 +60,18 @@ def plan(spec: Path = MICRO):
 
 
 def job_of(task, spec: Path = MICRO):
-    """The job that runs ``task``: itself, or for a train task the training pass of its
-    whole group (what a fresh run starts)."""
-    from tcspec.plan import group_task
+    """The job that runs ``task``: itself, or for a train (evaluate) task the training
+    (evaluation) pass of its whole group (what a fresh run starts)."""
+    from tcspec.plan import eval_group_task, group_task
 
-    if task.stage != "train":
+    if task.stage not in ("train", "evaluate"):
         return task
     p = plan(spec)
-    (ids,) = [g for g in p.groups if task.id in g]
-    return group_task([p.get("train", i) for i in ids])
+    groups, make = (
+        (p.groups, group_task) if task.stage == "train" else (p.eval_groups, eval_group_task)
+    )
+    (ids,) = [g for g in groups if task.id in g]
+    return make([p.get(task.stage, i) for i in ids])
 
 
 def task_of(stage: str, spec: Path = MICRO):
@@ -117,27 +120,30 @@ def start_snakemake(
 
 
 def task_cmd(stage: str, task_id: str, results: Path, spec: Path = MICRO) -> list[str]:
-    """The command a Snakemake job runs (rules/common.smk); a train task's is its pass's."""
-    job = job_of(plan(spec).get(stage, task_id), spec) if stage == "train" else None
-    stage, task_id = (job.stage, job.id) if job else (stage, task_id)
+    """The command a Snakemake job runs (rules/common.smk); a train or evaluate task's is
+    its pass's."""
+    job = job_of(plan(spec).get(stage, task_id), spec)
+    stage, task_id = job.stage, job.id
     return [str(BIN / "tcspec"), "task", stage, task_id, "--results", str(results)]
 
 
 def store(results: Path, spec: Path = MICRO) -> None:
-    """Store every task's config of the spec, and its fresh training passes', as building
-    the DAG does."""
+    """Store every task's config of the spec, and its fresh training and evaluation
+    passes', as building the DAG does."""
     from tcspec.tasks import save_task
 
     p = plan(spec)
-    for t in [*p.tasks.values(), *(job_of(p.get("train", g[0]), spec) for g in p.groups)]:
+    passes = [job_of(p.get("train", g[0]), spec) for g in p.groups]
+    passes += [job_of(p.get("evaluate", g[0]), spec) for g in p.eval_groups]
+    for t in [*p.tasks.values(), *passes]:
         save_task(results, t)
 
 
 def job_log(results: Path, stage: str, task_id: str, spec: Path = MICRO) -> Path:
-    """The log of the job that runs a task (a train task's: its pass's)."""
+    """The log of the job that runs a task (a train or evaluate task's: its pass's)."""
     from tcspec import layout
 
-    if stage == "train":
+    if stage in ("train", "evaluate"):
         job = job_of(plan(spec).get(stage, task_id), spec)
         return layout.log_file(results, job.stage, job.id)
     return layout.log_file(results, stage, task_id)

@@ -1,10 +1,11 @@
-# One rule per training pass: its outputs are the members of one group not yet done.
+# One rule per training or evaluation pass: its outputs are the members of one group not
+# yet done.
 
 for p in WF.passes:
 
     rule:
         name:
-            f"train_{p.id.replace('-', '_').replace('.', '_')}"
+            f"{p.stage}_{p.id.replace('-', '_').replace('.', '_')}"
         input:
             **WF.plan.inputs(p, WF.results),
         output:
