@@ -2,10 +2,11 @@
 
     python -m bench                      # everything, full shapes (tens of minutes on 2 cores)
     python -m bench --tiny               # tiny shapes, seconds (the smoke test)
-    python -m bench --only peers         # one section (printed): peers|roofline|sweep|pipeline|scaling
+    python -m bench --only peers         # one section (printed): peers|families|roofline|...
     python -m bench --results DIR        # where the workflow's benchmark files are (results/)
 
-Sections: peers (training throughput vs SAELens and sparsify), roofline (vs the measured
+Sections: peers (training throughput vs SAELens and sparsify), families (each dictionary
+family's step vs the roofline, JumpReLU/BatchTopK vs SAELens), roofline (vs the measured
 matmul peak), sweep (K dictionaries in one pass vs K runs), pipeline (per-stage wall times,
 caching vs forward), scaling (step time vs d_sae and vs cache size).
 """
@@ -16,11 +17,12 @@ import argparse
 import time
 from pathlib import Path
 
-from bench import peers, pipeline, scaling
+from bench import families, peers, pipeline, scaling
 from bench.common import load_average, machine, markdown_table
 
 SECTIONS = {
     "peers": ("Training throughput against SAELens and sparsify", peers.run),
+    "families": ("Dictionary families: step time vs the roofline and SAELens", families.run),
     "roofline": ("Roofline: the training step against the fp32 matmul peak", scaling.run_roofline),
     "sweep": ("Sweep efficiency: K dictionaries in one pass vs K runs", scaling.run_sweep),
     "pipeline": ("Pipeline: stage wall times and the activation cache", pipeline.run),

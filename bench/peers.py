@@ -80,12 +80,18 @@ def tcspec_step(kind: str, activation: str, d: int, d_sae: int, data: list[tuple
 
 def saelens_step(d: int, d_sae: int, data: list[tuple]):
     """One SAELens `SAETrainer.step` of a standard (ReLU + L1) SAE per call."""
-    from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=d_sae, l1_coefficient=L1))
+    return saelens_trainer_step(sae, data)
+
+
+def saelens_trainer_step(sae, data: list[tuple]):
+    """One SAELens `SAETrainer.step` of the training SAE `sae` per call (x from `data`)."""
+    from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
     B = data[0][0].shape[0]
-    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=d_sae, l1_coefficient=L1))
     cfg = SAETrainerConfig(
         total_training_samples=10**6 * B,
         train_batch_size_samples=B,

@@ -85,6 +85,10 @@ class StreamSource(Frozen):
     """Position 0 of each context is skipped, as the cache does."""
 
 
+OPTIONAL_OPTS_FIELDS = ("jumprelu_threshold_lr",)
+"""Dictionary options added after train ids were fixed: in a train id only when not None."""
+
+
 class TrainedMemberConfig(StageConfig):
     """One trained dictionary: one sweep point of one spec dictionary at one layer. Only
     what fixes the weights: no names or sweep labels of the spec it came from, so specs
@@ -104,10 +108,14 @@ class TrainedMemberConfig(StageConfig):
     """Set when the member trains from a stream (``acts: {source: stream}``), not a cache."""
 
     def canonical(self) -> str:
-        """As for every stage; ``stream`` only when set, so a cache member keeps its id."""
+        """As for every stage; ``stream`` and the options of `OPTIONAL_OPTS_FIELDS` only
+        when set, so a member that does not use them keeps its id."""
         dump = self.model_dump(mode="json")
         if dump["stream"] is None:
             del dump["stream"]
+        for f in OPTIONAL_OPTS_FIELDS:
+            if dump["opts"].get(f, 0) is None:
+                del dump["opts"][f]
         return json.dumps(dump, sort_keys=True)
 
     def coder(self):

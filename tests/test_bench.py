@@ -55,10 +55,28 @@ def test_python_m_bench_tiny_writes_results(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     text = out.read_text()
     for heading in ["## Headline", "## Training throughput against SAELens and sparsify",
-                    "## Roofline", "## Sweep efficiency", "## Pipeline", "## Scaling"]:  # fmt: skip
+                    "## Dictionary families", "## Roofline", "## Sweep efficiency",
+                    "## Pipeline", "## Scaling"]:  # fmt: skip
         assert heading in text
     assert "load average (1, 5, 15 min) at start" in text
     assert "saelens standard" in text and "sparsify topk adam" in text
     assert "not run yet" in text
     for K in (1, 2, 4, 8):
         assert f"sweep K={K} separate/one-pass" in text
+
+
+def test_bench_families_tiny_times_every_family_and_saelens(tmp_path):
+    out = tmp_path / "families.md"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "--tiny", "--only", "families", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    assert "## Dictionary families: step time vs the roofline and SAELens" in text
+    for family in ("relu", "topk", "jumprelu", "batchtopk", "matryoshka"):
+        assert f"| {family} step of fp32 matmul peak (transcoder) |" in text
+    for family in ("jumprelu", "batchtopk"):
+        assert f"| tcspec sae {family} |" in text and f"| saelens {family} |" in text
+        assert f"| saelens {family} / tcspec (wall min) |" in text

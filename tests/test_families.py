@@ -114,6 +114,41 @@ def test_jumprelu_l0_falls_as_l0_coef_rises(tmp_path):
     assert not torch.equal(c.threshold, torch.full_like(c.threshold, 0.01))  # it trained
 
 
+def test_jumprelu_threshold_lr_lets_l0_follow_l0_coef(tmp_path):
+    """At the shared lr, Adam caps log(threshold)'s climb at ~lr per step: every l0_coef
+    saturates at that cap and ends at one L0. Its own rate lets L0 fall with l0_coef."""
+    coefs, steps, lr = (1e-4, 1e-3, 1e-2), 150, 3e-3
+    ms = [
+        member(tmp_path, f"c{c}-{t}", activation="jumprelu", l0_coef=c, lr=lr,
+               jumprelu_threshold_lr=t, loss="normalized_mse")
+        for t in (None, 3e-2) for c in coefs
+    ]  # fmt: skip
+    res = run(ms, steps, tmp_path)
+    shared, own = [r["final"]["l0"] for r in res[:3]], [r["final"]["l0"] for r in res[3:]]
+    assert max(shared) < 1.02 * min(shared), shared  # saturated: l0_coef makes no difference
+    cap = 0.01 * torch.exp(torch.tensor(2 * steps * lr))  # Adam's step stays near lr
+    theta, theta_own = (coders.load(ms[i].out_dir).threshold for i in (2, 5))
+    assert theta.max() < cap < theta_own.median(), (theta.max(), theta_own.median())
+    assert own[0] > 2 * own[1] > 4 * own[2], own
+    assert own[0] > 0.7 * shared[0]  # the weakest penalty keeps most features
+    for r in res[3:5]:
+        assert r["final"]["rec"] < 0.2 * r["curve"][0]["rec"], r["name"]
+
+
+def test_jumprelu_resumes_bitwise(tmp_path):
+    def members(root):
+        return [member(root, "j", activation="jumprelu", l0_coef=1e-3, jumprelu_threshold_lr=3e-2,
+                       lr_decay="cosine", checkpoint_every=4)]  # fmt: skip
+
+    run(members(tmp_path / "clean"), 20, tmp_path / "clean")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(members(tmp_path / "killed"), 20, tmp_path / "killed", fail_at=11)
+    run(members(tmp_path / "killed"), 20, tmp_path / "killed")
+    a = coders.load(tmp_path / "clean" / "j").state_dict()
+    b = coders.load(tmp_path / "killed" / "j").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_batchtopk_inference_l0_is_near_k_on_held_out_data(tmp_path):
     m = member(tmp_path, "b", activation="batchtopk", k=4, dead_features="aux_k", dead_window=5)
     (res,) = run([m], 200, tmp_path)

@@ -71,6 +71,19 @@ def test_a_point_keeps_its_train_id_when_the_sweep_around_it_changes():
     assert len(trains[2] - trains[0]) == 2  # the new point, at layers 0 and 1
 
 
+def test_train_ids_name_each_activation_s_sparsity_setting():
+    """A train id's readable part names what fixes its sparsity: L1 for ReLU, k for TopK and
+    BatchTopK, l0_coef for JumpReLU; an unset `jumprelu_threshold_lr` is not in the hash."""
+    families = ids((ROOT / "specs" / "families.yaml").read_text())
+    trains = {name for stage, name in families if stage == "train"}
+    assert {"tc_relu-L0-l1_0.001", "tc_topk-L0-k_16", "sae_batchtopk-L0-k_16"} <= trains
+    assert {"tc_jumprelu-L0-l0_coef_0.0001", "sae_jumprelu-L0-l0_coef_0.001"} <= trains
+    assert "sae_matryoshka-L0-k_16" in trains
+    base = quickstart_text()
+    explicit = base.replace(TC_L1, TC_L1 + "    jumprelu_threshold_lr: null\n")
+    assert ids(explicit) == ids(base)
+
+
 def test_train_configs_are_typed_and_canonical():
     from tcspec.configs import TrainedMemberConfig
 

@@ -41,7 +41,7 @@ from tcspec.configs import (
     TrainedMemberConfig,
 )
 from tcspec.hooks import full_name, hook_width
-from tcspec.kinds import CLT, d_sae_of
+from tcspec.kinds import CLT, SPARSITY_K, d_sae_of
 from tcspec.plan.imports import file_hashes, import_clt, import_task, is_clt_folder  # noqa: F401
 from tcspec.plan.task import THREADS, Plan, Task, make_task, safe_name, task_id  # noqa: F401
 from tcspec.spec import SWEEP_FIELDS, DictionaryRef, Spec
@@ -293,8 +293,15 @@ def clt_shape(c: CLTMemberConfig):
 
 
 def _content_name(opts) -> str:
-    """Readable part of a train id from what was trained (not from how the spec swept)."""
-    point = {"k": opts.k} if opts.activation == "topk" else {"l1": opts.l1}
+    """Readable part of a train id from what was trained (not from how the spec swept):
+    the sparsity setting of its activation (k for `SPARSITY_K`, `l0_coef` for a per-layer
+    JumpReLU, else the L1 coefficient), and d_sae when given."""
+    if opts.activation in SPARSITY_K:
+        point = {"k": opts.k}
+    elif opts.activation == "jumprelu" and opts.kind != CLT:  # a CLT's JumpReLU has `l1`
+        point = {"l0_coef": opts.l0_coef}
+    else:
+        point = {"l1": opts.l1}
     return member_name(point | ({"d_sae": opts.d_sae} if opts.d_sae else {}))
 
 

@@ -94,6 +94,12 @@ class _DictionaryBase(_Schedule):
     """JumpReLU: width of the rectangle kernel in the threshold's pseudo-derivatives."""
     jumprelu_init_threshold: PosFloat = 0.01
     """JumpReLU: initial threshold of every feature (trained as log(threshold))."""
+    jumprelu_threshold_lr: PosFloat | None = None
+    """JumpReLU: Adam learning rate of log(threshold), on the schedule of `lr`; None uses `lr`
+    (SAELens). Adam moves log(threshold) by at most about this per step, so in S steps the
+    threshold can grow by at most e^(S lr) from `jumprelu_init_threshold`: a short run needs
+    a larger rate to reach the pre-activations' scale, or the L0 penalty's pull saturates at
+    that cap and every `l0_coef` ends at the same L0."""
     matryoshka: list[PosInt] | None = None
     """BatchTopK: nested prefix widths (strictly increasing; d_sae is the last, appended when
     missing): the loss adds each inner prefix's reconstruction loss (unweighted, as SAELens).

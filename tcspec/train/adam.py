@@ -36,8 +36,10 @@ class AdamState:
         lr: float,
         betas: tuple[float, float],
         ws: Workspace,
+        lr_of: dict[str, float] | None = None,
     ) -> None:
-        """Adam step `t` (1-based) as torch.optim.Adam (no weight decay, eps 1e-8), in place."""
+        """Adam step `t` (1-based) as torch.optim.Adam (no weight decay, eps 1e-8), in place;
+        `lr_of` gives some parameters their own learning rate (a parameter group)."""
         b1, b2 = betas
         bc1, bc2_sqrt = 1 - b1**t, math.sqrt(1 - b2**t)
         for k, p in params.items():
@@ -45,7 +47,7 @@ class AdamState:
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = torch.sqrt(v, out=ws.get("denom", v.shape)).div_(bc2_sqrt).add_(ADAM_EPS)
-            p.addcdiv_(m, denom, value=-lr / bc1)
+            p.addcdiv_(m, denom, value=-(lr_of or {}).get(k, lr) / bc1)
 
     @torch.no_grad()
     def reset_features(self, idx: Tensor) -> None:

@@ -9,7 +9,9 @@ bandwidth eps, K(u) = 1[-1/2 < u < 1/2] (SAELens `JumpReLU`, `Step`):
     d z_bi / d theta_i = -(theta_i / eps) K((pre_bi - theta_i) / eps),  d z_bi / d pre_bi = H
     d L0 / d theta_i   = l0_coef * (1/B) sum_b -(1/eps) K((pre_bi - theta_i) / eps)
 
-and d / d log_threshold = theta * d / d theta. `JumpReLUFn` and `StepFn` are these
+and d / d log_threshold = theta * d / d theta. Adam steps log_threshold at its own rate
+(`jumprelu_threshold_lr`, default `lr`): it moves about that much per step whatever the
+gradient's size, so the rate bounds how far the threshold can travel in a run. `JumpReLUFn` and `StepFn` are these
 definitions as autograd functions, for the reference loss the tests hold this module to.
 """
 
