@@ -10,6 +10,7 @@ results/
   <experiment>/tables/             a copy of the spec's tables task output (exactly it)
   <experiment>/export/<to>/        a copy of each export task's output
   <experiment>/ratings.csv         ingested ratings (+ ratings_key.json)
+  <experiment>/stream_budget.json  the stream budget the spec's last DAG was built with
 
 Only ``tcspec.tasks``, ``tcspec.workflow`` and the CLI use this module; library modules
 take explicit paths.
@@ -60,6 +61,7 @@ TABLES = "tables"  # folder of tables and plots, in a tables task
 EXPORT = "export"  # folder of exported dictionaries, in an export task
 RATINGS = "ratings.csv"
 RATINGS_KEY = "ratings_key.json"
+STREAM_BUDGET = "stream_budget.json"
 
 
 def task_dir(results: Path, stage: str, task_id: str) -> Path:
@@ -114,6 +116,12 @@ def ratings_files(results: Path, experiment: str) -> tuple[Path, Path]:
     """Ingested ratings of an experiment and the packet key beside them."""
     folder = experiment_dir(results, experiment)
     return folder / RATINGS, folder / RATINGS_KEY
+
+
+def stream_budget_file(results: Path, experiment: str) -> Path:
+    """The per-job memory (MB) of a stream pass that the spec's last DAG was built with
+    (machine side: the plan's pass ids depend on it), for ``tcspec status`` and ``clean``."""
+    return experiment_dir(results, experiment) / STREAM_BUDGET
 
 
 def task_stages(results: Path) -> list[str]:

@@ -15,12 +15,13 @@ Nothing here imports Snakemake, so it is tested like any other module.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 from pathlib import Path
 
-from tcspec import layout
+from tcspec import atomic, layout
 from tcspec.loader import SpecError, load_spec
 from tcspec.plan import (
     DEFAULT_STREAM_BUDGET_MB,
@@ -45,10 +46,12 @@ class Workflow:
         self.results = Path(results)
         try:
             spec = load_spec(spec_file)
-            self.plan: Plan = compile_plan(spec, int(stream_budget_mb or DEFAULT_STREAM_BUDGET_MB))
+            budget = int(stream_budget_mb or DEFAULT_STREAM_BUDGET_MB)
+            self.plan: Plan = compile_plan(spec, budget)
         except SpecError as exc:  # located, one line per problem; no traceback
             print(exc, file=sys.stderr)
             raise SystemExit(2) from None
+        record_stream_budget(self.results, spec.experiment, budget)
         self.passes = pending_passes(self.plan, self.results)
         for task in [*self.plan.tasks.values(), *self.passes]:
             save_task(self.results, task)
@@ -123,6 +126,23 @@ def pending_passes(plan: Plan, results: Path) -> list[Task]:
                 group_task(todo, plan.stream_shape) if stage == "train" else eval_group_task(todo)
             )
     return out
+
+
+def record_stream_budget(results: Path, experiment: str, budget_mb: int) -> None:
+    """Record the stream budget a DAG is built with (written when it changes)."""
+    if recorded_stream_budget(results, experiment) != budget_mb:
+        atomic.write_json(
+            layout.stream_budget_file(results, experiment), {"stream_budget_mb": budget_mb}
+        )
+
+
+def recorded_stream_budget(results: Path, experiment: str) -> int | None:
+    """The stream budget (MB) the spec's last DAG under ``results`` was built with."""
+    try:
+        record = json.loads(layout.stream_budget_file(results, experiment).read_text())
+    except FileNotFoundError:
+        return None
+    return int(record["stream_budget_mb"])
 
 
 def stop_jobs_on_interrupt() -> None:
