@@ -311,13 +311,15 @@ def _training_facts(member_dir: Path, results: Path) -> dict:
 def cmd_clean(args) -> int:
     import shutil
 
-    from tcspec.plan import compile_plan
-    from tcspec.workflow import pending_passes
+    from tcspec.plan import DEFAULT_STREAM_BUDGET_MB, compile_plan
+    from tcspec.workflow import pending_passes, recorded_stream_budget
 
     results = Path(args.results)
     keep: set[tuple[str, str]] = set()
     for spec_file in args.specs:
-        plan = compile_plan(load_spec(spec_file))
+        spec = load_spec(spec_file)  # with the budget its last run used: the same pass ids
+        budget = recorded_stream_budget(results, spec.experiment)
+        plan = compile_plan(spec, budget or DEFAULT_STREAM_BUDGET_MB)
         keep |= set(plan.tasks) | {(p.stage, p.id) for p in pending_passes(plan, results)}
     found = _task_files(results)
     keep |= {k for k in found if k[0] in layout.PASS_MEMBERS and _runs_any(results, *k, keep)}
@@ -371,8 +373,10 @@ def _size(path: Path) -> int:
 
 def cmd_status(args) -> int:
     from tcspec.report import status_table
+    from tcspec.workflow import recorded_stream_budget
 
-    spec, plan = _plan(args)
+    spec = load_spec(args.spec)  # the budget its last run used: the same pass ids
+    spec, plan = _plan(args, recorded_stream_budget(Path(args.results), spec.experiment))
     print(status_table(plan, Path(args.results)))
     return 0
 

@@ -125,6 +125,22 @@ def test_stream_passes_split_by_the_machine_budget(capsys):
     assert capsys.readouterr().out.count(" GPU h") == len(split)
 
 
+def test_status_and_clean_use_the_budget_the_last_run_used(tmp_path: Path, capsys):
+    """A DAG built with another stream budget has other pass ids; `status` and `clean`
+    compile with the budget that run recorded, so they keep its passes."""
+    from tcspec.workflow import Workflow, recorded_stream_budget
+
+    spec = ROOT / "specs" / "paper" / "gpt2_small.yaml"
+    wf = Workflow(str(spec), str(tmp_path), stream_budget_mb=16_000)
+    assert len(wf.passes) > 1
+    assert recorded_stream_budget(tmp_path, wf.plan.spec.experiment) == 16_000
+    capsys.readouterr()
+    assert main(["clean", str(spec), "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^0 of \d+ tasks not needed", out, re.M), out
+    assert main(["status", str(spec), "--results", str(tmp_path)]) == 0
+
+
 def test_check_passes_when_the_disk_has_room(tmp_path: Path, monkeypatch, capsys):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**50, 0, 2**50))
