@@ -198,7 +198,9 @@ def _check_clt_circuit(loc: tuple, c) -> Found:
 
 def _check_one_point(loc: tuple, ref, d) -> Found:
     """A circuit traces through one sweep point: `where` must pick exactly one."""
-    swept = [f for f in SWEEP_FIELDS if isinstance(getattr(d, f), list) and len(getattr(d, f)) > 1]
+    swept = [
+        f for f in SWEEP_FIELDS if isinstance(getattr(d, f, None), list) and len(getattr(d, f)) > 1
+    ]
     unpicked = [f for f in swept if f not in ref.where]
     if unpicked:
         yield (
