@@ -243,3 +243,23 @@ def test_attribution_graph_through_the_clt(micro_clt_run):
     assert layers and layers <= {"0", "1"}
     viewer = (folder / layout.VIEWER).read_text()
     assert "features/{feature}.html" in viewer  # links the per-layer dashboards
+
+
+def test_clt_trains_from_a_stream(tmp_path):
+    """`acts: {source: stream}`: no acts task; the clt task reads the model and tokens and
+    trains from the shuffle buffer (its state in the checkpoint)."""
+    text = (
+        MICRO_CLT.read_text()
+        .split("interp:")[0]
+        .replace(
+            "acts: {batch_contexts: 16, shard_tokens: 2048}",
+            "acts: {source: stream, batch_contexts: 16, buffer_tokens: 512}",
+        )
+    )
+    plan = compile_plan(parse_spec(text, str(MICRO_CLT), MICRO_CLT.parent))
+    (clt,) = plan.stage("clt")
+    assert not plan.stage("acts") and set(clt.deps) == {"model", "tokens"}
+    assert clt.config.stream is not None and clt.config.stream.buffer_tokens == 512
+    run_plan(plan, tmp_path)
+    training = json.loads((clt.dir(tmp_path) / layout.TRAINING).read_text())
+    assert training["steps"] == 128 and training["l0"] == 16.0 and 0 < training["fvu"] < 1

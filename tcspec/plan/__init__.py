@@ -269,17 +269,28 @@ def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Tas
         d_sae = d_sae_of(d_model, opts.d_sae, opts.expansion)
         config = CLTMemberConfig(
             opts=opts, layers=layers, d_model=d_model, d_sae=d_sae, steps=steps,
-            data_seed=spec.seed,
+            data_seed=spec.seed, stream=stream_source(spec),
         )  # fmt: skip
         cost = clt_cost(clt_shape(config), d.batch_size, steps)
         resources = {
-            "mem_mb": cost.mem_mb + 1500, "flops": cost.flops, "params": cost.params,
+            "mem_mb": cost.mem_mb + 1500 + _clt_stream_mb(spec, dims, len(layers)),
+            "flops": cost.flops, "params": cost.params,
             "gpu": 0 if spec.model.kind == "toy" else 1,
         }  # fmt: skip
         label = {"dictionary": name, "member": member_name(point), "point": point}
         prefix = f"{name}-L{'-'.join(map(str, layers))}-{_content_name(opts)}"
         tasks.append(make_task(CLT, prefix, config, dict(upstream), resources, label))
     return tasks
+
+
+def _clt_stream_mb(spec: Spec, dims: dict, n_layers: int) -> int:
+    """What a CLT's stream adds to its job: the model, and the shuffle buffer of its 2 L
+    hooks (float32, d_model wide, plus one forward's rows)."""
+    if spec.acts.source != "stream":
+        return 0
+    a = spec.acts
+    rows = a.buffer_tokens + a.batch_contexts * spec.data.context
+    return _model_mem_mb(dims) + int(rows * 2 * n_layers * dims["d_model"] * 4 / 2**20)
 
 
 def clt_shape(c: CLTMemberConfig):
