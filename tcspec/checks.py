@@ -165,7 +165,10 @@ def _check(spec: Spec) -> Found:
     for i, c in enumerate(spec.circuits):
         d = spec.dictionaries.get(c.dictionary.name)
         # an imported dictionary's files say what it is: checked when the study loads it
-        if d is not None and d.kind not in ("transcoder", "skip_transcoder", "pretrained"):
+        if d is not None and d.kind == CLT:
+            yield from _check_clt_circuit(("circuits", i), c)
+            yield from _check_one_point(("circuits", i, "dictionary"), c.dictionary, d)
+        elif d is not None and d.kind not in ("transcoder", "skip_transcoder", "pretrained"):
             yield (
                 ("circuits", i, "dictionary", "name"),
                 f"`{c.dictionary.name}` is an SAE; "
@@ -181,9 +184,23 @@ def _check(spec: Spec) -> Found:
                 yield ("circuits", i, "prompts_file"), f"no prompts in {f} (one a line)"
 
 
+def _check_clt_circuit(loc: tuple, c) -> Found:
+    """A CLT is traced whole, by attribution graphs only."""
+    name = c.dictionary.name
+    if c.task != "attribution":
+        yield loc + ("task",), f"`{name}` is a cross-layer transcoder: use `task: attribution`"
+    if c.dictionary.layer is not None:
+        yield (
+            loc + ("dictionary", "layer"),
+            f"`{name}` is a cross-layer transcoder: a graph traces all its layers; drop `layer`",
+        )
+
+
 def _check_one_point(loc: tuple, ref, d) -> Found:
     """A circuit traces through one sweep point: `where` must pick exactly one."""
-    swept = [f for f in SWEEP_FIELDS if isinstance(getattr(d, f), list) and len(getattr(d, f)) > 1]
+    swept = [
+        f for f in SWEEP_FIELDS if isinstance(getattr(d, f, None), list) and len(getattr(d, f)) > 1
+    ]
     unpicked = [f for f in swept if f not in ref.where]
     if unpicked:
         yield (
@@ -307,9 +324,6 @@ def _check_ref(spec: Spec, loc: tuple, ref) -> Found:
         hint = f"; did you mean `{close[0]}`?" if close else ""
         names = ", ".join(spec.dictionaries)
         yield loc + ("name",), f"no dictionary named `{ref.name}`{hint} (dictionaries: {names})"
-        return
-    if d.kind == CLT:
-        yield loc + ("name",), f"`{ref.name}` is a cross-layer transcoder: not studied here yet"
         return
     layers = d.layers if d.layers is not None else spec.layers
     if ref.layer is not None and ref.layer not in layers:

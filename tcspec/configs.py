@@ -175,8 +175,17 @@ class CLTMemberConfig(StageConfig):
     """Features per layer."""
     steps: int
     data_seed: int
-    """Seed of the shuffled cache reader."""
+    """Seed of the shuffled cache reader (or of the stream's shuffle buffer)."""
     kind: Literal["clt"] = "clt"
+    stream: StreamSource | None = None
+    """Set when it trains from a stream (``acts: {source: stream}``), not a cache."""
+
+    def canonical(self) -> str:
+        """As for every stage; ``stream`` only when set, so a cache CLT keeps its id."""
+        dump = self.model_dump(mode="json")
+        if dump["stream"] is None:
+            del dump["stream"]
+        return json.dumps(dump, sort_keys=True)
 
     @property
     def layer(self) -> int:

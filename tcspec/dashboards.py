@@ -65,6 +65,7 @@ th { color: var(--muted); font-weight: 500; } td.num { text-align: right;
 .t { border-radius: 3px; padding: 1px 0; margin-right: 1px; }
 .t.c { outline: 1.5px solid var(--accent); outline-offset: 0; font-weight: 600; }
 .band { color: var(--muted); font-size: 12px; margin: 10px 0 2px; }
+.bar { height: 10px; background: var(--accent); border-radius: 2px; }
 input[type=search] { width: 260px; padding: 7px 10px; border: 1px solid var(--line);
                      border-radius: 8px; font-size: 14px; }
 #status { color: var(--muted); margin-left: 10px; }
@@ -350,6 +351,30 @@ def _token_table(t: dict, prefix: str, kind: str, vocab: list[str], f: int, cls:
     return f'<table class="tt">{rows}</table>'
 
 
+def _writes_card(t: dict, meta: dict, f: int) -> str:
+    """A CLT feature's decoder norm into each layer it writes, with its share of the squared
+    norm of all its decoders (empty for a per-layer dictionary)."""
+    from tcspec.feature_files import WRITE_BLOCKS, WRITE_NORMS
+
+    if WRITE_NORMS not in t:
+        return ""
+    norms = t[WRITE_NORMS][f].double()  # [n_out]
+    top, total = float(norms.max()), float(norms.square().sum())
+    rows = "".join(
+        f'<tr><td>layer {b}</td><td class="num">{_fmt(n)}</td>'
+        f'<td class="num">{n * n / total if total > 0 else 0:.0%}</td>'
+        f'<td style="width:60%"><div class="bar" style="width:{100 * n / top if top > 0 else 0:.1f}%">'
+        f"</div></td></tr>"
+        for b, n in zip(meta[WRITE_BLOCKS], norms.tolist())
+    )
+    return (
+        '<div class="card"><h2>Where it writes</h2><table><thead><tr><th>MLP output</th>'
+        f"<th>decoder norm</th><th>share</th><th></th></tr></thead><tbody>{rows}</tbody></table>"
+        "<div class=\"sub\">Norm of the feature's decoder into each layer's MLP output "
+        "(share: of the squared norm of all its decoders).</div></div>"
+    )
+
+
 def _feature_page(
     f: int,
     t: dict,
@@ -408,7 +433,7 @@ def _feature_page(
     body = (
         f'<div class="nav">{"".join(nav)}</div><h1>Feature {f}</h1>'
         f'<div class="sub">{esc(title)} · {esc(_describe(meta))}</div>'
-        f'<div class="card"><div class="stats">{stat_cards}</div></div>'
+        f'<div class="card"><div class="stats">{stat_cards}</div></div>{_writes_card(t, meta, f)}'
         f'<div class="grid g23"><div class="card"><h2>Activation histogram</h2>{hist}'
         f'<div class="sub">Colours mark the {bands} bands examples are sampled from.</div></div>'
         f'<div class="card"><div class="grid g{max(len(tables), 1)}">{logit_cards}</div>'

@@ -25,6 +25,11 @@ STATS_FILE = "stats.safetensors"
 EXAMPLES_FILE = "examples.parquet"
 VOCAB_FILE = "vocab.json"
 META_FILE = "features.json"
+WRITE_NORMS = "write_norms"
+"""A cross-layer transcoder layer's features only: the tensor [d_sae, n_out] of the norms of
+each feature's decoders into the layers it writes, ..."""
+WRITE_BLOCKS = "write_blocks"
+"""...and the features.json key listing those layers' blocks (n_out of them)."""
 
 
 def save_stats(stats: FeatureStats, out_dir: Path, vocab: list[str]) -> list[Path]:

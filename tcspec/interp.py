@@ -39,6 +39,8 @@ from torch import Tensor
 from tcspec.coders import Coder
 
 # re-exported: the interp stage and the dashboards reach them through this module
+from tcspec.feature_files import WRITE_BLOCKS as WRITE_BLOCKS
+from tcspec.feature_files import WRITE_NORMS as WRITE_NORMS
 from tcspec.feature_files import LoadedStats as LoadedStats
 from tcspec.feature_files import load_stats as load_stats
 from tcspec.feature_files import save_stats as save_stats

@@ -96,7 +96,7 @@ def exactness_error(model, coders, tokens, graph) -> float:
     run = run_prompt(model, coders, tokens)
     off = ones_scales(model, coders, run, 1)
     zp = graph.config.zero_positions
-    for li in coders:
+    for li in run.z:  # the layers with features (a CLT: all of its layers)
         off.features[li][:, zp:] = 0
     off.errors[:, :, zp:] = 0
     off.embed[:] = 0

@@ -27,8 +27,10 @@ MICRO_CLT = ROOT / "tests" / "workflow" / "micro_clt.yaml"
 
 def test_plan_has_one_clt_task_per_sweep_point():
     spec = load_spec(MICRO_CLT)
-    text = MICRO_CLT.read_text().replace(
-        "    k: 8\n    lr: 1.0e-3", "    k: [4, 8]\n    lr: 1.0e-3", 1
+    text = (
+        MICRO_CLT.read_text()
+        .replace("    k: 8\n    lr: 1.0e-3", "    k: [4, 8]\n    lr: 1.0e-3", 1)
+        .replace("dictionary: {name: clt}", "dictionary: {name: clt, where: {k: 8}}")
     )
     swept = compile_plan(parse_spec(text, str(MICRO_CLT), MICRO_CLT.parent))
     plan = compile_plan(spec)
@@ -174,7 +176,90 @@ def test_interrupted_clt_task_resumes_bitwise(micro_clt_run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a) and not ckpt.exists()
 
 
-def test_interp_of_a_clt_is_refused_by_the_checks():
-    text = MICRO_CLT.read_text() + "interp: {dictionaries: [{name: clt}]}\n"
-    with pytest.raises(SpecError, match="`clt` is a cross-layer transcoder"):
-        parse_spec(text, str(MICRO_CLT), MICRO_CLT.parent)
+def test_interp_studies_each_clt_layer_and_a_layer_selects_one():
+    """`interp.dictionaries: [{name: clt}]` makes one interp task per CLT layer, all naming
+    the one clt task; `layer: 1` keeps the layer-1 one; circuits refuse a layer and
+    greater-than."""
+    plan = compile_plan(load_spec(MICRO_CLT))
+    (clt,) = plan.stage("clt")
+    refs = [t.config.coder for t in plan.stage("interp")]
+    assert [(r.id, r.layer, r.label) for r in refs] == [
+        (clt.id, 0, "clt-L0-single"),
+        (clt.id, 1, "clt-L1-single"),
+    ]
+    text = MICRO_CLT.read_text().replace(
+        "[{name: clt}], features", "[{name: clt, layer: 1}], features"
+    )
+    one = compile_plan(parse_spec(text, str(MICRO_CLT), MICRO_CLT.parent))
+    assert [t.config.coder.layer for t in one.stage("interp")] == [1]
+    (graph,) = plan.stage("circuits")
+    assert [r.id for r in graph.config.coders] == [clt.id]
+    assert {d for _, d in graph.deps.values()} >= {t.id for t in plan.stage("interp")}
+    bad = MICRO_CLT.read_text().replace(
+        "dictionary: {name: clt}", "dictionary: {name: clt, layer: 1}"
+    )
+    with pytest.raises(SpecError, match="a graph traces all its layers"):
+        parse_spec(bad, str(MICRO_CLT), MICRO_CLT.parent)
+    bad = MICRO_CLT.read_text() + "  - {task: greater_than, dictionary: {name: clt}}\n"
+    with pytest.raises(SpecError, match="use `task: attribution`"):
+        parse_spec(bad, str(MICRO_CLT), MICRO_CLT.parent)
+
+
+def test_clt_dashboards_show_where_each_feature_writes(micro_clt_run):
+    from tcspec.clt.views import write_norms
+    from tcspec.interp import WRITE_BLOCKS, WRITE_NORMS, load_stats
+
+    plan, results = micro_clt_run
+    (clt,) = plan.stage("clt")
+    model = io.load(clt.dir(results))
+    for task in plan.stage("interp"):
+        block = task.config.coder.layer
+        stats = load_stats(task.dir(results) / layout.STATS)
+        assert stats.meta["kind"] == "clt" and stats.meta["layer"] == block
+        assert stats.meta[WRITE_BLOCKS] == [0, 1][block:]
+        assert torch.equal(stats.tensors[WRITE_NORMS], write_norms(model, block))
+        assert int((stats.tensors["count"] > 0).sum()) > 0 and stats.meta["pages"]
+        f = stats.meta["pages"][0]
+        page = (task.dir(results) / layout.DASHBOARD / "features" / f"{f}.html").read_text()
+        assert "Where it writes" in page and page.count("<td>layer ") == 2 - block
+        norm = float(stats.tensors[WRITE_NORMS][f, -1])
+        assert f"{norm:.3g}" in page or f"{norm:.3f}" in page
+    (study,) = plan.stage("study")
+    assert study.done(results).exists()
+
+
+def test_attribution_graph_through_the_clt(micro_clt_run):
+    import pandas as pd
+
+    plan, results = micro_clt_run
+    (graph,) = plan.stage("circuits")
+    (row,) = pd.read_csv(graph.dir(results) / layout.ATTRIBUTION).to_dict("records")
+    assert row["dictionary"] == "clt-single" and row["features_active"] > 0
+    assert 0 < row["replacement"] <= 1 and 0 < row["completeness"] <= 1
+    assert row["intervention_r_frozen"] > 0.95  # exact where attention and norms are frozen
+    folder = graph.dir(results) / row["folder"]
+    data = json.loads((folder / layout.GRAPH_JSON).read_text())
+    layers = {n["layer"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"}
+    assert layers and layers <= {"0", "1"}
+    viewer = (folder / layout.VIEWER).read_text()
+    assert "features/{feature}.html" in viewer  # links the per-layer dashboards
+
+
+def test_clt_trains_from_a_stream(tmp_path):
+    """`acts: {source: stream}`: no acts task; the clt task reads the model and tokens and
+    trains from the shuffle buffer (its state in the checkpoint)."""
+    text = (
+        MICRO_CLT.read_text()
+        .split("interp:")[0]
+        .replace(
+            "acts: {batch_contexts: 16, shard_tokens: 2048}",
+            "acts: {source: stream, batch_contexts: 16, buffer_tokens: 512}",
+        )
+    )
+    plan = compile_plan(parse_spec(text, str(MICRO_CLT), MICRO_CLT.parent))
+    (clt,) = plan.stage("clt")
+    assert not plan.stage("acts") and set(clt.deps) == {"model", "tokens"}
+    assert clt.config.stream is not None and clt.config.stream.buffer_tokens == 512
+    run_plan(plan, tmp_path)
+    training = json.loads((clt.dir(tmp_path) / layout.TRAINING).read_text())
+    assert training["steps"] == 128 and training["l0"] == 16.0 and 0 < training["fvu"] < 1

@@ -7,8 +7,13 @@ keys, or one forward pass of the model read at all layers); it is stacked to xs,
 warmed up by `l1_factor(step, coef_warmup_steps)`, autograd, then torch.optim.Adam at
 lr * `lr_factor(step, ...)` (the schedules of `tcspec.train`).
 
+`batches` is a callable `batches(s)`, or a `tcspec.train.BatchSource` (a stream,
+`tcspec.stream.ActivationStream`), whose `state_dict()` then goes in each checkpoint and is
+loaded back on resume before `iter_batches(step)` (so a stream rebuilds its shuffle buffer
+instead of replaying the steps before it).
+
 Every `checkpoint_every` steps the whole state (step, weights, Adam state, torch RNG state,
-curve, wall time) goes atomically to the checkpoint file, checksummed in tcspec's checkpoint
+curve, wall time, the source's state) goes atomically to the checkpoint file, checksummed in tcspec's checkpoint
 format; a rerun resumes from it and ends bitwise identical to an uninterrupted run on CPU.
 """
 
@@ -29,7 +34,7 @@ from torch import Tensor
 
 from tcspec.atomic import atomic_write
 from tcspec.clt.model import CLT, CLTConfig, CLTLoss, clt_loss
-from tcspec.train import CHECKPOINT_MAGIC, l1_factor, lr_factor, read_checkpoint
+from tcspec.train import CHECKPOINT_MAGIC, BatchSource, l1_factor, lr_factor, read_checkpoint
 
 Batches = Callable[[int], Iterator[dict[str, Tensor]]]
 """`batches(s)` yields the batches of steps s, s + 1, ... (dicts full hook name -> [B, d])."""
@@ -112,7 +117,7 @@ def stack_batch(cfg: CLTConfig, raw: dict[str, Tensor], B: int, device) -> tuple
 def train_clt(
     cfg: CLTConfig,
     train: CLTTrainConfig,
-    batches: Batches,
+    batches: Batches | BatchSource,
     ckpt_path: str | Path | None = None,
     device: str | torch.device = "cpu",
     log: Callable[[str], None] = print,
@@ -124,12 +129,13 @@ def train_clt(
     opt = torch.optim.Adam(clt.parameters(), lr=train.lr, betas=train.adam_betas, eps=1e-8)
     ckpt = Path(ckpt_path) if ckpt_path is not None else None
     start, wall_before, curve = 0, 0.0, []
+    source = batches if isinstance(batches, BatchSource) else None
     if ckpt is not None and ckpt.exists():
-        start, wall_before, curve = _load(ckpt, clt, opt, cfg, train)
+        start, wall_before, curve = _load(ckpt, clt, opt, cfg, train, source)
         log(f"resuming from {ckpt} at step {start}/{train.steps}")
     log_every = train.log_every or max(1, train.steps // 200)
     t0 = time.perf_counter()
-    it = iter(batches(start))
+    it = iter(source.iter_batches(start) if source is not None else batches(start))
     for step in range(start, train.steps):
         raw = next(it, None)
         if raw is None:
@@ -143,7 +149,8 @@ def train_clt(
             curve.append(row)
         done = step + 1
         if ckpt is not None and done % train.checkpoint_every == 0 and done < train.steps:
-            _save(ckpt, clt, opt, cfg, train, done, wall_before + time.perf_counter() - t0, curve)
+            wall = wall_before + time.perf_counter() - t0
+            _save(ckpt, clt, opt, cfg, train, done, wall, curve, _source_state(source))
     wall = wall_before + time.perf_counter() - t0
     tokens = (train.steps - start) * train.batch_size
     rate = tokens / (time.perf_counter() - t0) if train.steps > start else math.nan
@@ -182,7 +189,12 @@ def _identity(cfg: CLTConfig, train: CLTTrainConfig) -> dict:
     return {"cfg": dataclasses.asdict(cfg), "train": dataclasses.asdict(train)}
 
 
-def _save(path: Path, clt, opt, cfg, train, step: int, wall: float, curve: list) -> None:
+def _source_state(source) -> dict | None:
+    fn = getattr(source, "state_dict", None)
+    return fn() if fn is not None else None
+
+
+def _save(path: Path, clt, opt, cfg, train, step: int, wall: float, curve: list, source) -> None:
     state = {
         "step": step,
         "wall_s": wall,
@@ -191,6 +203,7 @@ def _save(path: Path, clt, opt, cfg, train, step: int, wall: float, curve: list)
         "optimizer": opt.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "curve": curve,
+        "source": source,
     }
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -199,10 +212,15 @@ def _save(path: Path, clt, opt, cfg, train, step: int, wall: float, curve: list)
     atomic_write(path, lambda p: p.write_bytes(header + payload))
 
 
-def _load(path: Path, clt, opt, cfg, train) -> tuple[int, float, list]:
+def _load(path: Path, clt, opt, cfg, train, source) -> tuple[int, float, list]:
     state = read_checkpoint(path)
     if state.get("identity") != _identity(cfg, train):
         raise ValueError(f"{path} was written for a different CLT or training; delete it")
+    if state.get("source") is not None:
+        fn = getattr(source, "load_state_dict", None)
+        if fn is None:
+            raise ValueError(f"{path} holds a data source's state, but this source cannot load it")
+        fn(state["source"])
     clt.load_state_dict(state["weights"])
     opt.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])

@@ -85,7 +85,8 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
     elif _trained(spec):
         upstream = {"acts": ("acts", plan.add(_acts_task(spec, dims, model, tokens)).id)}
     evaluations, members = [], {}
-    clts: dict = {}  # (name, first layer) -> the CLT's train tasks (not studied in interp)
+    clts: dict = {}  # (name, first layer) -> the CLT's train (or import) tasks
+    clt_layers: dict = {}  # (name, layer) -> the same tasks, at each layer the CLT spans
     for name, d in spec.dictionaries.items():
         layers = d.layers if d.layers is not None else spec.layers
         if d.kind == CLT or is_clt_folder(d):
@@ -95,6 +96,7 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
                 else [import_clt(name, d)]
             )
             clts[(name, layers[0])] = [plan.add(t) for t in found]
+            clt_layers |= {(name, layer): clts[(name, layers[0])] for layer in layers}
             for t in clts[(name, layers[0])]:
                 evaluations.append(plan.add(_evaluate_task(spec, [t], model, tokens)))
                 plan.eval_groups.append((evaluations[-1].id,))
@@ -119,12 +121,12 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
     downstream, features = [], []
     if spec.interp is not None:
         features = [
-            plan.add(_features_task(spec, t, model, tokens))
-            for t in _select(spec, spec.interp.dictionaries, members)
+            plan.add(_features_task(spec, t, model, tokens, layer))
+            for layer, t in _selected(spec, spec.interp.dictionaries, members | clt_layers)
         ]
         downstream.append(plan.add(_study_task(spec, features)))
     for c in spec.circuits:
-        selected = _select(spec, [c.dictionary], members)
+        selected = _select(spec, [c.dictionary], members | clts)
         downstream.append(plan.add(_circuit_task(spec, c, selected, model, tokens, features)))
     for e in spec.export:
         exported = members | (clts if e.to == "circuit-tracer" else {})
@@ -144,13 +146,20 @@ def _add_evaluations(plan: Plan, coder_sets, spec, model, tokens, evaluations: l
 
 def _select(spec: Spec, refs, members: dict) -> list[Task]:
     """Train/import tasks a list of DictionaryRefs selects; empty selects all."""
+    return [t for _, t in _selected(spec, refs, members)]
+
+
+def _selected(spec: Spec, refs, members: dict) -> list[tuple[int, Task]]:
+    """(layer, train/import task) of each member a list of DictionaryRefs selects; empty
+    selects all. A CLT is listed at every layer it spans (`members` holds it so for interp,
+    where each layer's features are studied on their own)."""
     refs = refs or [DictionaryRef(name=n) for n in spec.dictionaries]
     out = []
     for ref in refs:
         for (name, layer), group in members.items():
             if name != ref.name or (ref.layer is not None and layer != ref.layer):
                 continue
-            out += [t for t in group if _matches(t.config, ref.where)]
+            out += [(layer, t) for t in group if _matches(t.config, ref.where)]
     return out
 
 
@@ -160,12 +169,13 @@ def _matches(member, where: dict) -> bool:
     return all(float(getattr(member.opts, f)) == float(v) for f, v in where.items())
 
 
-def coder_ref(task: Task) -> CoderRef:
-    """How a downstream config names a train or import task."""
+def coder_ref(task: Task, layer: int | None = None) -> CoderRef:
+    """How a downstream config names a train or import task; `layer`: the layer of a CLT
+    whose features it studies (default: the task's layer, a CLT's first)."""
     c, label = task.config, task.label
     return CoderRef(
         stage=task.stage, id=task.id, dictionary=label["dictionary"], member=label["member"],
-        layer=c.layer, kind=c.kind,
+        layer=c.layer if layer is None else layer, kind=c.kind,
     )  # fmt: skip
 
 
@@ -268,17 +278,28 @@ def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Tas
         d_sae = d_sae_of(d_model, opts.d_sae, opts.expansion)
         config = CLTMemberConfig(
             opts=opts, layers=layers, d_model=d_model, d_sae=d_sae, steps=steps,
-            data_seed=spec.seed,
+            data_seed=spec.seed, stream=stream_source(spec),
         )  # fmt: skip
         cost = clt_cost(clt_shape(config), d.batch_size, steps)
         resources = {
-            "mem_mb": cost.mem_mb + 1500, "flops": cost.flops, "params": cost.params,
+            "mem_mb": cost.mem_mb + 1500 + _clt_stream_mb(spec, dims, len(layers)),
+            "flops": cost.flops, "params": cost.params,
             "gpu": 0 if spec.model.kind == "toy" else 1,
         }  # fmt: skip
         label = {"dictionary": name, "member": member_name(point), "point": point}
         prefix = f"{name}-L{'-'.join(map(str, layers))}-{_content_name(opts)}"
         tasks.append(make_task(CLT, prefix, config, dict(upstream), resources, label))
     return tasks
+
+
+def _clt_stream_mb(spec: Spec, dims: dict, n_layers: int) -> int:
+    """What a CLT's stream adds to its job: the model, and the shuffle buffer of its 2 L
+    hooks (float32, d_model wide, plus one forward's rows)."""
+    if spec.acts.source != "stream":
+        return 0
+    a = spec.acts
+    rows = a.buffer_tokens + a.batch_contexts * spec.data.context
+    return _model_mem_mb(dims) + int(rows * 2 * n_layers * dims["d_model"] * 4 / 2**20)
 
 
 def clt_shape(c: CLTMemberConfig):
@@ -326,11 +347,12 @@ def _spliced(refs: tuple[CoderRef, ...]) -> str:
     return f"{refs[0].dictionary}-{layer}"
 
 
-def _features_task(spec: Spec, coder: Task, model: Task, tokens: Task) -> Task:
-    """Feature statistics and dashboards of one trained dictionary."""
+def _features_task(spec: Spec, coder: Task, model: Task, tokens: Task, layer: int) -> Task:
+    """Feature statistics and dashboards of one trained dictionary (of a CLT: of the
+    features of one of its layers, `layer`)."""
     config = FeaturesConfig(
         **spec.interp.model_dump(exclude={"dictionaries"}),
-        coder=coder_ref(coder),
+        coder=coder_ref(coder, layer),
         live_threshold=coder.config.live_threshold,
         eval_tokens=spec.data.eval_tokens,
         seed=spec.seed,

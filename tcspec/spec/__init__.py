@@ -88,10 +88,4 @@ class Spec(Frozen):
             )
         if len(set(self.layers)) != len(self.layers):
             raise FieldError("layers", f"layers repeat: {self.layers}")
-        if self.acts.source == "stream" and any(
-            d.kind == "clt" for d in self.dictionaries.values()
-        ):
-            raise FieldError(
-                "acts", "`kind: clt` trains from the activation cache: use `acts: {source: cache}`"
-            )
         return self

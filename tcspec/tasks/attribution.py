@@ -1,5 +1,5 @@
 """circuits stage, `task: attribution`: an attribution graph per prompt through one sweep
-point's transcoders (``tcspec.circuits.graph``).
+point's transcoders, or one cross-layer transcoder (``tcspec.circuits.graph``).
 
 Config: ``tcspec.configs.CircuitConfig`` with an ``AttributionSpec`` whose prompts the plan
 resolved. Per prompt, in ``prompt-<i>/``: the pruned graph JSON, the full adjacency
@@ -24,16 +24,9 @@ from tcspec.tasks import model as model_task
 def run(ctx) -> dict:
     import pandas as pd
 
-    from tcspec import coders as coders_mod
-    from tcspec.circuits.attribution import check_transcoders
-
     cfg, c = ctx.config, ctx.config.circuit
     model = model_task.load(ctx)
-    coders = {
-        ref.layer: coders_mod.load(ctx.coder_dir(ref), ctx.device).to(model.cfg.dtype)
-        for ref in cfg.coders
-    }
-    check_transcoders(model, coders, f"circuits.dictionary `{c.dictionary.name}`")
+    coders = load_dictionaries(ctx, model, f"circuits.dictionary `{c.dictionary.name}`")
     graph_cfg = graph_config(c, model.tokenizer)
     dashboards = dashboard_urls(ctx, cfg.coders)
     label = f"{cfg.coders[0].dictionary}-{cfg.coders[0].member}"
@@ -46,6 +39,26 @@ def run(ctx) -> dict:
     frame = pd.DataFrame(rows)
     atomic.write_text(ctx.out / layout.ATTRIBUTION, frame.to_csv(index=False))
     return {"prompts": len(rows), "mean_replacement": float(frame["replacement"].mean())}
+
+
+def load_dictionaries(ctx, model, field: str):
+    """The transcoders the graphs trace through: one per layer (a dict layer -> Coder), or
+    one cross-layer transcoder (a `tcspec.clt.model.CLT`), in the model's dtype."""
+    from tcspec import coders as coders_mod
+    from tcspec.circuits.attribution import check_transcoders
+    from tcspec.kinds import CLT
+
+    refs = ctx.config.coders
+    if refs[0].kind == CLT:
+        from tcspec.clt import io
+
+        return io.load(ctx.coder_dir(refs[0]), ctx.device).to(model.cfg.dtype)
+    coders = {
+        ref.layer: coders_mod.load(ctx.coder_dir(ref), ctx.device).to(model.cfg.dtype)
+        for ref in refs
+    }
+    check_transcoders(model, coders, field)
+    return coders
 
 
 def one_prompt(model, coders, tokens, text, graph_cfg, folder: Path, dashboards, label) -> dict:
@@ -133,14 +146,14 @@ def prompt_tokens(model, text: str):
 
 
 def dashboard_urls(ctx, refs) -> dict[int, Path]:
-    """Layer -> the dashboard folder of an interp task that studied that layer's coder."""
-    by_coder = {t.config.coder.id: t for t in ctx.deps_of("interp")}
-    out = {}
-    for ref in refs:
-        task = by_coder.get(ref.id)
-        if task is not None:
-            out[ref.layer] = task.dir(ctx.results) / layout.DASHBOARD
-    return out
+    """Layer -> the dashboard folder of an interp task that studied that layer's coder (or
+    that layer's features of the CLT)."""
+    ids = {ref.id for ref in refs}
+    return {
+        t.config.coder.layer: t.dir(ctx.results) / layout.DASHBOARD
+        for t in ctx.deps_of("interp")
+        if t.config.coder.id in ids
+    }
 
 
 def _relative(dashboards: dict[int, Path], folder: Path) -> dict[str, str] | None:

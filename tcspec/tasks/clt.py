@@ -1,6 +1,9 @@
-"""clt stage: train one cross-layer transcoder (one sweep point over all its layers) from the
-activation cache with `tcspec.clt.train.train_clt`, its own loop; resumable from the task's
-checkpoint folder. The task's folder holds the CLT (`tcspec.clt.io.save`) and training.json."""
+"""clt stage: train one cross-layer transcoder (one sweep point over all its layers) with
+`tcspec.clt.train.train_clt`, its own loop, from the activation cache or from a stream of
+model forwards (every layer's input and output hook from one pass, through the shuffle
+buffer of `tcspec.stream.ActivationStream`); resumable from the task's checkpoint folder
+(a stream's position and buffer provenance in the checkpoint). The task's folder holds the
+CLT (`tcspec.clt.io.save`) and training.json."""
 
 from __future__ import annotations
 
@@ -35,18 +38,21 @@ def run(ctx) -> dict:
     from tcspec.clt import io
     from tcspec.clt.train import train_clt
     from tcspec.plan import clt_shape
+    from tcspec.tasks.train import activation_stream
 
     c = ctx.config
     shape, train = clt_shape(c), train_config(c)
-    reader = ActivationReader(
-        ctx.dep_dir("acts") / layout.CACHE,
-        sorted(shape.in_names + shape.out_names),
-        batch_size=train.batch_size,
-        seed=c.data_seed,
-        device=ctx.device,
-    )
+    keys = sorted(shape.in_names + shape.out_names)
+    if c.stream is not None:  # its state goes in the checkpoint
+        source = activation_stream(ctx, c, keys)
+    else:
+        reader = ActivationReader(
+            ctx.dep_dir("acts") / layout.CACHE, keys, batch_size=train.batch_size,
+            seed=c.data_seed, device=ctx.device,
+        )  # fmt: skip
+        source = reader.iter_batches
     ctx.checkpoints.mkdir(parents=True, exist_ok=True)
-    result = train_clt(shape, train, reader.iter_batches, ctx.checkpoints / CHECKPOINT, ctx.device)
+    result = train_clt(shape, train, source, ctx.checkpoints / CHECKPOINT, ctx.device)
     last = result.curve[-1]
     training = {
         "steps": c.steps,

@@ -11,12 +11,12 @@ from tcspec.tasks import tokens as tokens_task
 
 
 def run(ctx) -> dict:
-    from tcspec import coders, dashboards, interp
+    from tcspec import dashboards, interp
     from tcspec import study as study_lib
 
     cfg = ctx.config
     ref = cfg.coder
-    coder = coders.load(ctx.coder_dir(ref), ctx.device)
+    coder, norms = _load(ctx, ref)
     model = model_task.load(ctx)
     tokens = tokens_task.load(ctx, "eval", cfg.eval_tokens)
     stats_cfg = interp.StatsConfig(
@@ -45,6 +45,9 @@ def run(ctx) -> dict:
     interp.add_input_invariant(stats, coder, model)
     out_hook = coder.cfg.out_hook or ctx.dep("coder_0").config.out_key
     stats.meta = _meta(cfg, (in_hook, out_hook), order, stats)
+    if norms is not None:  # a CLT layer's features: where each writes
+        stats.tensors[interp.WRITE_NORMS], blocks = norms
+        stats.meta[interp.WRITE_BLOCKS] = blocks
     interp.save_stats(
         stats, ctx.out / layout.STATS, interp.vocab_strings(model.tokenizer, model.cfg.d_vocab)
     )
@@ -60,6 +63,21 @@ def run(ctx) -> dict:
         "pages": len(stats.pages),
         "dashboard": str(index),
     }
+
+
+def _load(ctx, ref):
+    """The dictionary whose features are studied, and for a CLT layer the norms of its
+    decoders into each layer it writes ([F, n_out], their blocks); else None."""
+    from tcspec import coders
+    from tcspec.kinds import CLT
+
+    if ref.kind != CLT:
+        return coders.load(ctx.coder_dir(ref), ctx.device), None
+    from tcspec.clt import io, views
+
+    clt = io.load(ctx.coder_dir(ref), ctx.device)
+    i = views.layer_index(clt, ref.layer)
+    return views.layer_coder(clt, i), (views.write_norms(clt, i), list(clt.cfg.blocks[i:]))
 
 
 def _meta(cfg, hooks: tuple[str, str], order: list[int], stats) -> dict:

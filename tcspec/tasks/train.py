@@ -38,7 +38,7 @@ def run(ctx) -> dict:
     first: TrainedMemberConfig = tasks[0].config
     group = [member(ctx, t) for t in tasks]
     keys = sorted({k for m in group for k in (m.in_key, m.out_key)})
-    source = _stream(ctx, first, keys) if first.stream else _reader(ctx, first, keys)
+    source = activation_stream(ctx, first, keys) if first.stream else _reader(ctx, first, keys)
     results = train_group(group, source, first.steps, ctx.checkpoints, ctx.device)
     wall = time.time() - start
     for task, result in zip(tasks, results):
@@ -60,9 +60,10 @@ def _reader(ctx, first: TrainedMemberConfig, keys: list[str]):
     return reader.iter_batches
 
 
-def _stream(ctx, first: TrainedMemberConfig, keys: list[str]):
-    """Shuffled batches computed from the model on the fly; its position and buffer go in
-    the trainer's checkpoint (no activations are written)."""
+def activation_stream(ctx, first, keys: list[str]):
+    """Shuffled batches of the hooks `keys` computed from the model on the fly, for a pass
+    whose first member (or CLT) config is `first`; its position and buffer go in the
+    trainer's checkpoint (no activations are written)."""
     from tcspec.stream import ActivationStream, StreamConfig
 
     config = StreamConfig(

@@ -5,8 +5,10 @@ Nodes, in adjacency order (rows are targets, columns sources, as in circuit-trac
 ``A[t, s]`` is source ``s``'s value pushed through the frozen replacement model
 (`replacement.py`) and read by target ``t``:
 
-- a feature source ``(l, p, f)`` writes ``z * W_dec[f]`` into ``mlp_out[l]`` at ``p``;
-  an error source its error vector; a token source its embedding ``W_E[token]``;
+- a feature source ``(l, p, f)`` writes ``z * W_dec[f]`` into ``mlp_out[l]`` at ``p`` (a
+  cross-layer transcoder's feature ``z * W_dec[l][f, m - l]`` into every ``mlp_out[m]``,
+  ``m >= l``: one source, its edges summed over those writes); an error source its error
+  vector; a token source its embedding ``W_E[token]``;
 - a feature target is read by its encoder column ``W_enc[:, f]`` at its transcoder's input
   (the effect on its *pre-activation*); a logit target by ``e_tok - 1/d_vocab`` on the last
   position's logits (the logit minus the mean logit), or ``e_a - e_b`` for a logit difference.
@@ -29,6 +31,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tcspec.circuits.graph.dictionaries import Dictionaries, as_dictionaries
 from tcspec.circuits.graph.prune import partial_influence
 from tcspec.circuits.graph.replacement import (
     Live,
@@ -37,7 +40,6 @@ from tcspec.circuits.graph.replacement import (
     replacement_hooks,
     run_prompt,
 )
-from tcspec.coders import Coder
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ def logit_targets(logits: Tensor, cfg: GraphConfig) -> LogitTargets:
 class Rows:
     """One batched forward pass through the replacement model, then rows on demand."""
 
-    def __init__(self, model: HookedTransformer, coders: dict[int, Coder], prompt: Prompt,
+    def __init__(self, model: HookedTransformer, coders: Dictionaries, prompt: Prompt,
                  batch: int, zero_positions: int, targets: LogitTargets):  # fmt: skip
         self.model, self.coders, self.prompt, self.batch = model, coders, prompt, batch
         self.targets, self.passes = targets, 0
@@ -187,24 +189,27 @@ class Rows:
         self.blocks = self._decoder_blocks()
         self.n_cols = len(self.active) + L * seq + seq
 
-    def _decoder_blocks(self) -> list[tuple[int, Tensor, Tensor, Tensor]]:
-        """Per layer with active features, in column order: ``(layer, vectors [seq, n_max,
-        d], pos [n], slot [n])``: each position's ``a * W_dec[f]`` padded to the most at one
-        position, and where each active feature of the layer sits in that padding."""
+    def _decoder_blocks(self) -> list[tuple[dict[int, Tensor], Tensor, Tensor]]:
+        """Per source layer with active features, in column order: ``(vectors, pos [n],
+        slot [n])``, ``vectors`` by output layer m [seq, n_max, d]: each position's
+        ``a * W_dec[f]`` into m padded to the most at one position, and where each active
+        feature of the layer sits in that padding."""
         out, dtype = [], self.prompt.embed.dtype
-        for li in sorted(self.coders):
+        for li in self.coders.layers:
             idx = self.active[self.active[:, 0] == li]
             if not len(idx):
                 continue
             pos, f = idx[:, 1].contiguous(), idx[:, 2].contiguous()
             first = torch.searchsorted(pos, pos, right=False)  # first index of each position
             slot = torch.arange(len(pos)) - first  # rank within its position
-            vectors = self.prompt.embed.new_zeros(self.prompt.n_pos, int(slot.max()) + 1,
-                                                  self.prompt.embed.shape[-1])  # fmt: skip
-            c = self.coders[li]
             a = self.prompt.z[li][pos, f]  # [n]
-            vectors[pos, slot] = (a[:, None] * c.W_dec[f]).detach().to(dtype)
-            out.append((li, vectors, pos, slot))
+            vectors = {}
+            for m, W in self.coders.decoders(li).items():
+                v = self.prompt.embed.new_zeros(self.prompt.n_pos, int(slot.max()) + 1,
+                                                self.prompt.embed.shape[-1])  # fmt: skip
+                v[pos, slot] = (a[:, None] * W[f]).detach().to(dtype)
+                vectors[m] = v
+            out.append((vectors, pos, slot))
         return out
 
     def rows(self, seeds: list[tuple[int, int, int] | int]) -> Tensor:
@@ -225,7 +230,7 @@ class Rows:
                 li, p, f = s
                 if li not in seeded:
                     seeded[li] = torch.zeros_like(live.coder_in[li])
-                seeded[li][b, p] = self.coders[li].W_enc[:, f].detach().to(seeded[li].dtype)
+                seeded[li][b, p] = self.coders.encoder(li)[:, f].detach().to(seeded[li].dtype)
         for li, g in seeded.items():
             outputs.append(live.coder_in[li])
             grads.append(g)
@@ -244,11 +249,13 @@ class Rows:
         zero = torch.zeros_like(self.prompt.embed).expand(B, seq, -1)
         g_out = [zero if g is None else g for g in g_out]
         feats = []
-        for li, vectors, pos, slot in self.blocks:
-            per_pos = torch.bmm(
-                g_out[li].transpose(0, 1), vectors.transpose(1, 2)
-            )  # [seq, B, n_max]
-            feats.append(per_pos[pos, :, slot].T)  # [B, n]
+        for vectors, pos, slot in self.blocks:
+            total = None  # [B, n]: summed over the output layers the features write
+            for m, v in vectors.items():
+                per_pos = torch.bmm(g_out[m].transpose(0, 1), v.transpose(1, 2))  # [seq, B, n_max]
+                part = per_pos[pos, :, slot].T  # [B, n]
+                total = part if total is None else total + part
+            feats.append(total)
         errors = torch.stack([(g_out[li] * self.error[li]).sum(-1) for li in range(L)], 1)
         tokens = (zero if g_embed is None else g_embed) * self.prompt.embed
         return torch.cat([*feats, errors.flatten(1), tokens.sum(-1)], dim=1).detach()
@@ -268,15 +275,16 @@ def active_features(prompt: Prompt, zero_positions: int) -> Tensor:
 # ----------------------------------------------------------------------------- the graph
 def attribution_graph(
     model: HookedTransformer,
-    coders_by_layer: dict[int, Coder],
+    coders_by_layer,
     tokens: Tensor,
     cfg: GraphConfig,
     prompt: str = "",
 ) -> Graph:
     """The attribution graph of ``model`` on ``tokens`` [seq] (one prompt, BOS first when
-    ``cfg.zero_positions`` is 1) through the transcoders ``coders_by_layer``."""
+    ``cfg.zero_positions`` is 1) through the transcoders ``coders_by_layer`` (a dict layer
+    -> `Coder`, or a `tcspec.clt.model.CLT`)."""
     t0 = time.perf_counter()
-    coders = dict(sorted(coders_by_layer.items()))
+    coders = as_dictionaries(coders_by_layer)
     run = run_prompt(model, coders, tokens)
     targets = logit_targets(run.logits[-1], cfg)
     n_active, k = len(active_features(run, cfg.zero_positions)), len(targets.tokens)

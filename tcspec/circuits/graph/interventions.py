@@ -30,9 +30,9 @@ from transformer_lens import HookedTransformer
 
 from tcspec.atomic import save_figure, write_text
 from tcspec.circuits.graph.attribute import Graph
+from tcspec.circuits.graph.dictionaries import Dictionaries, as_dictionaries
 from tcspec.circuits.graph.prune import node_influence
-from tcspec.circuits.graph.replacement import in_hook_name, run_prompt
-from tcspec.coders import Coder
+from tcspec.circuits.graph.replacement import run_prompt
 from tcspec.hooks import full_name
 
 
@@ -69,12 +69,13 @@ class Interventions:
 @torch.no_grad()
 def run_interventions(
     model: HookedTransformer,
-    coders_by_layer: dict[int, Coder],
+    coders_by_layer,
     graph: Graph,
     cfg: InterventionConfig,
 ) -> Interventions:
-    """Ablate and steer the graph's ``cfg.n_features`` most influential features."""
-    coders = dict(sorted(coders_by_layer.items()))
+    """Ablate and steer the graph's ``cfg.n_features`` most influential features (through
+    per-layer transcoders by layer, or a CLT)."""
+    coders = as_dictionaries(coders_by_layer)
     prompt = run_prompt(model, coders, graph.tokens.to(model.cfg.device))
     weights, vectors = _objective(graph, prompt.logits.shape[-1], prompt.logits.dtype)
     vectors = vectors.to(prompt.logits.device)
@@ -131,25 +132,32 @@ def _objective(graph: Graph, V: int, dtype) -> tuple[Tensor, Tensor]:
     return graph.logit_probs.double(), vec
 
 
-def _splice_hooks(model, coders: dict[int, Coder], prompt, edit, freeze: bool):
-    """Hooks splicing every transcoder (error added back); ``edit = (layer, pos, feature,
-    value)`` sets one activation."""
-    store: dict[int, Tensor] = {}
+def _splice_hooks(model, d: Dictionaries, prompt, edit, freeze: bool):
+    """Hooks splicing every transcoder (error added back): a layer's input is encoded at its
+    input hook and its features' writes wait for the MLP outputs they reach; ``edit =
+    (layer, pos, feature, value)`` sets one activation."""
+    store: dict[int, Tensor] = {}  # layer -> its live input
+    pending: dict[int, Tensor] = {}  # output layer -> the writes into it so far
     hooks = []
     if freeze:
         hooks += [(n, lambda act, hook, v=v: v.expand(act.shape)) for n, v in prompt.frozen.items()]
-    for li, c in coders.items():
-        hooks.append((in_hook_name(li, c), lambda act, hook, li=li: store.__setitem__(li, act)))
 
-        def splice(act, hook, li=li, c=c):
-            x = store[li].to(c.W_enc.dtype)
-            z = c.encode(x)
-            if edit is not None and edit[0] == li:
-                z = z.clone()
-                z[:, edit[1], edit[2]] = edit[3]
-            return c.decode(z, x).to(act.dtype) + prompt.error[li]
+    def read(act, hook, li):
+        x = store[li] = act.to(d.dtype)
+        z = d.activate(li, d.pre_acts(li, x))
+        if edit is not None and edit[0] == li:
+            z = z.clone()
+            z[:, edit[1], edit[2]] = edit[3]
+        for m, W in d.decoders(li).items():
+            pending[m] = z @ W if m not in pending else pending[m] + z @ W
 
-        hooks.append((full_name(li, "hook_mlp_out"), splice))
+    def splice(act, hook, m):
+        return d.finish(m, pending.pop(m), store[m]).to(act.dtype) + prompt.error[m]
+
+    for li in d.layers:
+        hooks.append((d.in_hook(li), lambda act, hook, li=li: read(act, hook, li)))
+        if d.writes_to(li):
+            hooks.append((full_name(li, "hook_mlp_out"), lambda a, hook, m=li: splice(a, hook, m)))
     return hooks
 
 

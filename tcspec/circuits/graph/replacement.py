@@ -14,6 +14,11 @@ so a feature's pre-activation, or a logit, is ``bias + sum_s A[t, s]`` over the 
 pushed through the frozen model and read by the target. A layer without a transcoder is all
 error (``err[l] = mlp_out[l]``). Positional embeddings and every bias are bias terms.
 
+A cross-layer transcoder (`tcspec.clt`) takes the place of the per-layer transcoders the same
+way: ``z[l, f] W_dec[f]`` becomes the sum of feature ``(l, f)``'s writes into every layer
+``m >= l`` (`tcspec.circuits.graph.dictionaries`). Functions here take either (per-layer
+transcoders by layer, or a CLT).
+
 The model must be pre-norm (GPT-2-style, or parallel attention and MLP as in Pythia:
 ``cfg.parallel_attn_mlp``); `check_supported` refuses what this cannot trace exactly.
 """
@@ -27,6 +32,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tcspec.circuits.graph.dictionaries import CrossLayer, Dictionaries, as_dictionaries
 from tcspec.coders import Coder
 from tcspec.hooks import full_name, hooks_replacing_mlp, relative_name
 
@@ -34,7 +40,7 @@ TRANSCODER_KINDS = ("transcoder", "skip_transcoder")
 FROZEN_SUFFIXES = ("hook_scale", "attn.hook_pattern")
 
 
-def check_supported(model: HookedTransformer, coders: dict[int, Coder]) -> None:
+def check_supported(model: HookedTransformer, coders: Dictionaries) -> None:
     """``ValueError`` naming what an attribution graph cannot trace exactly."""
     cfg = model.cfg
     if cfg.attn_only:
@@ -56,10 +62,25 @@ def check_supported(model: HookedTransformer, coders: dict[int, Coder]) -> None:
             f"the model softcaps its logits (output_logits_soft_cap="
             f"{cfg.output_logits_soft_cap}); a softcapped logit is not linear in the residual"
         )
-    if not coders:
+    if isinstance(coders, CrossLayer):
+        _check_clt(model, coders)
+        return
+    if not coders.coders:
         raise ValueError("no transcoders given")
-    for layer, coder in coders.items():
+    for layer, coder in coders.coders.items():
         _check_coder(model, layer, coder)
+
+
+def _check_clt(model: HookedTransformer, d: CrossLayer) -> None:
+    cfg = d.clt.cfg
+    if max(cfg.blocks) >= model.cfg.n_layers:
+        raise ValueError(
+            f"the CLT spans blocks {list(cfg.blocks)}; the model has {model.cfg.n_layers}"
+        )
+    if model.cfg.parallel_attn_mlp and cfg.in_hook == "hook_resid_mid":
+        raise ValueError("the CLT reads hook_resid_mid, which a parallel block does not have")
+    if cfg.d_model != model.cfg.d_model:
+        raise ValueError(f"the CLT's d_model {cfg.d_model} != the model's {model.cfg.d_model}")
 
 
 def _check_coder(model: HookedTransformer, layer: int, coder: Coder) -> None:
@@ -88,10 +109,6 @@ def relative_hook(hook: str | None, layer: int) -> str:
     return relative_name(hook, layer)
 
 
-def in_hook_name(layer: int, coder: Coder) -> str:
-    return full_name(layer, relative_hook(coder.cfg.in_hook, layer))
-
-
 @dataclass(frozen=True)
 class Prompt:
     """One prompt run through the model, with what the replacement model holds fixed."""
@@ -112,13 +129,15 @@ class Prompt:
 
 
 @torch.no_grad()
-def run_prompt(model: HookedTransformer, coders: dict[int, Coder], tokens: Tensor) -> Prompt:
-    """Run ``model`` on ``tokens`` [seq] and evaluate the transcoders on its own MLP inputs."""
-    check_supported(model, coders)
+def run_prompt(model: HookedTransformer, coders, tokens: Tensor) -> Prompt:
+    """Run ``model`` on ``tokens`` [seq] and evaluate the transcoders (by layer, or a CLT)
+    on its own MLP inputs."""
+    d = as_dictionaries(coders)
+    check_supported(model, d)
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be one prompt [seq], got shape {tuple(tokens.shape)}")
     L = model.cfg.n_layers
-    ins = {in_hook_name(li, c): li for li, c in coders.items()}
+    ins = {d.in_hook(li): li for li in d.layers}
     outs = {full_name(li, "hook_mlp_out") for li in range(L)}
 
     def keep(name: str) -> bool:
@@ -132,14 +151,14 @@ def run_prompt(model: HookedTransformer, coders: dict[int, Coder], tokens: Tenso
     decoded = torch.zeros_like(mlp_out)  # [L, seq, d]
     skip = torch.zeros_like(mlp_out)
     coder_in, pre, z = {}, {}, {}
-    for li, c in sorted(coders.items()):
-        x = cache[in_hook_name(li, c)][0]  # [seq, d_in]
-        xc = x.to(c.W_enc.dtype)
-        coder_in[li], pre[li] = x, c.pre_acts(xc)
-        z[li] = c.activate(pre[li])
-        decoded[li] = (z[li] @ c.W_dec + c.b_out).to(mlp_out.dtype)
-        if c.cfg.skip:
-            skip[li] = (xc @ c.W_skip).to(mlp_out.dtype)
+    for li in d.layers:
+        x = cache[d.in_hook(li)][0]  # [seq, d_in]
+        coder_in[li], pre[li] = x, d.pre_acts(li, x.to(d.dtype))
+        z[li] = d.activate(li, pre[li])
+    for m, acc in _writes(d, z).items():
+        decoded[m] = d.finish(m, acc, None).to(mlp_out.dtype)
+        if d.has_skip(m):
+            skip[m] = d.skip(m, coder_in[m].to(d.dtype)).to(mlp_out.dtype)
     frozen = {k: v.detach() for k, v in cache.items() if k.endswith(FROZEN_SUFFIXES)}
     return Prompt(
         tokens=tokens,
@@ -152,6 +171,22 @@ def run_prompt(model: HookedTransformer, coders: dict[int, Coder], tokens: Tenso
         error=mlp_out - decoded - skip,
         logits=logits[0],
     )
+
+
+def _writes(d: Dictionaries, z: dict[int, Tensor]) -> dict[int, Tensor]:
+    """Output layer -> the features' writes there (`_write_into`)."""
+    return {m: _write_into(d, z, m) for m in d.layers if d.writes_to(m)}
+
+
+def _write_into(d: Dictionaries, z: dict[int, Tensor], m: int) -> Tensor:
+    """sum over the source layers l writing layer m, in order, of z[l] @ decoders(l)[m]:
+    z [..., F] each -> [..., d]."""
+    out = None
+    for li in d.layers:
+        W = d.decoders(li).get(m)
+        if W is not None:
+            out = z[li] @ W if out is None else out + z[li] @ W
+    return out
 
 
 @dataclass
@@ -177,7 +212,7 @@ class Scales:
 
 def replacement_hooks(
     model: HookedTransformer,
-    coders: dict[int, Coder],
+    coders,
     prompt: Prompt,
     batch: int,
     live: Live,
@@ -198,12 +233,11 @@ def replacement_hooks(
         return live.embed
 
     hooks.append(("hook_embed", embed_hook))
-    for li, c in coders.items():
-        hooks.append((in_hook_name(li, c), lambda act, hook, li=li: _store(live.coder_in, li, act)))
+    d = as_dictionaries(coders)
+    for li in d.layers:
+        hooks.append((d.in_hook(li), lambda act, hook, li=li: _store(live.coder_in, li, act)))
     for li in range(model.cfg.n_layers):
-        hooks.append(
-            (full_name(li, "hook_mlp_out"), _mlp_out_hook(coders, prompt, li, live, scales))
-        )
+        hooks.append((full_name(li, "hook_mlp_out"), _mlp_out_hook(d, prompt, li, live, scales)))
     return hooks
 
 
@@ -212,21 +246,19 @@ def _store(store: dict, key, act: Tensor) -> Tensor:
     return act
 
 
-def _mlp_out_hook(coders, prompt: Prompt, li: int, live: Live, scales: Scales | None):
-    c = coders.get(li)
-
+def _mlp_out_hook(d: Dictionaries, prompt: Prompt, li: int, live: Live, scales: Scales | None):
     def hook(act, hook):
         batch = act.shape[0]
         if scales is None:
             out = (prompt.decoded[li] + prompt.error[li]).expand(batch, -1, -1).clone()
         else:
             out = prompt.error[li] * scales.errors[:, li, :, None].to(act.dtype)
-            if c is not None:
-                zs = prompt.z[li] * scales.features[li].to(prompt.z[li].dtype)  # [b, seq, F]
-                out = out + (zs @ c.W_dec + c.b_out).to(act.dtype)
-        if c is not None and c.cfg.skip:
+            if d.writes_to(li):
+                zs = {s: prompt.z[s] * scales.features[s].to(prompt.z[s].dtype) for s in d.layers}
+                out = out + d.finish(li, _write_into(d, zs, li), None).to(act.dtype)
+        if d.has_skip(li):
             x = live.coder_in[li]
-            out = out + (x.to(c.W_skip.dtype) @ c.W_skip).to(act.dtype)
+            out = out + d.skip(li, x.to(d.dtype)).to(act.dtype)
         elif scales is None:
             out.requires_grad_(True)
         live.mlp_out[li] = out
@@ -250,7 +282,7 @@ def last_logits(model: HookedTransformer, prompt: Prompt, resid: Tensor) -> Tens
 
 
 def replacement_forward(
-    model: HookedTransformer, coders: dict[int, Coder], prompt: Prompt, scales: Scales
+    model: HookedTransformer, coders, prompt: Prompt, scales: Scales
 ) -> tuple[dict[int, Tensor], Tensor]:
     """Values of the replacement model with every source scaled: (pre-activations, layer ->
     [batch, seq, d_sae]; logits [batch, seq, d_vocab]). Affine in the scales."""
@@ -258,17 +290,18 @@ def replacement_forward(
     live = Live(embed=prompt.embed, coder_in={}, mlp_out=[None] * model.cfg.n_layers)
     hooks = replacement_hooks(model, coders, prompt, batch, live, scales)
     toks = prompt.tokens.expand(batch, -1)
+    d = as_dictionaries(coders)
     with torch.no_grad():
         logits = model.run_with_hooks(toks, fwd_hooks=hooks)
-        pre = {li: c.pre_acts(live.coder_in[li].to(c.W_enc.dtype)) for li, c in coders.items()}
+        pre = {li: d.pre_acts(li, live.coder_in[li].to(d.dtype)) for li in d.layers}
     return pre, logits
 
 
-def ones_scales(model: HookedTransformer, coders: dict[int, Coder], prompt: Prompt, batch: int):
+def ones_scales(model: HookedTransformer, coders, prompt: Prompt, batch: int):
     """`Scales` of all ones (the prompt's own values) for ``batch`` copies."""
     kw = {"dtype": prompt.embed.dtype, "device": prompt.embed.device}
     return Scales(
-        features={li: torch.ones(batch, *prompt.z[li].shape, **kw) for li in coders},
+        features={li: torch.ones(batch, *prompt.z[li].shape, **kw) for li in prompt.z},
         errors=torch.ones(batch, model.cfg.n_layers, prompt.n_pos, **kw),
         embed=torch.ones(batch, prompt.n_pos, **kw),
     )

@@ -1,0 +1,123 @@
+"""The dictionaries a replacement model is built from, seen the one way the graph reads them.
+
+A source layer ``l`` has features read at its input hook; each writes into the MLP outputs of
+a set of output layers: per-layer transcoders (`PerLayer`) write into their own layer only,
+a cross-layer transcoder (`CrossLayer`) into its own and every later one of its layers. The
+replacement MLP output of layer ``m`` is
+
+    mlp_hat[m] = finish(m, sum_{l writing m} z[l] @ decoders(l)[m], x[m])
+    finish(m, acc, x) = acc + b_out[m] (+ x @ W_skip[m])      (x: the live input of layer m)
+
+`PerLayer` does each operation in the order `tcspec.coders.Coder.decode` does, so graphs
+through per-layer transcoders are bit for bit what they were before CLTs. A feature of a
+CLT is one graph node: its outgoing edge sums its decoders' contributions.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from tcspec.clt.model import CLT
+from tcspec.coders import Coder
+from tcspec.hooks import full_name, relative_name
+
+
+class PerLayer:
+    """One transcoder per layer (some layers may have none)."""
+
+    def __init__(self, coders: dict[int, Coder]):
+        self.coders = dict(sorted(coders.items()))
+        self.layers = tuple(self.coders)  # source layers, increasing
+
+    @property
+    def dtype(self):
+        return next(iter(self.coders.values())).W_enc.dtype
+
+    def in_hook(self, li: int) -> str:
+        hook = self.coders[li].cfg.in_hook
+        if hook is None:
+            raise ValueError(f"layer {li}: the transcoder's config names no hooks")
+        return full_name(li, relative_name(hook, li))
+
+    def pre_acts(self, li: int, x: Tensor) -> Tensor:
+        return self.coders[li].pre_acts(x)
+
+    def activate(self, li: int, pre: Tensor) -> Tensor:
+        return self.coders[li].activate(pre)
+
+    def encoder(self, li: int) -> Tensor:
+        """[d, F]: the read-out vectors of layer li's features."""
+        return self.coders[li].W_enc
+
+    def decoders(self, li: int) -> dict[int, Tensor]:
+        """Output layer -> [F, d]: what layer li's features write there."""
+        return {li: self.coders[li].W_dec}
+
+    def writes_to(self, m: int) -> bool:
+        return m in self.coders
+
+    def has_skip(self, m: int) -> bool:
+        return m in self.coders and self.coders[m].cfg.skip
+
+    def finish(self, m: int, acc: Tensor, x: Tensor | None) -> Tensor:
+        """acc + b_out[m] (+ x @ W_skip[m] when x is given and layer m has a skip path)."""
+        c = self.coders[m]
+        y = acc + c.b_out
+        return y + x @ c.W_skip if x is not None and c.cfg.skip else y
+
+    def skip(self, m: int, x: Tensor) -> Tensor:
+        return x @ self.coders[m].W_skip
+
+
+class CrossLayer:
+    """A cross-layer transcoder: its layer l's features write into every layer m >= l."""
+
+    def __init__(self, clt: CLT):
+        self.clt = clt
+        self.layers = tuple(clt.cfg.blocks)
+        self._index = {b: i for i, b in enumerate(self.layers)}
+
+    @property
+    def dtype(self):
+        return self.clt.b_enc.dtype
+
+    def in_hook(self, li: int) -> str:
+        return self.clt.cfg.in_names[self._index[li]]
+
+    def pre_acts(self, li: int, x: Tensor) -> Tensor:
+        return self.clt.pre_acts(x, self._index[li])
+
+    def activate(self, li: int, pre: Tensor) -> Tensor:
+        return self.clt.activate(pre, self._index[li])
+
+    def encoder(self, li: int) -> Tensor:
+        return self.clt.W_enc[self._index[li]]
+
+    def decoders(self, li: int) -> dict[int, Tensor]:
+        W = self.clt.W_dec[self._index[li]]  # [F, L - i, d]
+        return {m: W[:, j] for j, m in enumerate(self.layers[self._index[li] :])}
+
+    def writes_to(self, m: int) -> bool:
+        return m in self._index
+
+    def has_skip(self, m: int) -> bool:
+        return m in self._index and self.clt.cfg.skip
+
+    def finish(self, m: int, acc: Tensor, x: Tensor | None) -> Tensor:
+        y = acc + self.clt.b_dec[self._index[m]]
+        return y + self.skip(m, x) if x is not None and self.clt.cfg.skip else y
+
+    def skip(self, m: int, x: Tensor) -> Tensor:
+        return x @ self.clt.W_skip[self._index[m]]
+
+
+Dictionaries = PerLayer | CrossLayer
+
+
+def as_dictionaries(x: dict[int, Coder] | CLT | Dictionaries) -> Dictionaries:
+    """Per-layer transcoders by layer, a CLT, or either already wrapped."""
+    if isinstance(x, (PerLayer, CrossLayer)):
+        return x
+    if isinstance(x, CLT):
+        return CrossLayer(x)
+    return PerLayer(x)
