@@ -84,6 +84,21 @@ def test_train_ids_name_each_activation_s_sparsity_setting():
     assert ids(explicit) == ids(base)
 
 
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_every_evaluation_is_in_one_pass_with_its_dictionary_s_sweep(spec: Path):
+    """Evaluation passes partition the evaluate tasks; a per-layer pass holds the sweep
+    points of one dictionary at one layer (what shares its clean and ablated forwards)."""
+    plan = compile_plan(parse_spec(spec.read_text(), str(spec), spec.parent))
+    grouped = [i for g in plan.eval_groups for i in g]
+    assert sorted(grouped) == sorted(t.id for t in plan.stage("evaluate"))
+    for g in plan.eval_groups:
+        refs = [plan.get("evaluate", i).config.coders for i in g]
+        where = {tuple((r.dictionary, r.layer) for r in c) for c in refs}
+        assert len(where) == 1, g
+    quickstart = compile_plan(parse_spec(quickstart_text(), "spec.yaml"))
+    assert sorted(map(len, quickstart.eval_groups)) == [3, 3, 3, 3]
+
+
 def test_train_configs_are_typed_and_canonical():
     from tcspec.configs import TrainedMemberConfig
 
