@@ -109,9 +109,11 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
             for t in group:
                 evaluations.append(plan.add(_evaluate_task(spec, [t], model, tokens)))
         if spec.evaluate.splice_all_layers and d.kind != "sae" and len(layers) > 1:
+            joint = spliced_layers(spec, layers)
+            span = joint if joint != list(layers) else None
             for i in range(len(members[(name, layers[0])])):
-                group = [members[(name, layer)][i] for layer in layers]
-                evaluations.append(plan.add(_evaluate_task(spec, group, model, tokens)))
+                group = [members[(name, layer)][i] for layer in joint]
+                evaluations.append(plan.add(_evaluate_task(spec, group, model, tokens, span)))
     if stream:
         train = plan.stage("train")
         ids, configs = [t.id for t in train], [t.config for t in train]
@@ -131,6 +133,13 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
         plan.add(_export_task(spec, e, _select(spec, e.dictionaries, exported), model))
     plan.add(_tables_task(spec, evaluations + downstream))
     return plan
+
+
+def spliced_layers(spec: Spec, layers: list[int]) -> list[int]:
+    """The layers of a dictionary (trained at ``layers``) that its joint evaluation
+    splices at once: `evaluate.splice_layers` (in the dictionary's order), else all."""
+    chosen = spec.evaluate.splice_layers
+    return list(layers) if chosen is None else [layer for layer in layers if layer in chosen]
 
 
 def _select(spec: Spec, refs, members: dict) -> list[Task]:
@@ -289,8 +298,11 @@ def _content_name(opts) -> str:
     return member_name(point | ({"d_sae": opts.d_sae} if opts.d_sae else {}))
 
 
-def _evaluate_task(spec: Spec, coders: list[Task], model: Task, tokens: Task) -> Task:
-    """Metrics of one sweep point spliced in at one layer (or several layers at once)."""
+def _evaluate_task(
+    spec: Spec, coders: list[Task], model: Task, tokens: Task, span: list[int] | None = None
+) -> Task:
+    """Metrics of one sweep point spliced in at one layer (or several layers at once);
+    ``span``: the layers of a joint evaluation over fewer than all of them, for its name."""
     refs = tuple(coder_ref(t) for t in coders)
     config = EvaluateConfig(
         coders=refs,
@@ -301,6 +313,8 @@ def _evaluate_task(spec: Spec, coders: list[Task], model: Task, tokens: Task) ->
     )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)} | _coder_deps(coders)
     layer = f"L{refs[0].layer}" if len(coders) == 1 and refs[0].kind != CLT else "all"
+    if span is not None:  # a chosen subset of the dictionary's layers
+        layer = "L" + "-".join(map(str, span))
     prefix = f"{refs[0].dictionary}-{layer}-{refs[0].member}"
     return make_task("evaluate", prefix, config, deps, {"mem_mb": 3000})
 
