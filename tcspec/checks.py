@@ -156,6 +156,7 @@ def _check(spec: Spec) -> Found:
             ("evaluate", "eval_tokens"),
             f"{ev} eval tokens asked but data.eval_tokens is {spec.data.eval_tokens}",
         )
+    yield from _check_splice_layers(spec)
     refs = []
     if spec.interp:
         refs += [(("interp", "dictionaries", i), r) for i, r in enumerate(spec.interp.dictionaries)]
@@ -194,6 +195,24 @@ def _check_clt_circuit(loc: tuple, c) -> Found:
             loc + ("dictionary", "layer"),
             f"`{name}` is a cross-layer transcoder: a graph traces all its layers; drop `layer`",
         )
+
+
+def _check_splice_layers(spec: Spec) -> Found:
+    """`evaluate.splice_layers` must be layers of every transcoder spliced jointly."""
+    chosen = spec.evaluate.splice_layers
+    if chosen is None:
+        return
+    for name, d in spec.dictionaries.items():
+        layers = d.layers if d.layers is not None else spec.layers
+        if d.kind in ("sae", CLT) or len(layers) < 2:
+            continue
+        missing = [layer for layer in chosen if layer not in layers]
+        if missing:
+            yield (
+                ("evaluate", "splice_layers"),
+                f"`{name}` has no layer {', '.join(map(str, missing))} (its layers "
+                f"{layers}): splice a subset of them",
+            )
 
 
 def _check_one_point(loc: tuple, ref, d) -> Found:

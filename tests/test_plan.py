@@ -258,3 +258,43 @@ def test_every_committed_spec_dry_runs_offline(tmp_path: Path):
         jobs = len(plan.tasks) - len(plan.stage("train")) + len(plan.groups)
         jobs += len(plan.eval_groups) - len(plan.stage("evaluate"))
         assert len(job_ids(run.stdout)) == jobs, spec
+
+
+def _joint_layers(plan) -> list[list[int]]:
+    """The layer list of every evaluation that splices several layers at once."""
+    found = [[r.layer for r in t.config.coders] for t in plan.stage("evaluate")]
+    return [layers for layers in found if len(layers) > 1]
+
+
+def test_splice_layers_picks_the_joint_evaluations_layer_set():
+    """The paper's gpt2-small splice-all numbers are for the transcoders of layers 0-10 at
+    once while its spec trains 0-11: the joint evaluation splices exactly `splice_layers`."""
+    paper = ROOT / "specs" / "paper" / "gpt2_small.yaml"
+    text = paper.read_text()
+    plan = compile_plan(parse_spec(text, str(paper)))
+    assert _joint_layers(plan) == [list(range(11))]
+    (joint,) = [t for t in plan.stage("evaluate") if len(t.config.coders) > 1]
+    assert joint.id.startswith("tc-L0-1-2-3-4-5-6-7-8-9-10-single-")
+    assert {t.config.layer for t in plan.stage("train") if t.label["dictionary"] == "tc"} == set(
+        range(12)
+    )
+    # without the field: every layer of the dictionary, under its former name
+    line = next(s for s in text.splitlines() if s.startswith("evaluate:"))
+    every = text.replace(line, "evaluate: {batch_contexts: 128, splice_all_layers: true}")
+    plan = compile_plan(parse_spec(every, str(paper)))
+    assert _joint_layers(plan) == [list(range(12))]
+    assert any(t.id.startswith("tc-all-single-") for t in plan.stage("evaluate"))
+
+
+def test_splice_layers_leaves_the_ids_of_specs_without_it_alone():
+    """Adding the field changed no id of a spec that does not set it (the CLT spec splices
+    all layers): its evaluate configs hold their coders only, no spec field."""
+    for path in (QUICKSTART, ROOT / "specs" / "clt.yaml"):
+        plan = compile_plan(parse_spec(path.read_text(), str(path)))
+        for t in plan.stage("evaluate"):
+            assert "splice_layers" not in t.config.canonical()
+    clt = ROOT / "specs" / "clt.yaml"
+    before = ids(clt.read_text())
+    text = clt.read_text().replace("splice_all_layers: true", "splice_all_layers: true, "
+                                   "splice_layers: [0, 1]")  # fmt: skip
+    assert ids(text) == before  # the CLT spec's dictionaries have layers 0 and 1

@@ -9,6 +9,7 @@ import pytest
 
 from tcspec.paper import REFERENCES
 from tcspec.tables import build_tables, interpolate_log_l0, pareto_figure, records_frame
+from tcspec.tables.records import layer_label, layer_span
 
 ORIG, ZERO, MEAN = 3.30, 4.10, 3.70  # original / zero-ablated / mean-ablated CE at every layer
 
@@ -403,3 +404,13 @@ def test_rows_whose_metrics_look_wrong_are_flagged_in_the_notes(tmp_path):
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith(f"Warning: {bad['dictionary']} 1 {bad['member']}:")
     assert "CE recovered -50.0% < 0" in warnings[0] and "FVU 1.25 > 1" in warnings[0]
+
+
+def test_a_joint_splice_names_its_layer_set():
+    """A record over a chosen layer set says which layers were spliced at once."""
+    assert layer_span([0, 1]) == "0,1"
+    assert layer_span(list(range(11))) == "0-10"
+    assert layer_span([0, 1, 2, 5, 7, 8]) == "0-2,5,7,8"
+    df = records_frame([{"dictionary": "tc", "kind": "transcoder", "layers": list(range(11)),
+                         "splice": "all", "metrics": {}}])  # fmt: skip
+    assert layer_label(df.iloc[0]) == "0-10 (all)"

@@ -111,9 +111,11 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
             members[(name, layer)] = group
             _add_evaluations(plan, [[t] for t in group], spec, model, tokens, evaluations)
         if spec.evaluate.splice_all_layers and d.kind != "sae" and len(layers) > 1:
+            joint = spliced_layers(spec, layers)
+            span = joint if joint != list(layers) else None
             n = len(members[(name, layers[0])])
-            sets = [[members[(name, layer)][i] for layer in layers] for i in range(n)]
-            _add_evaluations(plan, sets, spec, model, tokens, evaluations)
+            sets = [[members[(name, layer)][i] for layer in joint] for i in range(n)]
+            _add_evaluations(plan, sets, spec, model, tokens, evaluations, span)
     if stream:
         train = plan.stage("train")
         ids, configs = [t.id for t in train], [t.config for t in train]
@@ -135,13 +137,22 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
     return plan
 
 
-def _add_evaluations(plan: Plan, coder_sets, spec, model, tokens, evaluations: list) -> None:
+def _add_evaluations(
+    plan: Plan, coder_sets, spec, model, tokens, evaluations: list, span=None
+) -> None:
     """One evaluate task per set of coders (one coder, or one per layer spliced at once),
     all in one evaluation pass: the sweep points of one dictionary at one layer (or at all
     its layers) share the pass's clean and ablated forwards."""
-    tasks = [plan.add(_evaluate_task(spec, s, model, tokens)) for s in coder_sets]
+    tasks = [plan.add(_evaluate_task(spec, s, model, tokens, span)) for s in coder_sets]
     evaluations += tasks
     plan.eval_groups.append(tuple(sorted(t.id for t in tasks)))
+
+
+def spliced_layers(spec: Spec, layers: list[int]) -> list[int]:
+    """The layers of a dictionary (trained at ``layers``) that its joint evaluation
+    splices at once: `evaluate.splice_layers` (in the dictionary's order), else all."""
+    chosen = spec.evaluate.splice_layers
+    return list(layers) if chosen is None else [layer for layer in layers if layer in chosen]
 
 
 def _select(spec: Spec, refs, members: dict) -> list[Task]:
@@ -326,8 +337,11 @@ def _content_name(opts) -> str:
     return member_name(point | ({"d_sae": opts.d_sae} if opts.d_sae else {}))
 
 
-def _evaluate_task(spec: Spec, coders: list[Task], model: Task, tokens: Task) -> Task:
-    """Metrics of one sweep point spliced in at one layer (or several layers at once)."""
+def _evaluate_task(
+    spec: Spec, coders: list[Task], model: Task, tokens: Task, span: list[int] | None = None
+) -> Task:
+    """Metrics of one sweep point spliced in at one layer (or several layers at once);
+    ``span``: the layers of a joint evaluation over fewer than all of them, for its name."""
     refs = tuple(coder_ref(t) for t in coders)
     config = EvaluateConfig(
         coders=refs,
@@ -337,13 +351,16 @@ def _evaluate_task(spec: Spec, coders: list[Task], model: Task, tokens: Task) ->
         bos=spec.data.bos,
     )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)} | _coder_deps(coders)
-    prefix = f"{_spliced(refs)}-{refs[0].member}"
+    prefix = f"{_spliced(refs, span)}-{refs[0].member}"
     return make_task("evaluate", prefix, config, deps, {"mem_mb": 3000})
 
 
-def _spliced(refs: tuple[CoderRef, ...]) -> str:
-    """Readable part of an evaluation's id: the dictionary and where it is spliced."""
+def _spliced(refs: tuple[CoderRef, ...], span: list[int] | None = None) -> str:
+    """Readable part of an evaluation's id: the dictionary and where it is spliced
+    (``span``: a joint splice over fewer than all its layers)."""
     layer = f"L{refs[0].layer}" if len(refs) == 1 and refs[0].kind != CLT else "all"
+    if span is not None:
+        layer = "L" + "-".join(map(str, span))
     return f"{refs[0].dictionary}-{layer}"
 
 

@@ -33,7 +33,26 @@ class EvaluateSpec(Frozen):
     batch_contexts: PosInt = 16
     """Contexts per forward pass."""
     splice_all_layers: bool = False
-    """Also evaluate each sweep point with its transcoders spliced into all layers at once."""
+    """Also evaluate each sweep point with its transcoders spliced into all layers at once
+    (every transcoder trained at more than one layer; SAEs are spliced one at a time)."""
+    splice_layers: Annotated[list[NonNegInt], Field(min_length=2)] | None = None
+    """The layers spliced at once when `splice_all_layers` is true, e.g. the paper's
+    gpt2-small `[0, 1, ..., 10]` while its transcoders train 0-11; each such transcoder must
+    have them all. None: every layer of the dictionary. A cross-layer transcoder is always
+    spliced into all its layers."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        layers = self.splice_layers
+        if layers is not None and not self.splice_all_layers:
+            raise FieldError(
+                "splice_layers",
+                "`splice_layers` picks the layers of the joint evaluation: "
+                "set `splice_all_layers: true` too",
+            )
+        if layers is not None and len(set(layers)) != len(layers):
+            raise FieldError("splice_layers", f"layers repeat: {layers}")
+        return self
 
 
 class DictionaryRef(Frozen):

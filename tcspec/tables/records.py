@@ -148,10 +148,25 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def layer_label(row: pd.Series) -> str:
-    """A row's layer as shown: `3`, or `0,1 (all)` for a record over several layers."""
+    """A row's layer as shown: `3`, or the layers spliced at once for a record over
+    several, runs of three or more as a range: `0,1 (all)`, `0-10 (all)`, `0-2,5 (all)`."""
     if not pd.isna(row["layer"]):
         return str(int(row["layer"]))
-    return f"{row['layers']} ({row['splice']})" if row["layers"] else MISSING
+    if not row["layers"]:
+        return MISSING
+    return f"{layer_span([int(x) for x in row['layers'].split(',')])} ({row['splice']})"
+
+
+def layer_span(layers: Sequence[int]) -> str:
+    """`0,1`, `0-10`, `0-2,5`: the layers in order, runs of three or more as `a-b`."""
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    parts = [f"{r[0]}-{r[-1]}" if len(r) >= 3 else ",".join(map(str, r)) for r in runs]
+    return ",".join(parts)
 
 
 def per_layer(df: pd.DataFrame) -> dict[int, pd.DataFrame]:
