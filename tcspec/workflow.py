@@ -114,18 +114,32 @@ class Workflow:
 
 def pending_passes(plan: Plan, results: Path) -> list[Task]:
     """One training pass per group with members not done (only those members), then one
-    evaluation pass per eval group likewise."""
+    evaluation pass per eval group with members not done or older than an upstream task (a
+    done train task is final: its id names what it trained on; an evaluation reruns when
+    its inputs finished after it, as a task of a generic rule does)."""
     out = []
     for stage, groups in (("train", plan.groups), ("evaluate", plan.eval_groups)):
         for ids in groups:
             todo = [plan.get(stage, i) for i in ids]
-            todo = [t for t in todo if not t.done(results).exists()]
+            todo = [t for t in todo if not t.done(results).exists() or _older(t, results)]
             if not todo:
                 continue
             out.append(
                 group_task(todo, plan.stream_shape) if stage == "train" else eval_group_task(todo)
             )
     return out
+
+
+def _older(task: Task, results: Path) -> bool:
+    """Whether a done evaluate task finished before one of its inputs (or one is missing)."""
+    if task.stage == "train":
+        return False
+    mtime = task.done(results).stat().st_mtime_ns
+    for stage, dep_id in task.deps.values():
+        dep = layout.done_file(results, stage, dep_id)
+        if not dep.exists() or dep.stat().st_mtime_ns > mtime:
+            return True
+    return False
 
 
 def record_stream_budget(results: Path, experiment: str, budget_mb: int) -> None:
