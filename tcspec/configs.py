@@ -85,6 +85,10 @@ class StreamSource(Frozen):
     """Position 0 of each context is skipped, as the cache does."""
 
 
+LATER_OPTS = {"ghost_residual": "output"}
+"""Trained dictionaries' options (-> default) a train id holds only away from the default."""
+
+
 class TrainedMemberConfig(StageConfig):
     """One trained dictionary: one sweep point of one spec dictionary at one layer. Only
     what fixes the weights: no names or sweep labels of the spec it came from, so specs
@@ -104,10 +108,14 @@ class TrainedMemberConfig(StageConfig):
     """Set when the member trains from a stream (``acts: {source: stream}``), not a cache."""
 
     def canonical(self) -> str:
-        """As for every stage; ``stream`` only when set, so a cache member keeps its id."""
+        """As for every stage; ``stream`` only when set, so a cache member keeps its id, and
+        the options added since ids were fixed only when not at their defaults."""
         dump = self.model_dump(mode="json")
         if dump["stream"] is None:
             del dump["stream"]
+        for field, default in LATER_OPTS.items():
+            if dump["opts"].get(field) == default:
+                del dump["opts"][field]
         return json.dumps(dump, sort_keys=True)
 
     def coder(self):
