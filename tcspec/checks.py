@@ -315,8 +315,12 @@ def _check_dictionary(spec: Spec, name: str, d, dims: dict) -> Found:
     for k in _as_list(d.k) if d.k is not None else []:
         if k > min(widths):
             yield base + ("k",), f"k {k} exceeds d_sae {min(widths)}"
-    if d.kind == "skip_transcoder" and d_in != d_out:
-        pass  # W_skip is d_in x d_out: any widths work
+    if getattr(d, "ghost_residual", "output") == "input" and d_in != d_out:
+        yield (
+            base + ("ghost_residual",),
+            f"`ghost_residual: input` fits x - y_hat, but d_in {d_in} != d_out {d_out}; "
+            "use `output`",
+        )
     tokens = d.train_tokens or spec.data.train_tokens
     if d.train_tokens and d.train_tokens > spec.data.train_tokens:
         yield (

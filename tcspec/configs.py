@@ -85,8 +85,9 @@ class StreamSource(Frozen):
     """Position 0 of each context is skipped, as the cache does."""
 
 
-OPTIONAL_OPTS_FIELDS = ("jumprelu_threshold_lr",)
-"""Dictionary options added after train ids were fixed: in a train id only when not None."""
+LATER_OPTS = {"ghost_residual": "output", "jumprelu_threshold_lr": None}
+"""Dictionary options added after train ids were fixed (-> their default): in a train id
+only away from the default, so a member that does not use them keeps its id."""
 
 
 class TrainedMemberConfig(StageConfig):
@@ -108,14 +109,14 @@ class TrainedMemberConfig(StageConfig):
     """Set when the member trains from a stream (``acts: {source: stream}``), not a cache."""
 
     def canonical(self) -> str:
-        """As for every stage; ``stream`` and the options of `OPTIONAL_OPTS_FIELDS` only
-        when set, so a member that does not use them keeps its id."""
+        """As for every stage; ``stream`` only when set, so a cache member keeps its id, and
+        the options of `LATER_OPTS` only when not at their defaults."""
         dump = self.model_dump(mode="json")
         if dump["stream"] is None:
             del dump["stream"]
-        for f in OPTIONAL_OPTS_FIELDS:
-            if dump["opts"].get(f, 0) is None:
-                del dump["opts"][f]
+        for field, default in LATER_OPTS.items():
+            if field in dump["opts"] and dump["opts"][field] == default:
+                del dump["opts"][field]
         return json.dumps(dump, sort_keys=True)
 
     def coder(self):

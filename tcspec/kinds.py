@@ -34,6 +34,9 @@ THRESHOLD_ACTIVATIONS = ("jumprelu", "batchtopk")
 DEAD_AUX_K = ("topk", "batchtopk")
 """Activations the aux-k dead-feature loss applies to."""
 
+GHOST_RESIDUALS = ("output", "input")
+"""What ghost grads fit: the output residual y - y_hat, or the input side's x - y_hat."""
+
 
 def d_sae_of(d_in: int, d_sae: int | None, expansion: int | None) -> int:
     """The number of features: `d_sae` when given, else `expansion * d_in`."""

@@ -298,3 +298,16 @@ def test_splice_layers_leaves_the_ids_of_specs_without_it_alone():
     text = clt.read_text().replace("splice_all_layers: true", "splice_all_layers: true, "
                                    "splice_layers: [0, 1]")  # fmt: skip
     assert ids(text) == before  # the CLT spec's dictionaries have layers 0 and 1
+
+
+def test_ghost_residual_enters_a_train_id_only_when_chosen():
+    """A train id holds `ghost_residual` only away from its default (`output`), so every
+    spec that does not set it keeps its ids; the paper's gpt2 transcoders set `input`."""
+    for t in compile_plan(parse_spec(quickstart_text(), "spec.yaml")).stage("train"):
+        assert "ghost_residual" not in t.config.canonical()
+    paper = ROOT / "specs" / "paper" / "gpt2_small.yaml"
+    train = compile_plan(parse_spec(paper.read_text(), str(paper))).stage("train")
+    sides = {t.label["dictionary"]: t.config.opts.ghost_residual for t in train}
+    assert sides == {"tc": "input", "sae": "output"}
+    assert all('"ghost_residual": "input"' in t.config.canonical() for t in train
+               if t.label["dictionary"] == "tc")  # fmt: skip

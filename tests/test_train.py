@@ -134,6 +134,53 @@ def test_hand_written_gradients_match_autograd(kind, act, loss, dead_mode):
         assert torch.allclose(grads[name], p.grad, rtol=1e-9, atol=1e-12), name
 
 
+def _ghost_by_hand(c: Coder, x, y, dead, r_side: str):
+    """The released code's ghost-grad term on the dead features, its residual r from the
+    transcoder's input (x - y_hat) or output (y - y_hat): gradients of W_dec's dead rows."""
+    pre = (x - c.b_dec) @ c.W_enc + c.b_enc  # [B, S]
+    y_hat = torch.relu(pre) @ c.W_dec + c.b_dec_out  # [B, d_out]
+    rec_elem = ((y_hat - y) ** 2 / y.norm(dim=1, keepdim=True)).detach()
+    r = ((x if r_side == "input" else y) - y_hat).detach()
+    W = c.W_dec[dead].detach().requires_grad_()
+    g = torch.exp(pre[:, dead].detach()) @ W
+    g = g * (r.norm(dim=1) / (1e-6 + 2 * g.norm(dim=1)))[:, None].detach()
+    q = (g - r) ** 2 / r.norm(dim=1, keepdim=True)
+    (grad,) = torch.autograd.grad(((rec_elem / (q + 1e-6)).detach() * q).mean(), W)
+    return grad  # [n_dead, d_out]
+
+
+@pytest.mark.parametrize("side", ["output", "input"])
+def test_ghost_residual_is_the_chosen_side(side):
+    """`ghost_residual: input` fits the dead features' ghost output to x - y_hat (the
+    paper's code), `output` to y - y_hat: the dead decoder rows' gradients are those of
+    each definition, and the two differ."""
+    from tcspec.train.dead import ghost_residual
+
+    g = torch.Generator().manual_seed(3)
+    S, d = 10, 6
+    opts = TranscoderSpec(kind="transcoder", d_sae=S, dead_features="ghost_grads",
+                          ghost_residual=side)  # fmt: skip
+    c = Coder(CoderConfig("transcoder", d, d, S), seed=0).double()
+    with torch.no_grad():
+        for p in c.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    x = torch.randn(8, d, generator=g, dtype=torch.float64)
+    y = 2 * torch.randn(8, d, generator=g, dtype=torch.float64)
+    y_hat = c(x)[0].detach()
+    side_of = {"input": x, "output": y}
+    assert torch.allclose(ghost_residual(side, x, y, y_hat - y), side_of[side] - y_hat)
+    dead = torch.zeros(S, dtype=torch.bool)
+    dead[[0, 3, 8]] = True
+    idx = dead.nonzero().squeeze(1)
+    with_ghost = loss_and_grads(c, x, y, opts, 0.0, idx, Workspace("cpu", torch.float64))
+    plain = opts.model_copy(update={"dead_features": "none", "ghost_residual": "output"})
+    without = loss_and_grads(c, x, y, plain, 0.0, None, Workspace("cpu", torch.float64))
+    ghost = with_ghost[0]["W_dec"][idx] - without[0]["W_dec"][idx]  # the ghost term's part
+    other = "output" if side == "input" else "input"
+    assert torch.allclose(ghost, _ghost_by_hand(c, x, y, dead, side), rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(ghost, _ghost_by_hand(c, x, y, dead, other), rtol=1e-3)
+
+
 def test_loss_forms_by_hand():
     """squared_error = mean_b sum_j e^2; normalized_mse = mean_bj e^2 / ||y_b||."""
     opts_se = TranscoderSpec(kind="transcoder", d_sae=3, loss="squared_error")

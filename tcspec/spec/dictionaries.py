@@ -12,7 +12,14 @@ from pydantic import (
 )
 
 from tcspec.hooks import TRANSCODER_IN, TRANSCODER_OUT
-from tcspec.kinds import ACTIVATIONS, CLT_ACTIVATIONS, CLT_IN_HOOKS, DEAD_AUX_K, SPARSITY_K
+from tcspec.kinds import (
+    ACTIVATIONS,
+    CLT_ACTIVATIONS,
+    CLT_IN_HOOKS,
+    DEAD_AUX_K,
+    GHOST_RESIDUALS,
+    SPARSITY_K,
+)
 from tcspec.spec.base import (
     SWEEP_FIELDS,
     FieldError,
@@ -83,6 +90,10 @@ class _DictionaryBase(_Schedule):
     resampling, or the TopK auxiliary loss."""
     dead_window: PosInt = 5000
     """Steps without firing after which a feature counts as dead (ghost grads, resampling)."""
+    ghost_residual: Literal[GHOST_RESIDUALS] = "output"  # type: ignore[valid-type]
+    """Ghost grads: the residual the dead features' ghost output is fit to: `output`,
+    y - y_hat (the dictionary's target side), or `input`, x - y_hat (the paper's released
+    code, with the transcoder's input x; needs d_in = d_out). The same for an SAE."""
     aux_k: PosInt | None = None
     """Dead features the aux-k loss reconstructs with; None uses d_in / 2."""
     aux_k_coef: NonNegFloat = 1 / 32
@@ -133,6 +144,10 @@ class _DictionaryBase(_Schedule):
                 "normalize_decoder",
                 "`normalize_decoder: false` with an L1 penalty is degenerate (the L1 term "
                 "shrinks z while W_dec grows); keep unit-norm decoder rows or set `l1: 0`",
+            )
+        if self.ghost_residual != "output" and self.dead_features != "ghost_grads":
+            raise FieldError(
+                "ghost_residual", "`ghost_residual` only applies to `dead_features: ghost_grads`"
             )
         if self.dead_features == "aux_k" and self.activation not in DEAD_AUX_K:
             raise FieldError(

@@ -14,17 +14,16 @@ RESAMPLE_ENC_SCALE = 0.2  # resampled encoder columns: 0.2 x mean norm of live c
 DEAD_TERMS = ("ghost_grads", "aux_k")  # the `dead_features` modes that add a loss term
 
 
-def ghost_term(pre_dead: Tensor, W_dec_dead: Tensor, e: Tensor, rec_elem: Tensor, loss: str):
+def ghost_term(pre_dead: Tensor, W_dec_dead: Tensor, r: Tensor, rec_elem: Tensor, loss: str):
     """Ghost-grad loss (Anthropic, as in the paper's released code), for the dead features.
 
-    r = y - y_hat = -e (no gradient), g = exp(pre_dead) W_dec_dead  [B, d_out],
-    g <- g * ||r|| / (2 ||g|| + 1e-6) (scale without gradient),
-    q = (g - r)^2 / ||r||  [B, d_out],  term = reduce(sg(rec_elem / (q + 1e-6)) * q), with
-    rec_elem the reconstruction loss's per-element term and reduce its reduction (mean over
-    elements for normalized_mse, sum over dims and mean over tokens for squared_error).
-    The released code used the transcoder's *input* x in r; here r is the output residual.
+    r  [B, d_out] the residual fit (no gradient; see `ghost_residual`),
+    g = exp(pre_dead) W_dec_dead  [B, d_out],  g <- g * ||r|| / (2 ||g|| + 1e-6) (scale
+    without gradient),  q = (g - r)^2 / ||r||  [B, d_out],
+    term = reduce(sg(rec_elem / (q + 1e-6)) * q), with rec_elem the reconstruction loss's
+    per-element term and reduce its reduction (mean over elements for normalized_mse, sum
+    over dims and mean over tokens for squared_error).
     """
-    r = -e  # [B, d_out]
     ghost = torch.exp(pre_dead) @ W_dec_dead  # [B, n_dead] @ [n_dead, d_out] -> [B, d_out]
     r_norm = r.norm(dim=1, keepdim=True)  # [B, 1]
     scale = r_norm / (1e-6 + 2 * ghost.norm(dim=1, keepdim=True))
@@ -32,6 +31,13 @@ def ghost_term(pre_dead: Tensor, W_dec_dead: Tensor, e: Tensor, rec_elem: Tensor
     q = (ghost - r).square() / r_norm  # [B, d_out]
     q = (rec_elem / (q + 1e-6)).detach() * q
     return q.mean() if loss == "normalized_mse" else q.sum() / q.shape[0]
+
+
+def ghost_residual(side: str, x: Tensor, y: Tensor, e: Tensor) -> Tensor:
+    """The residual ghost grads fit [B, d_out], with e = y_hat - y: `output`, y - y_hat =
+    -e; `input`, x - y_hat = x - y - e (the paper's released code: the transcoder's input
+    x in place of its target; d_in = d_out)."""
+    return -e if side == "output" else x - y - e
 
 
 def aux_k_term(pre_dead: Tensor, W_dec_dead: Tensor, e: Tensor, k_aux: int) -> Tensor:
@@ -48,21 +54,23 @@ def aux_k_term(pre_dead: Tensor, W_dec_dead: Tensor, e: Tensor, k_aux: int) -> T
     return (r_hat - r).square().sum() / (r - r.mean(0)).square().sum()
 
 
-def dead_term(opts, d_in: int, pre_dead: Tensor, W_dec_dead: Tensor, e: Tensor, rec_elem):
-    """The configured dead-feature term (ghost grads, or aux-k times its coefficient)."""
+def dead_term(opts, d_in: int, pre_dead: Tensor, W_dec_dead: Tensor, x, y, e, rec_elem):
+    """The configured dead-feature term (ghost grads, or aux-k times its coefficient), on
+    the batch's x [B, d_in], y and e = y_hat - y [B, d_out] (e without gradient)."""
     if opts.dead_features == "ghost_grads":
-        return ghost_term(pre_dead, W_dec_dead, e, rec_elem, opts.loss)
+        r = ghost_residual(opts.ghost_residual, x, y, e)
+        return ghost_term(pre_dead, W_dec_dead, r, rec_elem, opts.loss)
     k_aux = opts.aux_k or d_in // 2
     return opts.aux_k_coef * aux_k_term(pre_dead, W_dec_dead, e, k_aux)
 
 
-def dead_term_grads(opts, coder: Coder, pre_dead: Tensor, dead_idx: Tensor, e, rec_elem):
+def dead_term_grads(opts, coder: Coder, pre_dead: Tensor, dead_idx: Tensor, x, y, e, rec_elem):
     """(term as a 0-d tensor, d term / d pre_dead [B, n_dead], d term / d W_dec_dead
     [n_dead, d_out]) by autograd on the small dead-feature slice only."""
     pre_dead.requires_grad_()
     W_dec_dead = coder.W_dec.index_select(0, dead_idx).requires_grad_()  # [n_dead, d_out]
     with torch.enable_grad():
-        aux = dead_term(opts, coder.cfg.d_in, pre_dead, W_dec_dead, e, rec_elem)
+        aux = dead_term(opts, coder.cfg.d_in, pre_dead, W_dec_dead, x, y, e, rec_elem)
         gpre_dead, gW_dec_dead = torch.autograd.grad(aux, (pre_dead, W_dec_dead))
     return aux.detach(), gpre_dead, gW_dec_dead
 

@@ -55,7 +55,9 @@ def loss_and_grads(
 
     aux, dead = torch.zeros((), dtype=x.dtype, device=x.device), None
     if use_dead:
-        aux, gpre_dead, gW_dec_dead = dead_term_grads(opts, coder, pre_dead, dead_idx, e, rec_elem)
+        aux, gpre_dead, gW_dec_dead = dead_term_grads(
+            opts, coder, pre_dead, dead_idx, x, y, e, rec_elem
+        )
         dead = (dead_idx, gpre_dead)
     extra = codes.extra_terms()  # e.g. JumpReLU's L0 penalty (its gradient is in `gr`)
     if opts.matryoshka:  # the inner prefixes' losses; every prefix's g reaches b_out, W_skip
@@ -125,7 +127,9 @@ def reference_loss(
     aux = torch.zeros((), dtype=x.dtype)
     if dead is not None and dead.any() and opts.dead_features in DEAD_TERMS:
         W_dead = coder.W_dec[dead]
-        aux = dead_term(opts, coder.cfg.d_in, pre[:, dead], W_dead, e.detach(), rec_elem.detach())
+        aux = dead_term(
+            opts, coder.cfg.d_in, pre[:, dead], W_dead, x, y, e.detach(), rec_elem.detach()
+        )
     loss = rec + l1_term + aux + sum(extra.values())
     return {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
 
