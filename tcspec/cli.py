@@ -113,10 +113,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plan(args, stream_budget_mb: int | None = None):
+def _plan(args, stream_budget_mb: int | None = None, results: Path | None = None):
+    """The spec and its plan, with ``stream_budget_mb``, else the budget the last run under
+    ``results`` recorded (the same pass ids), else the default."""
     from tcspec.plan import DEFAULT_STREAM_BUDGET_MB, compile_plan
+    from tcspec.workflow import recorded_stream_budget
 
     spec = load_spec(args.spec)
+    if stream_budget_mb is None and results is not None:
+        stream_budget_mb = recorded_stream_budget(results, spec.experiment)
     try:
         return spec, compile_plan(spec, stream_budget_mb or DEFAULT_STREAM_BUDGET_MB)
     except ValueError as exc:  # a dictionary too large for one stream job
@@ -373,10 +378,8 @@ def _size(path: Path) -> int:
 
 def cmd_status(args) -> int:
     from tcspec.report import status_table
-    from tcspec.workflow import recorded_stream_budget
 
-    spec = load_spec(args.spec)  # the budget its last run used: the same pass ids
-    spec, plan = _plan(args, recorded_stream_budget(Path(args.results), spec.experiment))
+    spec, plan = _plan(args, results=Path(args.results))
     print(status_table(plan, Path(args.results)))
     return 0
 

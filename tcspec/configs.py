@@ -90,6 +90,18 @@ LATER_OPTS = {"ghost_residual": "output", "jumprelu_threshold_lr": None}
 only away from the default, so a member that does not use them keeps its id."""
 
 
+def _canonical_member(config: StageConfig) -> str:
+    """A trained member's canonical JSON: ``stream`` only when set (a cache member keeps
+    its id), the options of `LATER_OPTS` only away from their defaults."""
+    dump = config.model_dump(mode="json")
+    if dump["stream"] is None:
+        del dump["stream"]
+    for field, default in LATER_OPTS.items():
+        if field in dump["opts"] and dump["opts"][field] == default:
+            del dump["opts"][field]
+    return json.dumps(dump, sort_keys=True)
+
+
 class TrainedMemberConfig(StageConfig):
     """One trained dictionary: one sweep point of one spec dictionary at one layer. Only
     what fixes the weights: no names or sweep labels of the spec it came from, so specs
@@ -109,15 +121,7 @@ class TrainedMemberConfig(StageConfig):
     """Set when the member trains from a stream (``acts: {source: stream}``), not a cache."""
 
     def canonical(self) -> str:
-        """As for every stage; ``stream`` only when set, so a cache member keeps its id, and
-        the options of `LATER_OPTS` only when not at their defaults."""
-        dump = self.model_dump(mode="json")
-        if dump["stream"] is None:
-            del dump["stream"]
-        for field, default in LATER_OPTS.items():
-            if field in dump["opts"] and dump["opts"][field] == default:
-                del dump["opts"][field]
-        return json.dumps(dump, sort_keys=True)
+        return _canonical_member(self)
 
     def coder(self):
         """The dictionary's shape and hooks (``tcspec.coders.CoderConfig``)."""
@@ -182,11 +186,7 @@ class CLTMemberConfig(StageConfig):
     """Set when it trains from a stream (``acts: {source: stream}``), not a cache."""
 
     def canonical(self) -> str:
-        """As for every stage; ``stream`` only when set, so a cache CLT keeps its id."""
-        dump = self.model_dump(mode="json")
-        if dump["stream"] is None:
-            del dump["stream"]
-        return json.dumps(dump, sort_keys=True)
+        return _canonical_member(self)
 
     @property
     def layer(self) -> int:

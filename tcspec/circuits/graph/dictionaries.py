@@ -53,6 +53,10 @@ class PerLayer:
         """Output layer -> [F, d]: what layer li's features write there."""
         return {li: self.coders[li].W_dec}
 
+    def sources(self, m: int) -> tuple[int, ...]:
+        """The source layers whose features write into layer m, increasing."""
+        return (m,) if m in self.coders else ()
+
     def writes_to(self, m: int) -> bool:
         return m in self.coders
 
@@ -96,6 +100,9 @@ class CrossLayer:
     def decoders(self, li: int) -> dict[int, Tensor]:
         W = self.clt.W_dec[self._index[li]]  # [F, L - i, d]
         return {m: W[:, j] for j, m in enumerate(self.layers[self._index[li] :])}
+
+    def sources(self, m: int) -> tuple[int, ...]:
+        return self.layers[: self._index[m] + 1] if m in self._index else ()
 
     def writes_to(self, m: int) -> bool:
         return m in self._index

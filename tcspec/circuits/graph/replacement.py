@@ -182,10 +182,9 @@ def _write_into(d: Dictionaries, z: dict[int, Tensor], m: int) -> Tensor:
     """sum over the source layers l writing layer m, in order, of z[l] @ decoders(l)[m]:
     z [..., F] each -> [..., d]."""
     out = None
-    for li in d.layers:
-        W = d.decoders(li).get(m)
-        if W is not None:
-            out = z[li] @ W if out is None else out + z[li] @ W
+    for li in d.sources(m):
+        W = d.decoders(li)[m]
+        out = z[li] @ W if out is None else out + z[li] @ W
     return out
 
 
@@ -254,7 +253,9 @@ def _mlp_out_hook(d: Dictionaries, prompt: Prompt, li: int, live: Live, scales: 
         else:
             out = prompt.error[li] * scales.errors[:, li, :, None].to(act.dtype)
             if d.writes_to(li):
-                zs = {s: prompt.z[s] * scales.features[s].to(prompt.z[s].dtype) for s in d.layers}
+                zs = {  # only the layers writing here: this runs per layer per batch
+                    s: prompt.z[s] * scales.features[s].to(prompt.z[s].dtype) for s in d.sources(li)
+                }
                 out = out + d.finish(li, _write_into(d, zs, li), None).to(act.dtype)
         if d.has_skip(li):
             x = live.coder_in[li]
