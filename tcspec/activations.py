@@ -8,10 +8,10 @@ place at the end, so a killed job leaves nothing that looks complete)::
     shard_00000/blocks.0.hook_mlp_out.npy          [rows, d_model]
     shard_00001/...
 
-Rows are token positions in token order: context 0 positions 1..ctx-1, context 1 positions
-1..ctx-1, ... With ``drop_bos`` (the default) position 0 of every context, which the packing
-rule makes BOS, is not stored: its activations are an outlier shared by all contexts.
-BOS tokens inside a context (where a new document starts) are kept. Shards hold
+Rows are the counted token positions in token order (context 0's, then context 1's, ...):
+every position but those whose token is in ``exclude_tokens`` (the BOS convention
+``exclude`` passes the BOS id: every document's BOS, at the start of a row or inside it, is
+left out, as evaluation leaves it out; see `tcspec.positions`). Shards hold
 ``shard_tokens`` rows each (the last holds the rest). ``bfloat16`` is stored as its
 ``uint16`` bit pattern (numpy has no bfloat16); the manifest records the dtype.
 
@@ -29,7 +29,7 @@ import math
 import queue
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from tcspec.atomic import atomic_dir
 from tcspec.hooks import split_name
+from tcspec.positions import counted, keep_mask
 
 ACTS_FORMAT = "tcspec.acts/1"
 CHECKSUM = "xxh3_128"
@@ -228,30 +229,28 @@ def _check_disk(out_dir: Path, total_rows: int, widths: dict[str, int], itemsize
         )
 
 
-def _host_arrays(store: dict[str, torch.Tensor], widths: dict[str, int], first: int,
+def _host_arrays(store: dict[str, torch.Tensor], widths: dict[str, int], keep: torch.Tensor,
                  dtype: str) -> dict[str, np.ndarray]:  # fmt: skip
-    """One batch's hook activations as storage-dtype numpy rows: {hook: [b * (ctx - first), d]}."""
+    """One batch's hook activations at the counted positions `keep` [b, ctx] as
+    storage-dtype numpy rows: {hook: [n counted, d]}."""
     torch_dtype, np_dtype = STORAGE[dtype]
     arrays = {}
-    for h, width in widths.items():
-        act = store[h][:, first:].to(torch_dtype)  # [b, ctx - first, d]
-        act = act.reshape(-1, width).cpu()  # [b * (ctx - first), d]
+    for h in widths:
+        act = store[h][keep].to(torch_dtype).cpu()  # [n, d]
         if dtype == "bfloat16":
             act = act.view(torch.int16)  # the bits; numpy has no bfloat16
         arrays[h] = act.numpy().view(np_dtype)
     return arrays
 
 
-def _manifest(dtype: str, widths: dict[str, int], shape: tuple[int, int], drop_bos: bool,
-              shard_tokens: int, shards: list) -> dict:  # fmt: skip
+def _manifest(dtype: str, widths: dict[str, int], shape: tuple[int, int], exclude: tuple,
+              total_rows: int, shard_tokens: int, shards: list) -> dict:  # fmt: skip
     n_contexts, context = shape
-    rows = context - (1 if drop_bos else 0)
     return {
         "format": ACTS_FORMAT, "dtype": dtype, "storage_dtype": STORAGE[dtype][1].name,
         "checksum": CHECKSUM, "hooks": {h: {"width": w} for h, w in widths.items()},
-        "context": context, "n_contexts": n_contexts, "drop_bos": drop_bos,
-        "rows_per_context": rows, "total_rows": n_contexts * rows,
-        "shard_tokens": shard_tokens, "shards": shards,
+        "context": context, "n_contexts": n_contexts, "exclude_tokens": list(exclude),
+        "total_rows": total_rows, "shard_tokens": shard_tokens, "shards": shards,
     }  # fmt: skip
 
 
@@ -264,7 +263,7 @@ def cache_activations(
     dtype: str = "float32",
     batch_contexts: int = 32,
     shard_tokens: int = 65536,
-    drop_bos: bool = True,
+    exclude_tokens: Sequence[int] = (),
     progress: bool = True,
     meta: dict | None = None,
 ) -> dict:
@@ -272,14 +271,14 @@ def cache_activations(
     (full TransformerLens names) to ``out_dir``; one forward pass per batch serves all hooks,
     and only the blocks up to the last hooked one run. Returns the manifest.
 
-    ``dtype`` is the storage dtype (float32, float16, bfloat16). ``meta`` (e.g. model and
+    ``dtype`` is the storage dtype (float32, float16, bfloat16). Positions whose token is in
+    ``exclude_tokens`` are not stored (see the module doc). ``meta`` (e.g. model and
     tokens ids) is stored in the manifest as is. Raises ValueError before any work when a
     hook is unknown or the estimated size exceeds the free disk space.
     """
     _check_cache_args(model, tokens, hooks, dtype)
-    n_contexts, context = tokens.shape
-    first = 1 if drop_bos else 0
-    total_rows = n_contexts * (context - first)
+    exclude = tuple(int(t) for t in exclude_tokens)
+    (n_contexts, context), total_rows = tokens.shape, counted(tokens, exclude)
     if total_rows == 0:
         raise ValueError("no token positions to cache")
     np_dtype = STORAGE[dtype][1]
@@ -307,7 +306,7 @@ def cache_activations(
                     store.clear()
                     batch = torch.as_tensor(chunk, dtype=torch.long, device=device)
                     model(batch, return_type=None, stop_at_layer=stop)  # hooks fill store
-                    writes.put(_host_arrays(store, widths, first, dtype))
+                    writes.put(_host_arrays(store, widths, keep_mask(batch, exclude), dtype))
                     bar.update(chunk.size)
                 writes.close()
             except BaseException:
@@ -315,7 +314,9 @@ def cache_activations(
                 writer.abort()
                 raise
             bar.close()
-            manifest = _manifest(dtype, widths, tokens.shape, drop_bos, shard_tokens, writer.shards)
+            manifest = _manifest(
+                dtype, widths, tokens.shape, exclude, total_rows, shard_tokens, writer.shards
+            )
             manifest["meta"] = meta or {}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest

@@ -59,7 +59,8 @@ class ActsConfig(StageConfig):
     acts: ActsSpec
     hooks: dict[str, int]
     """Full hook name -> width, sorted."""
-    drop_bos: bool = True
+    bos: Literal["exclude", "include"] = "exclude"
+    """The spec's BOS convention: `exclude` caches no BOS position (`tcspec.positions`)."""
 
     def canonical(self) -> str:
         """As for every stage, less the fields that do not change a cache (its id is the
@@ -81,8 +82,8 @@ class StreamSource(Frozen):
     """Rows per hook of the shuffle buffer."""
     batch_contexts: int
     """Contexts per model forward."""
-    drop_bos: bool = True
-    """Position 0 of each context is skipped, as the cache does."""
+    bos: Literal["exclude", "include"] = "exclude"
+    """The spec's BOS convention: `exclude` streams no BOS position, as the cache does."""
 
 
 LATER_OPTS = {"ghost_residual": "output", "jumprelu_threshold_lr": None}
@@ -254,6 +255,8 @@ class FeaturesConfig(StageConfig):
     min_examples: int
     eval_tokens: int
     seed: int
+    bos: Literal["exclude", "include"] = "exclude"
+    """The spec's BOS convention: `exclude` counts no BOS position in any statistic."""
 
 
 class StudyConfig(StageConfig):

@@ -45,6 +45,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from tcspec.positions import keep_mask
 from tcspec.hooks import full_name, split_name
 from tcspec.metrics import (
     Accumulator,
@@ -82,14 +83,6 @@ def _batches(
 
 def _n_batches(tokens: torch.Tensor | np.ndarray, batch_contexts: int) -> int:
     return -(-tokens.shape[0] // batch_contexts)
-
-
-def keep_mask(tokens: torch.Tensor, exclude_tokens: Sequence[int]) -> torch.Tensor:
-    """Counted positions: True where the token is not in `exclude_tokens`. [B, T] bool."""
-    if not exclude_tokens:
-        return torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
-    excluded = torch.as_tensor(list(exclude_tokens), device=tokens.device)
-    return ~torch.isin(tokens, excluded)
 
 
 def _hook(model: HookedTransformer, name: str, layer: int) -> str:

@@ -1,7 +1,9 @@
 """Feature statistics of a trained dictionary over the eval split, in bounded memory.
 
-Two streamed passes over the eval tokens. Position 0 of every context (BOS, by the packing
-rule) is skipped, as in the activation cache.
+Two streamed passes over the eval tokens, over the counted positions only: a position whose
+token is in `StatsConfig.exclude_tokens` (the BOS id under `data.bos: exclude`, wherever it
+sits in a row; `tcspec.positions`) is in no statistic and no example, as in the activation
+cache and evaluation.
 
     pass 1  per feature: the number of activating tokens (z > 0), their sum and max, and
             the top-k activating tokens (a running bottom-k merge on the key -z).
@@ -37,6 +39,7 @@ import torch
 from torch import Tensor
 
 from tcspec.coders import Coder
+from tcspec.positions import keep_mask
 
 # re-exported: the interp stage and the dashboards reach them through this module
 from tcspec.feature_files import WRITE_BLOCKS as WRITE_BLOCKS
@@ -80,6 +83,8 @@ class StatsConfig:
     """Keep pass 1's hook inputs for pass 2 when they fit in this many MiB."""
     seed: int = 0
     """Seed of the band sampling."""
+    exclude_tokens: tuple[int, ...] = ()
+    """Token ids whose positions count in no statistic (the BOS id under `exclude`)."""
 
 
 # ----------------------------------------------------------------------- bottom-k merges
@@ -179,7 +184,7 @@ class _Stream:
         d_in = coder.cfg.d_in
         self.T = T
         self.chunk = max(1, cfg.chunk_elems // coder.cfg.d_sae)  # tokens per encode
-        fits = n_rows * (T - 1) * d_in * 4 <= cfg.cache_mb * 2**20
+        fits = n_rows * T * d_in * 4 <= cfg.cache_mb * 2**20
         self.cache: list[Tensor] | None = [] if fits else None  # hook inputs per batch
         self._cached = False
         self.sparse: list[_Chunk] | None = []  # chunks of the first pass
@@ -188,14 +193,14 @@ class _Stream:
 
     @torch.no_grad()
     def inputs(self) -> Iterator[tuple[int, Tensor]]:
-        """(first row, hook inputs [B, T-1, d_in] without position 0) per batch."""
+        """(first row, hook inputs [B, T, d_in]) per batch."""
         B = self.cfg.batch_contexts
         for b, r0 in enumerate(range(0, len(self.tokens), B)):
             if self._cached:
                 yield r0, self.cache[b]
                 continue
             batch = torch.from_numpy(np.asarray(self.tokens[r0 : r0 + B], dtype=np.int64))
-            x = self.hook_inputs(batch)[:, 1:].float()  # [B, T-1, d_in]
+            x = self.hook_inputs(batch).float()  # [B, T, d_in]
             if self.cache is not None:
                 self.cache.append(x.cpu())
             yield r0, x
@@ -219,14 +224,12 @@ class _Stream:
     @torch.no_grad()
     def _encoded(self) -> Iterator[_Chunk]:
         T, device = self.T, self.coder.W_enc.device
-        cols = torch.arange(1, T)  # [T-1]
         for r0, x in self.inputs():
             B = x.shape[0]
-            rows = torch.arange(r0, r0 + B)[:, None]  # [B, 1]
-            pos = (rows * T + cols).flatten()  # [B*(T-1)]
-            tok = torch.from_numpy(np.asarray(self.tokens[r0 : r0 + B, 1:], dtype=np.int64))
-            tok = tok.flatten()  # [B*(T-1)]
-            x = x.reshape(-1, x.shape[-1])  # [B*(T-1), d_in]
+            tok = torch.from_numpy(np.asarray(self.tokens[r0 : r0 + B], dtype=np.int64))  # [B, T]
+            keep = keep_mask(tok, self.cfg.exclude_tokens)  # [B, T]
+            pos = torch.arange(r0 * T, (r0 + B) * T).view(B, T)[keep]  # [n] counted
+            tok, x = tok[keep], x[keep]  # [n], [n, d_in]
             for i in range(0, len(x), self.chunk):
                 z = self.coder.encode(x[i : i + self.chunk].to(device))  # [n, d_sae]
                 t, f = torch.nonzero(z, as_tuple=True)  # [nnz], [nnz]
@@ -355,9 +358,9 @@ def quantiles_from_hist(hist: Tensor, vmax: Tensor, levels: Sequence[float]) -> 
 def example_contexts(
     stream: _Stream, examples: pd.DataFrame, hook_inputs: HookInputs
 ) -> pd.DataFrame:
-    """Add `tokens` (window token ids), `acts` (the feature's activation at each, NaN at
-    position 0) and `center` (index of the example in its window) to `examples`, which has
-    columns feature, row, col."""
+    """Add `tokens` (window token ids), `acts` (the feature's activation at each, NaN at an
+    excluded position) and `center` (index of the example in its window) to `examples`,
+    which has columns feature, row, col."""
     coder, T, w = stream.coder, stream.T, stream.cfg.context_window
     if examples.empty:
         return examples.assign(tokens=[], acts=[], center=[])
@@ -365,9 +368,9 @@ def example_contexts(
     feats = np.unique(examples["feature"].to_numpy())
     feat_col = {f: i for i, f in enumerate(feats)}
     row_at = {r: i for i, r in enumerate(rows)}
-    per_chunk = max(1, stream.cfg.chunk_elems // ((T - 1) * coder.cfg.d_sae))
-    acts = torch.zeros(len(rows), T - 1, len(feats))  # [R, T-1, F]
-    cached = torch.cat(stream.cache) if stream.cache else None  # [n_rows, T-1, d_in]
+    per_chunk = max(1, stream.cfg.chunk_elems // (T * coder.cfg.d_sae))
+    acts = torch.zeros(len(rows), T, len(feats))  # [R, T, F]
+    cached = torch.cat(stream.cache) if stream.cache else None  # [n_rows, T, d_in]
     subset = torch.as_tensor(feats)
     for i in range(0, len(rows), per_chunk):
         rs = rows[i : i + per_chunk]
@@ -375,20 +378,22 @@ def example_contexts(
             x = cached[torch.as_tensor(rs)]
         else:
             batch = torch.from_numpy(np.asarray(stream.tokens[rs], dtype=np.int64))
-            x = hook_inputs(batch)[:, 1:].float()
-        x = x.to(coder.W_enc.device)  # [r, T-1, d_in]
+            x = hook_inputs(batch).float()
+        x = x.to(coder.W_enc.device)  # [r, T, d_in]
         if coder.cfg.activation == "relu":  # only the features needed
             pre = (x - coder.b_dec) @ coder.W_enc[:, subset] + coder.b_enc[subset]
-            z = torch.relu(pre)  # [r, T-1, F]
+            z = torch.relu(pre)  # [r, T, F]
         else:
             z = coder.encode(x)[..., subset]
         acts[i : i + len(rs)] = z.float().cpu()
     tokens, window_acts, centers = [], [], []
     for f, r, col in examples[["feature", "row", "col"]].itertuples(index=False):
         lo, hi = max(col - w, 0), min(col + w + 1, T)
-        tokens.append(np.asarray(stream.tokens[r, lo:hi], dtype=np.int32))
-        a = acts[row_at[r], max(lo - 1, 0) : hi - 1, feat_col[f]].numpy()
-        window_acts.append(np.concatenate([[np.nan], a]) if lo == 0 else a)
+        window = np.asarray(stream.tokens[r, lo:hi], dtype=np.int32)
+        a = acts[row_at[r], lo:hi, feat_col[f]].numpy().copy()
+        a[np.isin(window, stream.cfg.exclude_tokens)] = np.nan  # counted nowhere
+        tokens.append(window)
+        window_acts.append(a)
         centers.append(col - lo)
     return examples.assign(tokens=tokens, acts=window_acts, center=centers)
 

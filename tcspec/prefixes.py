@@ -16,7 +16,8 @@ import torch
 from transformer_lens import HookedTransformer
 
 from tcspec.coders import Coder
-from tcspec.evaluate import _apply, _batches, _check_tokens, _coder_hooks, keep_mask
+from tcspec.evaluate import _apply, _batches, _check_tokens, _coder_hooks
+from tcspec.positions import keep_mask
 from tcspec.metrics import Accumulator
 
 PREFIX_FVU = "fvu_prefix_"

@@ -3,8 +3,9 @@
 ``ActivationStream(model, tokens, StreamConfig(...))`` runs the model over token rows
 [n_contexts, context] (as ``tcspec.data.load_tokens`` returns them), under ``no_grad`` and
 only as deep as the deepest hook needs (``stop_at_layer``), one forward batch of
-``batch_contexts`` contexts at a time. Every hook's activations (with ``drop_bos``, position
-0 of each context is dropped, as the cache does) go into a buffer on the model's device, in
+``batch_contexts`` contexts at a time. Every hook's activations at the counted positions
+(those whose token is not in ``exclude_tokens``, as the cache does) go into a buffer on the
+model's device, in
 the dtype the hook gives (the model's; TransformerLens keeps LayerNorm outputs in float32),
 ``buffer_tokens`` rows per hook (plus room for one forward batch).
 ``iter_batches(start_step)`` yields ``{hook: float32 [batch_size, width]}`` on that device,
@@ -39,6 +40,7 @@ import xxhash
 from torch import Tensor
 
 from tcspec.activations import _check_hooks, _stop_layer
+from tcspec.positions import counted, keep_mask
 
 STREAM_FORMAT = "tcspec.stream/1"
 
@@ -59,8 +61,9 @@ class StreamConfig:
     """Seeds the buffer's permutations."""
     shuffle: bool = True
     """False: rows come out in token order (the buffer is then a queue)."""
-    drop_bos: bool = True
-    """Skip position 0 of every context (BOS), as the activation cache does."""
+    exclude_tokens: tuple[int, ...] = ()
+    """Token ids whose positions are skipped (the BOS id under ``data.bos: exclude``), as
+    the activation cache skips them."""
 
     def __post_init__(self):
         if not self.hooks or len(set(self.hooks)) != len(self.hooks):
@@ -92,15 +95,13 @@ class ActivationStream:
             raise ValueError(
                 f"context {context} is longer than the model's n_ctx {model.cfg.n_ctx}"
             )
-        self.first = 1 if config.drop_bos else 0
-        self.rows_per_context = context - self.first
-        if n_contexts == 0 or self.rows_per_context == 0:
+        if n_contexts == 0 or counted(tokens, config.exclude_tokens) == 0:
             raise ValueError("no token positions to stream")
         self.model, self.tokens, self.config = model, tokens, config
         self.device = torch.device(model.cfg.device)
         self.stop = _stop_layer(hooks)
         self.batches_per_epoch = -(-n_contexts // config.batch_contexts)
-        self.rows_per_forward = config.batch_contexts * self.rows_per_context  # full batch
+        self.rows_per_forward = config.batch_contexts * context  # the most a forward gives
         probe = self._forward_rows(0)  # {hook: [rows, d]}: the widths and dtypes
         self.widths = {h: int(a.shape[1]) for h, a in probe.items()}
         self.dtypes = {h: a.dtype for h, a in probe.items()}  # LayerNorm hooks may be fp32
@@ -117,7 +118,7 @@ class ActivationStream:
     @torch.no_grad()
     def _forward_rows(self, batch: int) -> dict[str, Tensor]:
         """Activations of forward batch ``batch`` (of the grid, 0 <= batch < per epoch):
-        {hook: [rows, d]}, rows in token order, BOS positions dropped if asked."""
+        {hook: [rows, d]}, the counted positions in token order."""
         bc = self.config.batch_contexts
         chunk = np.asarray(self.tokens[batch * bc : (batch + 1) * bc])  # [<=bc, ctx]
         ids = torch.as_tensor(chunk, dtype=torch.long, device=self.device)
@@ -128,10 +129,8 @@ class ActivationStream:
 
         with self.model.hooks(fwd_hooks=[(h, save) for h in self.config.hooks]):
             self.model(ids, return_type=None, stop_at_layer=self.stop)
-        return {
-            h: store[h][:, self.first :].reshape(-1, store[h].shape[-1])  # [b * rpc, d]
-            for h in self.config.hooks
-        }
+        keep = keep_mask(ids, self.config.exclude_tokens)  # [b, ctx]
+        return {h: store[h][keep] for h in self.config.hooks}  # [counted, d]
 
     # ---------------------------------------------------------------------- the buffer
     def _reset(self) -> None:

@@ -23,7 +23,7 @@ def stream_source(spec: Spec) -> StreamSource | None:
     return StreamSource(
         buffer_tokens=a.buffer_tokens,
         batch_contexts=a.batch_contexts,
-        drop_bos=spec.data.bos == "exclude",
+        bos=spec.data.bos,
     )
 
 
@@ -35,7 +35,7 @@ def stream_shape(spec: Spec, dims: dict) -> budget.StreamShape:
     return budget.StreamShape(
         batch_size=0,  # set per pass
         buffer_tokens=a.buffer_tokens,
-        rows_per_forward=a.batch_contexts * (ctx - 1),  # BOS dropped
+        rows_per_forward=a.batch_contexts * ctx,  # the most one forward gives
         act_bytes=act_bytes,
         forward=budget.forward_bytes(
             a.batch_contexts, ctx, d, dims["d_mlp"], dims["n_heads"], act_bytes

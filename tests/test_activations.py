@@ -58,8 +58,8 @@ def cache_dir(model, tokens, tmp_path_factory):
     """A float32 cache of 220 rows in shards of 50 (the last holds 20)."""
     out = tmp_path_factory.mktemp("acts") / "cache"
     cache_activations(
-        model, tokens, HOOKS, out, batch_contexts=3, shard_tokens=50, progress=False,
-        meta={"model": "m-123", "tokens": "t-456"},
+        model, tokens, HOOKS, out, batch_contexts=3, shard_tokens=50, exclude_tokens=(BOS,),
+        progress=False, meta={"model": "m-123", "tokens": "t-456"},
     )  # fmt: skip
     return out
 
@@ -81,7 +81,7 @@ def test_round_trip_equals_run_with_cache(cache_dir, reference):
 
 def test_manifest_describes_the_cache(cache_dir):
     m = json.loads((cache_dir / "manifest.json").read_text())
-    assert m["dtype"] == "float32" and m["drop_bos"] is True
+    assert m["dtype"] == "float32" and m["exclude_tokens"] == [BOS]
     assert m["hooks"] == {
         "blocks.0.ln2.hook_normalized": {"width": 32},
         "blocks.0.hook_mlp_out": {"width": 32},
@@ -102,7 +102,9 @@ def test_manifest_describes_the_cache(cache_dir):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_storage(model, tokens, reference, tmp_path, dtype):
     out = tmp_path / dtype
-    m = cache_activations(model, tokens, HOOKS[:2], out, dtype=dtype, progress=False)
+    m = cache_activations(
+        model, tokens, HOOKS[:2], out, dtype=dtype, exclude_tokens=(BOS,), progress=False
+    )
     stored = read_all(out, OUT)
     if dtype == "bfloat16":
         assert m["storage_dtype"] == "uint16" and stored.dtype == np.uint16
@@ -118,8 +120,26 @@ def test_half_precision_storage(model, tokens, reference, tmp_path, dtype):
 
 
 def test_keep_bos(model, tokens, tmp_path):
-    m = cache_activations(model, tokens[:2], [OUT], tmp_path / "c", drop_bos=False, progress=False)
-    assert m["total_rows"] == 2 * CTX and m["rows_per_context"] == CTX
+    m = cache_activations(model, tokens[:2], [OUT], tmp_path / "c", progress=False)
+    assert m["total_rows"] == 2 * CTX and m["exclude_tokens"] == []
+
+
+def test_every_bos_is_left_out_wherever_it_sits(model, tokens, tmp_path):
+    """A document's BOS inside a packed row is excluded too (as evaluation excludes it):
+    the cache holds exactly the non-BOS positions, in token order."""
+    packed = tokens[:4].copy()
+    packed[1, 5] = packed[3, 2] = packed[3, 9] = BOS  # three documents start mid-row
+    m = cache_activations(
+        model, packed, [IN, OUT], tmp_path / "c", batch_contexts=3, shard_tokens=7,
+        exclude_tokens=(BOS,), progress=False,
+    )  # fmt: skip
+    assert m["total_rows"] == 4 * CTX - 4 - 3 == 41
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(torch.as_tensor(packed, dtype=torch.long))
+    keep = torch.as_tensor(packed != BOS)  # [4, CTX]
+    for h in (IN, OUT):
+        np.testing.assert_allclose(read_all(tmp_path / "c", h), cache[h][keep].numpy(),
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
 def test_unknown_hook_is_named(model, tokens, tmp_path):
@@ -131,7 +151,9 @@ def test_disk_space_check_names_both_numbers(model, tokens, tmp_path, monkeypatc
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(acts.shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
     with pytest.raises(ValueError, match=r"needs about 157\.2 kB.*has 1\.0 kB free"):
-        cache_activations(model, tokens, HOOKS, tmp_path / "c", progress=False)
+        cache_activations(
+            model, tokens, HOOKS, tmp_path / "c", exclude_tokens=(BOS,), progress=False
+        )
     assert not (tmp_path / "c").exists()
 
 

@@ -358,24 +358,3 @@ def test_bench_smoke():
         2 * 256 * 128 * 32 * (2 * 3 + 3 * 6) / 1e9
     )
 
-
-def test_stream_batches_match_the_cache_and_resume(model2, tmp_path):
-    from tcspec.clt.stream import stream_batches
-
-    cfg = CLTConfig(n_layers=2, d_model=D, d_sae=16)
-    names = cfg.in_names + cfg.out_names
-    toks = torch.randint(0, VOCAB, (10, CTX), generator=torch.Generator().manual_seed(4))
-    batches = stream_batches(model2, toks, names, batch_size=40, contexts_per_forward=3)
-    first = [b for _, b in zip(range(9), batches(0))]  # 150 positions: 3 batches a pass
-    with torch.inference_mode():
-        _, cache = model2.run_with_cache(toks, names_filter=names)
-    for n in names:
-        flat = cache[n][:, 1:].reshape(-1, D)  # [150, d]
-        torch.testing.assert_close(torch.cat([b[n] for b in first[:3]]), flat[:120])
-        assert all(torch.equal(first[i][n], first[i + 3][n]) for i in range(6))
-    for s in (1, 2, 4):
-        again = next(batches(s))
-        assert all(torch.equal(again[n], first[s][n]) for n in names)
-    train = CLTTrainConfig(steps=4, batch_size=40, log_every=1)
-    res = train_clt(cfg, train, batches, log=lambda s: None)
-    assert len(res.curve) == 4

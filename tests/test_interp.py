@@ -29,8 +29,9 @@ V, D, T, ROWS, F = 40, 8, 10, 24, 32
 
 
 def synthetic(seed: int = 0):
-    """A random SAE, tokens [ROWS, T] with BOS 0 first, and hook inputs that depend on the
-    token (embedding) plus a little noise fixed by position."""
+    """A random SAE, tokens [ROWS, T] with BOS 0 first (and two documents starting inside a
+    row), and hook inputs that depend on the token (embedding) plus a little noise fixed by
+    position."""
     g = torch.Generator().manual_seed(seed)
     coder = Coder(CoderConfig(kind="sae", d_in=D, d_out=D, d_sae=F), seed=seed)
     with torch.no_grad():
@@ -39,6 +40,7 @@ def synthetic(seed: int = 0):
     noise = 0.3 * torch.randn(ROWS, T, D, generator=g)
     tokens = np.random.default_rng(seed).integers(1, V, size=(ROWS, T)).astype(np.int32)
     tokens[:, 0] = 0
+    tokens[3, 4] = tokens[10, 7] = 0  # documents starting mid-row: BOS there too
     table = {tuple(r): i for i, r in enumerate(tokens.tolist())}
 
     def hook_inputs(batch: torch.Tensor) -> torch.Tensor:
@@ -50,8 +52,14 @@ def synthetic(seed: int = 0):
 
 
 CFG = StatsConfig(
-    top_k=5, bands=3, per_band=2, context_window=2, n_bins=8, batch_contexts=5, chunk_elems=F * 7
+    top_k=5, bands=3, per_band=2, context_window=2, n_bins=8, batch_contexts=5, chunk_elems=F * 7,
+    exclude_tokens=(0,),
 )
+
+
+def keep(tokens: np.ndarray) -> torch.Tensor:
+    """The counted positions under `exclude`: every non-BOS token. [ROWS, T] bool."""
+    return torch.from_numpy(tokens != 0)
 
 
 def test_bottom_k_keeps_the_smallest_keys_of_each_slot():
@@ -89,9 +97,9 @@ def stats():
 
 
 def test_counts_max_mean_match_brute_force(stats):
-    s, _, _, _, z = stats
-    zz = z[:, 1:].reshape(-1, F)  # position 0 (BOS) is skipped
-    assert s.n_tokens == ROWS * (T - 1)
+    s, _, tokens, _, z = stats
+    zz = z[keep(tokens)]  # [n, F]: every BOS is skipped, at position 0 or inside a row
+    assert s.n_tokens == ROWS * T - ROWS - 2
     assert torch.equal(s.tensors["count"], (zz > 0).sum(0))
     assert torch.allclose(s.tensors["max"], zz.max(0).values)
     mean = zz.sum(0) / (zz > 0).sum(0).clamp(min=1)
@@ -100,22 +108,22 @@ def test_counts_max_mean_match_brute_force(stats):
 
 
 def test_top_k_examples_are_the_largest_activations(stats):
-    s, _, _, _, z = stats
-    zz = z[:, 1:]
+    s, _, tokens, _, z = stats
+    zz = z[keep(tokens)]
     for f in range(F):
-        vals = zz[..., f].flatten()
+        vals = zz[:, f]
         expect = vals[vals > 0].sort(descending=True).values[: CFG.top_k]
         got = s.tensors["top_val"][f][: len(expect)]
         assert torch.allclose(got, expect)
         for p, v in zip(s.tensors["top_pos"][f].tolist(), s.tensors["top_val"][f].tolist()):
             if p >= 0:
                 assert z[p // T, p % T, f].item() == pytest.approx(v)
-                assert p % T != 0
+                assert tokens[p // T, p % T] != 0
 
 
 def test_histogram_and_bands_cover_every_activation(stats):
-    s, _, _, _, z = stats
-    zz = z[:, 1:].reshape(-1, F)
+    s, _, tokens, _, z = stats
+    zz = z[keep(tokens)]
     hist = s.tensors["hist"]
     assert torch.equal(hist.sum(1), s.tensors["count"])
     for f in range(F):
@@ -148,8 +156,8 @@ def test_quantiles_from_a_histogram():
 
 
 def test_quantiles_are_within_a_bin_of_the_exact_ones(stats):
-    s, _, _, _, z = stats
-    zz = z[:, 1:].reshape(-1, F)
+    s, _, tokens, _, z = stats
+    zz = z[keep(tokens)]
     for f in range(F):
         nz = zz[:, f][zz[:, f] > 0]
         if len(nz) < 20:
@@ -161,10 +169,11 @@ def test_quantiles_are_within_a_bin_of_the_exact_ones(stats):
 
 def test_token_r2_matches_a_direct_out_of_fold_fit(stats):
     s, _, tokens, _, z = stats
-    tok = torch.from_numpy(tokens[:, 1:]).long()  # [ROWS, T-1]
+    k = keep(tokens)
+    tok = torch.from_numpy(tokens).long()[k]  # [n]
     for f in s.pages:
-        act = z[:, 1:, f]
-        fold = torch.arange(ROWS)[:, None].expand_as(act) % 2
+        act = z[..., f][k]  # [n]
+        fold = (torch.arange(ROWS)[:, None].expand(ROWS, T) % 2)[k]
         res = tot = 0.0
         for b, a in ((0, 1), (1, 0)):
             ya, ta, yb, tb = act[fold == a], tok[fold == a], act[fold == b], tok[fold == b]
@@ -199,7 +208,7 @@ def test_examples_carry_their_context_and_activations(stats):
         assert r.tokens[r.center] == tokens[r.row, r.col]
         for i, a in enumerate(r.acts):
             col = lo + i
-            if col == 0:
+            if tokens[r.row, col] == 0:  # BOS: counted nowhere
                 assert math.isnan(a)
             else:
                 assert a == pytest.approx(z[r.row, col, r.feature].item(), abs=1e-5)
@@ -220,9 +229,18 @@ def test_topk_coders_are_supported():
     topk = Coder(CoderConfig(kind="sae", d_in=D, d_out=D, d_sae=F, activation="topk", k=3))
     topk.load_state_dict(coder.state_dict())
     s = feature_statistics(topk, hook_inputs, tokens, V, CFG, choose_pages=lambda c, n: [1, 2])
-    assert s.tensors["count"].sum().item() <= 3 * ROWS * (T - 1)
+    assert s.tensors["count"].sum().item() <= 3 * (ROWS * T - ROWS - 2)
     for r in s.examples.itertuples():
         assert r.acts[r.center] == pytest.approx(r.value, abs=1e-5)
+
+
+def test_include_counts_every_position():
+    """`data.bos: include`: BOS positions are counted like any other (position 0 too)."""
+    coder, tokens, hook_inputs, z = synthetic()
+    cfg = StatsConfig(**{**CFG.__dict__, "exclude_tokens": ()})
+    s = feature_statistics(coder, hook_inputs, tokens, V, cfg)
+    assert s.n_tokens == ROWS * T
+    assert torch.equal(s.tensors["count"], (z > 0).sum((0, 1)))
 
 
 def test_save_and_load_round_trip(stats, tmp_path):
@@ -290,5 +308,5 @@ def test_statistics_of_a_transcoder_on_a_model(model):
     assert s.tensors["logit_top_ids"].shape == (24, 3)
     assert s.tensors["deembed_top_vals"].shape == (24, 3)
     _, cache = model.run_with_cache(torch.from_numpy(tokens).long())
-    z = tc.encode(cache["blocks.0.ln2.hook_normalized"][:, 1:]).detach()
-    assert torch.equal(s.tensors["count"], (z > 0).sum((0, 1)))
+    z = tc.encode(cache["blocks.0.ln2.hook_normalized"][keep(tokens)]).detach()
+    assert torch.equal(s.tensors["count"], (z > 0).sum(0))

@@ -75,7 +75,8 @@ def reference(model, tokens) -> dict[str, torch.Tensor]:
 
 
 def stream(model, tokens, **kw) -> ActivationStream:
-    cfg = dict(hooks=HOOKS, batch_size=16, buffer_tokens=64, batch_contexts=4, seed=3) | kw
+    cfg = dict(hooks=HOOKS, batch_size=16, buffer_tokens=64, batch_contexts=4, seed=3,
+               exclude_tokens=(BOS,)) | kw  # fmt: skip
     return ActivationStream(model, tokens, StreamConfig(**cfg))
 
 
@@ -111,6 +112,23 @@ def test_shuffled_rows_come_from_the_tokens_and_stay_paired(model, tokens, refer
     assert max(rows[:16]) < 88
 
 
+@pytest.mark.parametrize("exclude", [(BOS,), ()])
+def test_stream_holds_the_rows_the_cache_holds(model, tokens, tmp_path, exclude):
+    """Documents starting mid-row: under `exclude` every BOS is left out, wherever it sits,
+    by the stream as by the cache; under `include` every position is there."""
+    packed = tokens.copy()
+    packed[2, 6] = packed[9, 3] = packed[9, 10] = BOS
+    m = cache_activations(model, packed, list(HOOKS), tmp_path / "c", shard_tokens=1000,
+                          exclude_tokens=exclude, progress=False)  # fmt: skip
+    n = m["total_rows"]
+    assert n == (N_CTX * CTX - N_CTX - 3 if exclude else N_CTX * CTX)
+    s = stream(model, packed, shuffle=False, exclude_tokens=exclude)
+    got = take(s.iter_batches(0), n // 16)
+    for h in HOOKS:
+        want = np.load(tmp_path / "c" / m["shards"][0]["files"][h]["file"])[: n // 16 * 16]
+        assert torch.allclose(torch.cat([b[h] for b in got]), torch.from_numpy(want), atol=1e-5)
+
+
 def test_seed_sets_the_order(model, tokens):
     a = take(stream(model, tokens, seed=3).iter_batches(0), 6)
     b = take(stream(model, tokens, seed=3).iter_batches(0), 6)
@@ -135,10 +153,10 @@ def test_half_precision_model_gives_float32_batches(tokens):
     b = next(s.iter_batches(0))
     assert s.buffer[HOOKS[1]].dtype == torch.bfloat16
     assert s.buffer[HOOKS[0]].dtype == torch.float32  # TransformerLens's LayerNorm is fp32
-    shape = StreamShape(batch_size=16, buffer_tokens=64, rows_per_forward=44, act_bytes=2)
+    shape = StreamShape(batch_size=16, buffer_tokens=64, rows_per_forward=48, act_bytes=2)
     cfgs = [c.config for c in members(Path("unused"))]
     est = estimate_memory(cfgs, s.widths, shape)
-    assert est.buffer == sum(buf.nbytes for buf in s.buffer.values()) == 108 * 32 * (4 + 2) * 2
+    assert est.buffer == sum(buf.nbytes for buf in s.buffer.values()) == 112 * 32 * (4 + 2) * 2
     assert b[HOOKS[1]].dtype == torch.float32
     with torch.no_grad():
         _, cache = m.run_with_cache(torch.as_tensor(tokens[:4], dtype=torch.long))
@@ -253,7 +271,7 @@ def trained(ms: list[Member]) -> dict[str, dict[str, torch.Tensor]]:
 def test_unshuffled_stream_trains_what_the_cache_trains(model, tokens, tmp_path):
     cache = tmp_path / "acts" / "cache"
     cache_activations(model, tokens, list(HOOKS), cache, batch_contexts=4, shard_tokens=50,
-                      progress=False)  # fmt: skip
+                      exclude_tokens=(BOS,), progress=False)  # fmt: skip
     steps = 14  # 224 of the 231 rows
     from_cache = members(tmp_path / "cache")
     train_group(from_cache, ordered_cache_batches(cache, 16), steps, tmp_path / "ck1",
@@ -347,8 +365,8 @@ def test_memory_estimate_matches_what_is_allocated(model, tokens, tmp_path):
     ms = members(tmp_path)
     shape = StreamShape(batch_size=16, buffer_tokens=64, rows_per_forward=s.rows_per_forward)
     est = estimate_memory([m.config for m in ms], s.widths, shape)
-    assert est.buffer == sum(b.nbytes for b in s.buffer.values())  # (64 + 44) x 128 x 4
-    assert est.buffer == 108 * 128 * 4
+    assert est.buffer == sum(b.nbytes for b in s.buffer.values())  # (64 + 4 x 12) x 128 x 4
+    assert est.buffer == 112 * 128 * 4
     params = sum(n_params(m.config) for m in ms)
     assert params == 4 * (48 * 64 + 48 + 64) + (48 * 64 + 48 + 32)
     assert est.weights == 4 * params and est.optimizer == 8 * params

@@ -181,6 +181,31 @@ def test_ghost_residual_is_the_chosen_side(side):
     assert not torch.allclose(ghost, _ghost_by_hand(c, x, y, dead, other), rtol=1e-3)
 
 
+@pytest.mark.parametrize("dead_rows", [[1, 4, 9, 12, 15, 17, 20, 22], [2, 5]])
+def test_aux_k_term_equals_sparsify(dead_rows):
+    """The aux-k term is sparsify's (`SparseCoder.forward`'s `auxk_loss`, its own code run
+    here): k_aux = d_out // 2, scaled by min(n_dead / k_aux, 1), over the target's total
+    variance. With b_dec = 0 (sparsify decodes the aux latents with the bias; see
+    `aux_k_term`), many dead features and few."""
+    sparsify = pytest.importorskip("sparsify")
+    from tcspec.train.dead import aux_k_term
+
+    torch.manual_seed(0)
+    d, S, B = 8, 24, 32
+    sc = sparsify.SparseCoder(d, sparsify.SparseCoderConfig(num_latents=S, k=3, transcode=True))
+    with torch.no_grad():
+        sc.W_dec.normal_()
+        sc.encoder.bias.normal_()
+    x, y = torch.randn(B, d), 3 * torch.randn(B, d)
+    dead = torch.zeros(S, dtype=torch.bool)
+    dead[dead_rows] = True
+    out = sc(x, y, dead_mask=dead)
+    pre = x @ sc.encoder.weight.T + sc.encoder.bias  # [B, S]
+    with torch.no_grad():
+        ours = aux_k_term(pre[:, dead], sc.W_dec[dead], y, out.sae_out - y, d // 2)
+    assert ours.item() == pytest.approx(out.auxk_loss.item(), rel=1e-5)
+
+
 def test_loss_forms_by_hand():
     """squared_error = mean_b sum_j e^2; normalized_mse = mean_bj e^2 / ||y_b||."""
     opts_se = TranscoderSpec(kind="transcoder", d_sae=3, loss="squared_error")

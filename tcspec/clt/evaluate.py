@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from tcspec.clt.model import CLT
-from tcspec.evaluate import hook_means, keep_mask
+from tcspec.evaluate import hook_means
+from tcspec.positions import keep_mask
 from tcspec.metrics import (
     Accumulator,
     all_logprobs,

@@ -222,7 +222,7 @@ def _acts_task(spec: Spec, dims: dict, model: Task, tokens: Task) -> Task:
             for h in (in_hook, out_hook):
                 hooks[full_name(layer, h)] = hook_width(h, dims)
     config = ActsConfig(
-        acts=spec.acts, hooks=dict(sorted(hooks.items())), drop_bos=spec.data.bos == "exclude"
+        acts=spec.acts, hooks=dict(sorted(hooks.items())), bos=spec.data.bos
     )
     bytes_per = 2 if spec.acts.dtype != "float32" else 4
     disk_mb = spec.data.train_tokens * sum(hooks.values()) * bytes_per / 2**20
@@ -373,6 +373,7 @@ def _features_task(spec: Spec, coder: Task, model: Task, tokens: Task, layer: in
         live_threshold=coder.config.live_threshold,
         eval_tokens=spec.data.eval_tokens,
         seed=spec.seed,
+        bos=spec.data.bos,
     )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
     deps |= _coder_deps([coder])

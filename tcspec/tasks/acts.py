@@ -11,15 +11,16 @@ def run(ctx) -> dict:
     from tcspec.activations import cache_activations
 
     cfg = ctx.config
+    model = model_task.load(ctx)
     manifest = cache_activations(
-        model_task.load(ctx),
+        model,
         tokens_task.load(ctx, "train"),
         list(cfg.hooks),
         ctx.out / layout.CACHE,
         dtype=cfg.acts.dtype,
         batch_contexts=cfg.acts.batch_contexts,
         shard_tokens=cfg.acts.shard_tokens,
-        drop_bos=cfg.drop_bos,
+        exclude_tokens=model_task.excluded_tokens(model, cfg.bos),
         meta={
             "task": ctx.task.id,
             "model": ctx.task.deps["model"][1],

@@ -7,17 +7,12 @@ import time
 from tcspec import atomic, layout
 from tcspec.kinds import CLT
 from tcspec.tasks import model as model_task
+from tcspec.tasks.model import excluded_tokens
 from tcspec.tasks import read_json
 from tcspec.tasks import tokens as tokens_task
 
 SPEC_ONLY = {"layers", "zip"}  # fields of the spec, not of one trained dictionary
 TRAINING_FIELDS = ("steps", "tokens", "tokens_per_s", "wall_s", "live_fraction")
-
-
-def excluded_tokens(model, bos: str) -> tuple[int, ...]:
-    """Token ids kept out of every metric under the BOS convention `bos`."""
-    bos_id = getattr(model.tokenizer, "bos_token_id", None)
-    return (bos_id,) if bos == "exclude" and bos_id is not None else ()
 
 
 def run(ctx) -> dict:

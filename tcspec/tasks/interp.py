@@ -25,6 +25,7 @@ def run(ctx) -> dict:
         per_band=math.ceil(cfg.examples / cfg.bands),
         context_window=cfg.context_window,
         seed=cfg.seed,
+        exclude_tokens=model_task.excluded_tokens(model, cfg.bos),
     )
     order: list[int] = []
 

@@ -19,6 +19,13 @@ def load(ctx, name: str = "model"):
     return load_model(ctx.dep_dir(name), ctx.device, dtype_of(ctx.dep(name).config))
 
 
+def excluded_tokens(model, bos: str) -> tuple[int, ...]:
+    """Token ids whose positions count nowhere under the BOS convention `bos` (see
+    `tcspec.positions`): the model's BOS id under `exclude`, none under `include`."""
+    bos_id = getattr(model.tokenizer, "bos_token_id", None)
+    return (int(bos_id),) if bos == "exclude" and bos_id is not None else ()
+
+
 def run(ctx) -> dict:
     from tcspec.models import load, toy
 

@@ -66,6 +66,7 @@ def activation_stream(ctx, first, keys: list[str]):
     trainer's checkpoint (no activations are written)."""
     from tcspec.stream import ActivationStream, StreamConfig
 
+    model = model_task.load(ctx)
     config = StreamConfig(
         hooks=tuple(keys),
         batch_size=first.opts.batch_size,
@@ -73,6 +74,6 @@ def activation_stream(ctx, first, keys: list[str]):
         batch_contexts=first.stream.batch_contexts,
         seed=first.data_seed,
         shuffle=True,
-        drop_bos=first.stream.drop_bos,
+        exclude_tokens=model_task.excluded_tokens(model, first.stream.bos),
     )
-    return ActivationStream(model_task.load(ctx), tokens_task.load(ctx, "train"), config)
+    return ActivationStream(model, tokens_task.load(ctx, "train"), config)

@@ -40,28 +40,36 @@ def ghost_residual(side: str, x: Tensor, y: Tensor, e: Tensor) -> Tensor:
     return -e if side == "output" else x - y - e
 
 
-def aux_k_term(pre_dead: Tensor, W_dec_dead: Tensor, e: Tensor, k_aux: int) -> Tensor:
-    """Aux-k loss (Gao et al. 2024) on the dead features, before its coefficient.
+def aux_k_term(pre_dead: Tensor, W_dec_dead: Tensor, y: Tensor, e: Tensor, k_aux: int) -> Tensor:
+    """Aux-k loss (Gao et al. 2024) on the dead features, before its coefficient, normalised
+    as sparsify's `SparseCoder.forward` normalises it.
 
-    r = y - y_hat = -e (no gradient); z_aux keeps the k_aux largest dead pre-activations per
-    token (ReLU'd); r_hat = z_aux W_dec_dead;  term = sum (r_hat - r)^2 / sum (r - mean_b r)^2.
+    r = y - y_hat = -e (no gradient); z_aux keeps the k = min(k_aux, n_dead) largest dead
+    pre-activations per token (ReLU'd); r_hat = z_aux W_dec_dead;
+        term = min(n_dead / k_aux, 1) * sum (r_hat - r)^2 / sum (y - mean_b y)^2
+    (the total variance of the target, as the FVU's denominator; the scale shrinks the term
+    while few features are dead). r_hat has no decoder bias: r already has it subtracted,
+    and sparsify's `decode(...) + b_dec` there would make the dead features fit -b_dec too
+    (dictionary_learning leaves it out as well).
     """
-    r = -e
-    k = min(k_aux, pre_dead.shape[1])
+    n_dead = pre_dead.shape[1]
+    k = min(k_aux, n_dead)
     vals, idx = pre_dead.topk(k, dim=1)  # [B, k]
     z_aux = torch.zeros_like(pre_dead).scatter(1, idx, torch.relu(vals))  # [B, n_dead]
     r_hat = z_aux @ W_dec_dead  # [B, d_out]
-    return (r_hat - r).square().sum() / (r - r.mean(0)).square().sum()
+    scale = min(n_dead / k_aux, 1.0)
+    return scale * (r_hat + e).square().sum() / (y - y.mean(0)).square().sum()
 
 
-def dead_term(opts, d_in: int, pre_dead: Tensor, W_dec_dead: Tensor, x, y, e, rec_elem):
+def dead_term(opts, d_out: int, pre_dead: Tensor, W_dec_dead: Tensor, x, y, e, rec_elem):
     """The configured dead-feature term (ghost grads, or aux-k times its coefficient), on
-    the batch's x [B, d_in], y and e = y_hat - y [B, d_out] (e without gradient)."""
+    the batch's x [B, d_in], y and e = y_hat - y [B, d_out] (e without gradient); aux-k's
+    k_aux defaults to d_out // 2 (sparsify's heuristic, Gao et al. appendix B.1)."""
     if opts.dead_features == "ghost_grads":
         r = ghost_residual(opts.ghost_residual, x, y, e)
         return ghost_term(pre_dead, W_dec_dead, r, rec_elem, opts.loss)
-    k_aux = opts.aux_k or d_in // 2
-    return opts.aux_k_coef * aux_k_term(pre_dead, W_dec_dead, e, k_aux)
+    k_aux = opts.aux_k or d_out // 2
+    return opts.aux_k_coef * aux_k_term(pre_dead, W_dec_dead, y, e, k_aux)
 
 
 def dead_term_grads(opts, coder: Coder, pre_dead: Tensor, dead_idx: Tensor, x, y, e, rec_elem):
@@ -70,7 +78,7 @@ def dead_term_grads(opts, coder: Coder, pre_dead: Tensor, dead_idx: Tensor, x, y
     pre_dead.requires_grad_()
     W_dec_dead = coder.W_dec.index_select(0, dead_idx).requires_grad_()  # [n_dead, d_out]
     with torch.enable_grad():
-        aux = dead_term(opts, coder.cfg.d_in, pre_dead, W_dec_dead, x, y, e, rec_elem)
+        aux = dead_term(opts, coder.cfg.d_out, pre_dead, W_dec_dead, x, y, e, rec_elem)
         gpre_dead, gW_dec_dead = torch.autograd.grad(aux, (pre_dead, W_dec_dead))
     return aux.detach(), gpre_dead, gW_dec_dead
 

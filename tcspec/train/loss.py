@@ -128,7 +128,7 @@ def reference_loss(
     if dead is not None and dead.any() and opts.dead_features in DEAD_TERMS:
         W_dead = coder.W_dec[dead]
         aux = dead_term(
-            opts, coder.cfg.d_in, pre[:, dead], W_dead, x, y, e.detach(), rec_elem.detach()
+            opts, coder.cfg.d_out, pre[:, dead], W_dead, x, y, e.detach(), rec_elem.detach()
         )
     loss = rec + l1_term + aux + sum(extra.values())
     return {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
