@@ -45,7 +45,6 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from tcspec.positions import keep_mask
 from tcspec.hooks import full_name, split_name
 from tcspec.metrics import (
     Accumulator,
@@ -54,6 +53,7 @@ from tcspec.metrics import (
     kl_from_logprobs,
     next_token_ce,
 )
+from tcspec.positions import keep_mask
 
 if TYPE_CHECKING:
     from tcspec.coders import Coder

@@ -39,7 +39,6 @@ import torch
 from torch import Tensor
 
 from tcspec.coders import Coder
-from tcspec.positions import keep_mask
 
 # re-exported: the interp stage and the dashboards reach them through this module
 from tcspec.feature_files import WRITE_BLOCKS as WRITE_BLOCKS
@@ -52,6 +51,7 @@ from tcspec.feature_views import deembeddings as deembeddings
 from tcspec.feature_views import logit_effects as logit_effects
 from tcspec.feature_views import top_bottom as top_bottom
 from tcspec.feature_views import vocab_strings as vocab_strings
+from tcspec.positions import keep_mask
 
 HookInputs = Callable[[Tensor], Tensor]
 """tokens [B, T] (int64) -> the dictionary's input activations [B, T, d_in]."""

@@ -17,8 +17,8 @@ from transformer_lens import HookedTransformer
 
 from tcspec.coders import Coder
 from tcspec.evaluate import _apply, _batches, _check_tokens, _coder_hooks
-from tcspec.positions import keep_mask
 from tcspec.metrics import Accumulator
+from tcspec.positions import keep_mask
 
 PREFIX_FVU = "fvu_prefix_"
 """Metric key prefix: `fvu_prefix_{w}` is the FVU of the first w features."""

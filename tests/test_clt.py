@@ -357,4 +357,3 @@ def test_bench_smoke():
     assert out["variants"]["clt"]["executed_gflops"] == pytest.approx(
         2 * 256 * 128 * 32 * (2 * 3 + 3 * 6) / 1e9
     )
-

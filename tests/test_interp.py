@@ -52,7 +52,13 @@ def synthetic(seed: int = 0):
 
 
 CFG = StatsConfig(
-    top_k=5, bands=3, per_band=2, context_window=2, n_bins=8, batch_contexts=5, chunk_elems=F * 7,
+    top_k=5,
+    bands=3,
+    per_band=2,
+    context_window=2,
+    n_bins=8,
+    batch_contexts=5,
+    chunk_elems=F * 7,
     exclude_tokens=(0,),
 )
 

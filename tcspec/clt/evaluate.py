@@ -31,7 +31,6 @@ from transformer_lens import HookedTransformer
 
 from tcspec.clt.model import CLT
 from tcspec.evaluate import hook_means
-from tcspec.positions import keep_mask
 from tcspec.metrics import (
     Accumulator,
     all_logprobs,
@@ -39,6 +38,7 @@ from tcspec.metrics import (
     kl_from_logprobs,
     next_token_ce,
 )
+from tcspec.positions import keep_mask
 
 
 def _batches(tokens, batch_contexts: int, device) -> Iterator[torch.Tensor]:

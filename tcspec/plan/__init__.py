@@ -221,9 +221,7 @@ def _acts_task(spec: Spec, dims: dict, model: Task, tokens: Task) -> Task:
         for layer in d.layers if d.layers is not None else spec.layers:
             for h in (in_hook, out_hook):
                 hooks[full_name(layer, h)] = hook_width(h, dims)
-    config = ActsConfig(
-        acts=spec.acts, hooks=dict(sorted(hooks.items())), bos=spec.data.bos
-    )
+    config = ActsConfig(acts=spec.acts, hooks=dict(sorted(hooks.items())), bos=spec.data.bos)
     bytes_per = 2 if spec.acts.dtype != "float32" else 4
     disk_mb = spec.data.train_tokens * sum(hooks.values()) * bytes_per / 2**20
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}

@@ -7,9 +7,9 @@ import time
 from tcspec import atomic, layout
 from tcspec.kinds import CLT
 from tcspec.tasks import model as model_task
-from tcspec.tasks.model import excluded_tokens
 from tcspec.tasks import read_json
 from tcspec.tasks import tokens as tokens_task
+from tcspec.tasks.model import excluded_tokens
 
 SPEC_ONLY = {"layers", "zip"}  # fields of the spec, not of one trained dictionary
 TRAINING_FIELDS = ("steps", "tokens", "tokens_per_s", "wall_s", "live_fraction")
