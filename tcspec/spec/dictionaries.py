@@ -95,7 +95,7 @@ class _DictionaryBase(_Schedule):
     y - y_hat (the dictionary's target side), or `input`, x - y_hat (the paper's released
     code, with the transcoder's input x; needs d_in = d_out). The same for an SAE."""
     aux_k: PosInt | None = None
-    """Dead features the aux-k loss reconstructs with; None uses d_in / 2."""
+    """Dead features the aux-k loss reconstructs with; None uses d_out / 2 (sparsify)."""
     aux_k_coef: NonNegFloat = 1 / 32
     """Weight of the aux-k loss."""
     l0_coef: Sweep[NonNegFloat] = 1.0
