@@ -85,18 +85,21 @@ def test_train_ids_name_each_activation_s_sparsity_setting():
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
-def test_every_evaluation_is_in_one_pass_with_its_dictionary_s_sweep(spec: Path):
-    """Evaluation passes partition the evaluate tasks; a per-layer pass holds the sweep
-    points of one dictionary at one layer (what shares its clean and ablated forwards)."""
+def test_every_evaluation_is_in_one_pass_with_its_layer(spec: Path):
+    """Evaluation passes partition the evaluate tasks; a single-splice pass holds every
+    dictionary's sweep points at one layer (what shares the clean and ablated forwards), a
+    joint pass one dictionary's joint splices."""
     plan = compile_plan(parse_spec(spec.read_text(), str(spec), spec.parent))
     grouped = [i for g in plan.eval_groups for i in g]
     assert sorted(grouped) == sorted(t.id for t in plan.stage("evaluate"))
     for g in plan.eval_groups:
         refs = [plan.get("evaluate", i).config.coders for i in g]
-        where = {tuple((r.dictionary, r.layer) for r in c) for c in refs}
-        assert len(where) == 1, g
+        if all(len(c) == 1 and c[0].kind != "clt" for c in refs):
+            assert len({c[0].layer for c in refs}) == 1, g
+        else:
+            assert len({tuple((r.dictionary, r.layer) for r in c) for c in refs}) == 1, g
     quickstart = compile_plan(parse_spec(quickstart_text(), "spec.yaml"))
-    assert sorted(map(len, quickstart.eval_groups)) == [3, 3, 3, 3]
+    assert sorted(map(len, quickstart.eval_groups)) == [6, 6]  # tc and sae, at each layer
 
 
 def test_train_configs_are_typed_and_canonical():
@@ -227,14 +230,14 @@ def test_snakemake_dry_run_reruns_only_what_changed(tmp_path: Path):
     assert run_a.returncode == 0, run_a.stdout[-3000:]
     assert run_b.returncode == 0, run_b.stdout[-3000:]
     jobs_a, jobs_b = job_ids(run_a.stdout), job_ids(run_b.stdout)
-    # 33 tasks: the 12 members train in 4 passes and are evaluated in 4 (a dictionary at a
-    # layer)
-    assert len(jobs_a) == len(jobs_b) == 33 - 12 - 12 + 4 + 4
+    # 33 tasks: the 12 members train in 4 passes (a dictionary at a layer) and are
+    # evaluated in 2 (a layer)
+    assert len(jobs_a) == len(jobs_b) == 33 - 12 - 12 + 4 + 2
     plan_a, plan_b = ids(quickstart_text()), ids(changed_l1_text())
     in_passes = ("train", "evaluate")
     only_a = {k: v for k, v in plan_a.items() if v not in plan_b.values() and k[0] != "train"}
     only_b = {k: v for k, v in plan_b.items() if v not in plan_a.values() and k[0] != "train"}
-    passes = {i for _, i in jobs_a ^ jobs_b if i.startswith(("group_tc_", "evalgroup_tc_"))}
+    passes = {i for _, i in jobs_a ^ jobs_b if i.startswith(("group_tc_", "evalgroup_L"))}
     rest_a = {v for k, v in only_a.items() if k[0] not in in_passes}
     rest_b = {v for k, v in only_b.items() if k[0] not in in_passes}
     assert {i for _, i in jobs_a - jobs_b} == rest_a | (passes & {i for _, i in jobs_a})
@@ -242,7 +245,8 @@ def test_snakemake_dry_run_reruns_only_what_changed(tmp_path: Path):
     assert {r for r, _ in jobs_a ^ jobs_b if not r.startswith(("group_", "evalgroup_"))} == {
         "run_tables"
     }
-    # the tc passes at layers 0 and 1 (another member set): training and evaluation; the
+    # the tc training passes and the evaluation passes at layers 0 and 1 (another member
+    # set); the
     # changed point's 2 evaluations (one per layer) and the tables
     assert len(passes) == 2 * 4 and len(only_a) == len(only_b) == 2 + 1
     assert sorted(k[0] for k in only_a) == ["evaluate", "evaluate", "tables"]

@@ -84,7 +84,7 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
         upstream = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
     elif _trained(spec):
         upstream = {"acts": ("acts", plan.add(_acts_task(spec, dims, model, tokens)).id)}
-    evaluations, members = [], {}
+    evaluations, members, passes = [], {}, {}
     clts: dict = {}  # (name, first layer) -> the CLT's train (or import) tasks
     clt_layers: dict = {}  # (name, layer) -> the same tasks, at each layer the CLT spans
     for name, d in spec.dictionaries.items():
@@ -109,13 +109,15 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
                 if not stream:
                     plan.groups.append(tuple(sorted(t.id for t in group)))
             members[(name, layer)] = group
-            _add_evaluations(plan, [[t] for t in group], spec, model, tokens, evaluations)
+            single = [[t] for t in group]
+            _add_evaluations(plan, single, spec, model, tokens, evaluations, passes, layer)
         if spec.evaluate.splice_all_layers and d.kind != "sae" and len(layers) > 1:
             joint = spliced_layers(spec, layers)
             span = joint if joint != list(layers) else None
             n = len(members[(name, layers[0])])
             sets = [[members[(name, layer)][i] for layer in joint] for i in range(n)]
-            _add_evaluations(plan, sets, spec, model, tokens, evaluations, span)
+            _add_evaluations(plan, sets, spec, model, tokens, evaluations, passes, name, span)
+    plan.eval_groups += [tuple(sorted(ids)) for ids in passes.values()]
     if stream:
         train = plan.stage("train")
         ids, configs = [t.id for t in train], [t.config for t in train]
@@ -138,14 +140,15 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
 
 
 def _add_evaluations(
-    plan: Plan, coder_sets, spec, model, tokens, evaluations: list, span=None
+    plan: Plan, coder_sets, spec, model, tokens, evaluations: list, passes: dict, key, span=None
 ) -> None:
     """One evaluate task per set of coders (one coder, or one per layer spliced at once),
-    all in one evaluation pass: the sweep points of one dictionary at one layer (or at all
-    its layers) share the pass's clean and ablated forwards."""
+    added to the evaluation pass `passes[key]`: every dictionary's sweep points spliced
+    alone at one layer (key: the layer) share one pass's clean forward and that layer's
+    ablated forwards; a dictionary's joint splices (key: its name) share another."""
     tasks = [plan.add(_evaluate_task(spec, s, model, tokens, span)) for s in coder_sets]
     evaluations += tasks
-    plan.eval_groups.append(tuple(sorted(t.id for t in tasks)))
+    passes.setdefault(key, []).extend(t.id for t in tasks)
 
 
 def spliced_layers(spec: Spec, layers: list[int]) -> list[int]:
@@ -470,5 +473,7 @@ def eval_group_task(members: list[Task]) -> Task:
         "gpu": max(t.resources["gpu"] for t in members),
         "threads": THREADS.get("evaluate", 1),
     }
-    prefix = f"{_spliced(members[0].config.coders)}-x{len(members)}"
+    first = members[0].config.coders
+    mixed = len({t.config.coders[0].dictionary for t in members}) > 1  # a layer's pass
+    prefix = f"{f'L{first[0].layer}' if mixed else _spliced(first)}-x{len(members)}"
     return Task(layout.EVAL_GROUP, task_id(prefix, config, deps), config, deps, resources)
