@@ -86,18 +86,28 @@ class StreamSource(Frozen):
     """The spec's BOS convention: `exclude` streams no BOS position, as the cache does."""
 
 
-LATER_OPTS = {"ghost_residual": "output", "jumprelu_threshold_lr": None}
-"""Dictionary options added after train ids were fixed (-> their default): in a train id
-only away from the default, so a member that does not use them keeps its id."""
+LATER_OPTS = {
+    "ghost_residual": "output",
+    "jumprelu_threshold_lr": None,
+    "penalty": "step",
+    "tanh_scale": 4.0,
+    "pre_act_coef": None,
+}
+"""Per-layer dictionary options added after train ids were fixed (-> their default): in a
+train id only away from the default, so a member that does not use them keeps its id."""
+
+CLT_LATER_OPTS: dict[str, object] = {}
+"""The same for a cross-layer transcoder's options (whose `penalty`, `tanh_scale` and
+`pre_act_coef` were there from the start, so stay in its ids)."""
 
 
-def _canonical_member(config: StageConfig) -> str:
+def _canonical_member(config: StageConfig, later: dict[str, object]) -> str:
     """A trained member's canonical JSON: ``stream`` only when set (a cache member keeps
-    its id), the options of `LATER_OPTS` only away from their defaults."""
+    its id), the options of `later` only away from their defaults."""
     dump = config.model_dump(mode="json")
     if dump["stream"] is None:
         del dump["stream"]
-    for field, default in LATER_OPTS.items():
+    for field, default in later.items():
         if field in dump["opts"] and dump["opts"][field] == default:
             del dump["opts"][field]
     return json.dumps(dump, sort_keys=True)
@@ -122,7 +132,7 @@ class TrainedMemberConfig(StageConfig):
     """Set when the member trains from a stream (``acts: {source: stream}``), not a cache."""
 
     def canonical(self) -> str:
-        return _canonical_member(self)
+        return _canonical_member(self, LATER_OPTS)
 
     def coder(self):
         """The dictionary's shape and hooks (``tcspec.coders.CoderConfig``)."""
@@ -187,7 +197,7 @@ class CLTMemberConfig(StageConfig):
     """Set when it trains from a stream (``acts: {source: stream}``), not a cache."""
 
     def canonical(self) -> str:
-        return _canonical_member(self)
+        return _canonical_member(self, CLT_LATER_OPTS)
 
     @property
     def layer(self) -> int:

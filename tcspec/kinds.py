@@ -34,6 +34,13 @@ THRESHOLD_ACTIVATIONS = ("jumprelu", "batchtopk")
 DEAD_AUX_K = ("topk", "batchtopk")
 """Activations the aux-k dead-feature loss applies to."""
 
+MATRYOSHKA = ("topk", "batchtopk")
+"""Activations a Matryoshka dictionary (nested prefixes, each reconstructing) may have."""
+
+JUMPRELU_PENALTIES = ("step", "tanh")
+"""Forms of a per-layer JumpReLU's L0 penalty: the step count H(pre - threshold) (GDM) or
+tanh(c z ||W_dec||) (Anthropic, as a cross-layer transcoder's `tanh` penalty)."""
+
 GHOST_RESIDUALS = ("output", "input")
 """What ghost grads fit: the output residual y - y_hat, or the input side's x - y_hat."""
 

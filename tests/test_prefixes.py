@@ -31,28 +31,33 @@ def model() -> HookedTransformer:
         return HookedTransformer(cfg).eval()
 
 
-def _coder(kind: str) -> Coder:
+def _coder(kind: str, activation: str = "batchtopk") -> Coder:
     out = "hook_mlp_out" if kind != "sae" else "ln2.hook_normalized"
-    cfg = CoderConfig(kind, D, D, F, "batchtopk", 4, "blocks.1.ln2.hook_normalized",
+    cfg = CoderConfig(kind, D, D, F, activation, 4, "blocks.1.ln2.hook_normalized",
                       f"blocks.1.{out}", 1)  # fmt: skip
     c = Coder(cfg, seed=3)
     with torch.no_grad():
         c.W_dec.mul_(0.3)
-        c.threshold.fill_(0.1)
+        if cfg.thresholded:
+            c.threshold.fill_(0.1)
     return c.requires_grad_(False)
 
 
-@pytest.mark.parametrize("kind", ["sae", "skip_transcoder"])
-def test_prefix_fvu_is_the_definition_and_full_width_is_evaluates_fvu(model, kind):
-    coder = _coder(kind)
+@pytest.mark.parametrize(
+    "kind, activation",
+    [("sae", "batchtopk"), ("skip_transcoder", "batchtopk"), ("transcoder", "topk")],
+)
+def test_prefix_fvu_is_the_definition_and_full_width_is_evaluates_fvu(model, kind, activation):
+    coder = _coder(kind, activation)
     tokens = torch.randint(0, 50, (6, 16), generator=torch.Generator().manual_seed(1))
     fvus = prefix_fvu(model, coder, 1, tokens, 4, WIDTHS)
     assert list(fvus) == list(WIDTHS)
     _, cache = model.run_with_cache(tokens)
     x = cache[coder.cfg.in_hook].reshape(-1, D).double()
     y = cache[coder.cfg.out_hook].reshape(-1, D).double()
-    c64 = _coder(kind).double()
+    c64 = _coder(kind, activation).double()
     z = c64.encode(x)
+    assert activation != "topk" or ((z > 0).sum(1) <= 4).all()  # k per token
     for w in WIDTHS:
         y_hat = c64.decode(z * (torch.arange(F) < w), x)
         ref = float((y - y_hat).square().sum() / (y - y.mean(0)).square().sum())
@@ -64,27 +69,32 @@ def test_prefix_fvu_is_the_definition_and_full_width_is_evaluates_fvu(model, kin
 
 
 def test_prefix_table_is_long_form_and_built(tmp_path):
-    def record(name, matryoshka):
+    def record(name, matryoshka, activation="batchtopk"):
         metrics = {"l0": 4.0, "fvu": 0.2}
         if matryoshka:
             metrics |= {prefix_key(w): 1.0 - w / 30 for w in WIDTHS}
-        opts = {"activation": "batchtopk", "k": 4, "matryoshka": list(WIDTHS[:-1])}
+        opts = {"activation": activation, "k": 4, "matryoshka": list(WIDTHS[:-1])}
         return {"dictionary": name, "kind": "sae", "layers": [1], "member": "k_4",
                 "point": {"k": 4}, "opts": opts, "d_sae": F, "splice": "each",
                 "metrics": metrics}  # fmt: skip
 
-    records = [record("mat", True), record("plain", False)]
+    records = [record("mat", True), record("plain", False), record("mat_topk", True, "topk")]
     table = prefix_table(records_frame(records))
-    assert table["dictionary"].tolist() == ["mat"] * 3
-    assert table["width"].tolist() == list(WIDTHS)
-    assert table["fvu"].tolist() == pytest.approx([1.0 - w / 30 for w in WIDTHS])
+    assert sorted(set(table["dictionary"])) == ["mat", "mat_topk"]
+    for name in ("mat", "mat_topk"):
+        rows = table[table["dictionary"] == name]
+        assert rows["width"].tolist() == list(WIDTHS)
+        assert rows["fvu"].tolist() == pytest.approx([1.0 - w / 30 for w in WIDTHS])
     paths = build_tables(
         records, tmp_path, include=["matryoshka_prefixes"], title="t", reference=None
     )
     assert {p.name for p in paths} >= {"matryoshka_prefixes.md", "matryoshka_prefixes.csv"}
     csv = pd.read_csv(tmp_path / "matryoshka_prefixes.csv")
-    assert csv["width"].tolist() == list(WIDTHS)
-    assert "| mat " in (tmp_path / "matryoshka_prefixes.md").read_text()
+    for name in ("mat", "mat_topk"):
+        assert csv[csv["dictionary"] == name]["width"].tolist() == list(WIDTHS)
+    assert len(csv) == 2 * len(WIDTHS)
+    md = (tmp_path / "matryoshka_prefixes.md").read_text()
+    assert "| mat " in md and "| mat_topk " in md
 
 
 def test_a_jumprelu_l0_coef_sweep_is_one_family_with_its_coefficient_shown(tmp_path):

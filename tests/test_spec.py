@@ -108,6 +108,7 @@ VALID_PLANS = {
     "zip_sweep": ({"train": 6, "evaluate": 6}, 6),  # (l1, lr) zipped: 3, x expansion 2
     "checkpoint": ({"train": 5, "evaluate": 5 + 2}, None),  # + 2 all-layer splices of tc
     "minimal": ({"train": 1, "evaluate": 1}, 1),
+    "families_options": ({"train": 3, "evaluate": 3}, None),  # 2 l0_coef + 1 Matryoshka TopK
 }
 
 
@@ -148,6 +149,31 @@ def test_relative_paths_resolve_against_the_spec_folder():
     assert ckpt.model.path == (HERE / "specs" / "data" / "tiny_gpt2").resolve()
     (train,) = [t for t in compile_plan(ckpt).stage("train") if t.label["dictionary"] == "sae"]
     assert train.config.d_in == 256  # mlp.hook_post is d_mlp (n_inner)
+
+
+def test_dictionary_family_options_enter_a_train_id_only_away_from_their_defaults():
+    """`penalty`, `tanh_scale` and `pre_act_coef` written at their defaults keep a JumpReLU
+    member's id; chosen, they are in it. A CLT keeps its own `tanh_scale` in its id."""
+    base = (HERE / "specs" / "valid" / "minimal.yaml").read_text()
+    jump = base.replace("expansion: 4}", "expansion: 4, activation: jumprelu}")
+    explicit = jump.replace(
+        "jumprelu}", "jumprelu, penalty: step, tanh_scale: 4.0, pre_act_coef: null}"
+    )
+
+    def trains(text: str):
+        return compile_plan(parse_spec(text, "spec.yaml")).stage("train")
+
+    assert "pre_act_coef: null" in explicit
+    (a,), (b,) = trains(jump), trains(explicit)
+    assert b.config.opts.penalty == "step" and a.id == b.id
+    assert not {"penalty", "tanh_scale", "pre_act_coef"} & set(a.config.canonical().split('"'))
+    chosen = load_spec(HERE / "specs" / "valid" / "families_options.yaml")
+    for t in compile_plan(chosen).stage("train"):
+        tanh = t.label["dictionary"] == "jr_tanh"
+        assert ('"penalty": "tanh"' in t.config.canonical()) == tanh
+        assert ('"pre_act_coef": 3e-06' in t.config.canonical()) == tanh
+    clt = load_spec(HERE.parent / "specs" / "clt.yaml")
+    assert all('"tanh_scale": 4.0' in t.config.canonical() for t in compile_plan(clt).stage("clt"))
 
 
 # ------------------------------------------------------------------------------- fuzzing

@@ -18,6 +18,8 @@ from tcspec.kinds import (
     CLT_IN_HOOKS,
     DEAD_AUX_K,
     GHOST_RESIDUALS,
+    JUMPRELU_PENALTIES,
+    MATRYOSHKA,
     SPARSITY_K,
 )
 from tcspec.spec.base import (
@@ -99,8 +101,18 @@ class _DictionaryBase(_Schedule):
     aux_k_coef: NonNegFloat = 1 / 32
     """Weight of the aux-k loss."""
     l0_coef: Sweep[NonNegFloat] = 1.0
-    """JumpReLU: coefficient of the L0 penalty l0_coef * mean_b sum_i H(pre_bi - threshold_i)
-    (the `step` form, with rectangle-kernel pseudo-derivatives)."""
+    """JumpReLU: coefficient of the L0 penalty (its form is `penalty`)."""
+    penalty: Literal[JUMPRELU_PENALTIES] = "step"  # type: ignore[valid-type]
+    """JumpReLU: form of the L0 penalty. `step`: l0_coef * mean_b sum_i H(pre_bi -
+    threshold_i) (GDM), rectangle-kernel pseudo-derivatives to the threshold; `tanh`:
+    l0_coef * mean_b sum_i tanh(c z_bi ||W_dec,i||), c = `tanh_scale` (Anthropic, Jan 2025;
+    SAELens `jumprelu_sparsity_loss_mode`; a CLT's `penalty: tanh`)."""
+    tanh_scale: PosFloat = 4.0
+    """JumpReLU with `penalty: tanh`: c in tanh(c z ||W_dec||) (as a CLT's `tanh_scale`)."""
+    pre_act_coef: NonNegFloat | None = None
+    """JumpReLU: coefficient of the pre-activation loss pre_act_coef * mean_b sum_i
+    relu(threshold_i - pre_bi) ||W_dec,i||, summed over the dead features only (dead:
+    `dead_window`), as SAELens (a CLT's `pre_act_coef` takes every feature); None: off."""
     jumprelu_bandwidth: PosFloat = 0.05
     """JumpReLU: width of the rectangle kernel in the threshold's pseudo-derivatives."""
     jumprelu_init_threshold: PosFloat = 0.01
@@ -112,7 +124,7 @@ class _DictionaryBase(_Schedule):
     a larger rate to reach the pre-activations' scale, or the L0 penalty's pull saturates at
     that cap and every `l0_coef` ends at the same L0."""
     matryoshka: list[PosInt] | None = None
-    """BatchTopK: nested prefix widths (strictly increasing; d_sae is the last, appended when
+    """TopK or BatchTopK: nested prefix widths (strictly increasing; d_sae is the last, appended when
     missing): the loss adds each inner prefix's reconstruction loss (unweighted, as SAELens).
     """
     batchtopk_threshold_lr: Fraction = 0.01
@@ -154,8 +166,8 @@ class _DictionaryBase(_Schedule):
                 "dead_features", f"`dead_features: aux_k` needs {_activations(DEAD_AUX_K)}"
             )
         if self.matryoshka is not None:
-            if self.activation != "batchtopk":
-                raise FieldError("matryoshka", "`matryoshka` needs `activation: batchtopk`")
+            if self.activation not in MATRYOSHKA:
+                raise FieldError("matryoshka", f"`matryoshka` needs {_activations(MATRYOSHKA)}")
             if any(b <= a for a, b in zip(self.matryoshka, self.matryoshka[1:])):
                 raise FieldError("matryoshka", "prefix widths must be strictly increasing")
         for f in self.zip:
@@ -166,6 +178,23 @@ class _DictionaryBase(_Schedule):
             sizes = ", ".join(f"`{f}` has {n}" for f, n in lengths.items())
             raise FieldError("zip", f"zipped axes must have equal lengths: {sizes} values")
         return self
+
+    @model_validator(mode="after")
+    def _check_jumprelu(self):
+        """The JumpReLU penalty options only where they act."""
+        only = "only applies to `activation: jumprelu`"
+        if self.activation != "jumprelu" and self.penalty != "step":
+            raise FieldError("penalty", f"`penalty: {self.penalty}` {only}")
+        if self.activation != "jumprelu" and self.pre_act_coef is not None:
+            raise FieldError("pre_act_coef", f"`pre_act_coef` {only}")
+        if self.penalty != "tanh" and self.tanh_scale != _default(self, "tanh_scale"):
+            raise FieldError("tanh_scale", "`tanh_scale` only applies to `penalty: tanh`")
+        return self
+
+
+def _default(model: Frozen, name: str):
+    """The declared default of a field of `model`."""
+    return type(model).model_fields[name].default
 
 
 def _positive(value: float | list[float]) -> bool:

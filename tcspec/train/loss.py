@@ -35,17 +35,21 @@ def loss_and_grads(
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
     """One member's loss terms and parameter gradients on a batch, without autograd.
 
-    Returns (grads by parameter name, terms {loss, rec, l1, aux} as 0-d tensors, the
-    activation's codes (`l1_sum()`, `fired(ws)`), e = y_hat - y [B, d_out]); all of these
-    live in `ws` and are overwritten
-    by the next call of the same shape. `dead_idx` lists the dead features (long [n_dead]).
+    Returns (grads by parameter name, terms {loss, rec, l1, aux} (+ l0_loss, pre_act_loss,
+    matryoshka where they apply) as 0-d tensors, the activation's codes (`l1_sum()`,
+    `fired(ws)`), e = y_hat - y [B, d_out]); all of these live in `ws` and are overwritten
+    by the next call of the same shape. `dead_idx` lists the dead features (long [n_dead]),
+    which the dead-feature terms and JumpReLU's pre-activation loss act on.
     """
     cfg, act = coder.cfg, ACTIVATION[coder.cfg.activation]
     B, S = x.shape[0], cfg.d_sae
     xc = torch.sub(x, coder.b_dec, out=ws.get("xc", x.shape))  # [B, d_in]
     pre = torch.addmm(coder.b_enc, xc, coder.W_enc, out=ws.get("z", (B, S)))  # [B, S]
-    use_dead = opts.dead_features in DEAD_TERMS and dead_idx is not None and len(dead_idx) > 0
-    pre_dead = pre.index_select(1, dead_idx) if use_dead else None  # [B, n_dead]
+    any_dead = dead_idx is not None and len(dead_idx) > 0
+    use_dead = opts.dead_features in DEAD_TERMS and any_dead
+    use_pre_act = opts.pre_act_coef is not None  # JumpReLU's loss on the dead features
+    wants_dead = any_dead and (use_dead or use_pre_act)
+    pre_dead = pre.index_select(1, dead_idx) if wants_dead else None  # [B, n_dead]
     codes, y_hat = act.forward(coder, pre, y.shape, ws, opts)
     if cfg.skip:
         y_hat.addmm_(x, coder.W_skip)
@@ -60,14 +64,34 @@ def loss_and_grads(
         )
         dead = (dead_idx, gpre_dead)
     extra = codes.extra_terms()  # e.g. JumpReLU's L0 penalty (its gradient is in `gr`)
+    if use_pre_act:
+        pa = jumprelu.pre_act(coder, pre_dead, dead_idx, opts.pre_act_coef)
+        extra["pre_act_loss"] = pa.loss
+        if any_dead:  # its d pre joins the dead-feature terms' into the encoder
+            dead = (dead_idx, pa.g_pre if dead is None else dead[1] + pa.g_pre)
     if opts.matryoshka:  # the inner prefixes' losses; every prefix's g reaches b_out, W_skip
-        extra["matryoshka"], groups = matryoshka.prefix_terms(coder, codes.z, e, y, g, opts)
-        gr = matryoshka.backward(coder, codes.z, groups, l1 / B, xc, dead, ws)
+        z = codes.dense(ws)  # [B, S]
+        extra["matryoshka"], groups = matryoshka.prefix_terms(coder, z, e, y, g, opts)
+        gr = matryoshka.backward(coder, z, groups, l1 / B, xc, dead, ws)
         g = groups[0][2]
     else:
         gr = act.backward(coder, codes, g, l1 / B, xc, dead, ws)
     if use_dead:
         gr["W_dec"].index_add_(0, dead_idx, gW_dec_dead)
+    if use_pre_act:
+        pa.add_grads(gr, coder.threshold)
+    _output_grads(coder, gr, g, x, ws)
+    loss = rec + l1_term + aux
+    for v in extra.values():
+        loss = loss + v
+    terms = {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
+    return gr, terms, codes, e
+
+
+def _output_grads(coder: Coder, gr: dict[str, Tensor], g: Tensor, x: Tensor, ws: Workspace):
+    """Add the gradients of b_dec (b_dec_out) and W_skip to `gr`, from g = d loss / d y_hat
+    [B, d_out] (summed over the Matryoshka prefixes) and the encoder's b_enc gradient."""
+    cfg = coder.cfg
     g_out = g.sum(0)  # [d_out]
     gr["b_dec"] = torch.mv(coder.W_enc, gr["b_enc"], out=ws.get("gb_dec", (cfg.d_in,))).neg_()
     if cfg.tied_bias:
@@ -76,11 +100,6 @@ def loss_and_grads(
         gr["b_dec_out"] = g_out
     if cfg.skip:
         gr["W_skip"] = torch.mm(x.t(), g, out=ws.get("gW_skip", coder.W_skip.shape))
-    loss = rec + l1_term + aux
-    for v in extra.values():
-        loss = loss + v
-    terms = {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
-    return gr, terms, codes, e
 
 
 def reference_loss(
@@ -94,18 +113,15 @@ def reference_loss(
 ):
     """The loss with autograd through `coder` (slow; the formula `loss_and_grads` follows).
 
-    Returns a dict of scalar tensors: loss, rec, l1, aux (and l0_loss for JumpReLU, whose
-    threshold is exp(`log_threshold`), default log(coder.threshold)). `dead` is a bool
-    mask [d_sae].
+    Returns a dict of scalar tensors: loss, rec, l1, aux (and l0_loss, pre_act_loss when
+    set, for JumpReLU, whose threshold is exp(`log_threshold`), default log(coder.threshold)).
+    `dead` is a bool mask [d_sae].
     """
     pre = coder.pre_acts(x)  # [B, d_sae]
     B, extra = x.shape[0], {}
     if coder.cfg.activation == "jumprelu":
         lt = log_threshold if log_threshold is not None else coder.threshold.log()
-        eps = opts.jumprelu_bandwidth
-        z = jumprelu.JumpReLUFn.apply(pre, lt.exp(), eps)
-        steps = jumprelu.StepFn.apply(pre, lt.exp(), eps)
-        extra["l0_loss"] = opts.l0_coef * steps.sum() / B
+        z, extra = _jumprelu_reference(coder, pre, lt.exp(), opts, dead)
     elif coder.cfg.activation == "batchtopk":
         vals, idx = torch.relu(pre).reshape(-1).topk(coder.cfg.k * B)
         z = torch.zeros_like(pre).reshape(-1).scatter(0, idx, vals).view_as(pre)
@@ -132,6 +148,23 @@ def reference_loss(
         )
     loss = rec + l1_term + aux + sum(extra.values())
     return {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
+
+
+def _jumprelu_reference(coder: Coder, pre: Tensor, theta: Tensor, opts, dead: Tensor | None):
+    """JumpReLU's z [B, S] and its terms {l0_loss (step or tanh), pre_act_loss} as SAELens's
+    `calculate_aux_loss` writes them, through the pseudo-derivatives of `JumpReLUFn`, `StepFn`."""
+    B, eps, extra = pre.shape[0], opts.jumprelu_bandwidth, {}
+    z = jumprelu.JumpReLUFn.apply(pre, theta, eps)
+    norms = coder.W_dec.norm(dim=1)  # [S]
+    if opts.penalty == "tanh":
+        extra["l0_loss"] = opts.l0_coef * torch.tanh(opts.tanh_scale * z * norms).sum() / B
+    else:
+        extra["l0_loss"] = opts.l0_coef * jumprelu.StepFn.apply(pre, theta, eps).sum() / B
+    if opts.pre_act_coef is not None:
+        on = dead if dead is not None else torch.zeros_like(theta, dtype=torch.bool)
+        gap = torch.relu(theta - pre) * on * norms  # [B, S]
+        extra["pre_act_loss"] = opts.pre_act_coef * gap.sum() / B
+    return z, extra
 
 
 def _rec(e: Tensor, y: Tensor, loss: str) -> Tensor:

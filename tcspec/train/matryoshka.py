@@ -8,6 +8,10 @@ With prefix widths w_1 < ... < w_n = d_sae, y_hat_w = b_out + z[:, :w] W_dec[:w]
 
 Feature i sits in every prefix w > i, so its gradients use G(i) = sum_{w > i} g_w, g_w =
 d rec_w / d y_hat_w: one G per group [w_{j-1}, w_j) of features.
+
+The latents come from the dictionary's own activation over the whole width: BatchTopK (the
+paper's, SAELens's) or TopK (k per token), whose sparse codes are made dense here; either
+way z = pre * mask, so the gradient to pre is the prefixes' d / d z on the kept features.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ def prefix_terms(coder: Coder, z: Tensor, e: Tensor, y: Tensor, g: Tensor, opts)
 def backward(
     coder: Coder, z: Tensor, groups, l1_b: float, xc: Tensor, dead, ws: Workspace
 ) -> dict[str, Tensor]:
-    """Gradients of W_enc, b_enc, W_dec of a dense-activation (z = pre * mask) dictionary."""
+    """Gradients of W_enc, b_enc, W_dec of a dense-activation (z = pre * mask, z [B, S])
+    dictionary."""
     dz = ws.get("dz", z.shape)
     gW_dec = ws.get("gW_dec", coder.W_dec.shape)
     for a, b, G in groups:

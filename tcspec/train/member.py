@@ -90,8 +90,10 @@ class MemberRun:
                 self.coder.b_dec_out.copy_(y.mean(0))
 
     def dead_idx(self) -> Tensor | None:
+        """The dead features (long [n]) when a loss term acts on them: a dead-feature term
+        or JumpReLU's pre-activation loss; else None."""
         o = self.member.opts
-        if o.dead_features not in DEAD_TERMS:
+        if o.dead_features not in DEAD_TERMS and o.pre_act_coef is None:
             return None
         return self.firing.dead(o.dead_window).nonzero().squeeze(1)
 

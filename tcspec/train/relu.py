@@ -26,6 +26,10 @@ class Codes:
         """Tokens each feature fired on (z > 0), float [S]; in the free `dz` buffer."""
         return torch.sign(self.z, out=ws.get("dz", self.z.shape)).sum(0)
 
+    def dense(self, ws: Workspace) -> Tensor:
+        """The activations z [B, S] (already dense)."""
+        return self.z
+
 
 def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace, opts=None):
     """pre [B, S] (overwritten) -> (codes, z W_dec + b_out [B, d_out])."""

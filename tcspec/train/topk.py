@@ -40,6 +40,12 @@ class Codes:
         on = self.idx[self.vals > 0]
         return torch.bincount(on, minlength=self.d_sae).to(self.vals.dtype)
 
+    def dense(self, ws: Workspace) -> Tensor:
+        """The activations z [B, S]: the k active ones scattered into zeros (for the
+        Matryoshka prefixes, whose gradients are dense)."""
+        z = ws.get("z_dense", (self.idx.shape[0], self.d_sae)).zero_()
+        return z.scatter_(1, self.idx, self.vals)
+
 
 def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace, opts=None):
     """pre [B, S] -> (codes, z W_dec + b_out [B, d_out])."""
