@@ -20,6 +20,7 @@ for stage in RULE_STAGES:
             mem_mb=WF.resource(stage, "mem_mb"),
             disk_mb=WF.resource(stage, "disk_mb"),
             gpu=WF.resource(stage, "gpu"),
+            slurm_partition=WF.partition(stage, config.get("gpu_partition", "gpu")),
         params:
             stage=stage,
             id=lambda wildcards: wildcards.id,

@@ -84,6 +84,15 @@ class Workflow:
 
         return resource
 
+    def partition(self, stage: str, gpu_partition: str):
+        """Resource function: the SLURM partition, `gpu_partition` for a task given a GPU."""
+
+        def partition(wildcards):
+            gpu = self.plan.get(stage, wildcards.id).resources.get("gpu", 0)
+            return gpu_partition if gpu else "cpu"
+
+        return partition
+
     # ---- training and evaluation passes (concrete rules, no wildcards)
     def pass_outputs(self, task: Task) -> list[str]:
         stage = layout.PASS_MEMBERS[task.stage]

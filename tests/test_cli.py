@@ -85,7 +85,7 @@ def test_check_passes_on_committed_specs(spec: Path, capsys):
 
 def test_check_fails_when_the_cache_exceeds_free_disk(tmp_path: Path, monkeypatch, capsys):
     need = sum(t.resources["disk_mb"] for t in compile_plan(load_spec(QUICKSTART)).stage("acts"))
-    free_mb = 1234
+    free_mb = need // 2  # half what the cache needs
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40, free_mb * 2**20))
     assert main(["check", str(QUICKSTART), "--results", str(tmp_path)]) == 2

@@ -108,7 +108,7 @@ def slurm_profile(tmp_path: Path) -> Path:
     return copy
 
 
-def test_slurm_profile_plans_the_gpt2_sweep_with_gpus_for_training_only(tmp_path):
+def test_slurm_profile_gives_a_gpu_to_every_job_that_runs_gpt2(tmp_path):
     run = harness.snakemake(
         tmp_path / "results",
         "--profile",
@@ -138,7 +138,13 @@ def test_slurm_profile_plans_the_gpt2_sweep_with_gpus_for_training_only(tmp_path
     tc_layers = {t.config.layer for t in members if t.label["dictionary"] == "tc"}
     assert tc_layers == set(range(12))
     assert len(train) == len(plan.groups)
-    assert {r for r, f in jobs if f.get("gpu") == "1"} == {r for r, _ in train}
-    assert all(f["gpu"] == "1" and f["slurm_partition"] == "gpu" for _, f in train)
-    others = [f for r, f in jobs if not r.startswith("group_")]
-    assert all(f.get("gpu", "0") == "0" and f["slurm_partition"] == "cpu" for f in others)
+    # a GPU for every job that runs gpt2: training, evaluation, interp and circuit passes
+    on_model = ("group_", "evalgroup_", "run_interp", "run_circuits")
+    gpu_jobs = [(r, f) for r, f in jobs if r.startswith(on_model)]
+    assert {r for r, f in jobs if f.get("gpu") == "1"} == {r for r, _ in gpu_jobs}
+    assert len(gpu_jobs) > len(train) and {r for r, _ in train} < {r for r, _ in gpu_jobs}
+    assert all(f["gpu"] == "1" and f["slurm_partition"] == "gpu" for _, f in gpu_jobs)
+    others = [f for r, f in jobs if not r.startswith(on_model)]
+    assert others and all(
+        f.get("gpu", "0") == "0" and f["slurm_partition"] == "cpu" for f in others
+    )

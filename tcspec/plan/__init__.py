@@ -197,6 +197,12 @@ def _coder_deps(tasks: list[Task]) -> dict:
     return {f"coder_{j}": (t.stage, t.id) for j, t in enumerate(tasks)}
 
 
+def gpus(spec: Spec) -> int:
+    """GPUs a job that runs the model asks the cluster for: none for the toy pipeline
+    (sized for a CPU) or `device: cpu`, else one."""
+    return 0 if spec.model.kind == "toy" or spec.device == "cpu" else 1
+
+
 def _model_task(spec: Spec, dims: dict) -> Task:
     m = spec.model
     if m.kind == "toy":
@@ -228,7 +234,11 @@ def _acts_task(spec: Spec, dims: dict, model: Task, tokens: Task) -> Task:
     bytes_per = 2 if spec.acts.dtype != "float32" else 4
     disk_mb = spec.data.train_tokens * sum(hooks.values()) * bytes_per / 2**20
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
-    resources = {"disk_mb": int(disk_mb) + 1, "mem_mb": _model_mem_mb(dims) + 1000}
+    resources = {
+        "disk_mb": int(disk_mb) + 1,
+        "mem_mb": _model_mem_mb(dims) + 1000,
+        "gpu": gpus(spec),
+    }
     return make_task(
         "acts", f"L{'-'.join(map(str, sorted(_layers(spec))))}", config, deps, resources
     )
@@ -252,7 +262,7 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dic
     in_hook, out_hook = dictionary_hooks(d)
     d_in, d_out = hook_width(in_hook, dims), hook_width(out_hook, dims)
     steps = (d.train_tokens or spec.data.train_tokens) // d.batch_size
-    gpu = 0 if spec.model.kind == "toy" else 1  # the toy pipeline is sized for a CPU
+    gpu = gpus(spec)
     tasks = []
     for point in sweep_points(d):
         seed = d.seed if d.seed is not None else spec.seed
@@ -296,7 +306,7 @@ def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Tas
         resources = {
             "mem_mb": cost.mem_mb + 1500 + _clt_stream_mb(spec, dims, len(layers)),
             "flops": cost.flops, "params": cost.params,
-            "gpu": 0 if spec.model.kind == "toy" else 1,
+            "gpu": gpus(spec),
         }  # fmt: skip
         label = {"dictionary": name, "member": member_name(point), "point": point}
         prefix = f"{name}-L{'-'.join(map(str, layers))}-{_content_name(opts)}"
@@ -353,7 +363,7 @@ def _evaluate_task(
     )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)} | _coder_deps(coders)
     prefix = f"{_spliced(refs, span)}-{refs[0].member}"
-    return make_task("evaluate", prefix, config, deps, {"mem_mb": 3000})
+    return make_task("evaluate", prefix, config, deps, {"mem_mb": 3000, "gpu": gpus(spec)})
 
 
 def _spliced(refs: tuple[CoderRef, ...], span: list[int] | None = None) -> str:
@@ -378,7 +388,8 @@ def _features_task(spec: Spec, coder: Task, model: Task, tokens: Task, layer: in
     )
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
     deps |= _coder_deps([coder])
-    return make_task("interp", config.coder.label, config, deps, {"mem_mb": 3000})
+    resources = {"mem_mb": 3000, "gpu": gpus(spec)}
+    return make_task("interp", config.coder.label, config, deps, resources)
 
 
 def _study_task(spec: Spec, features: list[Task]) -> Task:
@@ -403,7 +414,8 @@ def _circuit_task(
         ids = {t.id for t in selected}
         studied = [t for t in interp if t.config.coder.id in ids]
         deps |= {f"features_{i}": ("interp", t.id) for i, t in enumerate(studied)}
-    return make_task("circuits", f"{c.task}-{c.dictionary.name}", config, deps, {"mem_mb": 3000})
+    resources = {"mem_mb": 3000, "gpu": gpus(spec)}
+    return make_task("circuits", f"{c.task}-{c.dictionary.name}", config, deps, resources)
 
 
 def _export_task(spec: Spec, e, selected: list[Task], model: Task) -> Task:
