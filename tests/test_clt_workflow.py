@@ -7,7 +7,9 @@ exactly."""
 from __future__ import annotations
 
 import json
+import random
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from tcspec.hooks import full_name
 from tcspec.loader import SpecError, load_spec, parse_spec
 from tcspec.plan import clt_shape, compile_plan, group_task
 from tcspec.tasks import run_task, save_task
+from tcspec.tasks.clt import CHECKPOINT
 
 ROOT = Path(__file__).resolve().parent.parent
 MICRO_CLT = ROOT / "tests" / "workflow" / "micro_clt.yaml"
@@ -147,7 +150,7 @@ def test_interrupted_clt_task_resumes_bitwise(micro_clt_run, tmp_path):
     with the uninterrupted run's weights, bit for bit."""
     from tcspec.activations import ActivationReader
     from tcspec.clt.train import train_clt
-    from tcspec.tasks.clt import CHECKPOINT, train_config
+    from tcspec.tasks.clt import train_config
 
     plan, results = micro_clt_run
     (clt,) = plan.stage("clt")
@@ -263,3 +266,59 @@ def test_clt_trains_from_a_stream(tmp_path):
     run_plan(plan, tmp_path)
     training = json.loads((clt.dir(tmp_path) / layout.TRAINING).read_text())
     assert training["steps"] == 128 and training["l0"] == 16.0 and 0 < training["fvu"] < 1
+
+
+def stream_spec(folder: Path, train_tokens: int) -> Path:
+    """micro_clt.yaml with `acts: {source: stream}` and `train_tokens` training tokens,
+    written to `folder` (no interp, dashboards or circuits)."""
+    text = (
+        MICRO_CLT.read_text()
+        .split("interp:")[0]
+        .replace(
+            "acts: {batch_contexts: 16, shard_tokens: 2048}",
+            "acts: {source: stream, batch_contexts: 16, buffer_tokens: 512}",
+        )
+        .replace("train_tokens: 8192", f"train_tokens: {train_tokens}")
+        .replace("micro_clt", "micro_clt_stream")
+    )
+    path = folder / "micro_clt_stream.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_killed_clt_stream_task_resumes_to_identical_weights(tmp_path):
+    """SIGKILL the clt job (`tcspec task clt ID`, streaming from the model) at a random
+    step after its first checkpoint; the rerun resumes from the checkpoint (the stream's
+    position and shuffle buffer rebuilt from the provenance it holds) and its CLT equals an
+    uninterrupted job's bitwise (512 steps)."""
+    sys.path.insert(0, str(ROOT / "tests" / "workflow"))
+    import harness
+
+    from tcspec.train import read_checkpoint
+
+    spec = stream_spec(tmp_path, 32768)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    plan = harness.plan(spec)
+    (clt,) = plan.stage("clt")
+    assert clt.config.stream is not None and clt.config.steps == 512
+    harness.store(clean, spec)
+    for stage in ("model", "tokens"):  # upstream of the clt task, once for both runs
+        run_task(plan.stage(stage)[0], clean, "cpu")
+    harness.copy_results(clean, killed)
+    ckpt = harness.job_checkpoints(killed, "clt", clt.id, spec) / CHECKPOINT
+    delay = random.Random(7).uniform(0.0, 0.3)
+    kill = harness.kill_task("clt", clt.id, killed, trigger=ckpt, delay_s=delay, spec=spec)
+    assert kill.killed and not clt.done(killed).exists(), kill
+    at = read_checkpoint(ckpt)["step"]
+    assert 0 < at < 512 and at % 16 == 0 and read_checkpoint(ckpt)["source"] is not None
+
+    for results in (killed, clean):  # the rerun, and the uninterrupted job
+        rerun = harness.start_task("clt", clt.id, results, spec=spec)
+        assert rerun.wait(timeout=300) == 0, harness.job_log(results, "clt", clt.id, spec)
+    log = harness.job_log(killed, "clt", clt.id, spec).read_text()
+    assert f"resuming from {ckpt} at step {at}/512" in log
+    assert not ckpt.exists()  # a finished task drops its checkpoint
+    a, b = io.load(clt.dir(clean)).state_dict(), io.load(clt.dir(killed)).state_dict()
+    assert a.keys() == b.keys() and len(a) == 5
+    for k in a:
+        assert torch.equal(a[k], b[k]), (k, at)

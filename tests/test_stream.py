@@ -294,7 +294,9 @@ def test_unshuffled_stream_trains_the_clt_the_cache_trains(model, tokens, tmp_pa
         checkpoint_every=8, log_every=1,
     )  # fmt: skip
     quiet = dict(log=lambda s: None)
-    from_cache = train_clt(cfg, train, ordered_cache_batches(cache, 16), tmp_path / "a.ckpt", **quiet)
+    from_cache = train_clt(
+        cfg, train, ordered_cache_batches(cache, 16), tmp_path / "a.ckpt", **quiet
+    )
     src = stream(model, tokens, shuffle=False)
     from_stream = train_clt(cfg, train, src, tmp_path / "b.ckpt", **quiet)
     a, b = from_cache.clt.state_dict(), from_stream.clt.state_dict()
