@@ -181,8 +181,8 @@ def test_interrupted_clt_task_resumes_bitwise(micro_clt_run, tmp_path):
 
 def test_interp_studies_each_clt_layer_and_a_layer_selects_one():
     """`interp.dictionaries: [{name: clt}]` makes one interp task per CLT layer, all naming
-    the one clt task; `layer: 1` keeps the layer-1 one; circuits refuse a layer and
-    greater-than."""
+    the one clt task; `layer: 1` keeps the layer-1 one; circuits refuse a layer, and
+    greater-than refuses the MLP0 de-embeddings."""
     plan = compile_plan(load_spec(MICRO_CLT))
     (clt,) = plan.stage("clt")
     refs = [t.config.coder for t in plan.stage("interp")]
@@ -203,9 +203,9 @@ def test_interp_studies_each_clt_layer_and_a_layer_selects_one():
     )
     with pytest.raises(SpecError, match="a graph traces all its layers"):
         parse_spec(bad, str(MICRO_CLT), MICRO_CLT.parent)
-    bad = MICRO_CLT.read_text() + "  - {task: greater_than, dictionary: {name: clt}}\n"
-    with pytest.raises(SpecError, match="use `task: attribution`"):
-        parse_spec(bad, str(MICRO_CLT), MICRO_CLT.parent)
+    gt = "  - {task: greater_than, dictionary: {name: clt}, mlp0_deembeddings: true}\n"
+    with pytest.raises(SpecError, match="MLP0 is no extended embedding"):
+        parse_spec(MICRO_CLT.read_text() + gt, str(MICRO_CLT), MICRO_CLT.parent)
 
 
 def test_clt_dashboards_show_where_each_feature_writes(micro_clt_run):
@@ -322,3 +322,28 @@ def test_killed_clt_stream_task_resumes_to_identical_weights(tmp_path):
     assert a.keys() == b.keys() and len(a) == 5
     for k in a:
         assert torch.equal(a[k], b[k]), (k, at)
+
+
+def test_greater_than_study_through_the_clt(micro_clt_run):
+    """`{task: greater_than, dictionary: {name: clt}}`: one circuits task on the trained CLT,
+    its features traced with all their decoders; keep-top-k at both layers."""
+    plan, results = micro_clt_run
+    (clt,) = plan.stage("clt")
+    circuit = "  - {task: greater_than, dictionary: {name: clt}, prompts: 8, keep_top_k: 6}\n"
+    text = MICRO_CLT.read_text() + circuit
+    (task,) = [
+        t
+        for t in compile_plan(parse_spec(text, str(MICRO_CLT), MICRO_CLT.parent)).stage("circuits")
+        if t.config.circuit.task == "greater_than"
+    ]
+    assert [r.id for r in task.config.coders] == [clt.id] and ("clt", clt.id) in task.deps.values()
+    save_task(results, task)
+    run_task(task, results, "cpu")
+    summary = json.loads((task.dir(results) / layout.SUMMARY).read_text())
+    assert summary["coders"][0]["kind"] == "clt" and summary["prompts"] == 8
+    assert set(summary["keep_top_k"]["by_layer"]) == {"0", "1"}
+    assert summary["faithfulness"]["exact"] and summary["graph"]["nodes"] > 3
+    curve = (task.dir(results) / "keep_top_k.csv").read_text().splitlines()
+    assert len(curve) == 1 + 2 * (7 + 7)  # header, 2 layers x (features, neurons) x k 0..6
+    for name in ("graph.json", "report.md", "greater_than.csv", "deembedding.csv"):
+        assert (task.dir(results) / name).stat().st_size > 0
