@@ -3,12 +3,15 @@
     python -m bench                      # everything, full shapes (tens of minutes on 2 cores)
     python -m bench --tiny               # tiny shapes, seconds (the smoke test)
     python -m bench --only peers         # one section (printed): peers|families|roofline|...
+    python -m bench --only clt --clt-batch 1024    # the CLT section, a smaller batch
     python -m bench --results DIR        # where the workflow's benchmark files are (results/)
 
 Sections: peers (training throughput vs SAELens and sparsify), families (each dictionary
 family's step vs the roofline, JumpReLU/BatchTopK vs SAELens), roofline (vs the measured
 matmul peak), sweep (K dictionaries in one pass vs K runs), pipeline (per-stage wall times,
-caching vs forward), scaling (step time vs d_sae and vs cache size).
+caching vs forward), scaling (step time vs d_sae and vs cache size), clt (a cross-layer
+transcoder's step vs the roofline and vs per-layer transcoders; ~35 min and ~20 GB at its
+full shape, skipped with a note where the memory is not available).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import argparse
 import time
 from pathlib import Path
 
-from bench import families, peers, pipeline, scaling
+from bench import clt, families, peers, pipeline, scaling
 from bench.common import load_average, machine, markdown_table
 
 SECTIONS = {
@@ -27,6 +30,10 @@ SECTIONS = {
     "sweep": ("Sweep efficiency: K dictionaries in one pass vs K runs", scaling.run_sweep),
     "pipeline": ("Pipeline: stage wall times and the activation cache", pipeline.run),
     "scaling": ("Scaling: step time vs d_sae and vs cache size", scaling.run),
+    "clt": (
+        "Cross-layer transcoder: the step vs the roofline and vs per-layer transcoders",
+        clt.run,
+    ),
 }
 DEFAULT_OUT = Path(__file__).with_name("RESULTS.md")
 
@@ -41,6 +48,9 @@ def main(argv: list[str] | None = None) -> Path | None:
     p.add_argument("--out", type=Path, default=None,
                    help="the Markdown file to write (default bench/RESULTS.md for a full run; "
                    "with --only, the report goes to stdout unless --out is given)")  # fmt: skip
+    p.add_argument("--clt-layers", type=int, help="clt: layers (default 12)")
+    p.add_argument("--clt-batch", type=int, help="clt: tokens per batch (default 4096)")
+    p.add_argument("--clt-rounds", type=int, help="clt: interleaved rounds (default 2)")
     a = p.parse_args(argv)
     names = a.only or list(SECTIONS)
 
@@ -51,7 +61,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     for name in names:
         title, fn = SECTIONS[name]
         t0 = time.perf_counter()
-        text, h = fn(a.tiny, a.results) if name == "pipeline" else fn(a.tiny)
+        text, h = fn(a.tiny, **_section_args(name, a))
         took[name] = time.perf_counter() - t0
         print(f"  {name}: {took[name]:.0f} s", flush=True)
         parts.append(f"## {title}\n\n{text}\n")
@@ -86,6 +96,15 @@ def main(argv: list[str] | None = None) -> Path | None:
     out.write_text(report)
     print(f"wrote {out}")
     return out
+
+
+def _section_args(name: str, a: argparse.Namespace) -> dict:
+    """The options a section takes beside --tiny."""
+    if name == "pipeline":
+        return {"results": a.results}
+    if name == "clt":
+        return {"n_layers": a.clt_layers, "batch": a.clt_batch, "rounds": a.clt_rounds}
+    return {}
 
 
 if __name__ == "__main__":

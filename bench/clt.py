@@ -1,173 +1,322 @@
 """A cross-layer transcoder's training step against the fp32 matmul roofline, and against
-n_layers per-layer transcoders of the same width.
+n_layers per-layer transcoders of the same width stepping on the same batch.
 
 Shapes (defaults, gpt2-like): 12 layers, d_model 768, 8192 features per layer, batch 4096
-tokens, fp32, CPU. Batches are random and held in memory, so the figure is the step's own
-cost: `tcspec.clt.model.clt_loss` (tanh penalty), autograd, torch.optim.Adam.
+tokens, fp32, CPU. The batch (every layer's input and output, random) is made once and held
+in memory, so each figure is the step's own cost. Two activations, each both ways:
 
-- CLT: one `CLT` over all layers (decoders to that and every later layer).
-- per-layer: n_layers CLTs of one layer each (exactly per-layer transcoders with the same
-  loss and code), each with its own Adam, stepped one after another on the same batch.
+- CLT (relu, topk): one `CLT` over all layers (decoders to that and every later layer),
+  stepped as `tcspec.clt.train` does: `clt_loss` (tanh penalty), autograd, torch Adam.
+- per-layer (relu, topk): n_layers `tcspec.train.MemberRun`s, the per-layer trainer's own
+  step (its hand-written backward, workspace and Adam; L1 penalty for ReLU, TopK sparse),
+  layer l's transcoder on layer l's input and output, one after another.
+TopK keeps k = 64 features per layer and token (tiny: 8).
 
-FLOPs, counted two ways (P = L (L + 1) / 2 decoder blocks):
-  executed      2 B F d (2 L + 3 P): per source layer the encoder forward, the decoder
-                forward, dL/da, dL/dW_dec, dL/dW_enc (no input gradient is needed)
-  conventional  6 B F d (L + P) (`tcspec.clt.cost.clt_cost`, what the planner uses)
-The roofline is measured here: the same executed matmuls on fresh operands, back to back,
-interleaved with the steps (peak, CLT, per-layer, peak, ...; the least disturbed round of
-each, by wall clock and by this process's CPU time).
-Memory: each variant's peak RSS in its own subprocess (two steps), next to the estimate of
-`clt_cost` (fp32 weights, gradients, Adam moments, activations).
+Each round times, in this order: the matmul peak, then each variant. Each is built afresh,
+stepped once untimed (Adam's moments allocated, pages touched), then stepped once timed,
+and freed: only one is resident at a time. Its memory is this process's
+peak RSS over building and both steps, above the RSS before it (the peak is reset through
+/proc/self/clear_refs). The least disturbed round counts (min wall, min CPU).
 
-    python bench/clt.py                # full shapes (needs ~20 GB and minutes per step)
-    python bench/clt.py --tiny         # seconds, a smoke test
+FLOPs of one step, executed (P = L (L + 1) / 2 decoder blocks):
+  CLT          2 B F d (2 L + 3 P): per source layer the encoder forward, the decoder
+               forward, dL/da, dL/dW_dec, dL/dW_enc (no input gradient); dense for TopK too
+  per-layer    L 2 B F d 5 (ReLU), L (2 B F d + 8 B k d) (TopK: a dense encoder, the rest
+               over the k active features)
+The peak is the CLT's matmuls on fresh operands of the same shapes, back to back (one
+[F, L d] decoder's worth of operands; the shorter ones are its leading columns).
+
+    python -m bench --only clt                # full shapes: ~20 GB, ~2.5 min a CLT step
+    python -m bench --only clt --clt-rounds 1 --clt-layers 4 --clt-batch 1024  # scaled
+    python bench/clt.py --tiny                # seconds, a smoke test (JSON and the table)
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import resource
-import subprocess
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import interleaved  # noqa: E402
+from bench.common import Timing, markdown_table, timed  # noqa: E402
 from tcspec.clt.cost import clt_cost  # noqa: E402
 from tcspec.clt.model import CLT, CLTConfig, CLTLoss, clt_loss  # noqa: E402
 
-FULL = dict(n_layers=12, d_model=768, d_sae=8192, batch=4096)
-TINY = dict(n_layers=3, d_model=32, d_sae=128, batch=256)
+FULL = dict(n_layers=12, d_model=768, d_sae=8192, batch=4096, k=64)
+TINY = dict(n_layers=3, d_model=32, d_sae=128, batch=256, k=8)
 LOSS = CLTLoss("tanh", coef=1e-3)
+VARIANTS = ("clt", "per_layer", "clt_topk", "per_layer_topk")
 
 
-def stepper(n_layers: int, d_model: int, d_sae: int, batch: int, variant: str):
-    """One training step (closure) of `variant` ("clt" or "per_layer") on a fixed batch."""
+def batch(n_layers: int, d_model: int, batch: int, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """xs, ys [L, B, d]: random inputs, outputs a fixed ReLU map of them."""
     g = torch.Generator().manual_seed(0)
-    xs = torch.randn(n_layers, batch, d_model, generator=g)  # [L, B, d]
-    ys = torch.randn(n_layers, batch, d_model, generator=g)
-    if variant == "clt":
-        parts = [(CLT(CLTConfig(n_layers, d_model, d_sae)), slice(0, n_layers))]
-    else:
-        parts = [
-            (CLT(CLTConfig(1, d_model, d_sae), seed=i), slice(i, i + 1)) for i in range(n_layers)
-        ]
-    opts = [torch.optim.Adam(m.parameters(), lr=1e-4) for m, _ in parts]
+    xs = torch.randn(n_layers, batch, d_model, generator=g)
+    A = torch.randn(d_model, d_model, generator=g) / d_model**0.5
+    return xs, torch.relu(xs @ A)
+
+
+def clt_stepper(shape: dict, xs, ys, topk: bool):
+    """One CLT training step (closure) on xs, ys."""
+    L, d, F, k = shape["n_layers"], shape["d_model"], shape["d_sae"], shape["k"]
+    act = dict(activation="topk", k=k) if topk else {}
+    clt = CLT(CLTConfig(L, d, F, **act))
+    opt = torch.optim.Adam(clt.parameters(), lr=1e-4)
 
     def step():
-        for (m, layers), opt in zip(parts, opts):
-            loss = clt_loss(m, xs[layers], ys[layers], LOSS)["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        loss = clt_loss(clt, xs, ys, LOSS)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
     return step
 
 
-def matmuls(n_layers: int, d_model: int, d_sae: int, batch: int):
-    """The CLT step's executed matmuls on fresh operands, outputs preallocated."""
+def per_layer_stepper(shape: dict, xs, ys, topk: bool):
+    """One step of n_layers per-layer transcoders (the per-layer trainer), layer l's on
+    xs[l], ys[l]."""
+    from tcspec.coders import CoderConfig
+    from tcspec.spec import TranscoderSpec
+    from tcspec.train import Member, MemberRun, Workspace
+
+    d, F, B = shape["d_model"], shape["d_sae"], shape["batch"]
+    act = dict(activation="topk", k=shape["k"]) if topk else dict(l1=1e-4)
+    opts = TranscoderSpec(kind="transcoder", d_sae=F, batch_size=B, **act)
+    runs, folder = [], Path(tempfile.mkdtemp())
+    for li in range(shape["n_layers"]):
+        i, o = f"blocks.{li}.ln2.hook_normalized", f"blocks.{li}.hook_mlp_out"
+        cfg = CoderConfig("transcoder", d, d, F, in_hook=i, out_hook=o, layer=li, **act_of(act))
+        runs.append(MemberRun(Member(f"L{li}", opts, cfg, i, o, folder / str(li), li), 10**6, B,
+                              "cpu"))  # fmt: skip
+        runs[-1].init_biases(xs[li], ys[li])
+    ws, t = Workspace("cpu"), [0]
+
+    def step():
+        for li, run in enumerate(runs):
+            run.step(t[0], xs[li], ys[li], ws)
+        t[0] += 1
+
+    return step
+
+
+def act_of(act: dict) -> dict:
+    """The CoderConfig fields of a spec's activation options."""
+    return {k: v for k, v in act.items() if k in ("activation", "k")}
+
+
+def matmuls(n_layers: int, d_model: int, d_sae: int, batch: int, **_):
+    """The CLT step's executed matmuls on fresh operands, outputs preallocated; source
+    layer i's decoder operands are the leading (L - i) d columns of layer 0's."""
     L, d, F, B = n_layers, d_model, d_sae, batch
-    x, a = torch.randn(B, d), torch.randn(B, F)
-    W_enc, pre, gWe = torch.randn(d, F), torch.empty(B, F), torch.empty(d, F)
-    per = []
-    for i in range(L):
-        W = torch.randn(F, (L - i) * d)
-        per.append(
-            (W, torch.randn(B, (L - i) * d), torch.empty(B, (L - i) * d), torch.empty_like(W))
-        )
+    x, a, W_enc = torch.randn(B, d), torch.randn(B, F), torch.randn(d, F)
+    pre, gWe = torch.empty(B, F), torch.empty(d, F)
+    W, g = torch.randn(F, L * d), torch.randn(B, L * d)  # [F, L d], [B, L d]
+    y, gW = torch.empty(B, L * d), torch.empty(F, L * d)
 
     def run():
-        for W, g, y, gW in per:
-            torch.mm(x, W_enc, out=pre)  # encoder forward        [B, F]
-            torch.mm(a, W, out=y)  # decoder forward              [B, (L - i) d]
-            torch.mm(g, W.t(), out=pre)  # dL/da                  [B, F]
-            torch.mm(a.t(), g, out=gW)  # dL/dW_dec               [F, (L - i) d]
+        for i in range(L):
+            n = (L - i) * d
+            torch.mm(x, W_enc, out=pre)  # encoder forward       [B, F]
+            torch.mm(a, W[:, :n], out=y[:, :n])  # decoder forward [B, (L - i) d]
+            torch.mm(g[:, :n], W[:, :n].t(), out=pre)  # dL/da   [B, F]
+            torch.mm(a.t(), g[:, :n], out=gW[:, :n])  # dL/dW_dec [F, (L - i) d]
             torch.mm(x.t(), pre, out=gWe)  # dL/dW_enc            [d, F]
 
     return run
 
 
-def executed_flops(n_layers: int, d_model: int, d_sae: int, batch: int) -> int:
+def executed_flops(n_layers: int, d_model: int, d_sae: int, batch: int, **_) -> int:
+    """The CLT step's dense matmul FLOPs (the module docstring)."""
     P = n_layers * (n_layers + 1) // 2
     return 2 * batch * d_sae * d_model * (2 * n_layers + 3 * P)
 
 
-def vm_hwm_kb() -> int:
-    """This process's peak resident memory (kB), from /proc (ru_maxrss survives exec)."""
+def variant_flops(shape: dict, variant: str) -> int:
+    L, d, F, B, k = (shape[f] for f in ("n_layers", "d_model", "d_sae", "batch", "k"))
+    if variant.startswith("clt"):
+        return executed_flops(**shape)
+    if variant == "per_layer":
+        return L * 2 * B * F * d * 5
+    return L * (2 * B * F * d + 8 * B * k * d)
+
+
+# ---------------------------------------------------------------------------- memory
+def rss_kb() -> tuple[int, int]:
+    """(current, peak) resident memory of this process, kB."""
+    fields = {}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(rest.split()[0])
+    return fields["VmRSS"], fields["VmHWM"]
 
 
-def peak_rss_mb(shape: dict, variant: str | None) -> float:
-    """Peak RSS (MB) of a fresh process that builds `variant` and runs two steps (None:
-    imports only, the baseline)."""
-    code = (
-        "import json, sys;"
-        "import bench.clt as b; s = json.loads(sys.stdin.read());"
-        "f = b.stepper(**s) if s['variant'] else (lambda: None); f(); f();"
-        "print(b.vm_hwm_kb())"
-    )
-    root = Path(__file__).resolve().parent.parent
-    arg = json.dumps(shape | {"variant": variant})
-    out = subprocess.run([sys.executable, "-c", code], input=arg, capture_output=True, text=True,
-                         cwd=root, check=True)  # fmt: skip
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+def available_mb() -> int:
+    """MemAvailable of /proc/meminfo, MB (a large number where it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 1 << 30
+
+
+def reset_peak() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def fresh_step(make, reset: bool) -> tuple[tuple[float, float], float]:
+    """Build a variant (`make()` returns its step), step it once untimed and once timed,
+    free it: ((wall, CPU) s of the timed step, peak MB held above the RSS before it)."""
+    before = rss_kb()[0]
+    if reset:
+        reset_peak()
+    step = make()
+    step()
+    t = timed(step)
+    peak = (rss_kb()[1] - before) / 1024 if reset else float("nan")
+    del step
+    gc.collect()
+    return t, peak
+
+
+def measure(shape: dict, rounds: int) -> dict:
+    """Interleaved rounds of the peak and every variant (the module docstring): JSON-ready
+    numbers."""
+    xs, ys = batch(**shape)
+    makers = {
+        "clt": lambda: clt_stepper(shape, xs, ys, topk=False),
+        "per_layer": lambda: per_layer_stepper(shape, xs, ys, topk=False),
+        "clt_topk": lambda: clt_stepper(shape, xs, ys, topk=True),
+        "per_layer_topk": lambda: per_layer_stepper(shape, xs, ys, topk=True),
+    }
+    small = shape_of(True)
+    for warm in (clt_stepper, per_layer_stepper):  # lazy initialisations, outside the peaks
+        fresh_step(lambda w=warm: w(small, *batch(**small), topk=False), False)
+    reset = reset_peak()
+    t = {name: Timing(name) for name in ("peak", *makers)}
+    memory = dict.fromkeys(makers, float("nan"))
+    for _ in range(rounds):
+        t["peak"].rounds.append(fresh_step(lambda: matmuls(**shape), False)[0])
+        for name, make in makers.items():
+            wall_cpu, mb = fresh_step(make, reset)
+            t[name].rounds.append(wall_cpu)
+            memory[name] = mb if memory[name] != memory[name] else max(memory[name], mb)
+    flops = executed_flops(**shape)
+    peak, peak_cpu = flops / t["peak"].wall(), flops / t["peak"].cpu()
+    rows = {}
+    for name in makers:
+        f, wall, cpu = variant_flops(shape, name), t[name].wall(), t[name].cpu()
+        rows[name] = {
+            "step_s": wall, "step_cpu_s": cpu, "tokens_per_s": shape["batch"] / wall,
+            "executed_gflops": f / 1e9, "gflops_s": f / wall / 1e9,
+            "fraction_of_peak": f / wall / peak, "fraction_of_peak_cpu": f / cpu / peak_cpu,
+            "peak_rss_mb": memory[name],
+        }  # fmt: skip
+    cfg = CLTConfig(shape["n_layers"], shape["d_model"], shape["d_sae"])
+    return {
+        "shape": shape,
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "matmul_peak_gflops_s": peak / 1e9,
+        "matmul_peak_gflops_cpu_s": peak_cpu / 1e9,
+        "clt_cost_estimate_mb": clt_cost(cfg, shape["batch"], 1).mem_mb,
+        "variants": rows,
+        "ratios": {
+            act: {
+                "time": ratio(rows[f"clt{sfx}"]["step_s"], rows[f"per_layer{sfx}"]["step_s"]),
+                "memory": ratio(
+                    rows[f"clt{sfx}"]["peak_rss_mb"], rows[f"per_layer{sfx}"]["peak_rss_mb"]
+                ),
+            }
+            for act, sfx in (("relu", ""), ("topk", "_topk"))
+        },
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def ratio(a: float, b: float) -> float:
+    """a / b, NaN where b is 0 (a tiny run's memory can round to nothing)."""
+    return a / b if b else float("nan")
+
+
+def table(r: dict) -> str:
+    """The measurements as Markdown: one row per variant, then the ratios."""
+    s, rows = r["shape"], []
+    for name, v in r["variants"].items():
+        act = "topk" if name.endswith("topk") else "relu"
+        base = r["variants"]["per_layer" + ("_topk" if act == "topk" else "")]
+        rows.append([
+            name, v["step_s"], v["step_cpu_s"], v["tokens_per_s"], v["executed_gflops"],
+            v["gflops_s"], v["fraction_of_peak"], v["fraction_of_peak_cpu"],
+            v["peak_rss_mb"], ratio(v["step_s"], base["step_s"]),
+            ratio(v["peak_rss_mb"], base["peak_rss_mb"]),
+        ])  # fmt: skip
+    head = ["variant", "step s", "step CPU s", "tokens/s", "executed GFLOP", "GFLOP/s",
+            "fraction of peak", "fraction (CPU)", "peak RSS MB", "time / per-layer",
+            "memory / per-layer"]  # fmt: skip
+    return "\n\n".join([
+        f"{s['n_layers']} layers, d_model {s['d_model']}, {s['d_sae']} features per layer, "
+        f"batch {s['batch']} tokens, TopK k {s['k']}, fp32, torch threads {r['threads']}; "
+        f"min of {r['rounds']} interleaved round(s). Matmul peak (the CLT's matmuls alone): "
+        f"{r['matmul_peak_gflops_s']:.1f} GFLOP/s ({r['matmul_peak_gflops_cpu_s']:.1f} per "
+        f"CPU-second). `clt_cost` memory estimate of the CLT: {r['clt_cost_estimate_mb']:,} MB. "
+        f"Load average at the end (1, 5, 15 min): {r['load_average_1_5_15']}.",
+        markdown_table(head, rows),
+    ])  # fmt: skip
+
+
+def shape_of(tiny: bool, **override) -> dict:
+    shape = dict(TINY if tiny else FULL)
+    return shape | {k: v for k, v in override.items() if v is not None}
+
+
+def run(tiny: bool = False, n_layers=None, batch=None, rounds=None) -> tuple[str, dict]:
+    """The `python -m bench --only clt` section: (Markdown, headline numbers); `n_layers`,
+    `batch` scale the shape down (None: the full one), `rounds` (None: 1 tiny, else 2)."""
+    shape = shape_of(tiny, n_layers=n_layers, batch=batch)
+    need = clt_cost(CLTConfig(*(shape[f] for f in ("n_layers", "d_model", "d_sae"))),
+                    shape["batch"], 1).mem_mb + 1024  # fmt: skip
+    if available_mb() < need:
+        return (f"Skipped: the CLT step at {shape} needs ~{need:,} MB, "
+                f"{available_mb():,} MB are available; rerun with --clt-batch.", {})  # fmt: skip
+    r = measure(shape, rounds or (1 if tiny else 2))
+    L = r["shape"]["n_layers"]
+    headline = {
+        f"CLT step / {L} per-layer transcoders (ReLU)": r["ratios"]["relu"]["time"],
+        f"CLT step / {L} per-layer transcoders (TopK)": r["ratios"]["topk"]["time"],
+        f"CLT memory / {L} per-layer transcoders (ReLU)": r["ratios"]["relu"]["memory"],
+        "CLT step, fraction of the matmul peak (ReLU)": r["variants"]["clt"]["fraction_of_peak"],
+    }
+    return table(r), headline
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny shapes, seconds")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--no-memory", action="store_true", help="skip the subprocess RSS runs")
     for name in FULL:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"override {name}")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    shape = dict(TINY if args.tiny else FULL)
-    shape |= {k: getattr(args, k) for k in FULL if getattr(args, k) is not None}
-    fns = {
-        "peak": matmuls(**shape),
-        "clt": stepper(**shape, variant="clt"),
-        "per_layer": stepper(**shape, variant="per_layer"),
-    }
-    t = interleaved(fns, args.rounds)  # A, B, C, A, B, C, ...; min over rounds
-    L = shape["n_layers"]
-    one = executed_flops(1, shape["d_model"], shape["d_sae"], shape["batch"])
-    flops = {"peak": executed_flops(**shape), "clt": executed_flops(**shape), "per_layer": L * one}
-    peak = flops["peak"] / t["peak"].wall()
-    cost = clt_cost(CLTConfig(L, shape["d_model"], shape["d_sae"]), shape["batch"], 1)
-    rows = {}
-    for variant in ("clt", "per_layer"):
-        wall, cpu = t[variant].wall(), t[variant].cpu()
-        rows[variant] = {
-            "step_s": wall,
-            "step_cpu_s": cpu,
-            "tokens_per_s": shape["batch"] / wall,
-            "executed_gflops": flops[variant] / 1e9,
-            "fraction_of_peak": flops[variant] / wall / peak,
-            "fraction_of_peak_cpu": flops[variant] / cpu / (flops["peak"] / t["peak"].cpu()),
-            "peak_rss_mb": None if args.no_memory else peak_rss_mb(shape, variant),
-        }
-    result = {
-        "shape": shape,
-        "threads": args.threads,
-        "matmul_peak_gflops_s": peak / 1e9,
-        "matmul_peak_gflops_cpu_s": flops["peak"] / t["peak"].cpu() / 1e9,
-        "clt_cost_estimate_mb": cost.mem_mb,
-        "baseline_rss_mb": None if args.no_memory else peak_rss_mb(shape, None),
-        "clt_conventional_gflops": cost.flops_per_step / 1e9,
-        "clt_vs_per_layer_time": rows["clt"]["step_s"] / rows["per_layer"]["step_s"],
-        "variants": rows,
-        "this_process_peak_rss_mb": vm_hwm_kb() / 1024,
-    }
+    shape = shape_of(args.tiny, **{k: getattr(args, k) for k in FULL})
+    result = measure(shape, args.rounds)
     print(json.dumps(result, indent=1))
+    print(table(result))
     return result
 
 

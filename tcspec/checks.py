@@ -186,10 +186,14 @@ def _check(spec: Spec) -> Found:
 
 
 def _check_clt_circuit(loc: tuple, c) -> Found:
-    """A CLT is traced whole, by attribution graphs only."""
+    """A CLT is traced whole; the MLP0 de-embeddings need a per-layer layer-0 transcoder."""
     name = c.dictionary.name
-    if c.task != "attribution":
-        yield loc + ("task",), f"`{name}` is a cross-layer transcoder: use `task: attribution`"
+    if c.task == "greater_than" and c.mlp0_deembeddings:
+        yield (
+            loc + ("mlp0_deembeddings",),
+            f"`{name}` is a cross-layer transcoder: its layer-0 features write every later "
+            "MLP, so MLP0 is no extended embedding; drop `mlp0_deembeddings`",
+        )
     if c.dictionary.layer is not None:
         yield (
             loc + ("dictionary", "layer"),

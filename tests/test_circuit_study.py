@@ -34,6 +34,12 @@ YY = list(range(5, 96, 10))
 
 @pytest.fixture(scope="module")
 def gt_setup():
+    return greater_than_setup()
+
+
+def greater_than_setup():
+    """A float64 2-layer model with a greater-than tokenizer, a transcoder per layer, the
+    prompts of YY: (model, coders, tokens, start years, year token ids)."""
     tok = train_tokenizer([greater_than_sentence(y, (7 * y) % 100) for y in range(100)], 512)
     cfg = HookedTransformerConfig(
         n_layers=2, d_model=D, d_head=8, n_heads=4, d_mlp=64, d_vocab=len(tok), n_ctx=32,

@@ -352,8 +352,13 @@ def test_bench_smoke():
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench import clt as bench_clt
 
-    out = bench_clt.main(["--tiny", "--rounds", "1", "--no-memory", "--threads", "1"])
-    assert set(out["variants"]) == {"clt", "per_layer"}
-    assert out["variants"]["clt"]["executed_gflops"] == pytest.approx(
-        2 * 256 * 128 * 32 * (2 * 3 + 3 * 6) / 1e9
-    )
+    out = bench_clt.main(["--tiny", "--rounds", "1", "--threads", "1"])
+    assert set(out["variants"]) == {"clt", "per_layer", "clt_topk", "per_layer_topk"}
+    one = 2 * 256 * 128 * 32  # 2 B F d
+    assert out["variants"]["clt"]["executed_gflops"] == pytest.approx(one * (2 * 3 + 3 * 6) / 1e9)
+    assert out["variants"]["per_layer"]["executed_gflops"] == pytest.approx(3 * one * 5 / 1e9)
+    assert out["variants"]["clt_topk"]["executed_gflops"] == pytest.approx(one * 24 / 1e9)
+    topk = 3 * (one + 8 * 256 * 8 * 32)  # dense encoder, the rest over k = 8
+    assert out["variants"]["per_layer_topk"]["executed_gflops"] == pytest.approx(topk / 1e9)
+    assert all(r["time"] > 0 for r in out["ratios"].values())
+

@@ -7,7 +7,9 @@ exactly."""
 from __future__ import annotations
 
 import json
+import random
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from tcspec.hooks import full_name
 from tcspec.loader import SpecError, load_spec, parse_spec
 from tcspec.plan import clt_shape, compile_plan, group_task
 from tcspec.tasks import run_task, save_task
+from tcspec.tasks.clt import CHECKPOINT
 
 ROOT = Path(__file__).resolve().parent.parent
 MICRO_CLT = ROOT / "tests" / "workflow" / "micro_clt.yaml"
@@ -147,7 +150,7 @@ def test_interrupted_clt_task_resumes_bitwise(micro_clt_run, tmp_path):
     with the uninterrupted run's weights, bit for bit."""
     from tcspec.activations import ActivationReader
     from tcspec.clt.train import train_clt
-    from tcspec.tasks.clt import CHECKPOINT, train_config
+    from tcspec.tasks.clt import train_config
 
     plan, results = micro_clt_run
     (clt,) = plan.stage("clt")
@@ -178,8 +181,8 @@ def test_interrupted_clt_task_resumes_bitwise(micro_clt_run, tmp_path):
 
 def test_interp_studies_each_clt_layer_and_a_layer_selects_one():
     """`interp.dictionaries: [{name: clt}]` makes one interp task per CLT layer, all naming
-    the one clt task; `layer: 1` keeps the layer-1 one; circuits refuse a layer and
-    greater-than."""
+    the one clt task; `layer: 1` keeps the layer-1 one; circuits refuse a layer, and
+    greater-than refuses the MLP0 de-embeddings."""
     plan = compile_plan(load_spec(MICRO_CLT))
     (clt,) = plan.stage("clt")
     refs = [t.config.coder for t in plan.stage("interp")]
@@ -200,9 +203,9 @@ def test_interp_studies_each_clt_layer_and_a_layer_selects_one():
     )
     with pytest.raises(SpecError, match="a graph traces all its layers"):
         parse_spec(bad, str(MICRO_CLT), MICRO_CLT.parent)
-    bad = MICRO_CLT.read_text() + "  - {task: greater_than, dictionary: {name: clt}}\n"
-    with pytest.raises(SpecError, match="use `task: attribution`"):
-        parse_spec(bad, str(MICRO_CLT), MICRO_CLT.parent)
+    gt = "  - {task: greater_than, dictionary: {name: clt}, mlp0_deembeddings: true}\n"
+    with pytest.raises(SpecError, match="MLP0 is no extended embedding"):
+        parse_spec(MICRO_CLT.read_text() + gt, str(MICRO_CLT), MICRO_CLT.parent)
 
 
 def test_clt_dashboards_show_where_each_feature_writes(micro_clt_run):
@@ -263,3 +266,84 @@ def test_clt_trains_from_a_stream(tmp_path):
     run_plan(plan, tmp_path)
     training = json.loads((clt.dir(tmp_path) / layout.TRAINING).read_text())
     assert training["steps"] == 128 and training["l0"] == 16.0 and 0 < training["fvu"] < 1
+
+
+def stream_spec(folder: Path, train_tokens: int) -> Path:
+    """micro_clt.yaml with `acts: {source: stream}` and `train_tokens` training tokens,
+    written to `folder` (no interp, dashboards or circuits)."""
+    text = (
+        MICRO_CLT.read_text()
+        .split("interp:")[0]
+        .replace(
+            "acts: {batch_contexts: 16, shard_tokens: 2048}",
+            "acts: {source: stream, batch_contexts: 16, buffer_tokens: 512}",
+        )
+        .replace("train_tokens: 8192", f"train_tokens: {train_tokens}")
+        .replace("micro_clt", "micro_clt_stream")
+    )
+    path = folder / "micro_clt_stream.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_killed_clt_stream_task_resumes_to_identical_weights(tmp_path):
+    """SIGKILL the clt job (`tcspec task clt ID`, streaming from the model) at a random
+    step after its first checkpoint; the rerun resumes from the checkpoint (the stream's
+    position and shuffle buffer rebuilt from the provenance it holds) and its CLT equals an
+    uninterrupted job's bitwise (512 steps)."""
+    sys.path.insert(0, str(ROOT / "tests" / "workflow"))
+    import harness
+
+    from tcspec.train import read_checkpoint
+
+    spec = stream_spec(tmp_path, 32768)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    plan = harness.plan(spec)
+    (clt,) = plan.stage("clt")
+    assert clt.config.stream is not None and clt.config.steps == 512
+    harness.store(clean, spec)
+    for stage in ("model", "tokens"):  # upstream of the clt task, once for both runs
+        run_task(plan.stage(stage)[0], clean, "cpu")
+    harness.copy_results(clean, killed)
+    ckpt = harness.job_checkpoints(killed, "clt", clt.id, spec) / CHECKPOINT
+    delay = random.Random(7).uniform(0.0, 0.3)
+    kill = harness.kill_task("clt", clt.id, killed, trigger=ckpt, delay_s=delay, spec=spec)
+    assert kill.killed and not clt.done(killed).exists(), kill
+    at = read_checkpoint(ckpt)["step"]
+    assert 0 < at < 512 and at % 16 == 0 and read_checkpoint(ckpt)["source"] is not None
+
+    for results in (killed, clean):  # the rerun, and the uninterrupted job
+        rerun = harness.start_task("clt", clt.id, results, spec=spec)
+        assert rerun.wait(timeout=300) == 0, harness.job_log(results, "clt", clt.id, spec)
+    log = harness.job_log(killed, "clt", clt.id, spec).read_text()
+    assert f"resuming from {ckpt} at step {at}/512" in log
+    assert not ckpt.exists()  # a finished task drops its checkpoint
+    a, b = io.load(clt.dir(clean)).state_dict(), io.load(clt.dir(killed)).state_dict()
+    assert a.keys() == b.keys() and len(a) == 5
+    for k in a:
+        assert torch.equal(a[k], b[k]), (k, at)
+
+
+def test_greater_than_study_through_the_clt(micro_clt_run):
+    """`{task: greater_than, dictionary: {name: clt}}`: one circuits task on the trained CLT,
+    its features traced with all their decoders; keep-top-k at both layers."""
+    plan, results = micro_clt_run
+    (clt,) = plan.stage("clt")
+    circuit = "  - {task: greater_than, dictionary: {name: clt}, prompts: 8, keep_top_k: 6}\n"
+    text = MICRO_CLT.read_text() + circuit
+    (task,) = [
+        t
+        for t in compile_plan(parse_spec(text, str(MICRO_CLT), MICRO_CLT.parent)).stage("circuits")
+        if t.config.circuit.task == "greater_than"
+    ]
+    assert [r.id for r in task.config.coders] == [clt.id] and ("clt", clt.id) in task.deps.values()
+    save_task(results, task)
+    run_task(task, results, "cpu")
+    summary = json.loads((task.dir(results) / layout.SUMMARY).read_text())
+    assert summary["coders"][0]["kind"] == "clt" and summary["prompts"] == 8
+    assert set(summary["keep_top_k"]["by_layer"]) == {"0", "1"}
+    assert summary["faithfulness"]["exact"] and summary["graph"]["nodes"] > 3
+    curve = (task.dir(results) / "keep_top_k.csv").read_text().splitlines()
+    assert len(curve) == 1 + 2 * (7 + 7)  # header, 2 layers x (features, neurons) x k 0..6
+    for name in ("graph.json", "report.md", "greater_than.csv", "deembedding.csv"):
+        assert (task.dir(results) / name).stat().st_size > 0

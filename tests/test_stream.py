@@ -287,6 +287,44 @@ def test_unshuffled_stream_trains_what_the_cache_trains(model, tokens, tmp_path)
             assert torch.equal(a[name][k], b[name][k]), (name, k)
 
 
+def test_unshuffled_stream_trains_the_clt_the_cache_trains(model, tokens, tmp_path):
+    """A CLT over blocks 0-1 (all four hooks from one forward) trained from the unshuffled
+    stream, the stream itself as the source (its state in each checkpoint), equals bitwise
+    the CLT trained on the cache's rows in token order: same forward batches, so the same
+    activations, paired across layers row by row.
+
+    Shuffled, the two cannot agree bitwise by design: the cache's reader permutes shards and
+    their rows with permutations seeded by (seed, epoch, group); the stream permutes a
+    buffer refilled from token order. The batches differ from step 0, so training differs;
+    what the stream feeds a shuffled pass (rows of the tokens, paired across hooks) is
+    `test_shuffled_rows_come_from_the_tokens_and_stay_paired`."""
+    from tcspec.clt.model import CLTConfig, CLTLoss
+    from tcspec.clt.train import CLTTrainConfig, train_clt
+
+    cache = tmp_path / "acts" / "cache"
+    cache_activations(model, tokens, list(HOOKS), cache, batch_contexts=4, shard_tokens=50,
+                      progress=False)  # fmt: skip
+    cfg = CLTConfig(n_layers=2, d_model=32, d_sae=48, activation="jumprelu", skip=True)
+    assert sorted(cfg.in_names + cfg.out_names) == sorted(HOOKS)
+    train = CLTTrainConfig(
+        steps=14, batch_size=16, lr=3e-3, lr_warmup_steps=5, lr_decay="cosine",
+        loss=CLTLoss("tanh", coef=1e-2, pre_act_coef=1e-3), coef_warmup_steps=4,
+        checkpoint_every=8, log_every=1,
+    )  # fmt: skip
+    quiet = dict(log=lambda s: None)
+    from_cache = train_clt(
+        cfg, train, ordered_cache_batches(cache, 16), tmp_path / "a.ckpt", **quiet
+    )
+    src = stream(model, tokens, shuffle=False)
+    from_stream = train_clt(cfg, train, src, tmp_path / "b.ckpt", **quiet)
+    a, b = from_cache.clt.state_dict(), from_stream.clt.state_dict()
+    assert len(a) == 7 and a.keys() == b.keys()  # W_enc b_enc W_dec.0/1 b_dec W_skip log_th
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert from_cache.curve == from_stream.curve  # loss, fvu, l0 of every step
+    assert from_stream.curve[-1]["fvu"] < from_stream.curve[0]["fvu"]
+
+
 def test_train_group_on_a_stream_resumes_after_a_crash(model, tokens, tmp_path):
     steps = 20
 

@@ -51,15 +51,16 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tcspec.circuits.graph.dictionaries import as_dictionaries, visible_decoder
 from tcspec.circuits.trace import (  # noqa: F401 (re-exported: the attribution API)
     NORM_CENTRES,
     TRANSCODER_KINDS,
     Trace,
+    Transcoders,
     check_transcoders,
     total_feature_attributions,
     trace,
 )
-from tcspec.coders import Coder
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -276,8 +277,8 @@ def answer_token_ids(tokenizer, answers: list[str], field_name: str = "answers")
 class Attributor:
     """Contributions and pullbacks of nodes on one traced batch of prompts."""
 
-    def __init__(self, model: HookedTransformer, coders: dict[int, Coder], traced: Trace):
-        self.model, self.coders, self.trace = model, dict(sorted(coders.items())), traced
+    def __init__(self, model: HookedTransformer, coders: Transcoders, traced: Trace):
+        self.model, self.dicts, self.trace = model, as_dictionaries(coders), traced
         cfg = model.cfg
         self.n_layers, self.parallel = cfg.n_layers, bool(cfg.parallel_attn_mlp)
         self.centred = NORM_CENTRES[cfg.normalization_type]
@@ -317,11 +318,11 @@ class Attributor:
     @torch.no_grad()
     def feature_root(self, layer: int, index: int, pos: int) -> State:
         """Root at transcoder feature ``index`` of ``layer`` at ``pos``: its activation."""
-        if layer not in self.coders:
+        if layer not in self.dicts.layers:
             raise ValueError(
-                f"root layer {layer}: no transcoder there (layers {list(self.coders)})"
+                f"root layer {layer}: no transcoder there (layers {list(self.dicts.layers)})"
             )
-        d_sae = self.coders[layer].cfg.d_sae
+        d_sae = self.dicts.encoder(layer).shape[1]
         if not 0 <= index < d_sae:
             raise ValueError(f"root feature {index} is out of range for d_sae {d_sae}")
         self._check_pos(pos, "root position")
@@ -352,17 +353,25 @@ class Attributor:
                 rows = pattern.sum(-1)  # [n, h]: one, up to rounding
                 out.biases[f"attn{li}"] = v @ self.b_O[li] + (rows * (v @ self.bV_O[li].T)).sum(-1)
             if 2 * li + 2 < r:
-                if li in self.coders:
-                    c = self.coders[li]
-                    vc = v.to(c.W_dec.dtype)
-                    out.features[li] = feature_attributions(vc, tr.z[li][:, t], c.W_dec).to(v.dtype)
-                    out.biases[f"tc{li}"] = vc @ c.b_out
-                    if c.cfg.skip:
-                        out.skip[li] = ((tr.coder_in[li][:, t] @ c.W_skip) * vc).sum(-1)
-                    out.errors[li] = ((tr.mlp_out[li][:, t] - tr.tc_out[li][:, t]) * v).sum(-1)
-                else:
-                    out.errors[li] = (tr.mlp_out[li][:, t] * v).sum(-1)
+                self._mlp_contributions(out, li, v)
         return out
+
+    def _mlp_contributions(self, out: Contributions, m: int, v: Tensor) -> None:
+        """Add what MLP m wrote, read with pullback ``v`` at position ``out.pos``: the
+        features of each source layer writing m (summed over the layers a source writes),
+        the output bias, the skip path and the reconstruction error (or the whole MLP)."""
+        tr, d, t = self.trace, self.dicts, out.pos
+        if not d.writes_to(m):
+            out.errors[m] = (tr.mlp_out[m][:, t] * v).sum(-1)
+            return
+        vc = v.to(d.dtype)
+        for li in d.sources(m):
+            f = feature_attributions(vc, tr.z[li][:, t], d.decoders(li)[m]).to(v.dtype)
+            out.features[li] = f if li not in out.features else out.features[li] + f
+        out.biases[f"tc{m}"] = vc @ d.out_bias(m)
+        if d.has_skip(m):
+            out.skip[m] = ((tr.coder_in[m][:, t] @ d.skip_weight(m)) * vc).sum(-1)
+        out.errors[m] = ((tr.mlp_out[m][:, t] - tr.tc_out[m][:, t]) * v).sum(-1)
 
     def contribution(self, state: State, node: Node) -> Tensor:
         """One candidate's entry of ``contributions(state)``: [n]."""
@@ -380,8 +389,9 @@ class Attributor:
             raise ValueError(f"{node.id} does not write to position {state.pos}")
         if node.kind == "feature":
             self._check_writer(state, 2 * node.layer + 2, node)
-            c = self.coders[node.layer]
-            coeff = state.v.to(c.W_dec.dtype) @ c.W_dec[node.index]  # [n]: f_dec . v
+            # f_dec . v, f_dec: what the feature writes into the MLPs before the reader
+            W = visible_decoder(self.dicts, node.layer, (state.reader - 1) // 2)  # [F, d]
+            coeff = state.v.to(W.dtype) @ W[node.index]  # [n]
             return self._feature_state(node.layer, node.index, node.pos, coeff)
         if node.kind == "head":
             self._check_writer(state, 2 * node.layer + 1, node)
@@ -394,8 +404,8 @@ class Attributor:
             return State(v, self.attn_reader(li), s, torch.zeros_like(a))
         if node.kind == "skip":
             self._check_writer(state, 2 * node.layer + 2, node)
-            c = self.coders[node.layer]
-            u = (state.v.to(c.W_skip.dtype) @ c.W_skip.T).to(state.v.dtype)  # [n, d]
+            W_skip = self.dicts.skip_weight(node.layer)  # [d, d]
+            u = (state.v.to(W_skip.dtype) @ W_skip.T).to(state.v.dtype)  # [n, d]
             v = self._coder_pullback(node.layer, node.pos, u)
             return State(v, self.mlp_reader(node.layer), node.pos, torch.zeros_like(state.bias))
         raise ValueError(f"a {node.kind} node has nothing upstream to expand")
@@ -410,11 +420,11 @@ class Attributor:
 
     def _feature_state(self, layer: int, index: int, pos: int, coeff: Tensor) -> State:
         """State of feature ``index`` reached with weight ``coeff`` [n] (``f_dec . v``)."""
-        c = self.coders[layer]
+        d = self.dicts
         gate = (self.trace.z[layer][:, pos, index] > 0).to(coeff.dtype)  # [n]
         k = coeff * gate  # [n]
-        f_enc = c.W_enc[:, index]  # [d_in]
+        f_enc = d.encoder(layer)[:, index]  # [d_in]
         dtype = self.trace.embed.dtype
         v = self._coder_pullback(layer, pos, k[:, None].to(dtype) * f_enc.to(dtype))  # [n, d]
-        bias = k * (c.b_enc[index] - f_enc @ c.b_dec)  # [n]
+        bias = k * (d.encoder_bias(layer)[index] - f_enc @ d.input_bias(layer))  # [n]
         return State(v, self.mlp_reader(layer), pos, bias.to(dtype))

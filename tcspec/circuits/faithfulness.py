@@ -16,7 +16,7 @@ from transformer_lens import HookedTransformer
 
 from tcspec.circuits.attribution import Attributor, total_feature_attributions
 from tcspec.circuits.paths import Graph
-from tcspec.circuits.trace import coder_in_name
+from tcspec.circuits.trace import splice_hooks
 from tcspec.hooks import full_name
 
 
@@ -58,19 +58,14 @@ def ablation_faithfulness(
         frozen = att.trace.frozen.items()
         splice += [(k, lambda act, hook, v=v: v) for k, v in frozen if k.endswith("hook_scale")]
     base = root_value(model.run_with_hooks(tokens, fwd_hooks=splice))
-    total = total_feature_attributions(model, att.coders, att.trace, w, pos)
+    total = total_feature_attributions(model, att.dicts, att.trace, w, pos)
     rows = []
     for node in _top_features(graph, top):
-        coder = att.coders[node.layer]
         z = att.trace.z[node.layer][:, node.pos, node.index]  # [n]
-        delta = z[:, None] * coder.W_dec[node.index]  # [n, d_model]
-
-        def ablate(act, hook, node=node, delta=delta):
-            act = act.clone()
-            act[:, node.pos] -= delta.to(act.dtype)
-            return act
-
-        hooks = splice + [(full_name(node.layer, "hook_mlp_out"), ablate)]
+        hooks = list(splice)  # the feature's write into every MLP output it reaches removed
+        for m, W in att.dicts.decoders(node.layer).items():
+            delta = z[:, None] * W[node.index]  # [n, d_model]
+            hooks.append((full_name(m, "hook_mlp_out"), _subtract(node.pos, delta)))
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
         rows.append({
             "id": node.id,
@@ -86,21 +81,23 @@ def ablation_faithfulness(
     }
 
 
+def _subtract(pos: int, delta: Tensor):
+    """A hook subtracting ``delta`` [n, d] at position ``pos``."""
+
+    def hook(act, hook):
+        act = act.clone()
+        act[:, pos] -= delta.to(act.dtype)
+        return act
+
+    return hook
+
+
 def _replacement_hooks(att: Attributor) -> list:
-    """Hooks putting each transcoder (plus its error on the traced prompts) in place of its
-    MLP."""
-    store, hooks = {}, []
-    for li, c in att.coders.items():
-        error = att.trace.mlp_out[li] - att.trace.tc_out[li]  # [n, seq, d]
-
-        def keep(act, hook, li=li):
-            store[li] = act
-
-        def replace(act, hook, li=li, c=c, error=error):
-            return c(store[li].to(c.W_enc.dtype))[0].to(act.dtype) + error
-
-        hooks += [(coder_in_name(c, li), keep), (full_name(li, "hook_mlp_out"), replace)]
-    return hooks
+    """Hooks putting the transcoders (plus their error on the traced prompts) in place of
+    the MLPs they write."""
+    tr, d = att.trace, att.dicts
+    outs = [m for m in d.layers if d.writes_to(m)]
+    return splice_hooks(d, outs, after=lambda m, y: y + (tr.mlp_out[m] - tr.tc_out[m]))
 
 
 def _pearson(rows: list[dict], key: str) -> float | None:

@@ -13,6 +13,12 @@ are kept and the rest zeroed. Two protocols, by the positions replaced:
 - ``last``: only the last position is replaced (the transcoder reads the MLP's input
   there); every other position runs the original model.
 
+Through a cross-layer transcoder, a layer-``L`` feature is one component with all its
+decoders: its features are ranked as above, and the MLP outputs they write (layer ``L``'s
+and every later one the CLT spans) are replaced by the CLT's reconstruction there, every
+source layer encoding its live input, with layer ``L``'s features outside the top ``k``
+zeroed. (Per-layer transcoders write their own layer only: the protocol above.)
+
 The metric is the mean probability difference of ``greater_than.py`` over the metric
 prompts ``tokens`` (the notebook ranks over the start years 00..99 and scores 01..98).
 """
@@ -27,8 +33,9 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tcspec.circuits.graph.dictionaries import Dictionaries, PerLayer, as_dictionaries
 from tcspec.circuits.greater_than import prob_diff
-from tcspec.circuits.trace import coder_in_name
+from tcspec.circuits.trace import Transcoders, splice_hooks
 from tcspec.coders import Coder
 from tcspec.hooks import full_name
 from tcspec.spec import KEEP_TOP_K_POSITIONS
@@ -44,14 +51,22 @@ def metric(
     return prob_diff(logits[:, -1], yy, year_ids)
 
 
+def at_layer(coder: Coder | Transcoders, layer: int) -> Dictionaries:
+    """The dictionaries holding source layer ``layer``: a lone transcoder is layer's own."""
+    d = PerLayer({layer: coder}) if isinstance(coder, Coder) else as_dictionaries(coder)
+    if layer not in d.layers:
+        raise ValueError(f"no transcoder features at layer {layer} (layers {list(d.layers)})")
+    return d
+
+
 def _rank(
-    model: HookedTransformer, coder: Coder, layer: int, tokens: Tensor
+    model: HookedTransformer, d: Dictionaries, layer: int, tokens: Tensor
 ) -> tuple[dict[str, Tensor], dict[str, int]]:
     """Feature and neuron indices by decreasing variance at the last position over
     ``tokens``' prompts, and each method's width."""
-    in_name, post = coder_in_name(coder, layer), full_name(layer, "mlp.hook_post")
+    in_name, post = d.in_hook(layer), full_name(layer, "mlp.hook_post")
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in (in_name, post))
-    z = coder.encode(cache[in_name][:, -1].to(coder.W_enc.dtype))  # [n, d_sae]
+    z = d.activate(layer, d.pre_acts(layer, cache[in_name][:, -1].to(d.dtype)))  # [n, d_sae]
     neurons = cache[post][:, -1]  # [n, d_mlp]
     order = {
         "transcoder": z.var(0, unbiased=False).argsort(descending=True, stable=True),
@@ -68,28 +83,20 @@ def replaced_positions(positions: Positions, replace_bos: bool, seq: int) -> sli
 
 
 class Hooks:
-    """Hook lists that splice the kept components in at the protocol's positions."""
+    """Hook lists that splice the kept components in at the protocol's positions: those of
+    source layer ``layer`` of ``coder`` (a transcoder at that layer, or transcoders by
+    layer, or a CLT)."""
 
-    def __init__(self, coder: Coder, layer: int, where: slice):
-        self.coder, self.where = coder, where
-        self.in_name, self.out_name = coder_in_name(coder, layer), full_name(layer, "hook_mlp_out")
+    def __init__(self, coder: Coder | Transcoders, layer: int, where: slice):
+        self.dicts, self.layer, self.where = at_layer(coder, layer), layer, where
+        self.out_name = full_name(layer, "hook_mlp_out")
         self.post = full_name(layer, "mlp.hook_post")
 
     def transcoder(self, mask: Tensor) -> list:
-        """The MLP's output := the transcoder's from the features in ``mask`` [d_sae]."""
-        c, store = self.coder, {}
-
-        def keep(act, hook):
-            store["x"] = act[:, self.where].to(c.W_enc.dtype)  # [n, p, d_in]
-
-        def replace(act, hook):
-            x = store["x"]
-            act = act.clone()
-            y = c.decode(c.encode(x) * mask, x if c.cfg.skip else None)  # [n, p, d_out]
-            act[:, self.where] = y.to(act.dtype)
-            return act
-
-        return [(self.in_name, keep), (self.out_name, replace)]
+        """The MLP outputs the layer's features write := the reconstruction there, with the
+        layer's features outside ``mask`` [d_sae] zeroed."""
+        written = list(self.dicts.decoders(self.layer))
+        return splice_hooks(self.dicts, written, self.where, keep=(self.layer, mask))
 
     def neurons(self, mask: Tensor) -> list:
         """Every neuron outside ``mask`` [d_mlp] zeroed."""
@@ -113,7 +120,7 @@ class Hooks:
 @torch.no_grad()
 def keep_top_k(
     model: HookedTransformer,
-    coder: Coder,
+    coder: Coder | Transcoders,
     layer: int,
     tokens: Tensor,
     yy: Tensor,
@@ -123,7 +130,8 @@ def keep_top_k(
     rank_tokens: Tensor | None = None,
     replace_bos: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The keep-top-k curves (module docstring), ranked over ``rank_tokens`` (default: the
+    """The keep-top-k curves (module docstring) of the features at ``layer`` (of a
+    transcoder there, or of transcoders by layer or a CLT), ranked over ``rank_tokens`` (default: the
     metric prompts ``tokens``): a frame with columns ``k``, ``method`` (``transcoder`` or
     ``neurons``), ``prob_diff``, ``index`` (the component added at that k); and baselines
     ``original``, ``transcoder_{positions}`` (every feature kept) and
@@ -134,13 +142,14 @@ def keep_top_k(
         raise ValueError(
             f"keep-top-k positions must be one of {KEEP_TOP_K_POSITIONS}, got {positions!r}"
         )
-    order, width = _rank(model, coder, layer, tokens if rank_tokens is None else rank_tokens)
-    hooks = Hooks(coder, layer, replaced_positions(positions, replace_bos, tokens.shape[1]))
+    d = at_layer(coder, layer)
+    order, width = _rank(model, d, layer, tokens if rank_tokens is None else rank_tokens)
+    hooks = Hooks(d, layer, replaced_positions(positions, replace_bos, tokens.shape[1]))
     make: dict[str, Callable[[Tensor], list]] = {
         "transcoder": hooks.transcoder,
         "neurons": hooks.neurons,
     }
-    dtype = {"transcoder": coder.W_enc.dtype, "neurons": model.cfg.dtype}
+    dtype = {"transcoder": d.dtype, "neurons": model.cfg.dtype}
     rows = []
     for method in ("transcoder", "neurons"):
         for k in range(min(k_max, width[method]) + 1):

@@ -2,6 +2,11 @@
 root with its faithfulness checks, the metric with transcoders spliced in, keep-top-k
 (``keep_top_k.py``) and the year de-embeddings (``deembed.py``), written into one folder.
 
+The transcoders are per-layer ones by layer, or one cross-layer transcoder: a CLT feature
+at layer ``l`` is one source with all its decoders (it writes into layer ``l``'s MLP output
+and every later one's; ``tcspec.circuits.graph.dictionaries``). "The transcoder at layer
+``l``" is then layer ``l``'s features with everything they write.
+
 The circuit's root is the logit direction of ``greater_than_root_weights`` at the last
 position: the mean logit of the years after ``YY`` minus that of the years up to it.
 """
@@ -26,6 +31,7 @@ from tcspec.circuits.deembed import (
     year_deembeddings,
 )
 from tcspec.circuits.faithfulness import ablation_faithfulness
+from tcspec.circuits.graph.dictionaries import CrossLayer, Dictionaries, as_dictionaries
 from tcspec.circuits.greater_than import (
     greater_than_prompts,
     greater_than_root_weights,
@@ -34,7 +40,8 @@ from tcspec.circuits.greater_than import (
 )
 from tcspec.circuits.keep_top_k import Positions, keep_top_k, keep_top_k_summary, metric
 from tcspec.circuits.paths import Graph, build_graph, find_paths
-from tcspec.circuits.trace import Trace, coder_in_name
+from tcspec.circuits.trace import Trace, Transcoders, splice_hooks
+from tcspec.clt.views import layer_coder, layer_index
 from tcspec.coders import Coder
 from tcspec.hooks import full_name
 
@@ -72,41 +79,39 @@ def position_labels(tokenizer, tokens: Tensor) -> list[str]:
     return ["*" if p in varying else tokenizer.decode([int(t)]) for p, t in enumerate(tokens[0])]
 
 
-def studied_layer(coders: dict[int, Coder], task_layer: int | None) -> int:
+def studied_layer(coders: Transcoders, task_layer: int | None) -> int:
     """The model's task layer when a transcoder covers it, else the last transcoder layer."""
-    return task_layer if task_layer in coders else max(coders)
+    layers = as_dictionaries(coders).layers
+    return task_layer if task_layer in layers else max(layers)
 
 
-def _splice(c: Coder, li: int) -> list:
-    """Hooks putting transcoder ``c`` in place of MLP ``li`` at every position."""
-    store = {}
-
-    def keep(act, hook):
-        store["x"] = act
-
-    def replace(act, hook):
-        return c(store["x"].to(c.W_enc.dtype))[0].to(act.dtype)
-
-    return [(coder_in_name(c, li), keep), (full_name(li, "hook_mlp_out"), replace)]
+def layer_features(d: Dictionaries, li: int) -> Coder:
+    """Layer ``li``'s features as a `Coder` (its encoder exactly; for a CLT, the decoder
+    summed over the layers it writes: `tcspec.clt.views.layer_coder`)."""
+    if isinstance(d, CrossLayer):
+        return layer_coder(d.clt, layer_index(d.clt, li))
+    return d.coders[li]
 
 
 @torch.no_grad()
 def spliced_prob_diffs(
-    model: HookedTransformer, coders: dict[int, Coder], layer: int, prompts: Prompts
+    model: HookedTransformer, coders: Transcoders, layer: int, prompts: Prompts
 ) -> pd.DataFrame:
     """Per-prompt metric: original, the studied layer's transcoder spliced in at every
-    position, every transcoder at once, and the studied layer's MLP zero-ablated."""
+    position (for a CLT: the MLP outputs its layer-``layer`` features write, reconstructed),
+    every transcoder at once, and the studied layer's MLP zero-ablated."""
+    d = as_dictionaries(coders)
 
     def zero(act, hook):
         return torch.zeros_like(act)
 
-    all_hooks = [h for li, c in coders.items() for h in _splice(c, li)]
+    every = [m for m in d.layers if d.writes_to(m)]
     zero_mlp = [(full_name(layer, "hook_mlp_out"), zero)]
     return pd.DataFrame({
         "yy": prompts.yy.tolist(),
         "original": prompts.metric(model).tolist(),
-        "transcoder_spliced": prompts.metric(model, _splice(coders[layer], layer)).tolist(),
-        "all_transcoders_spliced": prompts.metric(model, all_hooks).tolist(),
+        "transcoder_spliced": prompts.metric(model, splice_hooks(d, d.decoders(layer))).tolist(),
+        "all_transcoders_spliced": prompts.metric(model, splice_hooks(d, every)).tolist(),
         "mlp_zero_ablated": prompts.metric(model, zero_mlp).tolist(),
     })  # fmt: skip
 
@@ -126,7 +131,7 @@ class Circuit:
 
 def trace_circuit(
     model: HookedTransformer,
-    coders: dict[int, Coder],
+    coders: Transcoders,
     prompts: Prompts,
     search: tuple[int, int, int],
     top_features: int,
@@ -158,7 +163,7 @@ def trace_circuit(
 
 def keep_top_k_all_layers(
     model: HookedTransformer,
-    coders: dict[int, Coder],
+    coders: Transcoders,
     prompts: Prompts,
     k_max: int,
     positions: Positions = "last",
@@ -167,10 +172,10 @@ def keep_top_k_all_layers(
 ) -> tuple[pd.DataFrame, dict[int, dict]]:
     """Keep-top-k at every transcoder layer: the curves (a ``layer`` column added) and each
     layer's baselines and summary."""
-    curves, by_layer = [], {}
-    for li in sorted(coders):
+    curves, by_layer, d = [], {}, as_dictionaries(coders)
+    for li in d.layers:
         part, base = keep_top_k(
-            model, coders[li], li, prompts.tokens, prompts.yy, prompts.year_ids, k_max,
+            model, d, li, prompts.tokens, prompts.yy, prompts.year_ids, k_max,
             positions, None if rank is None else rank.tokens, replace_bos,
         )  # fmt: skip
         curves.append(part.assign(layer=li))
@@ -181,7 +186,7 @@ def keep_top_k_all_layers(
 
 def deembeddings_all_layers(
     model: HookedTransformer,
-    coders: dict[int, Coder],
+    coders: Transcoders,
     tr: Trace,
     max_features: int,
     max_heads: int,
@@ -191,17 +196,24 @@ def deembeddings_all_layers(
     the prompts at the last position, directly and through the heads that attend most from
     the last token to the start year (and through MLP0 with ``mlp0`` and a layer-0
     transcoder). Returns the rows (best first) and each layer's path names."""
+    d = as_dictionaries(coders)
+    if mlp0 and isinstance(d, CrossLayer):
+        raise ValueError(
+            "mlp0_deembeddings needs a per-layer transcoder at layer 0; a cross-layer "
+            "transcoder's layer-0 features write every later MLP"
+        )
     varying = varying_positions(tr.tokens)
     number_ids = two_digit_token_ids(model.tokenizer)
-    coder0 = coders.get(0) if mlp0 else None
+    coder0 = d.coders.get(0) if mlp0 else None
     frames, head_names = [], {}
-    for li in sorted(coders):
+    for li in d.layers:
         var = tr.z[li][:, -1].var(0, unbiased=False)  # [d_sae]
         live = [int(i) for i in var.argsort(descending=True) if var[i] > 0][:max_features]
         heads = upstream_heads(model, li)
         if varying:  # the heads that could bring the start year to the last token
             heads = heads_reading(tr, heads, varying[0], max_heads)
-        part = year_deembeddings(model, coders[li], li, number_ids, live, heads, coder0=coder0)
+        features = layer_features(d, li)
+        part = year_deembeddings(model, features, li, number_ids, live, heads, coder0=coder0)
         head_names[li] = [name for name, _, _ in deembedding_paths(heads, li, coder0 is not None)]
         part.insert(0, "layer", li)
         part["activation_variance"] = [float(var[i]) for i in part["feature"]]
@@ -288,7 +300,7 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
 @torch.no_grad()
 def greater_than_study(
     model: HookedTransformer,
-    coders: dict[int, Coder],
+    coders: Transcoders,
     yy_values: Sequence[int],
     out_dir: Path,
     *,
@@ -311,7 +323,7 @@ def greater_than_study(
     ``graph.png``/``.svg``, ``greater_than.csv``, ``keep_top_k.csv`` (every transcoder
     layer; the studied one is the summary's headline), ``keep_top_k.png``,
     ``deembedding.csv`` and ``report.md`` into ``out_dir``. Returns the summary (also the
-    caller's ``summary.json``).
+    caller's ``summary.json``). ``coders``: transcoders by layer, or a CLT.
 
     Keep-top-k replaces ``keep_top_k_positions`` (``all`` or ``last``) and ranks over the
     prompts of ``keep_top_k_rank_yy`` (default: ``yy_values``). ``mlp0_deembeddings`` adds
@@ -323,6 +335,7 @@ def greater_than_study(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    coders = as_dictionaries(coders)
     prompts = Prompts.build(model, yy_values, template)
     layer = studied_layer(coders, task_layer)
     search = (iterations, branches, top_paths)

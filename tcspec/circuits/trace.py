@@ -1,6 +1,12 @@
 """One forward pass over a batch of prompts that keeps what attribution needs (`Trace`),
-the check that the transcoders can stand in for their MLPs, and the attribution of every
-feature through all paths at once (one backward pass through the frozen model).
+the check that the transcoders can stand in for their MLPs, the hooks that splice them in
+(`splice_hooks`), and the attribution of every feature through all paths at once (one
+backward pass through the frozen model).
+
+The dictionaries are per-layer transcoders by layer or a cross-layer transcoder, seen the one
+way `tcspec.circuits.graph.dictionaries` shows them: source layer ``l``'s features are read at
+its input hook and write into the MLP outputs of ``decoders(l)`` (a CLT's: ``l`` and every
+later layer it spans), so a feature with all its decoders is one source.
 
 The model is a processed TransformerLens ``HookedTransformer`` (``fold_ln``: every norm is
 ``LNPre`` or ``RMSPre``). Residual-stream *reader* indices (see ``attribution.py``): the
@@ -10,14 +16,25 @@ blocks only), after the last block at ``2 n_layers + 1``; index 0 is the embeddi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tcspec.circuits.graph.dictionaries import (
+    CrossLayer,
+    Dictionaries,
+    as_dictionaries,
+    write_into,
+)
+from tcspec.clt.model import CLT
 from tcspec.coders import Coder
-from tcspec.hooks import TRANSCODER_IN, full_name, hooks_replacing_mlp, relative_name
+from tcspec.hooks import full_name, hooks_replacing_mlp, relative_name
+
+Transcoders = dict[int, Coder] | CLT | Dictionaries
+"""What the study traces through: transcoders by layer, or a CLT (either may come wrapped)."""
 
 # normalization type of a processed model -> whether it centres its input
 NORM_CENTRES: dict[str | None, bool] = {"LNPre": True, "RMSPre": False, None: False}
@@ -35,27 +52,26 @@ BLOCK_HOOKS_TRACED = (
 """Hooks of every block a trace keeps (those a model lacks are skipped)."""
 
 
-def coder_in_hook(coder: Coder, layer: int) -> str:
-    """The block-relative hook a transcoder reads (the paper's ``ln2.hook_normalized`` when
-    its config names none)."""
-    return relative_name(coder.cfg.in_hook or TRANSCODER_IN, layer)
-
-
-def coder_in_name(coder: Coder, layer: int) -> str:
-    """The full hook name a transcoder reads: ``blocks.{layer}.{in hook}``."""
-    return full_name(layer, coder_in_hook(coder, layer))
-
-
 def check_transcoders(
-    model: HookedTransformer, coders: dict[int, Coder], field_name: str = "coders"
+    model: HookedTransformer, coders: Transcoders, field_name: str = "coders"
 ) -> None:
-    """``ValueError`` unless every coder is a transcoder that stands in for its layer's MLP."""
-    if not coders:
+    """``ValueError`` unless every coder is a transcoder that stands in for its layer's MLP
+    (or the CLT spans layers of the model, reading and writing its width)."""
+    if isinstance(coders, dict) and not coders:
         raise ValueError(f"{field_name}: no transcoders given")
     norm = model.cfg.normalization_type
     if norm not in NORM_CENTRES:
         raise ValueError(f"the model's normalization {norm!r} is not folded; load it with fold_ln")
-    for layer, coder in coders.items():
+    d = as_dictionaries(coders)
+    if isinstance(d, CrossLayer):
+        from tcspec.circuits.graph.replacement import check_supported
+
+        try:
+            check_supported(model, d)
+        except ValueError as e:
+            raise ValueError(f"{field_name}: {e}") from e
+        return
+    for layer, coder in d.coders.items():
         _check_transcoder(model, layer, coder, f"{field_name}: layer {layer}")
 
 
@@ -99,20 +115,20 @@ class Trace:
     mlp_out: list[Tensor]  # [n, seq, d]
     resid: dict[int, Tensor]  # reader index -> the residual stream read there [n, seq, d]
     final_scale: Tensor  # [n, seq]
-    coder_scale: dict[int, Tensor]  # [n, seq]: scale between residual stream and coder input
-    coder_centred: dict[int, bool]
-    coder_in: dict[int, Tensor]  # [n, seq, d]
-    z: dict[int, Tensor]  # [n, seq, d_sae]
-    tc_out: dict[int, Tensor]  # [n, seq, d]
+    coder_scale: dict[int, Tensor]  # source layer -> [n, seq]: residual stream -> coder input
+    coder_centred: dict[int, bool]  # source layer ->
+    coder_in: dict[int, Tensor]  # source layer -> [n, seq, d]
+    z: dict[int, Tensor]  # source layer -> [n, seq, d_sae]
+    tc_out: dict[int, Tensor]  # output layer -> [n, seq, d]: the reconstruction of mlp_out
     frozen: dict[str, Tensor]  # hook name -> value of every norm scale and attention pattern
 
 
-def _traced_names(model: HookedTransformer, coders: dict[int, Coder]) -> set[str]:
+def _traced_names(model: HookedTransformer, d: Dictionaries) -> set[str]:
     L = model.cfg.n_layers
     names = {"hook_embed", "hook_pos_embed", full_name(L - 1, "hook_resid_post")}
     names.add("ln_final.hook_scale")
     names |= {full_name(li, h) for li in range(L) for h in BLOCK_HOOKS_TRACED}
-    names |= {coder_in_name(c, li) for li, c in coders.items()}
+    names |= {d.in_hook(li) for li in d.layers}
     return names
 
 
@@ -131,12 +147,13 @@ def _residual_readers(model: HookedTransformer, cache) -> dict[int, Tensor]:
 
 
 @torch.no_grad()
-def trace(model: HookedTransformer, tokens: Tensor, coders: dict[int, Coder]) -> Trace:
+def trace(model: HookedTransformer, tokens: Tensor, coders: Transcoders) -> Trace:
     """Run ``model`` on ``tokens`` [n, seq] and keep what attribution needs; the transcoders
     are evaluated on the model's own MLP inputs (not spliced in: their error is a node)."""
     check_transcoders(model, coders)
+    d = as_dictionaries(coders)
     L, norm = model.cfg.n_layers, model.cfg.normalization_type
-    names = _traced_names(model, coders)
+    names = _traced_names(model, d)
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
     n, seq = tokens.shape
 
@@ -163,17 +180,19 @@ def trace(model: HookedTransformer, tokens: Tensor, coders: dict[int, Coder]) ->
         tc_out={},
         frozen={k: v for k, v in cache.items() if k.endswith(("hook_scale", "hook_pattern"))},
     )
-    for li, c in coders.items():
-        in_hook = coder_in_hook(c, li)
-        x = cache[full_name(li, in_hook)].to(c.W_enc.dtype)  # [n, seq, d]
-        y, z = c(x)
-        t.coder_in[li], t.z[li], t.tc_out[li] = x, z, y.to(embed.dtype)
-        if in_hook == "ln2.hook_normalized":
+    for li in d.layers:
+        x = cache[d.in_hook(li)].to(d.dtype)  # [n, seq, d]
+        t.coder_in[li], t.z[li] = x, d.activate(li, d.pre_acts(li, x))
+        if relative_name(d.in_hook(li), li) == "ln2.hook_normalized":
             t.coder_scale[li] = scale(full_name(li, "ln2.hook_scale"))
             t.coder_centred[li] = NORM_CENTRES[norm]
         else:
             t.coder_scale[li] = torch.ones(n, seq, device=tokens.device)
             t.coder_centred[li] = False
+    for m in d.layers:
+        if d.writes_to(m):
+            y = d.finish(m, write_into(d, t.z, m), t.coder_in[m])
+            t.tc_out[m] = y.to(embed.dtype)
     return t
 
 
@@ -182,29 +201,70 @@ def _get(cache, name: str, default: Tensor) -> Tensor:
 
 
 def total_feature_attributions(
-    model: HookedTransformer, coders: dict[int, Coder], tr: Trace, weights: Tensor, pos: int
+    model: HookedTransformer, coders: Transcoders, tr: Trace, weights: Tensor, pos: int
 ) -> dict[int, Tensor]:
     """Attribution of every transcoder feature at every position to the logit root
-    ``W_U w`` at ``pos`` through *all* paths at once: ``z_i * f_dec_i . d root / d mlp_out``
-    in the model with norm scales, attention patterns, active features and transcoder
-    errors frozen (the sum of the feature's path attributions over every path). One backward
-    pass; weights [n, d_vocab]. Returns layer -> [n, seq, d_sae]."""
-    probes = {li: torch.zeros_like(tr.mlp_out[li], requires_grad=True) for li in coders}
-    store: dict[int, Tensor] = {}
+    ``W_U w`` at ``pos`` through *all* paths at once: ``z_i * sum_m f_dec_i[m] . d root /
+    d mlp_out[m]`` over the layers m it writes, in the model with norm scales, attention
+    patterns, active features and transcoder errors frozen (the sum of the feature's path
+    attributions over every path). One backward pass; weights [n, d_vocab]. Returns source
+    layer -> [n, seq, d_sae]."""
+    d = as_dictionaries(coders)
+    outs = [m for m in d.layers if d.writes_to(m)]
+    probes = {m: torch.zeros_like(tr.mlp_out[m], requires_grad=True) for m in outs}
     hooks = [(name, lambda act, hook, v=value: v) for name, value in tr.frozen.items()]
-    for li, c in coders.items():
-        hooks.append((coder_in_name(c, li), lambda act, hook, li=li: store.__setitem__(li, act)))
-
-        def splice(act, hook, li=li, c=c):
-            y = c(store[li].to(c.W_enc.dtype))[0].to(act.dtype)
-            return y + (tr.mlp_out[li] - tr.tc_out[li]) + probes[li]
-
-        hooks.append((full_name(li, "hook_mlp_out"), splice))
+    hooks += splice_hooks(
+        d, outs, after=lambda m, y: y + (tr.mlp_out[m] - tr.tc_out[m]) + probes[m]
+    )
     with torch.enable_grad():
         logits = model.run_with_hooks(tr.tokens, fwd_hooks=hooks)  # [n, seq, d_vocab]
         root = (logits[:, pos] * weights.to(logits.dtype)).sum()
-        grads = torch.autograd.grad(root, [probes[li] for li in coders])
-    return {
-        li: (tr.z[li] * (g.to(c.W_dec.dtype) @ c.W_dec.T)).detach()  # [n, seq, d_sae]
-        for (li, c), g in zip(coders.items(), grads)
-    }
+        grads = dict(zip(outs, torch.autograd.grad(root, [probes[m] for m in outs])))
+    out = {}
+    for li in d.layers:
+        back = None  # [n, seq, d_sae]: the gradient pulled back through li's decoders
+        for m, W in d.decoders(li).items():
+            g = grads[m].to(W.dtype) @ W.T
+            back = g if back is None else back + g
+        out[li] = (tr.z[li] * back).detach()
+    return out
+
+
+def splice_hooks(
+    coders: Transcoders,
+    outputs: Iterable[int],
+    where: slice = slice(None),
+    keep: tuple[int, Tensor] | None = None,
+    after: Callable[[int, Tensor], Tensor] | None = None,
+) -> list:
+    """Hooks putting the dictionaries' reconstruction in place of the MLP outputs of the
+    layers ``outputs`` at the positions ``where``: every source layer writing there is
+    encoded from its live input. ``keep = (layer, mask [d_sae])`` zeroes that source layer's
+    features outside the mask; ``after(m, y)`` edits layer m's reconstruction (in the
+    model's dtype) before it is written."""
+    d, chosen = as_dictionaries(coders), set(outputs)
+    outputs = [m for m in d.layers if m in chosen and d.writes_to(m)]
+    sources = sorted({s for m in outputs for s in d.sources(m)})
+    store: dict[int, Tensor] = {}  # source layer -> its input at `where`
+    z: dict[int, Tensor] = {}  # source layer -> its features there [n, p, d_sae]
+
+    def read(act, hook, li):
+        store[li] = act[:, where].to(d.dtype)
+        z[li] = d.activate(li, d.pre_acts(li, store[li]))
+        if keep is not None and keep[0] == li:
+            z[li] = z[li] * keep[1]
+
+    def replace(act, hook, m):
+        y = d.finish(m, write_into(d, z, m), store[m]).to(act.dtype)
+        y = after(m, y) if after is not None else y
+        if where == slice(None):
+            return y
+        act = act.clone()
+        act[:, where] = y
+        return act
+
+    hooks = [(d.in_hook(li), lambda act, hook, li=li: read(act, hook, li)) for li in sources]
+    hooks += [
+        (full_name(m, "hook_mlp_out"), lambda a, hook, m=m: replace(a, hook, m)) for m in outputs
+    ]
+    return hooks

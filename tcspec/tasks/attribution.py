@@ -52,7 +52,9 @@ def load_dictionaries(ctx, model, field: str):
     if refs[0].kind == CLT:
         from tcspec.clt import io
 
-        return io.load(ctx.coder_dir(refs[0]), ctx.device).to(model.cfg.dtype)
+        clt = io.load(ctx.coder_dir(refs[0]), ctx.device).to(model.cfg.dtype)
+        check_transcoders(model, clt, field)
+        return clt
     coders = {
         ref.layer: coders_mod.load(ctx.coder_dir(ref), ctx.device).to(model.cfg.dtype)
         for ref in refs

@@ -1,8 +1,8 @@
 """circuits stage: a circuit study through transcoders (built-in task: greater-than;
 attribution graphs on the spec's prompts: ``tcspec.tasks.attribution``).
 
-Config: ``tcspec.configs.CircuitConfig`` (the spec's circuit, one coder per layer, the
-seed; the spec types and ``tcspec.checks`` guarantee it can run). Writes ``graph.json``,
+Config: ``tcspec.configs.CircuitConfig`` (the spec's circuit, one coder per layer or one
+cross-layer transcoder, the seed; the spec types and ``tcspec.checks`` guarantee it can run). Writes ``graph.json``,
 ``graph.png``, ``graph.svg``, ``report.md``, ``greater_than.csv``, ``keep_top_k.csv``,
 ``keep_top_k.png``, ``deembedding.csv`` and ``summary.json`` into the task folder (see
 ``tcspec.circuits.study.greater_than_study``).
@@ -18,13 +18,12 @@ from tcspec.tasks import model as model_task
 
 
 def run(ctx) -> dict:
-    from tcspec import coders as coders_mod
-    from tcspec.circuits.attribution import check_transcoders
     from tcspec.circuits.greater_than import PAPER_YY, spread_yy, year_token_ids
     from tcspec.circuits.study import greater_than_study
     from tcspec.models.corpus import held_out_yy
     from tcspec.models.load import read_model_json
     from tcspec.spec import start_years
+    from tcspec.tasks.attribution import load_dictionaries
 
     cfg, c = ctx.config, ctx.config.circuit
     if c.task == "attribution":
@@ -39,11 +38,8 @@ def run(ctx) -> dict:
         raise ValueError(
             f"circuits.task greater_than: the model's tokenizer cannot run it: {e}"
         ) from e
-    coders = {
-        ref.layer: coders_mod.load(ctx.coder_dir(ref), ctx.device).to(model.cfg.dtype)
-        for ref in cfg.coders
-    }
-    check_transcoders(model, coders, f"circuits.dictionary `{c.dictionary.name}`")
+    field = f"circuits.dictionary `{c.dictionary.name}`"
+    coders = load_dictionaries(ctx, model, field)  # by layer, or a CLT
     default_yy = held_out_yy() if meta["kind"] == "toy" else PAPER_YY
     yy = spread_yy(start_years(c.yy) or default_yy, c.prompts)
     summary = greater_than_study(

@@ -49,6 +49,14 @@ class PerLayer:
         """[d, F]: the read-out vectors of layer li's features."""
         return self.coders[li].W_enc
 
+    def encoder_bias(self, li: int) -> Tensor:
+        """[F]: b_enc, added after the encoder."""
+        return self.coders[li].b_enc
+
+    def input_bias(self, li: int) -> Tensor:
+        """[d]: the pre-bias subtracted from the input before the encoder."""
+        return self.coders[li].b_dec
+
     def decoders(self, li: int) -> dict[int, Tensor]:
         """Output layer -> [F, d]: what layer li's features write there."""
         return {li: self.coders[li].W_dec}
@@ -71,6 +79,14 @@ class PerLayer:
 
     def skip(self, m: int, x: Tensor) -> Tensor:
         return x @ self.coders[m].W_skip
+
+    def out_bias(self, m: int) -> Tensor:
+        """[d]: the output bias of layer m."""
+        return self.coders[m].b_out
+
+    def skip_weight(self, m: int) -> Tensor:
+        """[d, d]: layer m's skip path is x @ skip_weight(m)."""
+        return self.coders[m].W_skip
 
 
 class CrossLayer:
@@ -97,6 +113,13 @@ class CrossLayer:
     def encoder(self, li: int) -> Tensor:
         return self.clt.W_enc[self._index[li]]
 
+    def encoder_bias(self, li: int) -> Tensor:
+        return self.clt.b_enc[self._index[li]]
+
+    def input_bias(self, li: int) -> Tensor:
+        """A CLT has no pre-bias: zeros [d]."""
+        return self.clt.b_dec.new_zeros(self.clt.cfg.d_model)
+
     def decoders(self, li: int) -> dict[int, Tensor]:
         W = self.clt.W_dec[self._index[li]]  # [F, L - i, d]
         return {m: W[:, j] for j, m in enumerate(self.layers[self._index[li] :])}
@@ -117,6 +140,12 @@ class CrossLayer:
     def skip(self, m: int, x: Tensor) -> Tensor:
         return x @ self.clt.W_skip[self._index[m]]
 
+    def out_bias(self, m: int) -> Tensor:
+        return self.clt.b_dec[self._index[m]]
+
+    def skip_weight(self, m: int) -> Tensor:
+        return self.clt.W_skip[self._index[m]]
+
 
 Dictionaries = PerLayer | CrossLayer
 
@@ -128,3 +157,25 @@ def as_dictionaries(x: dict[int, Coder] | CLT | Dictionaries) -> Dictionaries:
     if isinstance(x, CLT):
         return CrossLayer(x)
     return PerLayer(x)
+
+
+def write_into(d: Dictionaries, z: dict[int, Tensor], m: int) -> Tensor:
+    """sum over the source layers l writing layer m, in order, of z[l] @ decoders(l)[m]:
+    z [..., F] each -> [..., d]."""
+    out = None
+    for li in d.sources(m):
+        W = d.decoders(li)[m]
+        out = z[li] @ W if out is None else out + z[li] @ W
+    return out
+
+
+def visible_decoder(d: Dictionaries, li: int, below: int) -> Tensor:
+    """[F, d]: what layer li's features write into the MLP outputs of the layers m < below
+    (a reader before MLP `below` sees those), summed in layer order."""
+    out = None
+    for m, W in d.decoders(li).items():
+        if m < below:
+            out = W if out is None else out + W
+    if out is None:
+        raise ValueError(f"layer {li}'s features write no layer before {below}")
+    return out

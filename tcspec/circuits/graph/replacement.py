@@ -32,7 +32,12 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tcspec.circuits.graph.dictionaries import CrossLayer, Dictionaries, as_dictionaries
+from tcspec.circuits.graph.dictionaries import (
+    CrossLayer,
+    Dictionaries,
+    as_dictionaries,
+    write_into,
+)
 from tcspec.coders import Coder
 from tcspec.hooks import full_name, hooks_replacing_mlp, relative_name
 
@@ -174,18 +179,8 @@ def run_prompt(model: HookedTransformer, coders, tokens: Tensor) -> Prompt:
 
 
 def _writes(d: Dictionaries, z: dict[int, Tensor]) -> dict[int, Tensor]:
-    """Output layer -> the features' writes there (`_write_into`)."""
-    return {m: _write_into(d, z, m) for m in d.layers if d.writes_to(m)}
-
-
-def _write_into(d: Dictionaries, z: dict[int, Tensor], m: int) -> Tensor:
-    """sum over the source layers l writing layer m, in order, of z[l] @ decoders(l)[m]:
-    z [..., F] each -> [..., d]."""
-    out = None
-    for li in d.sources(m):
-        W = d.decoders(li)[m]
-        out = z[li] @ W if out is None else out + z[li] @ W
-    return out
+    """Output layer -> the features' writes there (`write_into`)."""
+    return {m: write_into(d, z, m) for m in d.layers if d.writes_to(m)}
 
 
 @dataclass
@@ -256,7 +251,7 @@ def _mlp_out_hook(d: Dictionaries, prompt: Prompt, li: int, live: Live, scales: 
                 zs = {  # only the layers writing here: this runs per layer per batch
                     s: prompt.z[s] * scales.features[s].to(prompt.z[s].dtype) for s in d.sources(li)
                 }
-                out = out + d.finish(li, _write_into(d, zs, li), None).to(act.dtype)
+                out = out + d.finish(li, write_into(d, zs, li), None).to(act.dtype)
         if d.has_skip(li):
             x = live.coder_in[li]
             out = out + d.skip(li, x.to(d.dtype)).to(act.dtype)
