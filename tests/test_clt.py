@@ -361,4 +361,3 @@ def test_bench_smoke():
     topk = 3 * (one + 8 * 256 * 8 * 32)  # dense encoder, the rest over k = 8
     assert out["variants"]["per_layer_topk"]["executed_gflops"] == pytest.approx(topk / 1e9)
     assert all(r["time"] > 0 for r in out["ratios"].values())
-

@@ -303,7 +303,7 @@ def test_unshuffled_stream_trains_the_clt_the_cache_trains(model, tokens, tmp_pa
 
     cache = tmp_path / "acts" / "cache"
     cache_activations(model, tokens, list(HOOKS), cache, batch_contexts=4, shard_tokens=50,
-                      progress=False)  # fmt: skip
+                      exclude_tokens=(BOS,), progress=False)  # fmt: skip
     cfg = CLTConfig(n_layers=2, d_model=32, d_sae=48, activation="jumprelu", skip=True)
     assert sorted(cfg.in_names + cfg.out_names) == sorted(HOOKS)
     train = CLTTrainConfig(
