@@ -9,7 +9,8 @@
 Sections: peers (training throughput vs SAELens and sparsify), families (each dictionary
 family's step vs the roofline, JumpReLU/BatchTopK vs SAELens), roofline (vs the measured
 matmul peak), sweep (K dictionaries in one pass vs K runs), pipeline (per-stage wall times,
-caching vs forward), scaling (step time vs d_sae and vs cache size), clt (a cross-layer
+caching vs forward), scaling (step time vs d_sae and vs cache size), stream (one stream
+for many dictionaries, stream vs cache, memory vs train tokens), clt (a cross-layer
 transcoder's step vs the roofline and vs per-layer transcoders; ~35 min and ~20 GB at its
 full shape, skipped with a note where the memory is not available).
 """
@@ -20,7 +21,7 @@ import argparse
 import time
 from pathlib import Path
 
-from bench import clt, families, peers, pipeline, scaling
+from bench import clt, families, peers, pipeline, scaling, stream
 from bench.common import load_average, machine, markdown_table
 
 SECTIONS = {
@@ -30,6 +31,7 @@ SECTIONS = {
     "sweep": ("Sweep efficiency: K dictionaries in one pass vs K runs", scaling.run_sweep),
     "pipeline": ("Pipeline: stage wall times and the activation cache", pipeline.run),
     "scaling": ("Scaling: step time vs d_sae and vs cache size", scaling.run),
+    "stream": ("Streaming: one stream for every dictionary, and memory", stream.run),
     "clt": (
         "Cross-layer transcoder: the step vs the roofline and vs per-layer transcoders",
         clt.run,

@@ -306,6 +306,24 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def run(tiny: bool = False) -> tuple[str, dict]:
+    """The section of `python -m bench`: shared, throughput and rss at the quickstart shape
+    (tiny: seconds), CPU, one thread."""
+    torch.set_num_threads(1)
+    shape, rounds = SHAPES["tiny" if tiny else "quickstart"], 1 if tiny else 2
+    parts = [
+        ("One stream for every dictionary", lambda: run_shared(shape, "cpu", rounds)),
+        ("Stream vs cache", lambda: run_throughput(shape, "cpu", rounds)),
+        ("Memory vs train tokens", lambda: run_rss(shape, 20_000 if tiny else 1_000_000)),
+    ]
+    texts, headline = [], {}
+    for title, fn in parts:
+        text, h = fn()
+        texts.append(f"### {title}\n\n{text}")
+        headline |= h
+    return "\n\n".join(texts), headline
+
+
 # --------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
