@@ -47,6 +47,7 @@ TRAINING = "training.json"
 SUMMARY = "summary.json"
 GREATER_THAN = "greater_than.csv"
 KEEP_TOP_K = "keep_top_k.csv"
+KEEP_TOP_K_PLOT = "keep_top_k.png"
 ATTRIBUTION = "attribution.csv"  # an attribution task's summary rows, one per prompt
 GRAPH_JSON = "graph.json"  # per prompt: the pruned graph (circuit-tracer / Neuronpedia JSON)
 ADJACENCY = "adjacency.safetensors"  # per prompt: the full graph at full precision

@@ -81,17 +81,21 @@ def circuits(ctx) -> list:
     """The circuit studies' tables (greater-than metric, keep-top-k)."""
     import pandas as pd
 
+    from tcspec.tables import ExtraTable
+
     out = []
     for task in ctx.deps_of("circuits"):
         folder = task.dir(ctx.results)
-        for name, caption in (
-            (layout.GREATER_THAN, "Greater-than probability difference"),
-            (layout.KEEP_TOP_K, "Keep-top-k: transcoder features vs MLP neurons"),
-        ):
+        for name, caption, plot in (
+            (layout.GREATER_THAN, "Greater-than probability difference", None),
+            (layout.KEEP_TOP_K, "Keep-top-k: transcoder features vs MLP neurons",
+             layout.KEEP_TOP_K_PLOT),
+        ):  # fmt: skip
             f = folder / name
             if f.exists():
-                stem = Path(name).stem
-                out.append((f"{stem}-{task.id}", pd.read_csv(f), f"{caption} ({task.id})"))
+                figure = folder / plot if plot and (folder / plot).exists() else None
+                stem = f"{Path(name).stem}-{task.id}"
+                out.append(ExtraTable(stem, pd.read_csv(f), f"{caption} ({task.id})", figure))
     return out
 
 
