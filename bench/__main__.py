@@ -10,8 +10,8 @@ Sections: peers (training throughput vs SAELens and sparsify), families (each di
 family's step vs the roofline, JumpReLU/BatchTopK vs SAELens), roofline (vs the measured
 matmul peak), sweep (K dictionaries in one pass vs K runs), pipeline (per-stage wall times,
 caching vs forward), scaling (step time vs d_sae and vs cache size), clt (a cross-layer
-transcoder's step vs the roofline and vs per-layer transcoders; ~35 min and ~20 GB at its
-full shape, skipped with a note where the memory is not available).
+transcoder's step vs the roofline and vs per-layer transcoders; ~13 min a round, two
+rounds, and ~19 GB at its full shape, skipped with a note where the memory is not there).
 """
 
 from __future__ import annotations
