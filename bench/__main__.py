@@ -11,8 +11,8 @@ family's step vs the roofline, JumpReLU/BatchTopK vs SAELens), roofline (vs the 
 matmul peak), sweep (K dictionaries in one pass vs K runs), pipeline (per-stage wall times,
 caching vs forward), scaling (step time vs d_sae and vs cache size), stream (one stream
 for many dictionaries, stream vs cache, memory vs train tokens), clt (a cross-layer
-transcoder's step vs the roofline and vs per-layer transcoders; ~35 min and ~20 GB at its
-full shape, skipped with a note where the memory is not available).
+transcoder's step vs the roofline and vs per-layer transcoders; ~13 min a round, two
+rounds, and ~19 GB at its full shape, skipped with a note where the memory is not there).
 """
 
 from __future__ import annotations

@@ -24,9 +24,10 @@ FLOPs of one step, executed (P = L (L + 1) / 2 decoder blocks):
   per-layer    L 2 B F d 5 (ReLU), L (2 B F d + 8 B k d) (TopK: a dense encoder, the rest
                over the k active features)
 The peak is the CLT's matmuls on fresh operands of the same shapes, back to back (one
-[F, L d] decoder's worth of operands; the shorter ones are its leading columns).
+[F, L d] decoder's worth of operands; the shorter ones are its leading columns). It is the
+CLT's ceiling; the per-layer step's own [B, d] x [d, F] matmuls may run faster than it.
 
-    python -m bench --only clt                # full shapes: ~20 GB, ~2.5 min a CLT step
+    python -m bench --only clt                # full shapes: ~19 GB, ~3 min a CLT step
     python -m bench --only clt --clt-rounds 1 --clt-layers 4 --clt-batch 1024  # scaled
     python bench/clt.py --tiny                # seconds, a smoke test (JSON and the table)
 """
