@@ -146,6 +146,25 @@ def test_toy_training_is_deterministic(tmp_path, toy_model_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_toy_training_on_two_threads_is_byte_identical_across_processes(tmp_path):
+    """The quickstart's model job trains on 2 threads: at the recipe's shape, runs of 20
+    steps in different processes give the same weights (without deterministic algorithms
+    they differed on every run)."""
+    code = (
+        "import sys, json, torch; torch.set_num_threads(2); from tcspec.models.toy import "
+        "train_toy_model; m = train_toy_model(sys.argv[1], recipe='greater_than_fast', seed=0, "
+        "steps=20, batch=8, progress=False); print(m['weights_xxh3'])"
+    )
+    env = os.environ | {"MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE"}
+    digests = []
+    for run in "ab":
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / run)], env=env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        digests.append(out.stdout.split()[-1])
+    assert digests[0] == digests[1]
+
+
 @pytest.mark.parametrize("recipe", ["greater_than_mix", "greater_than_fast"])
 def test_toy_training_is_byte_identical_across_processes(tmp_path, recipe):
     """Same seed and thread count, another process with another hash seed: the same bytes
