@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.stream import (  # noqa: E402
+    BOS,
     Shape,
     hooks_of,
     random_model,
@@ -88,6 +89,7 @@ def run(s: Shape, device: str, dtype: torch.dtype, seconds: float) -> dict:
         batch_size=s.batch_size,
         buffer_tokens=s.buffer_tokens,
         batch_contexts=s.batch_contexts,
+        exclude_tokens=(BOS,),
     )
     source = ActivationStream(model, tokens, config)
     fwd = forward_tokens_per_s(model, tokens, s, sync)

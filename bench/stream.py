@@ -93,10 +93,14 @@ def random_model(s: Shape, device: str = "cpu", dtype: torch.dtype = torch.float
         return HookedTransformer(cfg).eval()
 
 
+BOS = 0
+"""The BOS id of `random_tokens`, left out of the streams (`data.bos: exclude`, the default)."""
+
+
 def random_tokens(s: Shape, rows: int, seed: int = 0) -> np.ndarray:
     """int32 [rows, context] of random ids, BOS (id 0) first in every row."""
     t = np.random.default_rng(seed).integers(1, s.d_vocab, size=(rows, s.context))
-    t[:, 0] = 0
+    t[:, 0] = BOS
     return t.astype(np.int32)
 
 
@@ -124,7 +128,7 @@ def hooks_of(members: list[Member]) -> tuple[str, ...]:
 def stream_for(model, tokens, s: Shape, members: list[Member]) -> ActivationStream:
     buffer = s.buffer_tokens or 4 * s.batch_size
     cfg = StreamConfig(hooks=hooks_of(members), batch_size=s.batch_size, buffer_tokens=buffer,
-                       batch_contexts=s.batch_contexts)  # fmt: skip
+                       batch_contexts=s.batch_contexts, exclude_tokens=(BOS,))  # fmt: skip
     return ActivationStream(model, tokens, cfg)
 
 

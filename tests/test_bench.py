@@ -56,7 +56,7 @@ def test_python_m_bench_tiny_writes_results(tmp_path):
     text = out.read_text()
     for heading in ["## Headline", "## Training throughput against SAELens and sparsify",
                     "## Dictionary families", "## Roofline", "## Sweep efficiency",
-                    "## Pipeline", "## Scaling", "## Cross-layer transcoder"]:  # fmt: skip
+                    "## Pipeline", "## Scaling", "## Streaming", "## Cross-layer transcoder"]:  # fmt: skip
         assert heading in text
     assert "load average (1, 5, 15 min) at start" in text
     assert "saelens standard" in text and "sparsify topk adam" in text
