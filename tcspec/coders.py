@@ -178,6 +178,8 @@ def save(coder: Coder, dir: str | Path, extra: dict | None = None) -> None:
 def load_cfg(dir: str | Path) -> tuple[CoderConfig, dict]:
     """Read ``cfg.json``: the CoderConfig and the extra keys saved beside it."""
     raw = json.loads((Path(dir) / CFG_FILE).read_text())
+    if not isinstance(raw, dict):
+        raise TypeError(f"it holds a JSON {type(raw).__name__}, not an object")
     names = {f.name for f in dataclasses.fields(CoderConfig)}
     return CoderConfig(**{k: v for k, v in raw.items() if k in names}), {
         k: v for k, v in raw.items() if k not in names

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
@@ -665,6 +665,7 @@ def _damage(target: Path, index: int, op: str, n: int, junk: bytes, value) -> No
 @settings(max_examples=300, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
 @given(case=damage(), value=st.sampled_from(VALUES))
+@example(case=("tcspec", 0, "random", 0, b"0"), value=None)  # cfg.json holding a bare number
 def test_damaged_dictionaries_fail_with_one_located_line(case, value, tmp_path_factory):
     """Whatever happens to a dictionary's files, loading it gives a Coder or a ValueError
     whose message is one line that starts with the path; never another exception."""

@@ -62,6 +62,8 @@ def load_cfg(dir: str | Path) -> tuple[CLTConfig, dict]:
     """Read ``cfg.json``: the CLTConfig and the extra keys saved beside it."""
     file = Path(dir) / CFG_FILE
     raw = json.loads(file.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: a JSON {type(raw).__name__}, not a CLT config object")
     if raw.get("kind") != KIND:
         raise ValueError(f"{file}: kind {raw.get('kind')!r} is not a cross-layer transcoder")
     names = {f.name for f in dataclasses.fields(CLTConfig)}

@@ -179,7 +179,7 @@ def _load_tcspec(path: Path, layer: int | None) -> tuple[Coder, Path]:
     try:
         return coders.load(path), path
     except (TypeError, KeyError, RuntimeError, OverflowError, json.JSONDecodeError) as e:
-        why = one_line(e)
+        why = one_line(e)  # RecursionError is a RuntimeError: JSON nested too deep
         raise ValueError(f"{path / coders.CFG_FILE}: not a tcspec dictionary config: {why}") from e
     except SafetensorError as e:
         raise ValueError(f"{path / coders.WEIGHTS_FILE}: unreadable safetensors file: {e}") from e
