@@ -20,8 +20,8 @@ for p in WF.passes:
         resources:
             mem_mb=p.resources["mem_mb"],
             gpu=p.resources["gpu"],
-            slurm_partition=(
-                config.get("gpu_partition", "gpu") if p.resources["gpu"] else "cpu"
+            slurm_partition=WF.partition_of(
+                p.resources["gpu"], config.get("gpu_partition", "gpu")
             ),
         params:
             stage=p.stage,

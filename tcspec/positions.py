@@ -22,16 +22,10 @@ def keep_mask(tokens: torch.Tensor, exclude_tokens: Sequence[int]) -> torch.Tens
     return ~torch.isin(tokens, excluded)
 
 
-def row_counts(tokens, exclude_tokens: Sequence[int], chunk: int = 4096) -> torch.Tensor:
-    """Counted positions of each row of `tokens` [n_rows, T] (numpy, memmap or torch),
-    read `chunk` rows at a time: int64 [n_rows]."""
-    parts = [
-        keep_mask(torch.as_tensor(np.asarray(tokens[r : r + chunk])), exclude_tokens).sum(1)
+def counted(tokens, exclude_tokens: Sequence[int], chunk: int = 4096) -> int:
+    """Counted positions in `tokens` [n_rows, T] (numpy, memmap or torch), read `chunk`
+    rows at a time."""
+    return sum(
+        int(keep_mask(torch.as_tensor(np.asarray(tokens[r : r + chunk])), exclude_tokens).sum())
         for r in range(0, len(tokens), chunk)
-    ]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
-
-
-def counted(tokens, exclude_tokens: Sequence[int]) -> int:
-    """Counted positions in `tokens` [n_rows, T]."""
-    return int(row_counts(tokens, exclude_tokens).sum())
+    )

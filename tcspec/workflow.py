@@ -84,12 +84,17 @@ class Workflow:
 
         return resource
 
+    @staticmethod
+    def partition_of(gpu: int, gpu_partition: str) -> str:
+        """The SLURM partition of a job given `gpu` GPUs: `gpu_partition`, or "cpu"."""
+        return gpu_partition if gpu else "cpu"
+
     def partition(self, stage: str, gpu_partition: str):
-        """Resource function: the SLURM partition, `gpu_partition` for a task given a GPU."""
+        """Resource function: the SLURM partition of the task (`partition_of`)."""
 
         def partition(wildcards):
             gpu = self.plan.get(stage, wildcards.id).resources.get("gpu", 0)
-            return gpu_partition if gpu else "cpu"
+            return self.partition_of(gpu, gpu_partition)
 
         return partition
 

@@ -2,10 +2,10 @@
 attribution graphs on the spec's prompts: ``tcspec.tasks.attribution``).
 
 Config: ``tcspec.configs.CircuitConfig`` (the spec's circuit, one coder per layer or one
-cross-layer transcoder, the seed; the spec types and ``tcspec.checks`` guarantee it can run). Writes ``graph.json``,
-``graph.png``, ``graph.svg``, ``report.md``, ``greater_than.csv``, ``keep_top_k.csv``,
-``keep_top_k.png``, ``deembedding.csv`` and ``summary.json`` into the task folder (see
-``tcspec.circuits.study.greater_than_study``).
+cross-layer transcoder, the seed; the spec types and ``tcspec.checks`` guarantee it can
+run). Writes ``graph.json``, ``graph.png``, ``graph.svg``, ``report.md``,
+``greater_than.csv``, ``keep_top_k.csv``, ``keep_top_k.png``, ``deembedding.csv`` and
+``summary.json`` into the task folder (see ``tcspec.circuits.study.greater_than_study``).
 
 Start years: the corpus's held-out ones for a toy model (never seen in training), the
 paper's 02..98 otherwise; at most ``prompts`` of them, evenly spread.
