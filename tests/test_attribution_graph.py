@@ -254,6 +254,41 @@ def test_max_feature_nodes_keeps_the_rows_of_the_most_influential():
     assert best in idx
 
 
+def replay_schedule(full, cap: int, batch: int, update_interval: int) -> list[int]:
+    """circuit-tracer's capped schedule replayed on the rows of the uncapped graph ``full``:
+    rank the unvisited features by partial influence through the rows visited so far, take
+    the next ``update_interval * batch`` in rank order, repeat. The visited features, sorted."""
+    n_f, k = full.n_features, full.n_logits
+    logit_rows = full.adjacency[full.logit_start :, : full.logit_start]
+    feature_rows = full.adjacency[:n_f, : full.logit_start]
+    visited, order = torch.zeros(n_f, dtype=torch.bool), []
+    while len(order) < cap:
+        matrix = torch.cat([logit_rows, feature_rows[order]])
+        nodes = torch.tensor([-1] * k + order, dtype=torch.long)
+        infl = partial_influence(matrix, nodes, full.logit_probs)
+        rank = torch.argsort(infl[:n_f], descending=True)
+        pending = rank[~visited[rank]][: min(update_interval * batch, cap - len(order))]
+        order += pending.tolist()
+        visited[pending] = True
+    return sorted(order)
+
+
+@pytest.mark.parametrize("batch, update_interval, cap", [(8, 1, 20), (8, 4, 20), (4, 5, 20)])
+def test_capped_graph_follows_circuit_tracers_schedule(batch, update_interval, cap):
+    model, coders, tokens = tiny_model("gpt2"), tiny_coders(), prompt_tokens()
+    full = attribution_graph(model, coders, tokens, GraphConfig(batch_size=batch))
+    # on this graph the schedule decides: ranking after every batch keeps other features
+    assert replay_schedule(full, 20, 8, 1) != replay_schedule(full, 20, 8, 4)
+    cfg = GraphConfig(batch_size=batch, update_interval=update_interval, max_feature_nodes=cap)
+    capped = attribution_graph(model, coders, tokens, cfg)
+    chosen = [full.features.tolist().index(f) for f in capped.features.tolist()]
+    assert chosen == replay_schedule(full, cap, batch, update_interval)
+    assert capped.backward_passes == -(-full.n_logits // batch) + sum(
+        -(-min(update_interval * batch, cap - i) // batch)
+        for i in range(0, cap, update_interval * batch)
+    )
+
+
 @pytest.mark.parametrize(
     "extra, coder_kinds, match",
     [

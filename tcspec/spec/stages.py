@@ -196,6 +196,13 @@ class AttributionSpec(Frozen):
     """Fewer top logits when their cumulative probability reaches this."""
     max_feature_nodes: PosInt | None = None
     """Cap on the features whose rows are computed (the most influential); None: all."""
+    batch_size: PosInt = 512
+    """Targets per backward pass (circuit-tracer's default); with `max_feature_nodes` it also
+    sets the ranking schedule."""
+    update_interval: PosInt = 4
+    """With `max_feature_nodes`: backward passes between two rankings of the features still
+    to visit (circuit-tracer's default; its schedule, so a capped graph keeps the features
+    circuit-tracer's would)."""
     node_threshold: Fraction = 0.8
     """Pruning keeps the nodes carrying this fraction of the influence on the logits."""
     edge_threshold: Fraction = 0.98

@@ -117,6 +117,7 @@ def graph_config(c, tokenizer):
     return GraphConfig(
         max_n_logits=c.max_n_logits, desired_logit_prob=c.desired_logit_prob,
         max_feature_nodes=c.max_feature_nodes, target_tokens=target,
+        batch_size=c.batch_size, update_interval=c.update_interval,
         node_threshold=c.node_threshold, edge_threshold=c.edge_threshold,
     )  # fmt: skip
 

@@ -19,7 +19,9 @@ read-out vector; the gradients at ``mlp_out`` and ``hook_embed`` are contracted 
 sources' vectors. A node's row plus its bias (`replacement_forward` with every
 source off) is its value. With ``max_feature_nodes`` the features whose rows are computed are
 chosen greedily by their influence on the logits through the rows computed so far
-(`prune.partial_influence`); the others stay out of the graph.
+(`prune.partial_influence`), on circuit-tracer's schedule: rank the unvisited features, take
+the next ``update_interval * batch_size`` of them in rank order (``batch_size`` a backward
+pass), then rank again; the others stay out of the graph.
 """
 
 from __future__ import annotations
@@ -59,8 +61,12 @@ class GraphConfig:
     """Pruning keeps the nodes that carry this fraction of the influence on the logits."""
     edge_threshold: float = 0.98
     """...and the edges that carry this fraction of the edge influence."""
-    batch_size: int = 256
-    """Targets per backward pass (copies of the prompt in the forward pass)."""
+    batch_size: int = 512
+    """Targets per backward pass (copies of the prompt in the forward pass); circuit-tracer's
+    default."""
+    update_interval: int = 4
+    """With ``max_feature_nodes``: backward passes between two rankings of the features still
+    to visit (circuit-tracer's default)."""
     zero_positions: int = 1
     """Features and errors at the first this-many positions are no nodes (their output
     is a bias term): position 0 is the BOS token, as in circuit-tracer."""
@@ -73,8 +79,8 @@ class GraphConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.max_feature_nodes is not None and self.max_feature_nodes < 1:
             raise ValueError(f"max_feature_nodes must be >= 1, got {self.max_feature_nodes}")
-        if self.batch_size < 1 or self.zero_positions < 0:
-            raise ValueError("batch_size must be >= 1 and zero_positions >= 0")
+        if self.batch_size < 1 or self.update_interval < 1 or self.zero_positions < 0:
+            raise ValueError("batch_size, update_interval must be >= 1 and zero_positions >= 0")
         if self.target_tokens is not None and len(self.target_tokens) != 2:
             raise ValueError(f"target_tokens must be two token ids, got {self.target_tokens}")
 
@@ -294,7 +300,9 @@ def attribution_graph(
     logit_rows = torch.cat(
         [rows.rows(list(range(i, min(i + batch, k)))) for i in range(0, k, batch)]
     )
-    visited, feature_rows = _visit_features(rows, logit_rows, targets.probs, n_visit)
+    visited, feature_rows = _visit_features(
+        rows, logit_rows, targets.probs, n_visit, cfg.update_interval
+    )
     order = torch.argsort(visited)  # node order: by (layer, pos, feature)
     selected, feature_rows = visited[order], feature_rows[order]
     feats = rows.active[selected]
@@ -331,31 +339,33 @@ def _assemble(selected: Tensor, feature_rows: Tensor, logit_rows: Tensor, n_acti
 
 
 def _visit_features(
-    rows: Rows, logit_rows: Tensor, probs: Tensor, n_visit: int
+    rows: Rows, logit_rows: Tensor, probs: Tensor, n_visit: int, update_interval: int
 ) -> tuple[Tensor, Tensor]:
     """Compute the rows of ``n_visit`` active features, a batch per backward pass: all of
-    them in order, or (capped) each time the most influential on the logits through the
-    rows so far. Returns (indices into the active features [n_visit], rows [n_visit, n_cols])."""
+    them in order, or (capped) on circuit-tracer's schedule: rank the unvisited features by
+    their influence on the logits through the rows so far, visit the next
+    ``update_interval`` batches of them in rank order, rank again. Returns (indices into
+    the active features [n_visit], rows [n_visit, n_cols])."""
     n_active = len(rows.active)
     done: list[Tensor] = []
     got: list[Tensor] = [logit_rows.new_zeros(0, rows.n_cols)]
     visited = torch.zeros(n_active, dtype=torch.bool)
     n_done = 0
     while n_done < n_visit:
-        want = min(rows.batch, n_visit - n_done)
         if n_visit == n_active:
-            nxt = torch.arange(n_done, n_done + want)
+            pending = torch.arange(n_active)
         else:
             matrix = torch.cat([logit_rows, *got])
             row_nodes = torch.cat([torch.full((len(logit_rows),), -1), *done]).long()
             infl = partial_influence(matrix, row_nodes.to(matrix.device), probs.to(matrix))
-            infl = infl[:n_active].cpu()
-            infl[visited] = -1.0
-            nxt = infl.topk(want).indices.sort().values
-        got.append(rows.rows([tuple(rows.active[i].tolist()) for i in nxt]))
-        done.append(nxt)
-        visited[nxt] = True
-        n_done += want
+            rank = torch.argsort(infl[:n_active], descending=True).cpu()
+            queue = min(update_interval * rows.batch, n_visit - n_done)
+            pending = rank[~visited[rank]][:queue]
+        for nxt in pending.split(rows.batch):
+            got.append(rows.rows([tuple(rows.active[i].tolist()) for i in nxt]))
+            done.append(nxt)
+            visited[nxt] = True
+            n_done += len(nxt)
     return torch.cat([torch.zeros(0, dtype=torch.long), *done]), torch.cat(got)
 
 

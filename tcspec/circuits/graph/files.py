@@ -110,6 +110,7 @@ def graph_json(graph: Graph, slug: str, scan: str = "tcspec", transcoder_list=()
             "max_n_logits": cfg.max_n_logits,
             "desired_logit_prob": cfg.desired_logit_prob,
             "batch_size": cfg.batch_size,
+            "update_interval": cfg.update_interval,
             "max_feature_nodes": cfg.max_feature_nodes,
         },
         "pruning_settings": {
