@@ -348,9 +348,11 @@ def test_small_frozen_steer_matches_the_prediction_and_real_rows_correlate(tmp_p
     assert len(real.rows) == 12 and {r.mode for r in real.rows} == {"ablate", "steer"}
     assert real.baseline == pytest.approx(float(graph.logit_values @ graph.logit_probs))
     assert real.correlation > 0.3
-    table = write_interventions(real, tmp_path / "interventions.csv").read_text().splitlines()
-    assert table[0].startswith("layer,pos,feature,mode,") and len(table) == 13
-    png = plot_interventions(real, tmp_path / "interventions.png")
+    runs = {"live": real, "frozen": got}
+    table = write_interventions(runs, tmp_path / "interventions.csv").read_text().splitlines()
+    assert table[0].startswith("model,layer,pos,feature,mode,") and len(table) == 25
+    assert sum(line.startswith("frozen,") for line in table) == 12
+    png = plot_interventions(runs, tmp_path / "interventions.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

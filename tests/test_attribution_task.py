@@ -110,7 +110,8 @@ def test_each_prompt_gets_its_graph_files(run):
             assert torch.isfinite(adjacency["adjacency"]).all()
             interventions = pd.read_csv(folder / layout.INTERVENTIONS)
             assert set(interventions["mode"]) == {"ablate", "steer"}
-            assert len(interventions) == 2 * min(10, n_feat)
+            assert set(interventions["model"]) == {"live", "frozen"}
+            assert len(interventions) == 2 * 2 * min(10, n_feat)
             assert (folder / layout.INTERVENTIONS_PLOT).stat().st_size > 1000
             html = (folder / layout.VIEWER).read_text()
             assert "dashboard/features/{feature}.html" in html and "http://" not in html.replace(

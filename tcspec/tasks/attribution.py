@@ -86,9 +86,10 @@ def one_prompt(model, coders, tokens, text, graph_cfg, folder: Path, dashboards,
     write_adjacency(graph, folder / layout.ADJACENCY)
     write_viewer(graph, folder / layout.VIEWER, _relative(dashboards, folder))
     result = run_interventions(model, coders, graph, InterventionConfig())
-    write_interventions(result, folder / layout.INTERVENTIONS)
-    plot_interventions(result, folder / layout.INTERVENTIONS_PLOT)
     frozen = run_interventions(model, coders, graph, InterventionConfig(freeze=True))
+    runs = {"live": result, "frozen": frozen}
+    write_interventions(runs, folder / layout.INTERVENTIONS)
+    plot_interventions(runs, folder / layout.INTERVENTIONS_PLOT)
     return {
         "replacement": scores.replacement,
         "completeness": scores.completeness,

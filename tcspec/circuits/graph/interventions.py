@@ -171,24 +171,38 @@ def _pearson(rows: list[InterventionRow]) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def write_interventions(result: Interventions, path: str | Path) -> Path:
-    """The rows as CSV (one line per feature and mode)."""
+def write_interventions(results: dict[str, Interventions], path: str | Path) -> Path:
+    """The rows of each run as CSV (one line per run, feature and mode; ``model`` names the
+    run, e.g. ``live`` or ``frozen``)."""
     buf = io.StringIO()
-    names = [f.name for f in dataclasses.fields(InterventionRow)]
+    names = ["model", *(f.name for f in dataclasses.fields(InterventionRow))]
     writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(dataclasses.asdict(r) for r in result.rows)
+    for name, result in results.items():
+        writer.writerows({"model": name, **dataclasses.asdict(r)} for r in result.rows)
     return write_text(Path(path), buf.getvalue())
 
 
-def plot_interventions(result: Interventions, path: str | Path) -> Path:
-    """Scatter of the actual against the predicted change of the target, by mode."""
+def plot_interventions(results: dict[str, Interventions], path: str | Path) -> Path:
+    """One panel per run (e.g. the live and the frozen model): the actual against the
+    predicted change of the target, by mode, with the run's correlation in its title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.2), squeeze=False)
+    for ax, (name, result) in zip(axes[0], results.items()):
+        _scatter(ax, result)
+        ax.set_title(f"{name} model, r = {result.correlation:.3f}")
+    fig.tight_layout()
+    try:
+        return save_figure(fig, Path(path), dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def _scatter(ax, result: Interventions) -> None:
     for mode, color in (("ablate", "#d62728"), ("steer", "#1f77b4")):
         rows = [r for r in result.rows if r.mode == mode]
         ax.scatter([r.predicted for r in rows], [r.actual for r in rows], s=14, c=color,
@@ -198,10 +212,4 @@ def plot_interventions(result: Interventions, path: str | Path) -> Path:
     ax.plot([lo, hi], [lo, hi], color="#999", lw=0.8)
     ax.set_xlabel("predicted change (graph)")
     ax.set_ylabel("actual change (model)")
-    ax.set_title(f"interventions, r = {result.correlation:.3f}")
     ax.legend()
-    fig.tight_layout()
-    try:
-        return save_figure(fig, Path(path), dpi=120)
-    finally:
-        plt.close(fig)
