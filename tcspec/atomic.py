@@ -3,7 +3,9 @@ a file (or folder) that looks complete.
 
 Every writer takes the final path, writes to a per-process temporary name beside it
 (``.{name}.tmp{pid}``), and renames it over the final path only when writing succeeded; on
-failure the temporary is removed and the final path is left as it was.
+failure the temporary is removed and the final path is left as it was. What is renamed into
+place has the modes the user's umask gives a new file or folder, whatever the writer chose
+(safetensors creates its files 0600, which a shared folder's other readers cannot open).
 """
 
 from __future__ import annotations
@@ -45,6 +47,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _umask_modes(path: Path) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the modes a new file (0666) or
+    folder (0777) gets under the process's umask."""
+    mask = os.umask(0o022)  # reading the umask sets it: put it back at once
+    os.umask(mask)
+    path = Path(path)
+    for p in [path, *(path.rglob("*") if path.is_dir() else ())]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary name in ``path``'s folder, then rename it over
     ``path``; on failure the temporary file is removed and ``path`` is left as it was."""
@@ -53,6 +66,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     tmp = temp_name(path)
     try:
         write(tmp)
+        _umask_modes(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -93,6 +107,7 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        _umask_modes(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

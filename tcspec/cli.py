@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tcspec import layout
+from tcspec import atomic, layout
 from tcspec.loader import SpecError, load_spec
 
 DEFAULT_SPEC = "specs/quickstart.yaml"
@@ -26,7 +26,10 @@ class UserError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad argument (2, its line already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args) or 0
     except SpecError as exc:
@@ -35,10 +38,36 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"tcspec: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file or folder named on the command line that cannot be used
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"tcspec {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` lists the arguments)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _cores(text: str) -> str:
+    """Snakemake's core count: a positive number or `all`."""
+    return text if text == "all" else str(_positive_int(text))
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tcspec", description=__doc__.splitlines()[0])
+    p = _Parser(prog="tcspec", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     def spec_arg(sp, results=True):
@@ -57,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("plan", help="print the job table of a spec")
     spec_arg(sp)
     sp.add_argument(
-        "--stream-budget-mb", type=int, help="memory of one stream training job (as in "
+        "--stream-budget-mb", type=_positive_int, help="memory of one stream training job (as in "
         "Snakemake's --config stream_budget_mb=N; default the workflow's)",
     )  # fmt: skip
     sp.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -69,15 +98,19 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("run", help="run a spec end to end with Snakemake")
     spec_arg(sp)
-    sp.add_argument("--cores", "-c", default="2")
+    sp.add_argument("--cores", "-c", default="2", type=_cores, help="a number, or `all`")
     sp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="passed to snakemake")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("task", help="run one stored task by stage and id (what jobs call)")
-    sp.add_argument("stage")
+    sp.add_argument("stage", choices=[*layout.STAGES, *layout.PASS_MEMBERS])
     sp.add_argument("task_id")
     sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder")
-    sp.add_argument("--device", help="auto, cpu or cuda (default: $TCSPEC_DEVICE, else auto)")
+    sp.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="default: $TCSPEC_DEVICE, else auto",
+    )
     sp.set_defaults(func=cmd_task)
 
     sp = sub.add_parser("tables", help="regenerate a spec's tables from existing outputs")
@@ -96,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--to", required=True, choices=["saelens", "sparsify", "circuit-tracer"])
     sp.add_argument("out", help="output folder")
     sp.add_argument("--model-name", help="TransformerLens model name (default: from task.json)")
-    sp.add_argument("--context-size", type=int, help="context length (default: from task.json)")
+    sp.add_argument(
+        "--context-size", type=_positive_int, help="context length (default: from task.json)"
+    )
     sp.add_argument("--dataset", help="dataset name recorded in the metadata")
     sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder it is in")
     sp.set_defaults(func=cmd_export)
@@ -177,7 +212,11 @@ def cmd_schema(args) -> int:
     schema = Spec.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "tcspec experiment spec"
-    Path(args.out).write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        what = "is a folder" if out.is_dir() else f"is in no existing folder ({out.parent})"
+        raise UserError(f"--out {out} {what}: give a file path in an existing folder")
+    atomic.write_text(out, json.dumps(schema, indent=2, sort_keys=True) + "\n")
     print(f"wrote {args.out}")
     return 0
 
@@ -198,7 +237,7 @@ class _Lines:
 def plain_progress(every_s: float = 15.0) -> None:
     """Progress bars in a log file (not a terminal): a plain line at most every `every_s`
     seconds instead of carriage-return redraws. A terminal keeps the live bars."""
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() or isinstance(sys.stderr, _Lines):
         return
     os.environ.setdefault("TQDM_MININTERVAL", str(every_s))
     sys.stderr = _Lines(sys.stderr)
@@ -269,9 +308,13 @@ def cmd_export(args) -> int:
     from tcspec import coders
     from tcspec.interop import export
 
-    folder = Path(args.dictionary)
-    if not (folder / "cfg.json").exists():
-        raise UserError(f"{folder}: not a dictionary folder (no cfg.json)")
+    folder, out = Path(args.dictionary), Path(args.out)
+    if not (folder / coders.CFG_FILE).is_file():
+        raise UserError(f"{folder}: not a dictionary folder (no {coders.CFG_FILE})")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; give a folder to export into")
+    if (out / coders.WEIGHTS_FILE).exists():
+        raise UserError(f"{out}: holds a tcspec dictionary; export into another folder")
     facts = _training_facts(folder, Path(args.results))
     model_name = args.model_name or facts.get("model_name")
     context = args.context_size or facts.get("context_size")
@@ -280,7 +323,7 @@ def cmd_export(args) -> int:
     try:
         written = export(
             coders.load(folder),
-            args.out,
+            out,
             args.to,
             model_name=model_name,
             context_size=context,

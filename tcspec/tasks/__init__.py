@@ -48,14 +48,20 @@ def load_task(results: Path, stage: str, task_id: str) -> Task:
             f"no {stage} task `{task_id}` in {path.parent}: a task's config is stored when "
             "Snakemake builds the DAG of a spec that has it (`snakemake -n` does)"
         )
-    record = json.loads(path.read_text())
-    return Task(
-        stage,
-        task_id,
-        CONFIGS[stage].model_validate(record["config"]),
-        {k: tuple(v) for k, v in record["deps"].items()},
-        record.get("resources", {}),
-    )
+    try:
+        record = json.loads(path.read_text())
+        return Task(
+            stage,
+            task_id,
+            CONFIGS[stage].model_validate(record["config"]),
+            {k: tuple(v) for k, v in record["deps"].items()},
+            record.get("resources", {}),
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        why = f"no key {exc}" if isinstance(exc, KeyError) else type(exc).__name__
+        raise ValueError(
+            f"{path}: not a stored task config ({why}); `snakemake -n` stores it again"
+        ) from None
 
 
 @dataclass
@@ -95,19 +101,19 @@ class Context:
 def run_task(task: Task, results: Path, device: str = "auto", require_inputs=True) -> dict:
     """Run one task (or one pass, stage ``group`` or ``evalgroup``) and write its record(s)."""
     results = Path(results)
+    if task.stage == "train":
+        raise ValueError("a member trains in a pass; run its `group` task")
     missing = [
         str(layout.done_file(results, s, i))
         for s, i in task.deps.values()
         if not layout.done_file(results, s, i).exists()
     ]
     if missing and require_inputs:
-        raise RuntimeError(f"{task.stage} {task.id}: inputs not complete: {', '.join(missing)}")
+        raise ValueError(f"inputs not complete: {', '.join(missing)}")
     device = resolve_device(device)
     import torch
 
     torch.set_num_threads(int(task.resources.get("threads", 1)))
-    if task.stage == "train":
-        raise ValueError(f"train {task.id}: a member trains in a pass; run its `group` task")
     module = importlib.import_module(f"tcspec.tasks.{MODULES.get(task.stage, task.stage)}")
     start = time.time()
     summary = module.run(Context(task, results, device)) or {}
