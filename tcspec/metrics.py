@@ -106,6 +106,16 @@ def fvu(s: Stats) -> float:
     return _ratio(s["sq_err_sum"], s["y_var_sum"])
 
 
+def pooled_fvu(mse: list[float], fvu: list[float], n_tokens: list[float]) -> float:
+    """The FVU of several hooks of one width d_out taken together, from each hook l's mse_l,
+    fvu_l and token count N_l: sum_l SSE_l / sum_l SST_l with SSE_l = mse_l N_l d_out and
+    SST_l = SSE_l / fvu_l (d_out cancels). NaN when any term is missing or fvu_l is 0."""
+    terms = [(m * n, m * n / f) for m, f, n in zip(mse, fvu, n_tokens) if f and f == f]
+    if not terms or len(terms) != len(mse) or any(t != t for pair in terms for t in pair):
+        return math.nan
+    return _ratio(sum(e for e, _ in terms), sum(v for _, v in terms))
+
+
 @metric("explained_variance", needs=("sq_err_sum", "y_var_sum"))
 def explained_variance(s: Stats) -> float:
     """explained_variance = 1 - fvu (fvu as above: total residual over total variance).

@@ -201,9 +201,13 @@ def test_matched_l0_against_hand_computed_values(tmp_path):
     assert at("tc", 160.0, "ce_recovered") == pytest.approx((ZERO - 3.45) / (ZERO - ORIG))
     md = (tmp_path / "matched_l0.md").read_text()
     assert "nothing is extrapolated" in md
-    assert "ΔCE (tc − sae)" in md
-    (row,) = [r for r in _md_rows(md) if r[:2] == ["1", "20.0"]]
-    assert row[2] == "3.5500" and row[5] == "3.7000" and row[-1] == "-0.1500"
+    assert "ΔCE vs best" in md
+    tc, sae = [r for r in _md_rows(md) if r[:2] == ["1", "20.0"]]
+    assert tc[2:5] == ["tc", "transcoder", "3.5500"] and tc[-2] == "best"
+    assert sae[2:5] == ["sae", "SAE", "3.7000"] and sae[-2] == "+0.1500"  # one seed: no mark
+    assert at("sae", 20.0, "delta_ce") == pytest.approx(0.15)
+    assert at("tc", 20.0, "fvu") == pytest.approx(0.1 * 3.55 - 0.3)  # FVU interpolated too
+    assert at("sae", 20.0, "dead_fraction") == pytest.approx(0.125)
 
 
 def test_matched_l0_rows_only_where_two_families_are_measured(tmp_path):
@@ -370,8 +374,9 @@ def test_matched_l0_shows_no_blank_rows(tmp_path):
     _build(tmp_path, records=_records(shift_l0=True))
     long = pd.read_csv(tmp_path / "matched_l0.csv")
     rows = _md_rows((tmp_path / "matched_l0.md").read_text())[2:]
-    assert len(rows) == len(long.groupby(["layer", "l0"])) == 8
-    assert all(any(c != "–" for c in r[2:]) for r in rows)
+    assert len({(r[0], r[1]) for r in rows}) == len(long.groupby(["layer", "l0"])) == 8
+    assert len(rows) == len(long)  # a family's row only where it is measured
+    assert all(any(c != "–" for c in r[4:9]) for r in rows)
     assert sorted({float(r[1]) for r in rows if r[0] == "2"}) == [22.0, 50.0, 100.0, 162.0]
 
 
@@ -414,3 +419,59 @@ def test_a_joint_splice_names_its_layer_set():
     df = records_frame([{"dictionary": "tc", "kind": "transcoder", "layers": list(range(11)),
                          "splice": "all", "metrics": {}}])  # fmt: skip
     assert layer_label(df.iloc[0]) == "0-10 (all)"
+
+
+def _clt_and_per_layer_records() -> list[dict]:
+    """A CLT over layers 0, 1 (clean-input rows per layer) beside TopK transcoders at k 8 and
+    16 per layer, alone and spliced at once."""
+    base = {"kind": "transcoder", "d_sae": 64, "opts": {"activation": "topk", "seed": 0}}
+    ce = {"ce_loss_original": ORIG, "ce_loss_zero_ablated": ZERO}
+    recs = []
+    for k, fvu in ((8, 0.2), (16, 0.1)):
+        member = {"dictionary": "tc", "member": f"k_{k}", "point": {"k": k}} | base
+        for layer in (0, 1):
+            m = {"l0": k, "fvu": fvu + layer / 10, "mse": 0.01 * (1 + layer), "dead_fraction": 0.1}
+            recs.append(member | {"layers": [layer], "splice": "each", "metrics": m | ce})
+        joint = {"ce_loss_replaced": 3.5 - k / 100, "kl": 0.02} | ce
+        recs.append(member | {"layers": [0, 1], "splice": "all", "metrics": joint})
+    layer_rows = [
+        {"block": b, "l0": 6.0 + 6 * b, "fvu": 0.15, "mse": 0.01, "dead_fraction": 0.2 * b,
+         "n_tokens": 100}
+        for b in (0, 1)
+    ]  # fmt: skip
+    recs.append({
+        "dictionary": "clt", "kind": "clt", "layers": [0, 1], "member": "single", "point": {},
+        "opts": {"activation": "relu", "seed": 0}, "d_sae": 64, "splice": "all",
+        "metrics": {"l0": 18.5, "ce_loss_replaced": 3.40, "kl": 0.03} | ce,
+        "clean_layers": layer_rows, "per_layer": layer_rows,
+    })  # fmt: skip
+    return recs
+
+
+def test_a_clt_has_every_metric_per_layer_and_in_total(tmp_path):
+    """A CLT's layers and its total sit beside the per-layer transcoders in the sparsity
+    and matched-L0 tables, with FVU and dead % in both."""
+    _build(tmp_path, records=_clt_and_per_layer_records())
+    table = pd.read_csv(tmp_path / "sparsity_fidelity.csv")
+    clt = table[table["dictionary"] == "clt"].set_index("layer")
+    assert clt.loc["0 (of 0,1)", "fvu"] == 0.15 and clt.loc["1 (of 0,1)", "l0"] == 12.0
+    assert clt.loc["0,1 (all)", "l0"] == 18.5  # its own (spliced) total L0 is kept
+    assert clt.loc["0,1 (all)", "fvu"] == pytest.approx(0.15)  # pooled over equal layers
+    assert clt.loc["0,1 (all)", "dead_fraction"] == pytest.approx(0.1)
+    joint = table[(table["dictionary"] == "tc") & (table["layer"] == "0,1 (all)")]
+    assert list(joint["l0"]) == [16.0, 32.0]  # the layers' own L0 summed
+    # pooled FVU: (0.01 + 0.02) / (0.01 / 0.2 + 0.02 / 0.3) at k 8
+    assert joint["fvu"].iloc[0] == pytest.approx(0.03 / (0.01 / 0.2 + 0.02 / 0.3))
+    long = pd.read_csv(tmp_path / "matched_l0.csv")
+    total = long[long["layers"] == "0,1"].set_index(["l0", "family"])
+    assert total.loc[(18.5, "clt"), "ce_loss_replaced"] == 3.40
+    assert total.loc[(18.5, "clt"), "delta_ce"] == 0  # the best CE at L0 18.5
+    t = math.log(18.5 / 16) / math.log(2)
+    assert total.loc[(18.5, "tc"), "ce_loss_replaced"] == pytest.approx(3.42 - t * 0.08)
+    assert total[["fvu", "dead_fraction"]].notna().all().all()
+    layer0 = long[long["layer"] == 0].set_index(["l0", "family"])
+    assert list(layer0.index) == [(6.0, "clt")]  # the transcoders start at L0 8: no overlap
+    assert math.isnan(layer0.loc[(6.0, "clt"), "ce_loss_replaced"])  # no CE for one layer
+    assert layer0.loc[(6.0, "clt"), "fvu"] == 0.15  # a single point: shown, not dropped
+    md = (tmp_path / "matched_l0.md").read_text()
+    assert "| 0,1 (all) |" in md and "| CLT " in md

@@ -72,6 +72,13 @@ def member_name(point: dict) -> str:
     return "-".join(f"{k}_{v:g}" if isinstance(v, float) else f"{k}_{v}" for k, v in point.items())
 
 
+def member_opts(spec: Spec, d, point: dict):
+    """A dictionary's options at one sweep point: the point's values, its training seed
+    resolved (the point's, else the dictionary's, else the spec's), no layers, no zip."""
+    seed = point.get("seed", d.seed if d.seed is not None else spec.seed)
+    return d.model_copy(update=point | {"seed": seed, "layers": None, "zip": []})
+
+
 # ------------------------------------------------------------------------------ compile
 def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -> Plan:
     plan = Plan(spec)
@@ -265,8 +272,7 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dic
     gpu = gpus(spec)
     tasks = []
     for point in sweep_points(d):
-        seed = d.seed if d.seed is not None else spec.seed
-        opts = d.model_copy(update=point | {"seed": seed, "layers": None, "zip": []})
+        opts = member_opts(spec, d, point)
         d_sae = opts.d_sae if opts.d_sae is not None else opts.expansion * d_in
         config = TrainedMemberConfig(
             opts=opts, layer=layer, d_in=d_in, d_out=d_out, d_sae=d_sae, steps=steps,
@@ -280,7 +286,7 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dic
         mem_mb = params * 16 / 2**20 + 4 * d.batch_size * (d_in + d_out) * 4 / 2**20 + 1500
         flops = 6 * steps * d.batch_size * d_sae * (d_in + d_out)
         resources = {"mem_mb": int(mem_mb), "flops": flops, "params": params, "gpu": gpu}
-        prefix = f"{name}-L{layer}-{_content_name(opts)}"
+        prefix = f"{name}-L{layer}-{_content_name(opts, spec.seed)}"
         tasks.append(make_task("train", prefix, config, dict(upstream), resources, label))
     return tasks
 
@@ -295,8 +301,7 @@ def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Tas
     steps = (d.train_tokens or spec.data.train_tokens) // d.batch_size
     tasks = []
     for point in sweep_points(d):
-        seed = d.seed if d.seed is not None else spec.seed
-        opts = d.model_copy(update=point | {"seed": seed, "layers": None, "zip": []})
+        opts = member_opts(spec, d, point)
         d_sae = d_sae_of(d_model, opts.d_sae, opts.expansion)
         config = CLTMemberConfig(
             opts=opts, layers=layers, d_model=d_model, d_sae=d_sae, steps=steps,
@@ -309,7 +314,7 @@ def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Tas
             "gpu": gpus(spec),
         }  # fmt: skip
         label = {"dictionary": name, "member": member_name(point), "point": point}
-        prefix = f"{name}-L{'-'.join(map(str, layers))}-{_content_name(opts)}"
+        prefix = f"{name}-L{'-'.join(map(str, layers))}-{_content_name(opts, spec.seed)}"
         tasks.append(make_task(CLT, prefix, config, dict(upstream), resources, label))
     return tasks
 
@@ -335,17 +340,19 @@ def clt_shape(c: CLTMemberConfig):
     )  # fmt: skip
 
 
-def _content_name(opts) -> str:
+def _content_name(opts, data_seed: int) -> str:
     """Readable part of a train id from what was trained (not from how the spec swept):
     the sparsity setting of its activation (k for `SPARSITY_K`, `l0_coef` for a per-layer
-    JumpReLU, else the L1 coefficient), and d_sae when given."""
+    JumpReLU, else the L1 coefficient), d_sae when given, and the training seed when it is
+    not the data's (the spec's `seed`)."""
     if opts.activation in SPARSITY_K:
         point = {"k": opts.k}
     elif opts.activation == "jumprelu" and opts.kind != CLT:  # a CLT's JumpReLU has `l1`
         point = {"l0_coef": opts.l0_coef}
     else:
         point = {"l1": opts.l1}
-    return member_name(point | ({"d_sae": opts.d_sae} if opts.d_sae else {}))
+    point |= {"d_sae": opts.d_sae} if opts.d_sae else {}
+    return member_name(point | ({"seed": opts.seed} if opts.seed != data_seed else {}))
 
 
 def _evaluate_task(

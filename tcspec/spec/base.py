@@ -26,7 +26,11 @@ T = TypeVar("T")
 Sweep = Union[T, Annotated[list[T], Field(min_length=1)]]
 """A value, or a list of values that makes a sweep axis."""
 
-SWEEP_FIELDS = ("expansion", "d_sae", "k", "l1", "lr", "l0_coef")
+SWEEP_FIELDS = ("expansion", "d_sae", "k", "l1", "lr", "l0_coef", "seed")
+"""Fields whose list value is a sweep axis; `seed` makes replicates (see `REPLICATE_AXES`)."""
+REPLICATE_AXES = ("seed",)
+"""Sweep axes that repeat a sweep point rather than move it: the tables pool them into a
+mean and a spread."""
 RESERVED_EXPERIMENT_NAMES = ("tasks", "logs", "benchmarks", "checkpoints")
 
 

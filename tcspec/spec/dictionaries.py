@@ -136,8 +136,10 @@ class _DictionaryBase(_Schedule):
     """A feature is live when its firing frequency exceeds this (log10 freq > -4)."""
     checkpoint_every: PosInt = 1000
     """Steps between resumable checkpoints."""
-    seed: NonNegInt | None = None
-    """Training seed; None uses the spec's seed."""
+    seed: Sweep[NonNegInt] | None = None
+    """Training seed (initialisation, resampling, any sampling in training; the data order
+    is the spec's `seed`'s); None uses the spec's seed. A list, `seed: [0, 1, 2]`, trains
+    every sweep point once per seed: the tables show their mean and spread."""
     zip: list[Literal[SWEEP_FIELDS]] = []  # type: ignore[valid-type]
     """Sweep axes that advance together (equal lengths) instead of crossing."""
 
@@ -311,8 +313,10 @@ class CLTSpec(_Schedule):
     """A feature is live when its firing frequency exceeds this."""
     checkpoint_every: PosInt = 1000
     """Steps between resumable checkpoints."""
-    seed: NonNegInt | None = None
-    """Training seed; None uses the spec's seed."""
+    seed: Sweep[NonNegInt] | None = None
+    """Training seed (initialisation, resampling, any sampling in training; the data order
+    is the spec's `seed`'s); None uses the spec's seed. A list, `seed: [0, 1, 2]`, trains
+    every sweep point once per seed: the tables show their mean and spread."""
     zip: list[Literal[SWEEP_FIELDS]] = []  # type: ignore[valid-type]
     """Sweep axes that advance together (equal lengths) instead of crossing."""
 

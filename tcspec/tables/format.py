@@ -32,6 +32,18 @@ def fixed(decimals: int, scale: float = 1.0) -> Callable[[object], str]:
     return fmt
 
 
+def spread(fmt: Callable[[object], str]) -> Callable[[object], str]:
+    """`fmt` for a value, or `mean ± std` for a `(mean, std)` pair (see
+    `tcspec.tables.seeds.with_spread`)."""
+
+    def show(v: object) -> str:
+        if isinstance(v, tuple):
+            return f"{fmt(v[0])} ± {fmt(v[1])}"
+        return fmt(v)
+
+    return show
+
+
 def general(v: object) -> str:
     x = num(v)
     return MISSING if math.isnan(x) else f"{x:.3g}"
@@ -89,6 +101,7 @@ _LATEX_SPECIAL = {
     "Δ": r"$\Delta$",
     "λ": r"$\lambda$",
     "−": r"$-$",
+    "±": r"$\pm$",
 }
 
 

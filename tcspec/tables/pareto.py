@@ -15,6 +15,7 @@ from tcspec.paper import Reference
 from tcspec.tables.format import short_g
 from tcspec.tables.records import KIND_LABEL, KIND_MARKER, baselines, per_layer
 from tcspec.tables.section import Inputs, Section
+from tcspec.tables.seeds import STD, pool_seeds
 
 MAX_LABELS_PER_CURVE = 8
 """A Pareto curve with more points gets a sweep label on evenly spaced ones (and both ends)."""
@@ -76,6 +77,10 @@ def _draw_families(ax, rows: pd.DataFrame, colors: _Colors) -> list[float]:
             label=_family_label(fam, kind),
             zorder=3,
         )
+        xerr, yerr = _bars(g, "l0"), _bars(g, "ce_loss_replaced")
+        if xerr is not None or yerr is not None:
+            ax.errorbar(g["l0"], g["ce_loss_replaced"], xerr=xerr, yerr=yerr, fmt="none",
+                        ecolor=color, elinewidth=1.2, capsize=3, zorder=3)  # fmt: skip
         step = math.ceil(len(g) / MAX_LABELS_PER_CURVE)
         shown = g.iloc[sorted({*range(0, len(g), step), len(g) - 1})]  # both ends always
         for x, y, label in zip(shown["l0"], shown["ce_loss_replaced"], shown["sweep"]):
@@ -84,6 +89,14 @@ def _draw_families(ax, rows: pd.DataFrame, colors: _Colors) -> list[float]:
             )
         ys += list(g["ce_loss_replaced"])
     return ys
+
+
+def _bars(g: pd.DataFrame, metric: str):
+    """The seeds' spread of `metric` as error bars (one standard deviation), or None."""
+    std = g.get(metric + STD)
+    if std is None or not std.notna().any():
+        return None
+    return std.fillna(0.0).to_numpy()
 
 
 def _draw_reference(ax, ref_points: pd.DataFrame, colors: _Colors) -> list[float]:
@@ -146,6 +159,9 @@ def pareto_figure(rows: pd.DataFrame, title: str, ref_points: pd.DataFrame | Non
     `rows` (a `records_frame` slice for one layer) annotated with its sweep values, and the
     layer's original / ablated CE as horizontal lines.
 
+    The seeds of a sweep point are pooled (`tcspec.tables.seeds.pool_seeds`): a point is
+    their mean, with error bars of one sample standard deviation in L0 and CE.
+
     `ref_points` (a published frame with dictionary, kind, lambda, L0, CE) are drawn as hollow
     markers on dashed lines, coloured like our family of the same kind, labelled "(paper)".
     """
@@ -155,7 +171,7 @@ def pareto_figure(rows: pd.DataFrame, title: str, ref_points: pd.DataFrame | Non
     fig.subplots_adjust(left=0.09, right=0.965, bottom=0.11, top=0.93)
     ax = fig.add_subplot()
     colors = _Colors()
-    ys = _draw_families(ax, rows, colors)
+    ys = _draw_families(ax, pool_seeds(rows), colors)
     if ref_points is not None:
         ys += _draw_reference(ax, ref_points, colors)
     _baseline_lines(ax, baselines(rows) if not rows.empty else {}, ys)
@@ -208,7 +224,8 @@ def section(inputs: Inputs) -> Section:
         lines.append(f"![layer {layer}]({path.name})")
         contents.append(
             f"- [{path.name}]({path.name}): CE vs mean L0 at layer {layer}, one "
-            "curve per dictionary family, original and ablated CE as lines."
+            "curve per dictionary family (error bars: one standard deviation over seeds), "
+            "original and ablated CE as lines."
         )
     if ref_points is not None and not drawn_ref:
         name = f"pareto_{ref.key}.png"

@@ -2,8 +2,20 @@
 per-layer views the comparisons are built from.
 
 A *family* is one dictionary name at one value of every sweep axis other than the sparsity
-knob (`l1` or `k`): its points form one curve. Only records with `splice: each` on a single
-layer enter the per-layer comparisons.
+knob (`l1`, `k`, `l0_coef`) and the seed: its points form one curve (its seeds are pooled by
+`tcspec.tables.seeds`). Records with `splice: each` on a single layer, and each layer of a
+CLT (`splice: layer`, derived rows), enter the per-layer comparisons; records spliced into
+several layers at once (`splice: all`) are compared with each other over the same layers.
+
+Derived values, so that every kind has every metric where it can be had:
+- a CLT's record gives one more row per layer (`splice: layer`): that layer's L0, FVU, dead
+  fraction, ... on the clean run's inputs (as a per-layer dictionary's, spliced alone, reads
+  a clean input); CE, CE recovered and KL exist only for the joint splice;
+- a record over several layers lacking L0, FVU or dead fraction (a CLT's has only its L0;
+  per-layer dictionaries spliced at once have none) takes them from its layers' own: L0
+  summed, FVU pooled (`tcspec.metrics.pooled_fvu`), dead fraction averaged over every
+  feature. A CLT's layers are its clean-input rows; per-layer dictionaries' are their
+  `splice: each` records of the same sweep point and seed.
 """
 
 from __future__ import annotations
@@ -14,13 +26,24 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from tcspec.metrics import pooled_fvu
+from tcspec.spec.base import REPLICATE_AXES
 from tcspec.tables.format import MISSING, num, short_g
 
 KIND_ORDER = {"transcoder": 0, "skip_transcoder": 1, "sae": 2}
-KIND_LABEL = {"transcoder": "transcoder", "skip_transcoder": "skip-transcoder", "sae": "SAE"}
+KIND_LABEL = {
+    "transcoder": "transcoder",
+    "skip_transcoder": "skip-transcoder",
+    "sae": "SAE",
+    "clt": "CLT",
+}
 KIND_MARKER = {"transcoder": "o", "skip_transcoder": "D", "sae": "s"}
 SPARSITY_AXES = ("l1", "k", "l0_coef")
 """Sweep axes that move a dictionary along its sparsity-fidelity curve."""
+LAYER_OF_JOINT = "layer"
+"""`splice` of a derived row: one layer of a CLT, which is evaluated over all at once."""
+PER_LAYER_SPLICES = ("each", LAYER_OF_JOINT)
+"""Rows compared within one layer."""
 
 METRIC_ORDER = (
     "l0",
@@ -49,6 +72,7 @@ HEAD = (
     "layers",
     "layer",
     "member",
+    "seed",
     "d_sae",
     "l1_coef",
     "k",
@@ -71,14 +95,71 @@ def records_frame(records: Sequence[dict]) -> pd.DataFrame:
     resolved option's), `family` (see module doc), `point.*`, `opts.*`, then every metric
     by its own name (NaN where a record lacks it).
     """
-    df = pd.DataFrame([_row(rec) for rec in records])
-    others = sorted({m for r in records for m in (r.get("metrics") or {})} - set(METRIC_ORDER))
-    metric_cols = [*METRIC_ORDER, *others]  # every known metric a column, NaN where missing
+    df = pd.DataFrame([row for rec in records for row in _rows(rec)])
     point_cols = sorted(c for c in df.columns if c.startswith("point."))
     opts_cols = sorted(c for c in df.columns if c.startswith("opts."))
+    others = sorted(set(df.columns) - {*HEAD, *point_cols, *opts_cols, *METRIC_ORDER})
+    metric_cols = [*METRIC_ORDER, *others]  # every known metric a column, NaN where missing
     df = df.reindex(columns=[*HEAD, *point_cols, *opts_cols, *metric_cols])
     df["layer"] = df["layer"].astype("Int64")
-    return _sorted(df)
+    return _sorted(_joint_totals(df))
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The metric columns of a `records_frame` (everything after `HEAD`, `point.*`, `opts.*`)."""
+    return [c for c in df.columns if c not in HEAD and not c.startswith(("point.", "opts."))]
+
+
+def _rows(rec: dict) -> list[dict]:
+    """A record's row, then, for a CLT's, a row per layer (`LAYER_OF_JOINT`); a CLT's FVU
+    and dead fraction over all its layers, from those, where the record lacks them."""
+    row = _row(rec)
+    layers = rec.get("clean_layers") or rec.get("per_layer") or []
+    if not layers:
+        return [row]
+    base = {k: v for k, v in row.items() if k not in (rec.get("metrics") or {})}  # no CE
+    derived = []
+    for m in layers:
+        metrics = {k: num(v) for k, v in m.items() if k not in ("block", "n_tokens")}
+        derived.append(base | {"layer": int(m["block"]), "splice": LAYER_OF_JOINT} | metrics)
+    totals = _totals(
+        [m.get("mse") for m in layers], [m.get("fvu") for m in layers],
+        [m.get("dead_fraction") for m in layers], [m.get("n_tokens", 1) for m in layers],
+    )  # fmt: skip
+    row |= {k: v for k, v in totals.items() if math.isnan(num(row.get(k)))}
+    return [row, *derived]
+
+
+def _totals(mse: list, fvu: list, dead: list, n_tokens: list) -> dict:
+    """FVU pooled over layers, dead fraction over all their (equally many) features."""
+    dead_values = [num(d) for d in dead]
+    return {
+        "fvu": pooled_fvu([num(m) for m in mse], [num(f) for f in fvu], list(n_tokens)),
+        "dead_fraction": sum(dead_values) / len(dead_values) if dead_values else math.nan,
+    }
+
+
+def _joint_totals(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-layer dictionaries spliced at once (`splice: all`, not a CLT's): L0 summed, FVU
+    pooled and dead fraction averaged over their `splice: each` rows of the same point."""
+    each = df[df["splice"] == "each"]
+    for i in df.index[(df["splice"] == "all") & (df["kind"] != "clt")]:
+        r = df.loc[i]
+        layers = [int(x) for x in r["layers"].split(",")]
+        seed = -1 if pd.isna(r["seed"]) else r["seed"]
+        same = each[
+            (each["dictionary"] == r["dictionary"]) & (each["member"] == r["member"])
+            & (each["seed"].fillna(-1) == seed) & each["layer"].isin(layers)
+        ]  # fmt: skip
+        if sorted(same["layer"]) != sorted(layers):
+            continue  # a layer's own record is missing: no total
+        totals = {"l0": same["l0"].sum(min_count=len(layers))} | _totals(
+            list(same["mse"]), list(same["fvu"]), list(same["dead_fraction"]), [1] * len(same)
+        )
+        for k, v in totals.items():
+            if pd.isna(df.at[i, k]):
+                df.at[i, k] = v
+    return df
 
 
 def _row(rec: dict) -> dict:
@@ -87,7 +168,8 @@ def _row(rec: dict) -> dict:
     opts = dict(rec.get("opts") or {})
     layers = [int(x) for x in rec.get("layers") or []]
     metrics = rec.get("metrics") or {}
-    extra = [f"{a}={point[a]}" for a in sorted(point) if a not in SPARSITY_AXES]
+    shown = [a for a in sorted(point) if a not in SPARSITY_AXES + REPLICATE_AXES]
+    extra = [f"{a}={point[a]}" for a in shown]
     name = str(rec.get("dictionary", ""))
     topk = opts.get("activation") not in (None, "relu")  # its `l1` option is no sweep coordinate
     row = {
@@ -97,6 +179,7 @@ def _row(rec: dict) -> dict:
         "layers": ",".join(map(str, layers)),
         "layer": layers[0] if len(layers) == 1 else None,
         "member": rec.get("member"),
+        "seed": num(point.get("seed", opts.get("seed"))),
         "d_sae": num(rec.get("d_sae", opts.get("d_sae"))),
         "l1_coef": num(point.get("l1", opts.get("l1") if not topk else None)),
         "k": num(point.get("k", opts.get("k"))),
@@ -141,6 +224,7 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
             "family": df["family"],
             "l1": df["l1_coef"],
             "k": df["k"],
+            "seed": df["seed"],
         }
     )
     order = key.sort_values(list(key.columns), na_position="last", kind="stable").index
@@ -149,12 +233,13 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
 
 def layer_label(row: pd.Series) -> str:
     """A row's layer as shown: `3`, or the layers spliced at once for a record over
-    several, runs of three or more as a range: `0,1 (all)`, `0-10 (all)`, `0-2,5 (all)`."""
+    several, runs of three or more as a range: `0,1 (all)`, `0-10 (all)`, `0-2,5 (all)`;
+    one layer of a CLT: `0 (of 0,1)`."""
+    span = layer_span([int(x) for x in row["layers"].split(",")]) if row["layers"] else ""
     if not pd.isna(row["layer"]):
-        return str(int(row["layer"]))
-    if not row["layers"]:
-        return MISSING
-    return f"{layer_span([int(x) for x in row['layers'].split(',')])} ({row['splice']})"
+        of = f" (of {span})" if row["splice"] == LAYER_OF_JOINT else ""
+        return f"{int(row['layer'])}{of}"
+    return f"{span} ({row['splice']})" if span else MISSING
 
 
 def layer_span(layers: Sequence[int]) -> str:
@@ -170,8 +255,8 @@ def layer_span(layers: Sequence[int]) -> str:
 
 
 def per_layer(df: pd.DataFrame) -> dict[int, pd.DataFrame]:
-    """Single-layer `splice: each` records by layer."""
-    single = df[df["layer"].notna() & (df["splice"] == "each")]
+    """Single-layer rows by layer: `splice: each` records and each layer of a CLT."""
+    single = df[df["layer"].notna() & df["splice"].isin(PER_LAYER_SPLICES)]
     return {int(layer): g for layer, g in single.groupby("layer", sort=True)}
 
 

@@ -7,9 +7,18 @@ import math
 import pandas as pd
 
 from tcspec.metrics import sanity_flags
-from tcspec.tables.format import Column, fixed, general, integer, text
+from tcspec.tables.format import Column, fixed, general, integer, spread, text
 from tcspec.tables.records import KIND_LABEL, baselines, layer_label, per_layer
 from tcspec.tables.section import Inputs, Section, write_table
+from tcspec.tables.seeds import (
+    N_SEEDS,
+    SEEDS,
+    SPREAD_NOTE,
+    STD,
+    has_spread,
+    pool_seeds,
+    with_spread,
+)
 
 COLUMNS = (
     Column("dictionary", "dictionary", text, numeric=False),
@@ -19,18 +28,23 @@ COLUMNS = (
     Column("l1_coef", "L1 coef", general),
     Column("k", "k", integer),
     Column("l0_coef", "L0 coef", general),
-    Column("l0", "L0", fixed(1)),
-    Column("ce_loss_replaced", "CE", fixed(4)),
-    Column("ce_recovered", "CE rec. %", fixed(2, 100.0)),
-    Column("kl", "KL", fixed(4)),
-    Column("fvu", "FVU", fixed(4)),
-    Column("dead_fraction", "dead %", fixed(1, 100.0)),
+    Column(N_SEEDS, "seeds", integer),
+    Column("l0", "L0", spread(fixed(1))),
+    Column("ce_loss_replaced", "CE", spread(fixed(4))),
+    Column("ce_recovered", "CE rec. %", spread(fixed(2, 100.0))),
+    Column("kl", "KL", spread(fixed(4))),
+    Column("fvu", "FVU", spread(fixed(4))),
+    Column("dead_fraction", "dead %", spread(fixed(1, 100.0))),
 )
+METRICS = ("l0", "ce_loss_replaced", "ce_recovered", "kl", "fvu", "dead_fraction")
+"""The metric columns, shown as mean ± spread where a sweep point has several seeds."""
 
 LEGEND = (
     "CE: next-token loss (nats) with the dictionary spliced in; CE rec.: fraction of the "
     "zero-ablation loss gap recovered; KL: KL(original || replaced); dead: features never "
-    "active on the eval set."
+    "active on the eval set. A CLT's layer rows (`0 (of 0,1)`): that layer's features on the "
+    "clean run's inputs; its CE, CE rec. and KL are of the joint splice (`0,1 (all)`), whose "
+    "L0 is summed, FVU pooled and dead % taken over every layer's features."
 )
 
 
@@ -60,11 +74,14 @@ def _l0_coef(df: pd.DataFrame) -> pd.Series:
 
 
 def sparsity_fidelity(df: pd.DataFrame) -> tuple[pd.DataFrame, list[Column], list[str]]:
-    """The table (raw values), its shown columns, and note lines (per-layer baselines)."""
+    """The table (raw values, seeds pooled), its shown columns, and note lines (per-layer
+    baselines)."""
+    df = pool_seeds(df)
     table = df.copy()
     table["layer"] = [layer_label(r) for _, r in df.iterrows()]
     table["l0_coef"] = _l0_coef(df)
     shown = {"k": df["k"].notna().any(), "l0_coef": table["l0_coef"].notna().any()}
+    shown[N_SEEDS] = has_spread(df)
     columns = [c for c in COLUMNS if shown.get(c.key, True)]
     notes = []
     for layer, rows in per_layer(df).items():
@@ -72,10 +89,10 @@ def sparsity_fidelity(df: pd.DataFrame) -> tuple[pd.DataFrame, list[Column], lis
     for layers, rows in df[df["layer"].isna()].groupby("layers", sort=True):
         notes += _baseline_note(f"Layers {layers} together: CE ", rows)
     notes += _sanity_notes(table)
-    notes.append(LEGEND)
-    keep = ["dictionary", "kind", "splice", "layer", "member", "family", "sweep"] + [
-        c.key for c in COLUMNS if c.key not in ("dictionary", "kind", "layer")
-    ]
+    notes += [LEGEND] + ([SPREAD_NOTE] if shown[N_SEEDS] else [])
+    keep = ["dictionary", "kind", "splice", "layer", "member", "family", "sweep", SEEDS]
+    keep += [c.key for c in COLUMNS if c.key not in ("dictionary", "kind", "layer")]
+    keep += [m + STD for m in METRICS]
     return table[keep], columns, notes
 
 
@@ -84,8 +101,9 @@ def section(inputs: Inputs) -> Section:
     table, columns, notes = sparsity_fidelity(inputs.records)
     caption = f"Sparsity and fidelity: {inputs.title}"
     csv = table[[c for c in table.columns if c not in ("family", "sweep")]]
+    shown = with_spread(table, list(METRICS))
     paths, md = write_table(
-        inputs.out_dir, "sparsity_fidelity", table, columns, csv, caption, notes
+        inputs.out_dir, "sparsity_fidelity", shown, columns, csv, caption, notes
     )
     line = (
         "- [sparsity_fidelity.md](sparsity_fidelity.md) (.tex, .csv): every "
