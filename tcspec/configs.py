@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tcspec.spec import (
     ActsSpec,
@@ -92,13 +92,24 @@ LATER_OPTS = {
     "penalty": "step",
     "tanh_scale": 4.0,
     "pre_act_coef": None,
+    "precision": "fp32",
 }
 """Per-layer dictionary options added after train ids were fixed (-> their default): in a
-train id only away from the default, so a member that does not use them keeps its id."""
+train id only away from the default, so a member that does not use them keeps its id (a
+member trained in fp32, all that trained before `precision` existed, keeps its id)."""
 
-CLT_LATER_OPTS: dict[str, object] = {}
+CLT_LATER_OPTS: dict[str, object] = {"precision": "fp32"}
 """The same for a cross-layer transcoder's options (whose `penalty`, `tanh_scale` and
 `pre_act_coef` were there from the start, so stay in its ids)."""
+
+
+def _with_later(data, later: dict[str, object]):
+    """A member config's input with the options of `later` its opts leave out at their
+    value in `later` (the inverse of `_canonical_member`'s omission: the canonical JSON, or a
+    config stored before the option existed, reads back as the config it was)."""
+    if isinstance(data, dict) and isinstance(data.get("opts"), dict):
+        return data | {"opts": later | data["opts"]}
+    return data
 
 
 def _canonical_member(config: StageConfig, later: dict[str, object]) -> str:
@@ -130,6 +141,11 @@ class TrainedMemberConfig(StageConfig):
     """Seed of the shuffled cache reader (the batches every member of a pass sees)."""
     stream: StreamSource | None = None
     """Set when the member trains from a stream (``acts: {source: stream}``), not a cache."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _later_options(cls, data):
+        return _with_later(data, LATER_OPTS)
 
     def canonical(self) -> str:
         return _canonical_member(self, LATER_OPTS)
@@ -195,6 +211,11 @@ class CLTMemberConfig(StageConfig):
     kind: Literal["clt"] = "clt"
     stream: StreamSource | None = None
     """Set when it trains from a stream (``acts: {source: stream}``), not a cache."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _later_options(cls, data):
+        return _with_later(data, CLT_LATER_OPTS)
 
     def canonical(self) -> str:
         return _canonical_member(self, CLT_LATER_OPTS)

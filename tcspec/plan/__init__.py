@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tcspec import budget, layout
 from tcspec.checks import dictionary_hooks, model_dims
+from tcspec.compute import resolve_precision
 from tcspec.configs import (
     ActsConfig,
     CircuitConfig,
@@ -74,9 +75,12 @@ def member_name(point: dict) -> str:
 
 def member_opts(spec: Spec, d, point: dict):
     """A dictionary's options at one sweep point: the point's values, its training seed
-    resolved (the point's, else the dictionary's, else the spec's), no layers, no zip."""
+    resolved (the point's, else the dictionary's, else the spec's), its precision resolved
+    (`auto`: the spec's device's, `tcspec.compute.resolve_precision`), no layers, no zip."""
     seed = point.get("seed", d.seed if d.seed is not None else spec.seed)
-    return d.model_copy(update=point | {"seed": seed, "layers": None, "zip": []})
+    precision = resolve_precision(d.precision, spec.device)
+    update = {"seed": seed, "precision": precision, "layers": None, "zip": []}
+    return d.model_copy(update=point | update)
 
 
 # ------------------------------------------------------------------------------ compile

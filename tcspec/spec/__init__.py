@@ -88,4 +88,11 @@ class Spec(Frozen):
             )
         if len(set(self.layers)) != len(self.layers):
             raise FieldError("layers", f"layers repeat: {self.layers}")
+        for name, d in self.dictionaries.items():
+            if self.device == "cpu" and getattr(d, "precision", None) == "tf32":
+                raise FieldError(
+                    "device",
+                    f"dictionary `{name}` trains in `precision: tf32`, a CUDA setting, but "
+                    "`device: cpu`; use fp32 (or bf16 on a CPU with avx512_bf16)",
+                )
         return self

@@ -11,6 +11,7 @@ from pydantic import (
     model_validator,
 )
 
+from tcspec.compute import Precision
 from tcspec.hooks import TRANSCODER_IN, TRANSCODER_OUT
 from tcspec.kinds import (
     ACTIVATIONS,
@@ -57,6 +58,13 @@ class _Schedule(Frozen):
     """Tokens per optimizer step."""
     train_tokens: PosInt | None = None
     """Tokens to train on; None uses `data.train_tokens` (one pass over the cache)."""
+    precision: Precision = "auto"
+    """What the training GEMMs compute in: `fp32`; `tf32` (CUDA's TF32 tensor cores); `bf16`
+    (bfloat16 operands, float32 accumulation, float32 master weights and Adam moments, as
+    autocast); `auto`: bf16 on CUDA, fp32 on a CPU (bf16 is opt-in there: ~2.5x faster GEMMs
+    where the CPU has `avx512_bf16`, ~100x slower where it has not). Resolved when the plan is
+    compiled, for the spec's `device` (`device: auto`: whether the compiling machine has
+    CUDA); the resolved precision is part of the train task's id."""
 
 
 class _DictionaryBase(_Schedule):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tcspec import atomic, layout
+from tcspec.compute import cpu_features, cpu_model, resolve_device
 from tcspec.configs import CONFIGS, CoderRef
 from tcspec.plan import Task
 
@@ -130,17 +131,6 @@ def finish(task: Task, results: Path, summary: dict, device: str, wall_s: float)
     return record
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when present, else cpu; ``cuda`` without CUDA is a ValueError."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {device}, but this torch has no CUDA device (use auto or cpu)")
-    return device
-
-
 def provenance(device: str, wall_s: float) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -157,6 +147,8 @@ def provenance(device: str, wall_s: float) -> dict:
         "python": platform.python_version(),
         "git_commit": _git_commit(),
         "device": device,
+        "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "threads": torch.get_num_threads(),
         "host": platform.node(),
         "wall_s": round(wall_s, 3),

@@ -37,8 +37,7 @@ def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace, opts):
     z.view(-1).scatter_(0, idx, vals)  # [B, S]
     pos = vals[vals > 0]
     min_kept = pos.min() if pos.numel() else torch.tensor(float("nan"))
-    y_hat = torch.addmm(coder.b_out, z, coder.W_dec, out=ws.get("y_hat", out_shape))
-    return Codes(z, min_kept), y_hat
+    return Codes(z, min_kept), relu.decode(coder, z, out_shape, ws)
 
 
 @torch.no_grad()

@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 from tcspec.coders import Coder
-from tcspec.train.relu import encoder_grads
-from tcspec.train.workspace import Workspace
+from tcspec.train.relu import decode, encoder_grads
+from tcspec.train.workspace import Workspace, column_sums, total
 
 
 @dataclass
@@ -60,10 +60,10 @@ class Codes:
     tanh: Tanh | None = None  # set for `penalty: tanh`
 
     def l1_sum(self) -> Tensor:
-        return self.z.sum()  # z >= 0: the threshold is positive
+        return total(self.z)  # z >= 0: the threshold is positive
 
     def fired(self, ws: Workspace) -> Tensor:
-        return torch.sign(self.z, out=ws.get("dz", self.z.shape)).sum(0)
+        return column_sums(torch.sign(self.z, out=ws.get("dz", self.z.shape, self.z.dtype)))
 
     def extra_terms(self) -> dict[str, Tensor]:
         """{"l0_loss": l0_coef * mean_b sum_i H(pre - theta) or tanh(c z n)}."""
@@ -71,7 +71,11 @@ class Codes:
         return {"l0_loss": count * (self.l0_coef / self.z.shape[0])}
 
     def fired_count(self) -> Tensor:
-        return (self.z > 0).sum().to(self.z.dtype)
+        return (self.z > 0).sum().to(self.term_dtype())
+
+    def term_dtype(self) -> torch.dtype:
+        """The dtype of the loss terms: z's, float32 for a bfloat16 z."""
+        return torch.float32 if self.z.dtype == torch.bfloat16 else self.z.dtype
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -81,8 +85,8 @@ def rectangle(u: Tensor) -> Tensor:
 
 def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace, opts):
     """pre [B, S] -> (codes, z W_dec + b_out [B, d_out]); theta is `coder.threshold`."""
-    z = torch.mul(pre, pre > coder.threshold, out=ws.get("zj", pre.shape))  # [B, S]
-    y_hat = torch.addmm(coder.b_out, z, coder.W_dec, out=ws.get("y_hat", out_shape))
+    z = torch.mul(pre, pre > coder.threshold, out=ws.get("zj", pre.shape, pre.dtype))  # [B, S]
+    y_hat = decode(coder, z, out_shape, ws)
     tanh = None
     if opts.penalty == "tanh":
         norms = coder.W_dec.norm(dim=1)  # [S]
@@ -98,7 +102,8 @@ def backward(
     z, pre, theta, eps = codes.z, codes.pre, coder.threshold, codes.bandwidth
     B = z.shape[0]
     on = (pre > theta).to(z.dtype)  # [B, S] H(pre - theta)
-    dz = torch.mm(g, coder.W_dec.t(), out=ws.get("dz", z.shape))  # [B, S] d rec / d z
+    g_low, W_dec = ws.cast("g_low", g, z.dtype), ws.cast("W_dec_low", coder.W_dec, z.dtype)
+    dz = torch.mm(g_low, W_dec.t(), out=ws.get("dz", z.shape, z.dtype))  # [B, S] d rec / d z
     dz.add_(on, alpha=l1_b)  # + d L1 / d z = l1/B sign(z)
     sech2 = None
     if codes.tanh is not None:  # + d L0 / d z = (l0_coef/B) c n (1 - t^2)
@@ -110,7 +115,7 @@ def backward(
     if codes.tanh is None:
         g_theta -= K.sum(0) * (codes.l0_coef / (B * eps))  # from the step L0 penalty
     dz.mul_(on)  # d pre
-    gW_dec = torch.mm(z.t(), g, out=ws.get("gW_dec", coder.W_dec.shape))  # [S, d_out]
+    gW_dec = torch.mm(z.t(), g_low, out=ws.get("gW_dec", coder.W_dec.shape, z.dtype))
     if sech2 is not None:  # + d L0 / d n_i along W_dec,i / n_i
         g_n = (z * sech2).sum(0).mul_(codes.l0_coef * codes.tanh.scale / B)  # [S]
         gW_dec.addcmul_(coder.W_dec, (g_n / codes.tanh.norms).unsqueeze(1))

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from tcspec import coders
 from tcspec.atomic import atomic_write, write_text
+from tcspec.compute import slow_precision
 from tcspec.kinds import d_sae_of, is_live, never_fires
 from tcspec.spec import SWEEP_FIELDS
 from tcspec.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
@@ -68,6 +69,8 @@ def train_group(
     ckpt_path = Path(ckpt_dir) / CHECKPOINT
     ws = Workspace(device)
     runs = [MemberRun(m, steps, B, device) for m in members]
+    for why in sorted({slow_precision(r.precision, device) for r in runs} - {None}):
+        log(f"warning: {why}")
     start, wall_before = _resume(ckpt_path, runs, steps, batches, log)
 
     keys = sorted({k for m in members for k in (m.in_key, m.out_key)})
@@ -212,6 +215,7 @@ def _finish(run: MemberRun, steps: int, B: int, wall: float, device) -> dict:
         "dead_fraction": float(never_fires(density).float().mean()),
         "resampled": run.log.resampled,
         "device": str(device),
+        "precision": run.precision,
         "final": run.log.curve[-1] if run.log.curve else {},
         "curve": run.log.curve,
     }

@@ -31,7 +31,14 @@ backward(coder, codes, g, l1/B, xc, dead, ws) -> grads."""
 
 @torch.no_grad()
 def loss_and_grads(
-    coder: Coder, x: Tensor, y: Tensor, opts, l1: float, dead_idx: Tensor | None, ws: Workspace
+    coder: Coder,
+    x: Tensor,
+    y: Tensor,
+    opts,
+    l1: float,
+    dead_idx: Tensor | None,
+    ws: Workspace,
+    gemm: torch.dtype | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
     """One member's loss terms and parameter gradients on a batch, without autograd.
 
@@ -39,20 +46,30 @@ def loss_and_grads(
     matryoshka where they apply) as 0-d tensors, the activation's codes (`l1_sum()`,
     `fired(ws)`), e = y_hat - y [B, d_out]); all of these live in `ws` and are overwritten
     by the next call of the same shape. `dead_idx` lists the dead features (long [n_dead]),
-    which the dead-feature terms and JumpReLU's pre-activation loss act on.
+    which the dead-feature terms and JumpReLU's pre-activation loss act on. `gemm` is the
+    dtype of the dense GEMMs' operands and results (`tcspec.compute.gemm_dtype`; None: the
+    coder's): with bfloat16 the [B, S] tensors are bfloat16, the gradients come back in the
+    coder's dtype.
     """
     cfg, act = coder.cfg, ACTIVATION[coder.cfg.activation]
-    B, S = x.shape[0], cfg.d_sae
+    B, S, low = x.shape[0], cfg.d_sae, gemm or coder.W_enc.dtype
     xc = torch.sub(x, coder.b_dec, out=ws.get("xc", x.shape))  # [B, d_in]
-    pre = torch.addmm(coder.b_enc, xc, coder.W_enc, out=ws.get("z", (B, S)))  # [B, S]
+    pre = torch.addmm(
+        ws.cast("b_enc_low", coder.b_enc, low),
+        ws.cast("xc_low", xc, low),
+        ws.cast("W_enc_low", coder.W_enc, low),
+        out=ws.get("z", (B, S), low),
+    )  # [B, S]
     any_dead = dead_idx is not None and len(dead_idx) > 0
     use_dead = opts.dead_features in DEAD_TERMS and any_dead
     use_pre_act = opts.pre_act_coef is not None  # JumpReLU's loss on the dead features
     wants_dead = any_dead and (use_dead or use_pre_act)
-    pre_dead = pre.index_select(1, dead_idx) if wants_dead else None  # [B, n_dead]
+    pre_dead = pre.index_select(1, dead_idx).to(x.dtype) if wants_dead else None  # [B, n_dead]
     codes, y_hat = act.forward(coder, pre, y.shape, ws, opts)
     if cfg.skip:
-        y_hat.addmm_(x, coder.W_skip)
+        y_hat.addmm_(
+            ws.cast("x_low", x, y_hat.dtype), ws.cast("W_skip_low", coder.W_skip, y_hat.dtype)
+        )
     e = torch.sub(y_hat, y, out=ws.get("e", y.shape))  # [B, d_out]
     rec_elem, rec, g = reconstruction(e, y, opts.loss)
     l1_term = codes.l1_sum() * (l1 / B)
@@ -71,11 +88,12 @@ def loss_and_grads(
             dead = (dead_idx, pa.g_pre if dead is None else dead[1] + pa.g_pre)
     if opts.matryoshka:  # the inner prefixes' losses; every prefix's g reaches b_out, W_skip
         z = codes.dense(ws)  # [B, S]
-        extra["matryoshka"], groups = matryoshka.prefix_terms(coder, z, e, y, g, opts)
+        extra["matryoshka"], groups = matryoshka.prefix_terms(coder, z, e, y, g, opts, ws)
         gr = matryoshka.backward(coder, z, groups, l1 / B, xc, dead, ws)
         g = groups[0][2]
     else:
         gr = act.backward(coder, codes, g, l1 / B, xc, dead, ws)
+    gr = {k: ws.cast(f"g_{k}", v, x.dtype) for k, v in gr.items()}  # low -> the coder's
     if use_dead:
         gr["W_dec"].index_add_(0, dead_idx, gW_dec_dead)
     if use_pre_act:

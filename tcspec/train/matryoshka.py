@@ -31,15 +31,19 @@ def widths(opts, d_sae: int) -> list[int]:
     return [*ws, d_sae]
 
 
-def prefix_terms(coder: Coder, z: Tensor, e: Tensor, y: Tensor, g: Tensor, opts):
+def prefix_terms(
+    coder: Coder, z: Tensor, e: Tensor, y: Tensor, g: Tensor, opts, ws: Workspace
+) -> tuple[Tensor, list]:
     """(sum of the inner prefixes' reconstruction losses, [(start, end, G)] per group).
 
-    e = y_hat - y and g = d rec / d y_hat of the full width; z [B, S] dense activations.
+    e = y_hat - y and g = d rec / d y_hat of the full width; z [B, S] dense activations (the
+    GEMMs in z's dtype).
     """
     bounds = widths(opts, coder.cfg.d_sae)
     total, gs = torch.zeros((), dtype=e.dtype, device=e.device), []
+    W_dec = ws.cast("W_dec_low", coder.W_dec, z.dtype)
     for w in bounds[:-1]:
-        e_w = e - z[:, w:] @ coder.W_dec[w:]  # [B, d_out] y_hat_w - y
+        e_w = e - z[:, w:] @ W_dec[w:]  # [B, d_out] y_hat_w - y
         _, rec_w, g_w = reconstruction(e_w, y, opts.loss)
         total = total + rec_w
         gs.append(g_w)
@@ -57,10 +61,13 @@ def backward(
 ) -> dict[str, Tensor]:
     """Gradients of W_enc, b_enc, W_dec of a dense-activation (z = pre * mask, z [B, S])
     dictionary."""
-    dz = ws.get("dz", z.shape)
-    gW_dec = ws.get("gW_dec", coder.W_dec.shape)
+    low = z.dtype
+    dz = ws.get("dz", z.shape, low)
+    gW_dec = ws.get("gW_dec", coder.W_dec.shape, low)
+    W_dec = ws.cast("W_dec_low", coder.W_dec, low)
     for a, b, G in groups:
-        dz[:, a:b] = torch.mm(G, coder.W_dec[a:b].t()).add_(l1_b)  # [B, b - a]
+        G = G.to(low)  # [B, d_out]
+        dz[:, a:b] = torch.mm(G, W_dec[a:b].t()).add_(l1_b)  # [B, b - a]
         torch.mm(z[:, a:b].t(), G, out=gW_dec[a:b])  # [b - a, d_out]
     torch.ops.aten.threshold_backward.grad_input(dz, z, 0.0, grad_input=dz)
     return encoder_grads(coder, xc, dz, dead, ws) | {"W_dec": gW_dec}

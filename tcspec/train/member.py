@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from tcspec.coders import Coder, CoderConfig
+from tcspec.compute import gemm_dtype, gemm_mode, resolve_precision
 from tcspec.kinds import is_dead, is_live
 from tcspec.spec import SAESpec, SkipTranscoderSpec, TranscoderSpec
 from tcspec.train.adam import AdamState
@@ -48,6 +49,8 @@ class MemberRun:
 
     def __init__(self, m: Member, steps: int, batch_size: int, device):
         self.member, self.steps, self.batch_size = m, steps, batch_size
+        self.device = device
+        self.precision = resolve_precision(m.opts.precision, device)  # fp32 | tf32 | bf16
         self.coder = Coder(m.config, seed=m.seed).to(device).requires_grad_(False)
         self.params = trainable(self.coder, m.opts)  # what Adam steps
         self.act_state: dict[str, Tensor] = {}  # BatchTopK's running threshold estimate
@@ -102,7 +105,9 @@ class MemberRun:
         """One optimizer step on batch `step` (x [B, d_in], y [B, d_out])."""
         o = self.member.opts
         l1 = o.l1 * l1_factor(step, o.l1_warmup_steps)
-        gr, terms, codes, e = loss_and_grads(self.coder, x, y, o, l1, self.dead_idx(), ws)
+        gemm = gemm_dtype(self.precision, x.dtype)
+        with gemm_mode(self.precision, self.device):
+            gr, terms, codes, e = loss_and_grads(self.coder, x, y, o, l1, self.dead_idx(), ws, gemm)
         loss = terms["loss"].item()
         if not math.isfinite(loss):
             raise FloatingPointError(

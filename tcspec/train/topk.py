@@ -27,6 +27,7 @@ class Codes:
     idx: Tensor  # long [B, k] active features
     vals: Tensor  # [B, k] their activations (ReLU'd)
     d_sae: int
+    gemm: torch.dtype  # the dtype of the dense GEMMs (the pre-activations')
 
     def l1_sum(self) -> Tensor:
         """sum_b sum_i z_bi (z >= 0), over the active features only."""
@@ -43,17 +44,18 @@ class Codes:
     def dense(self, ws: Workspace) -> Tensor:
         """The activations z [B, S]: the k active ones scattered into zeros (for the
         Matryoshka prefixes, whose gradients are dense)."""
-        z = ws.get("z_dense", (self.idx.shape[0], self.d_sae)).zero_()
-        return z.scatter_(1, self.idx, self.vals)
+        z = ws.get("z_dense", (self.idx.shape[0], self.d_sae), self.gemm).zero_()
+        return z.scatter_(1, self.idx, self.vals.to(self.gemm))
 
 
 def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace, opts=None):
-    """pre [B, S] -> (codes, z W_dec + b_out [B, d_out])."""
+    """pre [B, S] -> (codes, z W_dec + b_out [B, d_out]); the codes and the sparse decoder
+    in the coder's dtype whatever pre's (bfloat16 in bf16: only the encoder GEMM is dense)."""
     vals, idx = pre.topk(coder.cfg.k, dim=1)  # [B, k]
-    vals.clamp_min_(0)
+    vals = vals.to(coder.W_dec.dtype).clamp_min_(0)
     y_hat = F.embedding_bag(idx, coder.W_dec, per_sample_weights=vals, mode="sum")
     y_hat += coder.b_out
-    return Codes(idx, vals, coder.cfg.d_sae), y_hat
+    return Codes(idx, vals, coder.cfg.d_sae, pre.dtype), y_hat
 
 
 def backward(

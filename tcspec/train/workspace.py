@@ -1,20 +1,54 @@
-"""Reusable work buffers for the hand-written gradients."""
+"""Reusable work buffers for the hand-written gradients, and the casts of the bf16 path.
+
+In `precision: bf16` the GEMMs take bfloat16 operands (`Workspace.cast`) and write bfloat16
+results, so the [B, d_sae] tensors they make (pre-activations, activations, d pre) are
+bfloat16; sums over a batch of them go through `column_sums` and `total`, which keep the
+float32 accuracy the statistics need. In float32 every one of these is the plain op.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+BF16_EXACT_ROWS = 256
+"""Rows a bfloat16 sum may span and stay exact on 0/1 values (bf16 holds integers to 256)."""
+
 
 class Workspace:
-    """Reusable buffers by (name, shape): members of equal shape share them."""
+    """Reusable buffers by (name, shape, dtype): members of equal shape share them."""
 
     def __init__(self, device, dtype: torch.dtype = torch.float32):
         self.device, self.dtype = device, dtype
         self.buffers: dict[tuple, Tensor] = {}
 
-    def get(self, name: str, shape: tuple[int, ...]) -> Tensor:
-        key = (name, tuple(shape))
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> Tensor:
+        """The buffer `name` of `shape`, in `dtype` (default: the workspace's)."""
+        dtype = dtype or self.dtype
+        key = (name, tuple(shape), dtype)
         if key not in self.buffers:
-            self.buffers[key] = torch.empty(shape, device=self.device, dtype=self.dtype)
+            self.buffers[key] = torch.empty(shape, device=self.device, dtype=dtype)
         return self.buffers[key]
+
+    def cast(self, name: str, t: Tensor, dtype: torch.dtype) -> Tensor:
+        """`t` in `dtype`: `t` itself when it is already, else a copy in the buffer `name`."""
+        if t.dtype == dtype:
+            return t
+        return self.get(name, t.shape, dtype).copy_(t)
+
+
+def column_sums(t: Tensor) -> Tensor:
+    """Sums over dim 0 of t [B, S] in t's dtype, or float32 [S] for a bfloat16 t: summed in
+    blocks of `BF16_EXACT_ROWS` rows, then the blocks in float32 (counts stay exact)."""
+    if t.dtype != torch.bfloat16:
+        return t.sum(0)
+    B = t.shape[0]
+    n = -(-B // BF16_EXACT_ROWS)
+    if B % n:  # blocks of equal size: no block exceeds BF16_EXACT_ROWS rows
+        return torch.stack([c.sum(0) for c in t.chunk(n)]).float().sum(0)
+    return t.reshape(n, B // n, -1).sum(1).float().sum(0)
+
+
+def total(t: Tensor) -> Tensor:
+    """The sum of t's elements, 0-d, as float32 for a bfloat16 t (`column_sums` first)."""
+    return column_sums(t).sum() if t.dtype == torch.bfloat16 else t.sum()

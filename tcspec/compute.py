@@ -1,0 +1,139 @@
+"""Where training runs and in what precision: the device, the precision, the CPU's features.
+
+A trained dictionary's `precision` decides what its GEMMs compute in:
+
+    fp32   float32 operands and results (TF32 off on CUDA)
+    tf32   float32 operands and results, the GEMMs on TF32 tensor cores (CUDA only)
+    bf16   bfloat16 operands with float32 accumulation, results rounded to bfloat16 (as
+           `torch.autocast` does); float32 master weights, gradients and Adam moments
+    auto   `DEFAULT_PRECISION` of the device the work runs on
+
+`auto` is resolved when the plan is compiled (the spec's `device`, and for `device: auto`
+whether this machine has CUDA), so a train task's id covers the precision its weights were
+trained in; the library resolves it again for callers that build a trainer directly.
+
+Defaults, by measurement (bench/RESULTS.md, "Precision"): on CUDA bf16, the peers' default
+(SAELens trains under bf16 autocast, sparsify's `SparseCoder.forward` runs under bf16 autocast
+on CUDA); its tensor cores run ~2x TF32 and ~15x plain fp32. On every CPU fp32: on a CPU
+without native bf16 (AVX2 only, e.g. Zen 3) torch's bf16 GEMMs run ~100x slower than fp32,
+and where bf16 is native (`avx512_bf16`, Zen 4) it is opt-in, so that a spec trains to the
+same ids and numbers on either kind of CPU.
+
+torch is imported where it is used: the spec imports this module for `Precision`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+"""The precisions a dictionary trains in (`auto` resolves to one of them)."""
+Precision = Literal["auto", "fp32", "tf32", "bf16"]
+DEFAULT_PRECISION = {"cpu": "fp32", "cuda": "bf16"}
+"""What `precision: auto` resolves to on each device kind."""
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16")
+"""The /proc/cpuinfo flags that decide how fast a CPU runs fp32 and bf16 GEMMs."""
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
+"""Flags of a CPU with bf16 dot-product instructions (without them bf16 GEMMs crawl)."""
+
+
+# ----------------------------------------------------------------------------- devices
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when present, else cpu; ``cuda`` without CUDA is a ValueError."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device}, but this torch has no CUDA device (use auto or cpu)")
+    return device
+
+
+def device_kind(device) -> str:
+    """``cuda`` or ``cpu`` for a device (``auto``: where this machine would run)."""
+    import torch
+
+    device = str(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+# --------------------------------------------------------------------------- precision
+def resolve_precision(precision: str, device) -> str:
+    """A dictionary's precision on `device` (a spec's ``auto``/``cpu``/``cuda`` or a torch
+    device): itself, or for ``auto`` the device kind's `DEFAULT_PRECISION`."""
+    if precision != "auto":
+        return precision
+    return DEFAULT_PRECISION[device_kind(device)]
+
+
+def gemm_dtype(precision: str, master: torch.dtype) -> torch.dtype:
+    """The dtype of a GEMM's operands and result: bfloat16 for bf16, else the master dtype."""
+    import torch
+
+    return torch.bfloat16 if precision == "bf16" else master
+
+
+@contextlib.contextmanager
+def gemm_mode(precision: str, device) -> Iterator[None]:
+    """Run the block with CUDA's float32 GEMMs on TF32 tensor cores for ``tf32``, in full
+    float32 otherwise (then restore the setting); ``tf32`` on a CPU is a ValueError."""
+    if precision == "tf32" and device_kind(device) != "cuda":
+        raise ValueError(f"precision: tf32 is a CUDA setting; this runs on {device} (use fp32)")
+    import torch
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def slow_precision(precision: str, device) -> str | None:
+    """Why `precision` would run slower than fp32 on `device`, or None: bf16 on a CPU
+    without native bf16."""
+    if precision != "bf16" or device_kind(device) != "cpu" or native_bf16():
+        return None
+    return (
+        "precision: bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16 in "
+        "/proc/cpuinfo): its bf16 GEMMs run ~100x slower than fp32 here; use precision: fp32"
+    )
+
+
+# ------------------------------------------------------------------------------- the CPU
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
+    for line in _cpuinfo():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_features() -> list[str]:
+    """Which of `CPU_FEATURES` this CPU has (/proc/cpuinfo flags; empty elsewhere)."""
+    for line in _cpuinfo():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return [f for f in CPU_FEATURES if f in flags]
+    return []
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (`NATIVE_BF16`)."""
+    return any(f in NATIVE_BF16 for f in cpu_features())
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
