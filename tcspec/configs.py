@@ -295,6 +295,16 @@ class StudyConfig(StageConfig):
     seed: int
 
 
+class PagesConfig(Frozen):
+    """The feature pages an attribution task writes of every feature its pruned graphs keep
+    (the spec's `interp` settings, or their defaults)."""
+
+    examples: int
+    bands: int
+    context_window: int
+    eval_tokens: int
+
+
 class CircuitConfig(StageConfig):
     circuit: CircuitEntry
     """The spec's entry; an attribution entry's prompts are resolved (read from its file)."""
@@ -302,6 +312,8 @@ class CircuitConfig(StageConfig):
     seed: int
     bos: Literal["exclude", "include"] = "exclude"
     """The spec's BOS convention (`data.bos`): `exclude` ignores BOS-source heads."""
+    pages: PagesConfig | None = None
+    """An attribution task's feature pages; None for the other circuit tasks."""
 
 
 class ExportConfig(StageConfig):

@@ -241,7 +241,7 @@ def build_dashboard(stats_dir: Path, out_dir: Path, title: str | None = None) ->
     return index
 
 
-def _top_tokens(ex: pd.DataFrame, vocab: list[str], n: int = 3) -> list[str]:
+def top_tokens(ex: pd.DataFrame, vocab: list[str], n: int = 3) -> list[str]:
     top = ex[ex["section"] == "top"]
     ids = [int(toks[c]) for toks, c in zip(top["tokens"], top["center"])]
     return [vocab[i] for i, _ in Counter(ids).most_common(n)]
@@ -267,7 +267,7 @@ def _index_page(
     rows = []
     r2 = meta.get("r2", {})
     for f in pages:
-        toks = _top_tokens(by_feature[f], vocab) if f in by_feature else []
+        toks = top_tokens(by_feature[f], vocab) if f in by_feature else []
         shown = " ".join(f'<span class="tok">{token_text(s)}</span>' for s in toks)
         rows.append(
             f'<tr data-id="{f}"><td><a href="features/{f}.html">{f}</a></td>'

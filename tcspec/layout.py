@@ -49,7 +49,10 @@ GREATER_THAN = "greater_than.csv"
 KEEP_TOP_K = "keep_top_k.csv"
 KEEP_TOP_K_PLOT = "keep_top_k.png"
 ATTRIBUTION = "attribution.csv"  # an attribution task's summary rows, one per prompt
-GRAPH_JSON = "graph.json"  # per prompt: the pruned graph (circuit-tracer / Neuronpedia JSON)
+GRAPH_METADATA = "graph-metadata.json"  # an attribution task's graph index (circuit-tracer's)
+GRAPH_PAGES = "pages"  # an attribution task's pages of every graph feature, per layer
+GRAPH_CARDS = "cards.js"  # in GRAPH_PAGES: the viewer's feature cards
+CT_FEATURES = "features"  # an attribution task's feature files in circuit-tracer's schema
 ADJACENCY = "adjacency.safetensors"  # per prompt: the full graph at full precision
 VIEWER = "graph.html"  # per prompt: the static viewer
 INTERVENTIONS = "interventions.csv"  # per prompt: ablations and steering vs the graph
@@ -97,6 +100,28 @@ def member_dir(results: Path, stage: str, task_id: str) -> Path:
 def prompt_dir(task_out: Path, index: int) -> Path:
     """Folder of one prompt's graph files inside an attribution task's folder."""
     return Path(task_out) / f"prompt-{index:03d}"
+
+
+def graph_slug(label: str, index: int) -> str:
+    """The slug of one prompt's graph: its JSON is ``<task folder>/<slug>.json``, so that the
+    task folder is a circuit-tracer data folder (with `GRAPH_METADATA`)."""
+    return f"{label}-prompt-{index:03d}"
+
+
+def graph_json(task_out: Path, label: str, index: int) -> Path:
+    """One prompt's pruned graph (circuit-tracer / Neuronpedia JSON)."""
+    return Path(task_out) / f"{graph_slug(label, index)}.json"
+
+
+def graph_pages(task_out: Path, layer: int) -> Path:
+    """Statistics (`STATS`) and dashboard (`DASHBOARD`) of one layer's graph features."""
+    return Path(task_out) / GRAPH_PAGES / f"layer-{layer}"
+
+
+def ct_scan(label: str) -> str:
+    """circuit-tracer's `scan` of an attribution task's graphs: its local server serves the
+    task folder under ./data/, so the feature files lie in `CT_FEATURES`/<label>/."""
+    return f"./data/{CT_FEATURES}/{label}"
 
 
 def experiment_dir(results: Path, experiment: str) -> Path:

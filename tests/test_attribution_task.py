@@ -18,6 +18,7 @@ from tcspec.loader import load_spec
 from tcspec.models.load import read_model_json
 from tcspec.plan import compile_plan, group_task
 from tcspec.tasks import run_task, save_task
+from tests.pages_check import assert_pages_complete, browser, click_every_feature, needs_chromium
 
 SPEC = Path(__file__).resolve().parent / "workflow" / "micro_attribution.yaml"
 NODE = {
@@ -85,7 +86,7 @@ def test_each_prompt_gets_its_graph_files(run):
         assert list(rows["prompt"]) == task.config.circuit.prompts
         for i, row in rows.iterrows():
             folder = layout.prompt_dir(out, i)
-            data = json.loads((folder / layout.GRAPH_JSON).read_text())
+            data = json.loads((out / row["graph"]).read_text())
             jsonschema.validate(data, GRAPH_SCHEMA)
             meta = data["metadata"]
             assert meta["prompt"] == row["prompt"]
@@ -117,8 +118,10 @@ def test_each_prompt_gets_its_graph_files(run):
             assert "dashboard/features/{feature}.html" in html and "http://" not in html.replace(
                 "http://www.w3.org/2000/svg", ""
             )
+        index = json.loads((out / layout.GRAPH_METADATA).read_text())["graphs"]
+        assert [g["slug"] + ".json" for g in index] == list(rows["graph"])
     # the target entry: one logit node, the difference "8" - "7", with probability 1
-    data = json.loads((layout.prompt_dir(second.dir(results), 0) / layout.GRAPH_JSON).read_text())
+    data = json.loads(layout.graph_json(second.dir(results), "tc-single", 0).read_text())
     (logit,) = [n for n in data["nodes"] if n["feature_type"] == "logit"]
     assert (
         logit["token_prob"] == 1.0
@@ -126,15 +129,20 @@ def test_each_prompt_gets_its_graph_files(run):
     )
 
 
-def test_viewer_links_the_studied_dashboards(run):
+def test_every_node_of_a_graph_has_its_feature_page_and_card(run):
     results, plan = run
-    (interp,) = plan.stage("interp")
-    task = plan.stage("circuits")[0]
-    folder = layout.prompt_dir(task.dir(results), 0)
-    html = (folder / layout.VIEWER).read_text()
-    rel = f"../../../interp/{interp.id}/dashboard/features/{{feature}}.html"
-    assert rel in html
-    assert (folder / rel.replace("{feature}", "0")).resolve().parent.is_dir()
+    for task in plan.stage("circuits"):
+        assert_pages_complete(task.dir(results))
+
+
+@needs_chromium
+def test_clicking_every_feature_node_shows_its_card(run):
+    results, plan = run
+    with browser() as b:
+        page = b.new_page()
+        for task in plan.stage("circuits"):
+            for folder in sorted(task.dir(results).glob("prompt-*")):
+                assert click_every_feature(page, folder / layout.VIEWER) > 0
 
 
 def test_the_table_gathers_every_prompt(run):

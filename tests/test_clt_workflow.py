@@ -23,6 +23,7 @@ from tcspec.loader import SpecError, load_spec, parse_spec
 from tcspec.plan import clt_shape, compile_plan, group_task
 from tcspec.tasks import run_task, save_task
 from tcspec.tasks.clt import CHECKPOINT
+from tests.pages_check import assert_pages_complete, browser, click_every_feature, needs_chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 MICRO_CLT = ROOT / "tests" / "workflow" / "micro_clt.yaml"
@@ -197,7 +198,8 @@ def test_interp_studies_each_clt_layer_and_a_layer_selects_one():
     assert [t.config.coder.layer for t in one.stage("interp")] == [1]
     (graph,) = plan.stage("circuits")
     assert [r.id for r in graph.config.coders] == [clt.id]
-    assert {d for _, d in graph.deps.values()} >= {t.id for t in plan.stage("interp")}
+    assert {d for _, d in graph.deps.values()} == {plan.stage("model")[0].id, clt.id,
+                                                   plan.stage("tokens")[0].id}  # fmt: skip
     bad = MICRO_CLT.read_text().replace(
         "dictionary: {name: clt}", "dictionary: {name: clt, layer: 1}"
     )
@@ -241,11 +243,25 @@ def test_attribution_graph_through_the_clt(micro_clt_run):
     assert 0 < row["replacement"] <= 1 and 0 < row["completeness"] <= 1
     assert row["intervention_r_frozen"] > 0.95  # exact where attention and norms are frozen
     folder = graph.dir(results) / row["folder"]
-    data = json.loads((folder / layout.GRAPH_JSON).read_text())
+    data = json.loads((graph.dir(results) / row["graph"]).read_text())
     layers = {n["layer"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"}
     assert layers and layers <= {"0", "1"}
     viewer = (folder / layout.VIEWER).read_text()
     assert "features/{feature}.html" in viewer  # links the per-layer dashboards
+    assert_pages_complete(graph.dir(results))
+    cards = (graph.dir(results) / layout.GRAPH_PAGES / layout.GRAPH_CARDS).read_text()
+    assert '"writes": [[0, ' in cards  # a layer-0 CLT feature writes to layers 0 and 1
+
+
+@needs_chromium
+def test_clicking_every_clt_feature_node_shows_its_card(micro_clt_run):
+    plan, results = micro_clt_run
+    (graph,) = plan.stage("circuits")
+    with browser() as b:
+        page = b.new_page()
+        for folder in sorted(graph.dir(results).glob("prompt-*")):
+            assert click_every_feature(page, folder / layout.VIEWER) > 0
+            assert page.locator("#card .writes").count() == 1  # where the last one writes
 
 
 def test_clt_trains_from_a_stream(tmp_path):

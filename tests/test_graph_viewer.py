@@ -7,6 +7,7 @@ tests are skipped without it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from tcspec.circuits.graph import GraphConfig, attribution_graph, write_viewer
 from tcspec.circuits.graph.viewer import viewer_data
 from tcspec.coders import Coder, CoderConfig
+from tests.pages_check import browser
 
 torch.set_num_threads(1)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -60,10 +62,29 @@ def graph():
     return dataclasses.replace(g, token_strs=tuple(strs))
 
 
+PAGES = {"0": "../dash/L0/features/{feature}.html", "1": "../dash/L1/features/{feature}.html"}
+
+
+def cards_of(graph) -> dict:
+    """A feature card (circuit-tracer's feature page, a label) per feature of ``graph``."""
+    cards = {}
+    for li, _, f in graph.features.tolist():
+        example = {"tokens": ["a", " b", " c"], "tokens_acts_list": [0.0, 1.5, 0.2],
+                   "train_token_ind": 1, "is_repeated_datapoint": False}  # fmt: skip
+        cards[f"{li}_{f}"] = {
+            "index": f, "label": f"auto {li}.{f}", "activation_frequency": 0.01,
+            "act_max": 2.0, "histogram": [3.0, 2.0, 1.0], "top_logits": [" x"],
+            "bottom_logits": [" y"],
+            "examples_quantiles": [{"quantile_name": "Top activations", "examples": [example]}],
+        }  # fmt: skip
+    return cards
+
+
 @pytest.fixture(scope="module")
 def page(graph, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("viewer")
-    path = write_viewer(graph, tmp / "graph.html", "../dash/L{layer}/features/{feature}.html")
+    (tmp / "cards.js").write_text("window.TCSPEC_CARDS = " + json.dumps(cards_of(graph)) + ";")
+    path = write_viewer(graph, tmp / "graph.html", PAGES, "cards.js", slug="g")
     return tmp, path
 
 
@@ -92,6 +113,7 @@ def test_viewer_draws_the_nodes(page, graph):
     assert m and int(m.group(1)) == n and int(m.group(2)) > 0
     assert f"<title>Attribution graph: {n} nodes</title>" in dom
     assert len(re.findall(r'class="node (?:feature|error|embedding|logit)', dom)) == n
+    assert re.search(r'class="label">auto \d\.\d+</text>', dom)  # features carry labels
     assert dom.count('class="edge') == int(m.group(2))
     assert "pwned" not in dom.split("</title>")[0]
     assert "&lt;/script&gt;&lt;script&gt;document.title='pwned'" in dom  # shown as text
@@ -106,8 +128,9 @@ def test_clicked_node_lists_its_edges_and_dashboard(page, graph):
     dom = chromium(path.as_uri() + f"?node={feature['node_id']}", tmp, "--dump-dom").stdout
     assert re.search(r"<h4>incoming \(\d+\)</h4>", dom) and "<h4>outgoing (" in dom
     layer, f, _ = feature["node_id"].split("_")
-    assert f'<a href="../dash/L{layer}/features/{f}.html" id="dashboard">' in dom
-    assert 'class="node feature sel"' in dom
+    assert f'href="../dash/L{layer}/features/{f}.html">feature dashboard</a>' in dom
+    assert 'class="node feature sel' in dom
+    assert f'id="card-title">auto {layer}.{f}</h3>' in dom  # the card's automatic label
 
 
 @needs_chromium
@@ -117,3 +140,50 @@ def test_screenshot_of_the_viewer(page):
     chromium(path.as_uri(), tmp, "--hide-scrollbars", "--window-size=1200,800",
              f"--screenshot={png}")  # fmt: skip
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@needs_chromium
+def test_pin_group_relabel_survive_saving_and_loading_the_json(page, graph):
+    """Click a feature, rename it, pin it and a second one, group both: the saved graph JSON
+    holds the state as circuit-tracer's qParams (the name as the features' clerp), and a
+    fresh browser that opens that JSON shows the same pins, supernode and label."""
+    tmp, path = page
+    with browser() as b:
+        view = b.new_page()
+        view.goto(path.as_uri())
+        first, second = view.eval_on_selector_all(
+            "#nodes .node.feature", "es => es.slice(0, 2).map(e => e.dataset.id)"
+        )
+        view.hover(f'#nodes .node[data-id="{first}"] circle')
+        assert view.locator("#nodes .node.dim").count() > 0  # off its paths: dimmed
+        view.click(f'#nodes .node[data-id="{first}"] circle')
+        assert view.locator("#examples .example").count() == 1
+        view.fill("#relabel", "year feature")
+        view.press("#relabel", "Enter")
+        view.click("#pin")
+        view.click(f'#nodes .node[data-id="{second}"] circle', modifiers=["Shift"])
+        for box in view.locator("#pins input").all():
+            box.check()
+        view.fill("#group-name", "years")
+        view.click("#group")
+        assert "years" in view.inner_text("#pins .supernode")
+        with view.expect_download() as got:
+            view.click("#save")
+        saved = tmp / "saved.json"
+        got.value.save_as(saved)
+        fresh = b.new_context().new_page()  # no stored state
+        fresh.goto(path.as_uri())
+        assert fresh.locator("#pins .supernode").count() == 0
+        fresh.set_input_files("#open", str(saved))
+        fresh.wait_for_selector("#pins .supernode")
+        assert "year feature" in fresh.inner_text("#pins .supernode")
+        assert fresh.locator("#nodes .node.pinned").count() == 2
+        labels = fresh.eval_on_selector_all("#nodes text.label", "es => es.map(e => e.textContent)")
+    data = json.loads(saved.read_text())
+    q = data["qParams"]
+    assert q["pinnedIds"] == [first, second] and q["supernodes"] == [["years", first, second]]
+    layer, f, _ = first.split("_")
+    renamed = [n for n in data["nodes"] if n["node_id"].startswith(f"{layer}_{f}_")]
+    assert renamed and all(n["clerp"] == "year feature" for n in renamed)
+    assert "viewer" not in data and set(data["links"][0]) == {"source", "target", "weight"}
+    assert "year feature" in labels

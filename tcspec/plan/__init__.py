@@ -35,6 +35,7 @@ from tcspec.configs import (
     FeaturesConfig,
     ImportedMemberConfig,
     ModelConfig,
+    PagesConfig,
     PassConfig,
     StudyConfig,
     TablesConfig,
@@ -45,7 +46,7 @@ from tcspec.hooks import full_name, hook_width
 from tcspec.kinds import CLT, SPARSITY_K, d_sae_of
 from tcspec.plan.imports import file_hashes, import_clt, import_task, is_clt_folder  # noqa: F401
 from tcspec.plan.task import THREADS, Plan, Task, make_task, safe_name, task_id  # noqa: F401
-from tcspec.spec import SWEEP_FIELDS, DictionaryRef, Spec
+from tcspec.spec import SWEEP_FIELDS, DictionaryRef, InterpSpec, Spec
 from tcspec.stream_plan import split_passes, stream_memory, stream_shape, stream_source
 
 DEFAULT_STREAM_BUDGET_MB = 40_000
@@ -142,7 +143,7 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
         downstream.append(plan.add(_study_task(spec, features)))
     for c in spec.circuits:
         selected = _select(spec, [c.dictionary], members | clts)
-        downstream.append(plan.add(_circuit_task(spec, c, selected, model, tokens, features)))
+        downstream.append(plan.add(_circuit_task(spec, c, selected, model, tokens)))
     for e in spec.export:
         exported = members | (clts if e.to == "circuit-tracer" else {})
         plan.add(_export_task(spec, e, _select(spec, e.dictionaries, exported), model))
@@ -410,21 +411,22 @@ def _study_task(spec: Spec, features: list[Task]) -> Task:
     return make_task("study", f"study-{spec.experiment}", config, deps, {"mem_mb": 1000})
 
 
-def _circuit_task(
-    spec: Spec, c, selected: list[Task], model: Task, tokens: Task, interp: list[Task]
-) -> Task:
+def _circuit_task(spec: Spec, c, selected: list[Task], model: Task, tokens: Task) -> Task:
     """A circuit study through one transcoder per layer (one sweep point)."""
+    pages = None
     if c.task == "attribution":  # the prompts' text, not a file's name, is in the id
         c = c.model_copy(update={"prompts": c.prompt_list(), "prompts_file": None})
+        interp = spec.interp or InterpSpec()
+        pages = PagesConfig(
+            examples=interp.examples, bands=interp.bands, context_window=interp.context_window,
+            eval_tokens=spec.data.eval_tokens,
+        )  # fmt: skip
     config = CircuitConfig(
-        circuit=c, coders=tuple(coder_ref(t) for t in selected), seed=spec.seed, bos=spec.data.bos
-    )
+        circuit=c, coders=tuple(coder_ref(t) for t in selected), seed=spec.seed,
+        bos=spec.data.bos, pages=pages,
+    )  # fmt: skip
     deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
     deps |= _coder_deps(selected)
-    if c.task == "attribution":  # feature dashboards of the same dictionaries, to link
-        ids = {t.id for t in selected}
-        studied = [t for t in interp if t.config.coder.id in ids]
-        deps |= {f"features_{i}": ("interp", t.id) for i, t in enumerate(studied)}
     resources = {"mem_mb": 3000, "gpu": gpus(spec)}
     return make_task("circuits", f"{c.task}-{c.dictionary.name}", config, deps, resources)
 

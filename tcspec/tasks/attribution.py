@@ -13,6 +13,7 @@ position 0 as BOS.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -28,17 +29,96 @@ def run(ctx) -> dict:
     model = model_task.load(ctx)
     coders = load_dictionaries(ctx, model, f"circuits.dictionary `{c.dictionary.name}`")
     graph_cfg = graph_config(c, model.tokenizer)
-    dashboards = dashboard_urls(ctx, cfg.coders)
     label = f"{cfg.coders[0].dictionary}-{cfg.coders[0].member}"
-    rows = []
+    rows, kept, index = [], {}, []
     for i, text in enumerate(c.prompts):
         tokens = prompt_tokens(model, text)
-        folder = layout.prompt_dir(ctx.out, i)
-        row = one_prompt(model, coders, tokens, text, graph_cfg, folder, dashboards, label)
-        rows.append({"prompt": text, "dictionary": label, "folder": folder.name} | row)
+        row, meta = one_prompt(model, coders, tokens, text, graph_cfg, ctx.out, i, label)
+        for layer, f in meta.pop("features"):
+            kept.setdefault(layer, set()).add(f)
+        index.append(meta)
+        rows.append({"prompt": text, "dictionary": label, "folder": f"prompt-{i:03d}"} | row)
+    pages = write_pages(ctx, model, coders, kept, label)
+    atomic.write_json(ctx.out / layout.GRAPH_METADATA, {"graphs": index})
     frame = pd.DataFrame(rows)
     atomic.write_text(ctx.out / layout.ATTRIBUTION, frame.to_csv(index=False))
-    return {"prompts": len(rows), "mean_replacement": float(frame["replacement"].mean())}
+    return {
+        "prompts": len(rows),
+        "mean_replacement": float(frame["replacement"].mean()),
+        "feature_pages": pages,
+    }
+
+
+def write_pages(ctx, model, coders, kept: dict[int, set[int]], label: str) -> int:
+    """Statistics, examples and a dashboard of every feature the pruned graphs keep, per
+    layer (`layout.graph_pages`), the same as circuit-tracer's feature files (in
+    `layout.CT_FEATURES`/<label>/), and the viewer's feature cards (`layout.GRAPH_CARDS`:
+    circuit-tracer's page of each feature, its automatic label and, for a CLT, where it
+    writes). Returns the number of pages."""
+    from tcspec.interop.feature_data import feature_pages, write_feature_data
+    from tcspec.interp import load_stats
+    from tcspec.tasks import interp as interp_task
+    from tcspec.tasks import tokens as tokens_task
+
+    p = ctx.config.pages
+    tokens = tokens_task.load(ctx, "eval", p.eval_tokens)
+    stats_cfg = interp_task.stats_config(
+        model, p.examples, p.bands, p.context_window, ctx.config.seed, ctx.config.bos
+    )
+    cards = {}
+    for layer, feats in sorted(kept.items()):
+        out, chosen = layout.graph_pages(ctx.out, layer), sorted(feats)
+        view = _layer_view(ctx, coders, layer)
+        meta = _pages_meta(label, layer, chosen)
+        interp_task.write_site(
+            model, view, tokens, stats_cfg, lambda count, n, chosen=chosen: chosen, out,
+            meta["label"], lambda stats, meta=meta: meta,
+        )  # fmt: skip
+        write_feature_data(out / layout.STATS, ctx.out / layout.CT_FEATURES / label, layer=layer)
+        stats = load_stats(out / layout.STATS)
+        for f, page in feature_pages(stats, chosen, transcoder_id=f"layer_{layer}").items():
+            cards[f"{layer}_{f}"] = page | _card_extra(stats, f)
+    text = "window.TCSPEC_CARDS = " + json.dumps(cards, allow_nan=False) + ";\n"
+    atomic.write_text(ctx.out / layout.GRAPH_PAGES / layout.GRAPH_CARDS, text)
+    return len(cards)
+
+
+def _layer_view(ctx, coders, layer: int):
+    """(coder, input hook, write norms or None) of one layer's features."""
+    from tcspec.kinds import CLT
+    from tcspec.tasks import interp as interp_task
+
+    if ctx.config.coders[0].kind == CLT:
+        from tcspec.clt import views
+
+        i = views.layer_index(coders, layer)
+        coder = views.layer_coder(coders, i).float()
+        return coder, coder.cfg.in_hook, (views.write_norms(coders, i), list(coders.cfg.blocks[i:]))
+    j = [ref.layer for ref in ctx.config.coders].index(layer)
+    coder = coders[layer].float()
+    return coder, interp_task.coder_hooks(ctx, coder, f"coder_{j}")[0], None
+
+
+def _pages_meta(label: str, layer: int, chosen: list[int]) -> dict:
+    return {"label": f"{label} layer {layer}: graph features", "layer": layer, "study": [],
+            "proxies": {}, "graph_features": chosen}  # fmt: skip
+
+
+def _card_extra(stats, f: int) -> dict:
+    """A feature's automatic label (its most frequent top-activating tokens, else its top
+    de-embedding tokens) and, for a CLT feature, the norm of its decoder into each layer."""
+    from tcspec.dashboards import top_tokens
+
+    t, vocab = stats.tensors, stats.vocab
+    ex = stats.examples[stats.examples["feature"] == f] if len(stats.examples) else None
+    words = top_tokens(ex, vocab) if ex is not None and len(ex) else []
+    if not words and "deembed_top_ids" in t:
+        words = [vocab[j] for j in t["deembed_top_ids"][f][:3].tolist()]
+    extra = {"label": " / ".join(w.strip() or repr(w) for w in words)}
+    if "write_norms" in t:
+        blocks = stats.meta.get("write_blocks", [])
+        extra["writes"] = [[int(b), float(n)] for b, n in zip(blocks, t["write_norms"][f].tolist())]
+    return extra
 
 
 def load_dictionaries(ctx, model, field: str):
@@ -63,34 +143,41 @@ def load_dictionaries(ctx, model, field: str):
     return coders
 
 
-def one_prompt(model, coders, tokens, text, graph_cfg, folder: Path, dashboards, label) -> dict:
-    """The graph files of one prompt, and its summary row."""
+def one_prompt(model, coders, tokens, text, graph_cfg, out: Path, i: int, label: str):
+    """The graph files of one prompt; its summary row, and its entry in the graph index
+    (with the (layer, feature) pairs its pruned graph keeps, under ``features``)."""
     from tcspec.circuits.graph import (
         InterventionConfig,
         attribution_graph,
+        graph_json,
         plot_interventions,
         prune_graph,
         run_interventions,
         score_graph,
         write_adjacency,
-        write_graph_json,
         write_interventions,
         write_viewer,
     )
 
+    folder = layout.prompt_dir(out, i)
     graph = attribution_graph(model, coders, tokens, graph_cfg, prompt=text)
     pruned = prune_graph(graph)
     scores = score_graph(graph)
-    write_graph_json(graph, folder / layout.GRAPH_JSON, slug=f"{label}-{folder.name}",
-                     scan=label, pruned=pruned)  # fmt: skip
+    path, slug = layout.graph_json(out, label, i), layout.graph_slug(label, i)
+    data = graph_json(graph, slug, scan=layout.ct_scan(label), pruned=pruned)
+    atomic.write_json(path, data, indent=None)
     write_adjacency(graph, folder / layout.ADJACENCY)
-    write_viewer(graph, folder / layout.VIEWER, _relative(dashboards, folder))
+    pages, cards = _pages_urls(graph, folder, out)
+    write_viewer(graph, folder / layout.VIEWER, pages, cards, slug=slug)
     result = run_interventions(model, coders, graph, InterventionConfig())
     frozen = run_interventions(model, coders, graph, InterventionConfig(freeze=True))
     runs = {"live": result, "frozen": frozen}
     write_interventions(runs, folder / layout.INTERVENTIONS)
     plot_interventions(runs, folder / layout.INTERVENTIONS_PLOT)
+    keep = pruned.node_mask[: graph.n_features].cpu()
+    meta = data["metadata"] | {"features": {tuple(x) for x in graph.features[keep, ::2].tolist()}}
     return {
+        "graph": path.name,
         "replacement": scores.replacement,
         "completeness": scores.completeness,
         "nodes_kept": int(pruned.node_mask.sum()),
@@ -100,7 +187,7 @@ def one_prompt(model, coders, tokens, text, graph_cfg, folder: Path, dashboards,
         "intervention_r_frozen": _number(frozen.correlation),
         "tokens": graph.n_pos,
         "seconds": round(graph.seconds, 3),
-    }
+    }, meta
 
 
 def _number(x: float) -> float | None:
@@ -149,22 +236,16 @@ def prompt_tokens(model, text: str):
     return torch.tensor(ids, device=model.cfg.device)
 
 
-def dashboard_urls(ctx, refs) -> dict[int, Path]:
-    """Layer -> the dashboard folder of an interp task that studied that layer's coder (or
-    that layer's features of the CLT)."""
-    ids = {ref.id for ref in refs}
-    return {
-        t.config.coder.layer: t.dir(ctx.results) / layout.DASHBOARD
-        for t in ctx.deps_of("interp")
-        if t.config.coder.id in ids
+def _pages_urls(graph, folder: Path, out: Path) -> tuple[dict[str, str], str]:
+    """The viewer's links, relative to its folder: per layer, a feature's dashboard page;
+    the feature cards."""
+    pages = {
+        str(layer): _rel(layout.graph_pages(out, layer) / layout.DASHBOARD, folder)
+        + "/features/{feature}.html"
+        for layer in range(graph.n_layers)
     }
+    return pages, _rel(out / layout.GRAPH_PAGES / layout.GRAPH_CARDS, folder)
 
 
-def _relative(dashboards: dict[int, Path], folder: Path) -> dict[str, str] | None:
-    """Per-layer page templates, relative to the viewer's folder."""
-    if not dashboards:
-        return None
-    return {
-        str(layer): Path(os.path.relpath(d, folder)).as_posix() + "/features/{feature}.html"
-        for layer, d in dashboards.items()
-    }
+def _rel(path: Path, folder: Path) -> str:
+    return Path(os.path.relpath(path, folder)).as_posix()

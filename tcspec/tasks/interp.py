@@ -11,7 +11,6 @@ from tcspec.tasks import tokens as tokens_task
 
 
 def run(ctx) -> dict:
-    from tcspec import dashboards, interp
     from tcspec import study as study_lib
 
     cfg = ctx.config
@@ -19,14 +18,6 @@ def run(ctx) -> dict:
     coder, norms = _load(ctx, ref)
     model = model_task.load(ctx)
     tokens = tokens_task.load(ctx, "eval", cfg.eval_tokens)
-    stats_cfg = interp.StatsConfig(
-        top_k=cfg.examples,
-        bands=cfg.bands,
-        per_band=math.ceil(cfg.examples / cfg.bands),
-        context_window=cfg.context_window,
-        seed=cfg.seed,
-        exclude_tokens=model_task.excluded_tokens(model, cfg.bos),
-    )
     order: list[int] = []
 
     def choose_pages(count, n_tokens: int) -> list[int]:
@@ -38,23 +29,12 @@ def run(ctx) -> dict:
         )  # fmt: skip
         return order[: max(cfg.features, cfg.dashboard_features)]
 
-    in_hook = coder.cfg.in_hook or ctx.dep("coder_0").config.in_key
-    stats = interp.feature_statistics(
-        coder, interp.model_hook_inputs(model, in_hook), tokens, model.cfg.d_vocab, stats_cfg,
-        choose_pages,
+    hooks = coder_hooks(ctx, coder)
+    cfgs = stats_config(model, cfg.examples, cfg.bands, cfg.context_window, cfg.seed, cfg.bos)
+    stats, index = write_site(
+        model, (coder, hooks[0], norms), tokens, cfgs, choose_pages, ctx.out, ref.label,
+        lambda stats: _meta(cfg, hooks, order, stats),
     )  # fmt: skip
-    interp.add_input_invariant(stats, coder, model)
-    out_hook = coder.cfg.out_hook or ctx.dep("coder_0").config.out_key
-    stats.meta = _meta(cfg, (in_hook, out_hook), order, stats)
-    if norms is not None:  # a CLT layer's features: where each writes
-        stats.tensors[interp.WRITE_NORMS], blocks = norms
-        stats.meta[interp.WRITE_BLOCKS] = blocks
-    interp.save_stats(
-        stats, ctx.out / layout.STATS, interp.vocab_strings(model.tokenizer, model.cfg.d_vocab)
-    )
-    index = dashboards.build_dashboard(
-        ctx.out / layout.STATS, ctx.out / layout.DASHBOARD, ref.label
-    )
     return {
         "dictionary": ref.label,
         "eval_tokens": stats.n_tokens,
@@ -64,6 +44,47 @@ def run(ctx) -> dict:
         "pages": len(stats.pages),
         "dashboard": str(index),
     }
+
+
+def stats_config(model, examples: int, bands: int, context_window: int, seed: int, bos: str):
+    """The statistics settings of a dictionary's feature pages."""
+    from tcspec import interp
+
+    return interp.StatsConfig(
+        top_k=examples, bands=bands, per_band=math.ceil(examples / bands),
+        context_window=context_window, seed=seed,
+        exclude_tokens=model_task.excluded_tokens(model, bos),
+    )  # fmt: skip
+
+
+def coder_hooks(ctx, coder, dep: str = "coder_0") -> tuple[str, str]:
+    """(input, output) hook of a dictionary: its own, or its import task's keys."""
+    in_hook = coder.cfg.in_hook or ctx.dep(dep).config.in_key
+    out_hook = coder.cfg.out_hook or ctx.dep(dep).config.out_key
+    return in_hook, out_hook
+
+
+def write_site(model, view, tokens, stats_cfg, choose_pages, out, title, meta_of):
+    """Statistics of every feature of a dictionary over ``tokens``, examples of the features
+    ``choose_pages(count, n_tokens)`` picks, saved in ``out/STATS``, and their dashboard in
+    ``out/DASHBOARD``. ``view``: (the coder, its input hook, and for a CLT layer where each
+    feature writes, else None); ``meta_of(stats)`` describes them. Returns (the statistics,
+    the dashboard's index page)."""
+    from tcspec import dashboards, interp
+
+    coder, in_hook, norms = view
+    stats = interp.feature_statistics(
+        coder, interp.model_hook_inputs(model, in_hook), tokens, model.cfg.d_vocab, stats_cfg,
+        choose_pages,
+    )  # fmt: skip
+    interp.add_input_invariant(stats, coder, model)
+    stats.meta = meta_of(stats)
+    if norms is not None:  # a CLT layer's features: where each writes
+        stats.tensors[interp.WRITE_NORMS], blocks = norms
+        stats.meta[interp.WRITE_BLOCKS] = blocks
+    vocab = interp.vocab_strings(model.tokenizer, model.cfg.d_vocab)
+    interp.save_stats(stats, out / layout.STATS, vocab)
+    return stats, dashboards.build_dashboard(out / layout.STATS, out / layout.DASHBOARD, title)
 
 
 def _load(ctx, ref):
