@@ -81,7 +81,6 @@ KINDS += [("skip_transcoder", "relu"), ("skip_transcoder", "topk")]
 # what a format cannot hold, and the reason its export gives
 REFUSED = {
     ("circuit-tracer", "sae"): "transcoders only",
-    ("circuit-tracer", "topk"): "ReLU or JumpReLU",
     ("saelens", "transcoder-topk"): "no TopK transcoder",
 }
 
@@ -89,8 +88,6 @@ REFUSED = {
 def refusal(fmt: str, kind: str, activation: str) -> str | None:
     if fmt == "circuit-tracer" and kind == "sae":
         return REFUSED[(fmt, "sae")]
-    if fmt == "circuit-tracer" and activation == "topk":
-        return REFUSED[(fmt, "topk")]
     if fmt == "saelens" and kind != "sae" and activation == "topk":
         return REFUSED[(fmt, "transcoder-topk")]
     return None
@@ -191,6 +188,25 @@ def test_circuit_tracer_layout_is_the_documented_one(tmp_path):
     torch.testing.assert_close(z, coder.encode(x), **TOL)
     y = z @ t["W_dec"] + t["b_dec"] + x @ t["W_skip"].T
     torch.testing.assert_close(y, coder(x)[0], **TOL)
+
+
+def test_a_topk_set_is_circuit_tracers_topk_layout(tmp_path):
+    """circuit-tracer 0.5.0 reads a TopK set's `activation: topk` and `k` from config.yaml
+    (`load_transcoder_set`), its layer files hold only the plain tensors (its strict
+    `load_state_dict`), and its TopK keeps the k largest pre-activations, as ours does when
+    they are positive."""
+    coder = make_coder("transcoder", "topk")
+    export_transcoder_set({0: coder}, tmp_path / "set", model_name="toy")
+    config = yaml.safe_load((tmp_path / "set" / "config.yaml").read_text())
+    assert (config["activation"], config["k"]) == ("topk", K)
+    t = load_file(str(tmp_path / "set" / "layer_0.safetensors"))
+    assert set(t) == {"W_enc", "W_dec", "b_enc", "b_dec"}
+    x = inputs()
+    pre = x @ t["W_enc"].T + t["b_enc"]
+    vals, idx = pre.topk(K, dim=-1)
+    z = torch.zeros_like(pre).scatter_(-1, idx, vals)  # circuit-tracer's TopK
+    assert (vals > 0).all()
+    torch.testing.assert_close(z, coder.encode(x), **TOL)
 
 
 def test_transcoder_set_refuses_what_circuit_tracer_cannot_load(tmp_path):
@@ -368,10 +384,11 @@ def _circuit_tracer_loader():
     return pytest.importorskip("circuit_tracer.transcoder.single_layer_transcoder")
 
 
-@pytest.mark.parametrize("kind", ["transcoder", "skip_transcoder"])
-def test_circuit_tracer_loads_our_set_and_computes_the_same(tmp_path, kind):
+@pytest.mark.parametrize("kind,activation", [("transcoder", "relu"), ("skip_transcoder", "relu"),
+                                             ("transcoder", "topk")])  # fmt: skip
+def test_circuit_tracer_loads_our_set_and_computes_the_same(tmp_path, kind, activation):
     ct = _circuit_tracer_loader()
-    set_ = {i: make_coder(kind, layer=i, seed=i) for i in range(2)}
+    set_ = {i: make_coder(kind, activation, layer=i, seed=i) for i in range(2)}
     export_transcoder_set(set_, tmp_path / "set", model_name="toy")
     config = yaml.safe_load((tmp_path / "set" / "config.yaml").read_text())
     loaded = ct.load_transcoder_set(
@@ -379,6 +396,8 @@ def test_circuit_tracer_loads_our_set_and_computes_the_same(tmp_path, kind):
         scan=config["scan"],
         feature_input_hook=config["feature_input_hook"],
         feature_output_hook=config["feature_output_hook"],
+        activation=config.get("activation"),
+        k=config.get("k"),
         device=torch.device("cpu"),
         dtype=torch.float32,
         lazy_encoder=False,

@@ -1,7 +1,10 @@
 """circuit-tracer transcoder sets: `config.yaml` (`model_kind: transcoder_set`, hooks
 relative to a block) + `layer_{i}.safetensors`, read as Coders (see `formats` for the bias
 rules). A layer file with `activation_function.threshold` [d_sae] is a JumpReLU transcoder
-(BatchTopK when tcspec wrote it from one: `tcspec.activation` in the config)."""
+(BatchTopK when tcspec wrote it from one: `tcspec.activation` in the config); a config with
+`activation: topk` and `k` (circuit-tracer 0.5.0) a TopK set. circuit-tracer's TopK keeps the
+k largest pre-activations as they are, tcspec's ReLUs them: the two agree wherever a token
+has at least k positive pre-activations (always for a TopK dictionary trained to use them)."""
 
 from __future__ import annotations
 
@@ -105,7 +108,13 @@ def load_circuit_tracer(path: Path, layer: int | None) -> tuple[Coder, Path]:
     d_out = t.ndim2("W_dec")[1]
     skip = t.has("W_skip")
     activation, k = "relu", None
-    if t.has("activation_function.threshold"):
+    if config.get("activation") == "topk":
+        activation, k = "topk", config.get("k")
+        if not isinstance(k, int) or not 0 < k <= d_sae:
+            raise ValueError(
+                f"{folder / CT_CONFIG}: `k` must be an integer in 1..{d_sae}, got {k!r}"
+            )
+    elif t.has("activation_function.threshold"):
         ours = config.get("tcspec") if isinstance(config.get("tcspec"), dict) else {}
         activation, k = threshold_activation(ours.get("activation"), ours.get("k"), d_sae)
     # Hook names are kept as given. circuit-tracer's own sets read `mlp.hook_in` of a model

@@ -10,8 +10,9 @@
   ReLU'd pre-activation, i.e. is the same function. sparsify needs d_out == d_in and has no
   thresholds (no JumpReLU or BatchTopK).
 - `circuit-tracer`: a transcoder set, `config.yaml` + `layer_{i}.safetensors` for every
-  layer 0..n-1 (its loaders require all of them), ReLU or threshold (JumpReLU, BatchTopK)
-  transcoders with d_in == d_out; a threshold is `activation_function.threshold` [d_sae].
+  layer 0..n-1 (its loaders require all of them), ReLU, TopK or threshold (JumpReLU,
+  BatchTopK) transcoders with d_in == d_out; a threshold is `activation_function.threshold`
+  [d_sae], a TopK set's `activation: topk` and `k` are in config.yaml (circuit-tracer 0.5.0).
 
 A BatchTopK dictionary infers in the threshold form, so it is written as a JumpReLU one with
 its scalar threshold broadcast to [d_sae] (as SAELens saves its BatchTopK SAEs); `k` and the
@@ -257,8 +258,6 @@ def _set_hooks(coders_by_layer: dict[int, Coder], layers: list[int]) -> tuple[st
         where = f"circuit-tracer, layer {layer}"
         if cfg.kind == "sae":
             _refuse(coder, where, "circuit-tracer takes transcoders only")
-        if cfg.activation == "topk":
-            _refuse(coder, where, "circuit-tracer's transcoder sets are ReLU or JumpReLU")
         if cfg.d_in != cfg.d_out:
             _refuse(
                 coder, where, f"circuit-tracer needs d_in == d_out, got {cfg.d_in}, {cfg.d_out}"
@@ -278,6 +277,13 @@ def _set_hooks(coders_by_layer: dict[int, Coder], layers: list[int]) -> tuple[st
     if len(hooks) != 1:
         raise ValueError(f"circuit-tracer needs the same hooks in every layer, got {sorted(hooks)}")
     return hooks.pop()
+
+
+def _ct_activation(coder: Coder) -> dict:
+    """The set's activation in circuit-tracer's config (v0.5.0, `load_transcoder_set`'s
+    `activation`/`k`): `topk` with its `k` for a TopK set; for the others its loader reads
+    the threshold tensor (JumpReLU) or defaults to ReLU, so nothing is written."""
+    return {"activation": "topk", "k": coder.cfg.k} if coder.cfg.activation == "topk" else {}
 
 
 def export_transcoder_set(
@@ -326,6 +332,7 @@ def export_transcoder_set(
         "feature_input_hook": in_hook,
         "feature_output_hook": out_hook,
         "scan": scan or f"./data/features/{out.name}",
+        **_ct_activation(coders_by_layer[0]),
         "tcspec": {
             "version": __version__,
             "context_size": context_size,
