@@ -6,7 +6,9 @@ tokens, fp32, CPU. The batch (every layer's input and output, random) is made on
 in memory, so each figure is the step's own cost. Two activations, each both ways:
 
 - CLT (relu, topk): one `CLT` over all layers (decoders to that and every later layer),
-  stepped as `tcspec.clt.train` does: `clt_loss` (tanh penalty), autograd, torch Adam.
+  stepped as `tcspec.clt.train` does: `tcspec.clt.step.train_step` (tanh penalty, its
+  hand-written gradients, each parameter stepped by Adam once its gradient is ready; TopK
+  decodes sparsely).
 - per-layer (relu, topk): n_layers `tcspec.train.MemberRun`s, the per-layer trainer's own
   step (its hand-written backward, workspace and Adam; L1 penalty for ReLU, TopK sparse),
   layer l's transcoder on layer l's input and output, one after another.
@@ -19,8 +21,11 @@ peak RSS over building and both steps, above the RSS before it (the peak is rese
 /proc/self/clear_refs). The least disturbed round counts (min wall, min CPU).
 
 FLOPs of one step, executed (P = L (L + 1) / 2 decoder blocks):
-  CLT          2 B F d (2 L + 3 P): per source layer the encoder forward, the decoder
-               forward, dL/da, dL/dW_dec, dL/dW_enc (no input gradient); dense for TopK too
+  CLT          2 B F d (2 L + 3 P) (ReLU): per source layer the encoder forward, the decoder
+               forward, dL/da, dL/dW_dec, dL/dW_enc (no input gradient); the step also runs
+               the encoder forward again in the backward (its activations are not held),
+               2 B F d L more, not counted; TopK 2 B d (F L + k (L + 3 P)): the dense
+               encoder, the rest over the k active features per layer
   per-layer    L 2 B F d 5 (ReLU), L (2 B F d + 8 B k d) (TopK: a dense encoder, the rest
                over the k active features)
 The peak is the CLT's matmuls on fresh operands of the same shapes, back to back (one
@@ -48,7 +53,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Timing, markdown_table, timed  # noqa: E402
 from tcspec.clt.cost import clt_cost  # noqa: E402
-from tcspec.clt.model import CLT, CLTConfig, CLTLoss, clt_loss  # noqa: E402
+from tcspec.clt.model import CLT, CLTConfig, CLTLoss  # noqa: E402
+from tcspec.clt.step import Hyper, train_step  # noqa: E402
+from tcspec.train.adam import AdamState  # noqa: E402
+from tcspec.train.workspace import Workspace  # noqa: E402
 
 FULL = dict(n_layers=12, d_model=768, d_sae=8192, batch=4096, k=64)
 TINY = dict(n_layers=3, d_model=32, d_sae=128, batch=256, k=8)
@@ -68,14 +76,12 @@ def clt_stepper(shape: dict, xs, ys, topk: bool):
     """One CLT training step (closure) on xs, ys."""
     L, d, F, k = shape["n_layers"], shape["d_model"], shape["d_sae"], shape["k"]
     act = dict(activation="topk", k=k) if topk else {}
-    clt = CLT(CLTConfig(L, d, F, **act))
-    opt = torch.optim.Adam(clt.parameters(), lr=1e-4)
+    clt = CLT(CLTConfig(L, d, F, **act)).requires_grad_(False)
+    adam, ws, t = AdamState.zeros(dict(clt.named_parameters())), Workspace("cpu"), [0]
 
     def step():
-        loss = clt_loss(clt, xs, ys, LOSS)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        t[0] += 1
+        train_step(clt, adam, xs, ys, Hyper(LOSS, 1.0, t[0], 1e-4, (0.9, 0.999)), ws)
 
     return step
 
@@ -134,15 +140,17 @@ def matmuls(n_layers: int, d_model: int, d_sae: int, batch: int, **_):
 
 
 def executed_flops(n_layers: int, d_model: int, d_sae: int, batch: int, **_) -> int:
-    """The CLT step's dense matmul FLOPs (the module docstring)."""
+    """The ReLU CLT step's dense matmul FLOPs (the module docstring)."""
     P = n_layers * (n_layers + 1) // 2
     return 2 * batch * d_sae * d_model * (2 * n_layers + 3 * P)
 
 
 def variant_flops(shape: dict, variant: str) -> int:
     L, d, F, B, k = (shape[f] for f in ("n_layers", "d_model", "d_sae", "batch", "k"))
-    if variant.startswith("clt"):
+    if variant == "clt":
         return executed_flops(**shape)
+    if variant == "clt_topk":
+        return 2 * B * d * (F * L + k * (L + 3 * L * (L + 1) // 2))
     if variant == "per_layer":
         return L * 2 * B * F * d * 5
     return L * (2 * B * F * d + 8 * B * k * d)

@@ -3,9 +3,10 @@
 A batch is a dict {full hook name: float32 [B, d]} holding every CLT layer's input and output
 hook (what `tcspec.activations.ActivationReader.iter_batches(start_step)` yields for those
 keys, or one forward pass of the model read at all layers); it is stacked to xs, ys
-[L, B, d]. Each step: the loss of `tcspec.clt.model.clt_loss` with the sparsity coefficient
-warmed up by `l1_factor(step, coef_warmup_steps)`, autograd, then torch.optim.Adam at
-lr * `lr_factor(step, ...)` (the schedules of `tcspec.train`).
+[L, B, d]. Each step (`tcspec.clt.step.train_step`): the loss of `tcspec.clt.model.clt_loss`
+with the sparsity coefficient warmed up by `l1_factor(step, coef_warmup_steps)`, its
+gradients written out by hand, and Adam (`tcspec.train.adam`, torch.optim.Adam's arithmetic)
+at lr * `lr_factor(step, ...)` (the schedules of `tcspec.train`).
 
 `batches` is a callable `batches(s)`, or a `tcspec.train.BatchSource` (a stream,
 `tcspec.stream.ActivationStream`), whose `state_dict()` then goes in each checkpoint and is
@@ -33,8 +34,11 @@ import xxhash
 from torch import Tensor
 
 from tcspec.atomic import atomic_write
-from tcspec.clt.model import CLT, CLTConfig, CLTLoss, clt_loss
+from tcspec.clt.model import CLT, CLTConfig, CLTLoss
+from tcspec.clt.step import Hyper, train_step
 from tcspec.train import CHECKPOINT_MAGIC, BatchSource, l1_factor, lr_factor, read_checkpoint
+from tcspec.train.adam import AdamState
+from tcspec.train.workspace import Workspace
 
 Batches = Callable[[int], Iterator[dict[str, Tensor]]]
 """`batches(s)` yields the batches of steps s, s + 1, ... (dicts full hook name -> [B, d])."""
@@ -126,7 +130,9 @@ def train_clt(
     when it holds a checkpoint of this (cfg, train). The checkpoint is left in place for the
     caller to remove once the result is saved."""
     clt = CLT(cfg, seed=train.seed, threshold=train.init_threshold).to(device)
-    opt = torch.optim.Adam(clt.parameters(), lr=train.lr, betas=train.adam_betas, eps=1e-8)
+    clt.requires_grad_(False)
+    opt = AdamState.zeros(dict(clt.named_parameters()))
+    ws = Workspace(device)
     ckpt = Path(ckpt_path) if ckpt_path is not None else None
     start, wall_before, curve = 0, 0.0, []
     source = batches if isinstance(batches, BatchSource) else None
@@ -144,7 +150,7 @@ def train_clt(
         if step == 0 and train.init_b_dec_from_mean:
             with torch.no_grad():
                 clt.b_dec.copy_(ys.mean(1))
-        row = _step(clt, opt, train, step, xs, ys)
+        row = _step(clt, opt, train, step, xs, ys, ws)
         if (step + 1) % log_every == 0 or step + 1 == train.steps:
             curve.append(row)
         done = step + 1
@@ -157,36 +163,36 @@ def train_clt(
     return CLTTrainResult(clt=clt, curve=curve, wall_s=wall, tokens_per_s=rate)
 
 
-def _step(clt: CLT, opt, train: CLTTrainConfig, step: int, xs: Tensor, ys: Tensor) -> dict:
+@torch.no_grad()
+def _step(clt: CLT, opt: AdamState, train: CLTTrainConfig, step: int, xs, ys, ws) -> dict:
     """One Adam step; returns the step's curve row."""
     lr = train.lr * lr_factor(step, train.steps, train.lr_warmup_steps, train.lr_decay,
                               train.lr_decay_start)  # fmt: skip
-    for group in opt.param_groups:
-        group["lr"] = lr
-    terms = clt_loss(clt, xs, ys, train.loss, l1_factor(step, train.coef_warmup_steps))
-    loss = terms["loss"]
+    h = Hyper(train.loss, l1_factor(step, train.coef_warmup_steps), step + 1, lr,
+              train.adam_betas)  # fmt: skip
+    var = (ys - ys.mean(1, keepdim=True)).square().sum()
+    terms = train_step(clt, opt, xs, ys, h, ws, check=lambda loss: _finite(loss, step))
+    B = xs.shape[1]
+    row = {"step": step + 1, "lr": lr}
+    row |= {k: terms[k].item() for k in ("loss", "mse", "penalty", "pre_act")}
+    row["fvu"] = (terms["mse"] * B / var).item()
+    row["l0"] = (terms["count"] / B).item()
+    return row
+
+
+def _finite(loss: Tensor, step: int) -> None:
     if not math.isfinite(loss.item()):
         raise FloatingPointError(
             f"step {step}: the CLT's loss is {loss.item()}; training stopped, the last good "
             "checkpoint is kept"
         )
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    with torch.no_grad():
-        B = xs.shape[1]
-        var = (ys - ys.mean(1, keepdim=True)).square().sum()
-        row = {"step": step + 1, "lr": lr}
-        row |= {k: terms[k].item() for k in ("loss", "mse", "penalty", "pre_act")}
-        row["fvu"] = (terms["mse"] * B / var).item()
-        row["l0"] = ((terms["acts"] != 0).sum() / B).item()
-    return row
 
 
 # ---------------------------------------------------------------------------- checkpoints
 def _identity(cfg: CLTConfig, train: CLTTrainConfig) -> dict:
-    """What must match for a checkpoint to belong to this run."""
-    return {"cfg": dataclasses.asdict(cfg), "train": dataclasses.asdict(train)}
+    """What must match for a checkpoint to belong to this run (format 2: the moments of
+    `AdamState`; 1 held torch.optim.Adam's)."""
+    return {"cfg": dataclasses.asdict(cfg), "train": dataclasses.asdict(train), "format": 2}
 
 
 def _source_state(source) -> dict | None:
@@ -200,7 +206,7 @@ def _save(path: Path, clt, opt, cfg, train, step: int, wall: float, curve: list,
         "wall_s": wall,
         "identity": _identity(cfg, train),
         "weights": {k: v.detach().cpu() for k, v in clt.state_dict().items()},
-        "optimizer": opt.state_dict(),
+        "adam": {n: _cpu(getattr(opt, n)) for n in ("exp_avg", "exp_avg_sq")},
         "torch_rng": torch.get_rng_state(),
         "curve": curve,
         "source": source,
@@ -210,6 +216,10 @@ def _save(path: Path, clt, opt, cfg, train, step: int, wall: float, curve: list,
     payload = buf.getvalue()
     header = CHECKPOINT_MAGIC + xxhash.xxh3_128_hexdigest(payload).encode() + b"\n"
     atomic_write(path, lambda p: p.write_bytes(header + payload))
+
+
+def _cpu(d: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.cpu() for k, v in d.items()}
 
 
 def _load(path: Path, clt, opt, cfg, train, source) -> tuple[int, float, list]:
@@ -222,6 +232,8 @@ def _load(path: Path, clt, opt, cfg, train, source) -> tuple[int, float, list]:
             raise ValueError(f"{path} holds a data source's state, but this source cannot load it")
         fn(state["source"])
     clt.load_state_dict(state["weights"])
-    opt.load_state_dict(state["optimizer"])
+    for name in ("exp_avg", "exp_avg_sq"):
+        for k, v in getattr(opt, name).items():
+            v.copy_(state["adam"][name][k])
     torch.set_rng_state(state["torch_rng"])
     return state["step"], state["wall_s"], state["curve"]

@@ -40,14 +40,9 @@ class AdamState:
     ) -> None:
         """Adam step `t` (1-based) as torch.optim.Adam (no weight decay, eps 1e-8), in place;
         `lr_of` gives some parameters their own learning rate (a parameter group)."""
-        b1, b2 = betas
-        bc1, bc2_sqrt = 1 - b1**t, math.sqrt(1 - b2**t)
         for k, p in params.items():
-            g, m, v = grads[k], self.exp_avg[k], self.exp_avg_sq[k]
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = torch.sqrt(v, out=ws.get("denom", v.shape)).div_(bc2_sqrt).add_(ADAM_EPS)
-            p.addcdiv_(m, denom, value=-(lr_of or {}).get(k, lr) / bc1)
+            rate = (lr_of or {}).get(k, lr)
+            adam_update(p, grads[k], self.exp_avg[k], self.exp_avg_sq[k], t, rate, betas, ws)
 
     @torch.no_grad()
     def reset_features(self, idx: Tensor) -> None:
@@ -56,3 +51,18 @@ class AdamState:
             state["W_enc"][:, idx] = 0.0
             state["b_enc"][idx] = 0.0
             state["W_dec"][idx] = 0.0
+
+
+@torch.no_grad()
+def adam_update(
+    p: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, lr: float, betas: tuple, ws: Workspace
+) -> None:
+    """Adam step `t` (1-based) of one tensor p from its gradient g, moments m, v in place,
+    as torch.optim.Adam's single-tensor path (no weight decay, eps 1e-8); its temporary is
+    `ws`'s flat "denom" buffer, one for every shape."""
+    b1, b2 = betas
+    bc1, bc2_sqrt = 1 - b1**t, math.sqrt(1 - b2**t)
+    m.lerp_(g, 1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    denom = torch.sqrt(v, out=ws.flat("denom", v.shape)).div_(bc2_sqrt).add_(ADAM_EPS)
+    p.addcdiv_(m, denom, value=-lr / bc1)

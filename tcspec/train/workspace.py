@@ -8,6 +8,8 @@ float32 accuracy the statistics need. In float32 every one of these is the plain
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -16,7 +18,8 @@ BF16_EXACT_ROWS = 256
 
 
 class Workspace:
-    """Reusable buffers by (name, shape, dtype): members of equal shape share them."""
+    """Reusable buffers by (name, shape, dtype): members of equal shape share them; and
+    flat buffers by name, viewed as any shape (one allocation, the largest asked for)."""
 
     def __init__(self, device, dtype: torch.dtype = torch.float32):
         self.device, self.dtype = device, dtype
@@ -29,6 +32,16 @@ class Workspace:
         if key not in self.buffers:
             self.buffers[key] = torch.empty(shape, device=self.device, dtype=dtype)
         return self.buffers[key]
+
+    def flat(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """A contiguous [shape] view of the flat buffer `name`, grown to fit."""
+        n = math.prod(shape)
+        buf = self.buffers.get((name, None, self.dtype))
+        if buf is None or buf.numel() < n:
+            buf = self.buffers[(name, None, self.dtype)] = torch.empty(
+                n, device=self.device, dtype=self.dtype
+            )
+        return buf[:n].view(shape)
 
     def cast(self, name: str, t: Tensor, dtype: torch.dtype) -> Tensor:
         """`t` in `dtype`: `t` itself when it is already, else a copy in the buffer `name`."""
