@@ -24,6 +24,12 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def is_temp(name: str) -> bool:
+    """Whether a file or folder name is a writer's temporary (``temp_name``'s form)."""
+    stem, _, pid = name.rpartition(".tmp")
+    return name.startswith(".") and bool(stem) and pid.isdigit()
+
+
 def clear_stale(path: Path) -> None:
     """Remove temporaries of ``path`` left by processes that no longer run (a killed job's
     half-written file or folder); a live process's temporary is left alone."""

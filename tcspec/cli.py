@@ -271,13 +271,18 @@ def cmd_task(args) -> int:
 
 
 def cmd_tables(args) -> int:
-    from tcspec.tasks import run_task, save_task
+    from tcspec.tasks import run_task, save_task, verify_inputs
+    from tcspec.tasks.integrity import DamagedInput
 
     spec, plan = _plan(args)
     results = Path(args.results)
     for t in plan.tasks.values():
         save_task(results, t)
     (task,) = plan.stage("tables")
+    try:  # what is done, but nothing damaged
+        verify_inputs(task, results)
+    except DamagedInput as exc:
+        raise UserError(str(exc)) from None
     finished = [t for t in plan.stage("evaluate") if t.done(results).exists()]
     if not finished:
         raise UserError(f"{args.spec}: no finished evaluations in {results}: nothing to tabulate")
@@ -296,6 +301,7 @@ def cmd_ingest(args) -> int:
     if not studies:
         raise UserError(f"spec `{spec.experiment}` has no interp section, so no study packet")
     target, key = layout.ratings_files(results, spec.experiment)
+    _verify(studies[0].dir(results), "tcspec interp ingest")
     try:
         saved = ingest(studies[0].dir(results), Path(args.ratings), target, key)
     except (ValueError, FileNotFoundError) as exc:
@@ -315,6 +321,7 @@ def cmd_export(args) -> int:
         raise UserError(f"{out}: exists and is not a folder; give a folder to export into")
     if (out / coders.WEIGHTS_FILE).exists():
         raise UserError(f"{out}: holds a tcspec dictionary; export into another folder")
+    _verify(folder, "tcspec export")
     facts = _training_facts(folder, Path(args.results))
     model_name = args.model_name or facts.get("model_name")
     context = args.context_size or facts.get("context_size")
@@ -333,6 +340,17 @@ def cmd_export(args) -> int:
         raise UserError(str(exc)) from None
     print("\n".join(str(p) for p in written))
     return 0
+
+
+def _verify(task_dir: Path, by: str) -> None:
+    """Refuse a task's folder whose files differ from the checksums its task.json records
+    (one line naming the file and the task, which is marked not done)."""
+    from tcspec.tasks.integrity import DamagedInput, verify
+
+    try:
+        verify(task_dir, by)
+    except DamagedInput as exc:
+        raise UserError(str(exc)) from None
 
 
 def _training_facts(member_dir: Path, results: Path) -> dict:

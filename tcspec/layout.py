@@ -2,7 +2,8 @@
 
 results/
   configs/<stage>/<id>.json        a task's frozen config and upstream ids, written once
-  tasks/<stage>/<id>/task.json     its record (config + provenance), written last
+  tasks/<stage>/<id>/task.json     its record (config, provenance, outputs' checksums), last
+  tasks/<stage>/<id>/task.damaged.json  its record once its outputs were found damaged
   tasks/<stage>/<id>/...           its artifacts (weights, shards, metrics, html, tables)
   checkpoints/<id>/                resumable state of a training pass (never an output)
   logs/<stage>/<id>.log            the job's log
@@ -42,6 +43,8 @@ PASS_MEMBERS = {GROUP: "train", EVAL_GROUP: "evaluate"}
 """Pass stage -> the stage of its members (each member keeps its own folder and record)."""
 
 DONE = "task.json"
+DAMAGED = "task.damaged.json"
+"""A task's record renamed when its outputs were found damaged: the task is not done."""
 METRICS = "metrics.json"
 TRAINING = "training.json"
 SUMMARY = "summary.json"
@@ -74,6 +77,16 @@ def task_dir(results: Path, stage: str, task_id: str) -> Path:
 
 def done_file(results: Path, stage: str, task_id: str) -> Path:
     return task_dir(results, stage, task_id) / DONE
+
+
+def damaged_file(results: Path, stage: str, task_id: str) -> Path:
+    return task_dir(results, stage, task_id) / DAMAGED
+
+
+def task_of_dir(folder: Path) -> tuple[str, str]:
+    """(stage, id) of a task folder (``task_dir``'s inverse)."""
+    folder = Path(folder).resolve()
+    return folder.parent.name, folder.name
 
 
 def config_file(results: Path, stage: str, task_id: str) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 from tcspec import layout
 from tcspec.metrics import sanity_flags
 from tcspec.plan import Plan
+from tcspec.tasks import integrity
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -87,6 +88,9 @@ def status_table(plan: Plan, results: Path) -> str:
     """Each task's state, then the counts:
 
     - ``done (N s)``: its task.json exists (N: the task's wall time);
+    - ``damaged``: a file it wrote differs from the checksum its task.json records (or is
+      gone); the line names it, and the task is marked not done (``tcspec.tasks.integrity``)
+      so that the next run rebuilds it; the same once a job found it damaged;
     - ``stale``: done, but an upstream task is missing or was finished after it (Snakemake
       reruns it, and everything after it); never a done train task, which content
       addressing makes final (its id names what it trained on);
@@ -116,7 +120,7 @@ def status_table(plan: Plan, results: Path) -> str:
     return "\n".join(lines)
 
 
-STATES = ("done", "stale", "failed or running", "to do")
+STATES = ("done", "damaged", "stale", "failed or running", "to do")
 
 
 def _task_state(task, results: Path, upstream: dict, job) -> tuple[str, str]:
@@ -124,11 +128,18 @@ def _task_state(task, results: Path, upstream: dict, job) -> tuple[str, str]:
     tasks before it; ``job`` is what runs it (itself, or the training pass of a member)."""
     done = task.done(results)
     if done.exists():
+        found = integrity.problems(task.dir(results))
+        if found:  # marked not done, so that Snakemake rebuilds it
+            integrity.invalidate(task.dir(results), found, by="tcspec status")
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            return "damaged", f"damaged: {found[0]}{more}; marked not done: a rerun rebuilds it"
         mtime = done.stat().st_mtime_ns
         # a done train task is no job's output (passes train only members not done): final
         deps = {} if task.stage == "train" else task.deps
         for stage, dep_id in deps.values():
             dep = layout.done_file(results, stage, dep_id)
+            if upstream.get((stage, dep_id)) == "damaged":
+                return "stale", f"stale: upstream {stage} {dep_id} is damaged"
             if not dep.exists():
                 return "stale", f"stale: upstream {stage} {dep_id} is missing"
             if dep.stat().st_mtime_ns > mtime:
@@ -144,6 +155,10 @@ def _task_state(task, results: Path, upstream: dict, job) -> tuple[str, str]:
         flags = sanity_flags(record.get("summary", {}).get("metrics") or {})
         return "done", text + "".join(f"; warning: {f}" for f in flags)
     log = layout.log_file(results, job.stage, job.id)
+    damage = integrity.recorded_damage(task.dir(results))
+    marked = layout.damaged_file(results, task.stage, task.id)
+    if damage and not (log.exists() and log.stat().st_mtime_ns > marked.stat().st_mtime_ns):
+        return "damaged", f"damaged: {damage}; marked not done: a rerun rebuilds it"
     if log.exists():
         state = "failed or running"
         last = _last_line(log)

@@ -10,6 +10,8 @@ tiny GPT-2 stands in for ``gpt2`` in a temporary Hugging Face cache.
 - ``gpt2_hf_cache``: a Hugging Face cache holding that folder as ``gpt2``
   (``hub/models--gpt2/snapshots/<hash>/``), made the session's cache; returns ``HF_HOME``.
 - ``toy_model_dir``: a toy model folder trained for a few steps with tiny dims.
+- ``micro_attribution_run``: tests/workflow/micro_attribution.yaml run to its end in this
+  process, task by task as its Snakemake jobs would run (read it; copy it to change it).
 """
 
 from __future__ import annotations
@@ -114,3 +116,24 @@ def toy_model_dir(tmp_path_factory) -> Path:
         progress=False,
     )
     return folder
+
+
+@pytest.fixture(scope="session")
+def micro_attribution_run(tmp_path_factory):
+    """(results folder, plan) of the micro attribution spec, every task done: configs
+    stored as building the DAG stores them, then each stage's jobs (training as its pass)."""
+    from tcspec import layout
+    from tcspec.loader import load_spec
+    from tcspec.plan import compile_plan, group_task
+    from tcspec.tasks import run_task, save_task
+
+    spec = Path(__file__).resolve().parent / "workflow" / "micro_attribution.yaml"
+    results = tmp_path_factory.mktemp("micro_attribution") / "results"
+    plan = compile_plan(load_spec(spec))
+    passes = [group_task([plan.get("train", i) for i in g]) for g in plan.groups]
+    for t in [*plan.tasks.values(), *passes]:
+        save_task(results, t)
+    for stage in layout.STAGES:
+        for job in passes if stage == "train" else plan.stage(stage):
+            run_task(job, results, device="cpu")
+    return results, plan

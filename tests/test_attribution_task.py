@@ -1,11 +1,11 @@
 """`circuits: [{task: attribution, ...}]` from a spec to files: the micro pipeline run in this
-process task by task (as its Snakemake jobs would), then every prompt's graph JSON (against
-Neuronpedia's required fields), adjacency, viewer, interventions and the summary table."""
+process task by task (as its Snakemake jobs would; conftest's ``micro_attribution_run``),
+then every prompt's graph JSON (against Neuronpedia's required fields), adjacency, viewer,
+interventions and the summary table."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jsonschema
 import pandas as pd
@@ -14,13 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from tcspec import layout
-from tcspec.loader import load_spec
 from tcspec.models.load import read_model_json
-from tcspec.plan import compile_plan, group_task
-from tcspec.tasks import run_task, save_task
 from tests.pages_check import assert_pages_complete, browser, click_every_feature, needs_chromium
 
-SPEC = Path(__file__).resolve().parent / "workflow" / "micro_attribution.yaml"
 NODE = {
     "type": "object",
     "required": ["node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "clerp"],
@@ -58,19 +54,8 @@ GRAPH_SCHEMA = {  # Neuronpedia's graph-schema.json: its required fields (FIELD.
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    results = tmp_path_factory.mktemp("results")
-    plan = compile_plan(load_spec(SPEC))
-    for t in plan.tasks.values():
-        save_task(results, t)
-    passes = [group_task([plan.get("train", i) for i in g]) for g in plan.groups]
-    for t in passes:
-        save_task(results, t)
-    for stage in layout.STAGES:
-        jobs = passes if stage == "train" else plan.stage(stage)
-        for job in jobs:
-            run_task(job, results, device="cpu")
-    return results, plan
+def run(micro_attribution_run):
+    return micro_attribution_run
 
 
 def test_each_prompt_gets_its_graph_files(run):

@@ -26,7 +26,7 @@ import harness  # noqa: E402
 from harness import MICRO, MICRO_L1B, kill_task, snakemake, task_of  # noqa: E402
 
 from tcspec import layout  # noqa: E402
-from tcspec.tasks import run_task  # noqa: E402
+from tcspec.tasks import integrity, run_task  # noqa: E402
 
 pytestmark = pytest.mark.slow
 KILL_SEED = 20240607
@@ -213,9 +213,10 @@ def shard_file(results: Path, shard: int = 1) -> Path:
 
 
 def test_corrupted_cache_shard_fails_the_job_and_names_the_file(copy):
-    """One flipped byte in a shard: the training job fails, its message names the file,
-    and neither task.json nor weights appear; `tcspec status` shows it with that line."""
-    t = task_of("train")
+    """One flipped byte in a shard: the training job fails, its message names the file and
+    the acts task (now marked not done), and neither task.json nor weights appear; `tcspec
+    status` shows the job's line and the damaged cache."""
+    t, acts = task_of("train"), task_of("acts")
     harness.remove_task(copy, "train", t.id)
     bad = shard_file(copy)
     flip_byte(bad)
@@ -223,12 +224,14 @@ def test_corrupted_cache_shard_fails_the_job_and_names_the_file(copy):
     assert job.wait() != 0
     log = harness.job_log(copy, "train", t.id).read_text()
     last = harness.last_line(log)
-    assert str(bad) in last and "corrupted" in last, last
-    assert not t.done(copy).exists()
+    assert str(bad) in last and "checksum differs" in last and f"acts {acts.id}" in last, last
+    assert not t.done(copy).exists() and not acts.done(copy).exists()
     assert not list(t.dir(copy).rglob("weights.safetensors"))
     status = tcspec("status", str(MICRO), "--results", str(copy)).stdout
     line = next(s for s in status.splitlines() if s.startswith("train"))
     assert "failed or running" in line and str(bad) in line, status
+    line = next(s for s in status.splitlines() if s.startswith("acts"))
+    assert f"damaged: {bad}: " in line, status
 
 
 def test_truncated_cache_shard_is_named(copy):
@@ -247,9 +250,11 @@ def test_damaged_token_file_is_named(copy, split, stage, damage):
     damage(tokens)
     task, job, _ = context(copy, stage)
     harness.remove_task(copy, stage, task.id)
-    with pytest.raises(ValueError, match=re.escape(str(tokens)) + ".*corrupted"):
+    why = "truncated to" if damage is truncate else "its xxh3_128 checksum differs"
+    made_by = f"made by tokens {task_of('tokens').id}"
+    with pytest.raises(ValueError, match=f"{re.escape(str(tokens))}: {why}.*; {made_by}"):
         run_task(job, copy)
-    assert not task.done(copy).exists()
+    assert not task.done(copy).exists() and not task_of("tokens").done(copy).exists()
 
 
 def partial_training(results: Path, stop_after: int) -> Path:
@@ -364,6 +369,10 @@ def test_every_task_records_its_provenance(base):
     for task in plan.tasks.values():
         record = json.loads(task.done(base).read_text())
         assert (record["stage"], record["id"]) == (task.stage, task.id)
+        folder = task.dir(base)
+        files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+        assert set(record["outputs"]) == files - {layout.DONE}  # every file it wrote
+        assert integrity.problems(folder) == []  # at its recorded size and checksum
         assert record["config"] == task.config.model_dump(mode="json")
         assert (
             record["config_sha256"] == hashlib.sha256(task.config.canonical().encode()).hexdigest()

@@ -3,8 +3,9 @@
 Every Snakemake job runs ``tcspec task STAGE ID --results R``: ``load_task`` reads the
 task's frozen config (and its upstream tasks' configs) from the config store under its id,
 never from a spec; ``run_task`` checks the inputs are complete, runs the stage with the
-stage's thread count, and writes ``task.json`` last (atomically): the config and its
-provenance. Only this package, ``tcspec.workflow`` and the CLI know the results layout; the
+stage's thread count, and writes ``task.json`` last (atomically): the config, its
+provenance and the checksums of the files it wrote, which every reader verifies
+(``tcspec.tasks.integrity``). Only this package, ``tcspec.workflow`` and the CLI know the results layout; the
 library modules below them take plain arguments.
 """
 
@@ -24,6 +25,7 @@ from tcspec import atomic, layout
 from tcspec.compute import cpu_features, cpu_model, resolve_device
 from tcspec.configs import CONFIGS, CoderRef
 from tcspec.plan import Task
+from tcspec.tasks import integrity
 
 DEVICE_ENV = "TCSPEC_DEVICE"
 """The device jobs run on (auto, cpu, cuda): set by the workflow from the spec, not part of
@@ -34,11 +36,26 @@ MODULES = {"group": "train", "evalgroup": "evaluate", "import": "imports"}
 
 # ---------------------------------------------------------------------------- the store
 def save_task(results: Path, task: Task) -> Path:
-    """Store a task's config under its id; written only when absent, so it never changes."""
+    """Store a task's config under its id; written only when absent (so it never changes),
+    or when what is there is not this task's config and deps (a damaged file: the id fixes
+    them, so they are written again)."""
     path = layout.config_file(results, task.stage, task.id)
-    if not path.exists():
+    if not _stored(path, task):
         atomic.write_json(path, task.record())
     return path
+
+
+def _stored(path: Path, task: Task) -> bool:
+    """Whether ``path`` holds a record of ``task``: its config (as its id sees it) and deps;
+    the resources are those first stored."""
+    try:
+        record = json.loads(path.read_text())
+        config = CONFIGS[task.stage].model_validate(record["config"])
+        deps = {k: tuple(v) for k, v in record["deps"].items()}
+        same = (record["stage"], record["id"], deps) == (task.stage, task.id, task.deps)
+        return same and config.canonical() == task.config.canonical()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # absent, or damaged
+        return False
 
 
 def load_task(results: Path, stage: str, task_id: str) -> Task:
@@ -104,11 +121,8 @@ def run_task(task: Task, results: Path, device: str = "auto", require_inputs=Tru
     results = Path(results)
     if task.stage == "train":
         raise ValueError("a member trains in a pass; run its `group` task")
-    missing = [
-        str(layout.done_file(results, s, i))
-        for s, i in task.deps.values()
-        if not layout.done_file(results, s, i).exists()
-    ]
+    upstream = verify_inputs(task, results)  # even optional inputs
+    missing = [str(d / layout.DONE) for d in upstream if not (d / layout.DONE).exists()]
     if missing and require_inputs:
         raise ValueError(f"inputs not complete: {', '.join(missing)}")
     device = resolve_device(device)
@@ -123,11 +137,22 @@ def run_task(task: Task, results: Path, device: str = "auto", require_inputs=Tru
     return finish(task, results, summary, device, time.time() - start)
 
 
+def verify_inputs(task: Task, results: Path) -> list[Path]:
+    """The folders of a task's upstream tasks, after checking that none is damaged
+    (``integrity.DamagedInput`` otherwise, the damaged ones marked not done)."""
+    upstream = [layout.task_dir(results, s, i) for s, i in task.deps.values()]
+    integrity.verify_all(upstream, by=f"{task.stage} {task.id}")
+    return upstream
+
+
 def finish(task: Task, results: Path, summary: dict, device: str, wall_s: float) -> dict:
-    """Write ``task.json``: the task's config, deps, summary and provenance."""
+    """Write ``task.json``: the task's config, deps, summary, provenance, and the checksums
+    of every file in its folder (``integrity.outputs``, what readers verify)."""
     record = task.record() | {"summary": summary, "provenance": provenance(device, wall_s)}
     record["config_sha256"] = hashlib.sha256(task.config.canonical().encode()).hexdigest()
+    record[integrity.OUTPUTS] = integrity.outputs(task.dir(results))
     atomic.write_json(task.done(results), record)
+    layout.damaged_file(results, task.stage, task.id).unlink(missing_ok=True)  # rebuilt
     return record
 
 
