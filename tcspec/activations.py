@@ -281,45 +281,87 @@ def cache_activations(
     (n_contexts, context), total_rows = tokens.shape, counted(tokens, exclude)
     if total_rows == 0:
         raise ValueError("no token positions to cache")
-    np_dtype = STORAGE[dtype][1]
-    device, stop, out_dir = model.cfg.device, _stop_layer(hooks), Path(out_dir)
+    device, stop = model.cfg.device, _stop_layer(hooks)
     store: dict[str, torch.Tensor] = {}
 
     def save(act: torch.Tensor, hook: Any) -> None:
         store[hook.name] = act
 
+    def batches() -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, n_contexts, batch_contexts):
+            chunk = np.asarray(tokens[start : start + batch_contexts])  # [b, ctx]
+            store.clear()
+            batch = torch.as_tensor(chunk, dtype=torch.long, device=device)
+            model(batch, return_type=None, stop_at_layer=stop)  # hooks fill store
+            yield _host_arrays(store, widths, keep_mask(batch, exclude), dtype), chunk.size
+
     with torch.inference_mode(), model.hooks(fwd_hooks=[(h, save) for h in hooks]):
         probe = torch.as_tensor(np.asarray(tokens[:1, :2]), dtype=torch.long, device=device)
         model(probe, return_type=None, stop_at_layer=stop)  # fills store: the widths
         widths = {h: int(store[h].shape[-1]) for h in hooks}
-        n_shards = math.ceil(total_rows / shard_tokens)
-        shard_rows = [shard_tokens] * (n_shards - 1) + [total_rows - shard_tokens * (n_shards - 1)]
-        _check_disk(out_dir, total_rows, widths, np_dtype.itemsize, n_shards)
-        bar = tqdm(total=n_contexts * context, unit="tok", unit_scale=True, desc="acts",
-                   disable=not progress)  # fmt: skip
-        with atomic_dir(out_dir) as tmp:
-            writer = _ShardWriter(tmp, widths, np_dtype, shard_rows)
-            writes = _WriteQueue(writer)  # file writes and hashing overlap the next forward
-            try:
-                for start in range(0, n_contexts, batch_contexts):
-                    chunk = np.asarray(tokens[start : start + batch_contexts])  # [b, ctx]
-                    store.clear()
-                    batch = torch.as_tensor(chunk, dtype=torch.long, device=device)
-                    model(batch, return_type=None, stop_at_layer=stop)  # hooks fill store
-                    writes.put(_host_arrays(store, widths, keep_mask(batch, exclude), dtype))
-                    bar.update(chunk.size)
-                writes.close()
-            except BaseException:
-                writes.close(raise_error=False)
-                writer.abort()
-                raise
-            bar.close()
-            manifest = _manifest(
-                dtype, widths, tokens.shape, exclude, total_rows, shard_tokens, writer.shards
-            )
-            manifest["meta"] = meta or {}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        layout = _Layout(widths, total_rows, tokens.shape, exclude, dtype, shard_tokens)
+        return write_cache(out_dir, layout, batches(), n_contexts * context, meta, progress)
+
+
+class _Layout:
+    """What a cache holds: hook widths, rows, the token shape and what was left out."""
+
+    def __init__(self, widths: dict[str, int], total_rows: int, shape: tuple[int, int],
+                 exclude: tuple, dtype: str, shard_tokens: int):  # fmt: skip
+        self.widths, self.total_rows, self.shape, self.exclude = widths, total_rows, shape, exclude
+        self.dtype, self.shard_tokens = dtype, shard_tokens
+
+
+def write_cache(out_dir: str | Path, layout: _Layout, batches: Iterator, units: int,
+                meta: dict | None, progress: bool = True) -> dict:  # fmt: skip
+    """Write the rows of `batches` (pairs of {hook: [n, d] storage-dtype numpy rows} and the
+    progress units they account for, `units` in all) as a cache in `out_dir` described by
+    `layout`, atomically; returns the manifest. Raises ValueError before writing when the
+    cache would not fit on disk."""
+    if layout.dtype not in STORAGE:
+        raise ValueError(f"unknown storage dtype {layout.dtype!r}; expected one of {list(STORAGE)}")
+    np_dtype, out_dir, shard = STORAGE[layout.dtype][1], Path(out_dir), layout.shard_tokens
+    n_shards = math.ceil(layout.total_rows / shard)
+    shard_rows = [shard] * (n_shards - 1) + [layout.total_rows - shard * (n_shards - 1)]
+    _check_disk(out_dir, layout.total_rows, layout.widths, np_dtype.itemsize, n_shards)
+    bar = tqdm(total=units, unit="tok", unit_scale=True, desc="acts", disable=not progress)
+    with atomic_dir(out_dir) as tmp:
+        writer = _ShardWriter(tmp, layout.widths, np_dtype, shard_rows)
+        writes = _WriteQueue(writer)  # file writes and hashing overlap the next batch
+        try:
+            for arrays, done in batches:
+                writes.put(arrays)
+                bar.update(done)
+            writes.close()
+        except BaseException:
+            writes.close(raise_error=False)
+            writer.abort()
+            raise
+        bar.close()
+        manifest = _manifest(
+            layout.dtype, layout.widths, layout.shape, layout.exclude, layout.total_rows,
+            shard, writer.shards,
+        )  # fmt: skip
+        manifest["meta"] = meta or {}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def cache_rows(rows: Iterator[dict[str, torch.Tensor]], total_rows: int, widths: dict[str, int],
+               out_dir: str | Path, *, dtype: str = "float32", shard_tokens: int = 65536,
+               meta: dict | None = None, progress: bool = True) -> dict:  # fmt: skip
+    """Cache activation rows that come without tokens (a synthetic source): `rows` yields
+    {hook: [n, d]} tensors, `total_rows` rows in all, in the format `cache_activations`
+    writes (context 1: one row a "context"); returns the manifest."""
+
+    def batches() -> Iterator:
+        for r in rows:
+            n = len(next(iter(r.values())))
+            keep = torch.ones(n, dtype=torch.bool)
+            yield _host_arrays(r, widths, keep, dtype), n
+
+    layout = _Layout(dict(widths), total_rows, (total_rows, 1), (), dtype, shard_tokens)
+    return write_cache(out_dir, layout, batches(), total_rows, meta, progress)
 
 
 # ---------------------------------------------------------------------------------- reading

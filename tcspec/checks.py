@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from tcspec.hooks import BLOCK_HOOKS, hook_width
+from tcspec.hooks import BLOCK_HOOKS, SYNTHETIC_HOOKS, hook_width
 from tcspec.kinds import CLT
 from tcspec.models import catalog
 from tcspec.spec import SWEEP_FIELDS, CLTSpec, Spec, TranscoderSpec
@@ -34,6 +34,12 @@ def model_dims(model) -> dict:
             n_ctx=model.n_ctx,
             parallel_attn_mlp=False,
         )
+    if model.kind == "synthetic":
+        # one block whose MLP hooks hold x and y (`tcspec.models.synthetic`); no tokens
+        return dict(
+            n_layers=1, d_model=model.d_model, d_mlp=model.d_model, n_heads=1,
+            d_head=model.d_model, n_ctx=None, d_vocab=0, parallel_attn_mlp=False,
+        )  # fmt: skip
     if model.kind == "pretrained":
         dims = catalog.lookup(model.name)
         if dims is None:
@@ -129,6 +135,7 @@ def sanity_warnings(spec: Spec) -> list[tuple[tuple, str]]:
 
 def _check(spec: Spec) -> Found:
     yield from _check_data(spec)
+    yield from _check_synthetic(spec)
     yield from _check_device(spec)
     try:
         dims = model_dims(spec.model)
@@ -233,6 +240,45 @@ def _check_one_point(loc: tuple, ref, d) -> Found:
                 f"`where: {{{unpicked[0]}: {_as_list(getattr(d, unpicked[0]))[0]}}}`"
             ),
         )
+
+
+def _check_synthetic(spec: Spec) -> Found:
+    """A synthetic source has no language model: the data must be its samples, the
+    dictionaries must read its two hooks, and no stage may need tokens or a model."""
+    synthetic = spec.model.kind == "synthetic"
+    if synthetic != (spec.data.kind == "synthetic"):
+        which = "`model: {kind: synthetic}` needs" if synthetic else "only a synthetic model has"
+        yield ("data", "kind"), f"{which} `data: {{kind: synthetic}}` (samples, not text)"
+    if not synthetic:
+        return
+    no_lm = "needs a language model; a synthetic source has none"
+    if spec.interp is not None:
+        yield ("interp",), f"`interp` (feature dashboards over text) {no_lm}: drop it"
+    for i, _ in enumerate(spec.circuits):
+        yield ("circuits", i), f"circuit studies {no_lm}: drop `circuits`"
+    if spec.evaluate.splice_all_layers:
+        yield ("evaluate", "splice_all_layers"), f"splicing into a model {no_lm}"
+    for i, _ in enumerate(spec.export):
+        yield ("export", i), f"an export names the model's hooks for another tool; {no_lm}"
+    hooks = SYNTHETIC_HOOKS
+    for name, d in spec.dictionaries.items():
+        base = ("dictionaries", name)
+        if d.kind in (CLT, "pretrained"):
+            yield (
+                base + ("kind",),
+                f"`kind: {d.kind}` {no_lm}; use transcoder, skip_transcoder or sae",
+            )
+            continue
+        fields = ("hook",) if d.kind == "sae" else ("in_hook", "out_hook")
+        bad = [(f, h) for f, h in zip(fields, dictionary_hooks(d)) if h not in hooks]
+        for field, hook in bad:
+            yield (
+                base + (field,),
+                f"the synthetic source has no `{hook}`: it has `{hooks[0]}` (x, the input "
+                f"features) and `{hooks[1]}` (y, their image under the map)",
+            )
+        if not bad and d.kind != "sae" and dictionary_hooks(d) != tuple(hooks):
+            yield base + ("in_hook",), f"a transcoder maps `{hooks[0]}` to `{hooks[1]}` here"
 
 
 def _check_device(spec: Spec) -> Found:

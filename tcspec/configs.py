@@ -61,13 +61,18 @@ class ActsConfig(StageConfig):
     """Full hook name -> width, sorted."""
     bos: Literal["exclude", "include"] = "exclude"
     """The spec's BOS convention: `exclude` caches no BOS position (`tcspec.positions`)."""
+    rows: int | None = None
+    """Rows a synthetic source draws (`data.train_tokens`); None: the tokens' train split."""
 
     def canonical(self) -> str:
         """As for every stage, less the fields that do not change a cache (its id is the
-        one it had before a spec could choose ``source``)."""
+        one it had before a spec could choose ``source``) and ``rows`` when unset (a cache
+        of a model keeps the id it had before synthetic sources)."""
         dump = self.model_dump(mode="json")
         for f in NOT_CACHE_FIELDS:
             dump["acts"].pop(f)
+        if dump["rows"] is None:
+            del dump["rows"]
         return json.dumps(dump, sort_keys=True)
 
 

@@ -23,6 +23,9 @@ BLOCK_HOOKS: dict[str, str] = {
 # The paper's transcoder reads the MLP's normalized input and predicts the MLP's output.
 TRANSCODER_IN = "ln2.hook_normalized"
 TRANSCODER_OUT = "hook_mlp_out"
+# A synthetic source (`tcspec.models.synthetic`) is one block whose MLP hooks hold its
+# input features' activations x (in) and their image under the known map y (out).
+SYNTHETIC_HOOKS = (TRANSCODER_IN, TRANSCODER_OUT)
 
 
 def full_name(layer: int, hook: str) -> str:

@@ -89,11 +89,12 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
     plan = Plan(spec)
     dims = model_dims(spec.model)
     model = plan.add(_model_task(spec, dims))
-    tokens = plan.add(_tokens_task(spec, model))
+    # a synthetic source draws its samples itself: no tokens
+    tokens = None if spec.model.kind == "synthetic" else plan.add(_tokens_task(spec, model))
     stream, upstream = spec.acts.source == "stream", {}
     if stream:
         plan.stream_shape = stream_shape(spec, dims)
-        upstream = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
+        upstream = _source_deps(model, tokens)
     elif _trained(spec):
         upstream = {"acts": ("acts", plan.add(_acts_task(spec, dims, model, tokens)).id)}
     evaluations, members, passes = [], {}, {}
@@ -210,15 +211,24 @@ def _coder_deps(tasks: list[Task]) -> dict:
 
 
 def gpus(spec: Spec) -> int:
-    """GPUs a job that runs the model asks the cluster for: none for the toy pipeline
-    (sized for a CPU) or `device: cpu`, else one."""
-    return 0 if spec.model.kind == "toy" or spec.device == "cpu" else 1
+    """GPUs a job that runs the model asks the cluster for: none for the toy pipeline or a
+    synthetic source (sized for a CPU) or `device: cpu`, else one."""
+    return 0 if spec.model.kind in ("toy", "synthetic") or spec.device == "cpu" else 1
+
+
+def _source_deps(model: Task, tokens: Task | None) -> dict:
+    """The deps of a task that reads the model and its tokens (a synthetic source: the
+    model alone, which draws the samples)."""
+    deps = {"model": ("model", model.id)}
+    return deps | ({} if tokens is None else {"tokens": ("tokens", tokens.id)})
 
 
 def _model_task(spec: Spec, dims: dict) -> Task:
     m = spec.model
     if m.kind == "toy":
         prefix, seed = f"toy-{m.recipe}", spec.seed
+    elif m.kind == "synthetic":
+        prefix, seed = f"synthetic-F{m.n_features}-d{m.d_model}", spec.seed
     elif m.kind == "pretrained":
         prefix, seed = m.name.replace("/", "_").replace(".", "_"), None
     else:
@@ -235,17 +245,20 @@ def _tokens_task(spec: Spec, model: Task) -> Task:
     return make_task("tokens", prefix, config, {"model": ("model", model.id)}, {"mem_mb": 2000})
 
 
-def _acts_task(spec: Spec, dims: dict, model: Task, tokens: Task) -> Task:
+def _acts_task(spec: Spec, dims: dict, model: Task, tokens: Task | None) -> Task:
     hooks: dict[str, int] = {}
     for d in _trained(spec):
         in_hook, out_hook = dictionary_hooks(d)
         for layer in d.layers if d.layers is not None else spec.layers:
             for h in (in_hook, out_hook):
                 hooks[full_name(layer, h)] = hook_width(h, dims)
-    config = ActsConfig(acts=spec.acts, hooks=dict(sorted(hooks.items())), bos=spec.data.bos)
+    rows = spec.data.train_tokens if spec.model.kind == "synthetic" else None
+    config = ActsConfig(
+        acts=spec.acts, hooks=dict(sorted(hooks.items())), bos=spec.data.bos, rows=rows
+    )
     bytes_per = 2 if spec.acts.dtype != "float32" else 4
     disk_mb = spec.data.train_tokens * sum(hooks.values()) * bytes_per / 2**20
-    deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
+    deps = _source_deps(model, tokens)
     resources = {
         "disk_mb": int(disk_mb) + 1,
         "mem_mb": _model_mem_mb(dims) + 1000,
@@ -361,7 +374,7 @@ def _content_name(opts, data_seed: int) -> str:
 
 
 def _evaluate_task(
-    spec: Spec, coders: list[Task], model: Task, tokens: Task, span: list[int] | None = None
+    spec: Spec, coders: list[Task], model: Task, tokens: Task | None, span: list[int] | None = None
 ) -> Task:
     """Metrics of one sweep point spliced in at one layer (or several layers at once);
     ``span``: the layers of a joint evaluation over fewer than all of them, for its name."""
@@ -373,7 +386,7 @@ def _evaluate_task(
         batch_contexts=spec.evaluate.batch_contexts,
         bos=spec.data.bos,
     )
-    deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)} | _coder_deps(coders)
+    deps = _source_deps(model, tokens) | _coder_deps(coders)
     prefix = f"{_spliced(refs, span)}-{refs[0].member}"
     return make_task("evaluate", prefix, config, deps, {"mem_mb": 3000, "gpu": gpus(spec)})
 
@@ -398,7 +411,7 @@ def _features_task(spec: Spec, coder: Task, model: Task, tokens: Task, layer: in
         seed=spec.seed,
         bos=spec.data.bos,
     )
-    deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
+    deps = _source_deps(model, tokens)
     deps |= _coder_deps([coder])
     resources = {"mem_mb": 3000, "gpu": gpus(spec)}
     return make_task("interp", config.coder.label, config, deps, resources)
@@ -425,7 +438,7 @@ def _circuit_task(spec: Spec, c, selected: list[Task], model: Task, tokens: Task
         circuit=c, coders=tuple(coder_ref(t) for t in selected), seed=spec.seed,
         bos=spec.data.bos, pages=pages,
     )  # fmt: skip
-    deps = {"model": ("model", model.id), "tokens": ("tokens", tokens.id)}
+    deps = _source_deps(model, tokens)
     deps |= _coder_deps(selected)
     resources = {"mem_mb": 3000, "gpu": gpus(spec)}
     return make_task("circuits", f"{c.task}-{c.dictionary.name}", config, deps, resources)

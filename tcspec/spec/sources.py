@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import (
     Field,
@@ -14,7 +14,11 @@ from tcspec.models.recipes import RECIPES
 from tcspec.spec.base import (
     DType,
     FieldError,
+    Fraction,
     Frozen,
+    NonNegFloat,
+    NonNegInt,
+    PosFloat,
     PosInt,
 )
 
@@ -73,8 +77,60 @@ class CheckpointModelSpec(Frozen):
     """Weights dtype for the forward passes."""
 
 
+class SyntheticModelSpec(Frozen):
+    """Activations with a known ground truth (no language model): `n_features` sparse input
+    features, each a random unit direction in `d_model` dims (superposition when
+    `n_features > d_model`), firing with power-law probabilities (a Gaussian copula
+    correlates them), with magnitudes |N(mean, std)|. `blocks.0.ln2.hook_normalized` holds
+    x = sum_i a_i d_i; `blocks.0.hook_mlp_out` holds y = sum_i a_i m_i, where the known
+    sparse map sends input feature i to `out_fan` of `n_out_features` output directions
+    (m_i: their weighted sum, unit norm). Dictionaries are scored against this truth
+    (`tcspec.ground_truth`), as SAELens's SynthSAEBench scores SAEs."""
+
+    kind: Literal["synthetic"]
+    n_features: PosInt = 512
+    """Number of true (input) features."""
+    d_model: PosInt = 128
+    """Width of the activations; `n_features / d_model` is the degree of superposition."""
+    firing_exponent: PosFloat = 1.0
+    """Power law of the firing probabilities: feature r (rank from 1) fires with probability
+    proportional to r^-exponent, scaled into [`min_prob`, `max_prob`] (SynthSAEBench's
+    Zipfian firing probabilities)."""
+    max_prob: Fraction = 0.2
+    """Firing probability of the most frequent feature."""
+    min_prob: Fraction = 0.005
+    """Firing probability of the rarest feature."""
+    magnitude_mean: PosFloat = 1.0
+    """Mean activation of a feature when it fires."""
+    magnitude_std: NonNegFloat = 0.25
+    """Standard deviation of a firing feature's activation (clipped at 0, as SAELens does)."""
+    correlation_rank: NonNegInt = 8
+    """Latent factors of the Gaussian copula that correlates firing (0: independent)."""
+    correlation_strength: Fraction = 0.2
+    """Share of each feature's copula variance that comes from the shared factors (0:
+    independent firing; the marginal firing probabilities are kept exactly)."""
+    n_out_features: PosInt | None = None
+    """Output features the map writes to (directions of `hook_mlp_out`); None: n_features."""
+    out_fan: PosInt = 2
+    """Output features each input feature writes to (the map's nonzeros per input feature)."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.min_prob >= self.max_prob:
+            raise FieldError(
+                "min_prob", f"min_prob {self.min_prob} must be below max_prob {self.max_prob}"
+            )
+        if self.min_prob == 0:
+            raise FieldError("min_prob", "min_prob must be positive (a feature that never fires)")
+        n_out = self.n_out_features or self.n_features
+        if self.out_fan > n_out:
+            raise FieldError("out_fan", f"out_fan {self.out_fan} exceeds the {n_out} outputs")
+        return self
+
+
 ModelSpec = Annotated[
-    Union[ToyModelSpec, PretrainedModelSpec, CheckpointModelSpec], Field(discriminator="kind")
+    Union[ToyModelSpec, PretrainedModelSpec, CheckpointModelSpec, SyntheticModelSpec],
+    Field(discriminator="kind"),
 ]
 
 
@@ -127,7 +183,24 @@ class FilesDataSpec(_DataBase):
     """Column holding document text (json/parquet)."""
 
 
-DataSpec = Annotated[Union[ToyDataSpec, HubDataSpec, FilesDataSpec], Field(discriminator="kind")]
+class SyntheticDataSpec(Frozen):
+    """Samples drawn from a `model: {kind: synthetic}` source (one activation row each)."""
+
+    kind: Literal["synthetic"]
+    train_tokens: PosInt
+    """Training samples (the activation cache holds this many rows)."""
+    eval_tokens: PosInt
+    """Evaluation samples, drawn afresh from the same distribution."""
+    context: ClassVar[int] = 1
+    """A sample is one row: there are no contexts."""
+    bos: ClassVar[str] = "include"
+    """There are no BOS positions: every sample counts."""
+
+
+DataSpec = Annotated[
+    Union[ToyDataSpec, HubDataSpec, FilesDataSpec, SyntheticDataSpec],
+    Field(discriminator="kind"),
+]
 
 
 class ActsSpec(Frozen):

@@ -46,6 +46,11 @@ TABLES: dict[str, Table] = {
             "tcspec.tables.matryoshka:section",
         ),
         Table(
+            "ground_truth",
+            "dictionaries on a synthetic source scored against its planted features: MCC, F1",
+            "tcspec.tables.truth:section",
+        ),
+        Table(
             "interpretability",
             "Table 1 from ingested ratings, and the study's automatic proxies",
             "tcspec.tables.extra:interpretability",

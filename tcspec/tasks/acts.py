@@ -1,4 +1,5 @@
-"""acts stage: one forward pass per batch caches every hook the dictionaries read."""
+"""acts stage: one forward pass per batch caches every hook the dictionaries read (a
+synthetic source: its draws of the hooks, no model run)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,20 @@ from tcspec.tasks import tokens as tokens_task
 
 
 def run(ctx) -> dict:
+    cfg = ctx.config
+    if model_task.is_synthetic(ctx):
+        manifest = _synthetic(ctx)
+    else:
+        manifest = _from_model(ctx)
+    return {"rows": manifest["total_rows"], "hooks": cfg.hooks}
+
+
+def _from_model(ctx) -> dict:
     from tcspec.activations import cache_activations
 
     cfg = ctx.config
     model = model_task.load(ctx)
-    manifest = cache_activations(
+    return cache_activations(
         model,
         tokens_task.load(ctx, "train"),
         list(cfg.hooks),
@@ -27,4 +37,19 @@ def run(ctx) -> dict:
             "tokens": ctx.task.deps["tokens"][1],
         },
     )
-    return {"rows": manifest["total_rows"], "hooks": cfg.hooks}
+
+
+def _synthetic(ctx) -> dict:
+    """The source's `train` draws, `train_tokens` rows of every hook."""
+    from tcspec.activations import cache_rows
+    from tcspec.models.synthetic import iter_rows, load_truth
+
+    cfg = ctx.config
+    truth = load_truth(ctx.dep_dir("model"))
+    rows = cfg.rows
+    draws = ({h: acts[h] for h in cfg.hooks} for _, acts in iter_rows(truth, "train", rows))
+    return cache_rows(
+        draws, rows, cfg.hooks, ctx.out / layout.CACHE, dtype=cfg.acts.dtype,
+        shard_tokens=cfg.acts.shard_tokens,
+        meta={"task": ctx.task.id, "model": ctx.task.deps["model"][1]},
+    )  # fmt: skip

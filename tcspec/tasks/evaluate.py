@@ -28,6 +28,20 @@ def run(ctx) -> dict:
         contexts = [Context(t, ctx.results, ctx.device) for t in tasks]
     else:
         contexts = [ctx]
+    if model_task.is_synthetic(ctx):
+        summaries = {id(c): _run_synthetic(c) for c in contexts}
+    else:
+        summaries = _run_model(ctx, contexts)
+    if ctx.task.stage != layout.EVAL_GROUP:
+        return summaries[id(ctx)]
+    wall = time.time() - start
+    for c in contexts:
+        finish(c.task, ctx.results, summaries[id(c)] | {"pass": ctx.task.id}, ctx.device, wall)
+    return {"members": [c.task.id for c in contexts]}
+
+
+def _run_model(ctx, contexts: list) -> dict:
+    """Summaries (by `id` of each context) of members spliced into the model."""
     cfg = contexts[0].config
     model = model_task.load(ctx)
     tokens = tokens_task.load(ctx, "eval", cfg.eval_tokens)
@@ -36,12 +50,21 @@ def run(ctx) -> dict:
     summaries = {id(c): _run_clt(c, model, tokens) for c in clts}
     if per_layer:
         summaries |= dict(zip(map(id, per_layer), _run_members(per_layer, model, tokens)))
-    if ctx.task.stage != layout.EVAL_GROUP:
-        return summaries[id(ctx)]
-    wall = time.time() - start
-    for c in contexts:
-        finish(c.task, ctx.results, summaries[id(c)] | {"pass": ctx.task.id}, ctx.device, wall)
-    return {"members": [c.task.id for c in contexts]}
+    return summaries
+
+
+def _run_synthetic(ctx) -> dict:
+    """A dictionary on a synthetic source: its fidelity and its scores against the planted
+    features (`tcspec.ground_truth`) on `eval_tokens` fresh draws."""
+    from tcspec import coders
+    from tcspec.ground_truth import score
+    from tcspec.models.synthetic import load_truth
+
+    truth = load_truth(ctx.dep_dir("model"))
+    (ref,) = ctx.config.coders
+    coder = coders.load(ctx.coder_dir(ref), device=ctx.device)
+    metrics = score(coder, truth, ctx.config.eval_tokens, ctx.device)
+    return _write_record(ctx, [coder], metrics, ctx.config.eval_tokens)
 
 
 def _run_members(contexts: list, model, tokens) -> list[dict]:
@@ -72,11 +95,17 @@ def _run_members(contexts: list, model, tokens) -> list[dict]:
 def _record(ctx, loaded: list, metrics: dict, model, tokens) -> dict:
     """Write one member's ``metrics.json``: its metrics (Matryoshka prefix FVUs added), how
     it was trained and spliced."""
+    first = ctx.dep("coder_0").config
+    if len(loaded) == 1 and getattr(getattr(first, "opts", None), "matryoshka", None):
+        metrics = metrics | _prefix_metrics(model, loaded[0], ctx.config, tokens, first.opts)
+    return _write_record(ctx, loaded, metrics, int(tokens.size))
+
+
+def _write_record(ctx, loaded: list, metrics: dict, eval_tokens: int) -> dict:
+    """Write one member's ``metrics.json``: its metrics, how it was trained and spliced."""
     cfg = ctx.config
     splice = "all" if len(loaded) > 1 else "each"
     first = ctx.dep("coder_0").config
-    if splice == "each" and getattr(getattr(first, "opts", None), "matryoshka", None):
-        metrics = metrics | _prefix_metrics(model, loaded[0], cfg, tokens, first.opts)
     folders = [ctx.coder_dir(ref) for ref in cfg.coders]
     training = [read_json(f / layout.TRAINING) for f in folders if (f / layout.TRAINING).exists()]
     opts = first.opts.model_dump(mode="json", exclude=SPEC_ONLY) if hasattr(first, "opts") else {}
@@ -90,7 +119,7 @@ def _record(ctx, loaded: list, metrics: dict, model, tokens) -> dict:
         "d_sae": loaded[0].cfg.d_sae,
         "splice": splice,
         "bos": cfg.bos,
-        "eval_tokens": int(tokens.size),
+        "eval_tokens": eval_tokens,
         "metrics": metrics,
         "training": [{k: t[k] for k in TRAINING_FIELDS if k in t} for t in training],
     }

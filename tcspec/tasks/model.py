@@ -1,4 +1,5 @@
-"""model stage: train the toy LM, or load a pretrained/checkpoint model once and describe it."""
+"""model stage: train the toy LM, or load a pretrained/checkpoint model once and describe it,
+or plant a synthetic source's features."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ def load(ctx, name: str = "model"):
     return load_model(ctx.dep_dir(name), ctx.device, dtype_of(ctx.dep(name).config))
 
 
+def is_synthetic(ctx, name: str = "model") -> bool:
+    """Whether the task's ``name`` dependency is a synthetic source (no language model)."""
+    return ctx.dep(name).config.model.kind == "synthetic"
+
+
 def excluded_tokens(model, bos: str) -> tuple[int, ...]:
     """Token ids whose positions count nowhere under the BOS convention `bos` (see
     `tcspec.positions`): the model's BOS id under `exclude`, none under `include`."""
@@ -34,6 +40,10 @@ def run(ctx) -> dict:
         dims = {k: getattr(m, k) for k in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx")}
         steps = {"steps": m.steps} if m.steps else {}
         meta = toy.train_toy_model(ctx.out, recipe=m.recipe, seed=ctx.config.seed, **dims, **steps)
+    elif m.kind == "synthetic":
+        from tcspec.models.synthetic import build_truth, save_truth
+
+        meta = save_truth(build_truth(m, ctx.config.seed), ctx.out, {"spec": m.model_dump()})
     elif m.kind == "pretrained":
         meta = load.prepare_pretrained(m.name, ctx.out, ctx.device, DTYPES[m.dtype])
     else:

@@ -63,8 +63,15 @@ def _reader(ctx, first: TrainedMemberConfig, keys: list[str]):
 def activation_stream(ctx, first, keys: list[str]):
     """Shuffled batches of the hooks `keys` computed from the model on the fly, for a pass
     whose first member (or CLT) config is `first`; its position and buffer go in the
-    trainer's checkpoint (no activations are written)."""
+    trainer's checkpoint (no activations are written). A synthetic source draws each batch
+    from its seed and the step alone (nothing to checkpoint)."""
     from tcspec.stream import ActivationStream, StreamConfig
+
+    if model_task.is_synthetic(ctx):
+        from tcspec.models.synthetic import SyntheticStream, load_truth
+
+        truth = load_truth(ctx.dep_dir("model"))
+        return SyntheticStream(truth, keys, first.opts.batch_size, ctx.device)
 
     model = model_task.load(ctx)
     config = StreamConfig(
