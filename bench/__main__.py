@@ -6,7 +6,8 @@
     python -m bench --only clt --clt-batch 1024    # the CLT section, a smaller batch
     python -m bench --results DIR        # where the workflow's benchmark files are (results/)
 
-Sections: peers (training throughput vs SAELens and sparsify), families (each dictionary
+Sections: peers (training throughput vs SAELens and sparsify), precision (the bf16 step vs
+fp32 and vs the peers' bf16 autocast; fp32 only on a CPU without native bf16), families (each dictionary
 family's step vs the roofline, JumpReLU/BatchTopK vs SAELens), roofline (vs the measured
 matmul peak), sweep (K dictionaries in one pass vs K runs), pipeline (per-stage wall times,
 caching vs forward), scaling (step time vs d_sae and vs cache size), stream (one stream
@@ -21,11 +22,12 @@ import argparse
 import time
 from pathlib import Path
 
-from bench import clt, families, peers, pipeline, scaling, stream
+from bench import clt, families, peers, pipeline, precision, scaling, stream
 from bench.common import load_average, machine, markdown_table
 
 SECTIONS = {
     "peers": ("Training throughput against SAELens and sparsify", peers.run),
+    "precision": ("Training precision: bf16 against fp32 and the peers", precision.run),
     "families": ("Dictionary families: step time vs the roofline and SAELens", families.run),
     "roofline": ("Roofline: the training step against the fp32 matmul peak", scaling.run_roofline),
     "sweep": ("Sweep efficiency: K dictionaries in one pass vs K runs", scaling.run_sweep),

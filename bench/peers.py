@@ -53,13 +53,16 @@ def cycle(data: list[tuple]) -> Callable[[], tuple]:
     return nxt
 
 
-def tcspec_step(kind: str, activation: str, d: int, d_sae: int, data: list[tuple]):
+def tcspec_step(
+    kind: str, activation: str, d: int, d_sae: int, data: list[tuple], precision: str = "fp32"
+):
     """One step of tcspec's trainer per call (x, y from `data`; an SAE reads x only)."""
     B = data[0][0].shape[0]
     spec_cls = SAESpec if kind == "sae" else TranscoderSpec
     opts = spec_cls(
         kind=kind, d_sae=d_sae, activation=activation, k=K if activation == "topk" else None,
         l1=L1 if activation == "relu" else 0.0, lr=LR, batch_size=B, lr_warmup_steps=10,
+        precision=precision,
     )  # fmt: skip
     out_key = IN if kind == "sae" else OUT
     cfg = CoderConfig(kind, d, d, d_sae, activation=opts.activation, k=opts.k)
@@ -78,15 +81,16 @@ def tcspec_step(kind: str, activation: str, d: int, d_sae: int, data: list[tuple
     return step
 
 
-def saelens_step(d: int, d_sae: int, data: list[tuple]):
-    """One SAELens `SAETrainer.step` of a standard (ReLU + L1) SAE per call."""
+def saelens_step(d: int, d_sae: int, data: list[tuple], autocast: bool = False):
+    """One SAELens `SAETrainer.step` of a standard (ReLU + L1) SAE per call; `autocast`:
+    its bf16 autocast (`SAETrainerConfig.autocast`)."""
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 
     sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=d_sae, l1_coefficient=L1))
-    return saelens_trainer_step(sae, data)
+    return saelens_trainer_step(sae, data, autocast)
 
 
-def saelens_trainer_step(sae, data: list[tuple]):
+def saelens_trainer_step(sae, data: list[tuple], autocast: bool = False):
     """One SAELens `SAETrainer.step` of the training SAE `sae` per call (x from `data`)."""
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -98,6 +102,7 @@ def saelens_trainer_step(sae, data: list[tuple]):
         lr=LR,
         lr_end=LR / 10,
         lr_warm_up_steps=10,
+        autocast=autocast,
     )
     trainer = SAETrainer(cfg, sae, data_provider=iter(()))
     nxt = cycle(data)
@@ -110,8 +115,12 @@ def saelens_trainer_step(sae, data: list[tuple]):
     return step
 
 
-def sparsify_step(d: int, d_sae: int, data: list[tuple], optimizer: str = "adam"):
-    """One sparsify TopK-transcoder training step per call, as `Trainer.fit` runs it."""
+def sparsify_step(
+    d: int, d_sae: int, data: list[tuple], optimizer: str = "adam", autocast: bool = False
+):
+    """One sparsify TopK-transcoder training step per call, as `Trainer.fit` runs it;
+    `autocast`: its forward under bf16 autocast, as `SparseCoder.forward` has on CUDA (on a
+    CPU it runs in fp32)."""
     os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # CPU: the eager sparse decoder
     from sparsify.config import TranscoderConfig
     from sparsify.sparse_coder import SparseCoder
@@ -143,7 +152,8 @@ def sparsify_step(d: int, d_sae: int, data: list[tuple], optimizer: str = "adam"
     def step():
         x, y = nxt()
         total_variance = (y - y.mean(0)).pow(2).sum()
-        out = sae(x=x, y=y, dead_mask=None, total_variance=total_variance)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = sae(x=x, y=y, dead_mask=None, total_variance=total_variance)
         did_fire[out.latent_indices.flatten()] = True
         float(out.fvu.detach())  # the running average Trainer logs
         loss = out.fvu + 0.0 * out.auxk_loss + out.multi_topk_fvu / 8

@@ -55,11 +55,13 @@ def test_python_m_bench_tiny_writes_results(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     text = out.read_text()
     for heading in ["## Headline", "## Training throughput against SAELens and sparsify",
+                    "## Training precision: bf16 against fp32 and the peers",
                     "## Dictionary families", "## Roofline", "## Sweep efficiency",
                     "## Pipeline", "## Scaling", "## Streaming", "## Cross-layer transcoder"]:  # fmt: skip
         assert heading in text
     assert "load average (1, 5, 15 min) at start" in text
     assert "saelens standard" in text and "sparsify topk adam" in text
+    assert "tcspec relu fp32" in text and "native bf16: " in text  # bf16 rows where native
     assert "not run yet" in text
     for K in (1, 2, 4, 8):
         assert f"sweep K={K} separate/one-pass" in text

@@ -1,15 +1,16 @@
 """TopK dictionaries: only k of S features are nonzero per token, so the decoder and every
-gradient touch those rows alone (gathers and index-adds instead of dense matmuls), and the
-dense activations z [B, S] are never formed.
+gradient touch those rows alone, and the dense activations z [B, S] are never formed.
 
-The backward runs over chunks of CHUNK tokens, into reused work buffers, so that its
-[C, k, d] intermediates stay bounded (and are not allocated afresh each step); index_add_
-accumulates in index order, so chunking leaves every sum's order, and so the result,
-exactly as one call over the whole batch.
+The k active features of each token form a sparse [B, S] pattern. The backward takes d z
+on it by a sampled GEMM (g W_dec^T at the pattern's entries only, `sampled_addmm`), and the
+weight gradients as sparse x dense products with the pattern feature-major (CSR [S, B]):
+row i of W_enc^T's gradient is sum_b d pre_bi xc_b, of W_dec's sum_b z_bi g_b. No [B, k, d]
+intermediate is formed; a feature's tokens are summed in token order.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +19,6 @@ from torch import Tensor
 
 from tcspec.coders import Coder
 from tcspec.train.workspace import Workspace
-
-CHUNK = 512  # tokens per backward chunk
 
 
 @dataclass
@@ -66,28 +65,27 @@ def backward(
     d pre at the active features = (W_dec[idx] g + l1/B) * [vals > 0]  [B, k], plus the
     dead-feature term's gradient `dead` = (dead_idx [n], d term / d pre_dead [B, n]).
     """
-    S, d_in, d_out = coder.cfg.d_sae, coder.cfg.d_in, coder.cfg.d_out
-    # one index_add per chunk fills both matrices: rows of gW [S, d_in + d_out] are
-    # [d W_enc^T row | d W_dec row]; the sums per element are the same as two index_adds
-    gW = ws.get("gW_topk", (S, d_in + d_out)).zero_()
-    gW_enc_t, gW_dec = gW[:, :d_in], gW[:, d_in:]  # [S, d_in], [S, d_out]
-    gb_enc = ws.get("gb_enc", (S,)).zero_()  # [S]
-    k = codes.idx.shape[1]
-    for s in range(0, g.shape[0], CHUNK):
-        idx, vals = codes.idx[s : s + CHUNK], codes.vals[s : s + CHUNK]  # [C, k]
-        gc, xcc = g[s : s + CHUNK], xc[s : s + CHUNK]
-        C, flat = idx.shape[0], idx.reshape(-1)  # [C * k]
-        rows = ws.get("rows", (C, k, d_out))
-        torch.index_select(coder.W_dec, 0, flat, out=rows.view(C * k, d_out))  # W_dec[idx]
-        dz_k = torch.bmm(rows, gc.unsqueeze(2), out=ws.get("dz_k", (C, k, 1))).squeeze(2)
-        dz_k.add_(l1_b).mul_(vals > 0)  # [C, k]
-        contrib = ws.get("contrib", (C, k, d_in + d_out))
-        torch.mul(dz_k.unsqueeze(2), xcc.unsqueeze(1), out=contrib[:, :, :d_in])
-        torch.mul(vals.unsqueeze(2), gc.unsqueeze(1), out=contrib[:, :, d_in:])
-        gW.index_add_(0, flat, contrib.view(C * k, d_in + d_out))
-        gb_enc.index_add_(0, flat, dz_k.reshape(-1))
+    S = coder.cfg.d_sae
+    (B, k), flat = codes.idx.shape, codes.idx.reshape(-1)  # [B k] feature of each entry
+    by_token = _csr(torch.arange(0, B * k + 1, k, device=g.device), flat, codes.vals, (B, S))
+    dz_k = torch.sparse.sampled_addmm(by_token, g, coder.W_dec.t(), beta=0.0).values()
+    dz_k = dz_k.view(B, k).add_(l1_b).mul_(codes.vals > 0)  # [B, k]
+    order = flat.argsort(stable=True)  # the entries feature-major, each feature's by token
+    crow = torch.zeros(S + 1, dtype=torch.long, device=g.device)
+    torch.cumsum(torch.bincount(flat, minlength=S), 0, out=crow[1:])
+    tokens = order // k
+    gW_enc_t = _csr(crow, tokens, dz_k.reshape(-1)[order], (S, B)) @ xc  # [S, d_in]
+    gW_dec = _csr(crow, tokens, codes.vals.reshape(-1)[order], (S, B)) @ g  # [S, d_out]
+    gb_enc = torch.zeros(S, dtype=g.dtype, device=g.device).index_add_(0, flat, dz_k.view(-1))
     if dead is not None:
         dead_idx, gpre_dead = dead
         gW_enc_t.index_add_(0, dead_idx, torch.mm(gpre_dead.t(), xc))
         gb_enc.index_add_(0, dead_idx, gpre_dead.sum(0))
     return {"W_enc": gW_enc_t.t(), "b_enc": gb_enc, "W_dec": gW_dec}
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A CSR matrix (torch's sparse CSR is marked beta; its warning is silenced here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values.reshape(-1), shape, check_invariants=False)
