@@ -38,7 +38,7 @@ from bench.stream import (  # noqa: E402
     rows_for,
     transcoders,
 )
-from tcspec import budget  # noqa: E402
+from tcspec import budget, estimates  # noqa: E402
 from tcspec.stream import ActivationStream, StreamConfig  # noqa: E402
 from tcspec.train import train_group  # noqa: E402
 
@@ -111,9 +111,9 @@ def run(s: Shape, device: str, dtype: torch.dtype, seconds: float) -> dict:
         model=sum(p.numel() * p.element_size() for p in model.parameters()),
     )  # fmt: skip
     estimate = budget.estimate_memory([m.config for m in group], source.widths, shape)
-    per_token = budget.forward_flops_per_token(s.n_layers, s.d_model, s.d_mlp, s.context)
-    flops = budget.gpu_seconds([m.config for m in group], 1, per_token, 1.0)  # at 1 FLOP/s:
-    # the FLOPs of one token
+    per_token = estimates.forward_flops_per_token(s.n_layers, s.d_model, s.d_mlp, s.context)
+    flops = per_token + sum(estimates.train_flops(1, c.d_in, c.d_out, c.d_sae)
+                            for c in (m.config for m in group))  # fmt: skip # one token's
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "shape": s.name,

@@ -1,7 +1,13 @@
 from tcspec.layout import STAGES
 from tcspec.workflow import ID_PATTERN, RULE_STAGES, Workflow, stop_jobs_on_interrupt
 
-WF = Workflow(config["spec"], config["results"], config.get("stream_budget_mb"))
+WF = Workflow(
+    config["spec"],
+    config["results"],
+    config.get("stream_budget_mb"),
+    gpu_class=config.get("gpu_class"),
+    sustained_tflops=config.get("sustained_tflops"),
+)
 stop_jobs_on_interrupt()
 
 # every job runs one stored task by stage and id: `tcspec task STAGE ID --results R`

@@ -19,6 +19,8 @@ for p in WF.passes:
         threads: p.resources["threads"]
         resources:
             mem_mb=p.resources["mem_mb"],
+            runtime=p.resources["runtime"],
+            disk_mb=p.resources.get("disk_mb", 0),
             gpu=p.resources["gpu"],
             slurm_partition=WF.partition_of(
                 p.resources["gpu"], config.get("gpu_partition", "gpu")

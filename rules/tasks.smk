@@ -18,6 +18,7 @@ for stage in RULE_STAGES:
         threads: WF.resource(stage, "threads", 1)
         resources:
             mem_mb=WF.resource(stage, "mem_mb"),
+            runtime=WF.resource(stage, "runtime"),
             disk_mb=WF.resource(stage, "disk_mb"),
             gpu=WF.resource(stage, "gpu"),
             slurm_partition=WF.partition(stage, config.get("gpu_partition", "gpu")),

@@ -18,9 +18,7 @@ a group when its estimate exceeds the per-job budget the machine side states. Th
   model's own activations (``forward_bytes``);
 - ``model``: the model's weights, as given.
 
-Time: ``gpu_seconds`` divides a job's FLOPs, the model forward (``forward_flops_per_token``)
-plus 6 x d_sae x (d_in + d_out) per token per dictionary (as ``tcspec plan`` counts training),
-by a stated sustained FLOP/s.
+Time, and every other job's memory, are in ``tcspec.estimates``.
 """
 
 from __future__ import annotations
@@ -160,18 +158,3 @@ def forward_bytes(
     a block's largest intermediates (q, k, v, the attention pattern, the MLP's hidden)."""
     per_position = 6 * d_model + 2 * d_mlp + 2 * n_heads * context
     return batch_contexts * context * per_position * act_bytes
-
-
-def forward_flops_per_token(n_blocks: int, d_model: int, d_mlp: int, context: int) -> int:
-    """FLOPs per token of a forward through ``n_blocks`` blocks: 2 x the block matmuls'
-    weights (4 d_model^2 attention + 2 d_model d_mlp MLP) plus the attention scores and
-    mix (2 x 2 x context x d_model, as if every position attended the whole context)."""
-    return n_blocks * (2 * (4 * d_model * d_model + 2 * d_model * d_mlp) + 4 * context * d_model)
-
-
-def gpu_seconds(
-    coders: Sequence[CoderConfig], tokens: int, forward_per_token: int, flops_per_s: float
-) -> float:
-    """Estimated seconds of a stream job over ``tokens`` at a stated sustained FLOP/s."""
-    train = sum(6 * c.d_sae * (c.d_in + c.d_out) for c in coders)
-    return tokens * (forward_per_token + train) / flops_per_s

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tcspec import atomic, layout
 from tcspec.loader import SpecError, load_spec
+from tcspec.throughput import GPU_CLASSES
 
 DEFAULT_SPEC = "specs/quickstart.yaml"
 DEFAULT_RESULTS = "results"
@@ -89,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
         "--stream-budget-mb", type=_positive_int, help="memory of one stream training job (as in "
         "Snakemake's --config stream_budget_mb=N; default the workflow's)",
     )  # fmt: skip
+    sp.add_argument(
+        "--gpu-class", choices=GPU_CLASSES, help="the GPUs the time estimates assume (as "
+        "Snakemake's --config gpu_class=...; default the table's, a100)",
+    )  # fmt: skip
+    sp.add_argument(
+        "--sustained-tflops", type=float, help="sustained TFLOP/s of a GPU job, overriding "
+        "the table (as Snakemake's --config sustained_tflops=N)",
+    )  # fmt: skip
     sp.add_argument("--json", action="store_true", help="print the plan as JSON")
     sp.set_defaults(func=cmd_plan)
 
@@ -150,15 +159,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _plan(args, stream_budget_mb: int | None = None, results: Path | None = None):
     """The spec and its plan, with ``stream_budget_mb``, else the budget the last run under
-    ``results`` recorded (the same pass ids), else the default."""
+    ``results`` recorded (the same pass ids), else the default; the GPU rates of
+    ``args.gpu_class`` and ``args.sustained_tflops`` where given."""
     from tcspec.plan import DEFAULT_STREAM_BUDGET_MB, compile_plan
-    from tcspec.workflow import recorded_stream_budget
+    from tcspec.workflow import machine_rates, recorded_stream_budget
 
     spec = load_spec(args.spec)
     if stream_budget_mb is None and results is not None:
         stream_budget_mb = recorded_stream_budget(results, spec.experiment)
     try:
-        return spec, compile_plan(spec, stream_budget_mb or DEFAULT_STREAM_BUDGET_MB)
+        rates = machine_rates(getattr(args, "gpu_class", None),
+                              getattr(args, "sustained_tflops", None))  # fmt: skip
+        return spec, compile_plan(spec, stream_budget_mb or DEFAULT_STREAM_BUDGET_MB, rates)
     except ValueError as exc:  # a dictionary too large for one stream job
         raise UserError(f"{args.spec}: {exc}") from None
 

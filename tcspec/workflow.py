@@ -32,6 +32,7 @@ from tcspec.plan import (
     group_task,
 )
 from tcspec.tasks import DEVICE_ENV, save_task
+from tcspec.throughput import DEFAULT_GPU_CLASS, Rates
 
 ID_PATTERN = r"[A-Za-z0-9_.\-]+"
 RULE_STAGES = tuple(s for s in layout.STAGES if s not in layout.PASS_MEMBERS.values())
@@ -39,15 +40,29 @@ RULE_STAGES = tuple(s for s in layout.STAGES if s not in layout.PASS_MEMBERS.val
 
 
 class Workflow:
-    def __init__(self, spec_file: str, results: str, stream_budget_mb: int | None = None):
+    def __init__(
+        self,
+        spec_file: str,
+        results: str,
+        stream_budget_mb: int | None = None,
+        gpu_class: str | None = None,
+        sustained_tflops: float | None = None,
+    ):
         """``stream_budget_mb``: the per-job memory of a stream pass (Snakemake's
-        ``--config stream_budget_mb=N``; the machine's, never the spec's)."""
+        ``--config stream_budget_mb=N``); ``gpu_class`` and ``sustained_tflops``: the GPU
+        the time estimates assume (`tcspec.throughput.Rates`). The machine's, never the
+        spec's: they change no id."""
         self.spec_file = str(spec_file)
         self.results = Path(results)
         try:
+            rates = machine_rates(gpu_class, sustained_tflops)
+        except ValueError as exc:
+            print(f"tcspec: --config: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        try:
             spec = load_spec(spec_file)
             budget = int(stream_budget_mb or DEFAULT_STREAM_BUDGET_MB)
-            self.plan: Plan = compile_plan(spec, budget)
+            self.plan: Plan = compile_plan(spec, budget, rates)
         except SpecError as exc:  # located, one line per problem; no traceback
             print(exc, file=sys.stderr)
             raise SystemExit(2) from None
@@ -126,6 +141,13 @@ class Workflow:
             publish(t.dir(self.results) / layout.EXPORT, shown)
 
 
+def machine_rates(gpu_class: str | None, sustained_tflops: float | None) -> Rates:
+    """The rates of the machine side's ``gpu_class`` (default: the table's) and override
+    (ValueError for an unknown class or a rate <= 0)."""
+    tflops = None if sustained_tflops in (None, "") else float(sustained_tflops)
+    return Rates(gpu_class=gpu_class or DEFAULT_GPU_CLASS, sustained_tflops=tflops)
+
+
 def pending_passes(plan: Plan, results: Path) -> list[Task]:
     """One training pass per group with members not done (only those members), then one
     evaluation pass per eval group with members not done or older than an upstream task (a
@@ -138,9 +160,7 @@ def pending_passes(plan: Plan, results: Path) -> list[Task]:
             todo = [t for t in todo if not t.done(results).exists() or _older(t, results)]
             if not todo:
                 continue
-            out.append(
-                group_task(todo, plan.stream_shape) if stage == "train" else eval_group_task(todo)
-            )
+            out.append(group_task(todo, plan) if stage == "train" else eval_group_task(todo, plan))
     return out
 
 

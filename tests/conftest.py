@@ -130,7 +130,7 @@ def micro_attribution_run(tmp_path_factory):
     spec = Path(__file__).resolve().parent / "workflow" / "micro_attribution.yaml"
     results = tmp_path_factory.mktemp("micro_attribution") / "results"
     plan = compile_plan(load_spec(spec))
-    passes = [group_task([plan.get("train", i) for i in g]) for g in plan.groups]
+    passes = [group_task([plan.get("train", i) for i in g], plan) for g in plan.groups]
     for t in [*plan.tasks.values(), *passes]:
         save_task(results, t)
     for stage in layout.STAGES:

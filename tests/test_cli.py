@@ -44,18 +44,22 @@ def test_plan_prints_the_table_with_totals(capsys):
     assert main(["plan", str(QUICKSTART)]) == 0
     out = capsys.readouterr().out
     plan = compile_plan(load_spec(QUICKSTART))
-    assert out.startswith(f"experiment quickstart: {len(plan.tasks)} jobs")
+    jobs = len(plan.tasks) - 24 + len(plan.groups) + len(plan.eval_groups)  # passes, not members
+    assert out.startswith(f"experiment quickstart: {len(plan.tasks)} tasks in {jobs} jobs")
     assert (
-        "jobs: model 1, tokens 1, acts 1, train 12, evaluate 12, interp 2, study 1, circuits 2, "
-        "tables 1 (total 33)" in out
+        "tasks: model 1, tokens 1, acts 1, train 12, evaluate 12, interp 2, study 1, circuits 2, "
+        f"tables 1 (total 33); jobs {jobs}" in out
     )
     assert re.search(
         r"^activation cache: [\d.]+GB; dictionary parameters: [\d.]+M; training FLOPs: [\d.]+T$",
         out,
         re.M,
     )
-    for task in plan.tasks.values():
-        assert re.search(rf"^{task.stage}\s+{re.escape(task.id)}\s", out, re.M)
+    for task in plan.tasks.values():  # a job's line, or a member's under its pass
+        stage = "" if task.stage in ("train", "evaluate") else task.stage
+        assert re.search(rf"^{stage}\s+{re.escape(task.id)}\s", out, re.M)
+    # each job: GPUs, memory, estimated time, and the runtime Snakemake asks for
+    assert re.search(r"^group\s+tc-L0-x3-\w+\s+0\s+[\d.]+GB\s+\d+ (s|min)\s+\d+ min$", out, re.M)
 
 
 def test_plan_json_lists_every_task(capsys):
@@ -110,7 +114,7 @@ def test_paper_specs_stream_and_pass_check_on_a_small_disk(spec, monkeypatch, ca
     capsys.readouterr()
     assert main(["plan", str(spec)]) == 0
     out = capsys.readouterr().out
-    assert "stream passes (GPU time at 50TFLOP/s sustained):" in out
+    assert "stream passes:" in out and "a100 fp32: 9.75 TFLOP/s sustained (0.5 x peak)" in out
     assert out.count(" GPU h") == len(plan.groups)
 
 

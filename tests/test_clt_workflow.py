@@ -69,13 +69,13 @@ def test_clt_spec_checks_its_fields():
 
 def run_plan(plan, results: Path) -> None:
     """Every task in stage order, as the jobs of a Snakemake run would."""
-    for t in [*plan.tasks.values(), *(group_task([plan.get("train", i) for i in g])
+    for t in [*plan.tasks.values(), *(group_task([plan.get("train", i) for i in g], plan)
                                       for g in plan.groups)]:  # fmt: skip
         save_task(results, t)
     for stage in layout.STAGES:
         if stage == "train":
             for g in plan.groups:
-                run_task(group_task([plan.get("train", i) for i in g]), results, "cpu")
+                run_task(group_task([plan.get("train", i) for i in g], plan), results, "cpu")
             continue
         for t in plan.stage(stage):
             if not t.done(results).exists():  # a task shared with an earlier spec

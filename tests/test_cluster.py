@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "workflow"))
 import harness  # noqa: E402
 from harness import CLUSTER_PROFILE, MICRO, ROOT  # noqa: E402
 
+from tcspec import layout  # noqa: E402
+
 GPT2_SMALL = ROOT / "specs" / "paper" / "gpt2_small.yaml"
 
 
@@ -148,3 +150,76 @@ def test_slurm_profile_gives_a_gpu_to_every_job_that_runs_gpt2(tmp_path):
     assert others and all(
         f.get("gpu", "0") == "0" and f["slurm_partition"] == "cpu" for f in others
     )
+
+
+def dry_run_jobs(spec: Path, tmp_path: Path, *config: str) -> list[tuple[str, str, dict]]:
+    """(rule, task id or None, resources) of every job `snakemake -n` with the SLURM
+    profile would submit (not the target rules, which run nothing); ``config``: more
+    ``--config`` items."""
+    run = harness.snakemake(
+        tmp_path / "results", *config, "--profile", str(slurm_profile(tmp_path)), "-n",
+        spec=spec, cores=None,
+    )  # fmt: skip
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    jobs = []
+    for block in re.split(r"\n(?=\s*rule \w+:)", out):
+        rule = re.match(r"\s*rule (\w+):", block)
+        res = re.search(r"^\s+resources: (.*)$", block, re.M)
+        if rule and res and rule.group(1) not in ("all", *layout.STAGES):
+            wildcard = re.search(r"^\s+wildcards: id=(\S+)$", block, re.M)
+            fields = dict(kv.split("=", 1) for kv in res.group(1).split(", "))
+            jobs.append((rule.group(1), wildcard and wildcard.group(1), fields))
+    return jobs
+
+
+PLAN_ROW = re.compile(r"^(\w+)\s+(\S+)\s+(\d+)\s+(\S+)\s+(\d+(?:\.\d+)? \w+)\s+(\d+) min", re.M)
+
+
+@pytest.mark.parametrize("spec", sorted((ROOT / "specs" / "paper").glob("*.yaml")),
+                         ids=lambda p: p.stem)  # fmt: skip
+def test_slurm_dry_run_asks_every_job_for_the_plan_s_runtime_and_memory(spec, tmp_path, capsys):
+    """Every job Snakemake would submit with the SLURM profile has a runtime (minutes) of
+    at least the plan's time estimate, the same runtime and memory as the plan's job (its
+    margins included), and `tcspec plan` prints that runtime for the job."""
+    from tcspec.cli import main
+    from tcspec.report import plan_jobs
+
+    jobs = dry_run_jobs(spec, tmp_path)
+    plan = harness.plan(spec)
+    expected = {j.id: j for j in plan_jobs(plan)}
+    seen = set()
+    for rule, wildcard, fields in jobs:
+        (job,) = [j for i, j in expected.items() if i == wildcard or rule.endswith(
+            i.replace("-", "_").replace(".", "_"))]  # fmt: skip
+        seen.add(job.id)
+        assert int(fields["runtime"]) == job.resources["runtime"], rule
+        assert int(fields["runtime"]) * 60 >= job.resources["seconds"] > 0, rule
+        assert int(fields["mem_mb"]) == job.resources["mem_mb"], rule
+    assert seen == set(expected)
+    assert main(["plan", str(spec)]) == 0
+    printed = {m[2]: int(m[6]) for m in PLAN_ROW.finditer(capsys.readouterr().out)}
+    assert printed == {i: j.resources["runtime"] for i, j in expected.items()}
+    # the machine side's GPU class shortens the GPU jobs' runtime, and changes no id
+    assert main(["plan", str(spec), "--gpu-class", "h200"]) == 0
+    h200 = {m[2]: int(m[6]) for m in PLAN_ROW.finditer(capsys.readouterr().out)}
+    assert set(h200) == set(printed)
+    gpu = [i for i, j in expected.items() if j.resources["gpu"]]
+    assert all(h200[i] <= printed[i] for i in gpu) and sum(h200[i] - printed[i] for i in gpu) < 0
+    assert all(h200[i] == printed[i] for i in set(printed) - set(gpu))
+
+
+def test_the_machine_side_s_gpu_class_reaches_the_passes(tmp_path, capsys):
+    """`--config gpu_class=...` (Workflow's argument) sets the passes' runtime; an unknown
+    class is a one-line error."""
+    from tcspec.workflow import Workflow
+
+    a100 = Workflow(str(GPT2_SMALL), str(tmp_path / "a"))
+    h100 = Workflow(str(GPT2_SMALL), str(tmp_path / "h"), gpu_class="h100")
+    assert [p.id for p in a100.passes] == [p.id for p in h100.passes]
+    assert all(h.resources["runtime"] < a.resources["runtime"]
+               for a, h in zip(a100.passes, h100.passes))  # fmt: skip
+    with pytest.raises(SystemExit):
+        Workflow(str(GPT2_SMALL), str(tmp_path / "x"), gpu_class="v100")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown gpu_class `v100`; one of a100, h100, h200" in err

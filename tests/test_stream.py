@@ -22,7 +22,6 @@ from tcspec.activations import cache_activations
 from tcspec.budget import (
     StreamShape,
     estimate_memory,
-    gpu_seconds,
     n_params,
     split_by_memory,
 )
@@ -427,10 +426,3 @@ def test_split_by_memory_keeps_groups_within_budget(tmp_path):
         assert estimate_memory([cfgs[i] for i in g], widths, shape).total <= whole // 2
     with pytest.raises(ValueError, match="alone needs"):
         split_by_memory(cfgs, widths, shape, 1000)
-
-
-def test_gpu_seconds_at_a_stated_throughput():
-    c = CoderConfig("transcoder", 768, 768, 24576, in_hook="a", out_hook="b")
-    # 6 x 24576 x 1536 = 226,492,416 FLOPs per token; 1e6 tokens at 1e12 FLOP/s
-    assert gpu_seconds([c], 10**6, 0, 1e12) == pytest.approx(226.492416)
-    assert gpu_seconds([c, c], 10**6, 1000, 1e12) == pytest.approx(2 * 226.492416 + 1e-3)

@@ -20,9 +20,10 @@ Snakemake's config), never the spec.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
-from tcspec import budget, layout
+from tcspec import estimates, layout
 from tcspec.checks import dictionary_hooks, model_dims
 from tcspec.compute import resolve_precision
 from tcspec.configs import (
@@ -44,10 +45,13 @@ from tcspec.configs import (
 )
 from tcspec.hooks import full_name, hook_width
 from tcspec.kinds import CLT, SPARSITY_K, d_sae_of
+from tcspec.models.recipes import get_recipe
 from tcspec.plan.imports import file_hashes, import_clt, import_task, is_clt_folder  # noqa: F401
+from tcspec.plan.resources import Sizer
 from tcspec.plan.task import THREADS, Plan, Task, make_task, safe_name, task_id  # noqa: F401
 from tcspec.spec import SWEEP_FIELDS, DictionaryRef, InterpSpec, Spec
-from tcspec.stream_plan import split_passes, stream_memory, stream_shape, stream_source
+from tcspec.stream_plan import split_passes, stream_shape, stream_source
+from tcspec.throughput import Rates
 
 DEFAULT_STREAM_BUDGET_MB = 40_000
 """Per-job memory budget of a stream pass when the machine side gives none (a 40 GB GPU)."""
@@ -85,15 +89,26 @@ def member_opts(spec: Spec, d, point: dict):
 
 
 # ------------------------------------------------------------------------------ compile
-def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -> Plan:
+def compile_plan(
+    spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB, rates: Rates | None = None
+) -> Plan:
+    """The plan of ``spec``; ``stream_budget_mb`` and ``rates`` (the GPU class and its
+    throughput, for the time estimates) are the machine side's, never the spec's, and
+    change no id."""
     plan = Plan(spec)
     dims = model_dims(spec.model)
-    model = plan.add(_model_task(spec, dims))
-    # a synthetic source draws its samples itself: no tokens
-    tokens = None if spec.model.kind == "synthetic" else plan.add(_tokens_task(spec, model))
     stream, upstream = spec.acts.source == "stream", {}
     if stream:
         plan.stream_shape = stream_shape(spec, dims)
+    plan.sizer = Sizer(
+        size=model_size(spec, dims), rates=rates or Rates(), gpu=gpus(spec),
+        train_tokens=spec.data.train_tokens, stream_shape=plan.stream_shape,
+        cache_bytes=2 if spec.acts.dtype != "float32" else 4,
+    )  # fmt: skip
+    model = plan.add(_model_task(spec))
+    # a synthetic source draws its samples itself: no tokens
+    tokens = None if spec.model.kind == "synthetic" else plan.add(_tokens_task(spec, model))
+    if stream:
         upstream = _source_deps(model, tokens)
     elif _trained(spec):
         upstream = {"acts": ("acts", plan.add(_acts_task(spec, dims, model, tokens)).id)}
@@ -149,7 +164,24 @@ def compile_plan(spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB) -
         exported = members | (clts if e.to == "circuit-tracer" else {})
         plan.add(_export_task(spec, e, _select(spec, e.dictionaries, exported), model))
     plan.add(_tables_task(spec, evaluations + downstream))
+    for key, t in plan.tasks.items():  # every estimate from one place, the configs known
+        plan.tasks[key] = replace(t, resources=t.resources | plan.sizer.task_resources(plan, t))
     return plan
+
+
+def model_size(spec: Spec, dims: dict) -> estimates.ModelSize:
+    """The sizes of the spec's model (a toy's vocabulary is its recipe's) and the
+    precisions its jobs run in."""
+    m = spec.model
+    vocab = dims.get("d_vocab")
+    if vocab is None:
+        vocab = get_recipe(m.recipe).vocab_size if m.kind == "toy" else 50257
+    half = getattr(m, "dtype", "float32") != "float32"
+    return estimates.ModelSize(
+        n_layers=dims["n_layers"], d_model=dims["d_model"], d_mlp=dims["d_mlp"],
+        n_heads=dims["n_heads"], d_vocab=vocab, context=spec.data.context,
+        act_bytes=2 if half else 4, model_precision="bf16" if half else "fp32",
+    )  # fmt: skip
 
 
 def _add_evaluations(
@@ -223,7 +255,7 @@ def _source_deps(model: Task, tokens: Task | None) -> dict:
     return deps | ({} if tokens is None else {"tokens": ("tokens", tokens.id)})
 
 
-def _model_task(spec: Spec, dims: dict) -> Task:
+def _model_task(spec: Spec) -> Task:
     m = spec.model
     if m.kind == "toy":
         prefix, seed = f"toy-{m.recipe}", spec.seed
@@ -234,7 +266,7 @@ def _model_task(spec: Spec, dims: dict) -> Task:
     else:
         prefix, seed = f"checkpoint-{Path(m.path).name}", None
     config = ModelConfig(model=m, seed=seed)
-    return make_task("model", prefix, config, {}, {"mem_mb": _model_mem_mb(dims)})
+    return make_task("model", prefix, config, {}, {})
 
 
 def _tokens_task(spec: Spec, model: Task) -> Task:
@@ -242,7 +274,7 @@ def _tokens_task(spec: Spec, model: Task) -> Task:
     data = spec.data.model_copy(update={"bos": "exclude"})
     config = TokensConfig(data=data, seed=spec.seed)
     prefix = f"{spec.data.kind}-ctx{spec.data.context}"
-    return make_task("tokens", prefix, config, {"model": ("model", model.id)}, {"mem_mb": 2000})
+    return make_task("tokens", prefix, config, {"model": ("model", model.id)}, {})
 
 
 def _acts_task(spec: Spec, dims: dict, model: Task, tokens: Task | None) -> Task:
@@ -256,17 +288,8 @@ def _acts_task(spec: Spec, dims: dict, model: Task, tokens: Task | None) -> Task
     config = ActsConfig(
         acts=spec.acts, hooks=dict(sorted(hooks.items())), bos=spec.data.bos, rows=rows
     )
-    bytes_per = 2 if spec.acts.dtype != "float32" else 4
-    disk_mb = spec.data.train_tokens * sum(hooks.values()) * bytes_per / 2**20
     deps = _source_deps(model, tokens)
-    resources = {
-        "disk_mb": int(disk_mb) + 1,
-        "mem_mb": _model_mem_mb(dims) + 1000,
-        "gpu": gpus(spec),
-    }
-    return make_task(
-        "acts", f"L{'-'.join(map(str, sorted(_layers(spec))))}", config, deps, resources
-    )
+    return make_task("acts", f"L{'-'.join(map(str, sorted(_layers(spec))))}", config, deps, {})
 
 
 def _trained(spec: Spec) -> list:
@@ -287,7 +310,6 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dic
     in_hook, out_hook = dictionary_hooks(d)
     d_in, d_out = hook_width(in_hook, dims), hook_width(out_hook, dims)
     steps = (d.train_tokens or spec.data.train_tokens) // d.batch_size
-    gpu = gpus(spec)
     tasks = []
     for point in sweep_points(d):
         opts = member_opts(spec, d, point)
@@ -298,22 +320,14 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dic
             data_seed=spec.seed, stream=stream_source(spec),
         )  # fmt: skip
         label = {"dictionary": name, "member": member_name(point), "point": point}
-        params = d_sae * (d_in + d_out) + d_sae + d_in + d_out
-        params += d_in * d_out if d.kind == "skip_transcoder" else 0
-        # weights + Adam moments + grads, fp32, plus a few batches
-        mem_mb = params * 16 / 2**20 + 4 * d.batch_size * (d_in + d_out) * 4 / 2**20 + 1500
-        flops = 6 * steps * d.batch_size * d_sae * (d_in + d_out)
-        resources = {"mem_mb": int(mem_mb), "flops": flops, "params": params, "gpu": gpu}
         prefix = f"{name}-L{layer}-{_content_name(opts, spec.seed)}"
-        tasks.append(make_task("train", prefix, config, dict(upstream), resources, label))
+        tasks.append(make_task("train", prefix, config, dict(upstream), {}, label))
     return tasks
 
 
 def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Task]:
     """One train task per sweep point of a CLT over all its layers (its own training loop,
-    stage `clt`); resources from `tcspec.clt.cost.clt_cost`."""
-    from tcspec.clt.cost import clt_cost
-
+    stage `clt`)."""
     layers = tuple(d.layers if d.layers is not None else spec.layers)
     d_model = hook_width(d.in_hook, dims)
     steps = (d.train_tokens or spec.data.train_tokens) // d.batch_size
@@ -325,26 +339,10 @@ def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Tas
             opts=opts, layers=layers, d_model=d_model, d_sae=d_sae, steps=steps,
             data_seed=spec.seed, stream=stream_source(spec),
         )  # fmt: skip
-        cost = clt_cost(clt_shape(config), d.batch_size, steps)
-        resources = {
-            "mem_mb": cost.mem_mb + 1500 + _clt_stream_mb(spec, dims, len(layers)),
-            "flops": cost.flops, "params": cost.params,
-            "gpu": gpus(spec),
-        }  # fmt: skip
         label = {"dictionary": name, "member": member_name(point), "point": point}
         prefix = f"{name}-L{'-'.join(map(str, layers))}-{_content_name(opts, spec.seed)}"
-        tasks.append(make_task(CLT, prefix, config, dict(upstream), resources, label))
+        tasks.append(make_task(CLT, prefix, config, dict(upstream), {}, label))
     return tasks
-
-
-def _clt_stream_mb(spec: Spec, dims: dict, n_layers: int) -> int:
-    """What a CLT's stream adds to its job: the model, and the shuffle buffer of its 2 L
-    hooks (float32, d_model wide, plus one forward's rows)."""
-    if spec.acts.source != "stream":
-        return 0
-    a = spec.acts
-    rows = a.buffer_tokens + a.batch_contexts * spec.data.context
-    return _model_mem_mb(dims) + int(rows * 2 * n_layers * dims["d_model"] * 4 / 2**20)
 
 
 def clt_shape(c: CLTMemberConfig):
@@ -388,7 +386,7 @@ def _evaluate_task(
     )
     deps = _source_deps(model, tokens) | _coder_deps(coders)
     prefix = f"{_spliced(refs, span)}-{refs[0].member}"
-    return make_task("evaluate", prefix, config, deps, {"mem_mb": 3000, "gpu": gpus(spec)})
+    return make_task("evaluate", prefix, config, deps, {})
 
 
 def _spliced(refs: tuple[CoderRef, ...], span: list[int] | None = None) -> str:
@@ -413,15 +411,14 @@ def _features_task(spec: Spec, coder: Task, model: Task, tokens: Task, layer: in
     )
     deps = _source_deps(model, tokens)
     deps |= _coder_deps([coder])
-    resources = {"mem_mb": 3000, "gpu": gpus(spec)}
-    return make_task("interp", config.coder.label, config, deps, resources)
+    return make_task("interp", config.coder.label, config, deps, {})
 
 
 def _study_task(spec: Spec, features: list[Task]) -> Task:
     """The blind rating study over every studied dictionary's features."""
     config = StudyConfig(features=spec.interp.features, seed=spec.seed)
     deps = {f"features_{i}": ("interp", t.id) for i, t in enumerate(features)}
-    return make_task("study", f"study-{spec.experiment}", config, deps, {"mem_mb": 1000})
+    return make_task("study", f"study-{spec.experiment}", config, deps, {})
 
 
 def _circuit_task(spec: Spec, c, selected: list[Task], model: Task, tokens: Task) -> Task:
@@ -440,8 +437,7 @@ def _circuit_task(spec: Spec, c, selected: list[Task], model: Task, tokens: Task
     )  # fmt: skip
     deps = _source_deps(model, tokens)
     deps |= _coder_deps(selected)
-    resources = {"mem_mb": 3000, "gpu": gpus(spec)}
-    return make_task("circuits", f"{c.task}-{c.dictionary.name}", config, deps, resources)
+    return make_task("circuits", f"{c.task}-{c.dictionary.name}", config, deps, {})
 
 
 def _export_task(spec: Spec, e, selected: list[Task], model: Task) -> Task:
@@ -455,7 +451,7 @@ def _export_task(spec: Spec, e, selected: list[Task], model: Task) -> Task:
         dataset=getattr(spec.data, "name", None) or spec.data.kind,
     )
     deps = {"model": ("model", model.id)} | _coder_deps(selected)
-    return make_task("export", e.to, config, deps, {"mem_mb": 2000})
+    return make_task("export", e.to, config, deps, {})
 
 
 def _tables_task(spec: Spec, upstream: list[Task]) -> Task:
@@ -465,40 +461,24 @@ def _tables_task(spec: Spec, upstream: list[Task]) -> Task:
         reference=spec.tables.reference,
     )
     deps = {f"{t.stage}_{i}": (t.stage, t.id) for i, t in enumerate(upstream)}
-    return make_task("tables", spec.experiment, config, deps, {"mem_mb": 1000})
+    return make_task("tables", spec.experiment, config, deps, {})
 
 
-def _model_mem_mb(dims: dict) -> int:
-    d, n, v = dims["d_model"], dims["n_layers"], dims.get("d_vocab", 50257)
-    params = 12 * n * d * d + 2 * v * d
-    return int(params * 4 * 3 / 2**20) + 1000
-
-
-def group_task(members: list[Task], shape: budget.StreamShape | None = None) -> Task:
+def group_task(members: list[Task], plan: Plan) -> Task:
     """One training pass for ``members`` (train tasks of one group that are not done): its
-    id names exactly that set, so an interrupted pass resumes its checkpoint. A stream
-    pass's memory is ``stream_memory`` (with the plan's ``shape``), its disk the checkpoint
-    and the weights."""
+    id names exactly that set, so an interrupted pass resumes its checkpoint. Its resources
+    are the pass's own estimate (``Sizer.train_pass_resources``)."""
     config = PassConfig(members=tuple(sorted(t.id for t in members)))
     deps = dict(members[0].deps)  # the cache, or the model and tokens, they all read
     first = members[0].label
-    resources = {
-        "mem_mb": sum(t.resources["mem_mb"] for t in members) - 1500 * (len(members) - 1),
-        "gpu": max(t.resources["gpu"] for t in members),
-        "threads": THREADS.get("train", 1),
-    }
     prefix = f"{first['dictionary']}-L{members[0].config.layer}-x{len(members)}"
     if members[0].config.stream is not None:
         prefix = f"stream-x{len(members)}"
-        if shape is not None:
-            memory = stream_memory([t.config for t in members], shape)
-            resources["mem_mb"] = int(memory.total / 2**20) + 1500
-        params = sum(t.resources["params"] for t in members)
-        resources["disk_mb"] = int(params * 16 / 2**20) + 1  # checkpoint (+ Adam) + weights
+    resources = plan.sizer.train_pass_resources([t.config for t in members])
     return Task(layout.GROUP, task_id(prefix, config, deps), config, deps, resources)
 
 
-def eval_group_task(members: list[Task]) -> Task:
+def eval_group_task(members: list[Task], plan: Plan) -> Task:
     """One evaluation pass for ``members`` (evaluate tasks of one eval group that are not
     done): the model and tokens once, then every member's dictionaries (its deps: the union
     of theirs, renamed per member)."""
@@ -506,11 +486,7 @@ def eval_group_task(members: list[Task]) -> Task:
     deps = {k: v for k, v in members[0].deps.items() if k in ("model", "tokens")}
     for i, t in enumerate(members):
         deps |= {f"m{i}_{k}": v for k, v in t.deps.items() if k not in ("model", "tokens")}
-    resources = {
-        "mem_mb": max(t.resources["mem_mb"] for t in members) + 200 * (len(members) - 1),
-        "gpu": max(t.resources["gpu"] for t in members),
-        "threads": THREADS.get("evaluate", 1),
-    }
+    resources = plan.sizer.evaluate_pass_resources(plan, [t.config for t in members])
     first = members[0].config.coders
     mixed = len({t.config.coders[0].dictionary for t in members}) > 1  # a layer's pass
     prefix = f"{f'L{first[0].layer}' if mixed else _spliced(first)}-x{len(members)}"

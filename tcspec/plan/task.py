@@ -7,10 +7,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tcspec import budget, layout
 from tcspec.configs import StageConfig
 from tcspec.spec import Spec
+
+if TYPE_CHECKING:
+    from tcspec.plan.resources import Sizer
 
 THREADS = {"model": 2, "acts": 2}
 """CPU threads per job (default 1): the model and acts stages run first and alone; the
@@ -26,7 +30,8 @@ class Task:
     deps: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Named inputs: name -> (stage, task id)."""
     resources: dict = field(default_factory=dict)
-    """Estimates for the scheduler: mem_mb, disk_mb, gpu, threads, flops, params."""
+    """Estimates for the scheduler (``tcspec.plan.resources``): mem_mb, runtime (minutes),
+    seconds, disk_mb, gpu, threads, flops, params, shape."""
     label: dict = field(default_factory=dict, compare=False)
     """How the spec names a train or import task (dictionary, member, point): for the
     configs downstream of it; not part of its id."""
@@ -59,6 +64,8 @@ class Plan:
     in exactly one)."""
     stream_shape: budget.StreamShape | None = None
     """What sizes a stream pass besides its dictionaries (None for a cache spec)."""
+    sizer: Sizer | None = None
+    """What sizes every job: the model, the device's rates (``tcspec.plan.resources``)."""
 
     def add(self, task: Task) -> Task:
         self.tasks.setdefault((task.stage, task.id), task)

@@ -71,7 +71,7 @@ def job_of(task, spec: Path = MICRO):
         (p.groups, group_task) if task.stage == "train" else (p.eval_groups, eval_group_task)
     )
     (ids,) = [g for g in groups if task.id in g]
-    return make([p.get(task.stage, i) for i in ids])
+    return make([p.get(task.stage, i) for i in ids], p)
 
 
 def task_of(stage: str, spec: Path = MICRO):
