@@ -116,10 +116,9 @@ class Sizer:
         if configs[0].stream is not None:
             params = sum(budget.n_params(c.coder()) for c in configs)
             extra["disk_mb"] = params * 16 // MB + 1
-        precision = configs[0].opts.precision  # the slowest of the pass's
-        if any(c.opts.precision == "fp32" for c in configs):
-            precision = "fp32"
-        return self.request("train", self.train_pass(configs), self.gpu, precision, **extra)
+        slowest = min({c.opts.precision for c in configs},
+                      key=lambda p: self.rates.flops_per_s(self.gpu, p))  # fmt: skip
+        return self.request("train", self.train_pass(configs), self.gpu, slowest, **extra)
 
     def clt_cost(self, c: CLTMemberConfig) -> tuple[Cost, int]:
         """A CLT's training (``tcspec.clt.cost``) and, from a stream, the model's forward
