@@ -12,6 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -109,8 +110,22 @@ def test_clt_trains_evaluates_spliced_everywhere_and_tabulates(micro_clt_run):
     joint_tc = [r for r in records if r["kind"] == "transcoder" and r["splice"] == "all"]
     assert joint_tc and joint_tc[0]["metrics"]["ce_loss_original"] == m["ce_loss_original"]
     (tables,) = plan.stage("tables")
-    text = (tables.dir(results) / layout.TABLES / "sparsity_fidelity.md").read_text()
-    assert "| clt          | clt        | 0,1 (all) |" in text
+    folder = tables.dir(results) / layout.TABLES
+    table = pd.read_csv(folder / "sparsity_fidelity.csv").set_index(["dictionary", "layer"])
+    clt = table.loc["clt"]  # its layers and its total, every metric it can have
+    assert list(clt.index) == ["0 (of 0,1)", "1 (of 0,1)", "0,1 (all)"]
+    assert list(clt["l0"]) == [8.0, 8.0, 16.0] and clt[["fvu", "dead_fraction"]].notna().all().all()
+    assert table.loc[("tc", "0,1 (all)"), "l0"] == pytest.approx(16.0, abs=0.01)  # summed
+    assert (
+        "| clt          | CLT        | 0,1 (all)  |"
+        in (folder / "sparsity_fidelity.md").read_text()
+    )
+    matched = pd.read_csv(folder / "matched_l0.csv").astype({"layers": str})
+    for block in ("0", "1", "0,1"):  # per layer and in total, side by side
+        rows = matched[matched["layers"] == block]
+        assert set(rows["family"]) == {"clt", "tc"} and rows["fvu"].notna().all(), block
+    total = matched[matched["layers"] == "0,1"]
+    assert total["ce_loss_replaced"].notna().all() and total["dead_fraction"].notna().all()
 
 
 def test_circuit_tracer_export_loads_back_exactly(micro_clt_run):

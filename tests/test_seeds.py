@@ -5,8 +5,11 @@ where two families differ by more than their spread."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,7 +17,11 @@ import pytest
 from tcspec.loader import parse_spec
 from tcspec.plan import compile_plan
 from tcspec.tables import build_tables, matched_l0, records_frame
+from tcspec.tables.curves import Curve, curves_figure
 from tcspec.tables.seeds import apart, pool_seeds
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "workflow"))
+import harness  # noqa: E402
 
 SPEC = """
 experiment: seeds
@@ -150,3 +157,62 @@ def test_a_single_seed_has_no_spread():
     assert (pooled["n_seeds"] == 1).all() and pooled["l0_std"].isna().all()
     assert list(pooled["member"]) == ["k_4-seed_0", "k_16-seed_0", "l1_0.001-seed_0",
                                       "l1_0.003-seed_0"]  # fmt: skip
+
+
+# ---------------------------------------------------------------------- training curves
+def _curve(member: str, seed: int, dead: int) -> Curve:
+    rows = tuple(
+        {"step": s, "loss": 1.0 / s, "mse": 0.5 / s, "aux": 0.1, "l0": 8.0, "lr": 1e-3,
+         "live": 1.0, "dead": dead}
+        for s in (10, 20, 30)
+    )  # fmt: skip
+    return Curve("tc", (0,), member, seed, 64, 32, rows)
+
+
+def test_training_curves_are_plotted_per_dictionary_and_linked(tmp_path):
+    curves = [_curve(f"k_{k}-seed_{s}", s, dead=k) for k in (4, 8) for s in (0, 1)]
+    fig = curves_figure(curves, "tc")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["loss", "aux", "mse", "L0", "dead fraction"]
+    dead = fig.axes[4]
+    (line,) = [ln for ln in dead.get_lines() if ln.get_label() == "k_8, seed 1"]
+    assert list(line.get_xdata()) == [640, 1280, 1920]  # tokens: steps x 64
+    assert list(line.get_ydata()) == [8 / 32] * 3  # dead features / features
+    assert len({ln.get_color() for ln in dead.get_lines()}) == 2  # a colour per point
+    assert len({ln.get_linestyle() for ln in dead.get_lines()}) == 2  # a style per seed
+    clt = Curve(
+        "clt", (0, 1), "single", 0, 64, 64, ({"step": 1, "loss": 1.0, "fvu": 0.5, "l0": 3},)
+    )
+    build_tables([], tmp_path, include=["training_curves"], reference=None, title="t",
+                 curves=[*curves, clt])  # fmt: skip
+    assert (tmp_path / "curves_tc_L0.png").exists() and (tmp_path / "curves_clt_L0-1.png").exists()
+    index = (tmp_path / "index.md").read_text()
+    assert "[curves_tc_L0.png](curves_tc_L0.png)" in index
+    assert "![clt layers 0,1](curves_clt_L0-1.png)" in index
+
+
+# ---------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_a_seeded_spec_runs_to_tables_with_spreads(tmp_path):
+    """Two families x two points x three seeds through Snakemake: the tables' mean and
+    spread are those of the per-seed metrics.json, and every dictionary's curve is drawn."""
+    out = harness.snakemake(tmp_path, spec=harness.WORKFLOW / "micro_seeds.yaml")
+    assert out.returncode == 0, out.stderr[-4000:]
+    records = [json.loads(f.read_text()) for f in tmp_path.glob("tasks/evaluate/*/metrics.json")]
+    assert len(records) == 12
+    tables = tmp_path / "micro_seeds" / "tables"
+    table = pd.read_csv(tables / "sparsity_fidelity.csv")
+    assert len(table) == 4 and (table["n_seeds"] == 3).all()
+    for _, row in table.iterrows():
+        mine = [r["metrics"] for r in records if r["dictionary"] == row["dictionary"]
+                and r["point"]["k"] == row["k"]]  # fmt: skip
+        for m in ("fvu", "ce_loss_replaced", "dead_fraction"):
+            values = [x[m] for x in mine]
+            assert row[m] == pytest.approx(statistics.mean(values), rel=1e-9)
+            assert row[f"{m}_std"] == pytest.approx(statistics.stdev(values), rel=1e-9)
+            assert row[f"{m}_std"] > 0 or m == "dead_fraction"  # seeds do differ
+    long = pd.read_csv(tables / "matched_l0.csv")
+    assert set(long["family"]) == {"tc", "sae"} and long["fvu_std"].notna().all()
+    index = (tables / "index.md").read_text()
+    for name in ("curves_tc_L0.png", "curves_sae_L0.png"):
+        assert (tables / name).exists() and f"]({name})" in index

@@ -355,6 +355,7 @@ def test_spec_choices_come_from_the_registries():
         "sparsity_fidelity",
         "matched_l0",
         "pareto",
+        "training_curves",
     ]
 
 

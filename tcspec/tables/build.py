@@ -9,6 +9,7 @@ from pathlib import Path
 from tcspec import atomic
 from tcspec.paper import REFERENCES
 from tcspec.tables import reference as reference_table
+from tcspec.tables.curves import Curve
 from tcspec.tables.extra import ExtraTable
 from tcspec.tables.records import records_frame
 from tcspec.tables.registry import TABLES, builder
@@ -41,6 +42,7 @@ def build_tables(
     reference: str | None,
     title: str,
     extra: Mapping[str, Sequence[ExtraTable | tuple]] | None = None,
+    curves: Sequence[Curve] = (),
 ) -> list[Path]:
     """Write the tables named in `include` (names of `registry.TABLES`) for `records` into
     `out_dir`, with `index.md` (every table inline, every plot shown) and `results.csv`
@@ -51,7 +53,8 @@ def build_tables(
     `reference` optionally names a published table of `tcspec.paper.REFERENCES` to show
     beside ours (its sweep is drawn on the Pareto plot of its layer); `title` heads the
     index and the plots. `extra` holds tables other stages computed, by table name
-    (`interpretability`, `greater_than`): `ExtraTable`s, or `(stem, frame, caption)`.
+    (`interpretability`, `greater_than`): `ExtraTable`s, or `(stem, frame, caption)`;
+    `curves` the trained dictionaries' training curves (`training_curves`).
     Returns the paths written (inside `out_dir`). Raises ValueError for an unknown table or
     reference name, before writing anything.
     """
@@ -64,6 +67,7 @@ def build_tables(
             title=title,
             reference=REFERENCES[reference] if reference else None,
             extra=dict(extra or {}),
+            curves=tuple(curves),
         )
         sections = [builder(name)(inputs) for name in TABLES if name in include]
         if reference:

@@ -51,6 +51,11 @@ TABLES: dict[str, Table] = {
             "tcspec.tables.truth:section",
         ),
         Table(
+            "training_curves",
+            "loss terms, L0 and dead fraction against training tokens, per dictionary",
+            "tcspec.tables.curves:section",
+        ),
+        Table(
             "interpretability",
             "Table 1 from ingested ratings, and the study's automatic proxies",
             "tcspec.tables.extra:interpretability",
@@ -70,7 +75,7 @@ TABLES: dict[str, Table] = {
 """Tables in the order the index shows them."""
 
 TABLE_NAMES = tuple(TABLES)
-DEFAULT_INCLUDE = ("sparsity_fidelity", "matched_l0", "pareto")
+DEFAULT_INCLUDE = ("sparsity_fidelity", "matched_l0", "pareto", "training_curves")
 
 
 def builder(name: str) -> Callable:

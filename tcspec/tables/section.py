@@ -15,6 +15,7 @@ from tcspec.paper import Reference
 from tcspec.tables.format import Column, latex, markdown
 
 if TYPE_CHECKING:
+    from tcspec.tables.curves import Curve
     from tcspec.tables.extra import ExtraTable
 
 
@@ -32,6 +33,8 @@ class Inputs:
     """Published numbers shown beside ours."""
     extra: Mapping[str, Sequence[ExtraTable]] = field(default_factory=dict)
     """Tables other stages computed, by table name."""
+    curves: Sequence[Curve] = ()
+    """The trained dictionaries' training curves."""
 
 
 @dataclass(frozen=True)

@@ -53,12 +53,16 @@ def pool_seeds(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _member(g: pd.DataFrame) -> str:
-    """The seeds' member name, its seed dropped (`k_16-seed_1` -> `k_16`)."""
+    """The seeds' member name, its seed dropped when there are several."""
     first = str(g["member"].iloc[0])
-    if len(g) == 1:
-        return first
-    kept = [p for p in first.split("-") if not p.startswith(tuple(f"{a}_" for a in REPLICATE_AXES))]
-    return "-".join(kept) or "single"
+    return first if len(g) == 1 else without_seed(first)
+
+
+def without_seed(member: str) -> str:
+    """A member name (`tcspec.plan.member_name`) without its seed: `k_16-seed_1` -> `k_16`,
+    `seed_2` -> `single`."""
+    seeds = tuple(f"{a}_" for a in REPLICATE_AXES)
+    return "-".join(p for p in member.split("-") if not p.startswith(seeds)) or "single"
 
 
 def _empty(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:

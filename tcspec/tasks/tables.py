@@ -34,6 +34,7 @@ def run(ctx) -> dict:
             reference=cfg.reference,
             title=cfg.experiment,
             extra=extra,
+            curves=training_curves(ctx) if "training_curves" in cfg.include else (),
         )
     publish(ctx.out / layout.TABLES, layout.tables_dir(ctx.results, cfg.experiment))
     return {"records": len(records), "files": [Path(p).name for p in written]}
@@ -55,6 +56,27 @@ def _same_tree(a: Path, b: Path) -> bool:
     if files != {p.relative_to(b) for p in b.rglob("*") if p.is_file()}:
         return False
     return all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def training_curves(ctx) -> list:
+    """The curve in `training.json` of every trained dictionary the evaluations splice."""
+    from tcspec.tables.curves import Curve
+    from tcspec.tasks import load_task
+
+    curves = {}
+    for task in ctx.deps_of("evaluate"):
+        for ref in task.config.coders:
+            f = ctx.coder_dir(ref) / layout.TRAINING
+            if ref.id in curves or not f.exists():
+                continue  # seen, or imported
+            c = load_task(ctx.results, ref.stage, ref.id).config
+            layers = tuple(getattr(c, "layers", None) or (c.layer,))
+            curves[ref.id] = Curve(
+                dictionary=ref.dictionary, layers=layers, member=ref.member, seed=c.opts.seed,
+                tokens_per_step=c.opts.batch_size, features=c.d_sae * len(layers),
+                rows=tuple(read_json(f).get("curve") or ()),
+            )  # fmt: skip
+    return list(curves.values())
 
 
 def interpretability(ctx) -> list:
