@@ -216,3 +216,43 @@ def test_a_seeded_spec_runs_to_tables_with_spreads(tmp_path):
     index = (tables / "index.md").read_text()
     for name in ("curves_tc_L0.png", "curves_sae_L0.png"):
         assert (tables / name).exists() and f"]({name})" in index
+
+
+# ---------------------------------------------------------------------- families.yaml
+FAMILY_L0 = {("l1", 3e-4): 100.0, ("l1", 1e-3): 50.0, ("l1", 3e-3): 20.0,
+             ("l0_coef", 1e-4): 54.0, ("l0_coef", 1e-3): 14.0}  # fmt: skip
+"""Roughly the L0 each non-TopK sweep point of specs/families.yaml reaches (README)."""
+
+
+def _families_records() -> list[dict]:
+    """A metrics record per evaluation of specs/families.yaml, shaped as the evaluate stage
+    writes it, with made-up metrics (L0 as the README's; BatchTopK a little off its k)."""
+    from tcspec.loader import load_spec
+
+    plan = compile_plan(load_spec(Path(__file__).resolve().parent.parent / "specs/families.yaml"))
+    train = {t.id: t.config for t in plan.stage("train")}
+    recs = []
+    for i, t in enumerate(plan.stage("evaluate")):
+        (ref,) = t.config.coders
+        opts = train[ref.id].opts
+        point = t.config.point
+        l0 = float(opts.k) + (i % 3) / 10 if opts.k else FAMILY_L0[next(iter(point.items()))]
+        recs.append(_record(ref.dictionary, ref.kind, point, 0, l0, 3.4 + 1 / l0))
+        recs[-1]["opts"] = opts.model_dump(mode="json")
+    return recs
+
+
+def test_families_matched_l0_shows_every_metric_for_every_family(tmp_path):
+    recs = _families_records()
+    assert len(recs) == 20
+    build_tables(recs, tmp_path, include=["matched_l0"], reference=None, title="families")
+    long = pd.read_csv(tmp_path / "matched_l0.csv")
+    assert set(long["family"]) == {r["dictionary"] for r in recs}  # all 10, none dropped
+    metrics = ["ce_loss_replaced", "ce_recovered", "kl", "fvu", "dead_fraction"]
+    assert long[metrics].notna().all().all()
+    for r in recs:  # a family at one L0 (BatchTopK, the Matryoshkas) sits at its own L0
+        if r["dictionary"].endswith(("batchtopk", "matryoshka", "matryoshka_topk")):
+            mine = long[long["family"] == r["dictionary"]]
+            assert list(mine["l0"]) == [r["metrics"]["l0"]]
+    header = (tmp_path / "matched_l0.md").read_text().splitlines()[2]
+    assert "FVU" in header and "dead %" in header
