@@ -68,10 +68,12 @@ def device_kind(device) -> str:
 # --------------------------------------------------------------------------- precision
 def resolve_precision(precision: str, device) -> str:
     """A dictionary's precision on `device` (a spec's ``auto``/``cpu``/``cuda`` or a torch
-    device): itself, or for ``auto`` the device kind's `DEFAULT_PRECISION`."""
+    device): itself, or for ``auto`` the device kind's `DEFAULT_PRECISION` (fp32 on a GPU
+    without native bf16, e.g. a V100, as sparsify's autocast decides)."""
     if precision != "auto":
         return precision
-    return DEFAULT_PRECISION[device_kind(device)]
+    kind = device_kind(device)
+    return DEFAULT_PRECISION[kind] if kind == "cpu" or cuda_bf16() else "fp32"
 
 
 def gemm_dtype(precision: str, master: torch.dtype) -> torch.dtype:
@@ -98,14 +100,28 @@ def gemm_mode(precision: str, device) -> Iterator[None]:
 
 
 def slow_precision(precision: str, device) -> str | None:
-    """Why `precision` would run slower than fp32 on `device`, or None: bf16 on a CPU
-    without native bf16."""
-    if precision != "bf16" or device_kind(device) != "cpu" or native_bf16():
+    """Why `precision` would run slower than fp32 on `device`, or None: bf16 on a CPU or a
+    GPU without native bf16."""
+    if precision != "bf16":
+        return None
+    if device_kind(device) == "cuda":
+        return None if cuda_bf16() else "precision: bf16 on a GPU without native bf16"
+    if native_bf16():
         return None
     return (
         "precision: bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16 in "
         "/proc/cpuinfo): its bf16 GEMMs run ~100x slower than fp32 here; use precision: fp32"
     )
+
+
+def cuda_bf16() -> bool:
+    """Whether this machine's GPU runs bf16 natively (True where none is visible: a plan
+    compiled for `device: cuda` elsewhere)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return True
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 # ------------------------------------------------------------------------------- the CPU

@@ -61,7 +61,8 @@ class _Schedule(Frozen):
     precision: Precision = "auto"
     """What the training GEMMs compute in: `fp32`; `tf32` (CUDA's TF32 tensor cores); `bf16`
     (bfloat16 operands, float32 accumulation, float32 master weights and Adam moments, as
-    autocast); `auto`: bf16 on CUDA, fp32 on a CPU (bf16 is opt-in there: ~2.5x faster GEMMs
+    autocast); `auto`: bf16 on CUDA (fp32 on a GPU without native bf16), fp32 on a CPU (bf16
+    is opt-in there: ~2.5x faster GEMMs
     where the CPU has `avx512_bf16`, ~100x slower where it has not). Resolved when the plan is
     compiled, for the spec's `device` (`device: auto`: whether the compiling machine has
     CUDA); the resolved precision is part of the train task's id."""
