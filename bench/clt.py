@@ -18,7 +18,9 @@ Each round times, in this order: the matmul peak, then each variant. Each is bui
 stepped once untimed (Adam's moments allocated, pages touched), then stepped once timed,
 and freed: only one is resident at a time. Its memory is this process's
 peak RSS over building and both steps, above the RSS before it (the peak is reset through
-/proc/self/clear_refs). The least disturbed round counts (min wall, min CPU).
+/proc/self/clear_refs; what the last variant freed is handed back first, `release_freed`,
+else a variant of tensors under 32 MB reuses its pages unseen). The least disturbed round
+counts (min wall, min CPU).
 
 FLOPs of one step, executed (P = L (L + 1) / 2 decoder blocks):
   CLT          2 B F d (2 L + 3 P) (ReLU): per source layer the encoder forward, the decoder
@@ -40,6 +42,7 @@ CLT's ceiling; the per-layer step's own [B, d] x [d, F] matmuls may run faster t
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
@@ -52,7 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Timing, markdown_table, timed  # noqa: E402
-from tcspec.clt.cost import clt_cost  # noqa: E402
+from tcspec.clt.cost import clt_cost, decoder_params  # noqa: E402
 from tcspec.clt.model import CLT, CLTConfig, CLTLoss  # noqa: E402
 from tcspec.clt.step import Hyper, train_step  # noqa: E402
 from tcspec.train.adam import AdamState  # noqa: E402
@@ -74,9 +77,7 @@ def batch(n_layers: int, d_model: int, batch: int, **_) -> tuple[torch.Tensor, t
 
 def clt_stepper(shape: dict, xs, ys, topk: bool):
     """One CLT training step (closure) on xs, ys."""
-    L, d, F, k = shape["n_layers"], shape["d_model"], shape["d_sae"], shape["k"]
-    act = dict(activation="topk", k=k) if topk else {}
-    clt = CLT(CLTConfig(L, d, F, **act)).requires_grad_(False)
+    clt = CLT(config_of(shape, "clt_topk" if topk else "clt")).requires_grad_(False)
     adam, ws, t = AdamState.zeros(dict(clt.named_parameters())), Workspace("cpu"), [0]
 
     def step():
@@ -187,9 +188,21 @@ def reset_peak() -> bool:
         return False
 
 
+def release_freed() -> None:
+    """Hand the memory freed so far back to the system (glibc's malloc_trim), so that the
+    next variant's allocations raise the RSS instead of reusing pages a freed variant left
+    resident (tensors under glibc's 32 MB mmap threshold live on the heap)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def fresh_step(make, reset: bool) -> tuple[tuple[float, float], float]:
     """Build a variant (`make()` returns its step), step it once untimed and once timed,
     free it: ((wall, CPU) s of the timed step, peak MB held above the RSS before it)."""
+    release_freed()
     before = rss_kb()[0]
     if reset:
         reset_peak()
@@ -235,26 +248,44 @@ def measure(shape: dict, rounds: int) -> dict:
             "fraction_of_peak": f / wall / peak, "fraction_of_peak_cpu": f / cpu / peak_cpu,
             "peak_rss_mb": memory[name],
         }  # fmt: skip
-    cfg = CLTConfig(shape["n_layers"], shape["d_model"], shape["d_sae"])
+        if name.startswith("clt"):
+            rows[name]["estimate_mb"] = clt_cost(config_of(shape, name), shape["batch"], 1).mem_mb
     return {
         "shape": shape,
         "threads": torch.get_num_threads(),
         "rounds": rounds,
         "matmul_peak_gflops_s": peak / 1e9,
         "matmul_peak_gflops_cpu_s": peak_cpu / 1e9,
-        "clt_cost_estimate_mb": clt_cost(cfg, shape["batch"], 1).mem_mb,
         "variants": rows,
-        "ratios": {
-            act: {
-                "time": ratio(rows[f"clt{sfx}"]["step_s"], rows[f"per_layer{sfx}"]["step_s"]),
-                "memory": ratio(
-                    rows[f"clt{sfx}"]["peak_rss_mb"], rows[f"per_layer{sfx}"]["peak_rss_mb"]
-                ),
-            }
-            for act, sfx in (("relu", ""), ("topk", "_topk"))
-        },
+        "ratios": {act: ratios(shape, rows, sfx) for act, sfx in (("relu", ""), ("topk", "_topk"))},
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def ratios(shape: dict, rows: dict, sfx: str) -> dict:
+    """The CLT (`clt` + sfx) against the per-layer transcoders: time, FLOPs, time per FLOP
+    (time ratio / FLOP ratio; wall and CPU), memory, and the memory bound: 3x the
+    per-layer peak plus the CLT's extra decoder weights and their two Adam moments."""
+    c, p = rows[f"clt{sfx}"], rows[f"per_layer{sfx}"]
+    flops = c["executed_gflops"] / p["executed_gflops"]
+    L, d, F = shape["n_layers"], shape["d_model"], shape["d_sae"]
+    extra = (decoder_params(config_of(shape, "clt")) - L * F * d) * 3 * 4 / 2**20
+    bound = 3 * p["peak_rss_mb"] + extra
+    return {
+        "time": ratio(c["step_s"], p["step_s"]),
+        "flops": flops,
+        "time_per_flop": ratio(c["step_s"], p["step_s"]) / flops,
+        "time_per_flop_cpu": ratio(c["step_cpu_s"], p["step_cpu_s"]) / flops,
+        "memory": ratio(c["peak_rss_mb"], p["peak_rss_mb"]),
+        "memory_bound_mb": bound,
+        "memory_of_bound": ratio(c["peak_rss_mb"], bound),
+    }
+
+
+def config_of(shape: dict, variant: str) -> CLTConfig:
+    """The CLT of a variant (`clt` or `clt_topk`) at `shape`."""
+    act = dict(activation="topk", k=shape["k"]) if variant.endswith("topk") else {}
+    return CLTConfig(shape["n_layers"], shape["d_model"], shape["d_sae"], **act)
 
 
 def ratio(a: float, b: float) -> float:
@@ -271,20 +302,34 @@ def table(r: dict) -> str:
         rows.append([
             name, v["step_s"], v["step_cpu_s"], v["tokens_per_s"], v["executed_gflops"],
             v["gflops_s"], v["fraction_of_peak"], v["fraction_of_peak_cpu"],
-            v["peak_rss_mb"], ratio(v["step_s"], base["step_s"]),
+            v["peak_rss_mb"], v.get("estimate_mb", ""), ratio(v["step_s"], base["step_s"]),
             ratio(v["peak_rss_mb"], base["peak_rss_mb"]),
         ])  # fmt: skip
     head = ["variant", "step s", "step CPU s", "tokens/s", "executed GFLOP", "GFLOP/s",
-            "fraction of peak", "fraction (CPU)", "peak RSS MB", "time / per-layer",
-            "memory / per-layer"]  # fmt: skip
+            "fraction of peak", "fraction (CPU)", "peak RSS MB", "clt_cost MB",
+            "time / per-layer", "memory / per-layer"]  # fmt: skip
+    accept = [
+        [
+            act,
+            a["flops"],
+            a["time"],
+            a["time_per_flop"],
+            a["time_per_flop_cpu"],
+            a["memory_bound_mb"],
+            a["memory_of_bound"],
+        ]
+        for act, a in r["ratios"].items()
+    ]
+    accept_head = ["CLT vs per-layer", "FLOP ratio", "time ratio", "time / FLOP ratio (<= 1.5)",
+                   "same, CPU time", "memory bound MB", "peak / bound (<= 1)"]  # fmt: skip
     return "\n\n".join([
         f"{s['n_layers']} layers, d_model {s['d_model']}, {s['d_sae']} features per layer, "
         f"batch {s['batch']} tokens, TopK k {s['k']}, fp32, torch threads {r['threads']}; "
         f"min of {r['rounds']} interleaved round(s). Matmul peak (the CLT's matmuls alone): "
         f"{r['matmul_peak_gflops_s']:.1f} GFLOP/s ({r['matmul_peak_gflops_cpu_s']:.1f} per "
-        f"CPU-second). `clt_cost` memory estimate of the CLT: {r['clt_cost_estimate_mb']:,} MB. "
-        f"Load average at the end (1, 5, 15 min): {r['load_average_1_5_15']}.",
+        f"CPU-second). Load average at the end (1, 5, 15 min): {r['load_average_1_5_15']}.",
         markdown_table(head, rows),
+        markdown_table(accept_head, accept),
     ])  # fmt: skip
 
 
@@ -297,8 +342,7 @@ def run(tiny: bool = False, n_layers=None, batch=None, rounds=None) -> tuple[str
     """The `python -m bench --only clt` section: (Markdown, headline numbers); `n_layers`,
     `batch` scale the shape down (None: the full one), `rounds` (None: 1 tiny, else 2)."""
     shape = shape_of(tiny, n_layers=n_layers, batch=batch)
-    need = clt_cost(CLTConfig(*(shape[f] for f in ("n_layers", "d_model", "d_sae"))),
-                    shape["batch"], 1).mem_mb + 1024  # fmt: skip
+    need = clt_cost(config_of(shape, "clt"), shape["batch"], 1).mem_mb + 1024
     if available_mb() < need:
         return (f"Skipped: the CLT step at {shape} needs ~{need:,} MB, "
                 f"{available_mb():,} MB are available; rerun with --clt-batch.", {})  # fmt: skip

@@ -1,20 +1,24 @@
 """What training a CLT costs: parameters, memory and FLOPs, for the planner.
 
-With L layers, d = d_model, F = d_sae per layer, B tokens a batch, the decoders hold
-F d L (L + 1) / 2 weights (layer l's features write to L - l layers), so they grow with
-L^2 / 2 while the encoders grow with L:
+With L layers, d = d_model, F = d_sae per layer, B tokens a batch, k active features a
+layer (TopK), the decoders hold F d L (L + 1) / 2 weights (layer l's features write to
+L - l layers), so they grow with L^2 / 2 while the encoders grow with L:
 
     params      = L d F (encoders) + F d L (L + 1) / 2 (decoders) + L F + L d (biases)
                   (+ L d^2 skip) (+ L F thresholds)
     flops/step  = 6 B F d (L + L (L + 1) / 2)     forward + backward of every matmul (2 + 4)
-    train bytes = 4 x 4 bytes x params            weights, gradients, two Adam moments (fp32)
-                + 4 bytes x B (4 L d + 6 L F      batch in/out, y_hat and its gradient; pre-
-                               + 2 d P)           activations, activations, their gradients,
-                                                  the penalty's temporaries; every decoder
-                                                  block's output and its gradient (autograd)
-                                                  (P = L (L + 1) / 2 decoder blocks)
-    (measured at L 12, d 768, F 1024, B 512 on CPU: peak RSS 1983 MB, 221 MB of it the
-    interpreter and libraries; this estimate: 1531 MB)
+    train bytes = 4 bytes x (3 params              weights and two Adam moments (fp32)
+                  + 2 F L d                         one gradient at a time (the largest is
+                                                    W_dec[0]'s) and Adam's scratch
+                  + 6 L B d                         the batch as read and stacked, y_hat /
+                                                    its gradient and one temporary
+                  + A B F)                          one layer's activations at a time:
+                                                    A = 3 ReLU, 6 JumpReLU, 2 TopK (sparse)
+
+`tcspec.clt.step` holds no [L, B, F] tensor: dense layers' activations are computed again
+in the backward, sparse ones are kept as (index, value) pairs (L B k of them for TopK). As
+measured (bench/RESULTS.md, "Cross-layer transcoder"; peak RSS above the process's, fp32,
+CPU) at L 12, d 768, F 8192, B 4096: see `MEASURED` there; this estimate is within ~5%.
 
 Per-layer transcoders of the same width for comparison (`per_layer_flops_per_step`):
 6 B F d 2 L (each writes one layer): the CLT's step costs (L + L (L + 1) / 2) / (2 L) =
@@ -28,6 +32,8 @@ from dataclasses import dataclass
 from tcspec.clt.model import CLTConfig
 
 FP32 = 4
+ACTIVATION_BUFFERS = {"relu": 3, "jumprelu": 6, "topk": 2}
+"""[B, F] work buffers a layer's forward and backward hold at once, by activation."""
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,8 @@ class CLTCost:
     flops: int
     """flops_per_step x steps."""
     train_bytes: int
-    """Memory of a training step: fp32 weights, gradients and Adam moments, plus the batch's
-    activations (see the module docstring)."""
+    """Memory of a training step: fp32 weights and Adam moments, one gradient at a time,
+    the batch and one layer's activations (see the module docstring)."""
 
     @property
     def mem_mb(self) -> int:
@@ -74,13 +80,13 @@ def clt_cost(cfg: CLTConfig, batch_size: int, steps: int) -> CLTCost:
     flops_step = 6 * B * F * d * (L + pairs)
     flops_step += 6 * B * d * d * L if cfg.skip else 0
     params = param_count(cfg)
-    acts = FP32 * B * (4 * L * d + 6 * L * F + 2 * d * pairs)
+    work = 2 * F * L * d + 6 * L * B * d + ACTIVATION_BUFFERS[cfg.activation] * B * F
     return CLTCost(
         params=params,
         decoder_params=decoder_params(cfg),
         flops_per_step=flops_step,
         flops=flops_step * steps,
-        train_bytes=4 * FP32 * params + acts,
+        train_bytes=FP32 * (3 * params + work),
     )
 
 
