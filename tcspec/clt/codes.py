@@ -10,7 +10,9 @@ decoder and its gradients touch those rows alone, as the per-layer TopK trainer 
     (g W^T)_a  sampled_addmm: g W^T at the active entries only         [nnz]
     a^T g      embedding_bag over each feature's tokens (CSR by feature) [F, n]
 
-Each of these sums in a fixed order, so a step is bitwise reproducible on CPU.
+Each of these sums in a fixed order, so a step is bitwise reproducible on CPU. In
+`precision: bf16` dense activations are bfloat16 (the encoder GEMM's result) and their
+GEMMs take bfloat16 operands; sparse ones are float32, as the per-layer TopK trainer's.
 """
 
 from __future__ import annotations
@@ -40,13 +42,21 @@ class Dense:
         """Nonzero activations (0-d)."""
         return torch.count_nonzero(self.a)
 
-    def decode_into(self, out: Tensor, W: Tensor) -> None:
-        """out [B, n] += a W, W [F, n]."""
-        out.addmm_(self.a, W)
+    def decode_into(self, out: Tensor, W: Tensor, ws: Workspace) -> None:
+        """out [B, n] += a W, W [F, n] (a GEMM in a's dtype, added into out's)."""
+        if self.a.dtype == out.dtype:
+            out.addmm_(self.a, W)
+        else:
+            low = self.a.dtype
+            out += torch.mm(
+                self.a, low_copy(ws, "W_low", W, low), out=ws.flat("dec", out.shape, low)
+            )
 
     def decoder_grad(self, g: Tensor, ws: Workspace, order=None) -> Tensor:
-        """a^T g [F, n], g [B, n] (in `ws`'s flat "grad" buffer)."""
-        return torch.mm(self.a.t(), g, out=ws.flat("grad", (self.a.shape[1], g.shape[1])))
+        """a^T g [F, n], g [B, n] (in `ws`'s flat "grad" buffer, a's dtype)."""
+        low = self.a.dtype
+        out = ws.flat("grad", (self.a.shape[1], g.shape[1]), low)
+        return torch.mm(self.a.t(), low_copy(ws, "g_low", g, low), out=out)
 
 
 @dataclass
@@ -67,27 +77,26 @@ class Sparse:
         return cls(crow, idx.reshape(-1), vals.reshape(-1), d_sae)
 
     @classmethod
-    def from_dense(cls, a: Tensor) -> Sparse:
-        """The nonzero entries of a [B, F]."""
+    def from_dense(cls, a: Tensor, dtype: torch.dtype) -> Sparse:
+        """The nonzero entries of a [B, F], their values in `dtype`."""
         rows, col = a.nonzero(as_tuple=True)
         crow = torch.zeros(a.shape[0] + 1, dtype=torch.long, device=a.device)
         torch.cumsum(torch.bincount(rows, minlength=a.shape[0]), 0, out=crow[1:])
-        return cls(crow, col, a[rows, col], a.shape[1])
+        return cls(crow, col, a[rows, col].to(dtype), a.shape[1])
 
     def count(self) -> Tensor:
         return torch.count_nonzero(self.val)
 
     def dense(self, out: Tensor) -> Tensor:
         """a [B, F] into `out`."""
-        rows = self.rows()
-        return out.zero_().index_put_((rows, self.col), self.val)
+        return out.zero_().index_put_((self.rows(), self.col), self.val.to(out.dtype))
 
     def rows(self) -> Tensor:
         """Token of each entry, long [nnz]."""
         counts = self.crow.diff()
         return torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
 
-    def decode_into(self, out: Tensor, W: Tensor) -> None:
+    def decode_into(self, out: Tensor, W: Tensor, ws: Workspace) -> None:
         """out [B, n] += a W, W [F, n]."""
         out += F.embedding_bag(self.col, W, self.crow[:-1], per_sample_weights=self.val,
                                mode="sum")  # fmt: skip
@@ -116,3 +125,11 @@ class Sparse:
     def decoder_grad(self, g: Tensor, ws: Workspace, order=None) -> Tensor:
         """a^T g [F, n], g [B, n]."""
         return self.transposed_product(self.val, g, order or self.by_feature())
+
+
+def low_copy(ws: Workspace, name: str, t: Tensor, dtype: torch.dtype) -> Tensor:
+    """t itself when it is in `dtype`, else a copy in `ws`'s flat buffer `name` (one for
+    every shape: each layer's decoder has its own)."""
+    if t.dtype == dtype:
+        return t
+    return ws.flat(name, t.shape, dtype).copy_(t)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from tcspec.hooks import full_name
 from tcspec.kinds import CLT_ACTIVATIONS as ACTIVATIONS
 from tcspec.kinds import CLT_IN_HOOKS as IN_HOOKS
+from tcspec.train.jumprelu import JumpReLUFn
 
 OUT_HOOKS = ("hook_mlp_out",)
 PENALTIES = ("tanh", "l1")
@@ -105,31 +106,10 @@ class CLTConfig:
 
 
 # ------------------------------------------------------------------------------ JumpReLU
-class _JumpReLU(torch.autograd.Function):
-    """a = z H(z - theta); d a/d z = H(z - theta) (no straight-through on z),
-    d a/d theta = -(theta / eps) K((z - theta) / eps), K(u) = 1[-1/2 < u < 1/2]."""
-
-    @staticmethod
-    def forward(ctx, z: Tensor, theta: Tensor, eps: float) -> Tensor:
-        ctx.save_for_backward(z, theta)
-        ctx.eps = eps
-        return z * (z > theta)
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        z, theta = ctx.saved_tensors
-        eps = ctx.eps
-        u = (z - theta) / eps
-        kernel = ((u > -0.5) & (u < 0.5)).to(g.dtype)
-        g_theta = -(theta / eps) * kernel * g  # [..., F]
-        g_theta = g_theta.reshape(-1, *theta.shape[-1:]).sum(0).reshape(theta.shape)
-        return (z > theta) * g, g_theta, None
-
-
 def jumprelu(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
     """JumpReLU z H(z - theta) with the rectangle-kernel pseudo-derivative for theta:
-    z [..., F], theta [F]."""
-    return _JumpReLU.apply(z, theta, bandwidth)
+    z [..., F], theta [F] (`tcspec.train.jumprelu.JumpReLUFn`, the per-layer trainer's)."""
+    return JumpReLUFn.apply(z, theta, bandwidth)
 
 
 # ---------------------------------------------------------------------------- the module

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tcspec.clt.codes import SPARSE_BELOW, Dense, Sparse
+from tcspec.clt.codes import SPARSE_BELOW, Dense, Sparse, low_copy
 from tcspec.clt.model import CLT, CLTLoss
 from tcspec.train.adam import AdamState, adam_update
 from tcspec.train.jumprelu import rectangle
-from tcspec.train.workspace import Workspace
+from tcspec.train.workspace import Workspace, column_sums
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ class Hyper:
     lr: float
     betas: tuple[float, float]
     sparse_below: float = SPARSE_BELOW
+    gemm: torch.dtype | None = None
+    """The dense GEMMs' operand and result dtype (`tcspec.compute.gemm_dtype`; None: the
+    CLT's, float32): bfloat16 in `precision: bf16`."""
 
 
 @torch.no_grad()
@@ -83,8 +86,8 @@ def _forward(clt: CLT, xs: Tensor, h: Hyper, norms: Tensor, ws: Workspace):
     zero = torch.zeros((), dtype=xs.dtype, device=xs.device)
     s_sum, gap_sum, count, kept = zero, zero, zero, []
     for i in range(L):
-        codes, pre = _codes(clt, xs[i], i, h.sparse_below, ws)
-        codes.decode_into(y.view(B, -1)[:, i * d :], clt.W_dec[i].view(F, -1))
+        codes, pre = _codes(clt, xs[i], i, h, ws)
+        codes.decode_into(y.view(B, -1)[:, i * d :], clt.W_dec[i].view(F, -1), ws)
         if h.loss.coef > 0:
             s_sum = s_sum + _penalty_sum(codes, norms[i], h.loss, ws)
         if _pre_act_on(clt, h):
@@ -104,21 +107,30 @@ def _pre_act_on(clt: CLT, h: Hyper) -> bool:
     return clt.cfg.activation == "jumprelu" and h.loss.pre_act_coef > 0
 
 
-def _codes(clt: CLT, x: Tensor, i: int, sparse_below: float, ws: Workspace):
-    """(layer i's activations, its pre-activations [B, F] in ws; for ReLU the same buffer,
-    rectified)."""
-    cfg = clt.cfg
-    pre = torch.addmm(clt.b_enc[i], x, clt.W_enc[i], out=ws.get("pre", (x.shape[0], cfg.d_sae)))
+def _codes(clt: CLT, x: Tensor, i: int, h: Hyper, ws: Workspace, sparse_below=None):
+    """(layer i's activations, its pre-activations [B, F] in ws, in the GEMM dtype; for
+    ReLU the same buffer, rectified). `sparse_below`: h's unless given."""
+    cfg, master = clt.cfg, clt.W_enc.dtype
+    low = h.gemm or master
+    sparse_below = h.sparse_below if sparse_below is None else sparse_below
+    pre = torch.addmm(
+        ws.cast("b_enc_low", clt.b_enc[i], low),
+        ws.cast("x_low", x, low),
+        ws.cast("W_enc_low", clt.W_enc[i], low),
+        out=ws.get("pre", (x.shape[0], cfg.d_sae), low),
+    )  # [B, F]
     if cfg.activation == "topk":
         vals, idx = pre.topk(cfg.k, dim=1)  # [B, k]
-        codes = Sparse.from_topk(idx, vals.clamp_min_(0), cfg.d_sae)
-        return (codes if sparse_below > 0 else Dense(codes.dense(ws.get("a", pre.shape)))), pre
+        codes = Sparse.from_topk(idx, vals.to(master).clamp_min_(0), cfg.d_sae)
+        if sparse_below > 0:
+            return codes, pre
+        return Dense(codes.dense(ws.get("a", pre.shape, low))), pre
     if cfg.activation == "relu":
         a = pre.clamp_min_(0)
     else:
-        a = torch.mul(pre, pre > clt.threshold[i], out=ws.get("a", pre.shape))
+        a = torch.mul(pre, pre > clt.threshold[i], out=ws.get("a", pre.shape, low))
     if torch.count_nonzero(a) <= sparse_below * a.numel():
-        return Sparse.from_dense(a), pre
+        return Sparse.from_dense(a, master), pre
     return Dense(a), pre
 
 
@@ -153,7 +165,7 @@ def _backward(clt, adam, xs, g, kept, norms, h: Hyper, ws: Workspace) -> None:
     for i in range(L):
         codes, pre = kept[i], None
         if codes is None or cfg.activation == "jumprelu":  # computed again, dense
-            fresh, pre = _codes(clt, xs[i], i, 0.0, ws)
+            fresh, pre = _codes(clt, xs[i], i, h, ws, sparse_below=0.0)
             codes = codes or fresh
         W = clt.W_dec[i].view(F, -1)  # [F, (L - i) d]
         g_l = g[:, i * d :]
@@ -162,7 +174,7 @@ def _backward(clt, adam, xs, g, kept, norms, h: Hyper, ws: Workspace) -> None:
             d_pre, g_n = _jumprelu_grads(clt, i, pre, g_l, W, norms[i], h, ws, g_theta[i])
         else:
             d_pre, g_n = _rectified_grads(codes, g_l, W, norms[i], h, ws, order)
-        gW = codes.decoder_grad(g_l, ws, order)
+        gW = _master(codes.decoder_grad(g_l, ws, order), clt.W_dec[i].dtype, ws)
         if g_n is not None:
             gW.addcmul_(W, (g_n / norms[i]).unsqueeze(1))
         _adam(adam, f"W_dec.{i}", clt.W_dec[i], gW.view_as(clt.W_dec[i]), h, ws)
@@ -177,7 +189,14 @@ def _backward(clt, adam, xs, g, kept, norms, h: Hyper, ws: Workspace) -> None:
             _adam(adam, "W_skip", clt.W_skip, gWs, h, ws, index=m)
 
 
+def _master(grad: Tensor, dtype: torch.dtype, ws: Workspace) -> Tensor:
+    """A gradient in the master dtype: itself, or (bf16) a copy in ws's flat "grad32"."""
+    return grad if grad.dtype == dtype else ws.flat("grad32", grad.shape).copy_(grad)
+
+
 def _adam(adam: AdamState, name: str, p: Tensor, grad: Tensor, h: Hyper, ws, index=None):
+    """Step parameter `name` (or its slice `index`) from its gradient."""
+    grad = _master(grad, p.dtype, ws)
     m, v = adam.exp_avg[name], adam.exp_avg_sq[name]
     if index is not None:
         p, m, v = p[index], m[index], v[index]
@@ -195,7 +214,7 @@ def _rectified_grads(codes, g_l, W, n, h: Hyper, ws, order):
             g_n = torch.zeros_like(n).index_add_(0, codes.col, per)
         return ga.mul_(codes.val > 0), g_n
     a = codes.a
-    ga = torch.mm(g_l, W.t(), out=ws.get("ga", a.shape))  # [B, F]
+    ga = _dense_grad_of_acts(g_l, W, a.dtype, ws)  # [B, F]
     g_n = _penalty_grads(a, n, h, B, ga, ws).sum(0) if h.loss.coef > 0 else None
     torch.ops.aten.threshold_backward.grad_input(ga, a, 0.0, grad_input=ga)
     return ga, g_n
@@ -204,8 +223,8 @@ def _rectified_grads(codes, g_l, W, n, h: Hyper, ws, order):
 def _jumprelu_grads(clt, i, pre, g_l, W, n, h: Hyper, ws, g_theta: Tensor):
     """JumpReLU: (d pre [B, F], d n [F] or None); d theta into g_theta [F]."""
     theta, eps, B = clt.threshold[i], h.loss.bandwidth, g_l.shape[0]
-    a = torch.mul(pre, pre > theta, out=ws.get("a", pre.shape))
-    ga = torch.mm(g_l, W.t(), out=ws.get("ga", pre.shape))  # [B, F]
+    a = torch.mul(pre, pre > theta, out=ws.get("a", pre.shape, pre.dtype))
+    ga = _dense_grad_of_acts(g_l, W, pre.dtype, ws)  # [B, F]
     g_n = _penalty_grads(a, n, h, B, ga, ws).sum(0) if h.loss.coef > 0 else None
     K = rectangle((pre - theta) / eps)  # [B, F]
     torch.sum(K.mul_(ga), 0, out=g_theta).mul_(-theta / eps)
@@ -220,12 +239,20 @@ def _jumprelu_grads(clt, i, pre, g_l, W, n, h: Hyper, ws, g_theta: Tensor):
     return d_pre, g_n
 
 
+def _dense_grad_of_acts(g_l: Tensor, W: Tensor, low: torch.dtype, ws: Workspace) -> Tensor:
+    """g_l W^T [B, F], a GEMM in `low` (in ws's "ga" buffer)."""
+    out = ws.get("ga", (g_l.shape[0], W.shape[0]), low)
+    return torch.mm(low_copy(ws, "g_low", g_l, low), low_copy(ws, "W_low", W, low).t(), out=out)
+
+
 def _encoder_step(clt, adam, i, x, d_pre, codes, order, g_b_enc, h: Hyper, ws) -> None:
     """W_enc[i]'s gradient x^T d pre, stepped; b_enc[i]'s into g_b_enc [F]."""
     if d_pre.dim() == 1:  # at the sparse entries
         gW = codes.transposed_product(d_pre, x, order).t()  # [d, F]
         g_b_enc.zero_().index_add_(0, codes.col, d_pre)
     else:
-        gW = torch.mm(x.t(), d_pre, out=ws.flat("grad", (x.shape[1], d_pre.shape[1])))
-        torch.sum(d_pre, 0, out=g_b_enc)
+        low = d_pre.dtype
+        out = ws.flat("grad", (x.shape[1], d_pre.shape[1]), low)
+        gW = torch.mm(ws.cast("x_low", x, low).t(), d_pre, out=out)
+        g_b_enc.copy_(column_sums(d_pre))
     _adam(adam, "W_enc", clt.W_enc, gW, h, ws, index=i)

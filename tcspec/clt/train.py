@@ -36,6 +36,14 @@ from torch import Tensor
 from tcspec.atomic import atomic_write
 from tcspec.clt.model import CLT, CLTConfig, CLTLoss
 from tcspec.clt.step import Hyper, train_step
+from tcspec.compute import (
+    PRECISIONS,
+    Precision,
+    gemm_dtype,
+    gemm_mode,
+    resolve_precision,
+    slow_precision,
+)
 from tcspec.train import CHECKPOINT_MAGIC, BatchSource, l1_factor, lr_factor, read_checkpoint
 from tcspec.train.adam import AdamState
 from tcspec.train.workspace import Workspace
@@ -75,6 +83,9 @@ class CLTTrainConfig:
     checkpoint_every: int = 1000
     """Steps between checkpoints."""
     log_every: int = 0
+    precision: Precision = "fp32"
+    """What the dense GEMMs compute in (`tcspec.compute`): fp32, tf32 (CUDA), bf16 (bfloat16
+    operands, float32 master weights and Adam moments), auto (the device's default)."""
     """Steps between curve rows; 0: steps // 200 (at least 1)."""
 
     def __post_init__(self):
@@ -88,6 +99,8 @@ class CLTTrainConfig:
             raise ValueError(f"lr_decay `{self.lr_decay}` is not none, linear or cosine")
         if self.init_threshold <= 0:
             raise ValueError(f"init_threshold must be positive, got {self.init_threshold}")
+        if self.precision not in ("auto", *PRECISIONS):
+            raise ValueError(f"precision `{self.precision}` is not auto or one of {PRECISIONS}")
 
 
 @dataclass
@@ -129,6 +142,9 @@ def train_clt(
     """Train a CLT for `train.steps` batches of `batches(start)`; resume from `ckpt_path`
     when it holds a checkpoint of this (cfg, train). The checkpoint is left in place for the
     caller to remove once the result is saved."""
+    precision = resolve_precision(train.precision, device)
+    if why := slow_precision(precision, device):
+        log(f"warning: {why}")
     clt = CLT(cfg, seed=train.seed, threshold=train.init_threshold).to(device)
     clt.requires_grad_(False)
     opt = AdamState.zeros(dict(clt.named_parameters()))
@@ -150,7 +166,8 @@ def train_clt(
         if step == 0 and train.init_b_dec_from_mean:
             with torch.no_grad():
                 clt.b_dec.copy_(ys.mean(1))
-        row = _step(clt, opt, train, step, xs, ys, ws)
+        with gemm_mode(precision, device):
+            row = _step(clt, opt, train, step, xs, ys, ws, gemm_dtype(precision, xs.dtype))
         if (step + 1) % log_every == 0 or step + 1 == train.steps:
             curve.append(row)
         done = step + 1
@@ -164,12 +181,12 @@ def train_clt(
 
 
 @torch.no_grad()
-def _step(clt: CLT, opt: AdamState, train: CLTTrainConfig, step: int, xs, ys, ws) -> dict:
+def _step(clt: CLT, opt: AdamState, train: CLTTrainConfig, step: int, xs, ys, ws, gemm) -> dict:
     """One Adam step; returns the step's curve row."""
     lr = train.lr * lr_factor(step, train.steps, train.lr_warmup_steps, train.lr_decay,
                               train.lr_decay_start)  # fmt: skip
     h = Hyper(train.loss, l1_factor(step, train.coef_warmup_steps), step + 1, lr,
-              train.adam_betas)  # fmt: skip
+              train.adam_betas, gemm=gemm)  # fmt: skip
     var = (ys - ys.mean(1, keepdim=True)).square().sum()
     terms = train_step(clt, opt, xs, ys, h, ws, check=lambda loss: _finite(loss, step))
     B = xs.shape[1]

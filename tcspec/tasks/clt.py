@@ -29,7 +29,7 @@ def train_config(c):
         lr_decay=o.lr_decay, lr_decay_start=o.lr_decay_start, adam_betas=o.adam_betas,
         loss=loss, coef_warmup_steps=o.l1_warmup_steps, seed=o.seed,
         init_threshold=o.jumprelu_init_threshold, init_b_dec_from_mean=o.init_bias_from_mean,
-        checkpoint_every=o.checkpoint_every,
+        checkpoint_every=o.checkpoint_every, precision=o.precision,
     )  # fmt: skip
 
 
@@ -37,6 +37,7 @@ def run(ctx) -> dict:
     from tcspec.activations import ActivationReader
     from tcspec.clt import io
     from tcspec.clt.train import train_clt
+    from tcspec.compute import resolve_precision
     from tcspec.plan import clt_shape
     from tcspec.tasks.train import activation_stream
 
@@ -61,6 +62,7 @@ def run(ctx) -> dict:
         "wall_s": result.wall_s,
         "fvu": last["fvu"],
         "l0": last["l0"],
+        "precision": resolve_precision(train.precision, ctx.device),
         "curve": result.curve,
     }
     io.save(result.clt, ctx.out)

@@ -162,7 +162,9 @@ def pre_act(coder: Coder, pre_dead: Tensor | None, idx: Tensor | None, coef: flo
 
 
 class JumpReLUFn(torch.autograd.Function):
-    """z = pre * H(pre - theta) with the pseudo-derivative for theta (reference only)."""
+    """z = pre * H(pre - theta) with the pseudo-derivative for theta, pre [..., S], theta
+    [S]: the per-layer trainer's reference loss and a CLT's autograd forward
+    (`tcspec.clt.model.jumprelu`)."""
 
     @staticmethod
     def forward(ctx, pre, theta, eps):
@@ -174,7 +176,8 @@ class JumpReLUFn(torch.autograd.Function):
     def backward(ctx, grad):
         pre, theta = ctx.saved_tensors
         K = rectangle((pre - theta) / ctx.eps)
-        return grad * (pre > theta), (-(theta / ctx.eps) * K * grad).sum(0), None
+        g_theta = (-(theta / ctx.eps) * K * grad).reshape(-1, theta.shape[-1]).sum(0)
+        return grad * (pre > theta), g_theta, None
 
 
 class StepFn(torch.autograd.Function):

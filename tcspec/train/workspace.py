@@ -33,14 +33,14 @@ class Workspace:
             self.buffers[key] = torch.empty(shape, device=self.device, dtype=dtype)
         return self.buffers[key]
 
-    def flat(self, name: str, shape: tuple[int, ...]) -> Tensor:
-        """A contiguous [shape] view of the flat buffer `name`, grown to fit."""
-        n = math.prod(shape)
-        buf = self.buffers.get((name, None, self.dtype))
+    def flat(self, name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> Tensor:
+        """A contiguous [shape] view of the flat buffer `name` in `dtype` (default: the
+        workspace's), grown to fit."""
+        dtype, n = dtype or self.dtype, math.prod(shape)
+        buf = self.buffers.get((name, None, dtype))
         if buf is None or buf.numel() < n:
-            buf = self.buffers[(name, None, self.dtype)] = torch.empty(
-                n, device=self.device, dtype=self.dtype
-            )
+            buf = torch.empty(n, device=self.device, dtype=dtype)
+            self.buffers[(name, None, dtype)] = buf
         return buf[:n].view(shape)
 
     def cast(self, name: str, t: Tensor, dtype: torch.dtype) -> Tensor:
