@@ -476,3 +476,14 @@ def test_a_clt_has_every_metric_per_layer_and_in_total(tmp_path):
     assert layer0.loc[(6.0, "clt"), "fvu"] == 0.15  # a single point: shown, not dropped
     md = (tmp_path / "matched_l0.md").read_text()
     assert "| 0,1 (all) |" in md and "| CLT " in md
+
+
+def test_a_clt_and_per_layer_transcoders_share_a_plot_at_total_l0(tmp_path):
+    paths = _build(tmp_path, records=_clt_and_per_layer_records(), include=["pareto"])
+    assert {"pareto_L0.png", "pareto_L1.png", "pareto_L0-1.png"} <= {p.name for p in paths}
+    assert "![layers 0,1 spliced at once](pareto_L0-1.png)" in (tmp_path / "index.md").read_text()
+    joint = records_frame(_clt_and_per_layer_records())
+    joint = joint[joint["splice"] == "all"]
+    (ax,) = pareto_figure(joint, "joint").axes
+    drawn = {ln.get_label(): list(ln.get_xdata()) for ln in ax.get_lines()}
+    assert drawn["tc (transcoder)"] == [16.0, 32.0] and drawn["clt (CLT)"] == [18.5]

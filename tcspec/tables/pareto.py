@@ -13,7 +13,7 @@ import pandas as pd
 from tcspec import atomic
 from tcspec.paper import Reference
 from tcspec.tables.format import short_g
-from tcspec.tables.records import KIND_LABEL, KIND_MARKER, baselines, per_layer
+from tcspec.tables.records import KIND_LABEL, KIND_MARKER, baselines, layer_span, per_layer
 from tcspec.tables.section import Inputs, Section
 from tcspec.tables.seeds import STD, pool_seeds
 
@@ -205,12 +205,21 @@ def _baseline_lines(ax, base: dict[str, float], ys: list[float]) -> None:
     ax.set_ylim(lo - 0.12 * span, top)
 
 
+def _joint(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Records spliced into several layers at once, by layer set, where one has an L0 and
+    a CE to draw."""
+    joint = df[df["layer"].isna() & (df["splice"] == "all")]
+    drawable = joint["l0"].gt(0) & joint["ce_loss_replaced"].notna()
+    return {ls: g for ls, g in joint[drawable].groupby("layers", sort=True)}
+
+
 def _save_png(fig, path: Path) -> Path:
     return atomic.save_figure(fig, path, pil_kwargs={"compress_level": 3})
 
 
 def section(inputs: Inputs) -> Section:
-    """`pareto_L{layer}.png` per layer; the published sweep alone when no layer matches it."""
+    """`pareto_L{layer}.png` per layer, `pareto_L{a-b}.png` per set of layers spliced at once
+    (at their total L0); the published sweep alone when no layer matches it."""
     ref = inputs.reference
     ref_points = reference_points(ref) if ref else None
     paths, lines, contents = [], [], []
@@ -226,6 +235,16 @@ def section(inputs: Inputs) -> Section:
             f"- [{path.name}]({path.name}): CE vs mean L0 at layer {layer}, one "
             "curve per dictionary family (error bars: one standard deviation over seeds), "
             "original and ablated CE as lines."
+        )
+    for layers, rows in _joint(inputs.records).items():
+        name = f"pareto_L{layers.replace(',', '-')}.png"
+        where = f"layers {layer_span(list(map(int, layers.split(','))))} spliced at once"
+        fig = pareto_figure(rows, f"{inputs.title}: {where}, CE loss vs total L0")
+        paths.append(_save_png(fig, inputs.out_dir / name))
+        lines.append(f"![{where}]({name})")
+        contents.append(
+            f"- [{name}]({name}): CE vs total L0 with {where} (a CLT beside per-layer "
+            "dictionaries), error bars over seeds."
         )
     if ref_points is not None and not drawn_ref:
         name = f"pareto_{ref.key}.png"

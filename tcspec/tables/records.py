@@ -37,7 +37,7 @@ KIND_LABEL = {
     "sae": "SAE",
     "clt": "CLT",
 }
-KIND_MARKER = {"transcoder": "o", "skip_transcoder": "D", "sae": "s"}
+KIND_MARKER = {"transcoder": "o", "skip_transcoder": "D", "sae": "s", "clt": "P"}
 SPARSITY_AXES = ("l1", "k", "l0_coef")
 """Sweep axes that move a dictionary along its sparsity-fidelity curve."""
 LAYER_OF_JOINT = "layer"
