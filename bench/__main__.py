@@ -13,7 +13,8 @@ matmul peak), sweep (K dictionaries in one pass vs K runs), pipeline (per-stage 
 caching vs forward), scaling (step time vs d_sae and vs cache size), stream (one stream
 for many dictionaries, stream vs cache, memory vs train tokens), clt (a cross-layer
 transcoder's step vs the roofline and vs per-layer transcoders; ~13 min a round, two
-rounds, and ~19 GB at its full shape, skipped with a note where the memory is not there).
+rounds, and ~19 GB at its full shape, skipped with a note where the memory is not there),
+integrity (the outputs' checksum vs a bare read, and checking a job's inputs vs the job).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import argparse
 import time
 from pathlib import Path
 
-from bench import clt, families, peers, pipeline, precision, scaling, stream
+from bench import clt, families, integrity, peers, pipeline, precision, scaling, stream
 from bench.common import load_average, machine, markdown_table
 
 SECTIONS = {
@@ -38,6 +39,7 @@ SECTIONS = {
         "Cross-layer transcoder: the step vs the roofline and vs per-layer transcoders",
         clt.run,
     ),
+    "integrity": ("Integrity: checksumming outputs and checking them before use", integrity.run),
 }
 DEFAULT_OUT = Path(__file__).with_name("RESULTS.md")
 
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> Path | None:
 
 def _section_args(name: str, a: argparse.Namespace) -> dict:
     """The options a section takes beside --tiny."""
-    if name == "pipeline":
+    if name in ("pipeline", "integrity"):
         return {"results": a.results}
     if name == "clt":
         return {"n_layers": a.clt_layers, "batch": a.clt_batch, "rounds": a.clt_rounds}

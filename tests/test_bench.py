@@ -57,7 +57,8 @@ def test_python_m_bench_tiny_writes_results(tmp_path):
     for heading in ["## Headline", "## Training throughput against SAELens and sparsify",
                     "## Training precision: bf16 against fp32 and the peers",
                     "## Dictionary families", "## Roofline", "## Sweep efficiency",
-                    "## Pipeline", "## Scaling", "## Streaming", "## Cross-layer transcoder"]:  # fmt: skip
+                    "## Pipeline", "## Scaling", "## Streaming", "## Cross-layer transcoder",
+                    "## Integrity"]:  # fmt: skip
         assert heading in text
     assert "load average (1, 5, 15 min) at start" in text
     assert "saelens standard" in text and "sparsify topk adam" in text

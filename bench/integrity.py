@@ -1,0 +1,112 @@
+"""What checking outputs costs: every task records the xxh3-128 of each file it writes, and
+every job verifies its upstream tasks' files before it starts (`tcspec.tasks.integrity`).
+
+- hash: `tcspec.checksums.file_checksum` over one file in the page cache, against reading
+  the same file bare (what any check costs at least) and against sha256 (the token
+  manifest's checksum), interleaved; MB/s.
+- jobs: for every finished task of a results folder (the quickstart's, `--results`), the
+  time to check its upstream tasks' files, what `run_task` does before the job, against the
+  job's own wall time (task.json), summed by stage. Read-only: nothing is marked damaged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import interleaved, markdown_table
+from tcspec import layout
+from tcspec.checksums import CHUNK, file_checksum
+from tcspec.tasks import integrity
+
+
+def _read(path: Path) -> None:
+    buf = memoryview(bytearray(CHUNK))
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+
+
+def _sha256(path: Path) -> None:
+    h = hashlib.sha256()
+    buf = memoryview(bytearray(CHUNK))
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(buf[:n])
+
+
+def hash_table(mb: int, rounds: int) -> tuple[str, dict]:
+    """MB/s of the checksum, a bare read and sha256 over one `mb` MB file (page cache)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "data.bin"
+        path.write_bytes(os.urandom(mb << 20))
+        fns = {
+            "xxh3-128 (tcspec.checksums)": lambda: file_checksum(path),
+            "bare read": lambda: _read(path),
+            "sha256": lambda: _sha256(path),
+        }
+        timings = interleaved(fns, rounds)
+    rows = [[name, mb / t.wall(), mb / t.wall("median")] for name, t in timings.items()]
+    xxh = timings["xxh3-128 (tcspec.checksums)"].wall()
+    text = markdown_table([f"reads a file of {mb} MB", "MB/s (best)", "MB/s (median)"], rows)
+    return text, {
+        "integrity: xxh3-128 file checksum MB/s": mb / xxh,
+        "integrity: checksum time / bare read time": xxh / timings["bare read"].wall(),
+    }
+
+
+def jobs_of(results: Path) -> dict[tuple[str, str], tuple[set[Path], float]]:
+    """(stage, job id) -> (its upstream task folders, its wall time): a training or
+    evaluation pass once, with its members' inputs."""
+    jobs: dict[tuple[str, str], tuple[set[Path], float]] = {}
+    for done in sorted(Path(results).glob(f"tasks/*/*/{layout.DONE}")):
+        record = json.loads(done.read_text())
+        wall = record.get("provenance", {}).get("wall_s")
+        if wall is None or integrity.OUTPUTS not in record:
+            continue
+        key = (record["stage"], record.get("summary", {}).get("pass") or record["id"])
+        deps = {layout.task_dir(results, s, i) for s, i in record.get("deps", {}).values()}
+        jobs[key] = (jobs.get(key, (set(), 0.0))[0] | deps, wall)
+    return jobs
+
+
+def job_table(results: Path) -> tuple[str, dict]:
+    """By stage: jobs, upstream MB checked, seconds checking, seconds of the jobs."""
+    by_stage: dict[str, list[float]] = {}
+    for (stage, _), (deps, wall) in jobs_of(results).items():
+        size, t0 = 0, time.perf_counter()
+        for folder in deps:
+            assert integrity.problems(folder) == [], folder
+            outputs = json.loads((folder / layout.DONE).read_text())[integrity.OUTPUTS]
+            size += sum(e["bytes"] for e in outputs.values())
+        row = by_stage.setdefault(stage, [0, 0.0, 0.0, 0.0])
+        row[0] += 1
+        row[1] += size / 2**20
+        row[2] += time.perf_counter() - t0
+        row[3] += wall
+    if not by_stage:
+        return f"No finished tasks with checksums in `{results}`: run the quickstart first.", {}
+    rows = [
+        [s, *by_stage[s], by_stage[s][2] / by_stage[s][3]] for s in layout.STAGES if s in by_stage
+    ]
+    total = [sum(r[i] for r in by_stage.values()) for i in range(4)]
+    rows.append(["all", *total, total[2] / total[3]])
+    header = ["stage", "jobs", "inputs checked (MB)", "checking (s)", "jobs (s)", "ratio"]
+    return markdown_table(header, rows), {
+        "integrity: checking / job time (all)": total[2] / total[3]
+    }
+
+
+def run(tiny: bool, results: Path = Path("results")) -> tuple[str, dict]:
+    hashes, headline = hash_table(8 if tiny else 512, 2 if tiny else 5)
+    jobs, more = job_table(results)
+    text = (
+        f"### checksum throughput\n\n{hashes}\n\n### checking inputs vs the jobs\n\n"
+        f"Every finished task of `{results}`: its upstream tasks' files checked as a job "
+        f"checks them before it starts (page cache warm, as the job then reads them).\n\n{jobs}"
+    )
+    return text, headline | more
