@@ -29,7 +29,7 @@ import math
 import queue
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from tcspec.hooks import split_name
 from tcspec.positions import counted, keep_mask
 
 ACTS_FORMAT = "tcspec.acts/1"
+MANIFEST = "manifest.json"
 CHECKSUM = "xxh3_128"
 # storage dtype name -> (torch dtype to convert to, numpy dtype of the stored bits)
 STORAGE = {
@@ -58,6 +59,13 @@ class CacheError(ValueError):
 
 def shard_name(i: int) -> str:
     return f"shard_{i:05d}"
+
+
+def read_by(keys: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a file of a cache folder (its path relative to the folder) is one that an
+    ``ActivationReader`` of hooks ``keys`` opens: the manifest, and those hooks' shards."""
+    files = {f"{k}.npy" for k in keys}
+    return lambda rel: rel == MANIFEST or rel.rpartition("/")[2] in files
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -343,7 +351,7 @@ def write_cache(out_dir: str | Path, layout: _Layout, batches: Iterator, units: 
             shard, writer.shards,
         )  # fmt: skip
         manifest["meta"] = meta or {}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
@@ -367,7 +375,7 @@ def cache_rows(rows: Iterator[dict[str, torch.Tensor]], total_rows: int, widths:
 # ---------------------------------------------------------------------------------- reading
 def read_acts_manifest(cache_dir: str | Path) -> dict:
     """The manifest of a complete cache folder (CacheError if there is none)."""
-    path = Path(cache_dir) / "manifest.json"
+    path = Path(cache_dir) / MANIFEST
     if not path.is_file():
         raise CacheError(f"{path} not found: {cache_dir} is not a complete activation cache")
     manifest = json.loads(path.read_text())

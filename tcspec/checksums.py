@@ -49,10 +49,16 @@ def record(folder: Path, skip: Callable[[str], bool] = lambda rel: False) -> dic
     return out
 
 
-def damaged(folder: Path, recorded: dict[str, dict], deep: bool = True) -> list[DamagedFile]:
+def damaged(
+    folder: Path,
+    recorded: dict[str, dict],
+    deep: bool = True,
+    hashed: Callable[[str], bool] | None = None,
+) -> list[DamagedFile]:
     """What under ``folder`` differs from ``recorded`` (``record``'s output): every missing
-    or resized file, then (with ``deep``) every file of the right size whose digest differs.
-    Files that are not recorded are not looked at."""
+    or resized file, then (with ``deep``) every file of the right size whose digest differs,
+    of those whose relative path ``hashed`` accepts (all without it). Files that are not
+    recorded are not looked at."""
     folder = Path(folder)
     found, same_size = [], []
     for rel, entry in recorded.items():
@@ -66,7 +72,7 @@ def damaged(folder: Path, recorded: dict[str, dict], deep: bool = True) -> list[
             found.append(
                 DamagedFile(path, f"{what} to {size:,} bytes ({entry['bytes']:,} recorded)")
             )
-        else:
+        elif hashed is None or hashed(rel):
             same_size.append((path, entry[ALGORITHM]))
     if deep:
         found += [

@@ -139,10 +139,14 @@ def run_task(task: Task, results: Path, device: str = "auto", require_inputs=Tru
 
 def verify_inputs(task: Task, results: Path) -> list[Path]:
     """The folders of a task's upstream tasks, after checking that none is damaged
-    (``integrity.DamagedInput`` otherwise, the damaged ones marked not done)."""
-    upstream = [layout.task_dir(results, s, i) for s, i in task.deps.values()]
+    (``integrity.DamagedInput`` otherwise, the damaged ones marked not done); of an upstream
+    task the job reads only in part (the stage module's ``reads``), only those files'
+    checksums, and every file's size."""
+    module = importlib.import_module(f"tcspec.tasks.{MODULES.get(task.stage, task.stage)}")
+    reads = module.reads(task, results) if hasattr(module, "reads") else {}
+    upstream = {layout.task_dir(results, s, i): reads.get(k) for k, (s, i) in task.deps.items()}
     integrity.verify_all(upstream, by=f"{task.stage} {task.id}")
-    return upstream
+    return list(upstream)
 
 
 def finish(task: Task, results: Path, summary: dict, device: str, wall_s: float) -> dict:

@@ -53,3 +53,13 @@ def _synthetic(ctx) -> dict:
         shard_tokens=cfg.acts.shard_tokens,
         meta={"task": ctx.task.id, "model": ctx.task.deps["model"][1]},
     )  # fmt: skip
+
+
+def read_by(keys: list[str]):
+    """Which files of an acts task's folder (relative paths) a reader of the hooks `keys`
+    opens: for `tcspec.tasks.integrity`, which checks only those files' checksums."""
+    from tcspec.activations import read_by as in_cache
+
+    prefix = f"{layout.CACHE}/"
+    reads = in_cache(keys)
+    return lambda rel: rel.startswith(prefix) and reads(rel[len(prefix) :])

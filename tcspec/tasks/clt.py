@@ -33,6 +33,21 @@ def train_config(c):
     )  # fmt: skip
 
 
+def hooks(c) -> list[str]:
+    """Every hook a CLT task with config `c` reads: each layer's input and output."""
+    from tcspec.plan import clt_shape
+
+    shape = clt_shape(c)
+    return sorted(shape.in_names + shape.out_names)
+
+
+def reads(task, results) -> dict:
+    """What a CLT task reads of its activation cache: its layers' hooks only."""
+    from tcspec.tasks import acts
+
+    return {"acts": acts.read_by(hooks(task.config))} if "acts" in task.deps else {}
+
+
 def run(ctx) -> dict:
     from tcspec.activations import ActivationReader
     from tcspec.clt import io
@@ -43,7 +58,7 @@ def run(ctx) -> dict:
 
     c = ctx.config
     shape, train = clt_shape(c), train_config(c)
-    keys = sorted(shape.in_names + shape.out_names)
+    keys = hooks(c)
     if c.stream is not None:  # its state goes in the checkpoint
         source = activation_stream(ctx, c, keys)
     else:

@@ -7,6 +7,10 @@ task's files goes through: a job, for each of its upstream tasks before it start
 (``run_task``); ``tcspec status`` for every done task of the spec; ``tcspec export`` for
 the dictionary it writes; ``tcspec interp ingest`` for the study packet.
 
+A job that reads only some of an upstream task's files (a training pass: the cache shards of
+its own hooks) checks every file's size but only those files' checksums: its stage module's
+``reads(task)`` names them.
+
 Damage marks the task not done: its task.json is renamed to task.damaged.json, with what
 was found and by whom added. task.json is the output of the task's Snakemake rule (of its
 training or evaluation pass for a train or evaluate task: passes are declared for members
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tcspec import atomic, checksums, layout
@@ -28,6 +33,8 @@ from tcspec.checksums import DamagedFile
 
 OUTPUTS = "outputs"
 """Key of the outputs' checksums in a task's record."""
+Reads = Callable[[str], bool]
+"""Which files of a task's folder (relative paths) a reader opens, when not all."""
 
 
 class DamagedInput(ValueError):
@@ -46,17 +53,18 @@ def outputs(folder: Path) -> dict[str, dict]:
     return checksums.record(folder, skip)
 
 
-def problems(folder: Path, deep: bool = True) -> list[DamagedFile]:
+def problems(folder: Path, deep: bool = True, reads: Reads | None = None) -> list[DamagedFile]:
     """What is damaged in a done task's folder: its record (unreadable), or files that
-    differ from the checksums it holds (sizes only unless ``deep``). A record without
-    checksums (written before they were recorded) has nothing to check."""
+    differ from the checksums it holds: every file's size, and the checksum of those a
+    reader ``reads`` (paths relative to the folder; all when None), unless not ``deep``. A
+    record without checksums (written before they were recorded) has nothing to check."""
     done = Path(folder) / layout.DONE
     try:
         record = json.loads(done.read_text())
         recorded = record.get(OUTPUTS, {})
     except (ValueError, AttributeError, UnicodeDecodeError) as e:
         return [DamagedFile(done, f"not a readable record ({type(e).__name__})")]
-    return checksums.damaged(folder, recorded, deep)
+    return checksums.damaged(folder, recorded, deep, reads)
 
 
 def invalidate(folder: Path, found: list[DamagedFile], by: str) -> None:
@@ -89,14 +97,15 @@ def recorded_damage(folder: Path) -> str | None:
     return files[0] if files else f"{folder / layout.DAMAGED} (unreadable)"
 
 
-def verify(folder: Path, by: str) -> None:
-    """Check a task's outputs before reading them. On damage, found now (the task is then
-    marked not done) or earlier and not rebuilt yet, raise DamagedInput naming the file
-    and the task; a task neither done nor damaged passes (the caller decides)."""
+def verify(folder: Path, by: str, reads: Reads | None = None) -> None:
+    """Check a task's outputs before reading them (``reads``: as for ``problems``). On
+    damage, found now (the task is then marked not done) or earlier and not rebuilt yet,
+    raise DamagedInput naming the file and the task; a task neither done nor damaged
+    passes (the caller decides)."""
     folder = Path(folder)
     stage, task_id = layout.task_of_dir(folder)
     if (folder / layout.DONE).exists():
-        found = problems(folder)
+        found = problems(folder, reads=reads)
         if not found:
             return
         invalidate(folder, found, by)
@@ -109,13 +118,14 @@ def verify(folder: Path, by: str) -> None:
     )
 
 
-def verify_all(folders: list[Path], by: str) -> None:
-    """``verify`` each folder, so that every damaged one is marked not done (one rerun
-    rebuilds them all); then raise DamagedInput for the first, counting the others."""
+def verify_all(folders: dict[Path, Reads | None], by: str) -> None:
+    """``verify`` each folder (with what the caller reads of it), so that every damaged one
+    is marked not done (one rerun rebuilds them all); then raise DamagedInput for the
+    first, counting the others."""
     found = []
-    for folder in dict.fromkeys(map(Path, folders)):  # each once, in order
+    for folder, reads in folders.items():
         try:
-            verify(folder, by)
+            verify(folder, by, reads)
         except DamagedInput as e:
             found.append(str(e))
     if found:

@@ -9,6 +9,7 @@ import time
 
 from tcspec import layout
 from tcspec.configs import TrainedMemberConfig
+from tcspec.tasks import acts as acts_task
 from tcspec.tasks import model as model_task
 from tcspec.tasks import tokens as tokens_task
 
@@ -29,6 +30,24 @@ def member(ctx, task) -> object:
     )
 
 
+def hooks(tasks) -> list[str]:
+    """The hooks a pass over train tasks `tasks` reads."""
+    return sorted({k for t in tasks for k in (t.config.in_key, t.config.out_key)})
+
+
+def reads(task, results) -> dict:
+    """What a pass reads of its activation cache: its members' hooks only."""
+    from tcspec.tasks import load_task
+
+    if "acts" not in task.deps:
+        return {}
+    return {
+        "acts": acts_task.read_by(
+            hooks(load_task(results, "train", i) for i in task.config.members)
+        )
+    }
+
+
 def run(ctx) -> dict:
     from tcspec.tasks import finish, load_task
     from tcspec.train import train_group
@@ -37,7 +56,7 @@ def run(ctx) -> dict:
     tasks = [load_task(ctx.results, "train", i) for i in ctx.config.members]
     first: TrainedMemberConfig = tasks[0].config
     group = [member(ctx, t) for t in tasks]
-    keys = sorted({k for m in group for k in (m.in_key, m.out_key)})
+    keys = hooks(tasks)
     source = activation_stream(ctx, first, keys) if first.stream else _reader(ctx, first, keys)
     results = train_group(group, source, first.steps, ctx.checkpoints, ctx.device)
     wall = time.time() - start
