@@ -35,18 +35,29 @@ class Problem:
         return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
 
 
+MAX_SHOWN = 50
+"""Problems a SpecError prints; past them, one located line counts the rest."""
+
+
 class SpecError(Exception):
-    """A spec has problems; ``str()`` gives one located line per problem."""
+    """A spec has problems; ``str()`` gives one located line per problem (the first
+    ``MAX_SHOWN``, then one line saying how many more)."""
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+        shown = [str(p) for p in problems[:MAX_SHOWN]]
+        if len(problems) > MAX_SHOWN:
+            p = problems[MAX_SHOWN]
+            more = f"and {len(problems) - MAX_SHOWN:,} more problems (the first {MAX_SHOWN} shown)"
+            shown.append(str(Problem(p.file, p.line, p.col, "", more)))
+        super().__init__("\n".join(shown))
 
 
 def format_path(loc: Loc) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        name = spec_text.visible(str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{name}" if out else name)
     return out
 
 
@@ -79,15 +90,24 @@ class _Locator:
         return Problem(self.file, line, col, format_path(loc), message)
 
 
-def _duplicate_keys(node: yaml.Node | None, loc: Loc = ()) -> list[tuple[Loc, str, yaml.Mark]]:
-    """Keys given twice in one mapping, located at the second occurrence."""
+_KEY_TYPES = {"bool": "true or false", "int": "a number", "float": "a number", "null": "null"}
+
+
+def _key_problems(node: yaml.Node | None, loc: Loc = ()) -> list[tuple[Loc, str, yaml.Mark]]:
+    """Keys given twice in one mapping (located at the second occurrence), and keys YAML
+    reads as something other than a string (`1:`, `true:`, `null:`, a date)."""
     found = []
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, yaml.Mark] = {}
         for k, v in node.value:
             if not isinstance(k, yaml.ScalarNode):  # complex keys fail construction anyway
                 continue
-            if k.value in seen:
+            kind = k.tag.rsplit(":", 1)[-1]
+            if kind not in ("str", "merge") and k.tag.startswith("tag:yaml.org,2002:"):
+                what = _KEY_TYPES.get(kind, f"a {kind}")
+                message = f"key `{k.value}` reads as {what}, not a name; quote it: '{k.value}'"
+                found.append((loc + (k.value,), message, k.start_mark))
+            elif k.value in seen:
                 first = seen[k.value].line + 1
                 found.append(
                     (
@@ -98,10 +118,10 @@ def _duplicate_keys(node: yaml.Node | None, loc: Loc = ()) -> list[tuple[Loc, st
                 )
             else:
                 seen[k.value] = k.start_mark
-            found += _duplicate_keys(v, loc + (k.value,))
+            found += _key_problems(v, loc + (k.value,))
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            found += _duplicate_keys(v, loc + (i,))
+            found += _key_problems(v, loc + (i,))
     return found
 
 
@@ -212,6 +232,8 @@ def _suggest(word: str, choices) -> str:
 def _pydantic_problems(err: ValidationError, data: Any, locator: _Locator) -> list[Problem]:
     by_path: dict[Loc, list[dict]] = {}
     for e in err.errors(include_url=False):
+        if e["type"] == "invalid_key" or (e["loc"][-1:] == ("[key]",) and _is_type_error(e)):
+            continue  # a key that is not a string: `_key_problems` says so
         loc = _clean_loc(e["loc"], data)
         error = e.get("ctx", {}).get("error")
         if isinstance(error, FieldError):  # a cross-field check names the key it is about
@@ -253,7 +275,7 @@ def _show(value: Any) -> str:
         return "a list"
     if value is None:
         return "nothing (null)"
-    text = " ".join(str(value).split())  # one line, whatever the value held
+    text = spec_text.visible(" ".join(str(value).split()))  # one line, nothing invisible
     return f"`{text[:40]}...`" if len(text) > 43 else f"`{text}`"
 
 
@@ -285,7 +307,7 @@ def _message(errs: list[dict], loc: Loc, data: Any) -> str:
         model = _model_at(loc[:-1], data)
         fields = sorted(model.model_fields) if model else []
         hint = _suggest(last, fields) or (f"; allowed: {', '.join(fields)}" if fields else "")
-        return f"unknown key `{last}`{hint}"
+        return f"unknown key `{spec_text.visible(last)}`{hint}"
     if kind == "missing":
         return f"missing required key `{last}`"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
@@ -305,6 +327,8 @@ def _message(errs: list[dict], loc: Loc, data: Any) -> str:
         return f"must be {_BOUNDS[kind]} {bound}, got {_show(got)}"
     if kind == "string_pattern_mismatch":
         return f"{_show(got)} is not a valid name: use lowercase letters, digits, `_` and `-`"
+    if kind == "finite_number":
+        return f"expected a finite number, got {_show(got)}"
     if kind in ("too_short", "too_long"):
         bound = ctx.get("min_length" if kind == "too_short" else "max_length")
         what = "at least" if kind == "too_short" else "at most"
@@ -376,8 +400,11 @@ def _yaml_problem(exc: yaml.YAMLError, file: str, text: str) -> Problem:
         )
     context, opened = exc.context or "", exc.context_mark
     bracket = "`[`" if "flow sequence" in context else "`{`" if "flow mapping" in context else ""
+    odd = spec_text.odd_space(text, line)
     if "'\\t'" in problem:  # PyYAML quotes the character it found
         problem += " (indent with spaces, not tabs)"
+    elif odd:  # YAML reads a no-break space as part of a word
+        problem += f" ({odd})"
     elif "mapping values are not allowed" in problem:
         # the parser stops at the `:`; the key whose indentation is off starts the line
         source = text.splitlines()[line - 1] if line <= len(text.splitlines()) else ""
@@ -423,7 +450,7 @@ def _parse(text: str, file: str, base_dir: Path | None) -> Spec:
     locator = _Locator(root, file)
     problems = [
         Problem(file, m.line + 1, m.column + 1, format_path(loc), msg)
-        for loc, msg, m in _duplicate_keys(root)
+        for loc, msg, m in _key_problems(root)
     ]
     if not isinstance(data, dict):
         what = "empty" if data is None else f"{_show(data)}, not a mapping"

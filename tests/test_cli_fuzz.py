@@ -59,7 +59,7 @@ def _values(workdir: Path):
     numbers = ["0", "-5", "1", "3", "all", "1e3", "99999999999999999999999", "nan", ""]
     words = ["train", "group", "model", "saelens", "sparsify", "circuit-tracer", "cpu", "cuda"]
     # argv holds no NUL; a file name with a line break would print on two lines
-    funny = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=12)
+    funny = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=12)
     return st.one_of(st.sampled_from(names + numbers + words), funny)
 
 

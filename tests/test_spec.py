@@ -209,12 +209,31 @@ def _parent(doc, loc):
     return doc
 
 
+MINIMAL = (HERE / "specs" / "valid" / "minimal.yaml").read_bytes()
+HOSTILE = [  # YAML values at the limits of a parser or a number conversion
+    "9" * 5000, "-" + "9" * 5000, "0x" + "f" * 300, "0b" + "1" * 300, ":".join(["59"] * 60),
+    "9" * 30, "1e400", "-1e400", ".nan", ".inf", "-.inf", "1.0e-400", "0.0", "-0", "1_0",
+    "'" + "9" * 5000 + "'", "!!int abc", "!!float 1e-3", "!!bool maybe", "!!null x",
+    "!!binary aGk=", "!!timestamp 2020-01-01", "!!set {a}", "!!omap [a: 1]", "!foo x",
+    "!!python/object/apply:os.system [x]", "2020-01-01", "2001-12-14t21:59:43.10-05:00",
+    '"\\ud800"', '"\\0"', '"\\x1b"', '"a\\u200bb"', "\u00a0x", "~", "[]", "{}",
+    "&a [*a]", "{1: 2}", "{null: 1}", "{true: 1}", "{? [a]: 1}", "x" * 2000,
+]  # fmt: skip
+_VALUE = re.compile(r"(?<=: )[^\s{\[][^\n,}\]]*")
+
+
 @st.composite
 def mutated_spec(draw) -> str:
     text = draw(st.sampled_from(SEEDS))
     op = draw(
-        st.sampled_from(["drop", "retype", "typo", "garbage", "swap", "text", "text", "none"])
+        st.sampled_from(
+            ["drop", "retype", "typo", "garbage", "swap", "text", "text", "none", "hostile"]
+        )
     )
+    if op == "hostile":  # one value's text replaced by a hostile one
+        spots = list(_VALUE.finditer(text))
+        m = draw(st.sampled_from(spots))
+        return text[: m.start()] + draw(st.sampled_from(HOSTILE)) + text[m.end() :]
     if op == "text":  # corrupt the YAML text itself
         i = draw(st.integers(0, len(text)))
         j = draw(st.integers(i, min(len(text), i + 8)))
@@ -325,6 +344,39 @@ def test_arbitrary_bytes_fail_cleanly(data: bytes, tmp_path_factory, capsys):
             "more than 100,000 values once aliases are expanded",
         ),
         (b"\xef\xbb\xbfexperiment: x\n", "missing required key `layers`"),  # BOM is fine
+        (b"seed: " + b"9" * 5000 + b"\n", "1:7: a number of 5,000 characters"),
+        (b"seed: 0x" + b"f" * 5000 + b"\n", "1:7: a number of 5,002 characters"),
+        (b"seed: 99999999999999999999\n", "1:1: seed: must be <= 4294967295"),
+        (b"layers: [9223372036854775808]\n", "1:10: layers[0]: must be <= 9223372036854775807"),
+        (b"a: {l1: 1e400}\n", "a: unknown key `a`"),
+        (MINIMAL.replace(b"expansion: 4", b"expansion: 4, l1: 1e400"), "expected a finite number"),
+        (MINIMAL.replace(b"expansion: 4", b"expansion: 4, lr: .inf"), "expected a finite number"),
+        (
+            MINIMAL.replace(b"expansion: 4", b"expansion: 4, l1: .nan"),
+            "expected a finite number, got `nan`",
+        ),
+        (b"experiment: !!binary aGk=\n", "1:13: YAML tag `!!binary` is not allowed"),
+        (b"experiment: !!timestamp 2020-01-01\n", "1:13: YAML tag `!!timestamp` is not"),
+        (b"seed: !!int abc\n", "1:7: `abc` is not a YAML int"),
+        (b"seed: !!float 1e-3\n", "1:7: `1e-3` is not a YAML float (a YAML float has a dot"),
+        (b'experiment: "a\\ud800"\n', "1:13: character \\ud800 is not text"),
+        (b'experiment: "a\\0"\n', "1:13: character \\u0000 is not text"),
+        (b"experiment: 2020-01-01\n", "1:1: experiment: expected a string, got `2020-01-01`"),
+        (b"1: x\n", "1:1: 1: key `1` reads as a number, not a name; quote it"),
+        (b"null: x\n", "1:1: null: key `null` reads as null"),
+        (b"dictionaries: {true: {kind: sae}}\n", "1:16: dictionaries.true: key `true` reads as"),
+        (b"lay\xe2\x80\x8bers: [0]\n", "unknown key `lay\\u200bers`; did you mean `layers`?"),
+        (b"experiment:\xc2\xa0x\nseed: 1\n", "(line 1 holds U+00A0 (no-break space), not a plain"),
+        (
+            b"a: &a '" + b"x" * 900_000 + b"'\nb: [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n",
+            "more than 8,388,608 characters once aliases are expanded",
+        ),
+        (
+            MINIMAL.replace(
+                b"layers: [0]", b"layers: [" + b",".join(b"%d" % i for i in range(2, 82)) + b"]"
+            ),
+            "and 30 more problems (the first 50 shown)",
+        ),
         (
             b"# " + b"x" * (1 << 21),
             "1:1: the file has more than 1,048,576 bytes; a spec is a small",
@@ -338,4 +390,5 @@ def test_hostile_files_get_one_located_line(data: bytes, message: str, tmp_path,
     assert main(["check", "--skip-disk", str(spec)]) == 2
     err = capsys.readouterr().err
     assert f"{spec}:" in err and message in err, err
-    assert len(err) < 2000
+    assert all(re.match(rf"{re.escape(str(spec))}:\d+:\d+: ", line) for line in err.splitlines())
+    assert len(err.splitlines()) <= 51 and len(err) < 20_000

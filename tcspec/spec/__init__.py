@@ -19,6 +19,7 @@ from tcspec.spec.base import (  # noqa: F401 (re-exported: the spec language's n
     Frozen,
     Name,
     NonNegInt,
+    Seed,
     Sweep,
 )
 from tcspec.spec.dictionaries import (  # noqa: F401 (re-exported: the spec language's names)
@@ -52,7 +53,7 @@ class Spec(Frozen):
 
     experiment: Name
     """Experiment name; tables go to results/<experiment>/."""
-    seed: NonNegInt = 0
+    seed: Seed = 0
     """Seed for everything not seeded elsewhere."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where forward passes and training run; `auto` picks CUDA when present. Not part of

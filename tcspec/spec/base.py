@@ -14,10 +14,15 @@ from pydantic import (
 from tcspec.hooks import BLOCK_HOOKS
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]+$", min_length=1, max_length=64)]
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
+INT_MAX = 2**63 - 1
+"""The largest integer a spec holds: what torch and numpy index and count with (int64)."""
+SEED_MAX = 2**32 - 1
+"""The largest seed: every generator tcspec seeds (and seed + offsets) takes it."""
+PosInt = Annotated[int, Field(gt=0, le=INT_MAX)]
+NonNegInt = Annotated[int, Field(ge=0, le=INT_MAX)]
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 HookName = Literal[tuple(BLOCK_HOOKS)]  # type: ignore[valid-type]
 DType = Literal["float32", "float16", "bfloat16"]

@@ -33,6 +33,7 @@ from tcspec.spec.base import (
     NonNegInt,
     PosFloat,
     PosInt,
+    Seed,
     Sweep,
 )
 
@@ -145,7 +146,7 @@ class _DictionaryBase(_Schedule):
     """A feature is live when its firing frequency exceeds this (log10 freq > -4)."""
     checkpoint_every: PosInt = 1000
     """Steps between resumable checkpoints."""
-    seed: Sweep[NonNegInt] | None = None
+    seed: Sweep[Seed] | None = None
     """Training seed (initialisation, resampling, any sampling in training; the data order
     is the spec's `seed`'s); None uses the spec's seed. A list, `seed: [0, 1, 2]`, trains
     every sweep point once per seed: the tables show their mean and spread."""
@@ -322,7 +323,7 @@ class CLTSpec(_Schedule):
     """A feature is live when its firing frequency exceeds this."""
     checkpoint_every: PosInt = 1000
     """Steps between resumable checkpoints."""
-    seed: Sweep[NonNegInt] | None = None
+    seed: Sweep[Seed] | None = None
     """Training seed (initialisation, resampling, any sampling in training; the data order
     is the spec's `seed`'s); None uses the spec's seed. A list, `seed: [0, 1, 2]`, trains
     every sweep point once per seed: the tables show their mean and spread."""
