@@ -168,6 +168,9 @@ def _check(spec: Spec) -> Found:
     if spec.interp:
         refs += [(("interp", "dictionaries", i), r) for i, r in enumerate(spec.interp.dictionaries)]
     refs += [(("circuits", i, "dictionary"), c.dictionary) for i, c in enumerate(spec.circuits)]
+    if spec.probe:
+        refs += [(("probe", "dictionaries", i), r) for i, r in enumerate(spec.probe.dictionaries)]
+        yield from _check_probe(spec)
     for loc, ref in refs:
         yield from _check_ref(spec, loc, ref)
     for i, c in enumerate(spec.circuits):
@@ -190,6 +193,28 @@ def _check(spec: Spec) -> Found:
                 yield ("circuits", i, "prompts_file"), f"file not found: {f}"
             elif not c.prompt_list():
                 yield ("circuits", i, "prompts_file"), f"no prompts in {f} (one a line)"
+
+
+def _check_probe(spec: Spec) -> Found:
+    """Probing reads texts: the toy corpus's families need the toy model, else a dataset;
+    it probes per-layer dictionaries."""
+    p = spec.probe
+    if p.dataset is None and spec.model.kind not in ("toy", "synthetic"):
+        yield (
+            ("probe",),
+            "the toy corpus's document families label texts for a toy model only; give "
+            "`probe.dataset` (a labelled dataset: path, text_column, label_column)",
+        )
+    for f in (p.dataset.data_files or []) if p.dataset else []:
+        if not _exists(f) or f.is_dir():
+            yield ("probe", "dataset", "data_files"), f"file not found: {f}"
+    for i, ref in enumerate(p.dictionaries):
+        d = spec.dictionaries.get(ref.name)
+        if d is not None and d.kind == CLT:
+            yield (
+                ("probe", "dictionaries", i, "name"),
+                f"`{ref.name}` is a cross-layer transcoder; probing reads per-layer dictionaries",
+            )
 
 
 def _check_clt_circuit(loc: tuple, c) -> Found:
@@ -254,6 +279,8 @@ def _check_synthetic(spec: Spec) -> Found:
     no_lm = "needs a language model; a synthetic source has none"
     if spec.interp is not None:
         yield ("interp",), f"`interp` (feature dashboards over text) {no_lm}: drop it"
+    if spec.probe is not None:
+        yield ("probe",), f"`probe` (probing texts' activations) {no_lm}: drop it"
     for i, _ in enumerate(spec.circuits):
         yield ("circuits", i), f"circuit studies {no_lm}: drop `circuits`"
     if spec.evaluate.splice_all_layers:

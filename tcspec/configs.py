@@ -24,6 +24,7 @@ from tcspec.spec import (
     DataSpec,
     Frozen,
     ModelSpec,
+    ProbeDataSpec,
     SAESpec,
     SkipTranscoderSpec,
     TranscoderSpec,
@@ -295,6 +296,23 @@ class FeaturesConfig(StageConfig):
     """The spec's BOS convention: `exclude` counts no BOS position in any statistic."""
 
 
+class ProbeConfig(StageConfig):
+    """Sparse probing of one dictionary's latents against its input hook's activations."""
+
+    coder: CoderRef
+    dataset: ProbeDataSpec | None
+    """None: the toy corpus's document families."""
+    data_sha256: dict[str, str] = {}
+    """sha256 of each local data file, by path (a changed file changes the id)."""
+    k: tuple[int, ...]
+    train_per_class: int
+    test_per_class: int
+    classes: tuple[str, ...] | None
+    max_tokens: int
+    seed: int
+    bos: Literal["exclude", "include"] = "exclude"
+
+
 class StudyConfig(StageConfig):
     features: int
     seed: int
@@ -344,6 +362,7 @@ CONFIGS: dict[str, type[StageConfig]] = {
     "import": ImportedMemberConfig,
     "evaluate": EvaluateConfig,
     "interp": FeaturesConfig,
+    "probe": ProbeConfig,
     "study": StudyConfig,
     "circuits": CircuitConfig,
     "export": ExportConfig,

@@ -30,6 +30,7 @@ STAGES = (
     "import",
     "evaluate",
     "interp",
+    "probe",
     "study",
     "circuits",
     "export",
@@ -63,6 +64,7 @@ INTERVENTIONS_PLOT = "interventions.png"
 TOKENS = "tokens"  # folder of the token splits, in a tokens task
 CACHE = "cache"  # folder of the activation shards, in an acts task
 STATS = "stats"  # feature statistics, in an interp task
+PROBING = "probing.csv"  # a probe task's accuracies, one row per class x probe
 DASHBOARD = "dashboard"
 TABLES = "tables"  # folder of tables and plots, in a tables task
 EXPORT = "export"  # folder of exported dictionaries, in an export task

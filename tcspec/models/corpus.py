@@ -246,3 +246,24 @@ def toy_documents(
         seed, split=split, task_fraction=task_fraction, family_weights=family_weights
     )
     return list(islice(stream, n_docs))
+
+
+TEXT_FAMILY = "text"
+"""The label of a pydoc document among the task families (`family_documents`)."""
+
+
+def family_documents(seed: int, per_family: int, split: Split = "eval") -> list[tuple[str, str]]:
+    """Labelled documents for probing: (text, family) pairs, `per_family` of each of
+    ``FAMILIES`` (three to ten sentences of that family alone) and of ``TEXT_FAMILY`` (pydoc
+    documents, as many as the split has if fewer), shuffled; deterministic in `seed`."""
+    rng = random.Random(f"tcspec-toy-families-{seed}-{split}")
+    out = []
+    for name in FAMILIES:
+        for _ in range(per_family):
+            n = rng.randint(3, 10)
+            out.append((" ".join(FAMILIES[name](rng, split) for _ in range(n)), name))
+    text = list(text_documents(split))
+    rng.shuffle(text)
+    out += [(doc, TEXT_FAMILY) for doc in text[:per_family]]
+    rng.shuffle(out)
+    return out

@@ -38,6 +38,7 @@ from tcspec.configs import (
     ModelConfig,
     PagesConfig,
     PassConfig,
+    ProbeConfig,
     StudyConfig,
     TablesConfig,
     TokensConfig,
@@ -157,6 +158,9 @@ def compile_plan(
             for layer, t in _selected(spec, spec.interp.dictionaries, members | clt_layers)
         ]
         downstream.append(plan.add(_study_task(spec, features)))
+    if spec.probe is not None:
+        probed = _selected(spec, spec.probe.dictionaries, members)
+        downstream += [plan.add(_probe_task(spec, t, model, layer)) for layer, t in probed]
     for c in spec.circuits:
         selected = _select(spec, [c.dictionary], members | clts)
         downstream.append(plan.add(_circuit_task(spec, c, selected, model, tokens)))
@@ -412,6 +416,23 @@ def _features_task(spec: Spec, coder: Task, model: Task, tokens: Task, layer: in
     deps = _source_deps(model, tokens)
     deps |= _coder_deps([coder])
     return make_task("interp", config.coder.label, config, deps, {})
+
+
+def _probe_task(spec: Spec, coder: Task, model: Task, layer: int) -> Task:
+    """Sparse probing of one per-layer dictionary (its texts: `probe.dataset`, else the toy
+    corpus's families, which need no tokens task)."""
+    p = spec.probe
+    files = [Path(f) for f in (p.dataset.data_files or [])] if p.dataset else []
+    config = ProbeConfig(
+        coder=coder_ref(coder, layer), dataset=p.dataset,
+        data_sha256={str(f): file_hashes(f).get(f.name, "") for f in files},
+        k=tuple(p.k), train_per_class=p.train_per_class, test_per_class=p.test_per_class,
+        classes=None if p.classes is None else tuple(p.classes), max_tokens=p.max_tokens,
+        seed=spec.seed, bos=spec.data.bos,
+    )  # fmt: skip
+    deps = {"model": ("model", model.id)} | _coder_deps([coder])
+    resources = {"mem_mb": 3000, "gpu": gpus(spec)}
+    return make_task("probe", config.coder.label, config, deps, resources)
 
 
 def _study_task(spec: Spec, features: list[Task]) -> Task:

@@ -43,6 +43,8 @@ from tcspec.spec.stages import (  # noqa: F401 (re-exported: the spec language's
     EvaluateSpec,
     ExportSpec,
     InterpSpec,
+    ProbeDataSpec,
+    ProbeSpec,
     TablesSpec,
     start_years,
 )
@@ -72,6 +74,8 @@ class Spec(Frozen):
     """Evaluation settings."""
     interp: InterpSpec | None = None
     """Interpretability study; None skips it."""
+    probe: ProbeSpec | None = None
+    """Sparse probing of dictionary latents against raw activations; None skips it."""
     circuits: list[CircuitEntry] = []
     """Circuit studies: `task: greater_than`, or `task: attribution` on your own prompts."""
     export: list[ExportSpec] = []

@@ -85,6 +85,56 @@ class InterpSpec(Frozen):
     """Features with fewer activating tokens are not sampled."""
 
 
+class ProbeDataSpec(Frozen):
+    """A labelled text dataset, read with `datasets.load_dataset(path, name=config,
+    split=split, data_files=data_files)`: a hub name (e.g. `fancyzhx/ag_news`), or a builder
+    (`json`, `csv`, `parquet`, `text`) with local `data_files`."""
+
+    path: str
+    """Dataset name on the hub, or a `datasets` builder for local files."""
+    data_files: list[Path] | None = None
+    """Local files for a builder; relative paths are relative to the spec file."""
+    config: str | None = None
+    """Dataset configuration name, if any."""
+    split: str = "train"
+    """Split to read."""
+    text_column: str = "text"
+    """Column holding each example's text."""
+    label_column: str = "label"
+    """Column holding each example's class (a string, or an integer / ClassLabel)."""
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo):
+        base = (info.context or {}).get("base_dir")
+        if base is not None and self.data_files:
+            files = [f if f.is_absolute() else (Path(base) / f).resolve() for f in self.data_files]
+            object.__setattr__(self, "data_files", files)
+        return self
+
+
+class ProbeSpec(Frozen):
+    """Sparse probing (SAEBench's): for each class, a balanced one-vs-rest task on texts
+    mean-pooled over their tokens; a logistic probe on the k dictionary latents whose mean
+    activations differ most between the classes (on the training texts) against one on the
+    raw activations of the dictionary's input hook (the reference)."""
+
+    dictionaries: list[DictionaryRef] = []
+    """Dictionaries to probe; empty probes every per-layer dictionary."""
+    dataset: ProbeDataSpec | None = None
+    """The labelled texts; None: the toy corpus's document families (held-out split; a toy
+    model only): task documents of one family each, and pydoc text."""
+    k: Annotated[list[PosInt], Field(min_length=1)] = [1, 2, 5, 10, 20]
+    """Latents each sparse probe reads."""
+    train_per_class: PosInt = 60
+    """Training texts of each side of a one-vs-rest task."""
+    test_per_class: PosInt = 40
+    """Test texts of each side (the toy corpus's held-out split has ~100 pydoc texts)."""
+    classes: list[str] | None = None
+    """Classes probed (each against the rest); None: every class with enough texts."""
+    max_tokens: PosInt = 128
+    """Tokens of a text read (BOS included; at most the model's n_ctx); longer texts are cut."""
+
+
 YY_SLOT = "YY"
 """What a greater-than prompt template holds in place of the two-digit start year."""
 KEEP_TOP_K_POSITIONS = ("all", "last")

@@ -56,6 +56,11 @@ TABLES: dict[str, Table] = {
             "tcspec.tables.curves:section",
         ),
         Table(
+            "sparse_probing",
+            "k-sparse probes on dictionary latents against a probe on the raw activations",
+            "tcspec.tables.probing:section",
+        ),
+        Table(
             "interpretability",
             "Table 1 from ingested ratings, and the study's automatic proxies",
             "tcspec.tables.extra:interpretability",

@@ -25,6 +25,7 @@ def run(ctx) -> dict:
         "interpretability": interpretability(ctx),
         "greater_than": circuits(ctx),
         "attribution": attribution(ctx),
+        "sparse_probing": probing(ctx),
     }
     with atomic.atomic_dir(ctx.out / layout.TABLES) as tmp:
         written = build_tables(
@@ -137,3 +138,11 @@ def attribution(ctx) -> list:
                "features_active", "intervention_r", "intervention_r_frozen", "task", "folder"]  # fmt: skip
     caption = "Attribution graphs: replacement and completeness scores per prompt"
     return [("attribution", frame[columns], caption)]
+
+
+def probing(ctx) -> list:
+    """The per-class rows of every probe task (`probing.csv`)."""
+    import pandas as pd
+
+    found = [t.dir(ctx.results) / layout.PROBING for t in ctx.deps_of("probe")]
+    return [pd.read_csv(f) for f in found if f.exists()]
