@@ -129,16 +129,21 @@ class Workflow:
 
     def publish(self) -> None:
         """After a run: show the spec's tables and exports in results/<experiment>/."""
+        from tcspec.tasks.integrity import DamagedInput, verify
         from tcspec.tasks.tables import publish
 
         experiment = self.plan.spec.experiment
-        for t in self.plan.stage("tables"):
-            publish(
-                t.dir(self.results) / layout.TABLES, layout.tables_dir(self.results, experiment)
-            )
-        for t in self.plan.stage("export"):
-            shown = layout.export_dir(self.results, experiment, t.config.to)
-            publish(t.dir(self.results) / layout.EXPORT, shown)
+        shown = [(t, layout.TABLES, layout.tables_dir(self.results, experiment))
+                 for t in self.plan.stage("tables")]  # fmt: skip
+        shown += [(t, layout.EXPORT, layout.export_dir(self.results, experiment, t.config.to))
+                  for t in self.plan.stage("export")]  # fmt: skip
+        for t, folder, where in shown:
+            try:  # a damaged task is marked not done (the next run rebuilds it), not shown
+                verify(t.dir(self.results), by="publishing")
+            except DamagedInput as exc:
+                print(f"tcspec: not published: {exc}", file=sys.stderr)
+                continue
+            publish(t.dir(self.results) / folder, where)
 
 
 def machine_rates(gpu_class: str | None, sustained_tflops: float | None) -> Rates:

@@ -6,7 +6,8 @@ statistics, an attribution graph) is damaged by truncation and by a same-size ov
 at a time: `tcspec status` names it, the next job that reads it fails with one line naming
 the file and the task that made it, `tcspec export` refuses damaged weights and `tcspec
 tables` damaged metrics. Then all five at once: their next jobs fail (the training pass as
-a real process), and one plain Snakemake run rebuilds them equal to the first run's.
+a real process), and one plain Snakemake run rebuilds them equal to the first run's. A
+damaged tables task is not published.
 """
 
 from __future__ import annotations
@@ -201,3 +202,21 @@ def test_a_plain_rerun_rebuilds_what_jobs_found_damaged(copy, micro_attribution_
         else:
             same = t.path.read_bytes() == before.read_bytes()
         assert same, t.kind
+
+
+def test_damaged_tables_are_not_published(copy, capsys):
+    """After a run, a damaged tables task is not copied to results/<experiment>/tables/: the
+    run says so in one line and marks it not done, so the next run rebuilds it."""
+    from tcspec.workflow import Workflow
+
+    results, plan = copy
+    (task,) = plan.stage("tables")
+    built = task.dir(results) / layout.TABLES / "sparsity_fidelity.csv"
+    shown = layout.tables_dir(results, plan.spec.experiment) / built.name
+    before = shown.read_bytes()
+    overwrite(built)
+    Workflow(str(SPEC), str(results)).publish()
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"tcspec: not published: damaged input {built}: "), line
+    assert f"made by tables {task.id}" in line and not task.done(results).exists()
+    assert shown.read_bytes() == before
