@@ -26,7 +26,7 @@ from tcspec.circuits.graph import (
     write_graph_json,
 )
 from tcspec.circuits.graph.interventions import plot_interventions, write_interventions
-from tcspec.circuits.graph.prune import graph_scores, partial_influence, prune
+from tcspec.circuits.graph.prune import graph_scores, node_influence, partial_influence, prune
 from tcspec.circuits.graph.replacement import ones_scales, replacement_forward, run_prompt
 from tcspec.coders import Coder, CoderConfig
 
@@ -409,3 +409,18 @@ def test_adjacency_file_round_trips_bitwise(tmp_path):
     for name in ("adjacency", "features", "activations", "tokens", "logit_tokens", "logit_probs"):
         assert torch.equal(back[name], getattr(graph, name))
     assert dataclasses.asdict(graph.config)["max_feature_nodes"] == 12
+
+
+def test_profile_says_where_the_influence_lies():
+    from tcspec.circuits.graph import agreement, profile
+
+    model, coders, tokens = tiny_model("gpt2"), tiny_coders(), prompt_tokens()
+    graph = attribution_graph(model, coders, tokens, GraphConfig())
+    p = profile(graph)
+    assert len(p.layer_share) == 2 and sum(p.layer_share) == pytest.approx(1.0)
+    assert p.mean_layer == pytest.approx(p.layer_share[1])  # 0 * share0 + 1 * share1
+    assert 0 < p.error_share < 1 and len(p.top_positions) == 3
+    infl = node_influence(graph.adjacency, graph.logit_weights())
+    tokens_infl = infl[graph.token_start : graph.logit_start]
+    assert set(p.top_positions) == set(tokens_infl.topk(3).indices.tolist())
+    assert agreement(p, p) == (1.0, 1.0)

@@ -91,6 +91,12 @@ def micro_clt_run(tmp_path_factory):
     return plan, results
 
 
+def clt_graph(plan):
+    """The attribution task through the CLT (the other one traces the per-layer set)."""
+    (graph,) = [t for t in plan.stage("circuits") if t.config.coders[0].kind == "clt"]
+    return graph
+
+
 def test_clt_trains_evaluates_spliced_everywhere_and_tabulates(micro_clt_run):
     plan, results = micro_clt_run
     (clt,) = plan.stage("clt")
@@ -211,7 +217,7 @@ def test_interp_studies_each_clt_layer_and_a_layer_selects_one():
     )
     one = compile_plan(parse_spec(text, str(MICRO_CLT), MICRO_CLT.parent))
     assert [t.config.coder.layer for t in one.stage("interp")] == [1]
-    (graph,) = plan.stage("circuits")
+    graph = clt_graph(plan)
     assert [r.id for r in graph.config.coders] == [clt.id]
     assert {d for _, d in graph.deps.values()} == {plan.stage("model")[0].id, clt.id,
                                                    plan.stage("tokens")[0].id}  # fmt: skip
@@ -252,7 +258,7 @@ def test_attribution_graph_through_the_clt(micro_clt_run):
     import pandas as pd
 
     plan, results = micro_clt_run
-    (graph,) = plan.stage("circuits")
+    graph = clt_graph(plan)
     (row,) = pd.read_csv(graph.dir(results) / layout.ATTRIBUTION).to_dict("records")
     assert row["dictionary"] == "clt-single" and row["features_active"] > 0
     assert 0 < row["replacement"] <= 1 and 0 < row["completeness"] <= 1
@@ -268,10 +274,32 @@ def test_attribution_graph_through_the_clt(micro_clt_run):
     assert '"writes": [[0, ' in cards  # a layer-0 CLT feature writes to layers 0 and 1
 
 
+def test_the_clt_and_the_per_layer_graphs_side_by_side(micro_clt_run):
+    """Both dictionaries traced on the same prompt: one comparison by dictionary (and its
+    plot) and their agreement, in the tables."""
+    import pandas as pd
+
+    plan, results = micro_clt_run
+    (tables,) = plan.stage("tables")
+    shown = layout.tables_dir(results, tables.config.experiment)
+    by = pd.read_csv(shown / "attribution_by_dictionary.csv")
+    assert set(by["dictionary"]) == {"clt-single", "tc-single"} and (by["prompts"] == 1).all()
+    rows = pd.read_csv(shown / "attribution.csv")
+    for name, part in rows.groupby("dictionary"):
+        got = by[by["dictionary"] == name].iloc[0]
+        assert got["replacement"] == pytest.approx(part["replacement"].mean())
+        assert got["intervention_r_frozen"] == pytest.approx(part["intervention_r_frozen"].mean())
+    (pair,) = pd.read_csv(shown / "attribution_agreement.csv").to_dict("records")
+    assert {pair["a"], pair["b"]} == {"clt-single", "tc-single"}
+    assert 0 <= pair["token_overlap"] <= 1 and 0 <= pair["layer_agreement"] <= 1
+    assert (shown / "attribution_by_dictionary.png").stat().st_size > 1000
+    assert "attribution_by_dictionary.png" in (shown / "index.md").read_text()
+
+
 @needs_chromium
 def test_clicking_every_clt_feature_node_shows_its_card(micro_clt_run):
     plan, results = micro_clt_run
-    (graph,) = plan.stage("circuits")
+    graph = clt_graph(plan)
     with browser() as b:
         page = b.new_page()
         for folder in sorted(graph.dir(results).glob("prompt-*")):

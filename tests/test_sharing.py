@@ -166,7 +166,8 @@ def test_an_imported_dictionary_goes_through_interp_and_a_circuit_study(shared, 
     (circuit,) = plan.stage("circuits")
     summary = json.loads((circuit.dir(shared) / layout.SUMMARY).read_text())
     assert summary["coders"][0]["stage"] == "import"
-    assert list(layout.tables_dir(shared, "micro-import").glob("greater_than-*.csv"))
+    merged = (layout.tables_dir(shared, "micro-import") / "greater_than.csv").read_text()
+    assert merged.splitlines()[0].startswith("yy,original,mlp_zero_ablated,")
     # the same metrics as the trained original (same weights, same eval tokens)
     (ev,) = plan.stage("evaluate")
     (ev_a,) = harness.plan(MICRO).stage("evaluate")

@@ -345,18 +345,20 @@ def test_spec_choices_come_from_the_registries():
     from tcspec.tables.registry import TABLES, builder
 
     fields = TablesSpec.model_fields
-    (include,) = get_args(fields["include"].annotation)
-    assert get_args(include) == tuple(TABLES)
+    include = get_args(fields["include"].annotation)[0]  # list[Literal[...]] | None
+    assert get_args(get_args(include)[0]) == tuple(TABLES)
     reference = get_args(fields["reference"].annotation)[0]
     assert get_args(reference) == tuple(REFERENCES)  # greater_than included
     assert TablesSpec(reference="greater_than").reference == "greater_than"
     assert all(callable(builder(name)) for name in TABLES)
-    assert Spec.model_fields["tables"].default.include == [
-        "sparsity_fidelity",
-        "matched_l0",
-        "pareto",
-        "training_curves",
-    ]
+    default = Spec.model_fields["tables"].default
+    assert default.include is None  # the defaults and the tables of the spec's stages
+    base = ("sparsity_fidelity", "matched_l0", "pareto")
+    assert default.names(set()) == (*base, "training_curves")
+    assert default.names({"attribution", "interp"}) == (
+        *base, "training_curves", "interpretability", "attribution",
+    )  # fmt: skip
+    assert TablesSpec(include=["pareto"]).names({"attribution"}) == ("pareto",)
 
 
 def test_the_folder_holds_exactly_the_current_build(tmp_path):
@@ -487,3 +489,52 @@ def test_a_clt_and_per_layer_transcoders_share_a_plot_at_total_l0(tmp_path):
     (ax,) = pareto_figure(joint, "joint").axes
     drawn = {ln.get_label(): list(ln.get_xdata()) for ln in ax.get_lines()}
     assert drawn["tc (transcoder)"] == [16.0, 32.0] and drawn["clt (CLT)"] == [18.5]
+
+
+def test_greater_than_studies_merge_into_a_column_per_dictionary():
+    from tcspec.tables.circuits import greater_than_merged, keep_top_k_merged
+
+    def study(spliced, every):
+        return pd.DataFrame({"yy": [10, 20], "original": [0.8, 0.6], "transcoder_spliced": spliced,
+                             "all_transcoders_spliced": every, "mlp_zero_ablated": [0.1, 0.0]})  # fmt: skip
+
+    merged = greater_than_merged({"tc-a": study([0.7, 0.5], [0.6, 0.4]),
+                                  "clt-b": study([0.2, 0.4], [0.1, 0.3])})  # fmt: skip
+    assert list(merged.columns) == ["yy", "original", "mlp_zero_ablated", "tc-a",
+                                    "tc-a (all layers)", "clt-b", "clt-b (all layers)"]  # fmt: skip
+    mean = merged.iloc[0]
+    assert mean["yy"] == "mean" and mean["clt-b"] == pytest.approx(0.3)
+    assert merged.iloc[2]["tc-a (all layers)"] == 0.4
+
+    def curve(values):
+        return pd.DataFrame({"layer": 0, "k": [0, 1, 0, 1], "prob_diff": values,
+                             "method": ["transcoder"] * 2 + ["neurons"] * 2})  # fmt: skip
+
+    k = keep_top_k_merged(
+        {"tc-a": curve([0.1, 0.5, 0.0, 0.2]), "clt-b": curve([0.3, 0.6, 0.0, 0.2])}
+    )
+    assert k.to_dict("list") == {"layer": [0, 0], "k": [0, 1], "MLP neurons": [0.0, 0.2],
+                                 "tc-a": [0.1, 0.5], "clt-b": [0.3, 0.6]}  # fmt: skip
+
+
+def test_attribution_compared_by_dictionary_and_agreement_on_shared_prompts():
+    from tcspec.tables.circuits import attribution_agreement, attribution_by_dictionary
+
+    def row(d, prompt, rep, layers, top, mean_layer):
+        return {"dictionary": d, "prompt": prompt, "replacement": rep, "completeness": 0.9,
+                "intervention_r": 0.5, "intervention_r_frozen": 1.0, "nodes_kept": 10,
+                "features_active": 50, "mean_layer": mean_layer, "error_share": 0.1,
+                "layer_share": layers, "top_positions": top}  # fmt: skip
+
+    rows = pd.DataFrame([
+        row("tc", "p", 0.8, "0.75 0.25", "1 2 3", 0.25),
+        row("tc", "q", 0.6, "0.5 0.5", "1 2", 0.5),
+        row("clt", "p", 0.9, "1.0 0.0", "2 3 4", 0.0),
+    ])  # fmt: skip
+    by = attribution_by_dictionary(rows).set_index("dictionary")
+    assert by.loc["tc", "replacement"] == pytest.approx(0.7) and by.loc["tc", "prompts"] == 2
+    assert by.loc["clt", "prompts"] == 1
+    (pair,) = attribution_agreement(rows).to_dict("records")  # only p is shared
+    assert (pair["a"], pair["b"], pair["prompt"]) == ("tc", "clt", "p")
+    assert pair["token_overlap"] == pytest.approx(2 / 4)  # {2, 3} of {1, 2, 3, 4}
+    assert pair["layer_agreement"] == pytest.approx(0.75)  # 1 - (0.25 + 0.25) / 2

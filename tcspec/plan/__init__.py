@@ -478,7 +478,9 @@ def _export_task(spec: Spec, e, selected: list[Task], model: Task) -> Task:
 def _tables_task(spec: Spec, upstream: list[Task]) -> Task:
     config = TablesConfig(
         experiment=spec.experiment,
-        include=tuple(spec.tables.include),
+        include=spec.tables.names(
+            {c.task for c in spec.circuits} | ({"interp"} if spec.interp else set())
+        ),
         reference=spec.tables.reference,
     )
     deps = {f"{t.stage}_{i}": (t.stage, t.id) for i, t in enumerate(upstream)}

@@ -294,10 +294,27 @@ class ExportSpec(Frozen):
     """Dictionaries to export; empty exports every trained dictionary."""
 
 
+def stages_tables(stages: set[str]) -> set[str]:
+    """The tables of the stages a spec has: `interp` -> interpretability, a circuit task ->
+    its own table (greater_than, attribution)."""
+    by_stage = {"interp": "interpretability", "greater_than": "greater_than",
+                "attribution": "attribution"}  # fmt: skip
+    return {by_stage[s] for s in stages if s in by_stage}
+
+
 class TablesSpec(Frozen):
     """Which tables and plots to generate."""
 
-    include: list[Literal[TABLE_NAMES]] = list(DEFAULT_INCLUDE)  # type: ignore[valid-type]
-    """Tables to build (see tcspec/tables/registry.py)."""
+    include: list[Literal[TABLE_NAMES]] | None = None  # type: ignore[valid-type]
+    """Tables to build (see tcspec/tables/registry.py); by default the sparsity and fidelity
+    tables and those of the stages the spec has (interp, greater-than, attribution)."""
+
+    def names(self, stages: set[str]) -> tuple[str, ...]:
+        """The tables to build of a spec with these stages (`interp`, circuit tasks)."""
+        if self.include is not None:
+            return tuple(self.include)
+        wanted = set(DEFAULT_INCLUDE) | stages_tables(stages)
+        return tuple(n for n in TABLE_NAMES if n in wanted)
+
     reference: Literal[tuple(REFERENCES)] | None = None  # type: ignore[valid-type]
     """Published numbers to print beside ours (see tcspec/paper.py)."""

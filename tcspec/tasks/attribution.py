@@ -2,13 +2,16 @@
 point's transcoders, or one cross-layer transcoder (``tcspec.circuits.graph``).
 
 Config: ``tcspec.configs.CircuitConfig`` with an ``AttributionSpec`` whose prompts the plan
-resolved. Per prompt, in ``prompt-<i>/``: the pruned graph JSON, the full adjacency
-(safetensors), the HTML viewer (linking the feature dashboards of an interp task that studied
-the same dictionary), the interventions CSV and scatter plot (in the real model, attention
-and norms live). ``attribution.csv`` holds one summary row per prompt, with the
-interventions' correlation both live and with attention and norms frozen (where the graph is
-exact: near 1 unless the graph is wrong). BOS is prepended to each prompt: the graph treats
-position 0 as BOS.
+resolved, and the feature pages' settings. The task's folder is a circuit-tracer data folder:
+each prompt's pruned graph JSON (``layout.graph_json``) and their index
+(``layout.GRAPH_METADATA``), circuit-tracer's feature files (``layout.CT_FEATURES``). Per
+prompt, in ``prompt-<i>/``: the full adjacency (safetensors), the HTML viewer, the
+interventions CSV and plot (live, and with attention and norms frozen, where the graph is
+exact: r near 1 unless the graph is wrong). Every feature a pruned graph keeps gets its
+statistics, examples and dashboard page (``layout.graph_pages``) and a card in the viewer
+(``layout.GRAPH_CARDS``). ``attribution.csv`` holds one summary row per prompt: scores,
+interventions, and where the graph's influence lies (``circuits.graph.profile``). BOS is
+prepended to each prompt: the graph treats position 0 as BOS.
 """
 
 from __future__ import annotations
@@ -151,6 +154,7 @@ def one_prompt(model, coders, tokens, text, graph_cfg, out: Path, i: int, label:
         attribution_graph,
         graph_json,
         plot_interventions,
+        profile,
         prune_graph,
         run_interventions,
         score_graph,
@@ -162,7 +166,7 @@ def one_prompt(model, coders, tokens, text, graph_cfg, out: Path, i: int, label:
     folder = layout.prompt_dir(out, i)
     graph = attribution_graph(model, coders, tokens, graph_cfg, prompt=text)
     pruned = prune_graph(graph)
-    scores = score_graph(graph)
+    scores, shape = score_graph(graph), profile(graph)
     path, slug = layout.graph_json(out, label, i), layout.graph_slug(label, i)
     data = graph_json(graph, slug, scan=layout.ct_scan(label), pruned=pruned)
     atomic.write_json(path, data, indent=None)
@@ -185,6 +189,10 @@ def one_prompt(model, coders, tokens, text, graph_cfg, out: Path, i: int, label:
         "features_in_graph": graph.n_features,
         "intervention_r": _number(result.correlation),
         "intervention_r_frozen": _number(frozen.correlation),
+        "mean_layer": shape.mean_layer,
+        "error_share": shape.error_share,
+        "layer_share": " ".join(f"{x:.4f}" for x in shape.layer_share),
+        "top_positions": " ".join(map(str, shape.top_positions)),
         "tokens": graph.n_pos,
         "seconds": round(graph.seconds, 3),
     }, meta

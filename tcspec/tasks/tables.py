@@ -101,30 +101,41 @@ def interpretability(ctx) -> list:
 
 
 def circuits(ctx) -> list:
-    """The circuit studies' tables (greater-than metric, keep-top-k)."""
+    """The greater-than studies: the metric and the keep-top-k curves merged across
+    dictionaries (a column each), and each study's keep-top-k plot."""
     import pandas as pd
 
     from tcspec.tables import ExtraTable
+    from tcspec.tables.circuits import greater_than_merged, keep_top_k_merged
 
-    out = []
+    studies, curves, out = {}, {}, []
     for task in ctx.deps_of("circuits"):
-        folder = task.dir(ctx.results)
-        for name, caption, plot in (
-            (layout.GREATER_THAN, "Greater-than probability difference", None),
-            (layout.KEEP_TOP_K, "Keep-top-k: transcoder features vs MLP neurons",
-             layout.KEEP_TOP_K_PLOT),
-        ):  # fmt: skip
-            f = folder / name
-            if f.exists():
-                figure = folder / plot if plot and (folder / plot).exists() else None
-                stem = f"{Path(name).stem}-{task.id}"
-                out.append(ExtraTable(stem, pd.read_csv(f), f"{caption} ({task.id})", figure))
-    return out
+        folder, label = task.dir(ctx.results), _label(task)
+        if not (folder / layout.GREATER_THAN).exists():
+            continue
+        studies[label] = pd.read_csv(folder / layout.GREATER_THAN)
+        curves[label] = pd.read_csv(folder / layout.KEEP_TOP_K)
+        plot = folder / layout.KEEP_TOP_K_PLOT
+        caption = f"Keep-top-k: {label}'s features vs MLP neurons ({task.id})"
+        out.append(ExtraTable(f"keep_top_k-{task.id}", curves[label], caption, plot))
+    if not studies:
+        return []
+    names = ", ".join(studies)
+    return [
+        ExtraTable("greater_than", greater_than_merged(studies),
+                   f"Greater-than probability difference, per start year: {names}"),
+        ExtraTable("keep_top_k", keep_top_k_merged(curves),
+                   f"Keep-top-k per layer and k: MLP neurons and the features of {names}"),
+        *out,
+    ]  # fmt: skip
 
 
 def attribution(ctx) -> list:
-    """One table of every attribution task's per-prompt rows, across dictionaries."""
+    """Every attribution task's per-prompt rows across dictionaries, their comparison by
+    dictionary (with a plot) and, on shared prompts, their agreement."""
     import pandas as pd
+
+    from tcspec.tables.circuits import attribution_tables
 
     frames = []
     for task in ctx.deps_of("circuits"):
@@ -133,11 +144,7 @@ def attribution(ctx) -> list:
             frames.append(pd.read_csv(f).assign(task=task.id))
     if not frames:
         return []
-    frame = pd.concat(frames, ignore_index=True)
-    columns = ["dictionary", "prompt", "replacement", "completeness", "nodes_kept",
-               "features_active", "intervention_r", "intervention_r_frozen", "task", "folder"]  # fmt: skip
-    caption = "Attribution graphs: replacement and completeness scores per prompt"
-    return [("attribution", frame[columns], caption)]
+    return attribution_tables(pd.concat(frames, ignore_index=True), ctx.out)
 
 
 def probing(ctx) -> list:
@@ -146,3 +153,9 @@ def probing(ctx) -> list:
 
     found = [t.dir(ctx.results) / layout.PROBING for t in ctx.deps_of("probe")]
     return [pd.read_csv(f) for f in found if f.exists()]
+
+
+def _label(task) -> str:
+    """A circuit task's dictionary, as its tables name it: ``<name>-<member>``."""
+    ref = task.config.coders[0]
+    return f"{ref.dictionary}-{ref.member}"

@@ -3,6 +3,7 @@
 - `attribute`: `GraphConfig`, `Graph`, `attribution_graph` (the batched backward passes);
 - `replacement`: the local replacement model the graph is exact in, and its refusals;
 - `prune`: influence, pruning, replacement and completeness scores;
+- `profile`: where a graph's influence lies (layers, positions), and two graphs' agreement;
 - `interventions`: ablate and steer features in the model, against the graph's prediction;
 - `files`: the graph JSON (circuit-tracer / Neuronpedia schema) and the adjacency file;
 - `viewer`: a static HTML viewer that opens from disk.
@@ -23,11 +24,15 @@ from tcspec.circuits.graph.interventions import (
     run_interventions,
     write_interventions,
 )
+from tcspec.circuits.graph.profile import Profile, agreement, profile
 from tcspec.circuits.graph.prune import Pruned, Scores, prune_graph, score_graph
 from tcspec.circuits.graph.viewer import write_viewer
 
 __all__ = [
     "Graph",
+    "Profile",
+    "agreement",
+    "profile",
     "GraphConfig",
     "InterventionConfig",
     "InterventionRow",
