@@ -358,6 +358,7 @@ def test_spec_choices_come_from_the_registries():
     assert default.names({"attribution", "interp"}) == (
         *base, "training_curves", "interpretability", "attribution",
     )  # fmt: skip
+    assert {"ground_truth", "sparse_probing"} <= set(default.names({"probe", "synthetic"}))
     assert TablesSpec(include=["pareto"]).names({"attribution"}) == ("pareto",)
 
 

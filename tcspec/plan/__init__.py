@@ -475,12 +475,18 @@ def _export_task(spec: Spec, e, selected: list[Task], model: Task) -> Task:
     return make_task("export", e.to, config, deps, {})
 
 
+def _stages(spec: Spec) -> set[str]:
+    """What the spec has that has tables of its own (`TablesSpec.names`)."""
+    stages = {c.task for c in spec.circuits}
+    optional = {"interp": spec.interp, "probe": spec.probe}
+    stages |= {name for name, part in optional.items() if part is not None}
+    return stages | ({"synthetic"} if spec.model.kind == "synthetic" else set())
+
+
 def _tables_task(spec: Spec, upstream: list[Task]) -> Task:
     config = TablesConfig(
         experiment=spec.experiment,
-        include=spec.tables.names(
-            {c.task for c in spec.circuits} | ({"interp"} if spec.interp else set())
-        ),
+        include=spec.tables.names(_stages(spec)),
         reference=spec.tables.reference,
     )
     deps = {f"{t.stage}_{i}": (t.stage, t.id) for i, t in enumerate(upstream)}

@@ -296,9 +296,11 @@ class ExportSpec(Frozen):
 
 def stages_tables(stages: set[str]) -> set[str]:
     """The tables of the stages a spec has: `interp` -> interpretability, a circuit task ->
-    its own table (greater_than, attribution)."""
+    its own table (greater_than, attribution), `probe` -> sparse_probing, a `synthetic`
+    source -> ground_truth."""
     by_stage = {"interp": "interpretability", "greater_than": "greater_than",
-                "attribution": "attribution"}  # fmt: skip
+                "attribution": "attribution", "probe": "sparse_probing",
+                "synthetic": "ground_truth"}  # fmt: skip
     return {by_stage[s] for s in stages if s in by_stage}
 
 
@@ -307,10 +309,11 @@ class TablesSpec(Frozen):
 
     include: list[Literal[TABLE_NAMES]] | None = None  # type: ignore[valid-type]
     """Tables to build (see tcspec/tables/registry.py); by default the sparsity and fidelity
-    tables and those of the stages the spec has (interp, greater-than, attribution)."""
+    tables and those of the stages the spec has (interp, greater-than, attribution, probe,
+    a synthetic source's ground truth)."""
 
     def names(self, stages: set[str]) -> tuple[str, ...]:
-        """The tables to build of a spec with these stages (`interp`, circuit tasks)."""
+        """The tables to build of a spec with these stages (see `stages_tables`)."""
         if self.include is not None:
             return tuple(self.include)
         wanted = set(DEFAULT_INCLUDE) | stages_tables(stages)
