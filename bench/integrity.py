@@ -4,9 +4,10 @@ every job verifies its upstream tasks' files before it starts (`tcspec.tasks.int
 - hash: `tcspec.checksums.file_checksum` over one file in the page cache, against reading
   the same file bare (what any check costs at least) and against sha256 (the token
   manifest's checksum), interleaved; MB/s.
-- jobs: for every finished task of a results folder (the quickstart's, `--results`), the
-  time to check its upstream tasks' files, what `run_task` does before the job, against the
-  job's own wall time (task.json), summed by stage. Read-only: nothing is marked damaged.
+- jobs: for every finished job of a results folder (the quickstart's, `--results`), the
+  time to check its upstream tasks' files as `run_task` does before the job (every size,
+  the checksums of the files it reads), against the job's own wall time (task.json),
+  summed by stage. Read-only: nothing is marked damaged.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from bench.common import interleaved, markdown_table
 from tcspec import layout
 from tcspec.checksums import CHUNK, file_checksum
-from tcspec.tasks import integrity
+from tcspec.tasks import inputs, integrity, load_task
 
 
 def _read(path: Path) -> None:
@@ -59,31 +60,31 @@ def hash_table(mb: int, rounds: int) -> tuple[str, dict]:
     }
 
 
-def jobs_of(results: Path) -> dict[tuple[str, str], tuple[set[Path], float]]:
-    """(stage, job id) -> (its upstream task folders, its wall time): a training or
-    evaluation pass once, with its members' inputs."""
-    jobs: dict[tuple[str, str], tuple[set[Path], float]] = {}
+def jobs_of(results: Path) -> dict[tuple[str, str], float]:
+    """(stage, id) -> wall time of every finished job with checksummed inputs: a training
+    or evaluation pass once (its stored pass config), else the task."""
+    jobs = {}
     for done in sorted(Path(results).glob(f"tasks/*/*/{layout.DONE}")):
         record = json.loads(done.read_text())
         wall = record.get("provenance", {}).get("wall_s")
         if wall is None or integrity.OUTPUTS not in record:
             continue
-        key = (record["stage"], record.get("summary", {}).get("pass") or record["id"])
-        deps = {layout.task_dir(results, s, i) for s, i in record.get("deps", {}).values()}
-        jobs[key] = (jobs.get(key, (set(), 0.0))[0] | deps, wall)
+        stage, job = record["stage"], record.get("summary", {}).get("pass")
+        pass_stage = {v: k for k, v in layout.PASS_MEMBERS.items()}.get(stage)
+        jobs[(pass_stage, job) if job else (stage, record["id"])] = wall
     return jobs
 
 
 def job_table(results: Path) -> tuple[str, dict]:
     """By stage: jobs, upstream MB checked, seconds checking, seconds of the jobs."""
     by_stage: dict[str, list[float]] = {}
-    for (stage, _), (deps, wall) in jobs_of(results).items():
+    for (stage, job_id), wall in jobs_of(results).items():
         size, t0 = 0, time.perf_counter()
-        for folder in deps:
-            assert integrity.problems(folder) == [], folder
+        for folder, reads in inputs(load_task(results, stage, job_id), results).items():
+            assert integrity.problems(folder, reads=reads) == [], folder
             outputs = json.loads((folder / layout.DONE).read_text())[integrity.OUTPUTS]
-            size += sum(e["bytes"] for e in outputs.values())
-        row = by_stage.setdefault(stage, [0, 0.0, 0.0, 0.0])
+            size += sum(e["bytes"] for f, e in outputs.items() if reads is None or reads(f))
+        row = by_stage.setdefault(layout.PASS_MEMBERS.get(stage, stage), [0, 0.0, 0.0, 0.0])
         row[0] += 1
         row[1] += size / 2**20
         row[2] += time.perf_counter() - t0
@@ -95,7 +96,7 @@ def job_table(results: Path) -> tuple[str, dict]:
     ]
     total = [sum(r[i] for r in by_stage.values()) for i in range(4)]
     rows.append(["all", *total, total[2] / total[3]])
-    header = ["stage", "jobs", "inputs checked (MB)", "checking (s)", "jobs (s)", "ratio"]
+    header = ["stage", "jobs", "inputs hashed (MB)", "checking (s)", "jobs (s)", "ratio"]
     return markdown_table(header, rows), {
         "integrity: checking / job time (all)": total[2] / total[3]
     }
@@ -106,7 +107,7 @@ def run(tiny: bool, results: Path = Path("results")) -> tuple[str, dict]:
     jobs, more = job_table(results)
     text = (
         f"### checksum throughput\n\n{hashes}\n\n### checking inputs vs the jobs\n\n"
-        f"Every finished task of `{results}`: its upstream tasks' files checked as a job "
+        f"Every finished job of `{results}`: its upstream tasks' files checked as the job "
         f"checks them before it starts (page cache warm, as the job then reads them).\n\n{jobs}"
     )
     return text, headline | more

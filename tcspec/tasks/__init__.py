@@ -137,14 +137,19 @@ def run_task(task: Task, results: Path, device: str = "auto", require_inputs=Tru
     return finish(task, results, summary, device, time.time() - start)
 
 
-def verify_inputs(task: Task, results: Path) -> list[Path]:
-    """The folders of a task's upstream tasks, after checking that none is damaged
-    (``integrity.DamagedInput`` otherwise, the damaged ones marked not done); of an upstream
-    task the job reads only in part (the stage module's ``reads``), only those files'
-    checksums, and every file's size."""
+def inputs(task: Task, results: Path) -> dict[Path, integrity.Reads | None]:
+    """The folders of a task's upstream tasks, each with the files the job reads of it when
+    only some (the stage module's ``reads``: a training pass, its hooks' cache shards)."""
     module = importlib.import_module(f"tcspec.tasks.{MODULES.get(task.stage, task.stage)}")
     reads = module.reads(task, results) if hasattr(module, "reads") else {}
-    upstream = {layout.task_dir(results, s, i): reads.get(k) for k, (s, i) in task.deps.items()}
+    return {layout.task_dir(results, s, i): reads.get(k) for k, (s, i) in task.deps.items()}
+
+
+def verify_inputs(task: Task, results: Path) -> list[Path]:
+    """The folders of a task's upstream tasks, after checking that none is damaged
+    (``integrity.DamagedInput`` otherwise, the damaged ones marked not done): every file's
+    size, and the checksums of the files the job reads."""
+    upstream = inputs(task, results)
     integrity.verify_all(upstream, by=f"{task.stage} {task.id}")
     return list(upstream)
 
