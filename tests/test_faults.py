@@ -383,6 +383,8 @@ def test_every_task_records_its_provenance(base):
         assert prov["versions"]["torch"] == version("torch")
         assert prov["versions"]["tcspec"] == version("tcspec")
         assert prov["device"] == "cpu"
+        assert prov["determinism"]["bitwise_resume"] == "cpu"  # no CUDA setting on a CPU
+        assert not prov["determinism"]["deterministic_algorithms"]
         commit = prov["git_commit"]  # None outside a git checkout
         assert commit is None or (re.fullmatch(r"[0-9a-f]{40}", commit) and is_commit(commit))
         job = harness.job_of(task)

@@ -44,6 +44,7 @@ from tcspec.compute import (
     resolve_precision,
     slow_precision,
 )
+from tcspec.determinism import rng_state, set_rng_state
 from tcspec.train import CHECKPOINT_MAGIC, BatchSource, l1_factor, lr_factor, read_checkpoint
 from tcspec.train.adam import AdamState
 from tcspec.train.workspace import Workspace
@@ -224,7 +225,7 @@ def _save(path: Path, clt, opt, cfg, train, step: int, wall: float, curve: list,
         "identity": _identity(cfg, train),
         "weights": {k: v.detach().cpu() for k, v in clt.state_dict().items()},
         "adam": {n: _cpu(getattr(opt, n)) for n in ("exp_avg", "exp_avg_sq")},
-        "torch_rng": torch.get_rng_state(),
+        "rng": rng_state(),
         "curve": curve,
         "source": source,
     }
@@ -252,5 +253,5 @@ def _load(path: Path, clt, opt, cfg, train, source) -> tuple[int, float, list]:
     for name in ("exp_avg", "exp_avg_sq"):
         for k, v in getattr(opt, name).items():
             v.copy_(state["adam"][name][k])
-    torch.set_rng_state(state["torch_rng"])
+    set_rng_state(state["rng"])
     return state["step"], state["wall_s"], state["curve"]

@@ -128,6 +128,9 @@ def run_task(task: Task, results: Path, device: str = "auto", require_inputs=Tru
     device = resolve_device(device)
     import torch
 
+    from tcspec.determinism import make_deterministic
+
+    make_deterministic(device)  # before CUDA's first GEMM in this process
     torch.set_num_threads(int(task.resources.get("threads", 1)))
     module = importlib.import_module(f"tcspec.tasks.{MODULES.get(task.stage, task.stage)}")
     start = time.time()
@@ -176,6 +179,8 @@ def provenance(device: str, wall_s: float) -> dict:
             versions[pkg] = None
     import torch
 
+    from tcspec.determinism import settings as determinism_settings
+
     return {
         "versions": versions,
         "python": platform.python_version(),
@@ -184,6 +189,7 @@ def provenance(device: str, wall_s: float) -> dict:
         "cpu": cpu_model(),
         "cpu_features": cpu_features(),
         "threads": torch.get_num_threads(),
+        "determinism": determinism_settings(),
         "host": platform.node(),
         "wall_s": round(wall_s, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

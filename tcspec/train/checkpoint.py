@@ -2,24 +2,25 @@
 
 The file is CHECKPOINT_MAGIC + the xxh3_128 hex digest of the payload + a newline, then the
 `torch.save` bytes of {step, wall_s, members (their identities), runs (each member's
-`state_dict`), source (the data source's `state_dict`, or None), torch_rng, python_rng}.
+`state_dict`), source (the data source's `state_dict`, or None), rng (every generator's
+state: Python's, torch's CPU and each CUDA device's, `tcspec.determinism.rng_state`)}.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import random
 from pathlib import Path
 
 import torch
 import xxhash
 
 from tcspec.atomic import write_bytes
+from tcspec.determinism import rng_state, set_rng_state
 from tcspec.train.member import Member, MemberRun
 
 CHECKPOINT = "train.ckpt"
-CHECKPOINT_MAGIC = b"tcspec.ckpt/2 xxh3_128 "  # + 32 hex digits + newline, then torch.save bytes
+CHECKPOINT_MAGIC = b"tcspec.ckpt/3 xxh3_128 "  # + 32 hex digits + newline, then torch.save bytes
 _ANY_MAGIC = b"tcspec.ckpt/"
 
 
@@ -43,8 +44,7 @@ def save_checkpoint(
         "members": [identity(r.member) for r in runs],
         "runs": [r.state_dict() for r in runs],
         "source": source_state,
-        "torch_rng": torch.get_rng_state(),
-        "python_rng": random.getstate(),
+        "rng": rng_state(),
     }
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -84,6 +84,5 @@ def load_checkpoint(path: Path, runs: list[MemberRun], steps: int) -> dict:
         raise ValueError(f"{path} is at step {state['step']}, past the {steps} steps asked for")
     for run, s in zip(runs, state["runs"]):
         run.load_state_dict(s)
-    torch.set_rng_state(state["torch_rng"])
-    random.setstate(state["python_rng"])
+    set_rng_state(state["rng"])
     return state
