@@ -111,6 +111,15 @@ def test_every_damaged_input_is_marked_and_counted(tmp_path, task):
     )
 
 
+@pytest.mark.parametrize(
+    "text", ["{not json", "[1, 2]", '{"outputs": {"cache/manifest.json": 3}}', "\udcff"]
+)
+def test_a_record_that_is_not_finish_s_is_damage(task, text):
+    (task / layout.DONE).write_text(text, errors="surrogateescape")
+    (found,) = integrity.problems(task)
+    assert found.path == task / layout.DONE and "not a readable record" in found.why
+
+
 def test_a_damaged_stored_config_is_stored_again(tmp_path):
     from tcspec.loader import load_spec
     from tcspec.plan import compile_plan

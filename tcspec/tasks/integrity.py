@@ -60,11 +60,10 @@ def problems(folder: Path, deep: bool = True, reads: Reads | None = None) -> lis
     record without checksums (written before they were recorded) has nothing to check."""
     done = Path(folder) / layout.DONE
     try:
-        record = json.loads(done.read_text())
-        recorded = record.get(OUTPUTS, {})
-    except (ValueError, AttributeError, UnicodeDecodeError) as e:
+        recorded = json.loads(done.read_text()).get(OUTPUTS, {})
+        return checksums.damaged(folder, recorded, deep, reads)
+    except (ValueError, AttributeError, KeyError, TypeError) as e:  # not what finish wrote
         return [DamagedFile(done, f"not a readable record ({type(e).__name__})")]
-    return checksums.damaged(folder, recorded, deep, reads)
 
 
 def invalidate(folder: Path, found: list[DamagedFile], by: str) -> None:
