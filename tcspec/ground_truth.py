@@ -14,6 +14,9 @@ Definitions follow SAELens's SynthSAEBench (`sae_lens/synthetic/evals.py`):
   a_j > 0 over the evaluation samples, per latent TP / (TP + FP), TP / (TP + FN) and their
   harmonic mean (0 where undefined), then the mean over all latents (dead ones count 0).
 - `true_l0`: mean number of firing true features per sample.
+- `mcc_random`: the MCC of d_sae random Gaussian directions (seeded) against the same truth:
+  the chance level of `mcc` at this shape (the best one-to-one matching of random rows in a
+  few dozen dimensions is far from 0), the reference a learned dictionary must beat.
 
 The matching is threshold-free. Where this differs from SynthSAEBench: a transcoder (and an
 SAE on the output hook) is scored by its decoder against the map's output directions
@@ -29,7 +32,7 @@ from torch import Tensor
 from tcspec.metrics import Accumulator
 from tcspec.models.synthetic import Truth, iter_rows
 
-TRUTH_METRICS = ("mcc", "uniqueness", "precision", "recall", "f1", "true_l0")
+TRUTH_METRICS = ("mcc", "mcc_random", "uniqueness", "precision", "recall", "f1", "true_l0")
 """The metrics this module adds to a synthetic evaluation's `metrics.json`."""
 
 
@@ -92,8 +95,11 @@ def score(coder, truth: Truth, samples: int, device="cpu") -> dict[str, float]:
         acc.update(y, y_hat, z)
         detection.update(z.cpu(), a)
         true_active += (a > 0).sum().item()
+    g = torch.Generator().manual_seed(0)
+    random = torch.randn(decoder.shape, generator=g, dtype=torch.float64)  # [d_sae, d_out]
     return acc.compute() | {
         "mcc": mcc(decoder, true),
+        "mcc_random": mcc(random, true),
         "uniqueness": uniqueness(decoder, true),
         **detection.compute(),
         "true_l0": true_active / samples,

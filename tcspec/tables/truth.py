@@ -21,6 +21,7 @@ COLUMNS = (
     Column("fvu", "FVU", fixed(3)),
     Column("dead_fraction", "dead %", fixed(1, 100.0)),
     Column("mcc", "MCC", fixed(3)),
+    Column("mcc_random", "MCC random", fixed(3)),
     Column("uniqueness", "unique", fixed(3)),
     Column("precision", "precision", fixed(3)),
     Column("recall", "recall", fixed(3)),
@@ -30,7 +31,8 @@ COLUMNS = (
 LEGEND = (
     "Scored against the source's planted features (SAELens SynthSAEBench's definitions): "
     "MCC, the mean |cos| of decoder rows and true feature directions under the one-to-one "
-    "matching that maximises it (Hungarian); unique, distinct best-matching true features "
+    "matching that maximises it (Hungarian); MCC random, the same for as many random "
+    "directions (the chance level); unique, distinct best-matching true features "
     "per latent; precision / recall / F1, each latent as a detector (z > 0) of its "
     "best-|cos| true feature over the eval samples, averaged over all latents (dead ones "
     "count 0). A transcoder (and an SAE on the output hook) is matched against the map's "
