@@ -256,3 +256,20 @@ def test_families_matched_l0_shows_every_metric_for_every_family(tmp_path):
             assert list(mine["l0"]) == [r["metrics"]["l0"]]
     header = (tmp_path / "matched_l0.md").read_text().splitlines()[2]
     assert "FVU" in header and "dead %" in header
+
+
+def test_matryoshka_prefixes_pool_seeds(tmp_path):
+    from tcspec.prefixes import prefix_key
+
+    recs = []
+    for seed, fvus in enumerate(([0.5, 0.3], [0.7, 0.2], [0.6, 0.25])):
+        r = _record("mat", "sae", {"k": 4}, seed, 4.0, 3.5)
+        r["opts"]["matryoshka"] = [16]
+        r["metrics"] |= {prefix_key(16): fvus[0], prefix_key(64): fvus[1]}
+        recs.append(r)
+    build_tables(recs, tmp_path, include=["matryoshka_prefixes"], reference=None, title="m")
+    csv = pd.read_csv(tmp_path / "matryoshka_prefixes.csv")
+    assert csv["width"].tolist() == [16, 64] and (csv["n_seeds"] == 3).all()
+    assert csv["fvu"].tolist() == pytest.approx([0.6, 0.25])
+    assert csv["fvu_std"].tolist() == pytest.approx([0.1, 0.05])
+    assert "| 0.6000 ± 0.1000 |" in (tmp_path / "matryoshka_prefixes.md").read_text()

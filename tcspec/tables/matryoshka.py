@@ -6,18 +6,20 @@ from __future__ import annotations
 import pandas as pd
 
 from tcspec.prefixes import PREFIX_FVU
-from tcspec.tables.format import Column, fixed, integer, text
+from tcspec.tables.format import Column, fixed, integer, spread, text
 from tcspec.tables.records import KIND_LABEL, layer_label
 from tcspec.tables.section import Inputs, Section, write_table
+from tcspec.tables.seeds import N_SEEDS, SPREAD_NOTE, STD, has_spread, pool_seeds, with_spread
 
 COLUMNS = (
     Column("dictionary", "dictionary", text, numeric=False),
     Column("kind", "kind", lambda v: KIND_LABEL.get(str(v), text(v)), numeric=False),
     Column("layer", "layer", text, numeric=False),
     Column("sweep", "point", text, numeric=False),
-    Column("l0", "L0", fixed(1)),
+    Column(N_SEEDS, "seeds", integer),
+    Column("l0", "L0", spread(fixed(1))),
     Column("width", "prefix width", integer),
-    Column("fvu", "FVU", fixed(4)),
+    Column("fvu", "FVU", spread(fixed(4))),
 )
 
 LEGEND = (
@@ -27,25 +29,32 @@ LEGEND = (
 
 
 def prefix_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Long form of the `fvu_prefix_{w}` metrics: one row per record and width, widths
-    ascending within a record (records without them are left out)."""
-    cols = [c for c in df.columns if c.startswith(PREFIX_FVU)]
+    """Long form of the `fvu_prefix_{w}` metrics: one row per sweep point (its seeds pooled:
+    mean, `_std`, `n_seeds`) and width, widths ascending within a point (records without
+    them are left out)."""
+    df = pool_seeds(df)
+    cols = [c for c in df.columns if c.startswith(PREFIX_FVU) and not c.endswith(STD)]
     rows = []
     for _, r in df.iterrows():
         widths = sorted(int(c[len(PREFIX_FVU) :]) for c in cols if not pd.isna(r[c]))
         for w in widths:
+            fvu = f"{PREFIX_FVU}{w}"
             rows.append(
                 {
                     "dictionary": r["dictionary"],
                     "kind": r["kind"],
                     "layer": layer_label(r),
                     "sweep": r["sweep"],
+                    N_SEEDS: r[N_SEEDS],
                     "l0": r["l0"],
                     "width": w,
-                    "fvu": r[f"{PREFIX_FVU}{w}"],
+                    "fvu": r[fvu],
+                    "l0" + STD: r["l0" + STD],
+                    "fvu" + STD: r[fvu + STD],
                 }
             )
-    return pd.DataFrame(rows, columns=[c.key for c in COLUMNS])
+    keys = [c.key for c in COLUMNS] + ["l0" + STD, "fvu" + STD]
+    return pd.DataFrame(rows, columns=keys)
 
 
 def section(inputs: Inputs) -> Section:
@@ -53,8 +62,12 @@ def section(inputs: Inputs) -> Section:
     table = prefix_table(inputs.records)
     caption = f"Matryoshka prefixes: {inputs.title}"
     notes = [LEGEND] if len(table) else ["No Matryoshka dictionaries were evaluated.", LEGEND]
+    seeded = has_spread(table)
+    columns = [c for c in COLUMNS if c.key != N_SEEDS or seeded]
+    notes += [SPREAD_NOTE] if seeded else []
+    shown = with_spread(table, ["l0", "fvu"])
     paths, md = write_table(
-        inputs.out_dir, "matryoshka_prefixes", table, list(COLUMNS), table, caption, notes
+        inputs.out_dir, "matryoshka_prefixes", shown, columns, table, caption, notes
     )
     line = (
         "- [matryoshka_prefixes.md](matryoshka_prefixes.md) (.tex, .csv): FVU of every "
