@@ -6,8 +6,9 @@ every job verifies its upstream tasks' files before it starts (`tcspec.tasks.int
   manifest's checksum), interleaved; MB/s.
 - jobs: for every finished job of a results folder (the quickstart's, `--results`), the
   time to check its upstream tasks' files as `run_task` does before the job (every size,
-  the checksums of the files it reads), against the job's own wall time (task.json),
-  summed by stage. Read-only: nothing is marked damaged.
+  the checksums of the files it reads) and to record its own outputs' checksums as
+  `finish` does, against the job's own wall time (task.json), summed by stage. Read-only:
+  nothing is marked damaged or written.
 """
 
 from __future__ import annotations
@@ -60,45 +61,48 @@ def hash_table(mb: int, rounds: int) -> tuple[str, dict]:
     }
 
 
-def jobs_of(results: Path) -> dict[tuple[str, str], float]:
-    """(stage, id) -> wall time of every finished job with checksummed inputs: a training
-    or evaluation pass once (its stored pass config), else the task."""
-    jobs = {}
+def jobs_of(results: Path) -> dict[tuple[str, str], tuple[float, list[Path]]]:
+    """(stage, id) -> (wall time, the task folders it wrote) of every finished job with
+    checksums: a training or evaluation pass once (its stored pass config), else the task."""
+    jobs: dict[tuple[str, str], tuple[float, list[Path]]] = {}
+    passes = {member: stage for stage, member in layout.PASS_MEMBERS.items()}
     for done in sorted(Path(results).glob(f"tasks/*/*/{layout.DONE}")):
         record = json.loads(done.read_text())
         wall = record.get("provenance", {}).get("wall_s")
         if wall is None or integrity.OUTPUTS not in record:
             continue
         stage, job = record["stage"], record.get("summary", {}).get("pass")
-        pass_stage = {v: k for k, v in layout.PASS_MEMBERS.items()}.get(stage)
-        jobs[(pass_stage, job) if job else (stage, record["id"])] = wall
+        key = (passes[stage], job) if job else (stage, record["id"])
+        jobs[key] = (wall, [*jobs.get(key, (0, []))[1], done.parent])
     return jobs
 
 
 def job_table(results: Path) -> tuple[str, dict]:
-    """By stage: jobs, upstream MB checked, seconds checking, seconds of the jobs."""
+    """By stage: jobs, upstream MB hashed, seconds checking them, seconds recording the
+    job's own outputs' checksums (as finish does), seconds of the jobs."""
     by_stage: dict[str, list[float]] = {}
-    for (stage, job_id), wall in jobs_of(results).items():
+    for (stage, job_id), (wall, written) in jobs_of(results).items():
         size, t0 = 0, time.perf_counter()
         for folder, reads in inputs(load_task(results, stage, job_id), results).items():
             assert integrity.problems(folder, reads=reads) == [], folder
             outputs = json.loads((folder / layout.DONE).read_text())[integrity.OUTPUTS]
             size += sum(e["bytes"] for f, e in outputs.items() if reads is None or reads(f))
-        row = by_stage.setdefault(layout.PASS_MEMBERS.get(stage, stage), [0, 0.0, 0.0, 0.0])
-        row[0] += 1
-        row[1] += size / 2**20
-        row[2] += time.perf_counter() - t0
-        row[3] += wall
+        t1 = time.perf_counter()
+        for folder in written:
+            integrity.outputs(folder)
+        row = by_stage.setdefault(layout.PASS_MEMBERS.get(stage, stage), [0] * 5)
+        for i, x in enumerate([1, size / 2**20, t1 - t0, time.perf_counter() - t1, wall]):
+            row[i] += x
     if not by_stage:
         return f"No finished tasks with checksums in `{results}`: run the quickstart first.", {}
-    rows = [
-        [s, *by_stage[s], by_stage[s][2] / by_stage[s][3]] for s in layout.STAGES if s in by_stage
-    ]
-    total = [sum(r[i] for r in by_stage.values()) for i in range(4)]
-    rows.append(["all", *total, total[2] / total[3]])
-    header = ["stage", "jobs", "inputs hashed (MB)", "checking (s)", "jobs (s)", "ratio"]
+    total = [sum(r[i] for r in by_stage.values()) for i in range(5)]
+    rows = [[s, *by_stage[s]] for s in layout.STAGES if s in by_stage] + [["all", *total]]
+    rows = [[*r, r[3] / r[5], r[4] / r[5]] for r in rows]
+    header = ["stage", "jobs", "inputs hashed (MB)", "checking (s)", "recording (s)",
+              "jobs (s)", "checking / job", "recording / job"]  # fmt: skip
     return markdown_table(header, rows), {
-        "integrity: checking / job time (all)": total[2] / total[3]
+        "integrity: checking / job time (all)": total[2] / total[4],
+        "integrity: recording / job time (all)": total[3] / total[4],
     }
 
 
@@ -108,6 +112,7 @@ def run(tiny: bool, results: Path = Path("results")) -> tuple[str, dict]:
     text = (
         f"### checksum throughput\n\n{hashes}\n\n### checking inputs vs the jobs\n\n"
         f"Every finished job of `{results}`: its upstream tasks' files checked as the job "
-        f"checks them before it starts (page cache warm, as the job then reads them).\n\n{jobs}"
+        "checks them before it starts (page cache warm, as the job then reads them), and its "
+        f"own outputs' checksums computed as it records them when it ends.\n\n{jobs}"
     )
     return text, headline | more
