@@ -95,6 +95,9 @@ def test_damage_marks_the_task_not_done_and_is_named_until_rebuilt(task):
     kept = json.loads((task / layout.DAMAGED).read_text())
     assert kept["stage"] == "acts" and kept["damaged"]["found_by"] == "train g-1"
     assert kept["damaged"]["files"] == [f"{shard}: truncated to 100 bytes (16,384 recorded)"]
+    integrity.invalidate(task, [], by="a second reader")  # that found it at the same time
+    again = json.loads((task / layout.DAMAGED).read_text())
+    assert again["stage"] == "acts" and again["damaged"]["found_by"] == "a second reader"
 
 
 def test_every_damaged_input_is_marked_and_counted(tmp_path, task):

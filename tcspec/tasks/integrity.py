@@ -62,19 +62,23 @@ def problems(folder: Path, deep: bool = True, reads: Reads | None = None) -> lis
     try:
         recorded = json.loads(done.read_text()).get(OUTPUTS, {})
         return checksums.damaged(folder, recorded, deep, reads)
-    except (ValueError, AttributeError, KeyError, TypeError) as e:  # not what finish wrote
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:  # not finish's
         return [DamagedFile(done, f"not a readable record ({type(e).__name__})")]
 
 
 def invalidate(folder: Path, found: list[DamagedFile], by: str) -> None:
-    """Mark a task not done: its record becomes task.damaged.json with ``found`` added."""
+    """Mark a task not done: its record becomes task.damaged.json with ``found`` added (the
+    record kept there already when another reader marked it first)."""
     folder = Path(folder)
     done = folder / layout.DONE
-    try:
-        record = json.loads(done.read_text())
-        record = record if isinstance(record, dict) else {}
-    except (OSError, ValueError):
-        record = {}
+    record = {}
+    for path in (done, folder / layout.DAMAGED):
+        try:
+            record = json.loads(path.read_text())
+            break
+        except (OSError, ValueError):
+            continue
+    record = record if isinstance(record, dict) else {}
     record["damaged"] = {
         "files": [str(f) for f in found],
         "found_by": by,
