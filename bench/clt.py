@@ -58,6 +58,7 @@ from bench.common import Timing, markdown_table, timed  # noqa: E402
 from tcspec.clt.cost import clt_cost, decoder_params  # noqa: E402
 from tcspec.clt.model import CLT, CLTConfig, CLTLoss  # noqa: E402
 from tcspec.clt.step import Hyper, train_step  # noqa: E402
+from tcspec.compute import gemm_dtype, gemm_mode  # noqa: E402
 from tcspec.train.adam import AdamState  # noqa: E402
 from tcspec.train.workspace import Workspace  # noqa: E402
 
@@ -75,14 +76,18 @@ def batch(n_layers: int, d_model: int, batch: int, **_) -> tuple[torch.Tensor, t
     return xs, torch.relu(xs @ A)
 
 
-def clt_stepper(shape: dict, xs, ys, topk: bool):
-    """One CLT training step (closure) on xs, ys."""
+def clt_stepper(shape: dict, xs, ys, topk: bool, precision: str = "fp32"):
+    """One CLT training step (closure) on xs, ys, on their device, in ``precision``."""
     clt = CLT(config_of(shape, "clt_topk" if topk else "clt")).requires_grad_(False)
-    adam, ws, t = AdamState.zeros(dict(clt.named_parameters())), Workspace("cpu"), [0]
+    clt = clt.to(xs.device)
+    adam, ws, t = AdamState.zeros(dict(clt.named_parameters())), Workspace(str(xs.device)), [0]
+    gemm = gemm_dtype(precision, xs.dtype)
 
     def step():
         t[0] += 1
-        train_step(clt, adam, xs, ys, Hyper(LOSS, 1.0, t[0], 1e-4, (0.9, 0.999)), ws)
+        with gemm_mode(precision, xs.device):
+            h = Hyper(LOSS, 1.0, t[0], 1e-4, (0.9, 0.999), gemm=gemm)
+            train_step(clt, adam, xs, ys, h, ws)
 
     return step
 

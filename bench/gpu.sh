@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# gpt2-shaped transcoders (12 layers, d_model 768, random weights, nothing downloaded) at
-# every layer from one activation stream: prints tokens/s and peak GPU memory.
+# bf16 against fp32 on a CUDA GPU (bench/gpu.py): per-layer ReLU and TopK transcoders, a CLT
+# (ReLU and TopK) and the stream job, with peak memory; nothing downloaded (random weights).
+# The figures go to $OUT/gpu.json and $OUT/gpu.md (default bench/gpu-out/).
 #
-#   bench/gpu.sh            on a CUDA machine (under 5 minutes, start-up included)
-#   bench/gpu.sh --tiny     anywhere, tiny shapes on the CPU (the smoke test)
+#   bench/gpu.sh            on a CUDA machine (under 5 minutes on an H100, start-up included)
+#   bench/gpu.sh --tiny     anywhere: tiny shapes on the CPU, seconds (the smoke test)
 #
-# Options pass through to bench/gpu_stream.py (--steps N, --seconds S: training budget).
+# Options pass through to bench/gpu.py (--steps N, --stream-seconds S, --device D, --out DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
-exec timeout 295 python bench/gpu_stream.py "$@"
+exec timeout 295 python bench/gpu.py "$@"

@@ -39,6 +39,7 @@ from bench.stream import (  # noqa: E402
     transcoders,
 )
 from tcspec import budget, estimates  # noqa: E402
+from tcspec.compute import resolve_precision  # noqa: E402
 from tcspec.stream import ActivationStream, StreamConfig  # noqa: E402
 from tcspec.train import train_group  # noqa: E402
 
@@ -76,14 +77,16 @@ def forward_tokens_per_s(model, tokens, s: Shape, sync) -> float:
     return 5 * ids.numel() / (time.perf_counter() - t0)
 
 
-def run(s: Shape, device: str, dtype: torch.dtype, seconds: float) -> dict:
+def run(s: Shape, device: str, dtype: torch.dtype, seconds: float, precision="auto") -> dict:
+    """The stream job on ``device`` (the model in ``dtype``, the transcoders trained in
+    ``precision``): its throughput, peak memory and the plan's memory estimate."""
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     t_start = time.perf_counter()
     model = random_model(s, device, dtype)
     tokens = random_tokens(s, rows_for(s, s.steps))
     root = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
-    group = transcoders(s, root, range(s.layers), 1, dead_features="none")
+    group = transcoders(s, root, range(s.layers), 1, dead_features="none", precision=precision)
     config = StreamConfig(
         hooks=hooks_of(group),
         batch_size=s.batch_size,
@@ -116,6 +119,7 @@ def run(s: Shape, device: str, dtype: torch.dtype, seconds: float) -> dict:
                             for c in (m.config for m in group))  # fmt: skip # one token's
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "precision": resolve_precision(precision, device),
         "shape": s.name,
         "dictionaries": len(group),
         "d_sae": s.d_sae,

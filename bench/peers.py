@@ -67,8 +67,9 @@ def tcspec_step(
     out_key = IN if kind == "sae" else OUT
     cfg = CoderConfig(kind, d, d, d_sae, activation=opts.activation, k=opts.k)
     m = Member("bench", opts, cfg, IN, out_key, Path(tempfile.mkdtemp()), seed=0)
-    run = MemberRun(m, steps=10**6, batch_size=B, device="cpu")
-    ws = Workspace("cpu")
+    device = str(data[0][0].device)  # where the batches are: cpu, or cuda (bench/gpu.py)
+    run = MemberRun(m, steps=10**6, batch_size=B, device=device)
+    ws = Workspace(device)
     x0, y0 = data[0]
     run.init_biases(x0, x0 if kind == "sae" else y0)
     nxt, t = cycle(data), [0]

@@ -37,9 +37,24 @@ def test_gpu_job_runs_tiny_on_the_cpu(tmp_path):
     assert r["train_tokens_per_s"] > 0 and r["estimated_memory_gb"] > 0
 
 
-def test_gpu_script_smoke():
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    out = subprocess.run([str(ROOT / "bench" / "gpu.sh"), "--tiny", "--steps", "4"],
+def test_gpu_script_smoke(tmp_path):
+    """bench/gpu.sh at tiny shapes on the CPU: every measure in both precisions, its figures
+    in $OUT (gpu.json, gpu.md)."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "OUT": str(tmp_path)}
+    args = ["--tiny", "--steps", "2", "--warmup", "1", "--stream-steps", "4"]
+    out = subprocess.run([str(ROOT / "bench" / "gpu.sh"), *args],
                          capture_output=True, text=True, check=True, env=env)  # fmt: skip
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["steps"] == 4 and "tokens/s" in out.stdout
+    r = json.loads((tmp_path / "gpu.json").read_text())
+    measures = [
+        "per-layer relu",
+        "per-layer topk",
+        "CLT relu",
+        "CLT topk",
+        "stream (12 transcoders)",
+    ]
+    assert sorted((row["what"], row["precision"]) for row in r["rows"]) == sorted(
+        (m, p) for m in measures for p in ("fp32", "bf16")
+    )
+    assert all(row["tokens_per_s"] > 0 and row["peak_gb"] >= 0 for row in r["rows"])
+    assert sorted(r["bf16_over_fp32"]) == sorted(measures) and r["info"]["shapes"] == "tiny"
+    assert "| CLT topk | bf16 |" in (tmp_path / "gpu.md").read_text() and "gpu.json" in out.stdout
