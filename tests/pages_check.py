@@ -11,6 +11,11 @@ import pytest
 
 from tcspec import layout
 
+CT_FEATURE_KEYS = {
+    "transcoder_id", "index", "examples_quantiles", "top_logits", "bottom_logits", "act_min",
+    "act_max", "quantile_values", "histogram", "activation_frequency",
+}  # fmt: skip
+"""circuit-tracer's feature file (`frontend/feature_models.py`, FIELD.md section 9)."""
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -69,4 +74,5 @@ def assert_pages_complete(out: Path) -> None:
             assert (page / f"{f}.html").is_file()
             card = cards[f"{layer}_{f}"]
             assert card["examples_quantiles"][0]["examples"] and card["label"]
-            assert (out / scan / f"{n['feature']}.json").is_file()
+            page = json.loads((out / scan / f"{n['feature']}.json").read_text())
+            assert set(page) >= CT_FEATURE_KEYS and page["index"] == int(f)

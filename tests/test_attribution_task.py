@@ -142,3 +142,32 @@ def test_the_table_gathers_every_prompt(run):
     assert (frame["intervention_r_frozen"] > 0.99).all()
     index = (shown / "index.md").read_text()
     assert "Attribution graphs" in index
+
+
+def test_circuit_tracers_local_server_lists_and_opens_the_graphs(run):
+    """Where circuit-tracer is importable (it pins another TransformerLens, so usually in a
+    venv of its own): its local server, serving an attribution task's folder as its data
+    folder, lists the graphs and serves each graph and its features' files."""
+    import urllib.request
+
+    local_server = pytest.importorskip("circuit_tracer.frontend.local_server")
+    results, plan = run
+    out = plan.stage("circuits")[0].dir(results)
+    server = local_server.serve(data_dir=str(out), port=8041)
+    try:
+
+        def get(path):
+            with urllib.request.urlopen(f"http://localhost:8041{path}", timeout=10) as r:
+                return json.loads(r.read())
+
+        graphs = get("/data/graph-metadata.json")["graphs"]
+        assert graphs
+        for g in graphs:
+            data = get(f"/graph_data/{g['slug']}.json")
+            scan = data["metadata"]["scan"].removeprefix(".")
+            feature = next(
+                n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"
+            )
+            assert get(f"{scan}/{feature['feature']}.json")["examples_quantiles"]
+    finally:
+        server.stop()
