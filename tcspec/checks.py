@@ -112,25 +112,61 @@ def check_spec(spec: Spec) -> list[tuple[tuple, str]]:
 
 
 def sanity_warnings(spec: Spec) -> list[tuple[tuple, str]]:
-    """Settings that run but are likely mistakes: (location, message), for `tcspec check`
-    (errors with `--strict`). Warm-up longer than training; a batch larger than the data."""
+    """Settings that run but cannot act within the run, or are likely mistakes: (location,
+    message), for `tcspec check` (errors with `--strict`)."""
     out = []
     for name, d in spec.dictionaries.items():
-        if d.kind == "pretrained":
-            continue
-        base = ("dictionaries", name)
-        tokens = d.train_tokens or spec.data.train_tokens
-        steps = tokens // d.batch_size
-        if d.batch_size > spec.data.train_tokens:
-            out.append((base + ("batch_size",), f"batch of {d.batch_size} tokens is larger "
-                        f"than the cache (data.train_tokens {spec.data.train_tokens})"))  # fmt: skip
-        for field in ("lr_warmup_steps", "l1_warmup_steps"):
-            warmup = getattr(d, field)
-            if steps and warmup > steps:
-                out.append((base + (field,), f"{warmup} warm-up steps, but training takes "
-                            f"{steps} ({tokens} tokens / batch {d.batch_size}): it never "
-                            "reaches its full value"))  # fmt: skip
+        if d.kind != "pretrained":
+            out += [(("dictionaries", name) + loc, msg) for loc, msg in _run_warnings(spec, d)]
     return out
+
+
+def _run_warnings(spec: Spec, d) -> Found:
+    """A trained dictionary's settings that its run is too short for (or too small)."""
+    tokens = d.train_tokens or spec.data.train_tokens
+    steps = d.train_steps(spec.data.train_tokens)
+    run = f"training takes {steps} steps ({tokens} tokens / batch {d.batch_size})"
+    if d.batch_size > spec.data.train_tokens:
+        yield (
+            ("batch_size",),
+            (
+                f"batch of {d.batch_size} tokens is larger than the cache (data.train_tokens "
+                f"{spec.data.train_tokens})"
+            ),
+        )
+    if not steps:
+        return
+    for field in ("lr_warmup_steps", "l1_warmup_steps"):
+        warmup = getattr(d, field)
+        if warmup > steps:
+            yield (field,), f"{warmup} warm-up steps, but {run}: it never reaches its full value"
+    window = getattr(d, "dead_window", None)
+    if window is not None and window >= steps and d.uses_dead_window():
+        yield (
+            ("dead_window",),
+            (
+                f"dead window of {window} steps, but {run}: no feature can count as dead, so "
+                f"{_dead_users(d)} never acts; leave `dead_window` unset (a tenth of the run) "
+                "or shorten it"
+            ),
+        )
+    if "checkpoint_every" in d.model_fields_set and d.checkpoint_every >= steps:
+        yield (
+            ("checkpoint_every",),
+            (
+                f"a checkpoint every {d.checkpoint_every} steps, but {run}: none is written, so "
+                "a killed job starts over"
+            ),
+        )
+
+
+def _dead_users(d) -> str:
+    """What acts on a dictionary's dead features, in words."""
+    users = {"ghost_grads": "ghost grads", "aux_k": "the aux-k loss", "resample": "resampling"}
+    names = [users[d.dead_features]] if d.dead_features in users else []
+    if d.pre_act_coef is not None:
+        names.append("the pre-activation loss")
+    return " or ".join(names)
 
 
 def _check(spec: Spec) -> Found:
@@ -176,6 +212,8 @@ def _check(spec: Spec) -> Found:
     for i, c in enumerate(spec.circuits):
         d = spec.dictionaries.get(c.dictionary.name)
         # an imported dictionary's files say what it is: checked when the study loads it
+        if getattr(c, "mlp0_deembeddings", False) and d is not None and d.kind != CLT:
+            yield from _check_mlp0(spec, ("circuits", i), c, d)
         if d is not None and d.kind == CLT:
             yield from _check_clt_circuit(("circuits", i), c)
             yield from _check_one_point(("circuits", i, "dictionary"), c.dictionary, d)
@@ -215,6 +253,19 @@ def _check_probe(spec: Spec) -> Found:
                 ("probe", "dictionaries", i, "name"),
                 f"`{ref.name}` is a cross-layer transcoder; probing reads per-layer dictionaries",
             )
+
+
+def _check_mlp0(spec: Spec, loc: tuple, c, d) -> Found:
+    """The MLP0 de-embeddings go through the traced dictionary's layer-0 transcoder."""
+    layers = d.layers if d.layers is not None else spec.layers
+    ref_layer = c.dictionary.layer
+    if 0 not in layers or ref_layer not in (None, 0):
+        has = f"layer {ref_layer} is traced" if ref_layer not in (None, 0) else f"layers {layers}"
+        yield (
+            loc + ("mlp0_deembeddings",),
+            f"`mlp0_deembeddings` needs `{c.dictionary.name}` at layer 0 ({has}); add layer "
+            "0 or drop `mlp0_deembeddings`",
+        )
 
 
 def _check_clt_circuit(loc: tuple, c) -> Found:
@@ -392,6 +443,15 @@ def _check_dictionary(spec: Spec, name: str, d, dims: dict) -> Found:
     for k in _as_list(d.k) if d.k is not None else []:
         if k > min(widths):
             yield base + ("k",), f"k {k} exceeds d_sae {min(widths)}"
+    wide = [w for w in getattr(d, "matryoshka", None) or [] if w > min(widths)]
+    if wide:
+        yield (
+            base + ("matryoshka",),
+            (
+                f"prefix width {wide[0]} exceeds d_sae {min(widths)}: a prefix is at most the "
+                "dictionary's width (d_sae is the last prefix)"
+            ),
+        )
     if getattr(d, "ghost_residual", "output") == "input" and d_in != d_out:
         yield (
             base + ("ghost_residual",),

@@ -176,13 +176,15 @@ def _plan(args, stream_budget_mb: int | None = None, results: Path | None = None
 
 
 def cmd_check(args) -> int:
+    from dataclasses import replace
+
     from tcspec.checks import sanity_warnings
-    from tcspec.loader import format_path
+    from tcspec.loader import locate
 
     spec, plan = _plan(args)
-    warnings = sanity_warnings(spec)
-    for loc, message in warnings:
-        print(f"{args.spec}: {format_path(loc)}: warning: {message}", file=sys.stderr)
+    warnings = locate(args.spec, sanity_warnings(spec))
+    for w in warnings:
+        print(replace(w, message=f"warning: {w.message}"), file=sys.stderr)
     if warnings and args.strict:
         raise UserError(f"{args.spec}: {len(warnings)} warning(s) and --strict")
     if not args.skip_disk:

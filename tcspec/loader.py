@@ -507,3 +507,11 @@ def load_spec(path: str | Path) -> Spec:
     if isinstance(text, tuple):
         raise _located(str(path), text)
     return parse_spec(text, str(path), path.parent.resolve())
+
+
+def locate(path: str | Path, found: list[tuple[Loc, str]]) -> list[Problem]:
+    """Problems at their lines in the spec file at `path` (which `load_spec` accepted):
+    (path in the spec, message) pairs, e.g. `tcspec.checks.sanity_warnings`."""
+    text = spec_text.decode(Path(path).read_bytes())
+    locator = _Locator(yaml.compose(text, Loader=yaml.SafeLoader), str(path))
+    return _sorted([locator.problem(loc, msg) for loc, msg in found])

@@ -205,16 +205,34 @@ def test_task_unknown_to_the_store_is_one_line(tmp_path: Path, capsys):
     assert "no train task `nope`" in capsys.readouterr().err
 
 
-def test_warm_up_longer_than_training_warns_and_strict_fails(tmp_path: Path, capsys):
+def test_settings_the_run_is_too_short_for_warn_located_and_strict_fails(tmp_path: Path, capsys):
+    """A warm-up, a dead window or a checkpoint interval the run never reaches: a located
+    warning each (file:line:col: path: warning: ...), exit 0; with --strict, exit 2."""
     text = (ROOT / "tests" / "workflow" / "micro.yaml").read_text()
     spec = tmp_path / "warm.yaml"
-    spec.write_text(text.replace("lr_warmup_steps: 2", "lr_warmup_steps: 5000"))
+    text = text.replace("lr_warmup_steps: 2", "lr_warmup_steps: 5000")
+    text = text.replace("l1: 1.0e-3", "activation: topk\n    k: 4\n    dead_features: aux_k")
+    spec.write_text(
+        text.replace("checkpoint_every: 16", "checkpoint_every: 500\n    dead_window: 128")
+    )
     assert main(["check", "--skip-disk", str(spec)]) == 0
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
     # 8192 tokens / batch 64 = 128 steps
-    assert f"{spec}: dictionaries.tc.lr_warmup_steps: warning: 5000 warm-up steps, but " in err
-    assert "training takes 128" in err
+    run = "training takes 128 steps (8192 tokens / batch 64)"
+    assert err == [
+        f"{spec}:18:5: dictionaries.tc.lr_warmup_steps: warning: 5000 warm-up steps, but "
+        f"{run}: it never reaches its full value",
+        f"{spec}:20:5: dictionaries.tc.checkpoint_every: warning: a checkpoint every 500 "
+        f"steps, but {run}: none is written, so a killed job starts over",
+        f"{spec}:21:5: dictionaries.tc.dead_window: warning: dead window of 128 steps, but "
+        f"{run}: no feature can count as dead, so the aux-k loss never acts; leave "
+        "`dead_window` unset (a tenth of the run) or shorten it",
+    ]
     assert main(["check", "--skip-disk", "--strict", str(spec)]) == 2
+    capsys.readouterr()
+    spec.write_text(text)  # the dead window left to the run: 13 steps, no warning
+    assert main(["check", "--skip-disk", str(spec)]) == 0
+    assert "dead_window" not in capsys.readouterr().err
 
 
 def test_progress_in_a_log_file_is_plain_periodic_lines(tmp_path):

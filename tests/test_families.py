@@ -146,8 +146,9 @@ def test_jumprelu_pre_act_gradients_match_finite_differences():
 def test_batchtopk_gradients_match_autograd(kind, dead_mode):
     g = torch.Generator().manual_seed(2)
     S, d_out = 12, D_IN if kind == "sae" else 5
+    aux = {"aux_k": 4} if dead_mode == "aux_k" else {}
     opts = SPECS[kind](
-        kind=kind, d_sae=S, activation="batchtopk", k=3, dead_features=dead_mode, aux_k=4
+        kind=kind, d_sae=S, activation="batchtopk", k=3, dead_features=dead_mode, **aux
     )
     c = Coder(CoderConfig(kind, D_IN, d_out, S, "batchtopk", 3), seed=0).double()
     with torch.no_grad():
@@ -274,7 +275,7 @@ def test_matryoshka_gradients_match_autograd(kind, loss, activation):
     S, d_out = 12, D_IN if kind == "sae" else 5
     opts = SPECS[kind](
         kind=kind, d_sae=S, activation=activation, k=4, loss=loss, matryoshka=[3, 7],
-        dead_features="aux_k" if kind == "sae" else "none", aux_k=4,
+        **({"dead_features": "aux_k", "aux_k": 4} if kind == "sae" else {}),
     )  # fmt: skip
     c = Coder(CoderConfig(kind, D_IN, d_out, S, activation, 4), seed=0).double()
     with torch.no_grad():

@@ -110,7 +110,8 @@ def test_hand_written_gradients_match_autograd(kind, act, loss, dead_mode):
     """The hot path's gradients equal autograd's on the documented loss (float64)."""
     g = torch.Generator().manual_seed(0)
     S, d_out = 12, D_IN if kind == "sae" else 5
-    opts = SPECS[kind](kind=kind, d_sae=S, loss=loss, dead_features=dead_mode, aux_k=4, **act)
+    aux = {"aux_k": 4} if dead_mode == "aux_k" else {}
+    opts = SPECS[kind](kind=kind, d_sae=S, loss=loss, dead_features=dead_mode, **aux, **act)
     cfg = CoderConfig(kind, D_IN, d_out, S, act.get("activation", "relu"), act.get("k"))
     c = Coder(cfg, seed=0).double()
     with torch.no_grad():

@@ -313,10 +313,10 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dic
     ``upstream``: its deps (the cache, or the model and tokens a stream reads)."""
     in_hook, out_hook = dictionary_hooks(d)
     d_in, d_out = hook_width(in_hook, dims), hook_width(out_hook, dims)
-    steps = (d.train_tokens or spec.data.train_tokens) // d.batch_size
+    steps = d.train_steps(spec.data.train_tokens)
     tasks = []
     for point in sweep_points(d):
-        opts = member_opts(spec, d, point)
+        opts = member_opts(spec, d, point).for_run(steps)
         d_sae = opts.d_sae if opts.d_sae is not None else opts.expansion * d_in
         config = TrainedMemberConfig(
             opts=opts, layer=layer, d_in=d_in, d_out=d_out, d_sae=d_sae, steps=steps,
@@ -334,7 +334,7 @@ def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Tas
     stage `clt`)."""
     layers = tuple(d.layers if d.layers is not None else spec.layers)
     d_model = hook_width(d.in_hook, dims)
-    steps = (d.train_tokens or spec.data.train_tokens) // d.batch_size
+    steps = d.train_steps(spec.data.train_tokens)
     tasks = []
     for point in sweep_points(d):
         opts = member_opts(spec, d, point)

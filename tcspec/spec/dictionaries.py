@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Self, Union
 
 from pydantic import (
     Field,
@@ -37,8 +37,13 @@ from tcspec.spec.base import (
     Sweep,
 )
 
-
 # --------------------------------------------------------------------------- dictionaries
+DEAD_WINDOW_FRACTION = 0.1
+"""`dead_window: null`: the dead window is this fraction of the run's steps..."""
+DEAD_WINDOW_CAP = 5000
+"""...and at most this many steps (the paper's window)."""
+
+
 def _activations(names: tuple[str, ...]) -> str:
     """("topk", "batchtopk") -> "`activation: topk` or `batchtopk`"."""
     return " or ".join([f"`activation: {names[0]}`", *(f"`{n}`" for n in names[1:])])
@@ -67,6 +72,11 @@ class _Schedule(Frozen):
     where the CPU has `avx512_bf16`, ~100x slower where it has not). Resolved when the plan is
     compiled, for the spec's `device` (`device: auto`: whether the compiling machine has
     CUDA); the resolved precision is part of the train task's id."""
+
+    def train_steps(self, data_tokens: int) -> int:
+        """Optimizer steps of a run: its tokens (`train_tokens`, else the data's
+        `data_tokens`) over `batch_size`."""
+        return (self.train_tokens or data_tokens) // self.batch_size
 
 
 class _DictionaryBase(_Schedule):
@@ -100,8 +110,11 @@ class _DictionaryBase(_Schedule):
     dead_features: Literal["none", "ghost_grads", "resample", "aux_k"] = "none"
     """Dead-feature handling: none (paper), ghost grads (released example script), periodic
     resampling, or the TopK auxiliary loss."""
-    dead_window: PosInt = 5000
-    """Steps without firing after which a feature counts as dead (ghost grads, resampling)."""
+    dead_window: PosInt | None = None
+    """Steps without firing after which a feature counts as dead, for the dead-feature
+    remedies (ghost grads, aux-k; `resample` re-initializes every `dead_window` steps) and
+    JumpReLU's pre-activation loss. None: a tenth of the run's steps, at most 5,000 (where
+    none of those uses it, 5,000: the training curve's `dead` count)."""
     ghost_residual: Literal[GHOST_RESIDUALS] = "output"  # type: ignore[valid-type]
     """Ghost grads: the residual the dead features' ghost output is fit to: `output`,
     y - y_hat (the dictionary's target side), or `input`, x - y_hat (the paper's released
@@ -191,6 +204,19 @@ class _DictionaryBase(_Schedule):
             raise FieldError("zip", f"zipped axes must have equal lengths: {sizes} values")
         return self
 
+    def uses_dead_window(self) -> bool:
+        """Whether a loss term or resampling acts on the dead features."""
+        return self.dead_features != "none" or self.pre_act_coef is not None
+
+    def for_run(self, steps: int) -> Self:
+        """These options with what a run of `steps` decides filled in: `dead_window`."""
+        if self.dead_window is not None:
+            return self
+        window = DEAD_WINDOW_CAP
+        if self.uses_dead_window():
+            window = min(DEAD_WINDOW_CAP, max(1, round(DEAD_WINDOW_FRACTION * steps)))
+        return self.model_copy(update={"dead_window": window})
+
     @model_validator(mode="after")
     def _check_jumprelu(self):
         """The JumpReLU penalty options only where they act."""
@@ -201,6 +227,29 @@ class _DictionaryBase(_Schedule):
             raise FieldError("pre_act_coef", f"`pre_act_coef` {only}")
         if self.penalty != "tanh" and self.tanh_scale != _default(self, "tanh_scale"):
             raise FieldError("tanh_scale", "`tanh_scale` only applies to `penalty: tanh`")
+        return self
+
+    @model_validator(mode="after")
+    def _check_unread(self):
+        """An option that nothing in this dictionary's training reads is an error when set
+        away from its default, not silently ignored."""
+        jumprelu = (self.activation == "jumprelu", "`activation: jumprelu`")
+        aux_k = (self.dead_features == "aux_k", "`dead_features: aux_k`")
+        for field, (applies, where) in {
+            "l0_coef": jumprelu,
+            "jumprelu_bandwidth": jumprelu,
+            "jumprelu_init_threshold": jumprelu,
+            "jumprelu_threshold_lr": jumprelu,
+            "batchtopk_threshold_lr": (self.activation == "batchtopk", "`activation: batchtopk`"),
+            "aux_k": aux_k,
+            "aux_k_coef": aux_k,
+            "lr_decay_start": (self.lr_decay != "none", "`lr_decay: linear` or `cosine`"),
+            "l1_warmup_steps": (_positive(self.l1), "a positive `l1`"),
+        }.items():
+            if not applies and getattr(self, field) != _default(self, field):
+                raise FieldError(
+                    field, f"`{field}` only applies to {where}: here it changes nothing"
+                )
         return self
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +48,7 @@ class MemberRun:
     """Training state of one member; `state_dict` lists the state once, by component."""
 
     def __init__(self, m: Member, steps: int, batch_size: int, device):
+        m = replace(m, opts=m.opts.for_run(steps))  # what the run's length decides
         self.member, self.steps, self.batch_size = m, steps, batch_size
         self.device = device
         self.precision = resolve_precision(m.opts.precision, device)  # fp32 | tf32 | bf16
@@ -129,7 +130,8 @@ class MemberRun:
         self.sync_threshold()
         fired = codes.fired(ws)  # [S] tokens each feature fired on
         self.firing.update(fired, o.density_window)
-        if o.dead_features == "resample" and (step + 1) % o.dead_window == 0:
+        last = step + 1 == self.steps  # features resampled then would never train
+        if o.dead_features == "resample" and (step + 1) % o.dead_window == 0 and not last:
             self.resample(x, y, e)
         self.log.last = dict(terms) | {"l0": fired.sum() / x.shape[0], "lr": lr}
 
