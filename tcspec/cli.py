@@ -270,6 +270,11 @@ def cmd_task(args) -> int:
     # using fewer threads when the machine is busy (a different split of every reduction)
     os.environ.setdefault("MKL_DYNAMIC", "FALSE")
     os.environ.setdefault("OMP_DYNAMIC", "FALSE")
+    # idle OpenMP threads sleep instead of spinning (read when torch loads its OpenMP): with
+    # spinning, a 2-thread job on a machine with other work waits out a scheduler slice at
+    # every op's barrier (the toy model's step: 2.7-14.6 s against 0.42-0.65 s sleeping,
+    # measured beside other jobs on 2 cores); the same arithmetic, so the same weights
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from tcspec.tasks import device_from_env, load_task, run_task
 
     plain_progress()

@@ -79,8 +79,10 @@ def target(kind: str, results: Path, plan) -> Target:
 def copy(micro_attribution_run, tmp_path, monkeypatch):
     """A private copy of the finished run, and its plan; the environment a job sets for
     itself (`tcspec task` in this process) is restored after the test."""
-    for name in ("MKL_DYNAMIC", "OMP_DYNAMIC", "TQDM_MININTERVAL"):
-        monkeypatch.setenv(name, os.environ.get(name, "FALSE" if "DYN" in name else "15"))
+    job_env = {"MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE", "TQDM_MININTERVAL": "15",
+               "OMP_WAIT_POLICY": "PASSIVE"}  # fmt: skip
+    for name, value in job_env.items():
+        monkeypatch.setenv(name, os.environ.get(name, value))
     base, plan = micro_attribution_run
     return harness.copy_results(base, tmp_path / "results"), plan
 
