@@ -1,7 +1,9 @@
 """Semantic checks of a validated spec: what pydantic's field types cannot see.
 
 Each check yields ``(path, message)``; the loader turns paths into file locations.
-Model dimensions come from offline sources only (toy recipe, local checkpoint, catalog).
+Model dimensions come from offline sources only: the toy recipe, a local checkpoint, a
+pretrained model's config.json in the local Hugging Face cache, else tcspec's catalog (and a
+cached config that disagrees with the catalog is an error: the cached model is what runs).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from tcspec import prechecks
 from tcspec.hooks import BLOCK_HOOKS, SYNTHETIC_HOOKS, hook_width
 from tcspec.kinds import CLT
 from tcspec.models import catalog
@@ -41,18 +44,54 @@ def model_dims(model) -> dict:
             d_head=model.d_model, n_ctx=None, d_vocab=0, parallel_attn_mlp=False,
         )  # fmt: skip
     if model.kind == "pretrained":
-        dims = catalog.lookup(model.name)
-        if dims is None:
-            import difflib
-
-            close = difflib.get_close_matches(model.name, catalog.known_names(), n=1)
-            hint = f"did you mean `{close[0]}`? " if close else ""
-            raise DimsUnknown(
-                f"model `{model.name}` is not in tcspec's offline catalog; {hint}"
-                "use `kind: checkpoint` with a local folder for other models"
-            )
-        return dict(dims)
+        return pretrained_dims(model.name)
     return checkpoint_dims(model.path)
+
+
+def pretrained_dims(name: str) -> dict:
+    """Dims of a pretrained model: its cached config.json's, checked against the catalog's."""
+    known, (cached, file) = catalog.lookup(name), cached_config(name)
+    if cached is not None:
+        dims = hf_config_dims(cached, file)
+        differ = [k for k in DIMS_COMPARED if known and k in dims and dims[k] != known[k]]
+        if differ:
+            have = ", ".join(f"{k} {dims[k]}" for k in differ)
+            want = ", ".join(f"{k} {known[k]}" for k in differ)
+            raise DimsUnknown(
+                f"the local Hugging Face cache's `{name}` ({file}) has {have}, but `{name}` "
+                f"has {want} (tcspec's catalog): the cached model is what would run; use it as "
+                f"`kind: checkpoint, path: {file.parent}`, or replace the cached copy"
+            )
+        return (dict(known) if known else {}) | dims
+    if known is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, catalog.known_names(), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        raise DimsUnknown(
+            f"model `{name}` is neither in the local Hugging Face cache nor in tcspec's "
+            f"offline catalog; {hint}use `kind: checkpoint` with a local folder for other models"
+        )
+    return dict(known)
+
+
+DIMS_COMPARED = ("n_layers", "d_model", "d_mlp", "n_heads")
+"""The dims a cached config and the catalog must agree on."""
+
+
+def cached_config(name: str) -> tuple[dict | None, Path | None]:
+    """The config.json of a pretrained model in the local Hugging Face cache (read only,
+    never downloaded), and its path; (None, None) when it is not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for repo in catalog.hub_ids(name):
+        try:
+            found = try_to_load_from_cache(repo, "config.json")
+        except ValueError:  # not a valid repository id
+            continue
+        if isinstance(found, str):
+            return _read_json(Path(found)), Path(found)
+    return None, None
 
 
 def checkpoint_dims(path: Path) -> dict:
@@ -63,24 +102,33 @@ def checkpoint_dims(path: Path) -> dict:
         return _read_json(path / "model.json")["cfg"]
     if not (path / "config.json").exists():
         raise DimsUnknown(f"no model.json or config.json in {path}")
-    cfg = _read_json(path / "config.json")
+    return hf_config_dims(_read_json(path / "config.json"), path / "config.json")
+
+
+def hf_config_dims(cfg: dict, file: Path) -> dict:
+    """Dims from a Hugging Face config.json (GPT-2, GPT-NeoX and Llama-style names)."""
 
     def first(*keys, default=None):
         return next((cfg[k] for k in keys if k in cfg), default)
 
     d_model = first("n_embd", "hidden_size", "d_model")
     n_layers = first("n_layer", "num_hidden_layers")
-    if not isinstance(d_model, int) or not isinstance(n_layers, int):
-        raise DimsUnknown(
-            f"{path / 'config.json'} gives no n_layer/num_hidden_layers or n_embd/hidden_size"
-        )
-    return dict(
+    if not _count(d_model) or not _count(n_layers):
+        raise DimsUnknown(f"{file} gives no n_layer/num_hidden_layers or n_embd/hidden_size")
+    dims = dict(
         n_layers=n_layers,
         d_model=d_model,
         d_mlp=first("n_inner", "intermediate_size") or 4 * d_model,
+        n_heads=first("n_head", "num_attention_heads"),
+        d_vocab=first("vocab_size"),
         n_ctx=first("n_positions", "max_position_embeddings"),
         parallel_attn_mlp=bool(first("use_parallel_residual", default=False)),
     )
+    return {k: v for k, v in dims.items() if v is not None}
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _exists(path: Path) -> bool:
@@ -113,8 +161,14 @@ def check_spec(spec: Spec) -> list[tuple[tuple, str]]:
 
 def sanity_warnings(spec: Spec) -> list[tuple[tuple, str]]:
     """Settings that run but cannot act within the run, or are likely mistakes: (location,
-    message), for `tcspec check` (errors with `--strict`)."""
+    message), for `tcspec check` (errors with `--strict`); and a target whose tokens cannot
+    be checked yet."""
     out = []
+    entries = prechecks.target_entries(spec)
+    if entries and spec.model.kind != "synthetic" and prechecks.model_tokenizer(spec) is None:
+        out += [(("circuits", i, "target"), "the model's tokenizer is not on this machine (not "
+                 "in the local Hugging Face cache): the target's tokens are checked when the "
+                 "circuits job loads the model") for i, _ in entries]  # fmt: skip
     for name, d in spec.dictionaries.items():
         if d.kind != "pretrained":
             out += [(("dictionaries", name) + loc, msg) for loc, msg in _run_warnings(spec, d)]
@@ -207,8 +261,15 @@ def _check(spec: Spec) -> Found:
     if spec.probe:
         refs += [(("probe", "dictionaries", i), r) for i, r in enumerate(spec.probe.dictionaries)]
         yield from _check_probe(spec)
+    refs += [
+        (("export", i, "dictionaries", j), r)
+        for i, e in enumerate(spec.export)
+        for j, r in enumerate(e.dictionaries)
+    ]
     for loc, ref in refs:
         yield from _check_ref(spec, loc, ref)
+    yield from prechecks.check_exports(spec, dims)
+    yield from prechecks.check_targets(spec)
     for i, c in enumerate(spec.circuits):
         d = spec.dictionaries.get(c.dictionary.name)
         # an imported dictionary's files say what it is: checked when the study loads it

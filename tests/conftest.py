@@ -8,7 +8,7 @@ tiny GPT-2 stands in for ``gpt2`` in a temporary Hugging Face cache.
 - ``tiny_gpt2_dir``: a local Hugging Face GPT-2 folder (2 layers, d_model 64) with that
   tokenizer; ``tiny_gpt2_hf`` is the same model loaded with ``transformers``.
 - ``gpt2_hf_cache``: a Hugging Face cache holding that folder as ``gpt2``
-  (``hub/models--gpt2/snapshots/<hash>/``), made the session's cache; returns ``HF_HOME``.
+  (``hub/models--gpt2/snapshots/<hash>/``), made the test's cache; returns ``HF_HOME``.
 - ``toy_model_dir``: a toy model folder trained for a few steps with tiny dims.
 - ``micro_attribution_run``: tests/workflow/micro_attribution.yaml run to its end in this
   process, task by task as its Snakemake jobs would run (read it; copy it to change it).
@@ -71,11 +71,8 @@ def tiny_gpt2_hf(tiny_gpt2_dir):
 
 
 @pytest.fixture(scope="session")
-def gpt2_hf_cache(tmp_path_factory, tiny_gpt2_dir):
-    """Make a temporary Hugging Face cache, holding the tiny GPT-2 as ``gpt2``, the
-    session's cache; yields its ``HF_HOME``."""
-    import huggingface_hub.constants as hf_constants
-
+def gpt2_hf_home(tmp_path_factory, tiny_gpt2_dir) -> Path:
+    """A Hugging Face home whose hub cache holds the tiny GPT-2 as ``gpt2``."""
     home = tmp_path_factory.mktemp("hf_home")
     repo = home / "hub" / "models--gpt2"
     files = sorted(p for p in tiny_gpt2_dir.iterdir() if p.is_file())
@@ -86,14 +83,22 @@ def gpt2_hf_cache(tmp_path_factory, tiny_gpt2_dir):
         shutil.copy(path, snapshot / path.name)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(digest)
+    return home
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HOME", str(home))
-        mp.setenv("HF_HUB_CACHE", str(home / "hub"))
-        mp.setattr(hf_constants, "HF_HOME", str(home))
-        mp.setattr(hf_constants, "HF_HUB_CACHE", str(home / "hub"))
-        mp.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-        yield home
+
+@pytest.fixture
+def gpt2_hf_cache(gpt2_hf_home, monkeypatch):
+    """Make ``gpt2_hf_home`` the test's Hugging Face cache (only this test's: later tests
+    see the machine's cache again); returns its ``HF_HOME``."""
+    import huggingface_hub.constants as hf_constants
+
+    home = gpt2_hf_home
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(home))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    return home
 
 
 @pytest.fixture(scope="session")

@@ -98,10 +98,11 @@ def export_circuit_tracer(
 ) -> Path:
     """Write `clt` as a circuit-tracer CLT folder at `out` (replaced whole, atomically)."""
     cfg, out = clt.cfg, Path(out)
-    if cfg.blocks != tuple(range(cfg.n_layers)):
-        raise ValueError(
-            f"circuit-tracer's CLT spans blocks 0..n-1; this one sits at {list(cfg.blocks)}"
-        )
+    from tcspec.interop.export import set_refusal  # the one statement of the layout's limits
+
+    why = set_refusal(list(cfg.blocks))
+    if why:
+        raise ValueError(why)
     if cfg.activation == "topk" and not allow_topk:
         raise ValueError(
             "circuit-tracer's CrossLayerTranscoder is ReLU or JumpReLU: it would run this TopK "

@@ -51,6 +51,7 @@ from tcspec.atomic import atomic_write as _atomic
 from tcspec.coders import Coder
 from tcspec.hooks import split_name
 from tcspec.interop.tensors import PRE_BIAS_FILE, fold_pre_bias, pre_bias_tensors
+from tcspec.kinds import CLT, THRESHOLD_ACTIVATIONS
 
 TARGETS = ("saelens", "sparsify", "circuit-tracer")
 
@@ -108,9 +109,40 @@ def _enc_bias_without_pre_bias(coder: Coder) -> Tensor:
     return fold_pre_bias(coder.W_enc.detach(), coder.b_enc.detach(), coder.b_dec.detach())
 
 
-def _refuse(coder: Coder, to: str, why: str) -> None:
-    name = f"{coder.cfg.kind} ({coder.cfg.activation})"
-    raise ValueError(f"cannot export a {name} to {to}: {why}")
+def refusal(to: str, kind: str, activation: str, d_in: int, d_out: int) -> str | None:
+    """Why the format `to` cannot hold a dictionary of this kind (a `KINDS` one or a CLT),
+    activation and widths; None when it can. The one statement of each format's limits:
+    the exporters refuse by it, and `tcspec check` asks it before anything is trained."""
+    if kind == CLT and to != "circuit-tracer":
+        return "a cross-layer transcoder is written in circuit-tracer's format only"
+    if to == "saelens" and kind != "sae" and activation == "topk":
+        return "SAELens has no TopK transcoder architecture"
+    if to == "sparsify" and activation in THRESHOLD_ACTIVATIONS:
+        return "sparsify has no thresholds (JumpReLU, BatchTopK)"
+    if to == "circuit-tracer" and kind == "sae":
+        return "circuit-tracer takes transcoders only"
+    if to != "saelens" and d_in != d_out:
+        return f"{to} needs d_out == d_in, got {d_out} != {d_in}"
+    return None
+
+
+def set_refusal(layers: list[int]) -> str | None:
+    """Why circuit-tracer cannot load a set (or a CLT) at these layers; None when it can."""
+    if not layers or list(layers) != list(range(len(layers))):
+        return f"circuit-tracer needs every layer 0..n-1, got layers {list(layers)}"
+    return None
+
+
+def _refuse(coder: Coder, to: str, why: str | None) -> None:
+    """A ValueError naming the dictionary and the format when there is a reason `why`."""
+    if why:
+        name = f"{coder.cfg.kind} ({coder.cfg.activation})"
+        raise ValueError(f"cannot export a {name} to {to}: {why}")
+
+
+def _refuse_unfit(coder: Coder, to: str, where: str | None = None) -> None:
+    cfg = coder.cfg
+    _refuse(coder, where or to, refusal(to, cfg.kind, cfg.activation, cfg.d_in, cfg.d_out))
 
 
 def _thresholds(coder: Coder, to: str) -> dict[str, Tensor]:
@@ -147,8 +179,7 @@ def _export_saelens(
     prepend_bos: bool,
 ) -> list[Path]:
     cfg = coder.cfg
-    if cfg.kind != "sae" and cfg.activation == "topk":
-        _refuse(coder, "saelens", "SAELens has no TopK transcoder architecture")
+    _refuse_unfit(coder, "saelens")
     if not cfg.in_hook or (cfg.kind != "sae" and not cfg.out_hook):
         _refuse(coder, "saelens", "SAELens needs the hook names (in_hook/out_hook)")
     if cfg.thresholded:
@@ -201,10 +232,7 @@ def _export_sparsify(
     coder: Coder, out: Path, *, model_name: str, context_size: int, dataset: str | None
 ) -> list[Path]:
     cfg = coder.cfg
-    if cfg.thresholded:
-        _refuse(coder, "sparsify", "sparsify has no thresholds (JumpReLU, BatchTopK)")
-    if cfg.d_out != cfg.d_in:
-        _refuse(coder, "sparsify", f"sparsify needs d_out == d_in, got {cfg.d_out} != {cfg.d_in}")
+    _refuse_unfit(coder, "sparsify")
     k = cfg.k if cfg.activation == "topk" else cfg.d_sae  # k = d_sae: plain ReLU
     sp_cfg = {
         "activation": "topk",
@@ -246,22 +274,16 @@ def _export_sparsify(
 def _set_hooks(coders_by_layer: dict[int, Coder], layers: list[int]) -> tuple[str, str]:
     """The (in, out) hooks, relative to a block, of a set circuit-tracer can load; a
     ValueError naming the layer for anything it cannot."""
-    if not layers or layers != list(range(len(layers))):
-        raise ValueError(
-            f"circuit-tracer needs a transcoder for every layer 0..n-1, got layers {layers}"
-        )
+    why = set_refusal(layers)
+    if why:
+        raise ValueError(why)
     first = coders_by_layer[0].cfg
     hooks = set()
     for layer in layers:
         coder = coders_by_layer[layer]
         cfg = coder.cfg
         where = f"circuit-tracer, layer {layer}"
-        if cfg.kind == "sae":
-            _refuse(coder, where, "circuit-tracer takes transcoders only")
-        if cfg.d_in != cfg.d_out:
-            _refuse(
-                coder, where, f"circuit-tracer needs d_in == d_out, got {cfg.d_in}, {cfg.d_out}"
-            )
+        _refuse_unfit(coder, "circuit-tracer", where)
         if cfg.layer is not None and cfg.layer != layer:
             raise ValueError(f"{where}: the dictionary belongs to layer {cfg.layer}")
         same = ("skip", "d_sae", "activation", "k")

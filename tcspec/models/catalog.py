@@ -54,12 +54,21 @@ ALIASES: dict[str, str] = (
     {"gpt2-small": "gpt2"}
     | {f"EleutherAI/{n}": n for n in CATALOG if n.startswith("pythia")}
     | {f"openai-community/{n}": n for n in CATALOG if n.startswith("gpt2")}
+    | {"google/gemma-2-2b": "gemma-2-2b"}
 )
 
 
 def lookup(name: str) -> dict | None:
     """Dims of a TransformerLens model name or alias, or None when not in the catalog."""
     return CATALOG.get(ALIASES.get(name, name))
+
+
+def hub_ids(name: str) -> list[str]:
+    """The Hugging Face repository ids a TransformerLens name may be cached under: the name
+    itself, then the organisation-qualified aliases of its catalog entry."""
+    canonical = ALIASES.get(name, name)
+    qualified = [a for a, n in ALIASES.items() if n == canonical and "/" in a]
+    return list(dict.fromkeys([name, canonical, *qualified]))
 
 
 def known_names() -> list[str]:

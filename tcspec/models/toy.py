@@ -286,6 +286,14 @@ def _train_steps(model, train: Tensor, opt_cfg: ToyTraining, fixed, bar: tqdm) -
     return loss.item()
 
 
+def recipe_tokenizer(recipe: str, seed: int) -> PreTrainedTokenizerFast:
+    """The tokenizer of a toy model of ``recipe`` trained with ``seed`` (deterministic: the
+    same BPE is trained on the same documents)."""
+    rec = get_recipe(recipe)
+    mix = dict(task_fraction=rec.task_fraction, family_weights=rec.family_weights)
+    return train_tokenizer(toy_documents(seed, **mix), rec.vocab_size)
+
+
 def train_toy_model(
     out_dir: Path,
     *,
@@ -318,8 +326,7 @@ def train_toy_model(
     given = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, weight_decay=weight_decay)
     opt_cfg = replace(rec.training, **{k: v for k, v in given.items() if v is not None})
     start = time.perf_counter()
-    mix = dict(task_fraction=rec.task_fraction, family_weights=rec.family_weights)
-    tokenizer = train_tokenizer(toy_documents(seed, **mix), rec.vocab_size)
+    tokenizer = recipe_tokenizer(recipe, seed)
     data = _corpus(tokenizer, rec, seed, opt_cfg.steps * opt_cfg.batch, n_ctx)
     arch = dict(
         n_layers=n_layers, d_model=d_model, d_mlp=d_mlp, d_head=d_model // n_heads,
