@@ -6,7 +6,15 @@ L - l layers), so they grow with L^2 / 2 while the encoders grow with L:
 
     params      = L d F (encoders) + F d L (L + 1) / 2 (decoders) + L F + L d (biases)
                   (+ L d^2 skip) (+ L F thresholds)
-    flops/step  = 6 B F d (L + L (L + 1) / 2)     forward + backward of every matmul (2 + 4)
+    flops/step  = 6 B F d (L + P)                 P = L (L + 1) / 2 decoder blocks; ReLU,
+                                                  JumpReLU: per block the decoder forward,
+                                                  d a and d W_dec (2 + 2 + 2); per layer the
+                                                  encoder forward, again in the backward
+                                                  (not held), and d W_enc (2 + 2 + 2)
+                = 2 B d (F L + s k (L + 3 P))     TopK: the dense encoder forward; the rest
+                                                  over the k active features, each FLOP of
+                                                  those gathers counted s = SPARSE_COST times
+                                                  (the FLOPs a time estimate needs)
     train bytes = 4 bytes x (3 params              weights and two Adam moments (fp32)
                   + 2 F L d                         one gradient at a time (the largest is
                                                     W_dec[0]'s) and Adam's scratch
@@ -14,6 +22,7 @@ L - l layers), so they grow with L^2 / 2 while the encoders grow with L:
                                                     its gradient and one temporary
                   + A B F)                          one layer's activations at a time:
                                                     A = 3 ReLU, 6 JumpReLU, 2 TopK (sparse)
+                  (bf16: + 4 F L d + 4 L B d bytes: bfloat16 copies of a decoder and of g)
 
 `tcspec.clt.step` holds no [L, B, F] tensor: dense layers' activations are computed again
 in the backward, sparse ones are kept as (index, value) pairs (L B k of them for TopK). As
@@ -34,6 +43,9 @@ from tcspec.clt.model import CLTConfig
 FP32 = 4
 ACTIVATION_BUFFERS = {"relu": 3, "jumprelu": 6, "topk": 2}
 """[B, F] work buffers a layer's forward and backward hold at once, by activation."""
+SPARSE_COST = 32
+"""Dense-GEMM FLOPs that one FLOP of the sparse products costs in time (they gather rows
+and are bound by memory): measured at the gpt2-like shape (bench/RESULTS.md)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,8 @@ class CLTCost:
     decoder_params: int
     """Of which decoder weights (F d L (L + 1) / 2)."""
     flops_per_step: int
-    """Matmul FLOPs of one training step (forward + backward)."""
+    """Matmul FLOPs of one training step (forward + backward), the sparse products' counted
+    at `SPARSE_COST` (what a time estimate at the device's GEMM rate needs)."""
     flops: int
     """flops_per_step x steps."""
     train_bytes: int
@@ -71,16 +84,21 @@ def param_count(cfg: CLTConfig) -> int:
     return n
 
 
-def clt_cost(cfg: CLTConfig, batch_size: int, steps: int) -> CLTCost:
-    """Parameters, FLOPs and training memory of `steps` steps of `batch_size` tokens."""
+def clt_cost(cfg: CLTConfig, batch_size: int, steps: int, precision: str = "fp32") -> CLTCost:
+    """Parameters, FLOPs and training memory of `steps` steps of `batch_size` tokens in
+    `precision` (fp32, tf32 or bf16)."""
     if batch_size <= 0 or steps < 0:
         raise ValueError(f"need batch_size > 0 and steps >= 0, got {batch_size}, {steps}")
     L, d, F, B = cfg.n_layers, cfg.d_model, cfg.d_sae, batch_size
     pairs = L * (L + 1) // 2  # (source, target) layer pairs
-    flops_step = 6 * B * F * d * (L + pairs)
+    if cfg.activation == "topk":
+        flops_step = 2 * B * d * (F * L + SPARSE_COST * cfg.k * (L + 3 * pairs))
+    else:
+        flops_step = 6 * B * F * d * (L + pairs)
     flops_step += 6 * B * d * d * L if cfg.skip else 0
     params = param_count(cfg)
     work = 2 * F * L * d + 6 * L * B * d + ACTIVATION_BUFFERS[cfg.activation] * B * F
+    work += (F * L * d + L * B * d) if precision == "bf16" else 0
     return CLTCost(
         params=params,
         decoder_params=decoder_params(cfg),

@@ -126,7 +126,7 @@ class Sizer:
         from tcspec.clt.cost import clt_cost
         from tcspec.plan import clt_shape
 
-        cost = clt_cost(clt_shape(c), c.opts.batch_size, c.steps)
+        cost = clt_cost(clt_shape(c), c.opts.batch_size, c.steps, c.opts.precision)
         tokens, L = c.steps * c.opts.batch_size, len(c.layers)
         if c.stream is None:
             read = tokens * 2 * L * c.d_model * self.cache_bytes
