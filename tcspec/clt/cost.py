@@ -25,9 +25,10 @@ L - l layers), so they grow with L^2 / 2 while the encoders grow with L:
                   (bf16: + 4 F L d + 4 L B d bytes: bfloat16 copies of a decoder and of g)
 
 `tcspec.clt.step` holds no [L, B, F] tensor: dense layers' activations are computed again
-in the backward, sparse ones are kept as (index, value) pairs (L B k of them for TopK). As
-measured (bench/RESULTS.md, "Cross-layer transcoder"; peak RSS above the process's, fp32,
-CPU) at L 12, d 768, F 8192, B 4096: see `MEASURED` there; this estimate is within ~5%.
+in the backward, sparse ones are kept as (index, value) pairs (L B k of them for TopK).
+Measured (`bench/clt.py`, peak RSS above the process's, fp32, CPU) at L 12, d 768, F 1024,
+B 512: ReLU 999 MB (this estimate 997), TopK k 8 1,042 MB (995); bench/RESULTS.md has the
+gpt2-like shape.
 
 Per-layer transcoders of the same width for comparison (`per_layer_flops_per_step`):
 6 B F d 2 L (each writes one layer): the CLT's step costs (L + L (L + 1) / 2) / (2 L) =
@@ -45,7 +46,10 @@ ACTIVATION_BUFFERS = {"relu": 3, "jumprelu": 6, "topk": 2}
 """[B, F] work buffers a layer's forward and backward hold at once, by activation."""
 SPARSE_COST = 32
 """Dense-GEMM FLOPs that one FLOP of the sparse products costs in time (they gather rows
-and are bound by memory): measured at the gpt2-like shape (bench/RESULTS.md)."""
+and are bound by memory). Measured on 2 Zen 4 cores: 17 per CPU-second for one decoder at
+B 1,024, F 8,192, k 64 (embedding_bag, sampled_addmm and the transposed embedding_bag
+against torch.mm); ~60 over a whole TopK step at L 12, F 1,024, B 512 under load 10,
+where its many small ops wait on the busy cores."""
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,7 @@ class CLT(nn.Module):
 
     def decoder_norms(self) -> Tensor:
         """||W_dec[l][i]|| over all the layers feature (l, i) writes to: [L, F]."""
-        return torch.stack([W.square().sum((1, 2)).sqrt() for W in self.W_dec])
+        return torch.stack([torch.linalg.vector_norm(W, dim=(1, 2)) for W in self.W_dec])
 
     def per_layer_decoder_norms(self) -> list[Tensor]:
         """Where each feature writes: [F, L - l] norms of W_dec[l][i, m - l] for each l."""
