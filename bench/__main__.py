@@ -12,8 +12,8 @@ family's step vs the roofline, JumpReLU/BatchTopK vs SAELens), roofline (vs the 
 matmul peak), sweep (K dictionaries in one pass vs K runs), pipeline (per-stage wall times,
 caching vs forward), scaling (step time vs d_sae and vs cache size), stream (one stream
 for many dictionaries, stream vs cache, memory vs train tokens), clt (a cross-layer
-transcoder's step vs the roofline and vs per-layer transcoders; ~13 min a round, two
-rounds, and ~19 GB at its full shape, skipped with a note where the memory is not there),
+transcoder's step vs the roofline and vs per-layer transcoders; two rounds, ~8.5 GB at
+its full shape, skipped with a note where the memory is not there),
 integrity (the outputs' checksum vs a bare read, and checking a job's inputs vs the job).
 """
 

@@ -34,7 +34,7 @@ The peak is the CLT's matmuls on fresh operands of the same shapes, back to back
 [F, L d] decoder's worth of operands; the shorter ones are its leading columns). It is the
 CLT's ceiling; the per-layer step's own [B, d] x [d, F] matmuls may run faster than it.
 
-    python -m bench --only clt                # full shapes: ~19 GB, ~3 min a CLT step
+    python -m bench --only clt                # full shapes: ~8.5 GB (clt_cost's estimate)
     python -m bench --only clt --clt-rounds 1 --clt-layers 4 --clt-batch 1024  # scaled
     python bench/clt.py --tiny                # seconds, a smoke test (JSON and the table)
 """
