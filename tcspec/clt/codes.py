@@ -27,9 +27,9 @@ from torch import Tensor
 from tcspec.train.workspace import Workspace
 
 SPARSE_BELOW = 1 / 64
-"""A ReLU or JumpReLU layer's activations go sparse when at most this fraction is nonzero
-(the sparse products run at a few GFLOP/s where the dense matmuls run at ~150: below
-about 1/64 sparse is the faster; TopK is always sparse)."""
+"""A ReLU or JumpReLU layer's activations go sparse when at most this fraction is nonzero:
+a sparse product costs density x `tcspec.clt.cost.SPARSE_COST` (measured 17 to ~60) of the
+dense GEMM's time, so below ~1/64 sparse is the faster. TopK is always sparse."""
 
 
 @dataclass
