@@ -81,7 +81,7 @@ def run(tiny: bool = False) -> tuple[str, dict]:
     text = "\n\n".join([
         f"CPU: {cpu_model()}; flags: {flags}; {native}.",
         f"Shapes: d_in = d_out {d}, d_sae {d_sae}, batch {batch} tokens, k = {K} for TopK, "
-        f"{n_threads} threads. {rounds} interleaved rounds per group after 1 warm-up step "
+        f"torch threads {n_threads}. {rounds} interleaved rounds per group after 1 warm-up step "
         "each; times are per training step.",
         markdown_table(["step", "wall min ms", "wall median ms", "tokens/s (wall min)"], rows),
         "Speed-ups (the other's step time / ours; > 1: ours is faster):",

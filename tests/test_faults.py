@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "workflow"))
 import harness  # noqa: E402
 from harness import MICRO, MICRO_L1B, kill_task, snakemake, task_of  # noqa: E402
 
-from tcspec import layout  # noqa: E402
+from tcspec import compute, layout  # noqa: E402
 from tcspec.tasks import integrity, run_task  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -385,6 +385,9 @@ def test_every_task_records_its_provenance(base):
         assert prov["device"] == "cpu"
         assert prov["determinism"]["bitwise_resume"] == "cpu"  # no CUDA setting on a CPU
         assert not prov["determinism"]["deterministic_algorithms"]
+        assert (prov["cpu"], prov["cpu_features"]) == (compute.cpu_model(), compute.cpu_features())
+        if task.stage == "train":  # the precision it trained in (auto: fp32 on a CPU)
+            assert record["summary"]["result"]["precision"] == task.config.opts.precision == "fp32"
         commit = prov["git_commit"]  # None outside a git checkout
         assert commit is None or (re.fullmatch(r"[0-9a-f]{40}", commit) and is_commit(commit))
         job = harness.job_of(task)
