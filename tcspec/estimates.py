@@ -8,14 +8,15 @@ dictionary work, bytes read or written, and a fixed ``STARTUP_S`` (interpreter, 
 loading the model and inputs). Its time is
 
     seconds = STARTUP_S + model FLOPs / rate(model precision) + dictionary FLOPs /
-              rate(training precision) + I/O bytes / IO_BYTES_PER_S
+              rate(training precision) + I/O bytes / IO_BYTES_PER_S + other seconds
 
 with the rates of `tcspec.throughput` for its device (a GPU class, or its CPU threads): the
 model's precision is its dtype's, the dictionary work's a trained dictionary's
 ``precision`` (fp32 for evaluation and interp, which encode in float32).
 The scheduler is asked for ``runtime = ceil(TIME_MARGIN x seconds / 60)`` minutes and
-``mem_mb = ceil(MEM_MARGIN x bytes / 2^20)``. A pass (several train or evaluate tasks in
-one job) holds its shared part once and adds each member's own (``merge``).
+``mem_mb = ceil(MEM_MARGIN x (bytes + RUNTIME_BYTES) / 2^20)``. A pass (several train or
+evaluate tasks in one job) is costed as a whole (`tcspec.plan.resources`): the model's
+forwards or the cache read once, every member's own work added.
 
 FLOPs counted (tokens T, B a batch, F = d_sae):
 
@@ -29,13 +30,14 @@ FLOPs counted (tokens T, B a batch, F = d_sae):
 - interp: three forwards over the eval tokens (statistics, the second pass, contexts) and
   two encodes; circuits: ``CIRCUIT_FORWARDS`` full forwards a prompt at the spec's
   context (keep-top-k curves, ablations, attribution backwards: an allowance);
-- the toy model: 6 x its parameters x tokens trained on; tokens: ``TOKENIZE_PER_S``.
+- the toy model: 3 x its forward over the tokens trained on (forward and backward);
+  tokenizing: ``TOKENIZE_PER_S``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from tcspec.throughput import Rates
 
@@ -67,9 +69,8 @@ class Cost:
     model_flops: int = 0
     dict_flops: int = 0
     io_bytes: int = 0
-
-    def __add__(self, other: Cost) -> Cost:
-        return Cost(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+    other_s: float = 0.0
+    """Seconds of work counted in neither FLOPs nor bytes (tokenizing)."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ def seconds(
         + cost.model_flops / model_rate
         + cost.dict_flops / dict_rate
         + cost.io_bytes / IO_BYTES_PER_S
+        + cost.other_s
     )
 
 
@@ -162,13 +164,11 @@ def load_model_cost(m: ModelSize) -> Cost:
 
 
 def tokens_cost(n_tokens: int) -> Cost:
-    """Tokenizing ``n_tokens``, as I/O at ``TOKENIZE_PER_S`` (int32 tokens held)."""
-    return Cost(
-        mem_bytes=4 * n_tokens + 500 * MB, io_bytes=int(n_tokens * IO_BYTES_PER_S / TOKENIZE_PER_S)
-    )
+    """Tokenizing ``n_tokens`` at ``TOKENIZE_PER_S`` (int32 tokens held)."""
+    return Cost(mem_bytes=4 * n_tokens + 500 * MB, other_s=n_tokens / TOKENIZE_PER_S)
 
 
-def acts_cost(m: ModelSize, tokens: int, blocks: int, disk_bytes: int, batch_contexts) -> Cost:
+def acts_cost(m: ModelSize, tokens: int, blocks: int, disk_bytes: int, batch_contexts: int) -> Cost:
     """Caching activations: forwards over ``tokens`` to ``blocks`` blocks, the cache
     written."""
     held = m.weight_bytes + 4 * batch_contexts * m.context * m.d_model * 8
