@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from tcspec.tables.format import MISSING, Column, fixed, integer, spread, text
-from tcspec.tables.records import KIND_LABEL, kind_rank, layer_span, per_layer
-from tcspec.tables.section import Inputs, Section, write_table
+from tcspec.tables.records import KIND_COLUMN, kind_rank, layer_span, per_layer
+from tcspec.tables.section import Inputs, Section, table_section
 from tcspec.tables.seeds import N_SEEDS, STD, apart, pool_seeds, with_spread
 
 MATCHED_METRICS = ("ce_loss_replaced", "ce_recovered", "kl", "fvu", "dead_fraction")
@@ -187,7 +187,7 @@ def matched_display(long: pd.DataFrame) -> tuple[pd.DataFrame, list[Column]]:
         Column("block", "layer", text, numeric=False),
         Column("l0", "L0", fixed(1)),
         Column("family", "family", text, numeric=False),
-        Column("kind", "kind", lambda v: KIND_LABEL.get(str(v), text(v)), numeric=False),
+        KIND_COLUMN,
     ]
     if (long[N_SEEDS] > 1).any():
         columns.append(Column(N_SEEDS, "seeds", integer))
@@ -207,10 +207,9 @@ def section(inputs: Inputs) -> Section:
     notes = [MATCHED_NOTE, RANK_NOTE]
     if long.empty:
         notes.insert(0, "No layer has two dictionary families with overlapping L0 ranges.")
-    paths, md = write_table(inputs.out_dir, "matched_l0", shown, columns, long, caption, notes)
-    line = (
-        "- [matched_l0.md](matched_l0.md) (.tex, .csv): families compared at common L0 "
-        "(CE, CE recovered, KL, FVU, dead %), interpolated in log L0 inside each sweep's "
-        "range, per layer and per set of layers spliced at once, with the seeds' spread."
+    about = (
+        "families compared at common L0 (CE, CE recovered, KL, FVU, dead %), interpolated in "
+        "log L0 inside each sweep's range, per layer and per set of layers spliced at once, "
+        "with the seeds' spread."
     )
-    return Section(tuple(paths), (line,), f"## {caption}\n\n{md}")
+    return table_section(inputs, "matched_l0", shown, columns, long, caption, notes, about)

@@ -7,13 +7,13 @@ import pandas as pd
 
 from tcspec.prefixes import PREFIX_FVU
 from tcspec.tables.format import Column, fixed, integer, spread, text
-from tcspec.tables.records import KIND_LABEL, layer_label
-from tcspec.tables.section import Inputs, Section, write_table
+from tcspec.tables.records import KIND_COLUMN, layer_label
+from tcspec.tables.section import Inputs, Section, table_section
 from tcspec.tables.seeds import N_SEEDS, SPREAD_NOTE, STD, has_spread, pool_seeds, with_spread
 
 COLUMNS = (
     Column("dictionary", "dictionary", text, numeric=False),
-    Column("kind", "kind", lambda v: KIND_LABEL.get(str(v), text(v)), numeric=False),
+    KIND_COLUMN,
     Column("layer", "layer", text, numeric=False),
     Column("sweep", "point", text, numeric=False),
     Column(N_SEEDS, "seeds", integer),
@@ -66,11 +66,6 @@ def section(inputs: Inputs) -> Section:
     columns = [c for c in COLUMNS if c.key != N_SEEDS or seeded]
     notes += [SPREAD_NOTE] if seeded else []
     shown = with_spread(table, ["l0", "fvu"])
-    paths, md = write_table(
-        inputs.out_dir, "matryoshka_prefixes", shown, columns, table, caption, notes
-    )
-    line = (
-        "- [matryoshka_prefixes.md](matryoshka_prefixes.md) (.tex, .csv): FVU of every "
-        "Matryoshka dictionary's nested prefixes."
-    )
-    return Section(tuple(paths), (line,), f"## {caption}\n\n{md}")
+    about = "FVU of every Matryoshka dictionary's nested prefixes."
+    name = "matryoshka_prefixes"
+    return table_section(inputs, name, shown, columns, table, caption, notes, about)

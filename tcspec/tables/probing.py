@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from tcspec.tables.format import Column, fixed, integer, text
-from tcspec.tables.section import Inputs, Section, write_table
+from tcspec.tables.section import Inputs, Section, table_section
 
 COLUMNS = (
     Column("probe", "probe", text, numeric=False),
@@ -53,11 +53,6 @@ def section(inputs: Inputs) -> Section:
     if not frames:
         return Section(contents=("- sparse_probing: not built yet (needs a `probe` section).",))
     table = summary(pd.concat(frames, ignore_index=True))
-    paths, md = write_table(
-        inputs.out_dir, "sparse_probing", table, list(COLUMNS), table, caption, [LEGEND]
-    )
-    line = (
-        "- [sparse_probing.md](sparse_probing.md) (.tex, .csv): k-sparse probes on dictionary "
-        "latents against the raw-activation probe."
-    )
-    return Section(tuple(paths), (line,), f"## {caption}\n\n{md}")
+    about = "k-sparse probes on dictionary latents against the raw-activation probe."
+    columns, notes = list(COLUMNS), [LEGEND]
+    return table_section(inputs, "sparse_probing", table, columns, table, caption, notes, about)

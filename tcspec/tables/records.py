@@ -28,7 +28,7 @@ import pandas as pd
 
 from tcspec.metrics import pooled_fvu
 from tcspec.spec.base import REPLICATE_AXES
-from tcspec.tables.format import MISSING, num, short_g
+from tcspec.tables.format import MISSING, Column, num, short_g, text
 
 KIND_ORDER = {"transcoder": 0, "skip_transcoder": 1, "sae": 2}
 KIND_LABEL = {
@@ -80,6 +80,15 @@ HEAD = (
     "sweep",
 )
 """The leading columns of `records_frame`."""
+
+
+def kind_label(kind: object) -> str:
+    """A dictionary kind as shown (`KIND_LABEL`), any other as itself."""
+    return KIND_LABEL.get(str(kind), text(kind))
+
+
+KIND_COLUMN = Column("kind", "kind", kind_label, numeric=False)
+"""A table's kind column."""
 
 
 def kind_rank(kind: object) -> int:

@@ -6,7 +6,7 @@ import pandas as pd
 
 from tcspec.paper import Reference
 from tcspec.tables.format import Column, fixed, general, text
-from tcspec.tables.section import Inputs, Section, write_table
+from tcspec.tables.section import Inputs, Section, table_section
 
 
 def _columns(df: pd.DataFrame) -> list[Column]:
@@ -34,6 +34,5 @@ def section(inputs: Inputs) -> Section:
         *ref.notes,
     ]
     name = f"reference_{ref.key}"
-    paths, md = write_table(inputs.out_dir, name, df, _columns(df), df, caption, notes)
-    line = f"- [{name}.md]({name}.md) (.tex, .csv): {caption}: {ref.description}."
-    return Section(tuple(paths), (line,), f"## {caption}\n\n{md}")
+    about = f"{caption}: {ref.description}."
+    return table_section(inputs, name, df, _columns(df), df, caption, notes, about)

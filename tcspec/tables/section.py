@@ -1,5 +1,5 @@
 """What every table builder receives (`Inputs`) and returns (`Section`), and the writer of
-a table's three files."""
+a table's three files (`write_table`; `table_section` also links them in the index)."""
 
 from __future__ import annotations
 
@@ -66,3 +66,20 @@ def write_table(
         atomic.write_text(out_dir / f"{name}.csv", csv.to_csv(index=False)),
     ]
     return paths, md
+
+
+def table_section(
+    inputs: Inputs,
+    name: str,
+    df: pd.DataFrame,
+    columns: Sequence[Column],
+    csv: pd.DataFrame,
+    caption: str,
+    notes: Sequence[str],
+    about: str,
+) -> Section:
+    """`write_table`'s files in `inputs.out_dir` as a `Section`: an index line linking
+    `name.md` (.tex, .csv) followed by `about`, and the table under its caption."""
+    paths, md = write_table(inputs.out_dir, name, df, columns, csv, caption, notes)
+    line = f"- [{name}.md]({name}.md) (.tex, .csv): {about}"
+    return Section(tuple(paths), (line,), f"## {caption}\n\n{md}")

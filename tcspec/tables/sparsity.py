@@ -8,8 +8,8 @@ import pandas as pd
 
 from tcspec.metrics import sanity_flags
 from tcspec.tables.format import Column, fixed, general, integer, spread, text
-from tcspec.tables.records import KIND_LABEL, baselines, layer_label, per_layer
-from tcspec.tables.section import Inputs, Section, write_table
+from tcspec.tables.records import KIND_COLUMN, baselines, layer_label, per_layer
+from tcspec.tables.section import Inputs, Section, table_section
 from tcspec.tables.seeds import (
     N_SEEDS,
     SEEDS,
@@ -22,7 +22,7 @@ from tcspec.tables.seeds import (
 
 COLUMNS = (
     Column("dictionary", "dictionary", text, numeric=False),
-    Column("kind", "kind", lambda v: KIND_LABEL.get(str(v), text(v)), numeric=False),
+    KIND_COLUMN,
     Column("layer", "layer", text, numeric=False),
     Column("d_sae", "d_sae", integer),
     Column("l1_coef", "L1 coef", general),
@@ -102,11 +102,6 @@ def section(inputs: Inputs) -> Section:
     caption = f"Sparsity and fidelity: {inputs.title}"
     csv = table[[c for c in table.columns if c not in ("family", "sweep")]]
     shown = with_spread(table, list(METRICS))
-    paths, md = write_table(
-        inputs.out_dir, "sparsity_fidelity", shown, columns, csv, caption, notes
-    )
-    line = (
-        "- [sparsity_fidelity.md](sparsity_fidelity.md) (.tex, .csv): every "
-        "dictionary x layer x sweep point: L0, CE, CE recovered, KL, FVU, dead %."
-    )
-    return Section(tuple(paths), (line,), f"## {caption}\n\n{md}")
+    about = "every dictionary x layer x sweep point: L0, CE, CE recovered, KL, FVU, dead %."
+    name = "sparsity_fidelity"
+    return table_section(inputs, name, shown, columns, csv, caption, notes, about)

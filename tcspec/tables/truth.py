@@ -8,12 +8,12 @@ import pandas as pd
 
 from tcspec import atomic
 from tcspec.tables.format import Column, fixed, integer, text
-from tcspec.tables.records import KIND_LABEL, KIND_MARKER
-from tcspec.tables.section import Inputs, Section, write_table
+from tcspec.tables.records import KIND_COLUMN, KIND_MARKER
+from tcspec.tables.section import Inputs, Section, table_section
 
 COLUMNS = (
     Column("dictionary", "dictionary", text, numeric=False),
-    Column("kind", "kind", lambda v: KIND_LABEL.get(str(v), text(v)), numeric=False),
+    KIND_COLUMN,
     Column("sweep", "point", text, numeric=False),
     Column("d_sae", "d_sae", integer),
     Column("l0", "L0", fixed(2)),
@@ -80,17 +80,18 @@ def section(inputs: Inputs) -> Section:
     caption = f"Ground truth: {inputs.title}"
     notes = [LEGEND] if len(table) else ["No dictionary was trained on a synthetic source."]
     shown = table.drop(columns="family")
-    paths, md = write_table(
-        inputs.out_dir, "ground_truth", shown, list(COLUMNS), shown, caption, notes
+    about = (
+        "dictionaries scored against a synthetic source's planted features: MCC, "
+        "precision / recall / F1."
     )
-    contents = [
-        "- [ground_truth.md](ground_truth.md) (.tex, .csv): dictionaries scored against a "
-        "synthetic source's planted features: MCC, precision / recall / F1."
-    ]
-    body = f"## {caption}\n\n{md}"
-    if len(table):
-        fig = truth_figure(table, f"{inputs.title}: recovery of the planted features vs L0")
-        paths.append(atomic.save_figure(fig, inputs.out_dir / PLOT))
-        contents.append(f"- [{PLOT}]({PLOT}): F1 and MCC against L0, one curve per family.")
-        body += f"\n\n![ground truth]({PLOT})"
-    return Section(tuple(paths), tuple(contents), body)
+    written = table_section(
+        inputs, "ground_truth", shown, list(COLUMNS), shown, caption, notes, about
+    )
+    if not len(table):
+        return written
+    fig = truth_figure(table, f"{inputs.title}: recovery of the planted features vs L0")
+    return Section(
+        (*written.paths, atomic.save_figure(fig, inputs.out_dir / PLOT)),
+        (*written.contents, f"- [{PLOT}]({PLOT}): F1 and MCC against L0, one curve per family."),
+        f"{written.body}\n\n![ground truth]({PLOT})",
+    )
