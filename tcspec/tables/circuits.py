@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tcspec.circuits.graph.profile import Profile, agreement
+from tcspec.circuits.graph.profile import agreement, profile_of_cells
 from tcspec.tables.extra import ExtraTable
 
 SCORES = ["replacement", "completeness", "intervention_r_frozen", "intervention_r"]
@@ -20,12 +20,6 @@ SCORES = ["replacement", "completeness", "intervention_r_frozen", "intervention_
 
 
 # ----------------------------------------------------------------------------- attribution
-def _profile(row) -> Profile:
-    shares = tuple(float(x) for x in str(row["layer_share"]).split())
-    top = tuple(int(x) for x in str(row["top_positions"]).split())
-    return Profile(shares, float(row["mean_layer"]), float(row["error_share"]), top)
-
-
 def attribution_by_dictionary(rows: pd.DataFrame) -> pd.DataFrame:
     """Per dictionary, over its prompts: the mean scores, nodes kept, interventions'
     correlations (frozen and live), the influence-weighted mean layer and error share."""
@@ -44,7 +38,7 @@ def attribution_agreement(rows: pd.DataFrame) -> pd.DataFrame:
         records = list(group.to_dict("records"))
         for i, a in enumerate(records):
             for b in records[i + 1 :]:
-                overlap, layers = agreement(_profile(a), _profile(b))
+                overlap, layers = agreement(profile_of_cells(a), profile_of_cells(b))
                 out.append({
                     "prompt": prompt, "a": a["dictionary"], "b": b["dictionary"],
                     "token_overlap": overlap, "layer_agreement": layers,
@@ -56,21 +50,19 @@ def attribution_agreement(rows: pd.DataFrame) -> pd.DataFrame:
 def plot_attribution(rows: pd.DataFrame, png: Path) -> Path:
     """Two panels: each dictionary's mean scores and interventions' correlations; its
     share of the features' influence per layer (averaged over its prompts)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from tcspec.atomic import save_figure
 
     summary = attribution_by_dictionary(rows)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    left, right = fig.subplots(1, 2)
     width = 0.8 / max(len(summary), 1)
     for i, r in enumerate(summary.to_dict("records")):
         xs = [j + i * width for j in range(len(SCORES))]
         left.bar(xs, [r[s] for s in SCORES], width, label=r["dictionary"])
         part = rows[rows["dictionary"] == r["dictionary"]]
-        shares = pd.DataFrame([_profile(x).layer_share for x in part.to_dict("records")])
+        shares = pd.DataFrame([profile_of_cells(x).layer_share for x in part.to_dict("records")])
         right.plot(range(shares.shape[1]), shares.mean(), marker="o", label=r["dictionary"])
     left.set_xticks([j + 0.4 - width / 2 for j in range(len(SCORES))])
     left.set_xticklabels(["replacement", "completeness", "r (frozen)", "r (live)"])
@@ -82,10 +74,7 @@ def plot_attribution(rows: pd.DataFrame, png: Path) -> Path:
     right.set_title("where the circuit lies")
     right.legend(fontsize=7)
     fig.tight_layout()
-    try:
-        return save_figure(fig, png, dpi=110)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, png, dpi=110)
 
 
 def attribution_tables(rows: pd.DataFrame, work: Path) -> list[ExtraTable]:

@@ -32,7 +32,7 @@ def run(ctx) -> dict:
     model = model_task.load(ctx)
     coders = load_dictionaries(ctx, model, f"circuits.dictionary `{c.dictionary.name}`")
     graph_cfg = graph_config(c, model.tokenizer)
-    label = f"{cfg.coders[0].dictionary}-{cfg.coders[0].member}"
+    label = dictionary_label(cfg.coders[0])
     rows, kept, index = [], {}, []
     for i, text in enumerate(c.prompts):
         tokens = prompt_tokens(model, text)
@@ -50,6 +50,12 @@ def run(ctx) -> dict:
         "mean_replacement": float(frame["replacement"].mean()),
         "feature_pages": pages,
     }
+
+
+def dictionary_label(ref) -> str:
+    """A circuit task's dictionary (a `CoderRef` of it) as its files and the tables name it:
+    ``<name>-<member>``."""
+    return f"{ref.dictionary}-{ref.member}"
 
 
 def write_pages(ctx, model, coders, kept: dict[int, set[int]], label: str) -> int:
@@ -155,6 +161,7 @@ def one_prompt(model, coders, tokens, text, graph_cfg, out: Path, i: int, label:
         graph_json,
         plot_interventions,
         profile,
+        profile_cells,
         prune_graph,
         run_interventions,
         score_graph,
@@ -189,10 +196,7 @@ def one_prompt(model, coders, tokens, text, graph_cfg, out: Path, i: int, label:
         "features_in_graph": graph.n_features,
         "intervention_r": _number(result.correlation),
         "intervention_r_frozen": _number(frozen.correlation),
-        "mean_layer": shape.mean_layer,
-        "error_share": shape.error_share,
-        "layer_share": " ".join(f"{x:.4f}" for x in shape.layer_share),
-        "top_positions": " ".join(map(str, shape.top_positions)),
+        **profile_cells(shape),
         "tokens": graph.n_pos,
         "seconds": round(graph.seconds, 3),
     }, meta

@@ -107,10 +107,11 @@ def circuits(ctx) -> list:
 
     from tcspec.tables import ExtraTable
     from tcspec.tables.circuits import greater_than_merged, keep_top_k_merged
+    from tcspec.tasks.attribution import dictionary_label
 
     studies, curves, out = {}, {}, []
     for task in ctx.deps_of("circuits"):
-        folder, label = task.dir(ctx.results), _label(task)
+        folder, label = task.dir(ctx.results), dictionary_label(task.config.coders[0])
         if not (folder / layout.GREATER_THAN).exists():
             continue
         studies[label] = pd.read_csv(folder / layout.GREATER_THAN)
@@ -153,9 +154,3 @@ def probing(ctx) -> list:
 
     found = [t.dir(ctx.results) / layout.PROBING for t in ctx.deps_of("probe")]
     return [pd.read_csv(f) for f in found if f.exists()]
-
-
-def _label(task) -> str:
-    """A circuit task's dictionary, as its tables name it: ``<name>-<member>``."""
-    ref = task.config.coders[0]
-    return f"{ref.dictionary}-{ref.member}"

@@ -24,7 +24,7 @@ from tcspec.circuits.graph.interventions import (
     run_interventions,
     write_interventions,
 )
-from tcspec.circuits.graph.profile import Profile, agreement, profile
+from tcspec.circuits.graph.profile import Profile, agreement, profile, profile_cells
 from tcspec.circuits.graph.prune import Pruned, Scores, prune_graph, score_graph
 from tcspec.circuits.graph.viewer import write_viewer
 
@@ -33,6 +33,7 @@ __all__ = [
     "Profile",
     "agreement",
     "profile",
+    "profile_cells",
     "GraphConfig",
     "InterventionConfig",
     "InterventionRow",

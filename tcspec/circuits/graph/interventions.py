@@ -186,20 +186,15 @@ def write_interventions(results: dict[str, Interventions], path: str | Path) -> 
 def plot_interventions(results: dict[str, Interventions], path: str | Path) -> Path:
     """One panel per run (e.g. the live and the frozen model): the actual against the
     predicted change of the target, by mode, with the run's correlation in its title."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.2), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(results), 4.2))
+    axes = fig.subplots(1, len(results), squeeze=False)
     for ax, (name, result) in zip(axes[0], results.items()):
         _scatter(ax, result)
         ax.set_title(f"{name} model, r = {result.correlation:.3f}")
     fig.tight_layout()
-    try:
-        return save_figure(fig, Path(path), dpi=120)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, Path(path), dpi=120)
 
 
 def _scatter(ax, result: Interventions) -> None:

@@ -51,6 +51,24 @@ def profile(graph: Graph, k: int = 3) -> Profile:
     )
 
 
+def profile_cells(p: Profile) -> dict:
+    """A profile as a table row's cells, its shares and positions space-separated text
+    (`profile_of_cells` reads them back)."""
+    return {
+        "mean_layer": p.mean_layer,
+        "error_share": p.error_share,
+        "layer_share": " ".join(f"{x:.4f}" for x in p.layer_share),
+        "top_positions": " ".join(map(str, p.top_positions)),
+    }
+
+
+def profile_of_cells(row) -> Profile:
+    """The profile in a table row's cells (`profile_cells`)."""
+    shares = tuple(float(x) for x in str(row["layer_share"]).split())
+    top = tuple(int(x) for x in str(row["top_positions"]).split())
+    return Profile(shares, float(row["mean_layer"]), float(row["error_share"]), top)
+
+
 def agreement(a: Profile, b: Profile) -> tuple[float, float]:
     """(token_overlap, layer_agreement) of two profiles of the same prompt."""
     ta, tb = set(a.top_positions), set(b.top_positions)
