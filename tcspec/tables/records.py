@@ -100,9 +100,10 @@ def records_frame(records: Sequence[dict]) -> pd.DataFrame:
     """Records flattened, one row per record.
 
     Columns: `dictionary, kind, splice, layers` ("0,1"), `layer` (the layer when there is
-    one, else empty), `member, d_sae, l1_coef, k` (the sweep point's value, else the
-    resolved option's), `family` (see module doc), `point.*`, `opts.*`, then every metric
-    by its own name (NaN where a record lacks it).
+    one, else empty), `member, seed, d_sae, l1_coef, k` (the sweep point's value, else the
+    resolved option's), `family` (see module doc), `sweep` (the sparsity knob as a label:
+    `λ=0.001`, `k=32`), `point.*`, `opts.*`, then every metric by its own name (NaN where a
+    record lacks it).
     """
     df = pd.DataFrame([row for rec in records for row in _rows(rec)])
     point_cols = sorted(c for c in df.columns if c.startswith("point."))
@@ -216,8 +217,8 @@ def _scalar(v: object) -> object:
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
-    """By kind (transcoder, skip-transcoder, SAE, others), layer (single before joint),
-    dictionary, L1 coefficient, then k."""
+    """By kind (transcoder, skip-transcoder, SAE, others), single-layer rows before joint
+    ones, layer, dictionary, family, L1 coefficient, k, then seed."""
     if df.empty:
         return df
     key = pd.DataFrame(
