@@ -12,12 +12,13 @@ A trained dictionary's `precision` decides what its GEMMs compute in:
 whether this machine has CUDA), so a train task's id covers the precision its weights were
 trained in; the library resolves it again for callers that build a trainer directly.
 
-Defaults, by measurement (bench/RESULTS.md, "Precision"): on CUDA bf16, the peers' default
-(SAELens trains under bf16 autocast, sparsify's `SparseCoder.forward` runs under bf16 autocast
-on CUDA); its tensor cores run ~2x TF32 and ~15x plain fp32. On every CPU fp32: on a CPU
-without native bf16 (AVX2 only, e.g. Zen 3) torch's bf16 GEMMs run ~100x slower than fp32,
-and where bf16 is native (`avx512_bf16`, Zen 4) it is opt-in, so that a spec trains to the
-same ids and numbers on either kind of CPU.
+Defaults: on CUDA bf16, the peers' default (SAELens trains under bf16 autocast, sparsify's
+`SparseCoder.forward` runs under bf16 autocast on CUDA), whose tensor cores have ~2x the peak
+of TF32 and ~15x plain fp32's. On every CPU fp32: torch's bf16 GEMMs at the trainer's shapes
+ran ~2-2.5x faster than fp32 on a Zen 4 with `avx512_bf16` and ~100x slower on a Zen 3 with
+AVX2 only (0.5-1 against 86-94 GFLOP/s), so bf16 is opt-in where it is native, and a spec
+trains to the same ids and numbers on either kind of CPU. `python -m bench --only precision`
+times the training step in both.
 
 torch is imported where it is used: the spec imports this module for `Precision`.
 """
