@@ -1,5 +1,5 @@
 """What every table builder receives (`Inputs`) and returns (`Section`), and the writer of
-a table's three files (`write_table`; `table_section` also links them in the index)."""
+a table's three files and its index line (`table_section`)."""
 
 from __future__ import annotations
 
@@ -46,28 +46,6 @@ class Section:
     body: str | None = None
 
 
-def write_table(
-    out_dir: Path,
-    name: str,
-    df: pd.DataFrame,
-    columns: Sequence[Column],
-    csv: pd.DataFrame,
-    caption: str,
-    notes: Sequence[str],
-) -> tuple[list[Path], str]:
-    """`name.md`, `name.tex` (shown cells of `df`), `name.csv` (raw `csv`); returns the paths
-    and the Markdown body."""
-    md = "\n\n".join([markdown(df, columns), *notes])
-    tex_notes = "% needs \\usepackage{booktabs}\n" + "".join(f"% {n}\n" for n in notes)
-    tex = tex_notes + latex(df, columns, caption, f"tab:{name}")
-    paths = [
-        atomic.write_text(out_dir / f"{name}.md", f"## {caption}\n\n{md}\n"),
-        atomic.write_text(out_dir / f"{name}.tex", tex),
-        atomic.write_text(out_dir / f"{name}.csv", csv.to_csv(index=False)),
-    ]
-    return paths, md
-
-
 def table_section(
     inputs: Inputs,
     name: str,
@@ -78,8 +56,17 @@ def table_section(
     notes: Sequence[str],
     about: str,
 ) -> Section:
-    """`write_table`'s files in `inputs.out_dir` as a `Section`: an index line linking
-    `name.md` (.tex, .csv) followed by `about`, and the table under its caption."""
-    paths, md = write_table(inputs.out_dir, name, df, columns, csv, caption, notes)
+    """`name.md`, `name.tex` (shown cells of `df`, then `notes`), `name.csv` (raw `csv`) in
+    `inputs.out_dir`, as a `Section`: an index line linking `name.md` (.tex, .csv) followed
+    by `about`, and the table under its caption."""
+    md = "\n\n".join([markdown(df, columns), *notes])
+    tex_notes = "% needs \\usepackage{booktabs}\n" + "".join(f"% {n}\n" for n in notes)
+    tex = tex_notes + latex(df, columns, caption, f"tab:{name}")
+    out = inputs.out_dir
+    paths = (
+        atomic.write_text(out / f"{name}.md", f"## {caption}\n\n{md}\n"),
+        atomic.write_text(out / f"{name}.tex", tex),
+        atomic.write_text(out / f"{name}.csv", csv.to_csv(index=False)),
+    )
     line = f"- [{name}.md]({name}.md) (.tex, .csv): {about}"
-    return Section(tuple(paths), (line,), f"## {caption}\n\n{md}")
+    return Section(paths, (line,), f"## {caption}\n\n{md}")
