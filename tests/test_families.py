@@ -191,12 +191,13 @@ def test_jumprelu_l0_falls_as_l0_coef_rises(tmp_path, penalty):
 
 def test_jumprelu_threshold_lr_lets_l0_follow_l0_coef(tmp_path):
     """At the shared lr, Adam caps log(threshold)'s climb at ~lr per step: every l0_coef
-    saturates at that cap and ends at one L0. Its own rate lets L0 fall with l0_coef."""
+    saturates at that cap and ends at one L0. Its own rate (by default 8 / steps, here
+    0.053) lets L0 fall with l0_coef."""
     coefs, steps, lr = (1e-4, 1e-3, 1e-2), 150, 3e-3
     ms = [
         member(tmp_path, f"c{c}-{t}", activation="jumprelu", l0_coef=c, lr=lr,
                jumprelu_threshold_lr=t, loss="normalized_mse")
-        for t in (None, 3e-2) for c in coefs
+        for t in (lr, None) for c in coefs
     ]  # fmt: skip
     res = run(ms, steps, tmp_path)
     shared, own = [r["final"]["l0"] for r in res[:3]], [r["final"]["l0"] for r in res[3:]]

@@ -176,6 +176,25 @@ def test_dictionary_family_options_enter_a_train_id_only_away_from_their_default
     assert all('"tanh_scale": 4.0' in t.config.canonical() for t in compile_plan(clt).stage("clt"))
 
 
+def test_run_length_defaults_resolve_into_the_train_config():
+    """At the quickstart's budget (1,171 steps): the dead window is a tenth of the run where
+    something acts on dead features (TopK's default aux-k), else 5,000 (a ReLU member's id
+    is unchanged); a JumpReLU's threshold rate is 8 / steps; set values stay."""
+    text = (HERE.parent / "specs" / "quickstart.yaml").read_text()
+    text = text.replace("  sae:\n", "  topk: {kind: sae, activation: topk, k: 8, expansion: 8,"
+                        " batch_size: 512}\n  jr: {kind: sae, activation: jumprelu, expansion: 8,"
+                        " batch_size: 512, lr: 1.0e-3}\n  fixed: {kind: sae, activation: topk, k: 8,"
+                        " expansion: 8, batch_size: 512, dead_window: 300}\n  sae:\n")  # fmt: skip
+    opts = {
+        t.label["dictionary"]: t.config.opts for t in compile_plan(parse_spec(text)).stage("train")
+    }
+    assert opts["topk"].dead_features == "aux_k" and opts["topk"].dead_window == 117
+    assert opts["tc"].dead_features == "none" and opts["tc"].dead_window == 5000
+    assert opts["fixed"].dead_window == 300
+    assert opts["jr"].jumprelu_threshold_lr == pytest.approx(8 / 1171)
+    assert opts["tc"].jumprelu_threshold_lr is None
+
+
 # ------------------------------------------------------------------------------- fuzzing
 SEEDS = [VALID[i].read_text() for i in range(len(VALID))] + [
     (HERE.parent / "specs" / "quickstart.yaml").read_text()

@@ -42,6 +42,8 @@ DEAD_WINDOW_FRACTION = 0.1
 """`dead_window: null`: the dead window is this fraction of the run's steps..."""
 DEAD_WINDOW_CAP = 5000
 """...and at most this many steps (the paper's window)."""
+THRESHOLD_EFOLDS = 8.0
+"""`jumprelu_threshold_lr: null`: log(threshold) may travel this far (a factor e^8) in a run."""
 
 
 def _activations(names: tuple[str, ...]) -> str:
@@ -109,7 +111,8 @@ class _DictionaryBase(_Schedule):
     """Initialize b_dec (and b_dec_out) to the mean of the first batch of activations."""
     dead_features: Literal["none", "ghost_grads", "resample", "aux_k"] = "none"
     """Dead-feature handling: none (paper), ghost grads (released example script), periodic
-    resampling, or the TopK auxiliary loss."""
+    resampling, or the TopK auxiliary loss. Unset: `aux_k` for `topk` and `batchtopk`
+    (SAELens, dictionary_learning), else `none`."""
     dead_window: PosInt | None = None
     """Steps without firing after which a feature counts as dead, for the dead-feature
     remedies (ghost grads, aux-k; `resample` re-initializes every `dead_window` steps) and
@@ -141,11 +144,11 @@ class _DictionaryBase(_Schedule):
     jumprelu_init_threshold: PosFloat = 0.01
     """JumpReLU: initial threshold of every feature (trained as log(threshold))."""
     jumprelu_threshold_lr: PosFloat | None = None
-    """JumpReLU: Adam learning rate of log(threshold), on the schedule of `lr`; None uses `lr`
-    (SAELens). Adam moves log(threshold) by at most about this per step, so in S steps the
-    threshold can grow by at most e^(S lr) from `jumprelu_init_threshold`: a short run needs
-    a larger rate to reach the pre-activations' scale, or the L0 penalty's pull saturates at
-    that cap and every `l0_coef` ends at the same L0."""
+    """JumpReLU: Adam learning rate of log(threshold), on the schedule of `lr`. Adam moves
+    log(threshold) by at most about this per step, so in S steps the threshold can move by
+    at most a factor e^(S rate) from `jumprelu_init_threshold`; at too low a rate the L0
+    penalty's pull saturates at that cap and every `l0_coef` ends at the same L0. None: the
+    larger of `lr` (SAELens, for long runs) and 8 / S (a factor e^8 ~ 3,000 within the run)."""
     matryoshka: list[PosInt] | None = None
     """TopK or BatchTopK: nested prefix widths (strictly increasing; d_sae is the last, appended when
     missing): the loss adds each inner prefix's reconstruction loss (unweighted, as SAELens).
@@ -204,18 +207,32 @@ class _DictionaryBase(_Schedule):
             raise FieldError("zip", f"zipped axes must have equal lengths: {sizes} values")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_dead_features(cls, data):
+        """`dead_features` left unset is `aux_k` for the k activations."""
+        if isinstance(data, dict) and "dead_features" not in data:
+            if data.get("activation") in DEAD_AUX_K:
+                data = data | {"dead_features": "aux_k"}
+        return data
+
     def uses_dead_window(self) -> bool:
         """Whether a loss term or resampling acts on the dead features."""
         return self.dead_features != "none" or self.pre_act_coef is not None
 
     def for_run(self, steps: int) -> Self:
-        """These options with what a run of `steps` decides filled in: `dead_window`."""
-        if self.dead_window is not None:
-            return self
-        window = DEAD_WINDOW_CAP
-        if self.uses_dead_window():
-            window = min(DEAD_WINDOW_CAP, max(1, round(DEAD_WINDOW_FRACTION * steps)))
-        return self.model_copy(update={"dead_window": window})
+        """These options with what a run of `steps` decides filled in: `dead_window` and a
+        JumpReLU's `jumprelu_threshold_lr` when left unset."""
+        update: dict = {}
+        if self.dead_window is None:
+            window = DEAD_WINDOW_CAP
+            if self.uses_dead_window():
+                window = min(DEAD_WINDOW_CAP, max(1, round(DEAD_WINDOW_FRACTION * steps)))
+            update["dead_window"] = window
+        if self.activation == "jumprelu" and self.jumprelu_threshold_lr is None:
+            lr = min(_as_list(self.lr))  # a scalar once a sweep point is chosen
+            update["jumprelu_threshold_lr"] = max(lr, THRESHOLD_EFOLDS / max(steps, 1))
+        return self.model_copy(update=update) if update else self
 
     @model_validator(mode="after")
     def _check_jumprelu(self):
@@ -251,6 +268,10 @@ class _DictionaryBase(_Schedule):
                     field, f"`{field}` only applies to {where}: here it changes nothing"
                 )
         return self
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def _default(model: Frozen, name: str):

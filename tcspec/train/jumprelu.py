@@ -25,8 +25,15 @@ d P / d pre_bi = -(pre_act_coef / B) n_i [theta_i > pre_bi], d P / d theta_i = (
 pre_bi), on the dead features i (none else).
 
 d / d log_threshold = theta * d / d theta. Adam steps log_threshold at its own rate
-(`jumprelu_threshold_lr`, default `lr`): it moves about that much per step whatever the
-gradient's size, so the rate bounds how far the threshold can travel in a run. `JumpReLUFn` and `StepFn` are these
+(`jumprelu_threshold_lr`, by default the larger of `lr` and 8 / steps): it moves about that
+much per step whatever the gradient's size, so the rate bounds how far the threshold can
+travel in a run.
+
+Units: the decoder rows have unit norm, so z_i is the norm of feature i's contribution to
+the (unnormalised) target, and the threshold, bandwidth and tanh's 1 / c are in those
+units. SAELens and Anthropic (Jan 2025) train on activations scaled to per-dimension RMS 1
+with free decoder norms n_i: their threshold on f_i is tcspec's theta_i / (s n_i), their
+bandwidth eps / (s n_i) and their c is tcspec's c s, with s the target's per-dimension RMS. `JumpReLUFn` and `StepFn` are these
 definitions as autograd functions, for the reference loss the tests hold this module to.
 """
 

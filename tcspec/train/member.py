@@ -119,7 +119,7 @@ class MemberRun:
             remove_parallel_grad(gr["W_dec"], self.coder.W_dec)
         factor = lr_factor(step, self.steps, o.lr_warmup_steps, o.lr_decay, o.lr_decay_start)
         lr, lr_of = o.lr * factor, None
-        if "log_threshold" in self.params and o.jumprelu_threshold_lr is not None:
+        if "log_threshold" in self.params:  # its rate set by `for_run`
             lr_of = {"log_threshold": o.jumprelu_threshold_lr * factor}
         self.adam.step(self.params, gr, step + 1, lr, o.adam_betas, ws, lr_of)
         if o.normalize_decoder:
