@@ -13,7 +13,7 @@ import pandas as pd
 from tcspec import atomic
 from tcspec.paper import Reference
 from tcspec.tables.format import short_g
-from tcspec.tables.records import KIND_LABEL, KIND_MARKER, baselines, layer_span, per_layer
+from tcspec.tables.records import baselines, kind_label, kind_marker, layer_span, per_layer
 from tcspec.tables.section import Inputs, Section
 from tcspec.tables.seeds import STD, pool_seeds
 
@@ -47,8 +47,8 @@ class _Colors:
 
 
 def _family_label(fam: str, kind: str) -> str:
-    kind_label = KIND_LABEL.get(kind, kind)
-    return fam if fam.split(" ")[0] == kind_label else f"{fam} ({kind_label})"
+    shown = kind_label(kind)
+    return fam if fam.split(" ")[0] == shown else f"{fam} ({shown})"
 
 
 def reference_points(ref: Reference) -> pd.DataFrame | None:
@@ -70,7 +70,7 @@ def _draw_families(ax, rows: pd.DataFrame, colors: _Colors) -> list[float]:
         ax.plot(
             g["l0"],
             g["ce_loss_replaced"],
-            marker=KIND_MARKER.get(kind, "^"),
+            marker=kind_marker(kind),
             ms=6,
             lw=1.8,
             color=color,
@@ -109,7 +109,7 @@ def _draw_reference(ax, ref_points: pd.DataFrame, colors: _Colors) -> list[float
         ax.plot(
             g["L0"],
             g["CE"],
-            marker=KIND_MARKER.get(kind, "^"),
+            marker=kind_marker(kind),
             ms=7,
             mfc="white",
             mew=1.5,

@@ -87,6 +87,11 @@ def kind_label(kind: object) -> str:
     return KIND_LABEL.get(str(kind), text(kind))
 
 
+def kind_marker(kind: object) -> str:
+    """A dictionary kind's plot marker (`KIND_MARKER`), `^` for any other."""
+    return KIND_MARKER.get(str(kind), "^")
+
+
 KIND_COLUMN = Column("kind", "kind", kind_label, numeric=False)
 """A table's kind column."""
 

@@ -8,7 +8,7 @@ import pandas as pd
 
 from tcspec import atomic
 from tcspec.tables.format import Column, fixed, integer, text
-from tcspec.tables.records import KIND_COLUMN, KIND_MARKER
+from tcspec.tables.records import KIND_COLUMN, kind_marker
 from tcspec.tables.section import Inputs, Section, table_section
 
 COLUMNS = (
@@ -58,7 +58,7 @@ def truth_figure(table: pd.DataFrame, title: str):
     axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
     for i, (fam, g) in enumerate(table.groupby("family", sort=False)):
         g = g[g["l0"] > 0].sort_values("l0")
-        marker = KIND_MARKER.get(str(g["kind"].iloc[0]), "^") if len(g) else "o"
+        marker = kind_marker(g["kind"].iloc[0]) if len(g) else "o"
         for ax, metric in zip(axes, ("f1", "mcc")):
             ax.plot(g["l0"], g[metric], marker=marker, color=f"C{i % 10}", label=fam, lw=1.6)
     for ax, name in zip(axes, ("F1 (latents as feature detectors)", "MCC (decoder vs truth)")):
