@@ -14,8 +14,10 @@ Each step variant is built afresh (CUDA's peak-memory counter reset), stepped ``
 times, then ``--steps`` times timed (synchronised), and freed. Reported: ms a step,
 tokens/s, TFLOP/s (the plan's FLOP count: 6 B F (d_in + d_out) a per-layer dictionary,
 `tcspec.clt.cost` for a CLT; dense, so TopK's is an upper bound of what it executes),
-bf16's speed-up over fp32, and peak memory (CUDA: ``max_memory_allocated``; CPU: the
-process's peak resident memory above its resident memory before the variant).
+bf16's speed-up over fp32, and peak memory above what was held before the variant was
+built (the batches; CUDA: ``max_memory_allocated``, CPU: the process's peak resident
+memory). Expected on an H100: ~20 s of start-up, ~1 minute of step variants (building a
+CLT on the CPU takes seconds), 2 x (30 s + set-up) of stream: ~3 minutes.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     p.add_argument("--steps", type=int, default=10, help="timed steps a step variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
-    p.add_argument("--stream-seconds", type=float, default=40.0, help="stream training budget")
+    p.add_argument("--stream-seconds", type=float, default=30.0, help="stream training budget")
     p.add_argument("--stream-steps", type=int, default=None, help="at most this many steps")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/gpu-out")))
     a = p.parse_args(argv)
