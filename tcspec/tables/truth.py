@@ -52,6 +52,7 @@ def truth_table(df: pd.DataFrame) -> pd.DataFrame:
 def truth_figure(table: pd.DataFrame, title: str):
     """F1 and MCC against L0 (log x), one curve per family (a matplotlib Figure)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig = Figure(figsize=(10.0, 4.4), dpi=100)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.88, wspace=0.22)
@@ -63,6 +64,9 @@ def truth_figure(table: pd.DataFrame, title: str):
             ax.plot(g["l0"], g[metric], marker=marker, color=f"C{i % 10}", label=fam, lw=1.6)
     for ax, name in zip(axes, ("F1 (latents as feature detectors)", "MCC (decoder vs truth)")):
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("mean L0 (log scale)")
         ax.set_ylabel(name)
         ax.set_ylim(0, 1.02)
