@@ -332,9 +332,9 @@ def baseline(store: Path) -> Path:
 
 
 def last_line(text: str) -> str:
-    """The line that says why a job failed: the last ``SomeError: message`` line (a
-    traceback's last line; progress bars closing at exit may follow it), else the last
-    non-blank line. Carriage returns of progress bars end lines too."""
+    """The line that says why a job failed: the last ``SomeError: message`` or
+    ``tcspec [command]: message`` line (a traceback's last line, or the CLI's one-line error;
+    progress bars closing at exit may follow it), else the last non-blank line. Carriage returns of progress bars end lines too."""
     lines = [s.strip() for s in text.replace("\r", "\n").splitlines() if s.strip()]
     errors = [m.group(0) for s in lines if (m := ERROR_LINE.search(s))]
     return errors[-1] if errors else (lines[-1] if lines else "")
@@ -342,4 +342,4 @@ def last_line(text: str) -> str:
 
 # "SomeError: ..." (a traceback's last line) or "tcspec: ..." (a user error), anywhere in
 # a line: a progress bar without a newline may precede it
-ERROR_LINE = re.compile(r"(\b[A-Za-z_][\w.]*(Error|Exception|Exit)|\btcspec): .*$")
+ERROR_LINE = re.compile(r"(\b[A-Za-z_][\w.]*(Error|Exception|Exit)|\btcspec( [a-z]+)?): .*$")
