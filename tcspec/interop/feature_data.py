@@ -126,6 +126,11 @@ def write_feature_data(
     if features is None:
         features = [int(f) for f in stats.meta.get("pages", [])]
     pages = feature_pages(stats, features, transcoder_id=transcoder_id or f"layer_{layer}")
+    return write_pages(pages, out_dir, layer=layer)
+
+
+def write_pages(pages: dict[int, dict], out_dir: str | Path, *, layer: int) -> list[Path]:
+    """Write each page of `feature_pages` (of one layer) as `{cantor_pair(layer, f)}.json`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -64,7 +64,8 @@ def write_pages(ctx, model, coders, kept: dict[int, set[int]], label: str) -> in
     `layout.CT_FEATURES`/<label>/), and the viewer's feature cards (`layout.GRAPH_CARDS`:
     circuit-tracer's page of each feature, its automatic label and, for a CLT, where it
     writes). Returns the number of pages."""
-    from tcspec.interop.feature_data import feature_pages, write_feature_data
+    from tcspec.interop.feature_data import feature_pages
+    from tcspec.interop.feature_data import write_pages as write_ct_pages
     from tcspec.interp import load_stats
     from tcspec.tasks import interp as interp_task
     from tcspec.tasks import tokens as tokens_task
@@ -83,10 +84,10 @@ def write_pages(ctx, model, coders, kept: dict[int, set[int]], label: str) -> in
             model, view, tokens, stats_cfg, lambda count, n, chosen=chosen: chosen, out,
             meta["label"], lambda stats, meta=meta: meta,
         )  # fmt: skip
-        write_feature_data(out / layout.STATS, ctx.out / layout.CT_FEATURES / label, layer=layer)
-        stats = load_stats(out / layout.STATS)
-        for f, page in feature_pages(stats, chosen, transcoder_id=f"layer_{layer}").items():
-            cards[f"{layer}_{f}"] = page | _card_extra(stats, f)
+        stats = load_stats(out / layout.STATS)  # as saved: the vocabulary's strings
+        pages = feature_pages(stats, chosen, transcoder_id=f"layer_{layer}")
+        write_ct_pages(pages, ctx.out / layout.CT_FEATURES / label, layer=layer)
+        cards |= {f"{layer}_{f}": page | _card_extra(stats, f) for f, page in pages.items()}
     text = "window.TCSPEC_CARDS = " + json.dumps(cards, allow_nan=False) + ";\n"
     atomic.write_text(ctx.out / layout.GRAPH_PAGES / layout.GRAPH_CARDS, text)
     return len(cards)
