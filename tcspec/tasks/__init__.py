@@ -5,8 +5,8 @@ task's frozen config (and its upstream tasks' configs) from the config store und
 never from a spec; ``run_task`` checks the inputs are complete, runs the stage with the
 stage's thread count, and writes ``task.json`` last (atomically): the config, its
 provenance and the checksums of the files it wrote, which every reader verifies
-(``tcspec.tasks.integrity``). Only this package, ``tcspec.workflow`` and the CLI know the results layout; the
-library modules below them take plain arguments.
+(``tcspec.tasks.integrity``). Only this package, ``tcspec.workflow`` and the CLI know the
+results layout; the library modules below them take plain arguments.
 """
 
 from __future__ import annotations
