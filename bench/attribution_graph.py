@@ -26,7 +26,7 @@ import torch
 
 from tcspec.circuits.graph import GraphConfig, attribution_graph
 from tcspec.circuits.graph.replacement import run_prompt
-from tcspec.coders import Coder, CoderConfig
+from tcspec.dictionaries.coders import Coder, CoderConfig
 
 SHAPES = {
     "toy": dict(n_layers=2, d_model=128, d_head=32, n_heads=4, d_mlp=512, d_vocab=3072,

@@ -42,7 +42,7 @@ def child_write(out: Path, n_contexts: int, shard_tokens: int, device: str) -> d
     import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from tcspec.activations import cache_activations
+    from tcspec.data.cache import cache_activations
 
     cfg = HookedTransformerConfig(
         n_layers=2, d_model=128, d_mlp=512, n_ctx=CONTEXT, n_heads=4, d_head=32, d_vocab=4096,
@@ -60,7 +60,7 @@ def child_write(out: Path, n_contexts: int, shard_tokens: int, device: str) -> d
 
 
 def child_read(out: Path, batch_size: int) -> dict:
-    from tcspec.activations import ActivationReader
+    from tcspec.data.cache import ActivationReader
 
     base = current_rss_mb()
     reader = ActivationReader(out, HOOKS, batch_size=batch_size, seed=0)

@@ -26,7 +26,7 @@ import torch
 import xxhash
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from tcspec.activations import ActivationReader, cache_activations
+from tcspec.data.cache import ActivationReader, cache_activations
 
 TRAIN_TOKENS_PER_S = 100_000  # the trainer's consumption at the quickstart width
 HOOKS = [f"blocks.{layer}.{h}" for layer in (0, 1) for h in ("ln2.hook_normalized", "hook_mlp_out")]

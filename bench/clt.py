@@ -6,10 +6,10 @@ tokens, fp32, CPU. The batch (every layer's input and output, random) is made on
 in memory, so each figure is the step's own cost. Two activations, each both ways:
 
 - CLT (relu, topk): one `CLT` over all layers (decoders to that and every later layer),
-  stepped as `tcspec.clt.train` does: `tcspec.clt.step.train_step` (tanh penalty, its
+  stepped as `tcspec.training.clt` does: `tcspec.training.clt_step.train_step` (tanh penalty, its
   hand-written gradients, each parameter stepped by Adam once its gradient is ready; TopK
   decodes sparsely).
-- per-layer (relu, topk): n_layers `tcspec.train.MemberRun`s, the per-layer trainer's own
+- per-layer (relu, topk): n_layers `tcspec.training.MemberRun`s, the per-layer trainer's own
   step (its hand-written backward, workspace and Adam; L1 penalty for ReLU, TopK sparse),
   layer l's transcoder on layer l's input and output, one after another.
 TopK keeps k = 64 features per layer and token (tiny: 8).
@@ -55,12 +55,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Timing, markdown_table, timed  # noqa: E402
-from tcspec.clt.cost import clt_cost, decoder_params  # noqa: E402
-from tcspec.clt.model import CLT, CLTConfig, CLTLoss  # noqa: E402
-from tcspec.clt.step import Hyper, train_step  # noqa: E402
 from tcspec.compute import gemm_dtype, gemm_mode  # noqa: E402
-from tcspec.train.adam import AdamState  # noqa: E402
-from tcspec.train.workspace import Workspace  # noqa: E402
+from tcspec.dictionaries.clt import CLT, CLTConfig, CLTLoss  # noqa: E402
+from tcspec.plan.clt_cost import clt_cost, decoder_params  # noqa: E402
+from tcspec.training.adam import AdamState  # noqa: E402
+from tcspec.training.clt_step import Hyper, train_step  # noqa: E402
+from tcspec.training.workspace import Workspace  # noqa: E402
 
 FULL = dict(n_layers=12, d_model=768, d_sae=8192, batch=4096, k=64)
 TINY = dict(n_layers=3, d_model=32, d_sae=128, batch=256, k=8)
@@ -95,9 +95,9 @@ def clt_stepper(shape: dict, xs, ys, topk: bool, precision: str = "fp32"):
 def per_layer_stepper(shape: dict, xs, ys, topk: bool):
     """One step of n_layers per-layer transcoders (the per-layer trainer), layer l's on
     xs[l], ys[l]."""
-    from tcspec.coders import CoderConfig
+    from tcspec.dictionaries.coders import CoderConfig
     from tcspec.spec import TranscoderSpec
-    from tcspec.train import Member, MemberRun, Workspace
+    from tcspec.training import Member, MemberRun, Workspace
 
     d, F, B = shape["d_model"], shape["d_sae"], shape["batch"]
     act = dict(activation="topk", k=shape["k"]) if topk else dict(l1=1e-4)

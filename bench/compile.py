@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tcspec.loader import load_spec
 from tcspec.plan import compile_plan
+from tcspec.spec.loader import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"compile": 2.0, "plan": 2.0, "dry-run": 5.0}

@@ -34,9 +34,9 @@ import torch
 from bench.common import interleaved, markdown_table, threads
 from bench.peers import cycle, saelens_trainer_step
 from bench.train_throughput import IN, OUT, make_batches, matmul_chain
-from tcspec.coders import CoderConfig
+from tcspec.dictionaries.coders import CoderConfig
 from tcspec.spec import SAESpec, TranscoderSpec
-from tcspec.train import Member, MemberRun, Workspace
+from tcspec.training import Member, MemberRun, Workspace
 
 L0_COEF = 1e-3  # JumpReLU's L0 coefficient in both tools
 

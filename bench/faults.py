@@ -70,7 +70,7 @@ def fingerprint(results: Path, stage: str) -> dict[str, str]:
         return {"metrics": json.dumps(record["metrics"], sort_keys=True)}
     else:
         files = sorted(paths.tables_dir(results, "micro").glob("*.csv"))
-    from tcspec.data import sha256_file
+    from tcspec.data.tokens import sha256_file
 
     return {str(f.relative_to(results)): sha256_file(f) for f in files}
 

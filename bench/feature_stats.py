@@ -20,8 +20,8 @@ import time
 import numpy as np
 import torch
 
-from tcspec.coders import Coder, CoderConfig
-from tcspec.interp import StatsConfig, feature_statistics
+from tcspec.dictionaries.coders import Coder, CoderConfig
+from tcspec.features.stats import StatsConfig, feature_statistics
 
 
 def main() -> None:

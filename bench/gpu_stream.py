@@ -38,10 +38,10 @@ from bench.stream import (  # noqa: E402
     rows_for,
     transcoders,
 )
-from tcspec import budget, estimates  # noqa: E402
 from tcspec.compute import resolve_precision  # noqa: E402
-from tcspec.stream import ActivationStream, StreamConfig  # noqa: E402
-from tcspec.train import train_group  # noqa: E402
+from tcspec.data.stream import ActivationStream, StreamConfig  # noqa: E402
+from tcspec.plan import budget, estimates  # noqa: E402
+from tcspec.training import train_group  # noqa: E402
 
 GPT2 = Shape("gpt2", 12, 768, 3072, 12, 50257, 128, 12, 1, 24576, 4096, 400, 64, 65536)
 TINY = Shape("tiny", 12, 32, 128, 2, 512, 32, 12, 1, 64, 256, 8, 16, 1024)

@@ -21,7 +21,7 @@ import torch
 
 from tcspec.circuits.attribution import Attributor, Node, logit_diff_weights, trace
 from tcspec.circuits.paths import build_graph, find_paths
-from tcspec.coders import Coder, CoderConfig
+from tcspec.dictionaries.coders import Coder, CoderConfig
 
 
 def tiny_setup(n_prompts: int, d_sae: int, seq: int = 13):
@@ -52,7 +52,7 @@ def tiny_setup(n_prompts: int, d_sae: int, seq: int = 13):
 
 def load_setup(model_dir: str, coder_args: list[str], n_prompts: int):
     from tcspec.circuits.greater_than import PAPER_YY, greater_than_prompts, spread_yy
-    from tcspec.coders import load
+    from tcspec.dictionaries.coders import load
     from tcspec.models.load import load_model
 
     model = load_model(model_dir, "cpu")

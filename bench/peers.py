@@ -12,7 +12,7 @@ Two pairings, each a training step on batches of B tokens, fp32, CPU:
                       and the did-fire bookkeeping, as `Trainer.fit` does per step; also with
                       sparsify's default optimizer (schedule-free SignSGD, "signum").
 
-tcspec runs `tcspec.train.MemberRun.step`, the body of `train_group`'s loop (gradients by hand,
+tcspec runs `tcspec.training.MemberRun.step`, the body of `train_group`'s loop (gradients by hand,
 decoder renormalization and parallel-gradient removal on, which its peers skip for a
 transcoder / a standard SAE). Every tool gets the same in-memory batches (a few pre-made ones,
 cycled), the same thread count; warm-up steps are excluded and the steps of the tools of one
@@ -30,9 +30,9 @@ import torch
 
 from bench.common import Timing, interleaved, markdown_table, threads
 from bench.train_throughput import make_batches
-from tcspec.coders import CoderConfig
+from tcspec.dictionaries.coders import CoderConfig
 from tcspec.spec import SAESpec, TranscoderSpec
-from tcspec.train import Member, MemberRun, Workspace
+from tcspec.training import Member, MemberRun, Workspace
 
 IN, OUT = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
 K = 32  # TopK's active features per token

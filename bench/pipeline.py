@@ -69,7 +69,7 @@ def stage_table(results: Path) -> str:
 # ------------------------------------------------------------------------------ caching
 def cache_vs_forward(tiny: bool) -> tuple[str, dict]:
     from bench.cache_throughput import HOOKS, quickstart_model
-    from tcspec.activations import cache_activations
+    from tcspec.data.cache import cache_activations
 
     n_contexts, bc = (32, 16) if tiny else (512, 32)
     model = quickstart_model("cpu")

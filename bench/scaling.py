@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.common import interleaved, linear_fit, markdown_table, threads
 from bench.sweep_one_pass import MemorySource, members, reader_source, time_one_pass, time_separate
 from bench.train_throughput import make_batches, make_run, matmul_chain
-from tcspec.train import Workspace
+from tcspec.training import Workspace
 
 
 def _step_fn(d: int, d_sae: int, batch: int, data=None):

@@ -39,12 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import interleaved, markdown_table  # noqa: E402
-from tcspec.activations import ActivationReader, cache_activations  # noqa: E402
-from tcspec.coders import CoderConfig  # noqa: E402
-from tcspec.hooks import TRANSCODER_IN, TRANSCODER_OUT, full_name  # noqa: E402
+from tcspec.data.cache import ActivationReader, cache_activations  # noqa: E402
+from tcspec.data.stream import ActivationStream, StreamConfig  # noqa: E402
+from tcspec.dictionaries.coders import CoderConfig  # noqa: E402
+from tcspec.models.hooks import TRANSCODER_IN, TRANSCODER_OUT, full_name  # noqa: E402
 from tcspec.spec import TranscoderSpec  # noqa: E402
-from tcspec.stream import ActivationStream, StreamConfig  # noqa: E402
-from tcspec.train import Member, train_group  # noqa: E402
+from tcspec.training import Member, train_group  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ The batch supply (`--supply memory`, the default) is a synthetic in-memory sourc
 the activation cache reader's per-batch work: gather `batch` random rows of each hook from an
 in-RAM buffer with np.take and turn them into float32 tensors. The real reader also reads its
 shard groups from files and checksums each file once; `--supply reader` uses the real
-tcspec.activations.ActivationReader over a synthetic float32 cache written to a temporary
+tcspec.data.cache.ActivationReader over a synthetic float32 cache written to a temporary
 folder (so in the page cache). The script prints the per-batch cost of the supply it uses.
 
 "Separate runs" are K calls of train_group with one member each, in this process (no
@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tcspec.coders import CoderConfig
+from tcspec.dictionaries.coders import CoderConfig
 from tcspec.spec import TranscoderSpec
-from tcspec.train import Member, train_group
+from tcspec.training import Member, train_group
 
 IN, OUT = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
 QUICKSTART_TOKENS = 2_000_000  # specs/quickstart.yaml: data.train_tokens
@@ -71,7 +71,7 @@ def reader_source(d: int, batch: int, root: Path, shards: int = 4, rows: int = 1
     """The real ActivationReader over a synthetic cache written in its on-disk format."""
     import xxhash
 
-    from tcspec.activations import ACTS_FORMAT, ActivationReader
+    from tcspec.data.cache import ACTS_FORMAT, ActivationReader
 
     rng = np.random.default_rng(0)
     A = (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from tcspec.coders import CoderConfig
+from tcspec.dictionaries.coders import CoderConfig
 from tcspec.spec import TranscoderSpec
-from tcspec.train import Member, MemberRun, Workspace
+from tcspec.training import Member, MemberRun, Workspace
 
 IN, OUT = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
 

@@ -1,5 +1,5 @@
 from tcspec.layout import STAGES
-from tcspec.workflow import ID_PATTERN, RULE_STAGES, Workflow, stop_jobs_on_interrupt
+from tcspec.plan.workflow import ID_PATTERN, RULE_STAGES, Workflow, stop_jobs_on_interrupt
 
 WF = Workflow(
     config["spec"],

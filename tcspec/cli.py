@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from tcspec import atomic, layout
-from tcspec.loader import SpecError, load_spec
-from tcspec.throughput import GPU_CLASSES
+from tcspec.compute.throughput import GPU_CLASSES
+from tcspec.spec.loader import SpecError, load_spec
 
 DEFAULT_SPEC = "specs/quickstart.yaml"
 DEFAULT_RESULTS = "results"
@@ -162,7 +162,7 @@ def _plan(args, stream_budget_mb: int | None = None, results: Path | None = None
     ``results`` recorded (the same pass ids), else the default; the GPU rates of
     ``args.gpu_class`` and ``args.sustained_tflops`` where given."""
     from tcspec.plan import DEFAULT_STREAM_BUDGET_MB, compile_plan
-    from tcspec.workflow import machine_rates, recorded_stream_budget
+    from tcspec.plan.workflow import machine_rates, recorded_stream_budget
 
     spec = load_spec(args.spec)
     if stream_budget_mb is None and results is not None:
@@ -178,8 +178,8 @@ def _plan(args, stream_budget_mb: int | None = None, results: Path | None = None
 def cmd_check(args) -> int:
     from dataclasses import replace
 
-    from tcspec.checks import sanity_warnings
-    from tcspec.loader import locate
+    from tcspec.spec.checks import sanity_warnings
+    from tcspec.spec.loader import locate
 
     spec, plan = _plan(args)
     warnings = locate(args.spec, sanity_warnings(spec))
@@ -210,7 +210,7 @@ def _check_disk(plan, results: Path, spec_file: str) -> None:
 
 
 def cmd_plan(args) -> int:
-    from tcspec.report import plan_table
+    from tcspec.plan.report import plan_table
 
     spec, plan = _plan(args, args.stream_budget_mb)
     if args.json:
@@ -312,7 +312,7 @@ def cmd_tables(args) -> int:
 
 
 def cmd_ingest(args) -> int:
-    from tcspec.study import ingest
+    from tcspec.features.study import ingest
 
     spec, plan = _plan(args)
     results = Path(args.results)
@@ -330,7 +330,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from tcspec import coders
+    from tcspec.dictionaries import coders
     from tcspec.interop import export
 
     folder, out = Path(args.dictionary), Path(args.out)
@@ -397,7 +397,7 @@ def cmd_clean(args) -> int:
     import shutil
 
     from tcspec.plan import DEFAULT_STREAM_BUDGET_MB, compile_plan
-    from tcspec.workflow import pending_passes, recorded_stream_budget
+    from tcspec.plan.workflow import pending_passes, recorded_stream_budget
 
     results = Path(args.results)
     keep: set[tuple[str, str]] = set()
@@ -457,7 +457,7 @@ def _size(path: Path) -> int:
 
 
 def cmd_status(args) -> int:
-    from tcspec.report import status_table
+    from tcspec.plan.report import status_table
 
     spec, plan = _plan(args, results=Path(args.results))
     print(status_table(plan, Path(args.results)))

@@ -13,7 +13,7 @@ results/
   <experiment>/ratings.csv         ingested ratings (+ ratings_key.json)
   <experiment>/stream_budget.json  the stream budget the spec's last DAG was built with
 
-Only ``tcspec.tasks``, ``tcspec.workflow`` and the CLI use this module; library modules
+Only ``tcspec.tasks``, ``tcspec.plan.workflow`` and the CLI use this module; library modules
 take explicit paths.
 """
 

@@ -128,8 +128,8 @@ def micro_attribution_run(tmp_path_factory):
     """(results folder, plan) of the micro attribution spec, every task done: configs
     stored as building the DAG stores them, then each stage's jobs (training as its pass)."""
     from tcspec import layout
-    from tcspec.loader import load_spec
     from tcspec.plan import compile_plan, group_task
+    from tcspec.spec.loader import load_spec
     from tcspec.tasks import run_task, save_task
 
     spec = Path(__file__).resolve().parent / "workflow" / "micro_attribution.yaml"

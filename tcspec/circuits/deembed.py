@@ -26,7 +26,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tcspec.circuits.attribution import NORM_CENTRES, centre, deembedding
-from tcspec.coders import Coder
+from tcspec.dictionaries.coders import Coder
 
 TOP_TOKENS = 10
 TOP_MLP0 = 10

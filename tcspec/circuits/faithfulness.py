@@ -17,7 +17,7 @@ from transformer_lens import HookedTransformer
 from tcspec.circuits.attribution import Attributor, total_feature_attributions
 from tcspec.circuits.paths import Graph
 from tcspec.circuits.trace import splice_hooks
-from tcspec.hooks import full_name
+from tcspec.models.hooks import full_name
 
 
 def _top_features(graph: Graph, top: int) -> list:

@@ -36,8 +36,8 @@ from transformer_lens import HookedTransformer
 from tcspec.circuits.graph.dictionaries import Dictionaries, PerLayer, as_dictionaries
 from tcspec.circuits.greater_than import prob_diff
 from tcspec.circuits.trace import Transcoders, splice_hooks
-from tcspec.coders import Coder
-from tcspec.hooks import full_name
+from tcspec.dictionaries.coders import Coder
+from tcspec.models.hooks import full_name
 from tcspec.spec import KEEP_TOP_K_POSITIONS
 
 Positions = Literal[KEEP_TOP_K_POSITIONS]  # type: ignore[valid-type]

@@ -29,9 +29,9 @@ from tcspec.circuits.graph.dictionaries import (
     as_dictionaries,
     write_into,
 )
-from tcspec.clt.model import CLT
-from tcspec.coders import Coder
-from tcspec.hooks import full_name, hooks_replacing_mlp, relative_name
+from tcspec.dictionaries.clt import CLT
+from tcspec.dictionaries.coders import Coder
+from tcspec.models.hooks import full_name, hooks_replacing_mlp, relative_name
 
 Transcoders = dict[int, Coder] | CLT | Dictionaries
 """What the study traces through: transcoders by layer, or a CLT (either may come wrapped)."""

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from tcspec.coders import Coder
-from tcspec.hooks import block_name
+from tcspec.dictionaries.coders import Coder
 from tcspec.interop.tensors import (
     NOT_REPRESENTABLE,
     build_coder,
@@ -25,6 +24,7 @@ from tcspec.interop.tensors import (
     threshold_activation,
     transcoder_biases,
 )
+from tcspec.models.hooks import block_name
 
 CT_CONFIG = "config.yaml"
 CT_LAYER = re.compile(r"^layer_(\d+)\.safetensors$")

@@ -48,10 +48,10 @@ from torch import Tensor
 
 from tcspec import __version__
 from tcspec.atomic import atomic_write as _atomic
-from tcspec.coders import Coder
-from tcspec.hooks import split_name
+from tcspec.dictionaries.coders import Coder
 from tcspec.interop.tensors import PRE_BIAS_FILE, fold_pre_bias, pre_bias_tensors
-from tcspec.kinds import CLT, THRESHOLD_ACTIVATIONS
+from tcspec.models.hooks import split_name
+from tcspec.vocab import CLT, THRESHOLD_ACTIVATIONS
 
 TARGETS = ("saelens", "sparsify", "circuit-tracer")
 

@@ -1,10 +1,10 @@
-"""Recognise and load dictionaries written by other tools as `tcspec.coders.Coder`s.
+"""Recognise and load dictionaries written by other tools as `tcspec.dictionaries.coders.Coder`s.
 
 Formats (the names `detect_format` returns and `load_dictionary` takes):
 
 | format | on disk | tensors |
 |---|---|---|
-| `tcspec` | folder: `cfg.json` + `weights.safetensors` | `tcspec.coders` |
+| `tcspec` | folder: `cfg.json` + `weights.safetensors` | `tcspec.dictionaries.coders` |
 | `saelens` | folder: `cfg.json` + `sae_weights.safetensors` | W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_out], b_dec, W_skip [d_out, d_in] |
 | `sparsify` | folder: `cfg.json` + `sae.safetensors` | encoder.weight [d_sae, d_in], encoder.bias, W_dec [d_sae, d_out], b_dec, W_skip [d_out, d_in] |
 | `circuit-tracer` | folder: `config.yaml` + `layer_{i}.safetensors` | W_enc [d_sae, d_in], b_enc, W_dec [d_sae, d_out], b_dec [d_out], W_skip [d_out, d_in] |
@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from tcspec import coders
-from tcspec.coders import Coder, CoderConfig
+from tcspec.dictionaries import coders
+from tcspec.dictionaries.coders import Coder, CoderConfig
 from tcspec.interop.circuit_tracer import CT_CONFIG, CT_LAYER, load_circuit_tracer
 from tcspec.interop.gemma_scope import GEMMA_FILES, load_gemma_scope
 from tcspec.interop.safe_pickle import PickledRecord, load_checkpoint

@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tcspec.coders import Coder
-from tcspec.hooks import TRANSCODER_IN, TRANSCODER_OUT, full_name
+from tcspec.dictionaries.coders import Coder
 from tcspec.interop.tensors import (
     Tensors,
     build_coder,
@@ -39,6 +38,7 @@ from tcspec.interop.tensors import (
     read_safetensors,
     take_threshold,
 )
+from tcspec.models.hooks import TRANSCODER_IN, TRANSCODER_OUT, full_name
 
 GEMMA_FILES = ("params.npz", "params.safetensors")
 LAYER = re.compile(r"layer_(\d+)")

@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from tcspec.coders import Coder, CoderConfig
-from tcspec.hooks import split_name
+from tcspec.dictionaries.coders import Coder, CoderConfig
+from tcspec.models.hooks import split_name
 
 # beside an export: the tcspec parameters the format cannot hold ({prefix}b_dec, {prefix}b_enc)
 PRE_BIAS_FILE = "tcspec_pre_bias.safetensors"

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from tcspec.atomic import atomic_write, write_json
-from tcspec.hooks import SYNTHETIC_HOOKS, full_name
+from tcspec.models.hooks import SYNTHETIC_HOOKS, full_name
 from tcspec.models.load import MODEL_JSON
 
 TRUTH_FILE = "truth.safetensors"
@@ -156,7 +156,7 @@ def iter_rows(truth: Truth, stream: str, rows: int, chunk: int = 8192) -> Iterat
 
 class SyntheticStream:
     """Training batches drawn on the fly: batch s is a function of (seed, s) alone, so a
-    resumed pass needs no state (a `tcspec.train.loop.BatchSource`)."""
+    resumed pass needs no state (a `tcspec.training.loop.BatchSource`)."""
 
     def __init__(self, truth: Truth, keys: list[str], batch_size: int, device="cpu"):
         self.truth, self.keys, self.batch_size, self.device = truth, list(keys), batch_size, device

@@ -23,10 +23,13 @@ import itertools
 from dataclasses import replace
 from pathlib import Path
 
-from tcspec import estimates, layout
-from tcspec.checks import dictionary_hooks, model_dims
+from tcspec import layout
 from tcspec.compute import resolve_precision
-from tcspec.configs import (
+from tcspec.compute.throughput import Rates
+from tcspec.models.hooks import full_name, hook_width
+from tcspec.models.recipes import get_recipe
+from tcspec.plan import estimates
+from tcspec.plan.configs import (
     ActsConfig,
     CircuitConfig,
     CLTMemberConfig,
@@ -44,15 +47,13 @@ from tcspec.configs import (
     TokensConfig,
     TrainedMemberConfig,
 )
-from tcspec.hooks import full_name, hook_width
-from tcspec.kinds import CLT, SPARSITY_K, d_sae_of
-from tcspec.models.recipes import get_recipe
 from tcspec.plan.imports import file_hashes, import_clt, import_task, is_clt_folder  # noqa: F401
 from tcspec.plan.resources import Sizer
+from tcspec.plan.stream import split_passes, stream_shape, stream_source
 from tcspec.plan.task import THREADS, Plan, Task, make_task, safe_name, task_id  # noqa: F401
 from tcspec.spec import SWEEP_FIELDS, DictionaryRef, InterpSpec, Spec
-from tcspec.stream_plan import split_passes, stream_shape, stream_source
-from tcspec.throughput import Rates
+from tcspec.spec.checks import dictionary_hooks, model_dims
+from tcspec.vocab import CLT, SPARSITY_K, d_sae_of
 
 DEFAULT_STREAM_BUDGET_MB = 40_000
 """Per-job memory budget of a stream pass when the machine side gives none (a 40 GB GPU)."""
@@ -350,8 +351,8 @@ def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Tas
 
 
 def clt_shape(c: CLTMemberConfig):
-    """The `tcspec.clt.model.CLTConfig` of a CLT train task."""
-    from tcspec.clt.model import CLTConfig
+    """The `tcspec.dictionaries.clt.CLTConfig` of a CLT train task."""
+    from tcspec.dictionaries.clt import CLTConfig
 
     o = c.opts
     return CLTConfig(

@@ -1,5 +1,5 @@
 """The scheduler's resources of every task and pass: sizes from the plan's configs, costs
-from `tcspec.estimates`, rates from the machine side's `tcspec.throughput.Rates`.
+from `tcspec.plan.estimates`, rates from the machine side's `tcspec.compute.throughput.Rates`.
 
 Every task's resources hold ``mem_mb`` and ``runtime`` (minutes: what Snakemake asks the
 scheduler for, margins included), ``seconds`` (the estimate), ``gpu`` and ``threads``; a
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from tcspec import budget, estimates
-from tcspec.configs import CLTMemberConfig, TrainedMemberConfig
-from tcspec.estimates import MB, Cost, ModelSize
+from tcspec.compute.throughput import Rates
+from tcspec.plan import budget, estimates
+from tcspec.plan.configs import CLTMemberConfig, TrainedMemberConfig
+from tcspec.plan.estimates import MB, Cost, ModelSize
 from tcspec.plan.task import THREADS
-from tcspec.throughput import Rates
 
 IMPORTED_EXPANSION = 64
 """Features per model dimension an imported dictionary is sized as (its files are not read
@@ -121,10 +121,10 @@ class Sizer:
         return self.request("train", self.train_pass(configs), self.gpu, slowest, **extra)
 
     def clt_cost(self, c: CLTMemberConfig) -> tuple[Cost, int]:
-        """A CLT's training (``tcspec.clt.cost``) and, from a stream, the model's forward
+        """A CLT's training (``tcspec.plan.clt_cost``) and, from a stream, the model's forward
         and its buffer of the CLT's 2 L hooks; and its parameters."""
-        from tcspec.clt.cost import clt_cost
         from tcspec.plan import clt_shape
+        from tcspec.plan.clt_cost import clt_cost
 
         cost = clt_cost(clt_shape(c), c.opts.batch_size, c.steps, c.opts.precision)
         tokens, L = c.steps * c.opts.batch_size, len(c.layers)

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tcspec import budget, layout
-from tcspec.configs import StageConfig
+from tcspec import layout
+from tcspec.plan import budget
+from tcspec.plan.configs import StageConfig
 from tcspec.spec import Spec
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from pydantic import (
     StringConstraints,
 )
 
-from tcspec.hooks import BLOCK_HOOKS
+from tcspec.models.hooks import BLOCK_HOOKS
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]+$", min_length=1, max_length=64)]
 INT_MAX = 2**63 - 1

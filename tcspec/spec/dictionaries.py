@@ -12,17 +12,7 @@ from pydantic import (
 )
 
 from tcspec.compute import Precision
-from tcspec.hooks import TRANSCODER_IN, TRANSCODER_OUT
-from tcspec.kinds import (
-    ACTIVATIONS,
-    CLT_ACTIVATIONS,
-    CLT_IN_HOOKS,
-    DEAD_AUX_K,
-    GHOST_RESIDUALS,
-    JUMPRELU_PENALTIES,
-    MATRYOSHKA,
-    SPARSITY_K,
-)
+from tcspec.models.hooks import TRANSCODER_IN, TRANSCODER_OUT
 from tcspec.spec.base import (
     SWEEP_FIELDS,
     FieldError,
@@ -35,6 +25,16 @@ from tcspec.spec.base import (
     PosInt,
     Seed,
     Sweep,
+)
+from tcspec.vocab import (
+    ACTIVATIONS,
+    CLT_ACTIVATIONS,
+    CLT_IN_HOOKS,
+    DEAD_AUX_K,
+    GHOST_RESIDUALS,
+    JUMPRELU_PENALTIES,
+    MATRYOSHKA,
+    SPARSITY_K,
 )
 
 # --------------------------------------------------------------------------- dictionaries

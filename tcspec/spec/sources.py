@@ -85,7 +85,7 @@ class SyntheticModelSpec(Frozen):
     x = sum_i a_i d_i; `blocks.0.hook_mlp_out` holds y = sum_i a_i m_i, where the known
     sparse map sends input feature i to `out_fan` of `n_out_features` output directions
     (m_i: their weighted sum, unit norm). Dictionaries are scored against this truth
-    (`tcspec.ground_truth`), as SAELens's SynthSAEBench scores SAEs."""
+    (`tcspec.evaluation.ground_truth`), as SAELens's SynthSAEBench scores SAEs."""
 
     kind: Literal["synthetic"]
     n_features: PosInt = 512

@@ -11,7 +11,6 @@ from pydantic import (
     model_validator,
 )
 
-from tcspec.paper import REFERENCES
 from tcspec.spec.base import (
     SWEEP_FIELDS,
     FieldError,
@@ -21,6 +20,7 @@ from tcspec.spec.base import (
     NonNegInt,
     PosInt,
 )
+from tcspec.tables.paper import REFERENCES
 from tcspec.tables.registry import DEFAULT_INCLUDE, TABLE_NAMES
 
 

@@ -13,7 +13,7 @@
   error bars over seeds.
 - `curves_{dictionary}_L{layers}.png`: training curves (loss terms, L0, dead fraction
   against tokens) of each dictionary, from the `curves` given.
-- `reference_{key}.{md,tex,csv}` when `reference` names one of `tcspec.paper.REFERENCES`;
+- `reference_{key}.{md,tex,csv}` when `reference` names one of `tcspec.tables.paper.REFERENCES`;
   published sweep points are also drawn, hollow, on the Pareto plot of their layer.
 - tables other stages computed (`interpretability`, `greater_than`), as Markdown and CSV.
 - `index.md` (every table inline, every plot shown) and `results.csv` (all records

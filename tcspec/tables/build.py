@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tcspec import atomic
-from tcspec.paper import REFERENCES
 from tcspec.tables import reference as reference_table
 from tcspec.tables.curves import Curve
 from tcspec.tables.extra import ExtraTable
+from tcspec.tables.paper import REFERENCES
 from tcspec.tables.records import records_frame
 from tcspec.tables.registry import TABLES, builder
 from tcspec.tables.section import Inputs, Section
@@ -50,7 +50,7 @@ def build_tables(
 
     `out_dir` is the tables' own folder: it is replaced as a whole (atomically), so it holds
     exactly this build's files. `records` are metrics records (see `records.records_frame`);
-    `reference` optionally names a published table of `tcspec.paper.REFERENCES` to show
+    `reference` optionally names a published table of `tcspec.tables.paper.REFERENCES` to show
     beside ours (its sweep is drawn on the Pareto plot of its layer); `title` heads the
     index and the plots. `extra` holds tables other stages computed, by table name
     (`interpretability`, `greater_than`): `ExtraTable`s, or `(stem, frame, caption)`;

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tcspec.prefixes import PREFIX_FVU
+from tcspec.evaluation.prefixes import PREFIX_FVU
 from tcspec.tables.format import Column, fixed, integer, spread, text
 from tcspec.tables.records import KIND_COLUMN, layer_label
 from tcspec.tables.section import Inputs, Section, table_section

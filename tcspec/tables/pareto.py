@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from tcspec import atomic
-from tcspec.paper import Reference
 from tcspec.tables.format import short_g
+from tcspec.tables.paper import Reference
 from tcspec.tables.records import baselines, kind_label, kind_marker, layer_span, per_layer
 from tcspec.tables.section import Inputs, Section
 from tcspec.tables.seeds import STD, pool_seeds

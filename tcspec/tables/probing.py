@@ -1,6 +1,6 @@
 """The sparse-probing table: each dictionary's k-sparse probes against the probe on the raw
 activations of its input hook (the reference row), mean test accuracy over the one-vs-rest
-class tasks (`tcspec.probing`); the per-class rows come from the probe tasks."""
+class tasks (`tcspec.evaluation.probing`); the per-class rows come from the probe tasks."""
 
 from __future__ import annotations
 

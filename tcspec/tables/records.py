@@ -13,7 +13,7 @@ Derived values, so that every kind has every metric where it can be had:
   a clean input); CE, CE recovered and KL exist only for the joint splice;
 - a record over several layers lacking L0, FVU or dead fraction (a CLT's has only its L0;
   per-layer dictionaries spliced at once have none) takes them from its layers' own: L0
-  summed, FVU pooled (`tcspec.metrics.pooled_fvu`), dead fraction averaged over every
+  summed, FVU pooled (`tcspec.evaluation.metrics.pooled_fvu`), dead fraction averaged over every
   feature. A CLT's layers are its clean-input rows; per-layer dictionaries' are their
   `splice: each` records of the same sweep point and seed.
 """
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from tcspec.metrics import pooled_fvu
+from tcspec.evaluation.metrics import pooled_fvu
 from tcspec.spec.base import REPLICATE_AXES
 from tcspec.tables.format import MISSING, Column, num, short_g, text
 

@@ -1,11 +1,11 @@
-"""A published table of `tcspec.paper.REFERENCES`, written like ours."""
+"""A published table of `tcspec.tables.paper.REFERENCES`, written like ours."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from tcspec.paper import Reference
 from tcspec.tables.format import Column, fixed, general, text
+from tcspec.tables.paper import Reference
 from tcspec.tables.section import Inputs, Section, table_section
 
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from tcspec import atomic
-from tcspec.paper import Reference
 from tcspec.tables.format import Column, latex, markdown
+from tcspec.tables.paper import Reference
 
 if TYPE_CHECKING:
     from tcspec.tables.curves import Curve

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from tcspec.metrics import sanity_flags
+from tcspec.evaluation.metrics import sanity_flags
 from tcspec.tables.format import Column, fixed, general, integer, spread, text
 from tcspec.tables.records import KIND_COLUMN, baselines, layer_label, per_layer
 from tcspec.tables.section import Inputs, Section, table_section

@@ -1,5 +1,5 @@
 """The ground-truth table and plot: dictionaries trained on a synthetic source, scored
-against its planted features (`tcspec.ground_truth`: MCC, uniqueness, per-latent
+against its planted features (`tcspec.evaluation.ground_truth`: MCC, uniqueness, per-latent
 precision / recall / F1), beside L0, FVU and dead %."""
 
 from __future__ import annotations

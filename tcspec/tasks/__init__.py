@@ -5,7 +5,7 @@ task's frozen config (and its upstream tasks' configs) from the config store und
 never from a spec; ``run_task`` checks the inputs are complete, runs the stage with the
 stage's thread count, and writes ``task.json`` last (atomically): the config, its
 provenance and the checksums of the files it wrote, which every reader verifies
-(``tcspec.tasks.integrity``). Only this package, ``tcspec.workflow`` and the CLI know the
+(``tcspec.tasks.integrity``). Only this package, ``tcspec.plan.workflow`` and the CLI know the
 results layout; the library modules below them take plain arguments.
 """
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from tcspec import atomic, layout
 from tcspec.compute import cpu_features, cpu_model, resolve_device
-from tcspec.configs import CONFIGS, CoderRef
 from tcspec.plan import Task
+from tcspec.plan.configs import CONFIGS, CoderRef
 from tcspec.tasks import integrity
 
 DEVICE_ENV = "TCSPEC_DEVICE"
@@ -128,7 +128,7 @@ def run_task(task: Task, results: Path, device: str = "auto", require_inputs=Tru
     device = resolve_device(device)
     import torch
 
-    from tcspec.determinism import make_deterministic
+    from tcspec.compute.determinism import make_deterministic
 
     make_deterministic(device)  # before CUDA's first GEMM in this process
     torch.set_num_threads(int(task.resources.get("threads", 1)))
@@ -179,7 +179,7 @@ def provenance(device: str, wall_s: float) -> dict:
             versions[pkg] = None
     import torch
 
-    from tcspec.determinism import settings as determinism_settings
+    from tcspec.compute.determinism import settings as determinism_settings
 
     return {
         "versions": versions,

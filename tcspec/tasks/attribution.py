@@ -1,7 +1,7 @@
 """circuits stage, `task: attribution`: an attribution graph per prompt through one sweep
 point's transcoders, or one cross-layer transcoder (``tcspec.circuits.graph``).
 
-Config: ``tcspec.configs.CircuitConfig`` with an ``AttributionSpec`` whose prompts the plan
+Config: ``tcspec.plan.configs.CircuitConfig`` with an ``AttributionSpec`` whose prompts the plan
 resolved, and the feature pages' settings. The task's folder is a circuit-tracer data folder:
 each prompt's pruned graph JSON (``layout.graph_json``) and their index
 (``layout.GRAPH_METADATA``), circuit-tracer's feature files (``layout.CT_FEATURES``). Per
@@ -64,9 +64,9 @@ def write_pages(ctx, model, coders, kept: dict[int, set[int]], label: str) -> in
     `layout.CT_FEATURES`/<label>/), and the viewer's feature cards (`layout.GRAPH_CARDS`:
     circuit-tracer's page of each feature, its automatic label and, for a CLT, where it
     writes). Returns the number of pages."""
+    from tcspec.features.stats import load_stats
     from tcspec.interop.feature_data import feature_pages
     from tcspec.interop.feature_data import write_pages as write_ct_pages
-    from tcspec.interp import load_stats
     from tcspec.tasks import interp as interp_task
     from tcspec.tasks import tokens as tokens_task
 
@@ -95,15 +95,19 @@ def write_pages(ctx, model, coders, kept: dict[int, set[int]], label: str) -> in
 
 def _layer_view(ctx, coders, layer: int):
     """(coder, input hook, write norms or None) of one layer's features."""
-    from tcspec.kinds import CLT
     from tcspec.tasks import interp as interp_task
+    from tcspec.vocab import CLT
 
     if ctx.config.coders[0].kind == CLT:
-        from tcspec.clt import views
+        from tcspec.dictionaries import clt_views
 
-        i = views.layer_index(coders, layer)
-        coder = views.layer_coder(coders, i).float()
-        return coder, coder.cfg.in_hook, (views.write_norms(coders, i), list(coders.cfg.blocks[i:]))
+        i = clt_views.layer_index(coders, layer)
+        coder = clt_views.layer_coder(coders, i).float()
+        return (
+            coder,
+            coder.cfg.in_hook,
+            (clt_views.write_norms(coders, i), list(coders.cfg.blocks[i:])),
+        )
     j = [ref.layer for ref in ctx.config.coders].index(layer)
     coder = coders[layer].float()
     return coder, interp_task.coder_hooks(ctx, coder, f"coder_{j}")[0], None
@@ -117,7 +121,7 @@ def _pages_meta(label: str, layer: int, chosen: list[int]) -> dict:
 def _card_extra(stats, f: int) -> dict:
     """A feature's automatic label (its most frequent top-activating tokens, else its top
     de-embedding tokens) and, for a CLT feature, the norm of its decoder into each layer."""
-    from tcspec.dashboards import top_tokens
+    from tcspec.features.dashboards import top_tokens
 
     t, vocab = stats.tensors, stats.vocab
     ex = stats.examples[stats.examples["feature"] == f] if len(stats.examples) else None
@@ -133,16 +137,16 @@ def _card_extra(stats, f: int) -> dict:
 
 def load_dictionaries(ctx, model, field: str):
     """The transcoders the graphs trace through: one per layer (a dict layer -> Coder), or
-    one cross-layer transcoder (a `tcspec.clt.model.CLT`), in the model's dtype."""
-    from tcspec import coders as coders_mod
+    one cross-layer transcoder (a `tcspec.dictionaries.clt.CLT`), in the model's dtype."""
     from tcspec.circuits.attribution import check_transcoders
-    from tcspec.kinds import CLT
+    from tcspec.dictionaries import coders as coders_mod
+    from tcspec.vocab import CLT
 
     refs = ctx.config.coders
     if refs[0].kind == CLT:
-        from tcspec.clt import io
+        from tcspec.dictionaries import clt_io
 
-        clt = io.load(ctx.coder_dir(refs[0]), ctx.device).to(model.cfg.dtype)
+        clt = clt_io.load(ctx.coder_dir(refs[0]), ctx.device).to(model.cfg.dtype)
         check_transcoders(model, clt, field)
         return clt
     coders = {

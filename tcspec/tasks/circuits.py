@@ -1,11 +1,11 @@
 """circuits stage: a circuit study through transcoders (built-in task: greater-than;
 attribution graphs on the spec's prompts: ``tcspec.tasks.attribution``).
 
-Config: ``tcspec.configs.CircuitConfig`` (the spec's circuit, one coder per layer or one
-cross-layer transcoder, the seed; the spec types and ``tcspec.checks`` guarantee it can
+Config: ``tcspec.plan.configs.CircuitConfig`` (the spec's circuit, one coder per layer or one
+cross-layer transcoder, the seed; the spec types and ``tcspec.spec.checks`` guarantee it can
 run). Writes ``graph.json``, ``graph.png``, ``graph.svg``, ``report.md``,
 ``greater_than.csv``, ``keep_top_k.csv``, ``keep_top_k.png``, ``deembedding.csv`` and
-``summary.json`` into the task folder (see ``tcspec.circuits.study.greater_than_study``).
+``summary.json`` into the task folder (see ``tcspec.circuits.case_study.greater_than_study``).
 
 Start years: the corpus's held-out ones for a toy model (never seen in training), the
 paper's 02..98 otherwise; at most ``prompts`` of them, evenly spread.
@@ -18,8 +18,8 @@ from tcspec.tasks import model as model_task
 
 
 def run(ctx) -> dict:
+    from tcspec.circuits.case_study import greater_than_study
     from tcspec.circuits.greater_than import PAPER_YY, spread_yy, year_token_ids
-    from tcspec.circuits.study import greater_than_study
     from tcspec.models.corpus import held_out_yy
     from tcspec.models.load import read_model_json
     from tcspec.spec import start_years

@@ -1,9 +1,9 @@
 """clt stage: train one cross-layer transcoder (one sweep point over all its layers) with
-`tcspec.clt.train.train_clt`, its own loop, from the activation cache or from a stream of
+`tcspec.training.clt.train_clt`, its own loop, from the activation cache or from a stream of
 model forwards (every layer's input and output hook from one pass, through the shuffle
-buffer of `tcspec.stream.ActivationStream`); resumable from the task's checkpoint folder
+buffer of `tcspec.data.stream.ActivationStream`); resumable from the task's checkpoint folder
 (a stream's position and buffer provenance in the checkpoint). The task's folder holds the
-CLT (`tcspec.clt.io.save`) and training.json."""
+CLT (`tcspec.dictionaries.clt_io.save`) and training.json."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ CHECKPOINT = "clt.ckpt"
 
 
 def train_config(c):
-    """The `tcspec.clt.train.CLTTrainConfig` of a CLT train task's config."""
-    from tcspec.clt.model import CLTLoss
-    from tcspec.clt.train import CLTTrainConfig
+    """The `tcspec.training.clt.CLTTrainConfig` of a CLT train task's config."""
+    from tcspec.dictionaries.clt import CLTLoss
+    from tcspec.training.clt import CLTTrainConfig
 
     o = c.opts
     loss = CLTLoss(
@@ -49,12 +49,12 @@ def reads(task, results) -> dict:
 
 
 def run(ctx) -> dict:
-    from tcspec.activations import ActivationReader
-    from tcspec.clt import io
-    from tcspec.clt.train import train_clt
     from tcspec.compute import resolve_precision
+    from tcspec.data.cache import ActivationReader
+    from tcspec.dictionaries import clt_io
     from tcspec.plan import clt_shape
     from tcspec.tasks.train import activation_stream
+    from tcspec.training.clt import train_clt
 
     c = ctx.config
     shape, train = clt_shape(c), train_config(c)
@@ -80,7 +80,7 @@ def run(ctx) -> dict:
         "precision": resolve_precision(train.precision, ctx.device),
         "curve": result.curve,
     }
-    io.save(result.clt, ctx.out)
+    clt_io.save(result.clt, ctx.out)
     atomic.write_json(ctx.out / layout.TRAINING, training)
     shutil.rmtree(ctx.checkpoints, ignore_errors=True)
     return {k: v for k, v in training.items() if k != "curve"}

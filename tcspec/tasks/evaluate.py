@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 from tcspec import atomic, layout
-from tcspec.kinds import CLT
 from tcspec.tasks import model as model_task
 from tcspec.tasks import read_json
 from tcspec.tasks import tokens as tokens_task
 from tcspec.tasks.model import excluded_tokens
+from tcspec.vocab import CLT
 
 SPEC_ONLY = {"layers", "zip"}  # fields of the spec, not of one trained dictionary
 TRAINING_FIELDS = ("steps", "tokens", "tokens_per_s", "wall_s", "live_fraction")
@@ -55,9 +55,9 @@ def _run_model(ctx, contexts: list) -> dict:
 
 def _run_synthetic(ctx) -> dict:
     """A dictionary on a synthetic source: its fidelity and its scores against the planted
-    features (`tcspec.ground_truth`) on `eval_tokens` fresh draws."""
-    from tcspec import coders
-    from tcspec.ground_truth import score
+    features (`tcspec.evaluation.ground_truth`) on `eval_tokens` fresh draws."""
+    from tcspec.dictionaries import coders
+    from tcspec.evaluation.ground_truth import score
     from tcspec.models.synthetic import load_truth
 
     truth = load_truth(ctx.dep_dir("model"))
@@ -70,8 +70,8 @@ def _run_synthetic(ctx) -> dict:
 def _run_members(contexts: list, model, tokens) -> list[dict]:
     """Metrics of per-layer members (one coder, or one per layer spliced at once) from one
     shared pass over ``tokens``; writes each member's ``metrics.json``."""
-    from tcspec import coders
-    from tcspec.evaluate import Member, evaluate_members
+    from tcspec.dictionaries import coders
+    from tcspec.evaluation.spliced import Member, evaluate_members
 
     cfg = contexts[0].config
     for c in contexts:
@@ -130,12 +130,12 @@ def _write_record(ctx, loaded: list, metrics: dict, eval_tokens: int) -> dict:
 def _run_clt(ctx, model, tokens) -> dict:
     """A cross-layer transcoder spliced into all its layers at once: joint CE, KL and CE
     recovered and total L0 at the top, each layer's sparsity and fidelity in `layers`."""
-    from tcspec.clt import io
-    from tcspec.clt.evaluate import evaluate_clt
+    from tcspec.dictionaries import clt_io
+    from tcspec.evaluation.clt import evaluate_clt
 
     cfg, (ref,) = ctx.config, ctx.config.coders
     folder = ctx.coder_dir(ref)
-    clt = io.load(folder, device=ctx.device)
+    clt = clt_io.load(folder, device=ctx.device)
     exclude = excluded_tokens(model, cfg.bos)
     result = evaluate_clt(
         model, clt, tokens, cfg.batch_contexts, progress=False, exclude_tokens=exclude
@@ -167,8 +167,8 @@ def _run_clt(ctx, model, tokens) -> dict:
 
 def _prefix_metrics(model, coder, cfg, tokens, opts) -> dict:
     """`fvu_prefix_{w}` for every Matryoshka prefix width w (d_sae last)."""
-    from tcspec.prefixes import prefix_fvu, prefix_key
-    from tcspec.train.matryoshka import widths
+    from tcspec.evaluation.prefixes import prefix_fvu, prefix_key
+    from tcspec.training.matryoshka import widths
 
     ws = widths(opts, coder.cfg.d_sae)
     exclude = excluded_tokens(model, cfg.bos)

@@ -7,11 +7,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from tcspec import layout
-from tcspec.kinds import CLT
+from tcspec.vocab import CLT
 
 
 def run(ctx) -> dict:
-    from tcspec import coders
+    from tcspec.dictionaries import coders
     from tcspec.interop import export, export_transcoder_set
 
     cfg = ctx.config
@@ -36,9 +36,9 @@ def run(ctx) -> dict:
 def _export_clt(ctx, ref, out: Path) -> list[Path]:
     """A cross-layer transcoder in circuit-tracer's CLT format (a TopK one with
     `activation: topk` and `k` in its config.yaml)."""
-    from tcspec.clt import io
+    from tcspec.dictionaries import clt_io
 
-    io.export_circuit_tracer(
-        io.load(ctx.coder_dir(ref)), out, model_name=ctx.config.model_name, allow_topk=True
+    clt_io.export_circuit_tracer(
+        clt_io.load(ctx.coder_dir(ref)), out, model_name=ctx.config.model_name, allow_topk=True
     )
     return sorted(p for p in out.iterdir() if p.is_file())

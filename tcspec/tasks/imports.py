@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tcspec.kinds import CLT
 from tcspec.plan import file_hashes
+from tcspec.vocab import CLT
 
 
 def run(ctx) -> dict:
-    from tcspec import coders
+    from tcspec.dictionaries import coders
     from tcspec.interop import detect_format, load_dictionary
 
     cfg = ctx.config
@@ -25,10 +25,10 @@ def run(ctx) -> dict:
             "gets the id of their new contents"
         )
     if cfg.kind == CLT:
-        from tcspec.clt import io
+        from tcspec.dictionaries import clt_io
 
-        clt = io.load_circuit_tracer(path)
-        io.save(clt, ctx.out, extra={"source": str(path), "format": cfg.format})
+        clt = clt_io.load_circuit_tracer(path)
+        clt_io.save(clt, ctx.out, extra={"source": str(path), "format": cfg.format})
         return {"source": str(path), "format": cfg.format, "d_sae": clt.cfg.d_sae, "kind": CLT}
     fmt = None if cfg.format == "auto" else cfg.format
     coder = load_dictionary(

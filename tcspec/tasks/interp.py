@@ -1,5 +1,5 @@
 """interp stage: statistics of one dictionary over the eval split, the sampling of its study
-features, and its dashboard site: stats/ (tcspec.interp files), dashboard/."""
+features, and its dashboard site: stats/ (tcspec.features.stats files), dashboard/."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tcspec.tasks import tokens as tokens_task
 
 
 def run(ctx) -> dict:
-    from tcspec import study as study_lib
+    from tcspec.features import study as study_lib
 
     cfg = ctx.config
     ref = cfg.coder
@@ -48,7 +48,7 @@ def run(ctx) -> dict:
 
 def stats_config(model, examples: int, bands: int, context_window: int, seed: int, bos: str):
     """The statistics settings of a dictionary's feature pages."""
-    from tcspec import interp
+    from tcspec.features import stats as interp
 
     return interp.StatsConfig(
         top_k=examples, bands=bands, per_band=math.ceil(examples / bands),
@@ -70,7 +70,8 @@ def write_site(model, view, tokens, stats_cfg, choose_pages, out, title, meta_of
     ``out/DASHBOARD``. ``view``: (the coder, its input hook, and for a CLT layer where each
     feature writes, else None); ``meta_of(stats)`` describes them. Returns (the statistics,
     the dashboard's index page)."""
-    from tcspec import dashboards, interp
+    from tcspec.features import dashboards
+    from tcspec.features import stats as interp
 
     coder, in_hook, norms = view
     stats = interp.feature_statistics(
@@ -90,20 +91,20 @@ def write_site(model, view, tokens, stats_cfg, choose_pages, out, title, meta_of
 def _load(ctx, ref):
     """The dictionary whose features are studied, and for a CLT layer the norms of its
     decoders into each layer it writes ([F, n_out], their blocks); else None."""
-    from tcspec import coders
-    from tcspec.kinds import CLT
+    from tcspec.dictionaries import coders
+    from tcspec.vocab import CLT
 
     if ref.kind != CLT:
         return coders.load(ctx.coder_dir(ref), ctx.device), None
-    from tcspec.clt import io, views
+    from tcspec.dictionaries import clt_io, clt_views
 
-    clt = io.load(ctx.coder_dir(ref), ctx.device)
-    i = views.layer_index(clt, ref.layer)
-    return views.layer_coder(clt, i), (views.write_norms(clt, i), list(clt.cfg.blocks[i:]))
+    clt = clt_io.load(ctx.coder_dir(ref), ctx.device)
+    i = clt_views.layer_index(clt, ref.layer)
+    return clt_views.layer_coder(clt, i), (clt_views.write_norms(clt, i), list(clt.cfg.blocks[i:]))
 
 
 def _meta(cfg, hooks: tuple[str, str], order: list[int], stats) -> dict:
-    from tcspec import study as study_lib
+    from tcspec.features import study as study_lib
 
     ref, study = cfg.coder, order[: cfg.features]
     proxies = study_lib.feature_proxies(stats.examples, stats.r2, study)

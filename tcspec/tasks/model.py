@@ -27,7 +27,7 @@ def is_synthetic(ctx, name: str = "model") -> bool:
 
 def excluded_tokens(model, bos: str) -> tuple[int, ...]:
     """Token ids whose positions count nowhere under the BOS convention `bos` (see
-    `tcspec.positions`): the model's BOS id under `exclude`, none under `include`."""
+    `tcspec.data.positions`): the model's BOS id under `exclude`, none under `include`."""
     bos_id = getattr(model.tokenizer, "bos_token_id", None)
     return (int(bos_id),) if bos == "exclude" and bos_id is not None else ()
 

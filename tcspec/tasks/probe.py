@@ -1,5 +1,5 @@
 """probe stage: sparse probing of one dictionary's latents, with the raw activations of its
-input hook as the reference (`tcspec.probing`)."""
+input hook as the reference (`tcspec.evaluation.probing`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tcspec.tasks import model as model_task
 def labelled_texts(cfg) -> tuple[list[str], list[str]]:
     """The task's (texts, labels): its dataset, or the toy corpus's document families
     (held-out split, enough of each for the task's draws)."""
-    from tcspec.probing import load_labelled
+    from tcspec.evaluation.probing import load_labelled
 
     if cfg.dataset is not None:
         return load_labelled(cfg.dataset)
@@ -23,8 +23,8 @@ def labelled_texts(cfg) -> tuple[list[str], list[str]]:
 def run(ctx) -> dict:
     import pandas as pd
 
-    from tcspec import coders
-    from tcspec.probing import binary_tasks, pooled, sparse_probing
+    from tcspec.dictionaries import coders
+    from tcspec.evaluation.probing import binary_tasks, pooled, sparse_probing
 
     cfg = ctx.config
     texts, labels = labelled_texts(cfg)

@@ -1,4 +1,4 @@
-"""study stage: the blind rating packet over every studied dictionary (tcspec.study):
+"""study stage: the blind rating packet over every studied dictionary (tcspec.features.study):
 packet/packet.html + packet/ratings.csv for raters; key.json and proxies.csv private."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from tcspec import layout
 
 
 def run(ctx) -> dict:
-    from tcspec.study import build_study
+    from tcspec.features.study import build_study
 
     folders = [t.dir(ctx.results) / layout.STATS for t in ctx.deps_of("interp")]
     return build_study(folders, ctx.out, ctx.config.features, ctx.config.seed)

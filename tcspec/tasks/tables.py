@@ -84,7 +84,7 @@ def interpretability(ctx) -> list:
     """Table 1 from ingested ratings, and the automatic proxies of the study's features."""
     import pandas as pd
 
-    from tcspec.study import proxy_summary, table1
+    from tcspec.features.study import proxy_summary, table1
 
     studies = ctx.deps_of("study")
     if not studies or not studies[0].done(ctx.results).exists():

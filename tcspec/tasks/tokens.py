@@ -8,7 +8,7 @@ SPLIT_FIELDS = ("kind", "context", "train_tokens", "eval_tokens", "bos")  # not 
 
 
 def run(ctx) -> dict:
-    from tcspec.data import build_token_splits, iter_documents
+    from tcspec.data.tokens import build_token_splits, iter_documents
     from tcspec.models.load import load_model
 
     data, seed = ctx.config.data, ctx.config.seed
@@ -33,7 +33,7 @@ def run(ctx) -> dict:
 def load(ctx, split: str, eval_tokens: int | None = None):
     """The task's tokens dependency, one split [rows, context]; ``eval_tokens`` keeps the
     fewest rows holding that many tokens."""
-    from tcspec.data import load_tokens
+    from tcspec.data.tokens import load_tokens
 
     tokens = load_tokens(ctx.dep_dir("tokens") / layout.TOKENS, split)
     return tokens if eval_tokens is None else tokens[: -(-eval_tokens // tokens.shape[1])]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from tcspec import layout
-from tcspec.configs import TrainedMemberConfig
+from tcspec.plan.configs import TrainedMemberConfig
 from tcspec.tasks import acts as acts_task
 from tcspec.tasks import model as model_task
 from tcspec.tasks import tokens as tokens_task
@@ -16,7 +16,7 @@ from tcspec.tasks import tokens as tokens_task
 
 def member(ctx, task) -> object:
     """The trainer's view of one train task."""
-    from tcspec.train import Member
+    from tcspec.training import Member
 
     c: TrainedMemberConfig = task.config
     return Member(
@@ -50,7 +50,7 @@ def reads(task, results) -> dict:
 
 def run(ctx) -> dict:
     from tcspec.tasks import finish, load_task
-    from tcspec.train import train_group
+    from tcspec.training import train_group
 
     start = time.time()
     tasks = [load_task(ctx.results, "train", i) for i in ctx.config.members]
@@ -67,7 +67,7 @@ def run(ctx) -> dict:
 
 def _reader(ctx, first: TrainedMemberConfig, keys: list[str]):
     """Shuffled batches from the pass's activation cache."""
-    from tcspec.activations import ActivationReader
+    from tcspec.data.cache import ActivationReader
 
     reader = ActivationReader(
         ctx.dep_dir("acts") / layout.CACHE,
@@ -84,7 +84,7 @@ def activation_stream(ctx, first, keys: list[str]):
     whose first member (or CLT) config is `first`; its position and buffer go in the
     trainer's checkpoint (no activations are written). A synthetic source draws each batch
     from its seed and the step alone (nothing to checkpoint)."""
-    from tcspec.stream import ActivationStream, StreamConfig
+    from tcspec.data.stream import ActivationStream, StreamConfig
 
     if model_task.is_synthetic(ctx):
         from tcspec.models.synthetic import SyntheticStream, load_truth

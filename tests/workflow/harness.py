@@ -1,6 +1,6 @@
 """Run the pipeline the way a person does (Snakemake, `tcspec task`), break it, and compare.
 
-Shared by tests/test_faults.py, tests/test_cluster.py and bench/faults.py. Everything runs
+Shared by tests/workflow/test_faults.py, tests/plan/test_cluster.py and bench/faults.py. Everything runs
 as real subprocesses from the repository root; nothing is mocked.
 
 - ``snakemake(results, ...)``: a Snakemake run of a spec (``-c2`` unless told otherwise).
@@ -53,8 +53,8 @@ def env(**extra: str) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------ the plan
 def plan(spec: Path = MICRO):
-    from tcspec.loader import load_spec
     from tcspec.plan import compile_plan
+    from tcspec.spec.loader import load_spec
 
     return compile_plan(load_spec(spec))
 

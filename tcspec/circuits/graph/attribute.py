@@ -288,7 +288,7 @@ def attribution_graph(
 ) -> Graph:
     """The attribution graph of ``model`` on ``tokens`` [seq] (one prompt, BOS first when
     ``cfg.zero_positions`` is 1) through the transcoders ``coders_by_layer`` (a dict layer
-    -> `Coder`, or a `tcspec.clt.model.CLT`)."""
+    -> `Coder`, or a `tcspec.dictionaries.clt.CLT`)."""
     t0 = time.perf_counter()
     coders = as_dictionaries(coders_by_layer)
     run = run_prompt(model, coders, tokens)

@@ -8,7 +8,7 @@ replacement MLP output of layer ``m`` is
     mlp_hat[m] = finish(m, sum_{l writing m} z[l] @ decoders(l)[m], x[m])
     finish(m, acc, x) = acc + b_out[m] (+ x @ W_skip[m])      (x: the live input of layer m)
 
-`PerLayer` does each operation in the order `tcspec.coders.Coder.decode` does, so graphs
+`PerLayer` does each operation in the order `tcspec.dictionaries.coders.Coder.decode` does, so graphs
 through per-layer transcoders are bit for bit what they were before CLTs. A feature of a
 CLT is one graph node: its outgoing edge sums its decoders' contributions.
 """
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from tcspec.clt.model import CLT
-from tcspec.coders import Coder
-from tcspec.hooks import full_name, relative_name
+from tcspec.dictionaries.clt import CLT
+from tcspec.dictionaries.coders import Coder
+from tcspec.models.hooks import full_name, relative_name
 
 
 class PerLayer:

@@ -33,7 +33,7 @@ from tcspec.circuits.graph.attribute import Graph
 from tcspec.circuits.graph.dictionaries import Dictionaries, as_dictionaries
 from tcspec.circuits.graph.prune import node_influence
 from tcspec.circuits.graph.replacement import run_prompt
-from tcspec.hooks import full_name
+from tcspec.models.hooks import full_name
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ from tcspec.circuits.graph.dictionaries import (
     as_dictionaries,
     write_into,
 )
-from tcspec.coders import Coder
-from tcspec.hooks import full_name, hooks_replacing_mlp, relative_name
+from tcspec.dictionaries.coders import Coder
+from tcspec.models.hooks import full_name, hooks_replacing_mlp, relative_name
 
 TRANSCODER_KINDS = ("transcoder", "skip_transcoder")
 FROZEN_SUFFIXES = ("hook_scale", "attn.hook_pattern")

@@ -1,0 +1,1 @@
+"""Data: tokens, the activation cache, the activation stream, which positions count."""

@@ -1,0 +1,1 @@
+"""Evaluation: dictionaries spliced into the model, the metrics, ground truth, probing."""

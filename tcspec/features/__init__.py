@@ -1,0 +1,2 @@
+"""Features: statistics over the eval split, their files and views, dashboards, the
+blind rating study."""

@@ -1,0 +1,479 @@
+"""Static HTML feature dashboards and the blind rating packet (no server: open from disk).
+
+A dashboard site, built from a feature-statistics folder (`tcspec.features.stats.save_stats`):
+
+    index.html           the dictionary's summary, a histogram of log10 feature density,
+                         and a table of the features with pages, filtered by a search box
+                         (`index.html?q=17` opens it filtered)
+    features/<f>.html    one feature: its numbers, activation histogram, top and bottom
+                         logits (and de-embedding), top examples and examples per band
+
+Every piece of token text is HTML-escaped (a token `<script>` shows as text). Charts are
+inline SVG; the only script is the search box's.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tcspec.atomic import write_text
+
+CSS = """
+:root { --ink:#1d2330; --muted:#667085; --line:#e4e7ec; --card:#ffffff; --bg:#f6f7f9;
+        --accent:#d9480f; --link:#1c64f2; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--ink);
+       font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+main { max-width: 1180px; margin: 0 auto; padding: 20px 24px 48px; }
+a { color: var(--link); text-decoration: none; } a:hover { text-decoration: underline; }
+h1 { font-size: 22px; margin: 4px 0 2px; } h2 { font-size: 15px; margin: 0 0 10px; }
+.sub { color: var(--muted); margin-bottom: 16px; }
+.nav { display: flex; gap: 14px; font-size: 13px; color: var(--muted); }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 10px;
+        padding: 14px 16px; margin-bottom: 14px; }
+.grid { display: grid; gap: 14px; }
+.g1 { grid-template-columns: minmax(0, 1fr); }
+.g2 { grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); }
+.g3 { grid-template-columns: repeat(3, minmax(0, 1fr)); }
+.g23 { grid-template-columns: minmax(0, 2fr) minmax(0, 3fr); }
+.stats { display: flex; flex-wrap: wrap; gap: 10px 44px; }
+.stat .v { font-size: 18px; font-weight: 600; white-space: nowrap; }
+.stat .k { color: var(--muted); font-size: 12px; }
+svg { max-width: 100%; height: auto; display: block; }
+table.tt { table-layout: fixed; } table.tt td.num { width: 64px; }
+table.tt .tok { display: inline-block; max-width: 100%; overflow: hidden;
+                text-overflow: ellipsis; vertical-align: bottom; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+th, td { text-align: left; padding: 3px 8px; border-bottom: 1px solid var(--line); }
+th { color: var(--muted); font-weight: 500; } td.num { text-align: right;
+     font-variant-numeric: tabular-nums; }
+.tok { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; white-space: pre;
+       background: #f2f4f7; border-radius: 4px; padding: 0 4px; }
+.ex { display: flex; align-items: baseline; gap: 10px; padding: 3px 0;
+      border-bottom: 1px dashed var(--line); }
+.ex .val { width: 56px; flex: none; text-align: right; color: var(--muted);
+           font-variant-numeric: tabular-nums; font-size: 12px; }
+.ex .txt { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px;
+           white-space: pre-wrap; word-break: break-all; }
+.t { border-radius: 3px; padding: 1px 0; margin-right: 1px; }
+.t.c { outline: 1.5px solid var(--accent); outline-offset: 0; font-weight: 600; }
+.band { color: var(--muted); font-size: 12px; margin: 10px 0 2px; }
+.bar { height: 10px; background: var(--accent); border-radius: 2px; }
+input[type=search] { width: 260px; padding: 7px 10px; border: 1px solid var(--line);
+                     border-radius: 8px; font-size: 14px; }
+#status { color: var(--muted); margin-left: 10px; }
+svg text { font: 11px system-ui, sans-serif; fill: var(--muted); }
+.pos { color: #067647; } .neg { color: #b42318; }
+"""
+
+
+def esc(text: object) -> str:
+    """HTML-escape any text (quotes too)."""
+    return html.escape(str(text), quote=True)
+
+
+def token_text(s: str) -> str:
+    """Escaped display text of a token: newlines and tabs made visible."""
+    if s == "":
+        return "\u2205"
+    return esc(s.replace("\n", "\u21b5").replace("\t", "\u2192"))
+
+
+def _page(title: str, body: str, script: str = "") -> str:
+    tail = f"<script>{script}</script>" if script else ""
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>"
+        f"<body><main>{body}</main>{tail}</body></html>\n"
+    )
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+# ------------------------------------------------------------------------------ examples
+@dataclass(frozen=True)
+class Example:
+    """One example: its window's token strings, the feature's activation at each (NaN where
+    unknown), the index of the example token, its value, and where it was drawn from."""
+
+    tokens: list[str]
+    acts: list[float]
+    center: int
+    value: float
+    section: str
+    band: int
+
+
+def _vocab(vocab: list[str], i: int) -> str:
+    return vocab[int(i)] if 0 <= int(i) < len(vocab) else f"<{int(i)}>"
+
+
+def example_rows(frame: pd.DataFrame, vocab: list[str]) -> list[Example]:
+    """Examples (rows of an examples.parquet frame) with their token strings."""
+    out = []
+    for r in frame.itertuples(index=False):
+        out.append(
+            Example(
+                [_vocab(vocab, t) for t in r.tokens],
+                [float(a) for a in r.acts],
+                int(r.center),
+                float(r.value),
+                str(r.section),
+                int(r.band),
+            )
+        )
+    return out
+
+
+def render_example(ex: Example, scale: float, values: bool = True) -> str:
+    """One example line: tokens shaded by activation / scale, the example token outlined;
+    with `values`, the activation in a tooltip per token and the value on the left."""
+    spans = []
+    for i, (tok, a) in enumerate(zip(ex.tokens, ex.acts)):
+        alpha = 0.0 if math.isnan(a) or scale <= 0 else min(max(a / scale, 0.0), 1.0)
+        style = f' style="background:rgba(247,103,7,{alpha:.2f})"' if alpha > 0.01 else ""
+        tip = f' title="{_fmt(a)}"' if values and not math.isnan(a) else ""
+        cls = "t c" if i == ex.center else "t"
+        spans.append(f'<span class="{cls}"{style}{tip}>{token_text(tok)}</span>')
+    val = f'<span class="val">{_fmt(ex.value)}</span>' if values else ""
+    return f'<div class="ex">{val}<span class="txt">{"".join(spans)}</span></div>'
+
+
+# --------------------------------------------------------------------------------- charts
+def svg_histogram(
+    counts: np.ndarray,
+    edges: np.ndarray,
+    *,
+    xlabel: str,
+    width: int = 520,
+    height: int = 170,
+    colors: list[str] | None = None,
+    marker: float | None = None,
+) -> str:
+    """An inline SVG bar chart of `counts` over bin `edges` (len(counts) + 1), with x ticks
+    at 5 evenly spaced edges, an optional vertical marker and optional bar colours."""
+    counts = np.asarray(counts, dtype=float)
+    edges = np.asarray(edges, dtype=float)
+    left, right, top, bottom = 44, 24, 8, 34
+    w, h = width - left - right, height - top - bottom
+    lo, hi = float(edges[0]), float(edges[-1])
+    span = hi - lo if hi > lo else 1.0
+    ymax = counts.max() if counts.size and counts.max() > 0 else 1.0
+
+    def x(v: float) -> float:
+        return left + (v - lo) / span * w
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img">']  # fmt: skip
+    for i, c in enumerate(counts):
+        if c <= 0:
+            continue
+        bh = c / ymax * h
+        fill = colors[i] if colors else "#f76707"
+        parts.append(
+            f'<rect x="{x(edges[i]):.1f}" y="{top + h - bh:.1f}" '
+            f'width="{max(x(edges[i + 1]) - x(edges[i]) - 1, 0.8):.1f}" height="{bh:.1f}" '
+            f'fill="{fill}"><title>{esc(f"{edges[i]:.3g} to {edges[i + 1]:.3g}: {int(c)}")}'
+            f"</title></rect>"
+        )
+    axis = "#98a2b3"
+    parts.append(
+        f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="{axis}"/>'
+    )
+    parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="{axis}"/>')
+    for v in np.linspace(lo, hi, 5):
+        parts.append(f'<text x="{x(v):.1f}" y="{top + h + 14}" text-anchor="middle">{v:.3g}</text>')
+    parts.append(f'<text x="{left - 4}" y="{top + 9}" text-anchor="end">{int(ymax)}</text>')
+    parts.append(f'<text x="{left - 4}" y="{top + h}" text-anchor="end">0</text>')
+    parts.append(
+        f'<text x="{left + w / 2}" y="{height - 3}" text-anchor="middle">{esc(xlabel)}</text>'
+    )
+    if marker is not None and lo <= marker <= hi:
+        parts.append(
+            f'<line x1="{x(marker):.1f}" y1="{top}" x2="{x(marker):.1f}" y2="{top + h}" '
+            f'stroke="#1c64f2" stroke-dasharray="4 3"/>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+BAND_COLORS = ["#ffd8a8", "#ffc078", "#ffa94d", "#ff922b", "#f76707", "#e8590c", "#d9480f"]
+
+
+def _band_colors(n_bins: int, bands: int) -> list[str]:
+    palette = BAND_COLORS[-bands:] if bands <= len(BAND_COLORS) else BAND_COLORS
+    return [palette[min(b * bands // n_bins, len(palette) - 1)] for b in range(n_bins)]
+
+
+# ------------------------------------------------------------------------------ dashboard
+def build_dashboard(stats_dir: Path, out_dir: Path, title: str | None = None) -> Path:
+    """Write the dashboard site of the statistics in `stats_dir` into `out_dir`; returns
+    the index path. Pages are made for the features listed in its features.json `pages`."""
+    from tcspec.features.stats import load_stats
+
+    stats = load_stats(stats_dir)
+    t, meta, vocab = stats.tensors, stats.meta, stats.vocab
+    title = title or meta.get("label", "dictionary")
+    out_dir = Path(out_dir)
+    (out_dir / "features").mkdir(parents=True, exist_ok=True)
+    pages = sorted(int(f) for f in meta["pages"])
+    by_feature = dict(tuple(stats.examples.groupby("feature"))) if len(stats.examples) else {}
+    for i, f in enumerate(pages):
+        prev_f = pages[i - 1] if i > 0 else None
+        next_f = pages[i + 1] if i + 1 < len(pages) else None
+        ex = by_feature.get(f, stats.examples.iloc[:0])
+        text = _feature_page(f, t, meta, vocab, example_rows(ex, vocab), title, prev_f, next_f)
+        write_text(out_dir / "features" / f"{f}.html", text)
+    index = out_dir / "index.html"
+    write_text(index, _index_page(t, meta, vocab, stats.examples, pages, title))
+    return index
+
+
+def top_tokens(ex: pd.DataFrame, vocab: list[str], n: int = 3) -> list[str]:
+    top = ex[ex["section"] == "top"]
+    ids = [int(toks[c]) for toks, c in zip(top["tokens"], top["center"])]
+    return [vocab[i] for i, _ in Counter(ids).most_common(n)]
+
+
+def _index_page(
+    t: dict, meta: dict, vocab: list[str], examples, pages: list[int], title: str
+) -> str:
+    freq = t["frequency"].double().numpy()
+    count = t["count"].numpy()
+    n_dead = int((count == 0).sum())
+    live_threshold = meta.get("live_threshold", 1e-4)
+    n_live = int((freq > live_threshold).sum())
+    logf = np.log10(freq[count > 0]) if (count > 0).any() else np.array([0.0])
+    lo = math.floor(min(logf.min(), math.log10(live_threshold)) * 2) / 2
+    edges = np.arange(lo, 0.125, 0.25)  # up to 0 (every token)
+    hist, _ = np.histogram(logf, bins=edges)
+    chart = svg_histogram(
+        hist, edges, xlabel="log10 feature density (fraction of eval tokens)", width=1100,
+        marker=math.log10(live_threshold),
+    )  # fmt: skip
+    by_feature = dict(tuple(examples.groupby("feature"))) if len(examples) else {}
+    rows = []
+    r2 = meta.get("r2", {})
+    for f in pages:
+        toks = top_tokens(by_feature[f], vocab) if f in by_feature else []
+        shown = " ".join(f'<span class="tok">{token_text(s)}</span>' for s in toks)
+        rows.append(
+            f'<tr data-id="{f}"><td><a href="features/{f}.html">{f}</a></td>'
+            f'<td class="num">{_fmt(float(freq[f]))}</td>'
+            f'<td class="num">{_fmt(float(t["max"][f]))}</td>'
+            f'<td class="num">{_fmt(float(r2.get(str(f), math.nan)), 2)}</td><td>{shown}</td></tr>'
+        )
+    facts = [
+        ("features", meta.get("d_sae")),
+        ("live", f"{n_live} ({n_live / max(len(freq), 1):.0%})"),
+        ("dead", n_dead),
+        ("eval tokens", f"{meta.get('n_tokens', 0):,}"),
+        ("pages", len(pages)),
+        ("kind", meta.get("kind", "")),
+    ]
+    stat_cards = "".join(
+        f'<div class="stat"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
+        for k, v in facts
+    )
+    body = (
+        f'<div class="nav"><span>tcspec dashboard</span></div><h1>{esc(title)}</h1>'
+        f'<div class="sub">{esc(_describe(meta))}</div>'
+        f'<div class="card"><div class="stats">{stat_cards}</div></div>'
+        f'<div class="card"><h2>Feature density</h2>{chart}'
+        f'<div class="sub">{len(freq) - n_dead} features that fire at least once; {n_dead} '
+        f"never fire. Dashed line: live threshold {live_threshold:g}.</div></div>"
+        f'<div class="card"><h2>Features with pages</h2>'
+        f'<input id="q" type="search" placeholder="Search feature id" autocomplete="off">'
+        f'<span id="status"></span>'
+        f'<table id="features"><thead><tr><th>feature</th><th>density</th><th>max</th>'
+        f"<th>token R²</th><th>top tokens</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+        f"</table></div>"
+    )
+    return _page(f"{title}: features", body, SEARCH_JS)
+
+
+SEARCH_JS = """
+const box = document.getElementById('q'), status = document.getElementById('status');
+const rows = Array.from(document.querySelectorAll('#features tbody tr'));
+function filter() {
+  const q = box.value.trim();
+  let shown = 0;
+  for (const r of rows) {
+    const ok = q === '' || r.dataset.id.startsWith(q);
+    r.style.display = ok ? '' : 'none';
+    if (ok) shown++;
+  }
+  status.textContent = q === '' ? rows.length + ' features' :
+    (shown ? shown + ' match' + (shown > 1 ? '' : 'es') : 'no page for feature ' + q);
+}
+box.addEventListener('input', filter);
+box.addEventListener('keydown', e => {
+  if (e.key !== 'Enter') return;
+  const hit = rows.find(r => r.dataset.id === box.value.trim());
+  if (hit) location.href = 'features/' + hit.dataset.id + '.html';
+});
+box.value = new URLSearchParams(location.search).get('q') || '';
+filter();
+"""
+
+
+def _describe(meta: dict) -> str:
+    parts = [meta.get("kind", "")]
+    if meta.get("layer") is not None:
+        parts.append(f"layer {meta['layer']}")
+    for k in ("in_hook", "out_hook"):
+        if meta.get(k):
+            parts.append(f"{k.replace('_', ' ')} {meta[k]}")
+    return " · ".join(p for p in parts if p)
+
+
+def _token_table(t: dict, prefix: str, kind: str, vocab: list[str], f: int, cls: str) -> str:
+    ids, vals = t.get(f"{prefix}_{kind}_ids"), t.get(f"{prefix}_{kind}_vals")
+    if ids is None:
+        return ""
+    rows = "".join(
+        f'<tr><td><span class="tok">{token_text(_vocab(vocab, i))}</span></td>'
+        f'<td class="num {cls}">{float(v):+.3f}</td></tr>'
+        for i, v in zip(ids[f].tolist(), vals[f].tolist())
+    )
+    return f'<table class="tt">{rows}</table>'
+
+
+def _writes_card(t: dict, meta: dict, f: int) -> str:
+    """A CLT feature's decoder norm into each layer it writes, with its share of the squared
+    norm of all its decoders (empty for a per-layer dictionary)."""
+    from tcspec.features.files import WRITE_BLOCKS, WRITE_NORMS
+
+    if WRITE_NORMS not in t:
+        return ""
+    norms = t[WRITE_NORMS][f].double()  # [n_out]
+    top, total = float(norms.max()), float(norms.square().sum())
+    rows = "".join(
+        f'<tr><td>layer {b}</td><td class="num">{_fmt(n)}</td>'
+        f'<td class="num">{n * n / total if total > 0 else 0:.0%}</td>'
+        f'<td style="width:60%"><div class="bar" style="width:{100 * n / top if top > 0 else 0:.1f}%">'
+        f"</div></td></tr>"
+        for b, n in zip(meta[WRITE_BLOCKS], norms.tolist())
+    )
+    return (
+        '<div class="card"><h2>Where it writes</h2><table><thead><tr><th>MLP output</th>'
+        f"<th>decoder norm</th><th>share</th><th></th></tr></thead><tbody>{rows}</tbody></table>"
+        "<div class=\"sub\">Norm of the feature's decoder into each layer's MLP output "
+        "(share: of the squared norm of all its decoders).</div></div>"
+    )
+
+
+def _feature_page(
+    f: int,
+    t: dict,
+    meta: dict,
+    vocab: list[str],
+    examples: list[Example],
+    title: str,
+    prev_f: int | None,
+    next_f: int | None,
+) -> str:
+    cfg = meta["config"]
+    vmax = float(t["max"][f])
+    q = t["quantiles"][f].tolist()
+    levels = cfg["quantiles"]
+    freq = float(t["frequency"][f])
+    r2 = meta.get("r2", {}).get(str(f), math.nan)
+    facts = [
+        ("density", f"{freq:.2e}"),
+        ("log10 density", _fmt(math.log10(freq), 3) if freq > 0 else "dead"),
+        ("activating tokens", f"{int(t['count'][f]):,}"),
+        ("max", _fmt(vmax)),
+        (" · ".join(f"p{round(100 * p)}" for p in levels), " · ".join(_fmt(v, 2) for v in q)),
+        ("token R²", _fmt(float(r2), 2)),
+    ]
+    stat_cards = "".join(
+        f'<div class="stat"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
+        for k, v in facts
+    )
+    n_bins, bands = t["hist"].shape[1], cfg["bands"]
+    hist = svg_histogram(
+        t["hist"][f].numpy(), np.linspace(0, vmax, n_bins + 1), xlabel="activation (nonzero)",
+        width=420, height=230, colors=_band_colors(n_bins, bands),
+    )  # fmt: skip
+    tables = [
+        ("Top logits", _token_table(t, "logit", "top", vocab, f, "pos")),
+        ("Bottom logits", _token_table(t, "logit", "bottom", vocab, f, "neg")),
+        ("De-embedding", _token_table(t, "deembed", "top", vocab, f, "pos")),
+    ]
+    tables = [(h, x) for h, x in tables if x]
+    logit_cards = "".join(f"<div><h2>{esc(h)}</h2>{x}</div>" for h, x in tables)
+    top = [e for e in examples if e.section == "top"]
+    top_html = "".join(render_example(e, vmax) for e in top) or '<div class="sub">none</div>'
+    band_html = []
+    for b in reversed(range(bands)):
+        lo, hi = b / bands * vmax, (b + 1) / bands * vmax
+        ex = [e for e in examples if e.section == "band" and e.band == b]
+        if not ex:
+            continue
+        band_html.append(f'<div class="band">band {b + 1} of {bands}: ({lo:.3g}, {hi:.3g}]</div>')
+        band_html.extend(render_example(e, vmax) for e in ex)
+    nav = ['<a href="../index.html">&larr; index</a>']
+    if prev_f is not None:
+        nav.append(f'<a href="{prev_f}.html">&lsaquo; feature {prev_f}</a>')
+    if next_f is not None:
+        nav.append(f'<a href="{next_f}.html">feature {next_f} &rsaquo;</a>')
+    body = (
+        f'<div class="nav">{"".join(nav)}</div><h1>Feature {f}</h1>'
+        f'<div class="sub">{esc(title)} · {esc(_describe(meta))}</div>'
+        f'<div class="card"><div class="stats">{stat_cards}</div></div>{_writes_card(t, meta, f)}'
+        f'<div class="grid g23"><div class="card"><h2>Activation histogram</h2>{hist}'
+        f'<div class="sub">Colours mark the {bands} bands examples are sampled from.</div></div>'
+        f'<div class="card"><div class="grid g{max(len(tables), 1)}">{logit_cards}</div>'
+        f"</div></div>"
+        f'<div class="grid g2"><div class="card"><h2>Top activations</h2>{top_html}</div>'
+        f'<div class="card"><h2>Examples across the activation range</h2>{"".join(band_html)}'
+        f"</div></div>"
+    )
+    return _page(f"{title}: feature {f}", body)
+
+
+# -------------------------------------------------------------------------------- packet
+@dataclass(frozen=True)
+class PacketItem:
+    """One feature of the blind packet: its anonymous id and the examples shown."""
+
+    id: str
+    examples: list[Example]
+
+
+PACKET_HELP = (
+    "For each feature below, read its examples (highlighting shows where and how strongly "
+    "the feature fires; the outlined token is the example's token; shading is relative "
+    "within a feature) and fill one row of ratings.csv: <b>rating</b> yes if a single "
+    "human-understandable property explains the examples, maybe if one partly does, no "
+    "otherwise; <b>context_free</b> 1 if the feature fires on a token regardless of its "
+    "context (only for rating yes), else 0; <b>note</b> your description (optional)."
+)
+
+
+def render_packet(items: list[PacketItem]) -> str:
+    """The blind rating packet: examples without activation values or names."""
+    cards = []
+    for it in items:
+        scale = max((a for e in it.examples for a in e.acts if not math.isnan(a)), default=0.0)
+        lines = "".join(render_example(e, scale, values=False) for e in it.examples)
+        cards.append(f'<div class="card" id="{esc(it.id)}"><h2>{esc(it.id)}</h2>{lines}</div>')
+    body = (
+        f"<h1>Blind feature rating</h1>"
+        f'<div class="card">{PACKET_HELP}<div class="sub">{len(items)} features.</div></div>'
+        + "".join(cards)
+    )
+    return _page("Blind feature rating", body)

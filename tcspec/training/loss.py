@@ -1,0 +1,197 @@
+"""A dictionary's training loss and its gradients, written out by hand.
+
+Loss of one member on a batch of B tokens, x [B, d_in], y [B, d_out] (y = x for an SAE):
+
+    e     = y_hat - y                                              [B, d_out]
+    rec   = squared_error:  (1/B) sum_b sum_j e_bj^2                (paper: ||y - y_hat||^2)
+            normalized_mse: (1/(B d_out)) sum_b sum_j e_bj^2 / ||y_b||_2   (released code)
+    l1    = lambda_t * (1/B) sum_b sum_i |z_bi|      lambda_t = l1 * min(1, (t+1)/l1_warmup)
+    loss  = rec + l1 (+ ghost-grad term) (+ aux_k_coef * aux-k term)
+
+The activation's own forward and backward live in one module per activation (`ACTIVATION`);
+the dead-feature terms in `tcspec.training.dead`. `reference_loss` is the same loss through
+autograd, which the tests hold the hand-written gradients to.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tcspec.dictionaries.coders import Coder
+from tcspec.training import batchtopk, jumprelu, matryoshka, relu, topk
+from tcspec.training.dead import DEAD_TERMS, dead_term, dead_term_grads
+from tcspec.training.recon import reconstruction
+from tcspec.training.workspace import Workspace
+
+ACTIVATION = {"relu": relu, "topk": topk, "jumprelu": jumprelu, "batchtopk": batchtopk}
+"""activation -> its module: forward(coder, pre, out_shape, ws, opts) -> (codes, y_hat),
+backward(coder, codes, g, l1/B, xc, dead, ws) -> grads."""
+
+
+@torch.no_grad()
+def loss_and_grads(
+    coder: Coder,
+    x: Tensor,
+    y: Tensor,
+    opts,
+    l1: float,
+    dead_idx: Tensor | None,
+    ws: Workspace,
+    gemm: torch.dtype | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
+    """One member's loss terms and parameter gradients on a batch, without autograd.
+
+    Returns (grads by parameter name, terms {loss, rec, l1, aux} (+ l0_loss, pre_act_loss,
+    matryoshka where they apply) as 0-d tensors, the activation's codes (`l1_sum()`,
+    `fired(ws)`), e = y_hat - y [B, d_out]); all of these live in `ws` and are overwritten
+    by the next call of the same shape. `dead_idx` lists the dead features (long [n_dead]),
+    which the dead-feature terms and JumpReLU's pre-activation loss act on. `gemm` is the
+    dtype of the dense GEMMs' operands and results (`tcspec.compute.gemm_dtype`; None: the
+    coder's): with bfloat16 the [B, S] tensors are bfloat16, the gradients come back in the
+    coder's dtype.
+    """
+    cfg, act = coder.cfg, ACTIVATION[coder.cfg.activation]
+    B, S, low = x.shape[0], cfg.d_sae, gemm or coder.W_enc.dtype
+    xc = torch.sub(x, coder.b_dec, out=ws.get("xc", x.shape))  # [B, d_in]
+    pre = torch.addmm(
+        ws.cast("b_enc_low", coder.b_enc, low),
+        ws.cast("xc_low", xc, low),
+        ws.cast("W_enc_low", coder.W_enc, low),
+        out=ws.get("z", (B, S), low),
+    )  # [B, S]
+    any_dead = dead_idx is not None and len(dead_idx) > 0
+    use_dead = opts.dead_features in DEAD_TERMS and any_dead
+    use_pre_act = opts.pre_act_coef is not None  # JumpReLU's loss on the dead features
+    wants_dead = any_dead and (use_dead or use_pre_act)
+    pre_dead = pre.index_select(1, dead_idx).to(x.dtype) if wants_dead else None  # [B, n_dead]
+    codes, y_hat = act.forward(coder, pre, y.shape, ws, opts)
+    if cfg.skip:
+        y_hat.addmm_(
+            ws.cast("x_low", x, y_hat.dtype), ws.cast("W_skip_low", coder.W_skip, y_hat.dtype)
+        )
+    e = torch.sub(y_hat, y, out=ws.get("e", y.shape))  # [B, d_out]
+    rec_elem, rec, g = reconstruction(e, y, opts.loss)
+    l1_term = codes.l1_sum() * (l1 / B)
+
+    aux, dead = torch.zeros((), dtype=x.dtype, device=x.device), None
+    if use_dead:
+        aux, gpre_dead, gW_dec_dead = dead_term_grads(
+            opts, coder, pre_dead, dead_idx, x, y, e, rec_elem
+        )
+        dead = (dead_idx, gpre_dead)
+    extra = codes.extra_terms()  # e.g. JumpReLU's L0 penalty (its gradient is in `gr`)
+    if use_pre_act:
+        pa = jumprelu.pre_act(coder, pre_dead, dead_idx, opts.pre_act_coef)
+        extra["pre_act_loss"] = pa.loss
+        if any_dead:  # its d pre joins the dead-feature terms' into the encoder
+            dead = (dead_idx, pa.g_pre if dead is None else dead[1] + pa.g_pre)
+    if opts.matryoshka:  # the inner prefixes' losses; every prefix's g reaches b_out, W_skip
+        z = codes.dense(ws)  # [B, S]
+        extra["matryoshka"], groups = matryoshka.prefix_terms(coder, z, e, y, g, opts, ws)
+        gr = matryoshka.backward(coder, z, groups, l1 / B, xc, dead, ws)
+        g = groups[0][2]
+    else:
+        gr = act.backward(coder, codes, g, l1 / B, xc, dead, ws)
+    gr = {k: ws.cast(f"g_{k}", v, x.dtype) for k, v in gr.items()}  # low -> the coder's
+    if use_dead:
+        gr["W_dec"].index_add_(0, dead_idx, gW_dec_dead)
+    if use_pre_act:
+        pa.add_grads(gr, coder.threshold)
+    _output_grads(coder, gr, g, x, ws)
+    loss = rec + l1_term + aux
+    for v in extra.values():
+        loss = loss + v
+    terms = {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
+    return gr, terms, codes, e
+
+
+def _output_grads(coder: Coder, gr: dict[str, Tensor], g: Tensor, x: Tensor, ws: Workspace):
+    """Add the gradients of b_dec (b_dec_out) and W_skip to `gr`, from g = d loss / d y_hat
+    [B, d_out] (summed over the Matryoshka prefixes) and the encoder's b_enc gradient."""
+    cfg = coder.cfg
+    g_out = g.sum(0)  # [d_out]
+    gr["b_dec"] = torch.mv(coder.W_enc, gr["b_enc"], out=ws.get("gb_dec", (cfg.d_in,))).neg_()
+    if cfg.tied_bias:
+        gr["b_dec"] += g_out
+    else:
+        gr["b_dec_out"] = g_out
+    if cfg.skip:
+        gr["W_skip"] = torch.mm(x.t(), g, out=ws.get("gW_skip", coder.W_skip.shape))
+
+
+def reference_loss(
+    coder: Coder,
+    x: Tensor,
+    y: Tensor,
+    opts,
+    l1: float,
+    dead: Tensor | None,
+    log_threshold: Tensor | None = None,
+):
+    """The loss with autograd through `coder` (slow; the formula `loss_and_grads` follows).
+
+    Returns a dict of scalar tensors: loss, rec, l1, aux (and l0_loss, pre_act_loss when
+    set, for JumpReLU, whose threshold is exp(`log_threshold`), default log(coder.threshold)).
+    `dead` is a bool mask [d_sae].
+    """
+    pre = coder.pre_acts(x)  # [B, d_sae]
+    B, extra = x.shape[0], {}
+    if coder.cfg.activation == "jumprelu":
+        lt = log_threshold if log_threshold is not None else coder.threshold.log()
+        z, extra = _jumprelu_reference(coder, pre, lt.exp(), opts, dead)
+    elif coder.cfg.activation == "batchtopk":
+        vals, idx = torch.relu(pre).reshape(-1).topk(coder.cfg.k * B)
+        z = torch.zeros_like(pre).reshape(-1).scatter(0, idx, vals).view_as(pre)
+    else:
+        z = coder.activate(pre)
+    e = coder.decode(z, x) - y  # [B, d_out]
+    if opts.loss == "squared_error":
+        rec_elem = e.square()
+        rec = rec_elem.sum() / B
+    else:
+        rec_elem = e.square() / y.norm(dim=1, keepdim=True)
+        rec = rec_elem.mean()
+    l1_term = l1 * z.abs().sum() / B
+    if opts.matryoshka:
+        inner = matryoshka.widths(opts, coder.cfg.d_sae)[:-1]
+        prefix = [_rec(coder.decode(z * (torch.arange(z.shape[1]) < w), x) - y, y, opts.loss)
+                  for w in inner]  # fmt: skip
+        extra["matryoshka"] = sum(prefix)
+    aux = torch.zeros((), dtype=x.dtype)
+    if dead is not None and dead.any() and opts.dead_features in DEAD_TERMS:
+        W_dead = coder.W_dec[dead]
+        aux = dead_term(
+            opts, coder.cfg.d_out, pre[:, dead], W_dead, x, y, e.detach(), rec_elem.detach()
+        )
+    loss = rec + l1_term + aux + sum(extra.values())
+    return {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
+
+
+def _jumprelu_reference(coder: Coder, pre: Tensor, theta: Tensor, opts, dead: Tensor | None):
+    """JumpReLU's z [B, S] and its terms {l0_loss (step or tanh), pre_act_loss} as SAELens's
+    `calculate_aux_loss` writes them, through the pseudo-derivatives of `JumpReLUFn`, `StepFn`."""
+    B, eps, extra = pre.shape[0], opts.jumprelu_bandwidth, {}
+    z = jumprelu.JumpReLUFn.apply(pre, theta, eps)
+    norms = coder.W_dec.norm(dim=1)  # [S]
+    if opts.penalty == "tanh":
+        extra["l0_loss"] = opts.l0_coef * torch.tanh(opts.tanh_scale * z * norms).sum() / B
+    else:
+        extra["l0_loss"] = opts.l0_coef * jumprelu.StepFn.apply(pre, theta, eps).sum() / B
+    if opts.pre_act_coef is not None:
+        on = dead if dead is not None else torch.zeros_like(theta, dtype=torch.bool)
+        gap = torch.relu(theta - pre) * on * norms  # [B, S]
+        extra["pre_act_loss"] = opts.pre_act_coef * gap.sum() / B
+    return z, extra
+
+
+def _rec(e: Tensor, y: Tensor, loss: str) -> Tensor:
+    if loss == "squared_error":
+        return e.square().sum() / e.shape[0]
+    return (e.square() / y.norm(dim=1, keepdim=True)).mean()
+
+
+def remove_parallel_grad(grad: Tensor, W_dec: Tensor) -> None:
+    """grad_i -= (grad_i . w_i / w_i . w_i) w_i for each decoder row w_i, in place."""
+    coef = (grad * W_dec).sum(1, keepdim=True) / (W_dec * W_dec).sum(1, keepdim=True)  # [S, 1]
+    grad.addcmul_(W_dec, coef, value=-1.0)

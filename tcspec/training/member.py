@@ -1,0 +1,215 @@
+"""One member of a training group: its options, and its state while it trains."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from tcspec.compute import gemm_dtype, gemm_mode, resolve_precision
+from tcspec.dictionaries.coders import Coder, CoderConfig
+from tcspec.spec import SAESpec, SkipTranscoderSpec, TranscoderSpec
+from tcspec.training.adam import AdamState
+from tcspec.training.batchtopk import update_threshold
+from tcspec.training.dead import DEAD_TERMS, resample
+from tcspec.training.firing import FiringStats
+from tcspec.training.loss import loss_and_grads, remove_parallel_grad
+from tcspec.training.schedules import l1_factor, lr_factor
+from tcspec.training.workspace import Workspace
+from tcspec.vocab import is_dead, is_live
+
+
+@dataclass
+class Member:
+    """One dictionary of a group, with its resolved (scalar) options."""
+
+    name: str
+    opts: TranscoderSpec | SkipTranscoderSpec | SAESpec
+    config: CoderConfig
+    in_key: str
+    out_key: str
+    out_dir: Path
+    seed: int
+
+
+@dataclass
+class RunLog:
+    """What a member's training reports: the curve, the resampling count, the last step."""
+
+    curve: list[dict] = field(default_factory=list)
+    resampled: int = 0
+    last: dict = field(default_factory=dict)  # terms (0-d tensors), l0, lr of the last step
+
+
+class MemberRun:
+    """Training state of one member; `state_dict` lists the state once, by component."""
+
+    def __init__(self, m: Member, steps: int, batch_size: int, device):
+        m = replace(m, opts=m.opts.for_run(steps))  # what the run's length decides
+        self.member, self.steps, self.batch_size = m, steps, batch_size
+        self.device = device
+        self.precision = resolve_precision(m.opts.precision, device)  # fp32 | tf32 | bf16
+        self.coder = Coder(m.config, seed=m.seed).to(device).requires_grad_(False)
+        self.params = trainable(self.coder, m.opts)  # what Adam steps
+        self.act_state: dict[str, Tensor] = {}  # BatchTopK's running threshold estimate
+        if m.config.activation == "batchtopk":
+            self.act_state["topk_threshold"] = torch.tensor(float("nan"), dtype=torch.float64)
+        self.sync_threshold()
+        self.adam = AdamState.zeros(self.params)
+        self.firing = FiringStats.zeros(m.config.d_sae, device)
+        self.gen = torch.Generator().manual_seed(m.seed + 1)  # resampling draws (CPU)
+        self.log = RunLog()
+
+    # -- state for checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "params": _cpu(self.params),
+            "derived": _cpu(self.derived()),
+            "act_state": _cpu(self.act_state),
+            "adam": _fields_state(self.adam),
+            "firing": _fields_state(self.firing),
+            "gen": self.gen.get_state(),
+            "log": _fields_state(self.log),
+        }
+
+    def load_state_dict(self, s: dict) -> None:
+        _copy_into(self.params, s["params"])
+        _copy_into(self.derived(), s["derived"])
+        _copy_into(self.act_state, s["act_state"])
+        _load_fields(self.adam, s["adam"])
+        _load_fields(self.firing, s["firing"])
+        self.gen.set_state(s["gen"])
+        _load_fields(self.log, s["log"])
+
+    # -- training
+    @torch.no_grad()
+    def init_biases(self, x: Tensor, y: Tensor) -> None:
+        """b_dec <- mean of x, b_dec_out <- mean of y over the first batch."""
+        if self.member.opts.init_bias_from_mean:
+            self.coder.b_dec.copy_(x.mean(0))
+            if not self.member.config.tied_bias:
+                self.coder.b_dec_out.copy_(y.mean(0))
+
+    def dead_idx(self) -> Tensor | None:
+        """The dead features (long [n]) when a loss term acts on them: a dead-feature term
+        or JumpReLU's pre-activation loss; else None."""
+        o = self.member.opts
+        if o.dead_features not in DEAD_TERMS and o.pre_act_coef is None:
+            return None
+        return self.firing.dead(o.dead_window).nonzero().squeeze(1)
+
+    @torch.no_grad()
+    def step(self, step: int, x: Tensor, y: Tensor, ws: Workspace) -> None:
+        """One optimizer step on batch `step` (x [B, d_in], y [B, d_out])."""
+        o = self.member.opts
+        l1 = o.l1 * l1_factor(step, o.l1_warmup_steps)
+        gemm = gemm_dtype(self.precision, x.dtype)
+        with gemm_mode(self.precision, self.device):
+            gr, terms, codes, e = loss_and_grads(self.coder, x, y, o, l1, self.dead_idx(), ws, gemm)
+        loss = terms["loss"].item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"step {step}: member `{self.member.name}`: loss is {loss}; training stopped, "
+                "the last good checkpoint is kept"
+            )
+        if o.remove_parallel_grad:
+            remove_parallel_grad(gr["W_dec"], self.coder.W_dec)
+        factor = lr_factor(step, self.steps, o.lr_warmup_steps, o.lr_decay, o.lr_decay_start)
+        lr, lr_of = o.lr * factor, None
+        if "log_threshold" in self.params:  # its rate set by `for_run`
+            lr_of = {"log_threshold": o.jumprelu_threshold_lr * factor}
+        self.adam.step(self.params, gr, step + 1, lr, o.adam_betas, ws, lr_of)
+        if o.normalize_decoder:
+            W = self.coder.W_dec
+            W.div_(W.norm(dim=1, keepdim=True))
+        if "topk_threshold" in self.act_state:
+            update_threshold(self.act_state["topk_threshold"], codes, o.batchtopk_threshold_lr)
+        self.sync_threshold()
+        fired = codes.fired(ws)  # [S] tokens each feature fired on
+        self.firing.update(fired, o.density_window)
+        last = step + 1 == self.steps  # features resampled then would never train
+        if o.dead_features == "resample" and (step + 1) % o.dead_window == 0 and not last:
+            self.resample(x, y, e)
+        self.log.last = dict(terms) | {"l0": fired.sum() / x.shape[0], "lr": lr}
+
+    def derived(self) -> dict[str, Tensor]:
+        """The coder's tensors that Adam does not step (a threshold set from others)."""
+        return {k: v for k, v in self.coder.named_parameters() if k not in self.params}
+
+    @torch.no_grad()
+    def sync_threshold(self) -> None:
+        """coder.threshold <- exp(log_threshold) (JumpReLU) or the BatchTopK estimate."""
+        if "log_threshold" in self.params:
+            torch.exp(self.params["log_threshold"], out=self.coder.threshold)
+        elif "topk_threshold" in self.act_state:
+            theta = self.act_state["topk_threshold"]
+            self.coder.threshold.fill_(0.0 if torch.isnan(theta) else float(theta))
+
+    def resample(self, x: Tensor, y: Tensor, e: Tensor) -> None:
+        """Re-initialize the dead features (`tcspec.training.dead.resample`)."""
+        o = self.member.opts
+        n = resample(self.coder, self.adam, self.firing, o.dead_window, self.gen, x, y, e)
+        self.log.resampled += n
+
+    # -- reporting
+    def density(self) -> Tensor:
+        """Firing frequency per feature [S] over the density window."""
+        return self.firing.density(self.batch_size)
+
+    def record(self, step: int) -> dict:
+        """Append the last step's terms, live fraction and dead count to the curve."""
+        o = self.member.opts
+        row = {"step": step + 1} | {k: float(v) for k, v in self.log.last.items()}
+        row["live"] = float(is_live(self.density(), o.live_threshold).float().mean())
+        row["dead"] = int(is_dead(self.firing.since_fired, o.dead_window).sum())
+        self.log.curve.append(row)
+        return row
+
+
+def trainable(coder: Coder, opts) -> dict[str, Tensor]:
+    """The tensors Adam steps, by name: the coder's parameters, except that a JumpReLU
+    trains log(threshold) in place of its threshold and a BatchTopK estimates its own."""
+    params = {k: v for k, v in coder.named_parameters() if k != "threshold"}
+    if coder.cfg.activation == "jumprelu":
+        init = torch.full_like(coder.b_enc, math.log(opts.jumprelu_init_threshold))
+        params["log_threshold"] = init  # [S]
+    return params
+
+
+# ------------------------------------------------------------------ state, generically
+def _cpu(d: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.cpu() for k, v in d.items()}
+
+
+def _copy_into(d: dict[str, Tensor], s: dict[str, Tensor]) -> None:
+    for k, v in d.items():
+        v.copy_(s[k])
+
+
+def _is_tensor_dict(v) -> bool:
+    return isinstance(v, dict) and bool(v) and all(isinstance(t, Tensor) for t in v.values())
+
+
+def _fields_state(obj) -> dict:
+    """A dataclass's fields: tensors (and dicts of tensors) moved to the CPU, the rest as is."""
+    out = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        out[f.name] = v.cpu() if isinstance(v, Tensor) else _cpu(v) if _is_tensor_dict(v) else v
+    return out
+
+
+def _load_fields(obj, s: dict) -> None:
+    """Inverse of `_fields_state`: tensors and dicts of tensors (the buffers the trainer
+    holds, e.g. Adam's moments) are copied into place, the rest assigned."""
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, Tensor):
+            v.copy_(s[f.name])
+        elif _is_tensor_dict(v):
+            _copy_into(v, s[f.name])
+        else:
+            setattr(obj, f.name, s[f.name])

@@ -1,0 +1,44 @@
+"""The plan's time estimates: one throughput table by device class and precision, and a
+job's seconds as its FLOPs at that rate (the scheduler's requests: tests/plan/test_cluster.py)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from tcspec.compute.throughput import CPU_EFFICIENCY, GPU_EFFICIENCY, Rates
+from tcspec.plan import compile_plan, estimates, group_task
+from tcspec.spec.loader import load_spec
+
+GPT2_SMALL = Path(__file__).resolve().parents[2] / "specs" / "paper" / "gpt2_small.yaml"
+
+
+def test_rates_by_device_class_and_precision():
+    a100, h100 = Rates(), Rates("h100")
+    assert a100.flops_per_s(1, "fp32") == pytest.approx(19.5e12 * GPU_EFFICIENCY)
+    assert a100.flops_per_s(1, "tf32") == pytest.approx(156e12 * GPU_EFFICIENCY)
+    assert h100.flops_per_s(1, "bf16") == pytest.approx(989.4e12 * GPU_EFFICIENCY)
+    assert a100.flops_per_s(0, "fp32", threads=2) == pytest.approx(2 * 80e9 * CPU_EFFICIENCY)
+    assert Rates("a100", sustained_tflops=100).flops_per_s(1, "bf16") == pytest.approx(1e14)
+    with pytest.raises(ValueError, match="unknown gpu_class `v100`"):
+        Rates("v100")
+    with pytest.raises(ValueError, match="unknown precision"):
+        a100.flops_per_s(1, "fp16")
+
+
+def test_a_stream_pass_is_its_forward_and_training_flops_at_its_gpu_s_rate():
+    plan = compile_plan(load_spec(GPT2_SMALL), rates=Rates("h100"))
+    (ids,) = plan.groups
+    members = [plan.get("train", i) for i in ids]
+    job = group_task(members, plan)
+    c = members[0].config
+    tokens = c.steps * c.opts.batch_size
+    forward = plan.sizer.size.forward_flops(tokens, 12)  # the stream runs all 12 blocks
+    train = sum(6 * tokens * m.config.d_sae * (m.config.d_in + m.config.d_out) for m in members)
+    rate = 67e12 * GPU_EFFICIENCY  # h100 fp32: nothing here turns bf16 on
+    seconds = estimates.STARTUP_S + (forward + train) / rate
+    assert job.resources["seconds"] == pytest.approx(seconds, abs=0.1)
+    assert job.resources["runtime"] == math.ceil(estimates.TIME_MARGIN * seconds / 60)
+    assert job.resources["gpu"] == 1 and sum(m.resources["flops"] for m in members) == train
