@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 import torch
@@ -90,7 +89,6 @@ def members(root) -> list[Member]:
 
 
 def test_twelve_transcoders_and_an_sae_from_one_stream(gpt2_12, token_splits, tmp_path):
-    t0 = time.perf_counter()
     train, eval_tokens = token_splits
     group = members(tmp_path)
     hooks = tuple(dict.fromkeys(k for m in group for k in (m.in_key, m.out_key)))
@@ -122,4 +120,3 @@ def test_twelve_transcoders_and_an_sae_from_one_stream(gpt2_12, token_splits, tm
     assert abs(rep - orig) < 0.5 * abs(zero - orig)  # the spliced set recovers most of it
     sae = json.loads((tmp_path / "sae-L8" / "training.json").read_text())
     assert sae["final"]["rec"] < 0.5 * sae["curve"][0]["rec"]
-    assert time.perf_counter() - t0 < 60
