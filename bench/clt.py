@@ -56,11 +56,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Timing, markdown_table, timed  # noqa: E402
 from tcspec.compute import gemm_dtype, gemm_mode  # noqa: E402
+from tcspec.compute.workspace import Workspace  # noqa: E402
 from tcspec.dictionaries.clt import CLT, CLTConfig, CLTLoss  # noqa: E402
 from tcspec.plan.clt_cost import clt_cost, decoder_params  # noqa: E402
 from tcspec.training.adam import AdamState  # noqa: E402
 from tcspec.training.clt_step import Hyper, train_step  # noqa: E402
-from tcspec.training.workspace import Workspace  # noqa: E402
 
 FULL = dict(n_layers=12, d_model=768, d_sae=8192, batch=4096, k=64)
 TINY = dict(n_layers=3, d_model=32, d_sae=128, batch=256, k=8)

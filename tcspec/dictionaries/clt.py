@@ -33,8 +33,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from tcspec.dictionaries.families.jumprelu import JumpReLUFn
 from tcspec.models.hooks import full_name
-from tcspec.training.jumprelu import JumpReLUFn
 from tcspec.vocab import CLT_ACTIVATIONS as ACTIVATIONS
 from tcspec.vocab import CLT_IN_HOOKS as IN_HOOKS
 
@@ -108,7 +108,7 @@ class CLTConfig:
 # ------------------------------------------------------------------------------ JumpReLU
 def jumprelu(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
     """JumpReLU z H(z - theta) with the rectangle-kernel pseudo-derivative for theta:
-    z [..., F], theta [F] (`tcspec.training.jumprelu.JumpReLUFn`, the per-layer trainer's)."""
+    z [..., F], theta [F] (`tcspec.dictionaries.families.jumprelu.JumpReLUFn`, the per-layer trainer's)."""
     return JumpReLUFn.apply(z, theta, bandwidth)
 
 

@@ -1,8 +1,8 @@
 """The trainer: hand-written gradients, one pass over the batches for a whole group.
 
 schedules   learning-rate and L1 warm-up/decay factors
-loss        the loss, its hand-written gradients, the autograd reference
-relu, topk  each activation's forward and backward (`loss.ACTIVATION`)
+loss        the loss, its hand-written gradients, the autograd reference (each activation's
+            forward and backward: `tcspec.dictionaries.families`)
 dead        ghost grads, aux-k and resampling for dead features
 firing      firing statistics (steps since fired, density window)
 adam        Adam's moments and step
@@ -11,6 +11,7 @@ checkpoint  checksummed, atomic, resumable checkpoints
 loop        train_group and its data-source protocol
 """
 
+from tcspec.compute.workspace import Workspace
 from tcspec.training.adam import ADAM_EPS, AdamState
 from tcspec.training.checkpoint import CHECKPOINT, CHECKPOINT_MAGIC, read_checkpoint
 from tcspec.training.dead import aux_k_term, ghost_term
@@ -18,7 +19,6 @@ from tcspec.training.loop import BatchSource, train_group
 from tcspec.training.loss import loss_and_grads, reference_loss, remove_parallel_grad
 from tcspec.training.member import Member, MemberRun
 from tcspec.training.schedules import l1_factor, lr_factor
-from tcspec.training.workspace import Workspace
 
 __all__ = [
     "ADAM_EPS",

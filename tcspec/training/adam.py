@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tcspec.training.workspace import Workspace
+from tcspec.compute.workspace import Workspace
 
 ADAM_EPS = 1e-8
 

@@ -43,11 +43,11 @@ from tcspec.compute import (
     slow_precision,
 )
 from tcspec.compute.determinism import rng_state, set_rng_state
+from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries.clt import CLT, CLTConfig, CLTLoss
 from tcspec.training import CHECKPOINT_MAGIC, BatchSource, l1_factor, lr_factor, read_checkpoint
 from tcspec.training.adam import AdamState
 from tcspec.training.clt_step import Hyper, train_step
-from tcspec.training.workspace import Workspace
 
 Batches = Callable[[int], Iterator[dict[str, Tensor]]]
 """`batches(s)` yields the batches of steps s, s + 1, ... (dicts full hook name -> [B, d])."""

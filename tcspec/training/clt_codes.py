@@ -4,7 +4,7 @@ gradients from d pre.
 
 `Sparse` holds only the nonzero activations (CSR by token: k a token for TopK), so the
 decoder and its gradients touch those rows alone, as the per-layer TopK trainer does
-(`tcspec.training.topk`); the dense [B, F] activations are never formed:
+(`tcspec.dictionaries.families.topk`); the dense [B, F] activations are never formed:
 
     a W        embedding_bag over each token's active rows of W        [B, n]
     (g W^T)_a  sampled_addmm: g W^T at the active entries only         [nnz]
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tcspec.training.workspace import Workspace
+from tcspec.compute.workspace import Workspace
 
 SPARSE_BELOW = 1 / 64
 """A ReLU or JumpReLU layer's activations go sparse when at most this fraction is nonzero:

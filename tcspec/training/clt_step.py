@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tcspec.compute.workspace import Workspace, column_sums
 from tcspec.dictionaries.clt import CLT, CLTLoss
+from tcspec.dictionaries.families.jumprelu import rectangle
 from tcspec.training.adam import AdamState, adam_update
 from tcspec.training.clt_codes import SPARSE_BELOW, Dense, Sparse, low_copy
-from tcspec.training.jumprelu import rectangle
-from tcspec.training.workspace import Workspace, column_sums
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ from torch import Tensor
 
 from tcspec.atomic import atomic_write, write_text
 from tcspec.compute import slow_precision
+from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries import coders
 from tcspec.spec import SWEEP_FIELDS
 from tcspec.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from tcspec.training.member import Member, MemberRun
-from tcspec.training.workspace import Workspace
 from tcspec.vocab import d_sae_of, is_live, never_fires
 
 Batches = Callable[[int], Iterator[dict[str, Tensor]]]

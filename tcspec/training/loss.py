@@ -18,11 +18,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries.coders import Coder
-from tcspec.training import batchtopk, jumprelu, matryoshka, relu, topk
+from tcspec.dictionaries.families import batchtopk, jumprelu, relu, topk
+from tcspec.training import matryoshka
 from tcspec.training.dead import DEAD_TERMS, dead_term, dead_term_grads
 from tcspec.training.recon import reconstruction
-from tcspec.training.workspace import Workspace
 
 ACTIVATION = {"relu": relu, "topk": topk, "jumprelu": jumprelu, "batchtopk": batchtopk}
 """activation -> its module: forward(coder, pre, out_shape, ws, opts) -> (codes, y_hat),

@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries.coders import Coder
+from tcspec.dictionaries.families.relu import encoder_grads
 from tcspec.training.recon import reconstruction
-from tcspec.training.relu import encoder_grads
-from tcspec.training.workspace import Workspace
 
 
 def widths(opts, d_sae: int) -> list[int]:

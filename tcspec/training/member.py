@@ -10,15 +10,15 @@ import torch
 from torch import Tensor
 
 from tcspec.compute import gemm_dtype, gemm_mode, resolve_precision
+from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries.coders import Coder, CoderConfig
+from tcspec.dictionaries.families.batchtopk import update_threshold
 from tcspec.spec import SAESpec, SkipTranscoderSpec, TranscoderSpec
 from tcspec.training.adam import AdamState
-from tcspec.training.batchtopk import update_threshold
 from tcspec.training.dead import DEAD_TERMS, resample
 from tcspec.training.firing import FiringStats
 from tcspec.training.loss import loss_and_grads, remove_parallel_grad
 from tcspec.training.schedules import l1_factor, lr_factor
-from tcspec.training.workspace import Workspace
 from tcspec.vocab import is_dead, is_live
 
 

@@ -165,7 +165,7 @@ def test_bf16_matches_float32_autograd_within_its_rounding(case):
 def test_bf16_counts_stay_exact_past_bf16_integers():
     """Firing counts over more than 256 tokens (beyond bfloat16's exact integers) are
     exact: summed in blocks, then in float32."""
-    from tcspec.training.workspace import column_sums, total
+    from tcspec.compute.workspace import column_sums, total
 
     on = (torch.rand(1000, 7, generator=torch.Generator().manual_seed(0)) < 0.9).float()
     assert torch.equal(column_sums(on.bfloat16()), on.sum(0))

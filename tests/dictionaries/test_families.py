@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 # ------------------------------------------------------------------ JumpReLU, BatchTopK
 def test_jumprelu_pseudo_derivatives_by_hand():
     """K(u) = 1[-1/2 < u < 1/2]; d z/d theta = -(theta/eps) K, d H/d theta = -(1/eps) K."""
-    from tcspec.training.jumprelu import JumpReLUFn, StepFn
+    from tcspec.dictionaries.families.jumprelu import JumpReLUFn, StepFn
 
     pre = torch.tensor([[0.5, 1.0], [0.95, 0.2]], dtype=torch.float64)
     theta = torch.tensor([1.0, 0.25], dtype=torch.float64, requires_grad=True)

@@ -9,6 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from tcspec.compute.workspace import Workspace
 from tcspec.data.cache import ActivationReader, cache_activations
 from tcspec.dictionaries import clt_io
 from tcspec.dictionaries.clt import CLT, CLTConfig, CLTLoss, clt_loss, jumprelu
@@ -19,7 +20,6 @@ from tcspec.plan.clt_cost import clt_cost, per_layer_flops_per_step
 from tcspec.training.adam import AdamState
 from tcspec.training.clt import CLTTrainConfig, train_clt
 from tcspec.training.clt_step import Hyper, train_step
-from tcspec.training.workspace import Workspace
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

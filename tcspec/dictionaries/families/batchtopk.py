@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries.coders import Coder
-from tcspec.training import relu
-from tcspec.training.workspace import Workspace
+from tcspec.dictionaries.families import relu
 
 backward = relu.backward
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tcspec.compute.workspace import Workspace, column_sums, total
 from tcspec.dictionaries.coders import Coder
-from tcspec.training.workspace import Workspace, column_sums, total
 
 
 @dataclass

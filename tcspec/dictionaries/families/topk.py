@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries.coders import Coder
-from tcspec.training.workspace import Workspace
 
 
 @dataclass

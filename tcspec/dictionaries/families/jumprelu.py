@@ -44,9 +44,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tcspec.compute.workspace import Workspace, column_sums, total
 from tcspec.dictionaries.coders import Coder
-from tcspec.training.relu import decode, encoder_grads
-from tcspec.training.workspace import Workspace, column_sums, total
+from tcspec.dictionaries.families.relu import decode, encoder_grads
 
 
 @dataclass
