@@ -6,36 +6,24 @@ Pure Python (no torch), so the spec, the planner and the checks import it cheapl
 
 from __future__ import annotations
 
+from tcspec.dictionaries.families import names
+
 KINDS = ("transcoder", "skip_transcoder", "sae")
 """Trainable dictionary kinds: `sae` reconstructs its input hook, the transcoders predict
 another hook (the skip transcoder adds a linear map of its input)."""
 
-ACTIVATIONS = ("relu", "topk", "jumprelu", "batchtopk")
-"""`relu` (trained with an L1 penalty), `topk` (the k largest pre-activations, ReLU'd),
-`jumprelu` (z = pre * [pre > threshold_i], trained with an L0 penalty), `batchtopk` (the
-k * B largest over a batch of B tokens in training; a threshold at inference)."""
+ACTIVATIONS = names()
+"""The activation families, in the spec's order: relu, topk, jumprelu, batchtopk (each one
+module and one row of `tcspec.dictionaries.families.FAMILIES`, which says what it is)."""
 
 CLT = "clt"
 """The cross-layer transcoder: one dictionary over several layers (its own training loop)."""
 
-CLT_ACTIVATIONS = ("relu", "topk", "jumprelu")
+CLT_ACTIVATIONS = names(lambda f: f.clt_sparsity is not None)
 """Activations of a cross-layer transcoder (TopK: k per layer)."""
 
 CLT_IN_HOOKS = ("ln2.hook_normalized", "hook_resid_mid")
 """Input hooks a cross-layer transcoder reads, relative to a block."""
-
-SPARSITY_K = ("topk", "batchtopk")
-"""Activations that take `k` (active features per token)."""
-
-THRESHOLD_ACTIVATIONS = ("jumprelu", "batchtopk")
-"""Activations whose dictionaries infer in the threshold form z = pre * [pre > threshold]
-(a `threshold` [d_sae] beside the weights)."""
-
-DEAD_AUX_K = ("topk", "batchtopk")
-"""Activations the aux-k dead-feature loss applies to."""
-
-MATRYOSHKA = ("topk", "batchtopk")
-"""Activations a Matryoshka dictionary (nested prefixes, each reconstructing) may have."""
 
 JUMPRELU_PENALTIES = ("step", "tanh")
 """Forms of a per-layer JumpReLU's L0 penalty: the step count H(pre - threshold) (GDM) or

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from tcspec.dictionaries.families.jumprelu import JumpReLUFn
+from tcspec.dictionaries.families import Family, family
 from tcspec.models.hooks import full_name
 from tcspec.vocab import CLT_ACTIVATIONS as ACTIVATIONS
 from tcspec.vocab import CLT_IN_HOOKS as IN_HOOKS
@@ -52,7 +52,7 @@ class CLTConfig:
     """Width of the input and output hooks."""
     d_sae: int
     """Features per layer (F); the CLT has n_layers * d_sae features in all."""
-    activation: Literal["relu", "topk", "jumprelu"] = "relu"
+    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
     """ReLU, per-layer TopK, or JumpReLU with a learned per-feature threshold."""
     k: int | None = None
     """Active features per layer per token for `topk`."""
@@ -72,11 +72,14 @@ class CLTConfig:
                 raise ValueError(f"{f} must be a positive int, got {v!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation `{self.activation}` is not one of {ACTIVATIONS}")
-        if self.activation == "topk":
+        if self.family.takes_k:
             if self.k is None or not 0 < self.k <= self.d_sae:
-                raise ValueError(f"topk needs 0 < k <= d_sae ({self.d_sae}), got k={self.k}")
+                raise ValueError(
+                    f"{self.activation} needs 0 < k <= d_sae ({self.d_sae}), got k={self.k}"
+                )
         elif self.k is not None:
-            raise ValueError("k only applies to activation `topk`")
+            topk = " or ".join(f"`{n}`" for n in ACTIVATIONS if family(n).takes_k)
+            raise ValueError(f"k only applies to activation {topk}")
         if self.in_hook not in IN_HOOKS:
             raise ValueError(f"in_hook `{self.in_hook}` is not one of {IN_HOOKS}")
         if self.out_hook not in OUT_HOOKS:
@@ -88,6 +91,11 @@ class CLTConfig:
                 raise ValueError(
                     f"layers must be {self.n_layers} increasing block indices, got {list(b)}"
                 )
+
+    @property
+    def family(self) -> Family:
+        """Its activation family (`tcspec.dictionaries.families`)."""
+        return family(self.activation)
 
     @property
     def blocks(self) -> tuple[int, ...]:
@@ -103,13 +111,6 @@ class CLTConfig:
     def out_names(self) -> list[str]:
         """Full TransformerLens names of the output hooks, one per layer."""
         return [full_name(b, self.out_hook) for b in self.blocks]
-
-
-# ------------------------------------------------------------------------------ JumpReLU
-def jumprelu(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
-    """JumpReLU z H(z - theta) with the rectangle-kernel pseudo-derivative for theta:
-    z [..., F], theta [F] (`tcspec.dictionaries.families.jumprelu.JumpReLUFn`, the per-layer trainer's)."""
-    return JumpReLUFn.apply(z, theta, bandwidth)
 
 
 # ---------------------------------------------------------------------------- the module
@@ -134,7 +135,7 @@ class CLT(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(L, d))  # [L, d]
         if cfg.skip:
             self.W_skip = nn.Parameter(torch.zeros(L, d, d))  # [L, d, d]
-        if cfg.activation == "jumprelu":
+        if cfg.family.thresholded:
             self.log_threshold = nn.Parameter(torch.full((L, F), float(threshold)).log())
 
     @property
@@ -147,14 +148,11 @@ class CLT(nn.Module):
         return x @ self.W_enc[layer] + self.b_enc[layer]
 
     def activate(self, pre: Tensor, layer: int, bandwidth: float = 1.0) -> Tensor:
-        """The activation of layer `layer`'s features: [..., F] -> [..., F]."""
-        act = self.cfg.activation
-        if act == "relu":
-            return torch.relu(pre)
-        if act == "topk":
-            vals, idx = pre.topk(self.cfg.k, dim=-1)  # [..., k]
-            return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-        return jumprelu(pre, self.threshold[layer], bandwidth)
+        """The activation of layer `layer`'s features: [..., F] -> [..., F] (the family's
+        `activate`; JumpReLU's through the rectangle-kernel pseudo-derivative for theta)."""
+        fam = self.cfg.family
+        theta = self.threshold[layer] if fam.thresholded else None
+        return fam.ops.activate(pre, self.cfg.k, theta, bandwidth)
 
     def encode_layer(self, x: Tensor, layer: int) -> Tensor:
         """Features of one layer: x_l [..., d] -> a_l [..., F]."""
@@ -231,7 +229,7 @@ def clt_loss(
     B = xs.shape[1]
     mse = (y_hat - ys).square().sum() / B
     coef = loss.coef * coef_factor
-    jump = clt.cfg.activation == "jumprelu" and loss.pre_act_coef > 0
+    jump = clt.cfg.family.thresholded and loss.pre_act_coef > 0
     zero = torch.zeros((), dtype=xs.dtype, device=xs.device)
     penalty, pre_act = zero, zero
     if coef > 0 or jump:

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from tcspec.atomic import atomic_dir, atomic_write, write_json
 from tcspec.dictionaries.clt import CLT, CLTConfig
+from tcspec.dictionaries.families import family
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -103,7 +104,7 @@ def export_circuit_tracer(
     why = set_refusal(list(cfg.blocks))
     if why:
         raise ValueError(why)
-    if cfg.activation == "topk" and not allow_topk:
+    if cfg.family.takes_k and not allow_topk:
         raise ValueError(
             "circuit-tracer's CrossLayerTranscoder is ReLU or JumpReLU: it would run this TopK "
             "CLT as ReLU; pass allow_topk=True to write it with `activation: topk` anyway"
@@ -115,8 +116,8 @@ def export_circuit_tracer(
         "feature_output_hook": cfg.out_hook,
         "scan": scan or f"./data/features/{out.name}",
     }
-    if cfg.activation == "topk":
-        config |= {"activation": "topk", "k": cfg.k}
+    if cfg.family.circuit_tracer:
+        config |= {"activation": cfg.family.circuit_tracer, "k": cfg.k}
     with atomic_dir(out) as tmp:
         for i in range(cfg.n_layers):
             enc = {
@@ -124,7 +125,7 @@ def export_circuit_tracer(
                 f"b_enc_{i}": _cpu(clt.b_enc[i]),  # [F]
                 f"b_dec_{i}": _cpu(clt.b_dec[i]),  # [d]
             }
-            if cfg.activation == "jumprelu":
+            if cfg.family.thresholded:
                 enc[f"threshold_{i}"] = _cpu(clt.threshold[i])  # [F]
             if cfg.skip:
                 enc[f"W_skip_{i}"] = _cpu(clt.W_skip[i])  # [d, d]
@@ -148,6 +149,9 @@ def read_ct_clt_config(folder: str | Path) -> dict:
 
 def load_circuit_tracer(folder: str | Path, device: str | torch.device = "cpu") -> CLT:
     """Read a circuit-tracer CLT folder (see the module docstring) into a CLT."""
+    from tcspec.interop.circuit_tracer import ct_family  # circuit-tracer's words
+    from tcspec.interop.tensors import threshold_family
+
     folder = Path(folder)
     config = read_ct_clt_config(folder)
     n = sorted(int(m.group(1)) for p in folder.iterdir() if (m := CT_ENC.match(p.name)))
@@ -157,10 +161,10 @@ def load_circuit_tracer(folder: str | Path, device: str | torch.device = "cpu") 
     decs = [load_file(str(folder / f"W_dec_{i}.safetensors"))[f"W_dec_{i}"] for i in n]
     F, d = encs[0]["W_enc_0"].shape
     jump, skip = "threshold_0" in encs[0], "W_skip_0" in encs[0]
-    activation = "jumprelu" if jump else config.get("activation") or "relu"
+    activation = threshold_family() if jump else ct_family(config.get("activation"))
     cfg = CLTConfig(
         n_layers=len(n), d_model=d, d_sae=F, activation=activation,
-        k=config.get("k") if activation == "topk" else None,
+        k=config.get("k") if family(activation).takes_k else None,
         in_hook=config.get("feature_input_hook", "hook_resid_mid"),
         out_hook=config.get("feature_output_hook", "hook_mlp_out"), skip=skip,
     )  # fmt: skip

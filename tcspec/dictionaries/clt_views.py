@@ -58,7 +58,7 @@ def layer_coder(clt: CLT, i: int) -> Coder:
     view.b_dec.zero_()
     view.W_dec.copy_(clt.W_dec[i].sum(1))  # [F, L - i, d] -> [F, d]
     view.b_dec_out.copy_(clt.b_dec[i])
-    if cfg.activation == "jumprelu":
+    if cfg.family.thresholded:
         view.threshold.copy_(clt.threshold[i])
     return view.requires_grad_(False)
 

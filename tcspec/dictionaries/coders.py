@@ -29,7 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from tcspec.atomic import atomic_write as _atomic
-from tcspec.vocab import ACTIVATIONS, KINDS, SPARSITY_K, THRESHOLD_ACTIVATIONS
+from tcspec.dictionaries.families import Family, family, names
+from tcspec.vocab import ACTIVATIONS, KINDS
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -67,13 +68,13 @@ class CoderConfig:
         for f in ("d_in", "d_out", "d_sae"):
             if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
                 raise ValueError(f"{f} must be a positive int, got {getattr(self, f)!r}")
-        if self.activation in SPARSITY_K:
+        if self.family.takes_k:
             if self.k is None or not 0 < self.k <= self.d_sae:
                 raise ValueError(
                     f"{self.activation} needs 0 < k <= d_sae ({self.d_sae}), got k={self.k}"
                 )
         elif self.k is not None:
-            raise ValueError(f"k only applies to activations {SPARSITY_K}")
+            raise ValueError(f"k only applies to activations {names(lambda f: f.takes_k)}")
         if self.kind == "sae" and self.d_in != self.d_out:
             raise ValueError(f"an SAE has d_in == d_out, got {self.d_in} and {self.d_out}")
 
@@ -87,9 +88,14 @@ class CoderConfig:
         return self.kind == "skip_transcoder"
 
     @property
+    def family(self) -> Family:
+        """Its activation family (`tcspec.dictionaries.families`)."""
+        return family(self.activation)
+
+    @property
     def thresholded(self) -> bool:
         """True when inference is z = pre * [pre > threshold] (JumpReLU, BatchTopK)."""
-        return self.activation in THRESHOLD_ACTIVATIONS
+        return self.family.thresholded
 
 
 class Coder(nn.Module):
@@ -124,14 +130,11 @@ class Coder(nn.Module):
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
     def activate(self, pre: Tensor) -> Tensor:
-        """ReLU; TopK: keep the k largest pre-activations per token, ReLU'd, zero the rest;
-        the threshold form (JumpReLU, BatchTopK): pre * [pre > threshold]."""
-        if self.cfg.activation == "relu":
-            return torch.relu(pre)
-        if self.cfg.thresholded:
-            return pre * (pre > self.threshold)
-        vals, idx = pre.topk(self.cfg.k, dim=-1)  # [..., k]
-        return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(vals))
+        """The family's inference form: ReLU; TopK: keep the k largest pre-activations per
+        token, ReLU'd, zero the rest; the threshold form (JumpReLU, BatchTopK): pre * [pre >
+        threshold]."""
+        threshold = self.threshold if self.cfg.thresholded else None
+        return self.cfg.family.ops.activate(pre, self.cfg.k, threshold)
 
     def encode(self, x: Tensor) -> Tensor:
         """x [..., d_in] -> feature activations z [..., d_sae]."""

@@ -14,20 +14,31 @@ from pathlib import Path
 import yaml
 
 from tcspec.dictionaries.coders import Coder
+from tcspec.dictionaries.families import FAMILIES
 from tcspec.interop.tensors import (
     NOT_REPRESENTABLE,
     build_coder,
     make_cfg,
     one_line,
+    read_as,
     read_safetensors,
     take_threshold,
-    threshold_activation,
+    threshold_family,
     transcoder_biases,
 )
 from tcspec.models.hooks import block_name
 
 CT_CONFIG = "config.yaml"
 CT_LAYER = re.compile(r"^layer_(\d+)\.safetensors$")
+
+
+def ct_family(word) -> str:
+    """The family of a set whose config.yaml says `activation: word` (None: says none) and
+    whose layers hold no threshold: the family written with that word (TopK), else the one
+    written with none (ReLU; circuit-tracer's default)."""
+    own = [f for f in FAMILIES.values() if f.reads_as is None and not f.thresholded]
+    named = [f.name for f in own if word is not None and f.circuit_tracer == word]
+    return named[0] if named else next(f.name for f in own if f.circuit_tracer is None)
 
 
 def read_ct_config(folder: Path) -> dict:
@@ -107,16 +118,16 @@ def load_circuit_tracer(path: Path, layer: int | None) -> tuple[Coder, Path]:
     d_sae, d_in = t.ndim2("W_enc")
     d_out = t.ndim2("W_dec")[1]
     skip = t.has("W_skip")
-    activation, k = "relu", None
-    if config.get("activation") == "topk":
-        activation, k = "topk", config.get("k")
+    activation, k = ct_family(config.get("activation")), None
+    if FAMILIES[activation].takes_k:
+        k = config.get("k")
         if not isinstance(k, int) or not 0 < k <= d_sae:
             raise ValueError(
                 f"{folder / CT_CONFIG}: `k` must be an integer in 1..{d_sae}, got {k!r}"
             )
     elif t.has("activation_function.threshold"):
         ours = config.get("tcspec") if isinstance(config.get("tcspec"), dict) else {}
-        activation, k = threshold_activation(ours.get("activation"), ours.get("k"), d_sae)
+        activation, k = read_as(threshold_family(), ours.get("activation"), ours.get("k"), d_sae)
     # Hook names are kept as given. circuit-tracer's own sets read `mlp.hook_in` of a model
     # loaded without LayerNorm folding (LN weight and bias applied), which is not the folded
     # model's `ln2.hook_normalized`; such a set needs the model's ln2 folded into W_enc.

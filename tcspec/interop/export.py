@@ -49,9 +49,10 @@ from torch import Tensor
 from tcspec import __version__
 from tcspec.atomic import atomic_write as _atomic
 from tcspec.dictionaries.coders import Coder
+from tcspec.dictionaries.families import family, names
 from tcspec.interop.tensors import PRE_BIAS_FILE, fold_pre_bias, pre_bias_tensors
 from tcspec.models.hooks import split_name
-from tcspec.vocab import CLT, THRESHOLD_ACTIVATIONS
+from tcspec.vocab import CLT
 
 TARGETS = ("saelens", "sparsify", "circuit-tracer")
 
@@ -113,12 +114,14 @@ def refusal(to: str, kind: str, activation: str, d_in: int, d_out: int) -> str |
     """Why the format `to` cannot hold a dictionary of this kind (a `KINDS` one or a CLT),
     activation and widths; None when it can. The one statement of each format's limits:
     the exporters refuse by it, and `tcspec check` asks it before anything is trained."""
+    fam = family(activation)
     if kind == CLT and to != "circuit-tracer":
         return "a cross-layer transcoder is written in circuit-tracer's format only"
-    if to == "saelens" and kind != "sae" and activation == "topk":
-        return "SAELens has no TopK transcoder architecture"
-    if to == "sparsify" and activation in THRESHOLD_ACTIVATIONS:
-        return "sparsify has no thresholds (JumpReLU, BatchTopK)"
+    if to == "saelens" and kind != "sae" and fam.saelens_transcoder is None:
+        return f"SAELens has no {fam.title} transcoder architecture"
+    if to == "sparsify" and fam.thresholded:
+        thresholded = ", ".join(family(n).title for n in names(lambda f: f.thresholded))
+        return f"sparsify has no thresholds ({thresholded})"
     if to == "circuit-tracer" and kind == "sae":
         return "circuit-tracer takes transcoders only"
     if to != "saelens" and d_in != d_out:
@@ -182,10 +185,8 @@ def _export_saelens(
     _refuse_unfit(coder, "saelens")
     if not cfg.in_hook or (cfg.kind != "sae" and not cfg.out_hook):
         _refuse(coder, "saelens", "SAELens needs the hook names (in_hook/out_hook)")
-    if cfg.thresholded:
-        arch = {"sae": "jumprelu"}.get(cfg.kind, f"jumprelu_{cfg.kind}")
-    else:
-        arch = {"sae": "topk" if cfg.activation == "topk" else "standard"}.get(cfg.kind, cfg.kind)
+    fam = cfg.family
+    arch = fam.saelens if cfg.kind == "sae" else fam.saelens_transcoder.format(kind=cfg.kind)
     metadata = {
         "sae_lens_version": SAELENS_FORMAT_VERSION,
         "model_name": model_name,
@@ -233,7 +234,7 @@ def _export_sparsify(
 ) -> list[Path]:
     cfg = coder.cfg
     _refuse_unfit(coder, "sparsify")
-    k = cfg.k if cfg.activation == "topk" else cfg.d_sae  # k = d_sae: plain ReLU
+    k = cfg.k if cfg.family.takes_k else cfg.d_sae  # k = d_sae: plain ReLU
     sp_cfg = {
         "activation": "topk",
         "expansion_factor": max(1, cfg.d_sae // cfg.d_in),
@@ -305,7 +306,8 @@ def _ct_activation(coder: Coder) -> dict:
     """The set's activation in circuit-tracer's config (v0.5.0, `load_transcoder_set`'s
     `activation`/`k`): `topk` with its `k` for a TopK set; for the others its loader reads
     the threshold tensor (JumpReLU) or defaults to ReLU, so nothing is written."""
-    return {"activation": "topk", "k": coder.cfg.k} if coder.cfg.activation == "topk" else {}
+    ct = coder.cfg.family.circuit_tracer
+    return {"activation": ct, "k": coder.cfg.k} if ct else {}
 
 
 def export_transcoder_set(

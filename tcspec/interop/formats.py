@@ -39,6 +39,7 @@ from safetensors import SafetensorError
 
 from tcspec.dictionaries import coders
 from tcspec.dictionaries.coders import Coder, CoderConfig
+from tcspec.dictionaries.families import FAMILIES
 from tcspec.interop.circuit_tracer import CT_CONFIG, CT_LAYER, load_circuit_tracer
 from tcspec.interop.gemma_scope import GEMMA_FILES, load_gemma_scope
 from tcspec.interop.safe_pickle import PickledRecord, load_checkpoint
@@ -50,13 +51,14 @@ from tcspec.interop.tensors import (
     layer_of,
     make_cfg,
     one_line,
+    read_as,
     read_int,
     read_json,
     read_safetensors,
     take_threshold,
-    threshold_activation,
     transcoder_biases,
 )
+from tcspec.vocab import KINDS
 
 FORMATS = ("tcspec", "saelens", "sparsify", "circuit-tracer", "gemma-scope", "transcoder-circuits")
 
@@ -188,9 +190,20 @@ def _load_tcspec(path: Path, layer: int | None) -> tuple[Coder, Path]:
 
 
 # ---------------------------------------------------------------------------- SAELens
-SAELENS_ARCHITECTURES = ("standard", "topk", "transcoder", "skip_transcoder", "jumprelu")
-SAELENS_ARCHITECTURES += ("jumprelu_transcoder", "jumprelu_skip_transcoder")
-SAELENS_KINDS = {"transcoder": "transcoder", "skip_transcoder": "skip_transcoder"}
+def _saelens_architectures() -> dict[str, tuple[str, str]]:
+    """SAELens architecture -> (activation, kind) of what tcspec reads: each family read as
+    itself (`reads_as`), as an SAE and, where SAELens has them, as each transcoder kind."""
+    table = {}
+    for f in FAMILIES.values():
+        if f.reads_as is None:
+            table[f.saelens] = (f.name, "sae")
+            for kind in KINDS if f.saelens_transcoder else ():
+                if kind != "sae":
+                    table[f.saelens_transcoder.format(kind=kind)] = (f.name, kind)
+    return table
+
+
+SAELENS_ARCHITECTURES = _saelens_architectures()
 
 
 def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
@@ -216,15 +229,14 @@ def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
     if arch not in SAELENS_ARCHITECTURES:
         raise ValueError(
             f"{cfg_file}: `architecture` {arch!r} is not representable; tcspec loads "
-            f"{SAELENS_ARCHITECTURES}"
+            f"{tuple(SAELENS_ARCHITECTURES)}"
         )
-    jump = arch.startswith("jumprelu")
+    name, kind = SAELENS_ARCHITECTURES[arch]
     if arch != "topk" and activation != "relu":
         raise ValueError(f"{cfg_file}: `activation_fn` {activation!r} is not supported (relu)")
     _refuse_run_time_transforms(raw, get, cfg_file)
     d_in, d_sae = read_int(raw, "d_in", cfg_file), read_int(raw, "d_sae", cfg_file)
-    base = arch.removeprefix("jumprelu_") if jump else arch
-    transcoder = base in ("transcoder", "skip_transcoder")
+    transcoder = kind != "sae"
     d_out = read_int(raw, "d_out", cfg_file) if transcoder else d_in
     apply_b_dec = raw.get("apply_b_dec_to_input", True)
     if transcoder and apply_b_dec:
@@ -237,14 +249,12 @@ def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
     at = layer_of(in_hook)
     if at is None:
         at = get("hook_layer", "hook_point_layer")
-    activation, k = ("topk", k) if arch == "topk" else ("relu", None)
-    if jump:
-        activation, k = threshold_activation(
-            meta.get("tcspec_activation"), meta.get("tcspec_k"), d_sae
-        )
+    activation, k = name, k if FAMILIES[name].takes_k else None
+    if FAMILIES[name].thresholded:
+        activation, k = read_as(name, meta.get("tcspec_activation"), meta.get("tcspec_k"), d_sae)
     cfg = make_cfg(
         cfg_file,
-        kind=SAELENS_KINDS.get(base, "sae"),
+        kind=kind,
         d_in=d_in,
         d_out=d_out,
         d_sae=d_sae,
@@ -295,6 +305,16 @@ def _saelens_params(path: Path, w_file: Path, cfg: CoderConfig, apply_b_dec: boo
 
 
 # ---------------------------------------------------------------------------- sparsify
+def _sparsify_family(takes_k: bool) -> str:
+    """sparsify is TopK: with k < d_sae the unthresholded family with `k` (TopK), with
+    k >= d_sae (every ReLU'd pre-activation kept) the one without (ReLU)."""
+    return next(
+        f.name
+        for f in FAMILIES.values()
+        if f.reads_as is None and not f.thresholded and f.takes_k == takes_k
+    )
+
+
 def _load_sparsify(path: Path, layer: int | None) -> tuple[Coder, Path]:
     """EleutherAI sparsify: TopK on ReLU'd pre-activations (`k >= d_sae` is plain ReLU);
     a transcoder (`transcode: true`) has no input pre-bias. Hook names are not stored by
@@ -327,7 +347,7 @@ def _load_sparsify(path: Path, layer: int | None) -> tuple[Coder, Path]:
         d_in=d_in,
         d_out=d_out,
         d_sae=d_sae,
-        activation="topk" if k < d_sae else "relu",
+        activation=_sparsify_family(k < d_sae),
         k=k if k < d_sae else None,
         in_hook=ours.get("in_hook"),
         out_hook=ours.get("out_hook"),

@@ -37,6 +37,7 @@ from tcspec.interop.tensors import (
     one_line,
     read_safetensors,
     take_threshold,
+    threshold_family,
 )
 from tcspec.models.hooks import TRANSCODER_IN, TRANSCODER_OUT, full_name
 
@@ -106,7 +107,7 @@ def load_gemma_scope(path: Path, layer: int | None) -> tuple[Coder, Path]:
         d_in=d_in,
         d_out=d_out,
         d_sae=d_sae,
-        activation="jumprelu",
+        activation=threshold_family(),  # JumpReLU
         in_hook=in_hook,
         out_hook=out_hook,
         layer=at,

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from tcspec.dictionaries.coders import Coder, CoderConfig
+from tcspec.dictionaries.families import FAMILIES
 from tcspec.models.hooks import split_name
 
 # beside an export: the tcspec parameters the format cannot hold ({prefix}b_dec, {prefix}b_enc)
@@ -188,10 +189,20 @@ def transcoder_biases(folder: Path, W_enc, b_enc, prefix: str = "") -> dict:
     return dict(zip(("b_dec", "b_enc"), restored))
 
 
-def threshold_activation(activation, k, d_sae: int) -> tuple[str, int | None]:
-    """(activation, k) of a JumpReLU file: BatchTopK when tcspec wrote it from one (the
-    activation and k under tcspec's keys), otherwise JumpReLU."""
-    if activation == "batchtopk" and isinstance(k, int) and not isinstance(k, bool):
-        if 0 < k <= d_sae:
-            return "batchtopk", k
-    return "jumprelu", None
+def threshold_family() -> str:
+    """The family another tool's file with a threshold tensor is: the thresholded family
+    read as itself (JumpReLU)."""
+    return next(f.name for f in FAMILIES.values() if f.thresholded and f.reads_as is None)
+
+
+def read_as(written: str, activation, k, d_sae: int) -> tuple[str, int | None]:
+    """(activation, k) of a file other tools read as family `written` (e.g. a JumpReLU
+    file): the family tcspec wrote it from when tcspec's keys (`activation`, `k`) name one
+    that `reads_as` it (BatchTopK, with a valid k), otherwise `written`."""
+    f = FAMILIES.get(activation) if isinstance(activation, str) else None
+    if f is not None and f.reads_as == written:
+        if not f.takes_k:
+            return f.name, None
+        if isinstance(k, int) and not isinstance(k, bool) and 0 < k <= d_sae:
+            return f.name, k
+    return written, None

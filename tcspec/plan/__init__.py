@@ -26,6 +26,7 @@ from pathlib import Path
 from tcspec import layout
 from tcspec.compute import resolve_precision
 from tcspec.compute.throughput import Rates
+from tcspec.dictionaries.families import family
 from tcspec.models.hooks import full_name, hook_width
 from tcspec.models.recipes import get_recipe
 from tcspec.plan import estimates
@@ -53,7 +54,7 @@ from tcspec.plan.stream import split_passes, stream_shape, stream_source
 from tcspec.plan.task import THREADS, Plan, Task, make_task, safe_name, task_id  # noqa: F401
 from tcspec.spec import SWEEP_FIELDS, DictionaryRef, InterpSpec, Spec
 from tcspec.spec.checks import dictionary_hooks, model_dims
-from tcspec.vocab import CLT, SPARSITY_K, d_sae_of
+from tcspec.vocab import CLT, d_sae_of
 
 DEFAULT_STREAM_BUDGET_MB = 40_000
 """Per-job memory budget of a stream pass when the machine side gives none (a 40 GB GPU)."""
@@ -363,15 +364,12 @@ def clt_shape(c: CLTMemberConfig):
 
 def _content_name(opts, data_seed: int) -> str:
     """Readable part of a train id from what was trained (not from how the spec swept):
-    the sparsity setting of its activation (k for `SPARSITY_K`, `l0_coef` for a per-layer
-    JumpReLU, else the L1 coefficient), d_sae when given, and the training seed when it is
-    not the data's (the spec's `seed`)."""
-    if opts.activation in SPARSITY_K:
-        point = {"k": opts.k}
-    elif opts.activation == "jumprelu" and opts.kind != CLT:  # a CLT's JumpReLU has `l1`
-        point = {"l0_coef": opts.l0_coef}
-    else:
-        point = {"l1": opts.l1}
+    the sparsity setting of its activation family (`sparsity`, a CLT's `clt_sparsity`: k,
+    l0_coef or l1), d_sae when given, and the training seed when it is not the data's (the
+    spec's `seed`)."""
+    fam = family(opts.activation)
+    field = fam.clt_sparsity if opts.kind == CLT else fam.sparsity
+    point = {field: getattr(opts, field)}
     point |= {"d_sae": opts.d_sae} if opts.d_sae else {}
     return member_name(point | ({"seed": opts.seed} if opts.seed != data_seed else {}))
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from tcspec.dictionaries.families import FAMILIES
 from tcspec.models import catalog
 from tcspec.models.hooks import BLOCK_HOOKS, SYNTHETIC_HOOKS, hook_width
 from tcspec.spec import SWEEP_FIELDS, CLTSpec, Spec, TranscoderSpec, prechecks
@@ -568,7 +569,7 @@ def _unused_field(d, field: str) -> str | None:
     """Why `field` cannot select among `d`'s sweep points, if it cannot (it does not apply)."""
     if d.kind == "pretrained":
         return "is imported; it has no sweep points"
-    if field == "l1" and getattr(d, "activation", "relu") != "relu":
+    if field == "l1" and FAMILIES[getattr(d, "activation", "relu")].sparsity != "l1":
         return f"is `activation: {d.activation}`, which has no L1 penalty"
     if field == "k" and getattr(d, "k", None) is None:
         return f"is `activation: {d.activation}`, which has no `k`"

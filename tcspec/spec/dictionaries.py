@@ -12,6 +12,7 @@ from pydantic import (
 )
 
 from tcspec.compute import Precision
+from tcspec.dictionaries.families import FAMILIES, Family, names
 from tcspec.models.hooks import TRANSCODER_IN, TRANSCODER_OUT
 from tcspec.spec.base import (
     SWEEP_FIELDS,
@@ -30,11 +31,8 @@ from tcspec.vocab import (
     ACTIVATIONS,
     CLT_ACTIVATIONS,
     CLT_IN_HOOKS,
-    DEAD_AUX_K,
     GHOST_RESIDUALS,
     JUMPRELU_PENALTIES,
-    MATRYOSHKA,
-    SPARSITY_K,
 )
 
 # --------------------------------------------------------------------------- dictionaries
@@ -46,9 +44,14 @@ THRESHOLD_EFOLDS = 8.0
 """`jumprelu_threshold_lr: null`: log(threshold) may travel this far (a factor e^8) in a run."""
 
 
-def _activations(names: tuple[str, ...]) -> str:
-    """("topk", "batchtopk") -> "`activation: topk` or `batchtopk`"."""
-    return " or ".join([f"`activation: {names[0]}`", *(f"`{n}`" for n in names[1:])])
+def _activations(which) -> str:
+    """The families `which` selects, e.g. "`activation: topk` or `batchtopk`"."""
+    chosen = names(which)
+    return " or ".join([f"`activation: {chosen[0]}`", *(f"`{n}`" for n in chosen[1:])])
+
+
+_OWN_CHECKS = ("penalty", "tanh_scale", "pre_act_coef")
+"""Family options `_check_penalties` checks, with their own messages."""
 
 
 class _Schedule(Frozen):
@@ -175,11 +178,12 @@ class _DictionaryBase(_Schedule):
             raise FieldError("d_sae", "give `expansion` or `d_sae`, not both")
         if self.expansion is None and self.d_sae is None:
             raise FieldError("expansion", "give one of `expansion` and `d_sae` (the width)")
-        if self.activation in SPARSITY_K and self.k is None:
+        fam = self.family
+        if fam.takes_k and self.k is None:
             raise FieldError("activation", f"`activation: {self.activation}` needs `k`")
-        if self.activation not in SPARSITY_K and self.k is not None:
-            raise FieldError("k", f"`k` only applies to {_activations(SPARSITY_K)}")
-        if not self.normalize_decoder and self.activation == "relu" and _positive(self.l1):
+        if not fam.takes_k and self.k is not None:
+            raise FieldError("k", f"`k` only applies to {_activations(lambda f: f.takes_k)}")
+        if not self.normalize_decoder and fam.sparsity == "l1" and _positive(self.l1):
             raise FieldError(
                 "normalize_decoder",
                 "`normalize_decoder: false` with an L1 penalty is degenerate (the L1 term "
@@ -189,13 +193,14 @@ class _DictionaryBase(_Schedule):
             raise FieldError(
                 "ghost_residual", "`ghost_residual` only applies to `dead_features: ghost_grads`"
             )
-        if self.dead_features == "aux_k" and self.activation not in DEAD_AUX_K:
+        if self.dead_features == "aux_k" and not fam.aux_k:
             raise FieldError(
-                "dead_features", f"`dead_features: aux_k` needs {_activations(DEAD_AUX_K)}"
+                "dead_features", f"`dead_features: aux_k` needs {_activations(lambda f: f.aux_k)}"
             )
         if self.matryoshka is not None:
-            if self.activation not in MATRYOSHKA:
-                raise FieldError("matryoshka", f"`matryoshka` needs {_activations(MATRYOSHKA)}")
+            if not fam.nests:
+                needs = _activations(lambda f: f.nests)
+                raise FieldError("matryoshka", f"`matryoshka` needs {needs}")
             if any(b <= a for a, b in zip(self.matryoshka, self.matryoshka[1:])):
                 raise FieldError("matryoshka", "prefix widths must be strictly increasing")
         for f in self.zip:
@@ -212,9 +217,15 @@ class _DictionaryBase(_Schedule):
     def _default_dead_features(cls, data):
         """`dead_features` left unset is `aux_k` for the k activations."""
         if isinstance(data, dict) and "dead_features" not in data:
-            if data.get("activation") in DEAD_AUX_K:
+            fam = FAMILIES.get(data.get("activation"))
+            if fam is not None and fam.aux_k:
                 data = data | {"dead_features": "aux_k"}
         return data
+
+    @property
+    def family(self) -> Family:
+        """The activation's family (`tcspec.dictionaries.families`)."""
+        return FAMILIES[self.activation]
 
     def uses_dead_window(self) -> bool:
         """Whether a loss term or resampling acts on the dead features."""
@@ -229,19 +240,24 @@ class _DictionaryBase(_Schedule):
             if self.uses_dead_window():
                 window = min(DEAD_WINDOW_CAP, max(1, round(DEAD_WINDOW_FRACTION * steps)))
             update["dead_window"] = window
-        if self.activation == "jumprelu" and self.jumprelu_threshold_lr is None:
+        own = "jumprelu_threshold_lr" in self.family.options
+        if own and self.jumprelu_threshold_lr is None:
             lr = min(_as_list(self.lr))  # a scalar once a sweep point is chosen
             update["jumprelu_threshold_lr"] = max(lr, THRESHOLD_EFOLDS / max(steps, 1))
         return self.model_copy(update=update) if update else self
 
     @model_validator(mode="after")
-    def _check_jumprelu(self):
-        """The JumpReLU penalty options only where they act."""
-        only = "only applies to `activation: jumprelu`"
-        if self.activation != "jumprelu" and self.penalty != "step":
-            raise FieldError("penalty", f"`penalty: {self.penalty}` {only}")
-        if self.activation != "jumprelu" and self.pre_act_coef is not None:
-            raise FieldError("pre_act_coef", f"`pre_act_coef` {only}")
+    def _check_penalties(self):
+        """The L0 penalty's options (`_OWN_CHECKS`, JumpReLU's) only where they act."""
+        own = self.family.options
+        if "penalty" not in own and self.penalty != _default(self, "penalty"):
+            raise FieldError(
+                "penalty", f"`penalty: {self.penalty}` only applies to {_owners('penalty')}"
+            )
+        if "pre_act_coef" not in own and self.pre_act_coef is not None:
+            raise FieldError(
+                "pre_act_coef", f"`pre_act_coef` only applies to {_owners('pre_act_coef')}"
+            )
         if self.penalty != "tanh" and self.tanh_scale != _default(self, "tanh_scale"):
             raise FieldError("tanh_scale", "`tanh_scale` only applies to `penalty: tanh`")
         return self
@@ -250,24 +266,31 @@ class _DictionaryBase(_Schedule):
     def _check_unread(self):
         """An option that nothing in this dictionary's training reads is an error when set
         away from its default, not silently ignored."""
-        jumprelu = (self.activation == "jumprelu", "`activation: jumprelu`")
         aux_k = (self.dead_features == "aux_k", "`dead_features: aux_k`")
-        for field, (applies, where) in {
-            "l0_coef": jumprelu,
-            "jumprelu_bandwidth": jumprelu,
-            "jumprelu_init_threshold": jumprelu,
-            "jumprelu_threshold_lr": jumprelu,
-            "batchtopk_threshold_lr": (self.activation == "batchtopk", "`activation: batchtopk`"),
-            "aux_k": aux_k,
-            "aux_k_coef": aux_k,
-            "lr_decay_start": (self.lr_decay != "none", "`lr_decay: linear` or `cosine`"),
-            "l1_warmup_steps": (_positive(self.l1), "a positive `l1`"),
-        }.items():
+        owned = {f: (f in self.family.options, _owners(f)) for f in _UNREAD}
+        for field, (applies, where) in (
+            owned
+            | {
+                "aux_k": aux_k,
+                "aux_k_coef": aux_k,
+                "lr_decay_start": (self.lr_decay != "none", "`lr_decay: linear` or `cosine`"),
+                "l1_warmup_steps": (_positive(self.l1), "a positive `l1`"),
+            }
+        ).items():
             if not applies and getattr(self, field) != _default(self, field):
                 raise FieldError(
                     field, f"`{field}` only applies to {where}: here it changes nothing"
                 )
         return self
+
+
+_UNREAD = [f for fam in FAMILIES.values() for f in fam.options if f not in _OWN_CHECKS]
+"""The families' own options `_check_unread` checks (in the families' order)."""
+
+
+def _owners(field: str) -> str:
+    """The families whose option `field` is, e.g. "`activation: jumprelu`"."""
+    return _activations(lambda f: field in f.options)
 
 
 def _as_list(value) -> list:
@@ -404,8 +427,9 @@ class CLTSpec(_Schedule):
     def _check(self):
         if (self.expansion is None) == (self.d_sae is None):
             raise FieldError("expansion", "give one of `expansion` and `d_sae` (the width)")
-        if (self.activation == "topk") != (self.k is not None):
-            raise FieldError("k", "`k` goes with `activation: topk`, and only with it")
+        if FAMILIES[self.activation].takes_k != (self.k is not None):
+            topk = _activations(lambda f: f.takes_k and f.clt_sparsity is not None)
+            raise FieldError("k", f"`k` goes with {topk}, and only with it")
         if self.layers is not None and sorted(set(self.layers)) != self.layers:
             raise FieldError("layers", f"a CLT's layers must increase: {self.layers}")
         for f in self.zip:

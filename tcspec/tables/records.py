@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from tcspec.dictionaries.families import FAMILIES
 from tcspec.evaluation.metrics import pooled_fvu
 from tcspec.spec.base import REPLICATE_AXES
 from tcspec.tables.format import MISSING, Column, num, short_g, text
@@ -186,7 +187,8 @@ def _row(rec: dict) -> dict:
     shown = [a for a in sorted(point) if a not in SPARSITY_AXES + REPLICATE_AXES]
     extra = [f"{a}={point[a]}" for a in shown]
     name = str(rec.get("dictionary", ""))
-    topk = opts.get("activation") not in (None, "relu")  # its `l1` option is no sweep coordinate
+    fam = FAMILIES.get(opts.get("activation"))
+    topk = fam is not None and fam.sparsity != "l1"  # its `l1` option is no sweep coordinate
     row = {
         "dictionary": name,
         "kind": rec.get("kind"),

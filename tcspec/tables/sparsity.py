@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from tcspec.dictionaries.families import names
 from tcspec.evaluation.metrics import sanity_flags
 from tcspec.tables.format import Column, fixed, general, integer, spread, text
 from tcspec.tables.records import KIND_COLUMN, baselines, layer_label, per_layer
@@ -68,7 +69,7 @@ def _sanity_notes(table: pd.DataFrame) -> list[str]:
 def _l0_coef(df: pd.DataFrame) -> pd.Series:
     """JumpReLU rows' L0 coefficient (the sweep point's, else the option's); NaN otherwise."""
     nan = pd.Series(math.nan, index=df.index)
-    jump = df.get("opts.activation", nan) == "jumprelu"
+    jump = df.get("opts.activation", nan).isin(names(lambda f: f.sparsity == "l0_coef"))
     value = df.get("point.l0_coef", nan).fillna(df.get("opts.l0_coef", nan))
     return pd.to_numeric(value.where(jump), errors="coerce")
 

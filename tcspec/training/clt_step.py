@@ -104,7 +104,7 @@ def _forward(clt: CLT, xs: Tensor, h: Hyper, norms: Tensor, ws: Workspace):
 
 
 def _pre_act_on(clt: CLT, h: Hyper) -> bool:
-    return clt.cfg.activation == "jumprelu" and h.loss.pre_act_coef > 0
+    return clt.cfg.family.thresholded and h.loss.pre_act_coef > 0
 
 
 def _codes(clt: CLT, x: Tensor, i: int, h: Hyper, ws: Workspace, sparse_below=None):
@@ -119,13 +119,13 @@ def _codes(clt: CLT, x: Tensor, i: int, h: Hyper, ws: Workspace, sparse_below=No
         ws.cast("W_enc_low", clt.W_enc[i], low),
         out=ws.get("pre", (x.shape[0], cfg.d_sae), low),
     )  # [B, F]
-    if cfg.activation == "topk":
+    if cfg.family.takes_k:  # TopK
         vals, idx = pre.topk(cfg.k, dim=1)  # [B, k]
         codes = Sparse.from_topk(idx, vals.to(master).clamp_min_(0), cfg.d_sae)
         if sparse_below > 0:
             return codes, pre
         return Dense(codes.dense(ws.get("a", pre.shape, low))), pre
-    if cfg.activation == "relu":
+    if not cfg.family.thresholded:  # ReLU
         a = pre.clamp_min_(0)
     else:
         a = torch.mul(pre, pre > clt.threshold[i], out=ws.get("a", pre.shape, low))
@@ -161,16 +161,17 @@ def _backward(clt, adam, xs, g, kept, norms, h: Hyper, ws: Workspace) -> None:
     cfg = clt.cfg
     L, d, F = cfg.n_layers, cfg.d_model, cfg.d_sae
     g_b_enc = ws.get("g_b_enc", (L, F))
-    g_theta = ws.get("g_theta", (L, F)) if cfg.activation == "jumprelu" else None
+    jump = cfg.family.thresholded  # JumpReLU
+    g_theta = ws.get("g_theta", (L, F)) if jump else None
     for i in range(L):
         codes, pre = kept[i], None
-        if codes is None or cfg.activation == "jumprelu":  # computed again, dense
+        if codes is None or jump:  # computed again, dense
             fresh, pre = _codes(clt, xs[i], i, h, ws, sparse_below=0.0)
             codes = codes or fresh
         W = clt.W_dec[i].view(F, -1)  # [F, (L - i) d]
         g_l = g[:, i * d :]
         order = codes.by_feature() if isinstance(codes, Sparse) else None
-        if cfg.activation == "jumprelu":
+        if jump:
             d_pre, g_n = _jumprelu_grads(clt, i, pre, g_l, W, norms[i], h, ws, g_theta[i])
         else:
             d_pre, g_n = _rectified_grads(codes, g_l, W, norms[i], h, ws, order)

@@ -8,8 +8,8 @@ Loss of one member on a batch of B tokens, x [B, d_in], y [B, d_out] (y = x for 
     l1    = lambda_t * (1/B) sum_b sum_i |z_bi|      lambda_t = l1 * min(1, (t+1)/l1_warmup)
     loss  = rec + l1 (+ ghost-grad term) (+ aux_k_coef * aux-k term)
 
-The activation's own forward and backward live in one module per activation (`ACTIVATION`);
-the dead-feature terms in `tcspec.training.dead`. `reference_loss` is the same loss through
+The activation's own forward and backward live in its family's module
+(`tcspec.dictionaries.families`); the dead-feature terms in `tcspec.training.dead`. `reference_loss` is the same loss through
 autograd, which the tests hold the hand-written gradients to.
 """
 
@@ -20,14 +20,9 @@ from torch import Tensor
 
 from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries.coders import Coder
-from tcspec.dictionaries.families import batchtopk, jumprelu, relu, topk
 from tcspec.training import matryoshka
 from tcspec.training.dead import DEAD_TERMS, dead_term, dead_term_grads
 from tcspec.training.recon import reconstruction
-
-ACTIVATION = {"relu": relu, "topk": topk, "jumprelu": jumprelu, "batchtopk": batchtopk}
-"""activation -> its module: forward(coder, pre, out_shape, ws, opts) -> (codes, y_hat),
-backward(coder, codes, g, l1/B, xc, dead, ws) -> grads."""
 
 
 @torch.no_grad()
@@ -52,7 +47,7 @@ def loss_and_grads(
     coder's): with bfloat16 the [B, S] tensors are bfloat16, the gradients come back in the
     coder's dtype.
     """
-    cfg, act = coder.cfg, ACTIVATION[coder.cfg.activation]
+    cfg, act = coder.cfg, coder.cfg.family.ops
     B, S, low = x.shape[0], cfg.d_sae, gemm or coder.W_enc.dtype
     xc = torch.sub(x, coder.b_dec, out=ws.get("xc", x.shape))  # [B, d_in]
     pre = torch.addmm(
@@ -83,7 +78,7 @@ def loss_and_grads(
         dead = (dead_idx, gpre_dead)
     extra = codes.extra_terms()  # e.g. JumpReLU's L0 penalty (its gradient is in `gr`)
     if use_pre_act:
-        pa = jumprelu.pre_act(coder, pre_dead, dead_idx, opts.pre_act_coef)
+        pa = act.pre_act(coder, pre_dead, dead_idx, opts.pre_act_coef)
         extra["pre_act_loss"] = pa.loss
         if any_dead:  # its d pre joins the dead-feature terms' into the encoder
             dead = (dead_idx, pa.g_pre if dead is None else dead[1] + pa.g_pre)
@@ -137,15 +132,8 @@ def reference_loss(
     `dead` is a bool mask [d_sae].
     """
     pre = coder.pre_acts(x)  # [B, d_sae]
-    B, extra = x.shape[0], {}
-    if coder.cfg.activation == "jumprelu":
-        lt = log_threshold if log_threshold is not None else coder.threshold.log()
-        z, extra = _jumprelu_reference(coder, pre, lt.exp(), opts, dead)
-    elif coder.cfg.activation == "batchtopk":
-        vals, idx = torch.relu(pre).reshape(-1).topk(coder.cfg.k * B)
-        z = torch.zeros_like(pre).reshape(-1).scatter(0, idx, vals).view_as(pre)
-    else:
-        z = coder.activate(pre)
+    B = x.shape[0]
+    z, extra = coder.cfg.family.ops.reference(coder, pre, opts, dead, log_threshold)
     e = coder.decode(z, x) - y  # [B, d_out]
     if opts.loss == "squared_error":
         rec_elem = e.square()
@@ -167,23 +155,6 @@ def reference_loss(
         )
     loss = rec + l1_term + aux + sum(extra.values())
     return {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
-
-
-def _jumprelu_reference(coder: Coder, pre: Tensor, theta: Tensor, opts, dead: Tensor | None):
-    """JumpReLU's z [B, S] and its terms {l0_loss (step or tanh), pre_act_loss} as SAELens's
-    `calculate_aux_loss` writes them, through the pseudo-derivatives of `JumpReLUFn`, `StepFn`."""
-    B, eps, extra = pre.shape[0], opts.jumprelu_bandwidth, {}
-    z = jumprelu.JumpReLUFn.apply(pre, theta, eps)
-    norms = coder.W_dec.norm(dim=1)  # [S]
-    if opts.penalty == "tanh":
-        extra["l0_loss"] = opts.l0_coef * torch.tanh(opts.tanh_scale * z * norms).sum() / B
-    else:
-        extra["l0_loss"] = opts.l0_coef * jumprelu.StepFn.apply(pre, theta, eps).sum() / B
-    if opts.pre_act_coef is not None:
-        on = dead if dead is not None else torch.zeros_like(theta, dtype=torch.bool)
-        gap = torch.relu(theta - pre) * on * norms  # [B, S]
-        extra["pre_act_loss"] = opts.pre_act_coef * gap.sum() / B
-    return z, extra
 
 
 def _rec(e: Tensor, y: Tensor, loss: str) -> Tensor:

@@ -12,7 +12,6 @@ from torch import Tensor
 from tcspec.compute import gemm_dtype, gemm_mode, resolve_precision
 from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries.coders import Coder, CoderConfig
-from tcspec.dictionaries.families.batchtopk import update_threshold
 from tcspec.spec import SAESpec, SkipTranscoderSpec, TranscoderSpec
 from tcspec.training.adam import AdamState
 from tcspec.training.dead import DEAD_TERMS, resample
@@ -53,10 +52,9 @@ class MemberRun:
         self.device = device
         self.precision = resolve_precision(m.opts.precision, device)  # fp32 | tf32 | bf16
         self.coder = Coder(m.config, seed=m.seed).to(device).requires_grad_(False)
+        self.family = m.config.family.ops  # the activation's module
         self.params = trainable(self.coder, m.opts)  # what Adam steps
-        self.act_state: dict[str, Tensor] = {}  # BatchTopK's running threshold estimate
-        if m.config.activation == "batchtopk":
-            self.act_state["topk_threshold"] = torch.tensor(float("nan"), dtype=torch.float64)
+        self.act_state = self.family.state()  # e.g. BatchTopK's running threshold estimate
         self.sync_threshold()
         self.adam = AdamState.zeros(self.params)
         self.firing = FiringStats.zeros(m.config.d_sae, device)
@@ -118,15 +116,12 @@ class MemberRun:
         if o.remove_parallel_grad:
             remove_parallel_grad(gr["W_dec"], self.coder.W_dec)
         factor = lr_factor(step, self.steps, o.lr_warmup_steps, o.lr_decay, o.lr_decay_start)
-        lr, lr_of = o.lr * factor, None
-        if "log_threshold" in self.params:  # its rate set by `for_run`
-            lr_of = {"log_threshold": o.jumprelu_threshold_lr * factor}
+        lr, lr_of = o.lr * factor, self.family.rates(o, factor)  # e.g. log(threshold)'s
         self.adam.step(self.params, gr, step + 1, lr, o.adam_betas, ws, lr_of)
         if o.normalize_decoder:
             W = self.coder.W_dec
             W.div_(W.norm(dim=1, keepdim=True))
-        if "topk_threshold" in self.act_state:
-            update_threshold(self.act_state["topk_threshold"], codes, o.batchtopk_threshold_lr)
+        self.family.update(self.act_state, codes, o)
         self.sync_threshold()
         fired = codes.fired(ws)  # [S] tokens each feature fired on
         self.firing.update(fired, o.density_window)
@@ -139,14 +134,9 @@ class MemberRun:
         """The coder's tensors that Adam does not step (a threshold set from others)."""
         return {k: v for k, v in self.coder.named_parameters() if k not in self.params}
 
-    @torch.no_grad()
     def sync_threshold(self) -> None:
         """coder.threshold <- exp(log_threshold) (JumpReLU) or the BatchTopK estimate."""
-        if "log_threshold" in self.params:
-            torch.exp(self.params["log_threshold"], out=self.coder.threshold)
-        elif "topk_threshold" in self.act_state:
-            theta = self.act_state["topk_threshold"]
-            self.coder.threshold.fill_(0.0 if torch.isnan(theta) else float(theta))
+        self.family.sync(self.coder, self.params, self.act_state)
 
     def resample(self, x: Tensor, y: Tensor, e: Tensor) -> None:
         """Re-initialize the dead features (`tcspec.training.dead.resample`)."""
@@ -171,12 +161,10 @@ class MemberRun:
 
 def trainable(coder: Coder, opts) -> dict[str, Tensor]:
     """The tensors Adam steps, by name: the coder's parameters, except that a JumpReLU
-    trains log(threshold) in place of its threshold and a BatchTopK estimates its own."""
+    trains log(threshold) in place of its threshold and a BatchTopK estimates its own (the
+    family's `trained`)."""
     params = {k: v for k, v in coder.named_parameters() if k != "threshold"}
-    if coder.cfg.activation == "jumprelu":
-        init = torch.full_like(coder.b_enc, math.log(opts.jumprelu_init_threshold))
-        params["log_threshold"] = init  # [S]
-    return params
+    return params | coder.cfg.family.ops.trained(coder, opts)
 
 
 # ------------------------------------------------------------------ state, generically

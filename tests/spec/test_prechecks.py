@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from tcspec.dictionaries.coders import Coder, CoderConfig
+from tcspec.dictionaries.families import FAMILIES
 from tcspec.interop import export
 from tcspec.interop.export import TARGETS
 from tcspec.spec.checks import sanity_warnings
 from tcspec.spec.loader import SpecError, parse_spec
-from tcspec.vocab import ACTIVATIONS, KINDS, SPARSITY_K
+from tcspec.vocab import ACTIVATIONS, KINDS
 
 SPEC = """experiment: x
 model: {{kind: toy, d_model: 16, n_heads: 2, d_mlp: 32}}
@@ -34,7 +35,7 @@ HOOKS = {  # (spec fields, (d_in, d_out) on the spec's toy model)
 
 
 def _check_refuses(to: str, hooks: str, activation: str) -> bool:
-    k = ", k: 4" if activation in SPARSITY_K else ""
+    k = ", k: 4" if FAMILIES[activation].takes_k else ""
     text = SPEC.format(to=to, dictionary=f"{hooks}, expansion: 2, activation: {activation}{k}")
     try:
         parse_spec(text, "spec.yaml")
@@ -47,7 +48,7 @@ def _check_refuses(to: str, hooks: str, activation: str) -> bool:
 def _export_refuses(to: str, kind: str, activation: str, widths, tmp_path) -> bool:
     kind = "transcoder" if kind == "wide" else kind
     cfg = CoderConfig(
-        kind, *widths, 32, activation=activation, k=4 if activation in SPARSITY_K else None,
+        kind, *widths, 32, activation=activation, k=4 if FAMILIES[activation].takes_k else None,
         in_hook="blocks.0.ln2.hook_normalized", out_hook="blocks.0.hook_mlp_out", layer=0,
     )  # fmt: skip
     coder = Coder(cfg)

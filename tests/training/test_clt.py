@@ -12,8 +12,9 @@ from safetensors.torch import load_file, save_file
 from tcspec.compute.workspace import Workspace
 from tcspec.data.cache import ActivationReader, cache_activations
 from tcspec.dictionaries import clt_io
-from tcspec.dictionaries.clt import CLT, CLTConfig, CLTLoss, clt_loss, jumprelu
+from tcspec.dictionaries.clt import CLT, CLTConfig, CLTLoss, clt_loss
 from tcspec.dictionaries.coders import Coder, CoderConfig
+from tcspec.dictionaries.families import jumprelu
 from tcspec.evaluation.clt import evaluate_clt
 from tcspec.evaluation.spliced import evaluate_coders
 from tcspec.plan.clt_cost import clt_cost, per_layer_flops_per_step
@@ -127,7 +128,7 @@ def test_penalty_gradient_matches_finite_differences():
 def test_jumprelu_pseudo_derivative():
     z = torch.tensor([[0.10, 0.55, 0.95], [0.45, 0.2, 1.2]], requires_grad=True)
     theta = torch.tensor([0.5, 0.5, 1.0], requires_grad=True)
-    out = jumprelu(z, theta, 0.2)
+    out = jumprelu.activate(z, None, theta, bandwidth=0.2)  # a CLT's autograd form
     assert out.tolist() == [[0.0, pytest.approx(0.55), 0.0], [0.0, 0.0, pytest.approx(1.2)]]
     g = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     out.backward(g)

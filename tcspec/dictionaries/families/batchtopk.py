@@ -20,7 +20,19 @@ from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries.coders import Coder
 from tcspec.dictionaries.families import relu
 
-backward = relu.backward
+backward, trained, rates = relu.backward, relu.trained, relu.rates
+
+
+def activate(pre: Tensor, k=None, threshold: Tensor = None, bandwidth=None) -> Tensor:
+    """The inference form z = pre * [pre > threshold]: [..., S]."""
+    return pre * (pre > threshold)
+
+
+def reference(coder: Coder, pre: Tensor, opts, dead, log_threshold=None):
+    """(z [B, S], no extra terms) through autograd: the k * B largest ReLU'd
+    pre-activations of the batch."""
+    vals, idx = torch.relu(pre).reshape(-1).topk(coder.cfg.k * pre.shape[0])
+    return torch.zeros_like(pre).reshape(-1).scatter(0, idx, vals).view_as(pre), {}
 
 
 @dataclass
@@ -38,6 +50,25 @@ def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace, opts):
     pos = vals[vals > 0]
     min_kept = pos.min() if pos.numel() else torch.tensor(float("nan"))
     return Codes(z, min_kept), relu.decode(coder, z, out_shape, ws)
+
+
+# ------------------------------------------------------------- the trainer's state hooks
+def state() -> dict[str, Tensor]:
+    """The running estimate of the inference threshold (0-d float64, nan until the first
+    step)."""
+    return {"topk_threshold": torch.tensor(float("nan"), dtype=torch.float64)}
+
+
+def update(state: dict[str, Tensor], codes: Codes, opts) -> None:
+    """The estimate after a step (`update_threshold`, at `batchtopk_threshold_lr`)."""
+    update_threshold(state["topk_threshold"], codes, opts.batchtopk_threshold_lr)
+
+
+@torch.no_grad()
+def sync(coder: Coder, params: dict[str, Tensor], state: dict[str, Tensor]) -> None:
+    """coder.threshold <- the estimate (0 before the first step)."""
+    theta = state["topk_threshold"]
+    coder.threshold.fill_(0.0 if torch.isnan(theta) else float(theta))
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ definitions as autograd functions, for the reference loss the tests hold this mo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +47,10 @@ from torch import Tensor
 
 from tcspec.compute.workspace import Workspace, column_sums, total
 from tcspec.dictionaries.coders import Coder
+from tcspec.dictionaries.families import relu
 from tcspec.dictionaries.families.relu import decode, encoder_grads
+
+state, update = relu.state, relu.update
 
 
 @dataclass
@@ -88,6 +92,34 @@ class Codes:
 def rectangle(u: Tensor) -> Tensor:
     """K(u) = 1 for -1/2 < u < 1/2, else 0 (same dtype as u)."""
     return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+def activate(pre: Tensor, k=None, threshold: Tensor | None = None, bandwidth=None) -> Tensor:
+    """z = pre * H(pre - theta), pre [..., S], theta = `threshold` [S]; with a `bandwidth`,
+    through `JumpReLUFn` (theta's pseudo-derivative under autograd: a CLT's forward)."""
+    if bandwidth is None:
+        return pre * (pre > threshold)
+    return JumpReLUFn.apply(pre, threshold, bandwidth)
+
+
+def reference(coder: Coder, pre: Tensor, opts, dead: Tensor | None, log_threshold=None):
+    """(z [B, S], {l0_loss (step or tanh), pre_act_loss}) through autograd, as SAELens's
+    `calculate_aux_loss` writes them, through the pseudo-derivatives of `JumpReLUFn` and
+    `StepFn`; theta = exp(`log_threshold`), default the coder's threshold."""
+    lt = log_threshold if log_threshold is not None else coder.threshold.log()
+    theta = lt.exp()
+    B, eps, extra = pre.shape[0], opts.jumprelu_bandwidth, {}
+    z = JumpReLUFn.apply(pre, theta, eps)
+    norms = coder.W_dec.norm(dim=1)  # [S]
+    if opts.penalty == "tanh":
+        extra["l0_loss"] = opts.l0_coef * torch.tanh(opts.tanh_scale * z * norms).sum() / B
+    else:
+        extra["l0_loss"] = opts.l0_coef * StepFn.apply(pre, theta, eps).sum() / B
+    if opts.pre_act_coef is not None:
+        on = dead if dead is not None else torch.zeros_like(theta, dtype=torch.bool)
+        gap = torch.relu(theta - pre) * on * norms  # [B, S]
+        extra["pre_act_loss"] = opts.pre_act_coef * gap.sum() / B
+    return z, extra
 
 
 def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace, opts):
@@ -168,10 +200,27 @@ def pre_act(coder: Coder, pre_dead: Tensor | None, idx: Tensor | None, coef: flo
     return PreAct(loss, idx, below * (-a * n), below.sum(0) * n * a, g_W_dec)
 
 
+# ------------------------------------------------------------- the trainer's state hooks
+def trained(coder: Coder, opts) -> dict[str, Tensor]:
+    """log(threshold) [S], from `jumprelu_init_threshold`: Adam steps it in place of the
+    threshold."""
+    return {"log_threshold": torch.full_like(coder.b_enc, math.log(opts.jumprelu_init_threshold))}
+
+
+def rates(opts, factor: float) -> dict[str, float]:
+    """log_threshold's learning rate: `jumprelu_threshold_lr` on the schedule of `lr`."""
+    return {"log_threshold": opts.jumprelu_threshold_lr * factor}
+
+
+@torch.no_grad()
+def sync(coder: Coder, params: dict[str, Tensor], state: dict[str, Tensor]) -> None:
+    """coder.threshold <- exp(log_threshold)."""
+    torch.exp(params["log_threshold"], out=coder.threshold)
+
+
 class JumpReLUFn(torch.autograd.Function):
     """z = pre * H(pre - theta) with the pseudo-derivative for theta, pre [..., S], theta
-    [S]: the per-layer trainer's reference loss and a CLT's autograd forward
-    (`tcspec.dictionaries.clt.jumprelu`)."""
+    [S]: the per-layer trainer's reference loss and a CLT's autograd forward (`activate`)."""
 
     @staticmethod
     def forward(ctx, pre, theta, eps):

@@ -1,4 +1,9 @@
-"""ReLU dictionaries: z = relu(pre); dense decoder and gradients (every feature may fire)."""
+"""ReLU dictionaries: z = relu(pre); dense decoder and gradients (every feature may fire).
+
+The family's row in `tcspec.dictionaries.families.FAMILIES`; this module is its maths (the
+functions listed there), and the trainer's no-op state hooks the families without a
+trained threshold share.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,16 @@ from torch import Tensor
 
 from tcspec.compute.workspace import Workspace, column_sums, total
 from tcspec.dictionaries.coders import Coder
+
+
+def activate(pre: Tensor, k=None, threshold=None, bandwidth=None) -> Tensor:
+    """z = relu(pre) [..., S]."""
+    return torch.relu(pre)
+
+
+def reference(coder: Coder, pre: Tensor, opts, dead, log_threshold=None):
+    """(z [B, S], no extra terms) through autograd."""
+    return coder.activate(pre), {}
 
 
 @dataclass
@@ -74,3 +89,27 @@ def encoder_grads(coder: Coder, xc: Tensor, dz: Tensor, dead, ws: Workspace) -> 
         "W_enc": torch.mm(xc_low.t(), dz, out=ws.get("gW_enc", coder.W_enc.shape, low)),
         "b_enc": column_sums(dz),  # [S]
     }  # W_enc: [d_in, S]
+
+
+# ------------------------------------------------------------- the trainer's state hooks
+def trained(coder: Coder, opts) -> dict[str, Tensor]:
+    """Tensors Adam steps beside the coder's parameters: none."""
+    return {}
+
+
+def rates(opts, factor: float) -> dict[str, float]:
+    """Learning rates of those: none."""
+    return {}
+
+
+def state() -> dict[str, Tensor]:
+    """Estimates kept in training: none."""
+    return {}
+
+
+def update(state: dict[str, Tensor], codes, opts) -> None:
+    """Nothing to estimate."""
+
+
+def sync(coder: Coder, params: dict[str, Tensor], state: dict[str, Tensor]) -> None:
+    """No threshold."""

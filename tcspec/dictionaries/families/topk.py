@@ -19,6 +19,20 @@ from torch import Tensor
 
 from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries.coders import Coder
+from tcspec.dictionaries.families import relu
+
+trained, rates, state, update, sync = relu.trained, relu.rates, relu.state, relu.update, relu.sync
+
+
+def activate(pre: Tensor, k: int, threshold=None, bandwidth=None) -> Tensor:
+    """The k largest pre-activations per token, ReLU'd, the rest zero: [..., S]."""
+    vals, idx = pre.topk(k, dim=-1)  # [..., k]
+    return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(vals))
+
+
+def reference(coder: Coder, pre: Tensor, opts, dead, log_threshold=None):
+    """(z [B, S], no extra terms) through autograd."""
+    return coder.activate(pre), {}
 
 
 @dataclass
