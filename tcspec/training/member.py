@@ -52,9 +52,9 @@ class MemberRun:
         self.device = device
         self.precision = resolve_precision(m.opts.precision, device)  # fp32 | tf32 | bf16
         self.coder = Coder(m.config, seed=m.seed).to(device).requires_grad_(False)
-        self.family = m.config.family.ops  # the activation's module
+        self.ops = m.config.family.ops  # the activation family's module
         self.params = trainable(self.coder, m.opts)  # what Adam steps
-        self.act_state = self.family.state()  # e.g. BatchTopK's running threshold estimate
+        self.act_state = self.ops.state()  # e.g. BatchTopK's running threshold estimate
         self.sync_threshold()
         self.adam = AdamState.zeros(self.params)
         self.firing = FiringStats.zeros(m.config.d_sae, device)
@@ -116,12 +116,12 @@ class MemberRun:
         if o.remove_parallel_grad:
             remove_parallel_grad(gr["W_dec"], self.coder.W_dec)
         factor = lr_factor(step, self.steps, o.lr_warmup_steps, o.lr_decay, o.lr_decay_start)
-        lr, lr_of = o.lr * factor, self.family.rates(o, factor)  # e.g. log(threshold)'s
+        lr, lr_of = o.lr * factor, self.ops.rates(o, factor)  # e.g. log(threshold)'s
         self.adam.step(self.params, gr, step + 1, lr, o.adam_betas, ws, lr_of)
         if o.normalize_decoder:
             W = self.coder.W_dec
             W.div_(W.norm(dim=1, keepdim=True))
-        self.family.update(self.act_state, codes, o)
+        self.ops.update(self.act_state, codes, o)
         self.sync_threshold()
         fired = codes.fired(ws)  # [S] tokens each feature fired on
         self.firing.update(fired, o.density_window)
@@ -136,7 +136,7 @@ class MemberRun:
 
     def sync_threshold(self) -> None:
         """coder.threshold <- exp(log_threshold) (JumpReLU) or the BatchTopK estimate."""
-        self.family.sync(self.coder, self.params, self.act_state)
+        self.ops.sync(self.coder, self.params, self.act_state)
 
     def resample(self, x: Tensor, y: Tensor, e: Tensor) -> None:
         """Re-initialize the dead features (`tcspec.training.dead.resample`)."""

@@ -13,7 +13,7 @@ import torch
 
 from tcspec.dictionaries.clt import CLT, CLTConfig
 from tcspec.dictionaries.coders import Coder, CoderConfig
-from tcspec.dictionaries.families import FAMILIES, names
+from tcspec.dictionaries.families import FAMILIES, OPS, names
 from tcspec.interop import export, load_dictionary
 from tcspec.interop.export import TARGETS, refusal
 from tcspec.spec import CLTSpec, SAESpec, TranscoderSpec
@@ -41,6 +41,13 @@ def test_the_spec_offers_every_registered_family_and_no_other():
         assert set(fam.options) <= set(TranscoderSpec.model_fields), fam.name
         assert fam.sparsity in TranscoderSpec.model_fields
         assert fam.clt_sparsity is None or fam.clt_sparsity in CLTSpec.model_fields
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_family_module_defines_what_the_registry_calls(name):
+    ops = FAMILIES[name].ops
+    assert ops.__name__.endswith(f".{name}")
+    assert [f for f in OPS if not callable(getattr(ops, f, None))] == []
 
 
 def _coder(name: str, kind: str = "transcoder", dtype=torch.float64) -> Coder:

@@ -32,6 +32,10 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
+OPS = ("activate", "forward", "backward", "reference", "trained", "rates", "state", "update",
+       "sync")  # fmt: skip
+"""What every family's module defines (above)."""
+
 
 @dataclass(frozen=True)
 class Family:

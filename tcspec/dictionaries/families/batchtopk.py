@@ -23,7 +23,7 @@ from tcspec.dictionaries.families import relu
 backward, trained, rates = relu.backward, relu.trained, relu.rates
 
 
-def activate(pre: Tensor, k=None, threshold: Tensor = None, bandwidth=None) -> Tensor:
+def activate(pre: Tensor, k=None, threshold: Tensor | None = None, bandwidth=None) -> Tensor:
     """The inference form z = pre * [pre > threshold]: [..., S]."""
     return pre * (pre > threshold)
 
