@@ -84,7 +84,7 @@ def param_count(cfg: CLTConfig) -> int:
     L, d, F = cfg.n_layers, cfg.d_model, cfg.d_sae
     n = L * d * F + decoder_params(cfg) + L * F + L * d
     n += L * d * d if cfg.skip else 0
-    n += L * F if cfg.activation == "jumprelu" else 0
+    n += L * F if cfg.family.thresholded else 0  # log_threshold
     return n
 
 
@@ -95,7 +95,7 @@ def clt_cost(cfg: CLTConfig, batch_size: int, steps: int, precision: str = "fp32
         raise ValueError(f"need batch_size > 0 and steps >= 0, got {batch_size}, {steps}")
     L, d, F, B = cfg.n_layers, cfg.d_model, cfg.d_sae, batch_size
     pairs = L * (L + 1) // 2  # (source, target) layer pairs
-    if cfg.activation == "topk":
+    if cfg.family.takes_k:  # TopK: sparse decoder products
         flops_step = 2 * B * d * (F * L + SPARSE_COST * cfg.k * (L + 3 * pairs))
     else:
         flops_step = 6 * B * F * d * (L + pairs)

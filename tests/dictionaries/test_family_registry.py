@@ -16,6 +16,7 @@ from tcspec.dictionaries.coders import Coder, CoderConfig
 from tcspec.dictionaries.families import FAMILIES, OPS, names
 from tcspec.interop import export, load_dictionary
 from tcspec.interop.export import TARGETS, refusal
+from tcspec.plan.clt_cost import clt_cost
 from tcspec.spec import CLTSpec, SAESpec, TranscoderSpec
 from tcspec.training import Workspace, loss_and_grads, reference_loss
 from tcspec.training.member import trainable
@@ -124,6 +125,14 @@ def test_a_clt_infers_with_every_clt_family_as_a_coder_does(name):
         with torch.no_grad():
             want = fam.ops.activate(pre, clt.cfg.k, theta)
             assert torch.equal(clt.activate(pre, layer), want)
+
+
+@pytest.mark.parametrize("name", list(CLT_ACTIVATIONS))
+def test_the_clt_cost_estimate_covers_every_clt_family(name):
+    cfg = CLTConfig(2, D, S, activation=name, k=K if FAMILIES[name].takes_k else None)
+    cost = clt_cost(cfg, batch_size=32, steps=10)
+    assert cost.params == sum(p.numel() for p in CLT(cfg).parameters())
+    assert cost.flops > 0 and cost.train_bytes > 0
 
 
 def _targets(name: str) -> list[tuple[str, str]]:
