@@ -1,5 +1,6 @@
 """Atomic writes: the one module that renames files into place, so a killed job never leaves
-a file (or folder) that looks complete.
+a file (or folder) that looks complete; and `read_json`, the reader of what `write_json`
+writes (and of any JSON object file).
 
 Every writer takes the final path, writes to a per-process temporary name beside it
 (``.{name}.tmp{pid}``), and renames it over the final path only when writing succeeded; on
@@ -91,6 +92,19 @@ def write_json(path: Path, data, indent: int = 1) -> Path:
     """JSON with sorted keys (stable bytes for the same data); non-JSON values via str()."""
     text = json.dumps(data, indent=indent, sort_keys=True, default=str) + "\n"
     return write_text(path, text)
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in ``path``; a ValueError naming the file (on one line) when it cannot
+    be read or parsed, or holds something other than an object."""
+    try:
+        raw = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        why = " ".join(str(e).split()) or type(e).__name__  # parsers' messages span lines
+        raise ValueError(f"{path}: unreadable JSON: {why}") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return raw
 
 
 def save_figure(fig, path: Path, **savefig_kwargs) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from tcspec import atomic, layout
 from tcspec.compute.throughput import GPU_CLASSES
 from tcspec.spec.loader import SpecError, load_spec
+from tcspec.vocab import CFG_FILE, EXPORT_TARGETS, WEIGHTS_FILE
 
 DEFAULT_SPEC = "specs/quickstart.yaml"
 DEFAULT_RESULTS = "results"
@@ -134,8 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     ip.set_defaults(func=cmd_ingest)
 
     sp = sub.add_parser("export", help="write one trained dictionary in another tool's format")
-    sp.add_argument("dictionary", help="a dictionary folder (cfg.json + weights.safetensors)")
-    sp.add_argument("--to", required=True, choices=["saelens", "sparsify", "circuit-tracer"])
+    sp.add_argument("dictionary", help=f"a dictionary folder ({CFG_FILE} + {WEIGHTS_FILE})")
+    sp.add_argument("--to", required=True, choices=EXPORT_TARGETS)
     sp.add_argument("out", help="output folder")
     sp.add_argument("--model-name", help="TransformerLens model name (default: from task.json)")
     sp.add_argument(
@@ -334,11 +335,11 @@ def cmd_export(args) -> int:
     from tcspec.interop import export
 
     folder, out = Path(args.dictionary), Path(args.out)
-    if not (folder / coders.CFG_FILE).is_file():
-        raise UserError(f"{folder}: not a dictionary folder (no {coders.CFG_FILE})")
+    if not (folder / CFG_FILE).is_file():
+        raise UserError(f"{folder}: not a dictionary folder (no {CFG_FILE})")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; give a folder to export into")
-    if (out / coders.WEIGHTS_FILE).exists():
+    if (out / WEIGHTS_FILE).exists():
         raise UserError(f"{out}: holds a tcspec dictionary; export into another folder")
     _verify(folder, "tcspec export")
     facts = _training_facts(folder, Path(args.results))

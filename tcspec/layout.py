@@ -1,4 +1,6 @@
-"""The results layout: the one home of every output path and artifact file name.
+"""The results layout: the one home of every output path and of the artifact file names a
+task writes (the files a library module writes into a task's folder, a dictionary's
+`cfg.json` or a case study's `greater_than.csv`, are named in `tcspec.vocab`).
 
 results/
   configs/<stage>/<id>.json        a task's frozen config and upstream ids, written once
@@ -47,11 +49,7 @@ DONE = "task.json"
 DAMAGED = "task.damaged.json"
 """A task's record renamed when its outputs were found damaged: the task is not done."""
 METRICS = "metrics.json"
-TRAINING = "training.json"
 SUMMARY = "summary.json"
-GREATER_THAN = "greater_than.csv"
-KEEP_TOP_K = "keep_top_k.csv"
-KEEP_TOP_K_PLOT = "keep_top_k.png"
 ATTRIBUTION = "attribution.csv"  # an attribution task's summary rows, one per prompt
 GRAPH_METADATA = "graph-metadata.json"  # an attribution task's graph index (circuit-tracer's)
 GRAPH_PAGES = "pages"  # an attribution task's pages of every graph feature, per layer

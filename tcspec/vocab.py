@@ -1,16 +1,28 @@
-"""The dictionary kinds and activations tcspec trains, and the facts every layer shares
-about them: the width formula and what a dead or live feature is.
+"""tcspec's vocabulary: each word the spec, the planner, the library and the tasks share is
+defined here once. The dictionary kinds and activations tcspec trains and the facts every
+layer shares about them (the width formula, what a dead or live feature is; each activation
+family is described by its row in `tcspec.dictionaries.families`); the BOS
+conventions; the dictionary formats it reads and the targets it exports to; the file names
+of a tcspec dictionary folder and of the artifacts a library module writes for a task.
+(Hook names live in `tcspec.models.hooks`; the results layout in `tcspec.layout`.)
 
-Pure Python (no torch), so the spec, the planner and the checks import it cheaply.
+Pure Python (no torch), so the spec, the planner and the checks import it cheaply. The
+spec's choices are `Literal`s of these tuples (`Literal[KINDS]`).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from tcspec.dictionaries.families import names
 
-KINDS = ("transcoder", "skip_transcoder", "sae")
+TRANSCODER_KINDS = ("transcoder", "skip_transcoder")
+"""Kinds that read one hook and predict another (the skip transcoder adds a linear map of
+its input): the kinds a circuit or attribution graph can put in place of an MLP."""
+
+KINDS = (*TRANSCODER_KINDS, "sae")
 """Trainable dictionary kinds: `sae` reconstructs its input hook, the transcoders predict
-another hook (the skip transcoder adds a linear map of its input)."""
+another hook."""
 
 ACTIVATIONS = names()
 """The activation families, in the spec's order: relu, topk, jumprelu, batchtopk (each one
@@ -31,6 +43,41 @@ tanh(c z ||W_dec||) (Anthropic, as a cross-layer transcoder's `tanh` penalty).""
 
 GHOST_RESIDUALS = ("output", "input")
 """What ghost grads fit: the output residual y - y_hat, or the input side's x - y_hat."""
+
+LIVE_THRESHOLD = 1e-4
+"""The default `live_threshold`: a feature firing on more than this fraction of tokens is
+live (`is_live`), 1e-4 (log10 frequency > -4)."""
+
+# ---------------------------------------------------------------------------------- BOS
+BOS_POLICIES = ("exclude", "include")
+"""`data.bos`: `exclude` keeps BOS positions out of training activations, metrics and
+splicing; `include` treats them like any other position."""
+Bos = Literal[BOS_POLICIES]  # type: ignore[valid-type]
+
+# ------------------------------------------------------------------- formats and targets
+FORMATS = ("tcspec", "saelens", "sparsify", "circuit-tracer", "gemma-scope", "transcoder-circuits")
+"""Dictionary formats tcspec reads (`tcspec.interop.formats`, an import's `format`)."""
+
+EXPORT_TARGETS = ("saelens", "sparsify", "circuit-tracer")
+"""Formats tcspec writes (`tcspec.interop.export`, an export's `to`, `tcspec export --to`)."""
+
+ExportTarget = Literal[EXPORT_TARGETS]  # type: ignore[valid-type]
+
+# ------------------------------------------------------------------------------- files
+CFG_FILE = "cfg.json"
+"""A tcspec dictionary folder's (or TransformerLens model folder's) config."""
+WEIGHTS_FILE = "weights.safetensors"
+"""A tcspec dictionary folder's (or TransformerLens model folder's) tensors."""
+TRAINING_FILE = "training.json"
+"""A trained dictionary's curves and throughput, beside its weights."""
+DENSITY_FILE = "density.safetensors"
+"""A trained dictionary's feature firing frequencies over its last `density_window` steps."""
+GREATER_THAN_FILE = "greater_than.csv"
+"""A greater-than case study's per-prompt table."""
+KEEP_TOP_K_FILE = "keep_top_k.csv"
+"""A greater-than case study's keep-top-k curve (every transcoder layer)."""
+KEEP_TOP_K_PLOT = "keep_top_k.png"
+"""The keep-top-k curve's plot."""
 
 
 def d_sae_of(d_in: int, d_sae: int | None, expansion: int | None) -> int:

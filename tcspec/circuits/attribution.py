@@ -54,7 +54,6 @@ from transformer_lens import HookedTransformer
 from tcspec.circuits.graph.dictionaries import as_dictionaries, visible_decoder
 from tcspec.circuits.trace import (  # noqa: F401 (re-exported: the attribution API)
     NORM_CENTRES,
-    TRANSCODER_KINDS,
     Trace,
     Transcoders,
     check_transcoders,

@@ -44,6 +44,7 @@ from tcspec.circuits.trace import Trace, Transcoders, splice_hooks
 from tcspec.dictionaries.clt_views import layer_coder, layer_index
 from tcspec.dictionaries.coders import Coder
 from tcspec.models.hooks import full_name
+from tcspec.vocab import GREATER_THAN_FILE, KEEP_TOP_K_FILE, KEEP_TOP_K_PLOT
 
 
 @dataclass(frozen=True)
@@ -344,15 +345,15 @@ def greater_than_study(
     render.draw_graph(circuit.graph_json, out_dir / "graph.png", out_dir / "graph.svg")
 
     per_prompt = spliced_prob_diffs(model, coders, layer, prompts)
-    _write_csv(out_dir / "greater_than.csv", per_prompt)
+    _write_csv(out_dir / GREATER_THAN_FILE, per_prompt)
     rank = (
         None if keep_top_k_rank_yy is None else Prompts.build(model, keep_top_k_rank_yy, template)
     )
     curve, by_layer = keep_top_k_all_layers(
         model, coders, prompts, keep_top_k_max, keep_top_k_positions, rank, not exclude_bos
     )
-    _write_csv(out_dir / "keep_top_k.csv", curve)
-    render.plot_keep_top_k(curve, by_layer, out_dir / "keep_top_k.png")
+    _write_csv(out_dir / KEEP_TOP_K_FILE, curve)
+    render.plot_keep_top_k(curve, by_layer, out_dir / KEEP_TOP_K_PLOT)
 
     deemb, head_names = deembeddings_all_layers(
         model, coders, circuit.trace, max_features, max_heads, mlp0_deembeddings

@@ -30,14 +30,14 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from tcspec import vocab
 from tcspec.atomic import atomic_dir, atomic_write, write_json
 from tcspec.dictionaries.clt import CLT, CLTConfig
 from tcspec.dictionaries.families import family
+from tcspec.vocab import CFG_FILE, WEIGHTS_FILE
 
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "weights.safetensors"
-KIND = "clt"
 CT_CONFIG = "config.yaml"
+"""A circuit-tracer folder's config (a transcoder set's or a cross-layer transcoder's)."""
 CT_KIND = "cross_layer_transcoder"
 CT_ENC = re.compile(r"^W_enc_(\d+)\.safetensors$")
 
@@ -50,7 +50,7 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
 def save(clt: CLT, dir: str | Path, extra: dict | None = None) -> None:
     """Write ``weights.safetensors`` then ``cfg.json`` (config, kind, ``extra``) into ``dir``."""
     dir = Path(dir)
-    cfg = dataclasses.asdict(clt.cfg) | {"kind": KIND}
+    cfg = dataclasses.asdict(clt.cfg) | {"kind": vocab.CLT}
     clash = set(cfg) & set(extra or {})
     if clash:
         raise ValueError(f"extra keys {sorted(clash)} would overwrite the CLT's config")
@@ -65,7 +65,7 @@ def load_cfg(dir: str | Path) -> tuple[CLTConfig, dict]:
     raw = json.loads(file.read_text())
     if not isinstance(raw, dict):
         raise ValueError(f"{file}: a JSON {type(raw).__name__}, not a CLT config object")
-    if raw.get("kind") != KIND:
+    if raw.get("kind") != vocab.CLT:
         raise ValueError(f"{file}: kind {raw.get('kind')!r} is not a cross-layer transcoder")
     names = {f.name for f in dataclasses.fields(CLTConfig)}
     cfg = CLTConfig(**{k: v for k, v in raw.items() if k in names})

@@ -30,10 +30,7 @@ from torch import Tensor, nn
 
 from tcspec.atomic import atomic_write as _atomic
 from tcspec.dictionaries.families import Family, family, names
-from tcspec.vocab import ACTIVATIONS, KINDS
-
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "weights.safetensors"
+from tcspec.vocab import ACTIVATIONS, CFG_FILE, KINDS, WEIGHTS_FILE
 
 
 @dataclass(frozen=True)

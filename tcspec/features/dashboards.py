@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from tcspec.atomic import write_text
+from tcspec.vocab import LIVE_THRESHOLD, is_live, never_fires
 
 CSS = """
 :root { --ink:#1d2330; --muted:#667085; --line:#e4e7ec; --card:#ffffff; --bg:#f6f7f9;
@@ -252,9 +253,9 @@ def _index_page(
 ) -> str:
     freq = t["frequency"].double().numpy()
     count = t["count"].numpy()
-    n_dead = int((count == 0).sum())
-    live_threshold = meta.get("live_threshold", 1e-4)
-    n_live = int((freq > live_threshold).sum())
+    n_dead = int(never_fires(count).sum())
+    live_threshold = meta.get("live_threshold", LIVE_THRESHOLD)
+    n_live = int(is_live(freq, live_threshold).sum())
     logf = np.log10(freq[count > 0]) if (count > 0).any() else np.array([0.0])
     lo = math.floor(min(logf.min(), math.log10(live_threshold)) * 2) / 2
     edges = np.arange(lo, 0.125, 0.25)  # up to 0 (every token)

@@ -3,7 +3,7 @@
 Sampling (the paper's): per dictionary, `n` random live features, seeded; feature 0 is
 excluded, and so are features with fewer than `min_examples` activating eval tokens (the
 paper resamples those, which draws from the same set). Live means a firing frequency above
-the dictionary's `live_threshold` (1e-4: log10 frequency > -4). `feature_order` returns all
+the dictionary's `live_threshold` (`tcspec.vocab.is_live`). `feature_order` returns all
 eligible features in a seeded random order: its first `n` are the study's, and a longer
 prefix gets dashboard pages, so every study feature has one.
 
@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from tcspec.atomic import write_bytes, write_text
+from tcspec.vocab import is_live
 
 RATINGS = ("yes", "maybe", "no")
 COLUMNS = ("id", "rating", "context_free", "note")
@@ -63,7 +64,7 @@ TOP_EXAMPLES_SHOWN = 5  # top examples shown in the packet, before the banded on
 def eligible_features(count, n_tokens: int, live_threshold: float, min_examples: int) -> np.ndarray:
     """Indices of features that may be sampled: live, not feature 0, >= min_examples tokens."""
     count = np.asarray(count)
-    ok = (count / max(n_tokens, 1) > live_threshold) & (count >= min_examples)
+    ok = is_live(count / max(n_tokens, 1), live_threshold) & (count >= min_examples)
     ok[0] = False
     return np.flatnonzero(ok)
 
@@ -82,7 +83,7 @@ def feature_order(
     when fewer than `n` are eligible."""
     eligible = eligible_features(count, n_tokens, live_threshold, min_examples)
     if len(eligible) < n:
-        live = int((np.asarray(count) / max(n_tokens, 1) > live_threshold).sum())
+        live = int(is_live(np.asarray(count) / max(n_tokens, 1), live_threshold).sum())
         raise ValueError(
             f"interp.features asks for {n} random live features of `{label}`, but only "
             f"{len(eligible)} qualify ({live} live: firing frequency > {live_threshold:g} on "

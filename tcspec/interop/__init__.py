@@ -1,5 +1,7 @@
 """Interoperability: load dictionaries released by other tools, write ours in their formats.
 
+The format names are `tcspec.vocab.FORMATS` (read) and `EXPORT_TARGETS` (written).
+
 - `detect_format(path)`, `load_dictionary(path, format=None, *, layer, trust_pickle,
   expect_d_in, in_hook, out_hook) -> Coder` (`formats`; circuit-tracer sets in
   `circuit_tracer`, Gemma Scope files in `gemma_scope`)
@@ -11,14 +13,12 @@
   (`safe_pickle`)
 """
 
-from tcspec.interop.export import TARGETS, export, export_transcoder_set
+from tcspec.interop.export import export, export_transcoder_set
 from tcspec.interop.feature_data import cantor_pair, write_feature_data
-from tcspec.interop.formats import FORMATS, detect_format, load_dictionary
+from tcspec.interop.formats import detect_format, load_dictionary
 from tcspec.interop.safe_pickle import UnsafePickleError, load_checkpoint
 
 __all__ = [
-    "FORMATS",
-    "TARGETS",
     "UnsafePickleError",
     "cantor_pair",
     "detect_format",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from tcspec.dictionaries.clt_io import CT_CONFIG
 from tcspec.dictionaries.coders import Coder
 from tcspec.dictionaries.families import FAMILIES
 from tcspec.interop.tensors import (
@@ -28,7 +29,6 @@ from tcspec.interop.tensors import (
 )
 from tcspec.models.hooks import block_name
 
-CT_CONFIG = "config.yaml"
 CT_LAYER = re.compile(r"^layer_(\d+)\.safetensors$")
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import torch
 import yaml
@@ -50,11 +49,11 @@ from tcspec import __version__
 from tcspec.atomic import atomic_write as _atomic
 from tcspec.dictionaries.coders import Coder
 from tcspec.dictionaries.families import family, names
+from tcspec.interop.circuit_tracer import CT_CONFIG
+from tcspec.interop.formats import MARKERS
 from tcspec.interop.tensors import PRE_BIAS_FILE, fold_pre_bias, pre_bias_tensors
 from tcspec.models.hooks import split_name
-from tcspec.vocab import CLT
-
-TARGETS = ("saelens", "sparsify", "circuit-tracer")
+from tcspec.vocab import CLT, EXPORT_TARGETS, ExportTarget
 
 # The SAELens config layout written here: version 6 (fields at the top, model and hook facts
 # under `metadata`). SAELens reads `metadata.sae_lens_version` to choose how to parse a config.
@@ -64,7 +63,7 @@ SAELENS_FORMAT_VERSION = "6.0.0"
 def export(
     coder: Coder,
     out: str | Path,
-    to: Literal["saelens", "sparsify", "circuit-tracer"],
+    to: ExportTarget,
     *,
     model_name: str,
     context_size: int,
@@ -81,8 +80,8 @@ def export(
     circuit-tracer takes complete sets only: a lone coder must be layer 0 (otherwise call
     `export_transcoder_set` with every layer).
     """
-    if to not in TARGETS:
-        raise ValueError(f"unknown export format `{to}`; one of {TARGETS}")
+    if to not in EXPORT_TARGETS:
+        raise ValueError(f"unknown export format `{to}`; one of {EXPORT_TARGETS}")
     out = Path(out)
     facts = {"model_name": model_name, "context_size": context_size, "dataset": dataset}
     if to == "saelens":
@@ -222,10 +221,11 @@ def _export_saelens(
             tensors["W_skip"] = coder.W_skip.T  # [d_out, d_in]
     sae_cfg["metadata"] = metadata
     out.mkdir(parents=True, exist_ok=True)
-    written = [_save_tensors(out / "sae_weights.safetensors", tensors)]
+    cfg_file, weights_file = MARKERS["saelens"]
+    written = [_save_tensors(out / weights_file, tensors)]
     if cfg.kind != "sae":
         written.append(_save_tensors(out / PRE_BIAS_FILE, pre_bias_tensors(coder)))
-    return [*written, _save_json(out / "cfg.json", sae_cfg)]
+    return [*written, _save_json(out / cfg_file, sae_cfg)]
 
 
 # ---------------------------------------------------------------------------- sparsify
@@ -265,10 +265,11 @@ def _export_sparsify(
         if cfg.skip:
             tensors["W_skip"] = coder.W_skip.T  # [d_out, d_in]
     out.mkdir(parents=True, exist_ok=True)
-    written = [_save_tensors(out / "sae.safetensors", tensors)]
+    cfg_file, weights_file = MARKERS["sparsify"]
+    written = [_save_tensors(out / weights_file, tensors)]
     if cfg.kind != "sae":
         written.append(_save_tensors(out / PRE_BIAS_FILE, pre_bias_tensors(coder)))
-    return [*written, _save_json(out / "cfg.json", sp_cfg)]
+    return [*written, _save_json(out / cfg_file, sp_cfg)]
 
 
 # ---------------------------------------------------------------------- circuit-tracer
@@ -366,5 +367,5 @@ def export_transcoder_set(
         },
     }
     text = yaml.safe_dump(config, sort_keys=False)
-    written.append(_atomic(out / "config.yaml", lambda p: p.write_text(text)))
+    written.append(_atomic(out / CT_CONFIG, lambda p: p.write_text(text)))
     return written

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from tcspec.atomic import read_json
 from tcspec.dictionaries import coders
 from tcspec.dictionaries.coders import Coder, CoderConfig
 from tcspec.dictionaries.families import FAMILIES
@@ -53,18 +54,15 @@ from tcspec.interop.tensors import (
     one_line,
     read_as,
     read_int,
-    read_json,
     read_safetensors,
     take_threshold,
     transcoder_biases,
 )
-from tcspec.vocab import KINDS
+from tcspec.vocab import CFG_FILE, FORMATS, KINDS, WEIGHTS_FILE
 
-FORMATS = ("tcspec", "saelens", "sparsify", "circuit-tracer", "gemma-scope", "transcoder-circuits")
-
-# marker files of the folder formats
+# marker files of the folder formats (tcspec's own, and the names the other tools give them)
 MARKERS: dict[str, tuple[str, str]] = {
-    "tcspec": ("cfg.json", coders.WEIGHTS_FILE),
+    "tcspec": (CFG_FILE, WEIGHTS_FILE),
     "saelens": ("cfg.json", "sae_weights.safetensors"),
     "sparsify": ("cfg.json", "sae.safetensors"),
 }
@@ -182,9 +180,9 @@ def _load_tcspec(path: Path, layer: int | None) -> tuple[Coder, Path]:
         return coders.load(path), path
     except (TypeError, KeyError, RuntimeError, OverflowError, json.JSONDecodeError) as e:
         why = one_line(e)  # RecursionError is a RuntimeError: JSON nested too deep
-        raise ValueError(f"{path / coders.CFG_FILE}: not a tcspec dictionary config: {why}") from e
+        raise ValueError(f"{path / CFG_FILE}: not a tcspec dictionary config: {why}") from e
     except SafetensorError as e:
-        raise ValueError(f"{path / coders.WEIGHTS_FILE}: unreadable safetensors file: {e}") from e
+        raise ValueError(f"{path / WEIGHTS_FILE}: unreadable safetensors file: {e}") from e
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: {one_line(e)}") from e
 
@@ -209,7 +207,7 @@ SAELENS_ARCHITECTURES = _saelens_architectures()
 def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
     """SAELens 6 configs (fields at the top, model/hook facts under `metadata`) and the
     flat pre-6.0 configs (`hook_point`, `activation_fn_str`, `activation_fn_kwargs`, ...)."""
-    cfg_file, w_file = path / "cfg.json", path / "sae_weights.safetensors"
+    cfg_file, w_file = (path / name for name in MARKERS["saelens"])
     raw = read_json(cfg_file)
     meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
 
@@ -320,7 +318,7 @@ def _load_sparsify(path: Path, layer: int | None) -> tuple[Coder, Path]:
     a transcoder (`transcode: true`) has no input pre-bias. Hook names are not stored by
     sparsify (the folder is named after a Hugging Face module); tcspec exports add them under
     the `tcspec` key, which sparsify ignores."""
-    cfg_file, w_file = path / "cfg.json", path / "sae.safetensors"
+    cfg_file, w_file = (path / name for name in MARKERS["sparsify"])
     raw = read_json(cfg_file)
     if raw.get("activation", "topk") != "topk":
         raise ValueError(f"{cfg_file}: `activation` {raw['activation']!r} is not supported (topk)")

@@ -14,7 +14,6 @@ export (the fold no longer matches), the format's own tensors are used.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -92,16 +91,6 @@ def read_safetensors(file: Path) -> Tensors:
         return Tensors(file, load_file(str(file)))
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{file}: unreadable safetensors file: {e}") from e
-
-
-def read_json(file: Path) -> dict:
-    try:
-        raw = json.loads(file.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{file}: unreadable JSON: {one_line(e)}") from e
-    if not isinstance(raw, dict):
-        raise ValueError(f"{file}: expected a JSON object")
-    return raw
 
 
 def one_line(e: BaseException) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import json
 import platform
 import warnings
 from collections.abc import Iterator
@@ -29,11 +28,11 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens import loading_from_pretrained as loading
 
-from tcspec.atomic import write_text
+from tcspec.atomic import read_json, write_json
 from tcspec.models.tokenizer import load_tokenizer
+from tcspec.vocab import CFG_FILE, WEIGHTS_FILE
 
 MODEL_JSON = "model.json"
-WEIGHTS = "weights.safetensors"
 CFG_KEYS = (
     "n_layers", "d_model", "d_mlp", "d_head", "n_heads", "d_vocab", "n_ctx", "act_fn",
     "normalization_type", "parallel_attn_mlp",
@@ -93,17 +92,12 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to a temporary name beside ``path``, then rename."""
-    write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
 def read_model_json(model_dir: Path) -> dict[str, Any]:
     """The parsed ``model.json`` of a model folder."""
     path = Path(model_dir) / MODEL_JSON
     if not path.exists():
         raise FileNotFoundError(f"{path}: no model.json; prepare the model first")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def _describe(model: HookedTransformer, normalization_type: str) -> dict[str, Any]:
@@ -162,7 +156,7 @@ def load_toy(model_dir: Path, device: str = "cpu", dtype: torch.dtype = torch.fl
         device=device,
         init_weights=False,
     )
-    weights = Path(model_dir) / WEIGHTS
+    weights = Path(model_dir) / WEIGHTS_FILE
     if "weights_xxh3" in meta:
         from tcspec.models.toy import weights_checksum
 
@@ -213,17 +207,17 @@ def load_checkpoint(
         )
         state_dict = loading.get_pretrained_state_dict(str(path), cfg, hf_model, dtype=dtype)
         return _build(cfg, tokenizer, state_dict, device)
-    if (path / "cfg.json").exists() and (path / WEIGHTS).exists():
+    if (path / CFG_FILE).exists() and (path / WEIGHTS_FILE).exists():
         from safetensors.torch import load_file
 
-        fields = json.loads((path / "cfg.json").read_text())
+        fields = read_json(path / CFG_FILE)
         cfg = HookedTransformerConfig(
             **fields | {"dtype": dtype, "device": device, "init_weights": False}
         )
-        return _build(cfg, load_tokenizer(path), load_file(str(path / WEIGHTS)), device)
+        return _build(cfg, load_tokenizer(path), load_file(str(path / WEIGHTS_FILE)), device)
     raise ValueError(
-        f"{path}: not a model folder; expected config.json (Hugging Face) or cfg.json + "
-        f"{WEIGHTS} (TransformerLens)"
+        f"{path}: not a model folder; expected config.json (Hugging Face) or {CFG_FILE} + "
+        f"{WEIGHTS_FILE} (TransformerLens)"
     )
 
 
@@ -255,7 +249,7 @@ def prepare_pretrained(
     model = load_pretrained(name, resolve_device(device), resolve_dtype(dtype))
     stored = loading.get_pretrained_model_config(name).normalization_type
     meta = {"kind": "pretrained", "name": name} | _describe(model, stored)
-    write_json_atomic(Path(out_dir) / MODEL_JSON, meta)
+    write_json(Path(out_dir) / MODEL_JSON, meta)
     return meta
 
 
@@ -272,8 +266,8 @@ def prepare_checkpoint(
     if (path / "config.json").exists():
         stored = loading.get_pretrained_model_config(str(path)).normalization_type
     else:
-        stored = json.loads((path / "cfg.json").read_text()).get("normalization_type", "LN")
+        stored = read_json(path / CFG_FILE).get("normalization_type", "LN")
     meta = {"kind": "checkpoint", "path": str(path), "trust_pickle": trust_pickle}
     meta |= _describe(model, stored)
-    write_json_atomic(Path(out_dir) / MODEL_JSON, meta)
+    write_json(Path(out_dir) / MODEL_JSON, meta)
     return meta

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
-from tcspec.atomic import atomic_write, write_bytes
+from tcspec.atomic import atomic_write, write_bytes, write_json
 from tcspec.circuits.greater_than import PAPER_YY, greater_than_score, year_token_ids
 from tcspec.models.corpus import (
     held_out_yy,
@@ -59,14 +59,13 @@ from tcspec.models.corpus import (
 from tcspec.models.hooks import full_name
 from tcspec.models.load import (
     MODEL_JSON,
-    WEIGHTS,
     fired_hook_names,
     library_versions,
     quiet_deprecation,
-    write_json_atomic,
 )
 from tcspec.models.recipes import RECIPES, ToyRecipe, ToyTraining, get_recipe  # noqa: F401
 from tcspec.models.tokenizer import save_tokenizer, train_tokenizer
+from tcspec.vocab import WEIGHTS_FILE
 
 # ----------------------------------------------------------------------------- data
 
@@ -187,12 +186,12 @@ def weights_checksum(path: Path) -> str:
 def _write_atomic(out_dir: Path, model: HookedTransformer, tokenizer, meta: dict) -> None:
     """Weights and tokenizer first, then ``model.json`` last (each file atomically)."""
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(out_dir / WEIGHTS, lambda p: save_file(state, str(p)))
-    meta["weights_xxh3"] = weights_checksum(out_dir / WEIGHTS)
+    atomic_write(out_dir / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
+    meta["weights_xxh3"] = weights_checksum(out_dir / WEIGHTS_FILE)
     with tempfile.TemporaryDirectory() as tmp:
         for path in save_tokenizer(tokenizer, Path(tmp)):
             write_bytes(out_dir / path.name, path.read_bytes())
-    write_json_atomic(out_dir / MODEL_JSON, meta)
+    write_json(out_dir / MODEL_JSON, meta)
 
 
 @dataclass(frozen=True)

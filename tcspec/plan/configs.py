@@ -29,14 +29,12 @@ from tcspec.spec import (
     SkipTranscoderSpec,
     TranscoderSpec,
 )
+from tcspec.vocab import CLT, LIVE_THRESHOLD, Bos, ExportTarget
 
 TrainedSpec = Annotated[
     Union[TranscoderSpec, SkipTranscoderSpec, SAESpec], Field(discriminator="kind")
 ]
 """A trainable dictionary's spec with every sweep field a scalar (one sweep point)."""
-
-# a dictionary that is imported has no training options; interp needs its live threshold
-IMPORTED_LIVE_THRESHOLD = 1e-4
 
 
 class StageConfig(Frozen):
@@ -60,7 +58,7 @@ class ActsConfig(StageConfig):
     acts: ActsSpec
     hooks: dict[str, int]
     """Full hook name -> width, sorted."""
-    bos: Literal["exclude", "include"] = "exclude"
+    bos: Bos = "exclude"
     """The spec's BOS convention: `exclude` caches no BOS position (`tcspec.data.positions`)."""
     rows: int | None = None
     """Rows a synthetic source draws (`data.train_tokens`); None: the tokens' train split."""
@@ -88,7 +86,7 @@ class StreamSource(Frozen):
     """Rows per hook of the shuffle buffer."""
     batch_contexts: int
     """Contexts per model forward."""
-    bos: Literal["exclude", "include"] = "exclude"
+    bos: Bos = "exclude"
     """The spec's BOS convention: `exclude` streams no BOS position, as the cache does."""
 
 
@@ -188,8 +186,9 @@ class ImportedMemberConfig(StageConfig):
     trust_pickle: bool
     files: dict[str, str]
     """Relative file name -> sha256 of its bytes (empty for a hub import)."""
-    live_threshold: float = IMPORTED_LIVE_THRESHOLD
-    kind: Literal["pretrained", "clt"] = "pretrained"
+    live_threshold: float = LIVE_THRESHOLD
+    """An import has no training options; interp needs its live threshold (the default)."""
+    kind: Literal["pretrained", CLT] = "pretrained"
     """`clt`: a circuit-tracer cross-layer transcoder folder (all its layers in one task)."""
 
     @property
@@ -214,7 +213,7 @@ class CLTMemberConfig(StageConfig):
     steps: int
     data_seed: int
     """Seed of the shuffled cache reader (or of the stream's shuffle buffer)."""
-    kind: Literal["clt"] = "clt"
+    kind: Literal[CLT] = CLT
     stream: StreamSource | None = None
     """Set when it trains from a stream (``acts: {source: stream}``), not a cache."""
 
@@ -275,7 +274,7 @@ class EvaluateConfig(StageConfig):
     point: dict[str, float | int]
     eval_tokens: int
     batch_contexts: int
-    bos: Literal["exclude", "include"] = "exclude"
+    bos: Bos = "exclude"
     """The spec's BOS convention (`data.bos`)."""
 
 
@@ -292,7 +291,7 @@ class FeaturesConfig(StageConfig):
     min_examples: int
     eval_tokens: int
     seed: int
-    bos: Literal["exclude", "include"] = "exclude"
+    bos: Bos = "exclude"
     """The spec's BOS convention: `exclude` counts no BOS position in any statistic."""
 
 
@@ -310,7 +309,7 @@ class ProbeConfig(StageConfig):
     classes: tuple[str, ...] | None
     max_tokens: int
     seed: int
-    bos: Literal["exclude", "include"] = "exclude"
+    bos: Bos = "exclude"
 
 
 class StudyConfig(StageConfig):
@@ -333,14 +332,14 @@ class CircuitConfig(StageConfig):
     """The spec's entry; an attribution entry's prompts are resolved (read from its file)."""
     coders: tuple[CoderRef, ...]
     seed: int
-    bos: Literal["exclude", "include"] = "exclude"
+    bos: Bos = "exclude"
     """The spec's BOS convention (`data.bos`): `exclude` ignores BOS-source heads."""
     pages: PagesConfig | None = None
     """An attribution task's feature pages; None for the other circuit tasks."""
 
 
 class ExportConfig(StageConfig):
-    to: Literal["saelens", "sparsify", "circuit-tracer"]
+    to: ExportTarget
     coders: tuple[CoderRef, ...]
     model_name: str
     context_size: int

@@ -8,15 +8,15 @@ cached config that disagrees with the catalog is an error: the cached model is w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from tcspec.atomic import read_json
 from tcspec.dictionaries.families import FAMILIES
 from tcspec.models import catalog
 from tcspec.models.hooks import BLOCK_HOOKS, SYNTHETIC_HOOKS, hook_width
 from tcspec.spec import SWEEP_FIELDS, CLTSpec, Spec, TranscoderSpec, prechecks
-from tcspec.vocab import CLT
+from tcspec.vocab import CLT, TRANSCODER_KINDS
 
 Found = Iterator[tuple[tuple, str]]
 
@@ -139,11 +139,12 @@ def _exists(path: Path) -> bool:
 
 
 def _read_json(path: Path) -> dict:
+    """A model.json or config.json of model settings; `DimsUnknown` when unreadable."""
     try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DimsUnknown(f"cannot read {path}: {exc}") from None
-    if not isinstance(cfg, dict) or ("cfg" in cfg and not isinstance(cfg["cfg"], dict)):
+        cfg = read_json(path)
+    except ValueError as exc:
+        raise DimsUnknown(str(exc)) from None
+    if "cfg" in cfg and not isinstance(cfg["cfg"], dict):
         raise DimsUnknown(f"{path} is not a JSON object of model settings")
     return cfg
 
@@ -278,7 +279,7 @@ def _check(spec: Spec) -> Found:
         if d is not None and d.kind == CLT:
             yield from _check_clt_circuit(("circuits", i), c)
             yield from _check_one_point(("circuits", i, "dictionary"), c.dictionary, d)
-        elif d is not None and d.kind not in ("transcoder", "skip_transcoder", "pretrained"):
+        elif d is not None and d.kind not in (*TRANSCODER_KINDS, "pretrained"):
             yield (
                 ("circuits", i, "dictionary", "name"),
                 f"`{c.dictionary.name}` is an SAE; "

@@ -29,10 +29,13 @@ from tcspec.spec.base import (
 )
 from tcspec.vocab import (
     ACTIVATIONS,
+    CLT,
     CLT_ACTIVATIONS,
     CLT_IN_HOOKS,
+    FORMATS,
     GHOST_RESIDUALS,
     JUMPRELU_PENALTIES,
+    LIVE_THRESHOLD,
 )
 
 # --------------------------------------------------------------------------- dictionaries
@@ -161,7 +164,7 @@ class _DictionaryBase(_Schedule):
     toward the batch's smallest positive kept activation (SAELens's rule)."""
     density_window: PosInt = 1000
     """Steps over which feature density (firing frequency) is tracked."""
-    live_threshold: Fraction = 1e-4
+    live_threshold: Fraction = LIVE_THRESHOLD
     """A feature is live when its firing frequency exceeds this (log10 freq > -4)."""
     checkpoint_every: PosInt = 1000
     """Steps between resumable checkpoints."""
@@ -341,15 +344,7 @@ class PretrainedDictionarySpec(Frozen):
     folder; with `repo`, a path inside the repository's snapshot."""
     repo: str | None = None
     """HF hub repository id holding the files (read from the local HF cache when offline)."""
-    format: Literal[
-        "auto",
-        "tcspec",
-        "saelens",
-        "sparsify",
-        "circuit-tracer",
-        "gemma-scope",
-        "transcoder-circuits",
-    ] = "auto"
+    format: Literal[("auto", *FORMATS)] = "auto"  # type: ignore[valid-type]
     """File format; `auto` detects it when unambiguous."""
     layers: list[NonNegInt] | None = None
     """Layers to import; None uses the spec's `layers`."""
@@ -376,7 +371,7 @@ class CLTSpec(_Schedule):
     decoders from each layer's features to `hook_mlp_out` of that and every later layer; one
     dictionary (one train task per sweep point) that replaces every MLP at once."""
 
-    kind: Literal["clt"]
+    kind: Literal[CLT]
     layers: list[NonNegInt] | None = None
     """Layers it spans (increasing); None uses the spec's `layers`."""
     expansion: Sweep[PosInt] | None = None
@@ -412,7 +407,7 @@ class CLTSpec(_Schedule):
     """Linear learning-rate warm-up from 0 over this many steps."""
     init_bias_from_mean: bool = True
     """Initialize b_dec to the mean of the first batch's MLP outputs."""
-    live_threshold: Fraction = 1e-4
+    live_threshold: Fraction = LIVE_THRESHOLD
     """A feature is live when its firing frequency exceeds this."""
     checkpoint_every: PosInt = 1000
     """Steps between resumable checkpoints."""

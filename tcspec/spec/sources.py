@@ -21,6 +21,7 @@ from tcspec.spec.base import (
     PosFloat,
     PosInt,
 )
+from tcspec.vocab import Bos
 
 
 # ---------------------------------------------------------------------------------- model
@@ -142,7 +143,7 @@ class _DataBase(Frozen):
     """Tokens in the training split (the activation cache holds this many)."""
     eval_tokens: PosInt
     """Tokens in the evaluation split, disjoint from training."""
-    bos: Literal["exclude", "include"] = "exclude"
+    bos: Bos = "exclude"
     """BOS positions: `exclude` (SAELens's `exclude_special_tokens`) keeps them out of the
     training activations (each row's leading BOS) and out of every metric, and evaluation
     does not splice the dictionary there (every BOS token, as SAELens masks by token id);

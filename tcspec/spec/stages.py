@@ -22,6 +22,7 @@ from tcspec.spec.base import (
 )
 from tcspec.tables.paper import REFERENCES
 from tcspec.tables.registry import DEFAULT_INCLUDE, TABLE_NAMES
+from tcspec.vocab import ExportTarget
 
 
 # ----------------------------------------------------------------------- downstream stages
@@ -287,7 +288,7 @@ CircuitEntry = Annotated[Union[CircuitSpec, AttributionSpec], Field(discriminato
 class ExportSpec(Frozen):
     """Write trained dictionaries in another tool's format."""
 
-    to: Literal["saelens", "sparsify", "circuit-tracer"]
+    to: ExportTarget
     """Target format; `circuit-tracer` writes one transcoder set (layers 0..n-1) per sweep
     point."""
     dictionaries: list[DictionaryRef] = []

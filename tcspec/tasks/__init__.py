@@ -210,9 +210,5 @@ def _git_commit() -> str | None:
         return None
 
 
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())
-
-
 def device_from_env() -> str:
     return os.environ.get(DEVICE_ENV, "auto")

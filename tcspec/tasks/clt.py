@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 
 from tcspec import atomic, layout
+from tcspec.vocab import TRAINING_FILE
 
 CHECKPOINT = "clt.ckpt"
 
@@ -81,6 +82,6 @@ def run(ctx) -> dict:
         "curve": result.curve,
     }
     clt_io.save(result.clt, ctx.out)
-    atomic.write_json(ctx.out / layout.TRAINING, training)
+    atomic.write_json(ctx.out / TRAINING_FILE, training)
     shutil.rmtree(ctx.checkpoints, ignore_errors=True)
     return {k: v for k, v in training.items() if k != "curve"}

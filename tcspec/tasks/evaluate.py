@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 from tcspec import atomic, layout
+from tcspec.atomic import read_json
 from tcspec.tasks import model as model_task
-from tcspec.tasks import read_json
 from tcspec.tasks import tokens as tokens_task
 from tcspec.tasks.model import excluded_tokens
-from tcspec.vocab import CLT
+from tcspec.vocab import CLT, TRAINING_FILE
 
 SPEC_ONLY = {"layers", "zip"}  # fields of the spec, not of one trained dictionary
 TRAINING_FIELDS = ("steps", "tokens", "tokens_per_s", "wall_s", "live_fraction")
@@ -107,7 +107,7 @@ def _write_record(ctx, loaded: list, metrics: dict, eval_tokens: int) -> dict:
     splice = "all" if len(loaded) > 1 else "each"
     first = ctx.dep("coder_0").config
     folders = [ctx.coder_dir(ref) for ref in cfg.coders]
-    training = [read_json(f / layout.TRAINING) for f in folders if (f / layout.TRAINING).exists()]
+    training = [read_json(f / TRAINING_FILE) for f in folders if (f / TRAINING_FILE).exists()]
     opts = first.opts.model_dump(mode="json", exclude=SPEC_ONLY) if hasattr(first, "opts") else {}
     record = {
         "dictionary": cfg.coders[0].dictionary,
@@ -143,8 +143,8 @@ def _run_clt(ctx, model, tokens) -> dict:
     metrics = {k: v for k, v in result.items() if k not in ("layers", "clean_layers")}
     member = ctx.dep("coder_0").config  # trained (with its options) or imported
     opts = member.opts.model_dump(mode="json", exclude=SPEC_ONLY) if hasattr(member, "opts") else {}
-    trained = (folder / layout.TRAINING).exists()
-    training = [read_json(folder / layout.TRAINING)] if trained else []
+    trained = (folder / TRAINING_FILE).exists()
+    training = [read_json(folder / TRAINING_FILE)] if trained else []
     record = {
         "dictionary": ref.dictionary,
         "kind": CLT,

@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 
 from tcspec import atomic, layout
-from tcspec.tasks import read_json
+from tcspec.atomic import read_json
+from tcspec.vocab import GREATER_THAN_FILE, KEEP_TOP_K_FILE, KEEP_TOP_K_PLOT, TRAINING_FILE
 
 
 def run(ctx) -> dict:
@@ -67,7 +68,7 @@ def training_curves(ctx) -> list:
     curves = {}
     for task in ctx.deps_of("evaluate"):
         for ref in task.config.coders:
-            f = ctx.coder_dir(ref) / layout.TRAINING
+            f = ctx.coder_dir(ref) / TRAINING_FILE
             if ref.id in curves or not f.exists():
                 continue  # seen, or imported
             c = load_task(ctx.results, ref.stage, ref.id).config
@@ -112,11 +113,11 @@ def circuits(ctx) -> list:
     studies, curves, out = {}, {}, []
     for task in ctx.deps_of("circuits"):
         folder, label = task.dir(ctx.results), dictionary_label(task.config.coders[0])
-        if not (folder / layout.GREATER_THAN).exists():
+        if not (folder / GREATER_THAN_FILE).exists():
             continue
-        studies[label] = pd.read_csv(folder / layout.GREATER_THAN)
-        curves[label] = pd.read_csv(folder / layout.KEEP_TOP_K)
-        plot = folder / layout.KEEP_TOP_K_PLOT
+        studies[label] = pd.read_csv(folder / GREATER_THAN_FILE)
+        curves[label] = pd.read_csv(folder / KEEP_TOP_K_FILE)
+        plot = folder / KEEP_TOP_K_PLOT
         caption = f"Keep-top-k: {label}'s features vs MLP neurons ({task.id})"
         out.append(ExtraTable(f"keep_top_k-{task.id}", curves[label], caption, plot))
     if not studies:

@@ -24,7 +24,7 @@ from tcspec.dictionaries import coders
 from tcspec.spec import SWEEP_FIELDS
 from tcspec.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from tcspec.training.member import Member, MemberRun
-from tcspec.vocab import d_sae_of, is_live, never_fires
+from tcspec.vocab import DENSITY_FILE, TRAINING_FILE, d_sae_of, is_live, never_fires
 
 Batches = Callable[[int], Iterator[dict[str, Tensor]]]
 
@@ -220,7 +220,7 @@ def _finish(run: MemberRun, steps: int, B: int, wall: float, device) -> dict:
         "curve": run.log.curve,
     }
     out = Path(m.out_dir)
-    write_text(out / "training.json", json.dumps(summary, indent=1) + "\n")
+    write_text(out / TRAINING_FILE, json.dumps(summary, indent=1) + "\n")
     tensors = {"density": density, "log10_density": torch.log10(density + 1e-10)}
-    atomic_write(out / "density.safetensors", lambda p: save_file(tensors, str(p)))
+    atomic_write(out / DENSITY_FILE, lambda p: save_file(tensors, str(p)))
     return summary

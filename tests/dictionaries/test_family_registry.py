@@ -15,12 +15,12 @@ from tcspec.dictionaries.clt import CLT, CLTConfig
 from tcspec.dictionaries.coders import Coder, CoderConfig
 from tcspec.dictionaries.families import FAMILIES, OPS, names
 from tcspec.interop import export, load_dictionary
-from tcspec.interop.export import TARGETS, refusal
+from tcspec.interop.export import refusal
 from tcspec.plan.clt_cost import clt_cost
 from tcspec.spec import CLTSpec, SAESpec, TranscoderSpec
 from tcspec.training import Workspace, loss_and_grads, reference_loss
 from tcspec.training.member import trainable
-from tcspec.vocab import ACTIVATIONS, CLT_ACTIVATIONS, KINDS
+from tcspec.vocab import ACTIVATIONS, CLT_ACTIVATIONS, EXPORT_TARGETS, KINDS
 
 torch.set_num_threads(1)
 
@@ -137,14 +137,14 @@ def test_the_clt_cost_estimate_covers_every_clt_family(name):
 
 def _targets(name: str) -> list[tuple[str, str]]:
     """(target, kind) pairs of this family that the export targets take."""
-    return [(to, kind) for to in TARGETS for kind in KINDS
+    return [(to, kind) for to in EXPORT_TARGETS for kind in KINDS
             if refusal(to, kind, name, D, D) is None]  # fmt: skip
 
 
 def test_every_family_has_an_export_target_and_every_target_a_family():
     taken = {name: _targets(name) for name in FAMILIES}
     assert all(taken.values()), taken
-    assert {to for pairs in taken.values() for to, _ in pairs} == set(TARGETS)
+    assert {to for pairs in taken.values() for to, _ in pairs} == set(EXPORT_TARGETS)
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_each_target_writes_and_tcspec_reads_back_each_family(tmp_path, name, to
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_targets_that_refuse_a_family_refuse_before_writing(tmp_path, name):
-    refused = [(to, kind) for to in TARGETS for kind in KINDS
+    refused = [(to, kind) for to in EXPORT_TARGETS for kind in KINDS
                if refusal(to, kind, name, D, D) is not None]  # fmt: skip
     for to, kind in refused:
         with pytest.raises(ValueError, match="cannot export"):

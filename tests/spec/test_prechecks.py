@@ -13,10 +13,9 @@ import torch
 from tcspec.dictionaries.coders import Coder, CoderConfig
 from tcspec.dictionaries.families import FAMILIES
 from tcspec.interop import export
-from tcspec.interop.export import TARGETS
 from tcspec.spec.checks import sanity_warnings
 from tcspec.spec.loader import SpecError, parse_spec
-from tcspec.vocab import ACTIVATIONS, KINDS
+from tcspec.vocab import ACTIVATIONS, EXPORT_TARGETS, KINDS
 
 SPEC = """experiment: x
 model: {{kind: toy, d_model: 16, n_heads: 2, d_mlp: 32}}
@@ -66,7 +65,7 @@ def test_check_refuses_exactly_what_the_exporters_refuse(tmp_path):
     """Every format x kind x activation (and a transcoder with d_in != d_out): `tcspec
     check` errs on the spec exactly when the exporter refuses the trained dictionary."""
     refused = []
-    for to, kind, activation in itertools.product(TARGETS, HOOKS, ACTIVATIONS):
+    for to, kind, activation in itertools.product(EXPORT_TARGETS, HOOKS, ACTIVATIONS):
         hooks, widths = HOOKS[kind]
         at_check = _check_refuses(to, hooks, activation)
         assert at_check == _export_refuses(to, kind, activation, widths, tmp_path), (to, kind)

@@ -24,6 +24,7 @@ from tcspec.plan.clt_cost import clt_cost
 from tcspec.spec.loader import SpecError, load_spec, parse_spec
 from tcspec.tasks import run_task, save_task
 from tcspec.tasks.clt import CHECKPOINT
+from tcspec.vocab import TRAINING_FILE
 from tests.pages_check import assert_pages_complete, browser, click_every_feature, needs_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,7 +102,7 @@ def test_clt_trains_evaluates_spliced_everywhere_and_tabulates(micro_clt_run):
     plan, results = micro_clt_run
     (clt,) = plan.stage("clt")
     assert not layout.checkpoint_dir(results, clt.id).exists()  # removed once saved
-    training = json.loads((clt.dir(results) / layout.TRAINING).read_text())
+    training = json.loads((clt.dir(results) / TRAINING_FILE).read_text())
     assert training["steps"] == 128 and training["l0"] == 16.0 and 0 < training["fvu"] < 1
     records = [
         json.loads((t.dir(results) / layout.METRICS).read_text()) for t in plan.stage("evaluate")
@@ -323,7 +324,7 @@ def test_clt_trains_from_a_stream(tmp_path):
     assert not plan.stage("acts") and set(clt.deps) == {"model", "tokens"}
     assert clt.config.stream is not None and clt.config.stream.buffer_tokens == 512
     run_plan(plan, tmp_path)
-    training = json.loads((clt.dir(tmp_path) / layout.TRAINING).read_text())
+    training = json.loads((clt.dir(tmp_path) / TRAINING_FILE).read_text())
     assert training["steps"] == 128 and training["l0"] == 16.0 and 0 < training["fvu"] < 1
 
 

@@ -40,8 +40,8 @@ from tcspec.circuits.graph.dictionaries import (
 )
 from tcspec.dictionaries.coders import Coder
 from tcspec.models.hooks import full_name, hooks_replacing_mlp, relative_name
+from tcspec.vocab import TRANSCODER_KINDS
 
-TRANSCODER_KINDS = ("transcoder", "skip_transcoder")
 FROZEN_SUFFIXES = ("hook_scale", "attn.hook_pattern")
 
 
