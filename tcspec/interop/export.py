@@ -37,7 +37,6 @@ Each file is written to a temporary name and renamed, weights before configs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -47,6 +46,7 @@ from torch import Tensor
 
 from tcspec import __version__
 from tcspec.atomic import atomic_write as _atomic
+from tcspec.atomic import write_json
 from tcspec.dictionaries.coders import Coder
 from tcspec.dictionaries.families import family, names
 from tcspec.interop.circuit_tracer import CT_CONFIG
@@ -98,10 +98,6 @@ def export(
 def _save_tensors(path: Path, tensors: dict[str, Tensor]) -> Path:
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
     return _atomic(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-
-
-def _save_json(path: Path, obj: dict) -> Path:
-    return _atomic(path, lambda p: p.write_text(json.dumps(obj, indent=1) + "\n"))
 
 
 def _enc_bias_without_pre_bias(coder: Coder) -> Tensor:
@@ -225,7 +221,7 @@ def _export_saelens(
     written = [_save_tensors(out / weights_file, tensors)]
     if cfg.kind != "sae":
         written.append(_save_tensors(out / PRE_BIAS_FILE, pre_bias_tensors(coder)))
-    return [*written, _save_json(out / cfg_file, sae_cfg)]
+    return [*written, write_json(out / cfg_file, sae_cfg)]
 
 
 # ---------------------------------------------------------------------------- sparsify
@@ -269,7 +265,7 @@ def _export_sparsify(
     written = [_save_tensors(out / weights_file, tensors)]
     if cfg.kind != "sae":
         written.append(_save_tensors(out / PRE_BIAS_FILE, pre_bias_tensors(coder)))
-    return [*written, _save_json(out / cfg_file, sp_cfg)]
+    return [*written, write_json(out / cfg_file, sp_cfg)]
 
 
 # ---------------------------------------------------------------------- circuit-tracer

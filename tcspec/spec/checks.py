@@ -90,7 +90,7 @@ def cached_config(name: str) -> tuple[dict | None, Path | None]:
         except ValueError:  # not a valid repository id
             continue
         if isinstance(found, str):
-            return _read_json(Path(found)), Path(found)
+            return _model_settings(Path(found)), Path(found)
     return None, None
 
 
@@ -99,10 +99,10 @@ def checkpoint_dims(path: Path) -> dict:
     if not _exists(path) or not path.is_dir():
         raise DimsUnknown(f"checkpoint folder not found: {path}")
     if (path / "model.json").exists():
-        return _read_json(path / "model.json")["cfg"]
+        return _model_settings(path / "model.json")["cfg"]
     if not (path / "config.json").exists():
         raise DimsUnknown(f"no model.json or config.json in {path}")
-    return hf_config_dims(_read_json(path / "config.json"), path / "config.json")
+    return hf_config_dims(_model_settings(path / "config.json"), path / "config.json")
 
 
 def hf_config_dims(cfg: dict, file: Path) -> dict:
@@ -138,7 +138,7 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def _read_json(path: Path) -> dict:
+def _model_settings(path: Path) -> dict:
     """A model.json or config.json of model settings; `DimsUnknown` when unreadable."""
     try:
         cfg = read_json(path)

@@ -19,12 +19,12 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tcspec.data.cache import cache_activations
 from tcspec.data.stream import ActivationStream, StreamConfig
-from tcspec.dictionaries import coders
 from tcspec.dictionaries.coders import CoderConfig
 from tcspec.models.hooks import full_name
 from tcspec.plan.budget import StreamShape, estimate_memory, n_params, split_by_memory
 from tcspec.spec import SAESpec, TranscoderSpec
 from tcspec.training import CHECKPOINT, Member, read_checkpoint, train_group
+from tcspec.vocab import WEIGHTS_FILE
 
 torch.set_num_threads(1)
 
@@ -259,7 +259,7 @@ def ordered_cache_batches(cache_dir: Path, batch_size: int):
 
 
 def trained(ms: list[Member]) -> dict[str, dict[str, torch.Tensor]]:
-    return {m.name: load_file(str(m.out_dir / coders.WEIGHTS_FILE)) for m in ms}
+    return {m.name: load_file(str(m.out_dir / WEIGHTS_FILE)) for m in ms}
 
 
 def test_unshuffled_stream_trains_what_the_cache_trains(model, tokens, tmp_path):

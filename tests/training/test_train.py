@@ -36,7 +36,7 @@ from tcspec.training import (
     remove_parallel_grad,
     train_group,
 )
-from tcspec.vocab import d_sae_of, is_dead
+from tcspec.vocab import WEIGHTS_FILE, d_sae_of, is_dead
 
 torch.set_num_threads(1)
 
@@ -83,7 +83,7 @@ def member(tmp: Path, name: str, kind: str = "transcoder", seed: int = 0, **opts
 
 
 def weights(m: Member) -> dict[str, torch.Tensor]:
-    return load_file(str(m.out_dir / coders.WEIGHTS_FILE))
+    return load_file(str(m.out_dir / WEIGHTS_FILE))
 
 
 def run(members, steps, tmp, **kw):
@@ -393,7 +393,7 @@ def test_nan_loss_stops_with_step_and_member(tmp_path):
     assert state["step"] == 5  # the last good checkpoint is kept
     for r in state["runs"]:
         assert all(torch.isfinite(v).all() for v in r["params"].values())
-    assert not (tmp_path / "ok" / coders.WEIGHTS_FILE).exists()
+    assert not (tmp_path / "ok" / WEIGHTS_FILE).exists()
 
 
 def test_crash_resumes_from_checkpoint(tmp_path):
@@ -489,13 +489,13 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     time.sleep(random.uniform(0.0, 0.4))  # die at a random step after the first checkpoint
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL
-    assert not (tmp_path / "killed" / "topk" / coders.WEIGHTS_FILE).exists()
+    assert not (tmp_path / "killed" / "topk" / WEIGHTS_FILE).exists()
     step = read_checkpoint(ckpt)["step"]
     assert 0 < step < 60
     resume_job(str(tmp_path / "killed"), 0.0)  # the rerun: a fresh call that finds the checkpoint
     for name in ("ghost", "resample", "topk"):
-        a = load_file(str(tmp_path / "clean" / name / coders.WEIGHTS_FILE))
-        b = load_file(str(tmp_path / "killed" / name / coders.WEIGHTS_FILE))
+        a = load_file(str(tmp_path / "clean" / name / WEIGHTS_FILE))
+        b = load_file(str(tmp_path / "killed" / name / WEIGHTS_FILE))
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k, step)
         ja = json.loads((tmp_path / "clean" / name / "training.json").read_text())
