@@ -224,7 +224,7 @@ def _load_saelens(path: Path, layer: int | None) -> tuple[Coder, Path]:
     k = raw.get("k")
     if "architecture" not in raw and activation == "topk":  # pre-6.0 TopK
         arch, k = "topk", (raw.get("activation_fn_kwargs") or {}).get("k")
-    if arch not in SAELENS_ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in SAELENS_ARCHITECTURES:
         raise ValueError(
             f"{cfg_file}: `architecture` {arch!r} is not representable; tcspec loads "
             f"{tuple(SAELENS_ARCHITECTURES)}"
