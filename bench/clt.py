@@ -58,7 +58,7 @@ from bench.common import Timing, markdown_table, timed  # noqa: E402
 from tcspec.compute import gemm_dtype, gemm_mode  # noqa: E402
 from tcspec.compute.workspace import Workspace  # noqa: E402
 from tcspec.dictionaries.clt import CLT, CLTConfig, CLTLoss  # noqa: E402
-from tcspec.plan.clt_cost import clt_cost, decoder_params  # noqa: E402
+from tcspec.plan.cost import clt_cost, decoder_params  # noqa: E402
 from tcspec.training.adam import AdamState  # noqa: E402
 from tcspec.training.clt_step import Hyper, train_step  # noqa: E402
 

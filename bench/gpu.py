@@ -13,7 +13,7 @@ paper width), batch 4,096, ReLU + L1 or TopK (k 32); a CLT of 12 layers, d_model
 Each step variant is built afresh (CUDA's peak-memory counter reset), stepped ``--warmup``
 times, then ``--steps`` times timed (synchronised), and freed. Reported: ms a step,
 tokens/s, TFLOP/s (the plan's FLOP count: 6 B F (d_in + d_out) a per-layer dictionary,
-`tcspec.plan.clt_cost` for a CLT; dense, so TopK's is an upper bound of what it executes),
+`tcspec.plan.cost.clt_cost` for a CLT; dense, so TopK's is an upper bound of what it executes),
 bf16's speed-up over fp32, and peak memory above what was held before the variant was
 built (the batches; CUDA: ``max_memory_allocated``, CPU: the process's peak resident
 memory). Expected on an H100: ~20 s of start-up, ~1 minute of step variants (building a
@@ -40,8 +40,7 @@ from bench.clt import clt_stepper, config_of, reset_peak, rss_kb  # noqa: E402
 from bench.common import markdown_table  # noqa: E402
 from bench.peers import tcspec_step  # noqa: E402
 from tcspec.compute import cpu_features, cpu_model  # noqa: E402
-from tcspec.plan import estimates  # noqa: E402
-from tcspec.plan.clt_cost import clt_cost  # noqa: E402
+from tcspec.plan import cost  # noqa: E402
 
 FULL = dict(d=768, d_sae=24576, batch=4096, clt=dict(n_layers=12, d_model=768, d_sae=8192,
             batch=4096, k=32))  # fmt: skip
@@ -101,11 +100,11 @@ def variants(shape: dict, device: str) -> list[tuple[str, str, object, int, int]
     for p in PRECISIONS:
         for act in ("relu", "topk"):
             make = partial(tcspec_step, "transcoder", act, d, F, data, p)
-            out.append((f"per-layer {act}", p, make, B, estimates.train_flops(B, d, d, F)))
+            out.append((f"per-layer {act}", p, make, B, cost.train_flops(B, d, d, F)))
         for act in ("relu", "topk"):
             make = partial(clt_stepper, c, xs, ys, act == "topk", p)
             cfg = config_of(c, "clt_topk" if act == "topk" else "clt")
-            out.append((f"CLT {act}", p, make, c["batch"], clt_cost(cfg, c["batch"], 1).flops))
+            out.append((f"CLT {act}", p, make, c["batch"], cost.clt_cost(cfg, c["batch"], 1).flops))
     return out
 
 

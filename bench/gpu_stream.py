@@ -40,7 +40,7 @@ from bench.stream import (  # noqa: E402
 )
 from tcspec.compute import resolve_precision  # noqa: E402
 from tcspec.data.stream import ActivationStream, StreamConfig  # noqa: E402
-from tcspec.plan import budget, estimates  # noqa: E402
+from tcspec.plan import cost  # noqa: E402
 from tcspec.training import train_group  # noqa: E402
 
 GPT2 = Shape("gpt2", 12, 768, 3072, 12, 50257, 128, 12, 1, 24576, 4096, 400, 64, 65536)
@@ -108,14 +108,14 @@ def run(s: Shape, device: str, dtype: torch.dtype, seconds: float, precision="au
     # steps 1 .. len(marks) - 2, from the first mark past step 0 (which carries the buffer's
     # first fill and first-use set-ups) to the last; writing the outputs is not counted
     tps = (len(marks) - 2) * s.batch_size / (marks[-1] - marks[1])
-    shape = budget.StreamShape(
+    shape = cost.StreamShape(
         batch_size=s.batch_size, buffer_tokens=s.buffer_tokens,
         rows_per_forward=source.rows_per_forward, act_bytes=torch.finfo(dtype).bits // 8,
         model=sum(p.numel() * p.element_size() for p in model.parameters()),
     )  # fmt: skip
-    estimate = budget.estimate_memory([m.config for m in group], source.widths, shape)
-    per_token = estimates.forward_flops_per_token(s.n_layers, s.d_model, s.d_mlp, s.context)
-    flops = per_token + sum(estimates.train_flops(1, c.d_in, c.d_out, c.d_sae)
+    estimate = cost.estimate_memory([m.config for m in group], source.widths, shape)
+    per_token = cost.forward_flops_per_token(s.n_layers, s.d_model, s.d_mlp, s.context)
+    flops = per_token + sum(cost.train_flops(1, c.d_in, c.d_out, c.d_sae)
                             for c in (m.config for m in group))  # fmt: skip # one token's
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu",

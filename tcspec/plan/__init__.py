@@ -28,8 +28,6 @@ from tcspec.compute import resolve_precision
 from tcspec.compute.throughput import Rates
 from tcspec.dictionaries.families import family
 from tcspec.models.hooks import full_name, hook_width
-from tcspec.models.recipes import get_recipe
-from tcspec.plan import estimates
 from tcspec.plan.configs import (
     ActsConfig,
     CircuitConfig,
@@ -48,6 +46,7 @@ from tcspec.plan.configs import (
     TokensConfig,
     TrainedMemberConfig,
 )
+from tcspec.plan.cost import model_size
 from tcspec.plan.imports import file_hashes, import_clt, import_task, is_clt_folder  # noqa: F401
 from tcspec.plan.resources import Sizer
 from tcspec.plan.stream import split_passes, stream_shape, stream_source
@@ -101,10 +100,11 @@ def compile_plan(
     plan = Plan(spec)
     dims = model_dims(spec.model)
     stream, upstream = spec.acts.source == "stream", {}
+    size = model_size(spec, dims)
     if stream:
-        plan.stream_shape = stream_shape(spec, dims)
+        plan.stream_shape = stream_shape(spec, size)
     plan.sizer = Sizer(
-        size=model_size(spec, dims), rates=rates or Rates(), gpu=gpus(spec),
+        size=size, rates=rates or Rates(), gpu=gpus(spec),
         train_tokens=spec.data.train_tokens, stream_shape=plan.stream_shape,
         cache_bytes=2 if spec.acts.dtype != "float32" else 4,
     )  # fmt: skip
@@ -173,21 +173,6 @@ def compile_plan(
     for key, t in plan.tasks.items():  # every estimate from one place, the configs known
         plan.tasks[key] = replace(t, resources=t.resources | plan.sizer.task_resources(plan, t))
     return plan
-
-
-def model_size(spec: Spec, dims: dict) -> estimates.ModelSize:
-    """The sizes of the spec's model (a toy's vocabulary is its recipe's) and the
-    precisions its jobs run in."""
-    m = spec.model
-    vocab = dims.get("d_vocab")
-    if vocab is None:
-        vocab = get_recipe(m.recipe).vocab_size if m.kind == "toy" else 50257
-    half = getattr(m, "dtype", "float32") != "float32"
-    return estimates.ModelSize(
-        n_layers=dims["n_layers"], d_model=dims["d_model"], d_mlp=dims["d_mlp"],
-        n_heads=dims["n_heads"], d_vocab=vocab, context=spec.data.context,
-        act_bytes=2 if half else 4, model_precision="bf16" if half else "fp32",
-    )  # fmt: skip
 
 
 def _add_evaluations(
@@ -319,7 +304,7 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dic
     tasks = []
     for point in sweep_points(d):
         opts = member_opts(spec, d, point).for_run(steps)
-        d_sae = opts.d_sae if opts.d_sae is not None else opts.expansion * d_in
+        d_sae = d_sae_of(d_in, opts.d_sae, opts.expansion)
         config = TrainedMemberConfig(
             opts=opts, layer=layer, d_in=d_in, d_out=d_out, d_sae=d_sae, steps=steps,
             in_key=full_name(layer, in_hook), out_key=full_name(layer, out_hook),

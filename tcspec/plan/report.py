@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tcspec import layout
 from tcspec.evaluation.metrics import sanity_flags
-from tcspec.plan import Plan, estimates
+from tcspec.plan import Plan, cost
 from tcspec.tasks import integrity
 
 
@@ -22,7 +22,7 @@ def _human(n: float, unit: str = "") -> str:
 
 def plan_table(plan: Plan, results: Path) -> str:
     """The jobs Snakemake runs, with what each asks the scheduler for (``mem_mb``,
-    ``runtime``: the estimates with their margins, `tcspec.plan.estimates`) and the estimate of
+    ``runtime``: the estimates with their margins, `tcspec.plan.cost`) and the estimate of
     its time; training and evaluation run in passes, whose members are listed under them
     with their own parameters and training FLOPs."""
     spec, sizer = plan.spec, plan.sizer
@@ -60,8 +60,8 @@ def plan_table(plan: Plan, results: Path) -> str:
         f"training FLOPs: {_human(totals['flops'])}",
         f"estimated time: GPU jobs {gpu_s / 3600:.2f} h, CPU jobs {cpu_s / 3600:.2f} h",
         f"rates: GPU jobs at {sizer.rates.describe(_precision(plan))}; CPU jobs "
-        f"{rate_line(_precision(plan))}; runtime = {estimates.TIME_MARGIN:g} x time, mem = "
-        f"{estimates.MEM_MARGIN:g} x (estimate + {estimates.RUNTIME_BYTES // 2**20} MB)",
+        f"{rate_line(_precision(plan))}; runtime = {cost.TIME_MARGIN:g} x time, mem = "
+        f"{cost.MEM_MARGIN:g} x (estimate + {cost.RUNTIME_BYTES // cost.MB} MB)",
     ]
     if plan.stream_shape is not None:
         lines += ["", *stream_passes(plan)]
@@ -117,9 +117,10 @@ def _precision(plan: Plan) -> str:
 
 
 def rate_line(precision: str) -> str:
-    from tcspec.compute.throughput import CPU_EFFICIENCY, CPU_GFLOPS_PER_THREAD
+    """The sustained rate of one CPU thread (`tcspec.compute.throughput.Rates`)."""
+    from tcspec.compute.throughput import Rates
 
-    rate = CPU_GFLOPS_PER_THREAD[precision] * CPU_EFFICIENCY
+    rate = Rates().flops_per_s(0, precision) / 1e9
     return f"at {rate:.3g} GFLOP/s a thread ({precision})"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tcspec import layout
-from tcspec.plan import budget
+from tcspec.plan import cost
 from tcspec.plan.configs import StageConfig
 from tcspec.spec import Spec
 
@@ -63,7 +63,7 @@ class Plan:
     eval_groups: list[tuple[str, ...]] = field(default_factory=list)
     """Evaluate task ids that share one pass over the eval tokens (every evaluate task is
     in exactly one)."""
-    stream_shape: budget.StreamShape | None = None
+    stream_shape: cost.StreamShape | None = None
     """What sizes a stream pass besides its dictionaries (None for a cache spec)."""
     sizer: Sizer | None = None
     """What sizes every job: the model, the device's rates (``tcspec.plan.resources``)."""

@@ -16,7 +16,7 @@ from tcspec.dictionaries.families import FAMILIES
 from tcspec.models import catalog
 from tcspec.models.hooks import BLOCK_HOOKS, SYNTHETIC_HOOKS, hook_width
 from tcspec.spec import SWEEP_FIELDS, CLTSpec, Spec, TranscoderSpec, prechecks
-from tcspec.vocab import CLT, TRANSCODER_KINDS
+from tcspec.vocab import CLT, TRANSCODER_KINDS, d_sae_of
 
 Found = Iterator[tuple[tuple, str]]
 
@@ -501,7 +501,7 @@ def _check_dictionary(spec: Spec, name: str, d, dims: dict) -> Found:
         )
     d_in = hook_width(in_hook, dims)
     d_out = hook_width(out_hook, dims)
-    widths = _as_list(d.d_sae) if d.d_sae is not None else [e * d_in for e in _as_list(d.expansion)]
+    widths = [d_sae_of(d_in, w, e) for w in _as_list(d.d_sae) for e in _as_list(d.expansion)]
     for k in _as_list(d.k) if d.k is not None else []:
         if k > min(widths):
             yield base + ("k",), f"k {k} exceeds d_sae {min(widths)}"

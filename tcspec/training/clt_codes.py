@@ -28,7 +28,7 @@ from tcspec.compute.workspace import Workspace
 
 SPARSE_BELOW = 1 / 64
 """A ReLU or JumpReLU layer's activations go sparse when at most this fraction is nonzero:
-a sparse product costs density x `tcspec.plan.clt_cost.SPARSE_COST` (measured 17 to ~60) of the
+a sparse product costs density x `tcspec.plan.cost.SPARSE_COST` (measured 17 to ~60) of the
 dense GEMM's time, so below ~1/64 sparse is the faster. TopK is always sparse."""
 
 

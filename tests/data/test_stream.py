@@ -21,7 +21,8 @@ from tcspec.data.cache import cache_activations
 from tcspec.data.stream import ActivationStream, StreamConfig
 from tcspec.dictionaries.coders import CoderConfig
 from tcspec.models.hooks import full_name
-from tcspec.plan.budget import StreamShape, estimate_memory, n_params, split_by_memory
+from tcspec.plan.cost import StreamShape, estimate_memory, n_params
+from tcspec.plan.stream import split_by_memory
 from tcspec.spec import SAESpec, TranscoderSpec
 from tcspec.training import CHECKPOINT, Member, read_checkpoint, train_group
 from tcspec.vocab import WEIGHTS_FILE

@@ -16,7 +16,7 @@ from tcspec.dictionaries.coders import Coder, CoderConfig
 from tcspec.dictionaries.families import FAMILIES, OPS, names
 from tcspec.interop import export, load_dictionary
 from tcspec.interop.export import refusal
-from tcspec.plan.clt_cost import clt_cost
+from tcspec.plan.cost import clt_cost
 from tcspec.spec import CLTSpec, SAESpec, TranscoderSpec
 from tcspec.training import Workspace, loss_and_grads, reference_loss
 from tcspec.training.member import trainable

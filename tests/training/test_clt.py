@@ -17,7 +17,7 @@ from tcspec.dictionaries.coders import Coder, CoderConfig
 from tcspec.dictionaries.families import jumprelu
 from tcspec.evaluation.clt import evaluate_clt
 from tcspec.evaluation.spliced import evaluate_coders
-from tcspec.plan.clt_cost import clt_cost, per_layer_flops_per_step
+from tcspec.plan.cost import clt_cost, per_layer_flops_per_step
 from tcspec.training.adam import AdamState
 from tcspec.training.clt import CLTTrainConfig, train_clt
 from tcspec.training.clt_step import Hyper, train_step

@@ -20,7 +20,7 @@ from tcspec import layout
 from tcspec.dictionaries import clt_io
 from tcspec.models.hooks import full_name
 from tcspec.plan import clt_shape, compile_plan, group_task
-from tcspec.plan.clt_cost import clt_cost
+from tcspec.plan.cost import clt_cost
 from tcspec.spec.loader import SpecError, load_spec, parse_spec
 from tcspec.tasks import run_task, save_task
 from tcspec.tasks.clt import CHECKPOINT

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tcspec.compute.throughput import CPU_EFFICIENCY, GPU_EFFICIENCY, Rates
-from tcspec.plan import compile_plan, estimates, group_task
+from tcspec.plan import compile_plan, cost, group_task
 from tcspec.spec.loader import load_spec
 
 GPT2_SMALL = Path(__file__).resolve().parents[2] / "specs" / "paper" / "gpt2_small.yaml"
@@ -38,7 +38,19 @@ def test_a_stream_pass_is_its_forward_and_training_flops_at_its_gpu_s_rate():
     forward = plan.sizer.size.forward_flops(tokens, 12)  # the stream runs all 12 blocks
     train = sum(6 * tokens * m.config.d_sae * (m.config.d_in + m.config.d_out) for m in members)
     rate = 67e12 * GPU_EFFICIENCY  # h100 fp32: nothing here turns bf16 on
-    seconds = estimates.STARTUP_S + (forward + train) / rate
+    seconds = cost.STARTUP_S + (forward + train) / rate
     assert job.resources["seconds"] == pytest.approx(seconds, abs=0.1)
-    assert job.resources["runtime"] == math.ceil(estimates.TIME_MARGIN * seconds / 60)
+    assert job.resources["runtime"] == math.ceil(cost.TIME_MARGIN * seconds / 60)
     assert job.resources["gpu"] == 1 and sum(m.resources["flops"] for m in members) == train
+
+
+def test_the_stream_estimate_sizes_the_model_every_job_is_sized_with():
+    """One `ModelSize` per plan: a toy stream pass counts the toy's weights (its recipe's
+    vocabulary, not the default a pretrained model without one gets)."""
+    from tcspec.models.recipes import get_recipe
+
+    spec = load_spec(GPT2_SMALL.parents[2] / "tests" / "workflow" / "micro_stream.yaml")
+    plan = compile_plan(spec)
+    size = plan.sizer.size
+    assert size.d_vocab == get_recipe(spec.model.recipe).vocab_size != cost.DEFAULT_VOCAB
+    assert plan.stream_shape.model == size.weight_bytes
