@@ -53,13 +53,13 @@ from transformer_lens import HookedTransformer
 
 from tcspec.circuits.graph.dictionaries import as_dictionaries, visible_decoder
 from tcspec.circuits.trace import (  # noqa: F401 (re-exported: the attribution API)
-    NORM_CENTRES,
     Trace,
     Transcoders,
     check_transcoders,
     total_feature_attributions,
     trace,
 )
+from tcspec.models.load import NORM_CENTRES, centre
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -186,11 +186,6 @@ class Contributions:
 
 
 # ----------------------------------------------------------------------------- primitives
-def centre(w: Tensor) -> Tensor:
-    """Project out the all-ones direction: [..., d] -> [..., d] (LayerNorm's centring)."""
-    return w - w.mean(-1, keepdim=True)
-
-
 def norm_pullback(w: Tensor, scale: Tensor, centred: bool) -> Tensor:
     """Pull a direction ``w`` on a norm's output back to its input, the scale held fixed:
     ``w . (centre(x) / scale) == norm_pullback(w) . x``. w [n, d], scale [n] -> [n, d]."""
@@ -221,22 +216,6 @@ def head_attributions(
     """
     u = ov_pullback(v, W_V, W_O)  # [n, h, d]
     return pattern * torch.einsum("nsd,nhd->nhs", x_norm, u)  # [n, h, S]
-
-
-def deembedding(
-    model: HookedTransformer, direction: Tensor, head: tuple[int, int] | None = None
-) -> Tensor:
-    """Input-invariant score of every vocabulary token for a direction read from the residual
-    stream (e.g. a feature's ``f_enc``): ``W_E d``, or through head ``(layer, head)``'s OV
-    circuit ``W_E W_V W_O d``. Norm scales are ignored (a positive constant per token) and
-    the centring applied. direction [d_model] -> [d_vocab]."""
-    d = direction.to(model.W_E.dtype)
-    if head is not None:
-        layer, h = head
-        d = model.blocks[layer].attn.W_V[h] @ (model.blocks[layer].attn.W_O[h] @ d)  # [d]
-    if NORM_CENTRES.get(model.cfg.normalization_type, False):
-        d = centre(d)
-    return model.W_E @ d  # [d_vocab]
 
 
 def logit_diff_weights(d_vocab: int, a: list[list[int]], b: list[list[int]]) -> Tensor:

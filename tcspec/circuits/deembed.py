@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tcspec.circuits.attribution import NORM_CENTRES, centre, deembedding
 from tcspec.dictionaries.coders import Coder
+from tcspec.features.views import deembedding, read_direction
 
 TOP_TOKENS = 10
 TOP_MLP0 = 10
@@ -44,13 +44,9 @@ def mlp0_deembedding(
     top_mlp0: int = TOP_MLP0,
 ) -> Tensor:
     """The extended de-embedding through MLP0 (module docstring) of a direction read from
-    the residual stream after MLP0. direction [d_model] -> [d_vocab]."""
-    u = direction.to(model.W_E.dtype)  # [d]
-    if head is not None:
-        layer, h = head
-        u = model.blocks[layer].attn.W_V[h] @ (model.blocks[layer].attn.W_O[h] @ u)  # [d]
-    if NORM_CENTRES.get(model.cfg.normalization_type, False):
-        u = centre(u)
+    the residual stream after MLP0, each MLP0 feature's term a `deembedding` (centring
+    as there). direction [d_model] -> [d_vocab]."""
+    u = read_direction(model, direction, head)  # [d]
     scores = coder0.W_dec.to(u.dtype) @ u  # [d_sae0]
     top = scores.topk(min(top_mlp0, scores.numel()))
     W_enc0 = coder0.W_enc.to(u.dtype)[:, top.indices]  # [d, top]

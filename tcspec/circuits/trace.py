@@ -32,13 +32,12 @@ from tcspec.circuits.graph.dictionaries import (
 from tcspec.dictionaries.clt import CLT
 from tcspec.dictionaries.coders import Coder
 from tcspec.models.hooks import full_name, hooks_replacing_mlp, relative_name
+from tcspec.models.load import NORM_CENTRES
 from tcspec.vocab import TRANSCODER_KINDS
 
 Transcoders = dict[int, Coder] | CLT | Dictionaries
 """What the study traces through: transcoders by layer, or a CLT (either may come wrapped)."""
 
-# normalization type of a processed model -> whether it centres its input
-NORM_CENTRES: dict[str | None, bool] = {"LNPre": True, "RMSPre": False, None: False}
 BLOCK_HOOKS_TRACED = (
     "ln1.hook_scale",
     "ln1.hook_normalized",

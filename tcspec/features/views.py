@@ -1,7 +1,7 @@
 """Input-invariant views of a dictionary's features: the logits a feature's decoder
-direction writes, `W_dec[f] @ W_U`, and for transcoders the de-embedding `W_E @ W_enc[:, f]`,
-a score per vocabulary token independent of any input (LayerNorm ignored); and the text of
-every token id.
+direction writes, `W_dec[f] @ W_U`, and for transcoders the de-embedding (`deembedding`:
+the one the dashboards and the circuit studies both read), a score per vocabulary token
+independent of any input; and the text of every token id.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from torch import Tensor
 
 from tcspec.dictionaries.coders import Coder
 from tcspec.models.hooks import relative_name
+from tcspec.models.load import NORM_CENTRES, centre
 
 # hooks (relative to blocks.{L}) whose basis is the residual stream's
 RESIDUAL_HOOKS = (
@@ -56,16 +57,50 @@ def logit_effects(coder: Coder, model, k: int = 10, chunk_elems: int = 1 << 24) 
     return top_bottom(lambda s: W_dec[s] @ W_U, coder.cfg.d_sae, k, chunk)
 
 
+def read_direction(model, directions: Tensor, head: tuple[int, int] | None = None) -> Tensor:
+    """The direction a token's embedding is scored by (see `deembedding`): ``directions``
+    (read from the residual stream), through head ``(layer, h)``'s OV circuit ``W_V W_O``,
+    centred where the model's norms centre. [d_model] or [d_model, n] -> the same shape,
+    in the wider of the model's and the directions' dtypes."""
+    dtype = torch.promote_types(model.W_E.dtype, directions.dtype)
+    u = directions.to(model.W_E.device, dtype)
+    if head is not None:
+        attn = model.blocks[head[0]].attn
+        u = attn.W_V[head[1]].to(dtype) @ (attn.W_O[head[1]].to(dtype) @ u)  # [d_model, ...]
+    if NORM_CENTRES.get(model.cfg.normalization_type, False):
+        u = centre(u.movedim(0, -1)).movedim(-1, 0)  # each direction over d_model
+    return u
+
+
+def deembedding(model, directions: Tensor, head: tuple[int, int] | None = None) -> Tensor:
+    """The de-embedding of directions read from the residual stream (a transcoder feature's
+    encoder column ``f_enc``): the score of every vocabulary token, independent of any
+    input, ``W_E u`` with ``u = f_enc`` (the direct path) or ``u = W_V W_O f_enc`` (through
+    head ``(layer, h)``), Dunefsky et al. 2024. [d_model] or [d_model, n] -> [d_vocab] or
+    [d_vocab, n].
+
+    Centring: in a model whose norms centre (LayerNorm; the processed model's ``LNPre``, not
+    ``RMSPre``), ``u`` is centred. A head reads the embedding through ``ln1`` and a transcoder
+    reads the MLP's normalized input (``ln2.hook_normalized``, the paper's) after LayerNorm
+    subtracted each position's mean, so what they see of token ``t`` is
+    ``centre(W_E[t]) . u == W_E[t] . centre(u)``: centring is exact there, and the norm's
+    scale (a positive factor per token and prompt) is ignored, as in the paper and in
+    circuit-tracer's readouts. tcspec's models are processed with ``center_writing_weights``,
+    so ``W_E``'s rows have mean zero already and the centred score equals the paper's
+    ``W_E f_enc`` up to rounding; centring keeps it right for an embedding that is not
+    centred. One function, so a feature's dashboard and the circuit report rank its tokens
+    by the same numbers."""
+    u = read_direction(model, directions, head)
+    return model.W_E.to(u.dtype) @ u  # [d_vocab, ...]
+
+
 def deembeddings(coder: Coder, model, k: int = 10, chunk_elems: int = 1 << 24) -> dict | None:
-    """Top/bottom vocabulary tokens of each transcoder feature's de-embedding
-    `W_E @ W_enc[:, f]` (direct path from the embedding, LayerNorm ignored). None for SAEs
-    and inputs outside the residual stream."""
+    """Top/bottom vocabulary tokens of each transcoder feature's `deembedding` (the direct
+    path from the embedding). None for SAEs and inputs outside the residual stream."""
     if coder.cfg.kind == "sae" or relative_name(coder.cfg.in_hook or "") not in RESIDUAL_HOOKS:
         return None
-    W_E = model.W_E.to(coder.W_enc.device, coder.W_enc.dtype)  # [d_vocab, d_model]
-    W_encT = coder.W_enc.T  # [d_sae, d_in]
-    chunk = max(1, chunk_elems // W_E.shape[0])
-    return top_bottom(lambda s: W_encT[s] @ W_E.T, coder.cfg.d_sae, k, chunk)
+    chunk = max(1, chunk_elems // model.W_E.shape[0])
+    return top_bottom(lambda s: deembedding(model, coder.W_enc[:, s]).T, coder.cfg.d_sae, k, chunk)
 
 
 def vocab_strings(tokenizer, d_vocab: int) -> list[str]:

@@ -40,10 +40,17 @@ CFG_KEYS = (
 PROCESSING = dict(
     fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
 )
+NORM_CENTRES: dict[str | None, bool] = {"LNPre": True, "RMSPre": False, None: False}
+"""Normalization type of a processed model (norms folded) -> whether it centres its input."""
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 # ----------------------------------------------------------------------------- small helpers
+
+
+def centre(w: torch.Tensor) -> torch.Tensor:
+    """Project out the all-ones direction: [..., d] -> [..., d] (LayerNorm's centring)."""
+    return w - w.mean(-1, keepdim=True)
 
 
 def resolve_device(device: str = "auto") -> str:

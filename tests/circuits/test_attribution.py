@@ -20,12 +20,12 @@ from tcspec.circuits.attribution import (
     Node,
     answer_token_ids,
     check_transcoders,
-    deembedding,
     logit_diff_weights,
     total_feature_attributions,
     trace,
 )
 from tcspec.dictionaries.coders import Coder, CoderConfig
+from tcspec.features.views import deembedding
 
 torch.set_num_threads(1)
 D, SEQ, N, D_SAE, VOCAB = 32, 5, 3, 16, 40

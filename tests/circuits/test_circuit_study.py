@@ -319,8 +319,8 @@ def test_keep_top_k_leaves_bos_alone_when_the_convention_excludes_it(gpt2_setup)
 
 
 def test_mlp0_as_an_extended_embedding(gpt2_setup):
-    from tcspec.circuits.attribution import deembedding
     from tcspec.circuits.deembed import deembedding_paths, mlp0_deembedding
+    from tcspec.features.views import deembedding
 
     model, coders = gpt2_setup
     tc0, f_enc = coders[0], coders[1].W_enc[:, 3].detach()

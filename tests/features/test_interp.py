@@ -23,6 +23,7 @@ from tcspec.features.stats import (
     save_stats,
     token_r2,
 )
+from tcspec.features.views import deembedding
 
 torch.set_num_threads(1)
 V, D, T, ROWS, F = 40, 8, 10, 24, 32
@@ -289,8 +290,16 @@ def test_logits_and_deembeddings_are_the_extremes_of_the_products(model):
     assert torch.equal(logits["top_ids"], full.topk(4, dim=1).indices)
     assert torch.allclose(logits["bottom_vals"], full.topk(4, dim=1, largest=False).values)
     de = deembeddings(tc, model, k=4, chunk_elems=V * 5)
-    full = (model.W_E @ tc.W_enc).T.detach()  # [d_sae, d_vocab]
+    W_enc = tc.W_enc.detach()
+    full = (model.W_E @ (W_enc - W_enc.mean(0))).T.detach()  # [d_sae, d_vocab], centred (LNPre)
     assert torch.equal(de["top_ids"], full.topk(4, dim=1).indices)
+    torch.testing.assert_close(de["top_vals"], full.topk(4, dim=1).values)
+    raw = (model.W_E @ W_enc).T.detach()  # this random W_E is not centred: the centring counts
+    assert not torch.equal(raw.topk(4, dim=1).indices, de["top_ids"])
+    # the circuits' de-embedding of one feature (`circuits.deembed`) is the same function
+    for f in range(12):
+        one = deembedding(model, W_enc[:, f]).detach()  # [d_vocab]
+        assert torch.equal(one.topk(4).indices, de["top_ids"][f])
     sae = Coder(
         CoderConfig(kind="sae", d_in=16, d_out=16, d_sae=12, out_hook="blocks.1.hook_mlp_out")
     )
