@@ -105,11 +105,6 @@ def checkpoint_dir(results: Path, task_id: str) -> Path:
     return Path(results) / "checkpoints" / task_id
 
 
-def member_dir(results: Path, stage: str, task_id: str) -> Path:
-    """Folder of one dictionary (cfg.json + weights): its train or import task's folder."""
-    return task_dir(results, stage, task_id)
-
-
 def prompt_dir(task_out: Path, index: int) -> Path:
     """Folder of one prompt's graph files inside an attribution task's folder."""
     return Path(task_out) / f"prompt-{index:03d}"
@@ -161,9 +156,3 @@ def stream_budget_file(results: Path, experiment: str) -> Path:
     """The per-job memory (MB) of a stream pass that the spec's last DAG was built with
     (machine side: the plan's pass ids depend on it), for ``tcspec status`` and ``clean``."""
     return experiment_dir(results, experiment) / STREAM_BUDGET
-
-
-def task_stages(results: Path) -> list[str]:
-    """Stages that have task folders under ``results``."""
-    root = Path(results) / "tasks"
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []

@@ -237,20 +237,6 @@ def logit_diff_weights(d_vocab: int, a: list[list[int]], b: list[list[int]]) -> 
     return w
 
 
-def answer_token_ids(tokenizer, answers: list[str], field_name: str = "answers") -> list[int]:
-    """Token id of each answer string; ``ValueError`` naming ``field_name`` when an answer is
-    not exactly one token."""
-    ids = []
-    for a in answers:
-        tok = tokenizer.encode(a, add_special_tokens=False)
-        if len(tok) != 1:
-            raise ValueError(
-                f"{field_name}: answer {a!r} is {len(tok)} tokens {tok}; it must be one"
-            )
-        ids.append(tok[0])
-    return ids
-
-
 # ----------------------------------------------------------------------------- attributor
 class Attributor:
     """Contributions and pullbacks of nodes on one traced batch of prompts."""

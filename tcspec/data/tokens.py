@@ -183,7 +183,7 @@ def _encode_batch(backend: Any, tokenizer: Any, texts: list[str]) -> Iterator[np
         yield np.asarray(doc_ids, dtype=np.int32)
 
 
-def _pack_into(
+def pack_rows(
     out: np.ndarray, doc_ids: Iterator[np.ndarray], bos_token_id: int, bar: tqdm | None = None
 ) -> tuple[int, int]:
     """Fill ``out`` [n_rows, context] with BOS-led rows from ``doc_ids`` (see module doc).
@@ -226,25 +226,6 @@ def rows_for(n_tokens: int, context: int) -> int:
     return math.ceil(n_tokens / context)
 
 
-def pack_tokens(
-    docs: Iterable[str], tokenizer: Any, *, context: int, bos_token_id: int, n_tokens: int
-) -> np.ndarray:
-    """Tokenize and pack documents into ``ceil(n_tokens / context)`` BOS-led rows.
-
-    Returns int32 [n_rows, context]. Raises ValueError when the documents hold too few tokens.
-    """
-    if context < 2:
-        raise ValueError(f"context must be at least 2 (BOS + one token), got {context}")
-    out = np.empty((rows_for(n_tokens, context), context), dtype=np.int32)
-    rows, _ = _pack_into(out, encode_documents(docs, tokenizer), bos_token_id)
-    if rows < len(out):
-        raise ValueError(
-            f"the corpus packs into {rows * context:,} tokens ({rows} rows of {context}), "
-            f"fewer than the {len(out) * context:,} asked for"
-        )
-    return out
-
-
 # ----------------------------------------------------------------------------------- splits
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     """Hex sha256 of a file, read in chunks."""
@@ -267,7 +248,7 @@ def _pack_file(
 ) -> tuple[int, int]:
     """Pack ``doc_ids`` into a new int32 ``.npy`` of ``shape`` [rows, context]: (rows, docs)."""
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.int32, shape=shape)
-    packed = _pack_into(out, doc_ids, bos_token_id, bar)
+    packed = pack_rows(out, doc_ids, bos_token_id, bar)
     out.flush()
     del out
     return packed

@@ -217,14 +217,9 @@ def next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(lg, dim=-1) - target  # [B, T-1]
 
 
-def next_token_logprobs(logits: torch.Tensor) -> torch.Tensor:
-    """log softmax of the logits at the positions that have a next token, in float32 or wider:
-    [batch, ctx, d_vocab] -> [batch, ctx - 1, d_vocab]."""
-    return F.log_softmax(logits[:, :-1].float(), dim=-1)
-
-
 def ce_from_logprobs(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """`next_token_ce` from `next_token_logprobs`: [B, T-1, V], [B, T] -> [B, T-1]."""
+    """`next_token_ce` from the log-probs at the positions that have a next token
+    (`all_logprobs(logits)[:, :-1]`): [B, T-1, V], [B, T] -> [B, T-1]."""
     return -logp.gather(-1, tokens[:, 1:].long().unsqueeze(-1)).squeeze(-1)
 
 
@@ -240,12 +235,6 @@ def kl_from_logprobs(
     `p` = exp(logp) may be passed in when it is reused across many q."""
     p = logp.exp() if p is None else p
     return (p * (logp - logq)).sum(-1)
-
-
-def next_token_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(p || q) of the next-token distributions softmax(logits_p), softmax(logits_q)
-    at the positions that have a next token: [batch, ctx, d_vocab] x 2 -> [batch, ctx - 1]."""
-    return kl_from_logprobs(next_token_logprobs(logits_p), next_token_logprobs(logits_q))
 
 
 # ---------------------------------------------------------------------- accumulation

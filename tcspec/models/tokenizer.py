@@ -120,3 +120,16 @@ def check_year_tokens(tokenizer: PreTrainedTokenizerFast) -> None:
     pairs = list(zip(pieces, pieces[1:], strict=False))
     if pieces[-1] != _SPACE + "17" or (_SPACE + "17", "32") not in pairs:
         raise ValueError(f"greater-than prompt tokenizes unexpectedly: {pieces}")
+
+
+def target_token_id(tokenizer, text: str) -> int:
+    """The id of ``text`` as exactly one token of any model's ``tokenizer`` (no special
+    tokens): an attribution target's token. A ValueError saying how it splits otherwise."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        pieces = " + ".join(repr(tokenizer.decode([t])) for t in ids)
+        raise ValueError(
+            f"{text!r} is {len(ids)} tokens for the model's tokenizer ({pieces or 'none'}); "
+            "a target must be exactly one token"
+        )
+    return ids[0]

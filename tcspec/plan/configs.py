@@ -235,9 +235,6 @@ class CLTMemberConfig(StageConfig):
         return self.opts.live_threshold
 
 
-MemberConfig = TrainedMemberConfig | ImportedMemberConfig | CLTMemberConfig
-
-
 class PassConfig(StageConfig):
     """The tasks one job runs together: train tasks trained in one pass over one cache or
     stream (same steps, batch, seed), or evaluate tasks sharing one pass over the eval

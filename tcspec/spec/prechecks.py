@@ -69,17 +69,14 @@ def check_targets(spec: Spec) -> Found:
     tokenizer = model_tokenizer(spec) if entries else None
     if tokenizer is None:  # `checks.sanity_warnings` says the check waits for the job
         return
+    from tcspec.models.tokenizer import target_token_id
+
     for i, c in entries:
         for field in ("correct", "incorrect"):
-            text = getattr(c.target, field)
-            ids = tokenizer.encode(text, add_special_tokens=False)
-            if len(ids) != 1:
-                pieces = " + ".join(repr(tokenizer.decode([t])) for t in ids)
-                yield (
-                    ("circuits", i, "target", field),
-                    f"{text!r} is {len(ids)} tokens for the model's tokenizer ({pieces or 'none'}); "
-                    "a target must be exactly one token",
-                )
+            try:
+                target_token_id(tokenizer, getattr(c.target, field))
+            except ValueError as e:
+                yield ("circuits", i, "target", field), str(e)
 
 
 def target_entries(spec: Spec) -> list[tuple[int, object]]:

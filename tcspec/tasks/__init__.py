@@ -109,7 +109,7 @@ class Context:
         return [load_task(self.results, s, i) for s, i in self.task.deps.values() if s == stage]
 
     def coder_dir(self, ref: CoderRef) -> Path:
-        return layout.member_dir(self.results, ref.stage, ref.id)
+        return layout.task_dir(self.results, ref.stage, ref.id)
 
     @property
     def checkpoints(self) -> Path:

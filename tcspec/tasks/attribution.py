@@ -217,8 +217,10 @@ def graph_config(c, tokenizer):
 
     target = None
     if c.target is not None:
-        target = (_one_token(tokenizer, c.target.correct, "correct"),
-                  _one_token(tokenizer, c.target.incorrect, "incorrect"))  # fmt: skip
+        target = (
+            _target(tokenizer, c.target, "correct"),
+            _target(tokenizer, c.target, "incorrect"),
+        )
     return GraphConfig(
         max_n_logits=c.max_n_logits, desired_logit_prob=c.desired_logit_prob,
         max_feature_nodes=c.max_feature_nodes, target_tokens=target,
@@ -227,14 +229,14 @@ def graph_config(c, tokenizer):
     )  # fmt: skip
 
 
-def _one_token(tokenizer, text: str, field: str) -> int:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(
-            f"circuits.target.{field}: {text!r} is {len(ids)} tokens for the model's "
-            "tokenizer; a target must be exactly one token"
-        )
-    return ids[0]
+def _target(tokenizer, target, field: str) -> int:
+    """The token id of a target's `correct` or `incorrect` text."""
+    from tcspec.models.tokenizer import target_token_id
+
+    try:
+        return target_token_id(tokenizer, getattr(target, field))
+    except ValueError as e:
+        raise ValueError(f"circuits.target.{field}: {e}") from None
 
 
 def prompt_tokens(model, text: str):

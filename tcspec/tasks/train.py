@@ -25,7 +25,7 @@ def member(ctx, task) -> object:
         config=c.coder(),
         in_key=c.in_key,
         out_key=c.out_key,
-        out_dir=layout.member_dir(ctx.results, task.stage, task.id),
+        out_dir=layout.task_dir(ctx.results, task.stage, task.id),
         seed=c.opts.seed,
     )
 

@@ -18,7 +18,6 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from tcspec.circuits.attribution import (
     Attributor,
     Node,
-    answer_token_ids,
     check_transcoders,
     logit_diff_weights,
     total_feature_attributions,
@@ -294,15 +293,3 @@ def test_deembedding_and_bad_input():
                             in_hook="blocks.0.hook_mlp_out", out_hook="blocks.0.hook_mlp_out"))  # fmt: skip
     with pytest.raises(ValueError, match="not a transcoder"):
         check_transcoders(model, {0: sae})
-
-
-def test_answer_tokens_must_be_single():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
-    assert answer_token_ids(fast, ["a", "b"]) == [0, 1]
-    with pytest.raises(ValueError, match="answers: answer 'a b' is 2 tokens"):
-        answer_token_ids(fast, ["a b"])

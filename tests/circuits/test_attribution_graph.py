@@ -27,7 +27,7 @@ from tcspec.circuits.graph import (
 )
 from tcspec.circuits.graph.interventions import plot_interventions, write_interventions
 from tcspec.circuits.graph.prune import graph_scores, node_influence, partial_influence, prune
-from tcspec.circuits.graph.replacement import ones_scales, replacement_forward, run_prompt
+from tcspec.circuits.graph.replacement import Scales, replacement_forward, run_prompt
 from tcspec.dictionaries.coders import Coder, CoderConfig
 
 torch.set_num_threads(1)
@@ -80,6 +80,16 @@ def prompt_tokens() -> torch.Tensor:
     return torch.randint(0, VOCAB, (SEQ,), generator=torch.Generator().manual_seed(3))
 
 
+def ones_scales(model, run, batch: int) -> Scales:
+    """`Scales` of all ones (the prompt's own values) for ``batch`` copies of ``run``."""
+    kw = {"dtype": run.embed.dtype, "device": run.embed.device}
+    return Scales(
+        features={li: torch.ones(batch, *run.z[li].shape, **kw) for li in run.z},
+        errors=torch.ones(batch, model.cfg.n_layers, run.n_pos, **kw),
+        embed=torch.ones(batch, run.n_pos, **kw),
+    )
+
+
 def logit_vector(graph, k: int) -> torch.Tensor:
     if graph.config.target_tokens is not None:
         v = torch.zeros(VOCAB, dtype=torch.float64)
@@ -94,7 +104,7 @@ def logit_vector(graph, k: int) -> torch.Tensor:
 def exactness_error(model, coders, tokens, graph) -> float:
     """max |row sum + bias - value| over the feature and logit nodes."""
     run = run_prompt(model, coders, tokens)
-    off = ones_scales(model, coders, run, 1)
+    off = ones_scales(model, run, 1)
     zp = graph.config.zero_positions
     for li in run.z:  # the layers with features (a CLT: all of its layers)
         off.features[li][:, zp:] = 0
@@ -152,7 +162,7 @@ def test_logit_difference_target():
 def test_replacement_model_reproduces_the_model():
     model, coders, tokens = tiny_model("parallel"), tiny_coders(), prompt_tokens()
     run = run_prompt(model, coders, tokens)
-    pre, logits = replacement_forward(model, coders, run, ones_scales(model, coders, run, 2))
+    pre, logits = replacement_forward(model, coders, run, ones_scales(model, run, 2))
     assert (logits - model(tokens[None])).abs().max() < 1e-12
     for li in coders:
         assert (pre[li] - run.pre[li]).abs().max() < 1e-12

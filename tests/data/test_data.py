@@ -10,7 +10,14 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from tcspec.data.tokens import build_token_splits, iter_documents, load_tokens, pack_tokens
+from tcspec.data.tokens import (
+    build_token_splits,
+    encode_documents,
+    iter_documents,
+    load_tokens,
+    pack_rows,
+    rows_for,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -36,9 +43,18 @@ def doc(*words: int) -> str:
 
 
 # ---------------------------------------------------------------------------------- packing
+def packed_rows(docs, tokenizer, *, context: int, bos_token_id: int, n_tokens: int):
+    """``docs`` packed as the tokens stage packs a split (`pack_rows`) into the rows that hold
+    ``n_tokens``: int32 [ceil(n_tokens / context), context]; the documents must fill them."""
+    out = np.empty((rows_for(n_tokens, context), context), dtype=np.int32)
+    filled, _ = pack_rows(out, encode_documents(docs, tokenizer), bos_token_id)
+    assert filled == len(out), f"the documents fill {filled} of {len(out)} rows"
+    return out
+
+
 def test_packing_rule_bos_per_document_and_after_overflow(word_tokenizer):
     docs = [doc(1, 2, 3), doc(4, 5, 6, 7, 8, 9), doc(10)]
-    rows = pack_tokens(docs, word_tokenizer, context=5, bos_token_id=BOS, n_tokens=15)
+    rows = packed_rows(docs, word_tokenizer, context=5, bos_token_id=BOS, n_tokens=15)
     expected = np.array(
         [
             [BOS, *ids(1, 2, 3), BOS],  # doc 1, then doc 2's own BOS at the row's end
@@ -53,7 +69,7 @@ def test_packing_rule_bos_per_document_and_after_overflow(word_tokenizer):
 
 def test_document_starting_a_row_brings_its_own_bos(word_tokenizer):
     docs = [doc(1, 2, 3), doc(4, 5, 6)]  # doc 1 fills row 0 exactly (BOS + 3)
-    rows = pack_tokens(docs, word_tokenizer, context=4, bos_token_id=BOS, n_tokens=8)
+    rows = packed_rows(docs, word_tokenizer, context=4, bos_token_id=BOS, n_tokens=8)
     np.testing.assert_array_equal(rows, [[BOS, *ids(1, 2, 3)], [BOS, *ids(4, 5, 6)]])
 
 
@@ -62,7 +78,7 @@ def test_packing_keeps_every_token_in_order_with_raw_tokenizer(word_tokenizer):
     words = [rng.integers(0, N_WORDS, size=rng.integers(0, 40)) for _ in range(60)]
     docs = [doc(*w) for w in words]
     context = 16
-    rows = pack_tokens(
+    rows = packed_rows(
         docs, word_tokenizer.backend_tokenizer, context=context, bos_token_id=BOS, n_tokens=800
     )
     assert rows.shape == (50, context)
@@ -78,13 +94,19 @@ def test_packing_keeps_every_token_in_order_with_raw_tokenizer(word_tokenizer):
 
 def test_rows_round_up_to_hold_the_tokens_asked(word_tokenizer):
     docs = [doc(*range(100))]
-    rows = pack_tokens(docs, word_tokenizer, context=8, bos_token_id=BOS, n_tokens=17)
+    rows = packed_rows(docs, word_tokenizer, context=8, bos_token_id=BOS, n_tokens=17)
     assert rows.shape == (3, 8)
 
 
-def test_too_few_tokens_names_both_numbers(word_tokenizer):
-    with pytest.raises(ValueError, match=r"16 tokens.*24 asked"):
-        pack_tokens([doc(*range(14))], word_tokenizer, context=8, bos_token_id=BOS, n_tokens=24)
+def test_too_few_tokens_names_both_numbers(word_tokenizer, tmp_path):
+    # eval fills its one row with BOS + 7 tokens (the rest is discarded): nothing for train
+    with pytest.raises(ValueError, match=r"packs into 8 tokens .* fewer than the 24 asked"):
+        build_token_splits([doc(*range(14))], word_tokenizer, context=8, bos_token_id=BOS,
+                           eval_tokens=8, train_tokens=16, out_dir=tmp_path / "t",
+                           progress=False)  # fmt: skip
+    # packing alone: 14 tokens fill 2 of 3 rows of BOS + 7 (16 tokens of the 24), 1 document
+    documents = encode_documents([doc(*range(14))], word_tokenizer)
+    assert pack_rows(np.empty((3, 8), dtype=np.int32), documents, BOS) == (2, 1)
 
 
 # ----------------------------------------------------------------------------------- splits

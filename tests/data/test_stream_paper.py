@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from tcspec.data.stream import ActivationStream, StreamConfig
-from tcspec.data.tokens import pack_tokens
 from tcspec.dictionaries import coders
 from tcspec.dictionaries.coders import CoderConfig
 from tcspec.evaluation.spliced import evaluate_coders
@@ -20,6 +19,7 @@ from tcspec.models.hooks import TRANSCODER_IN, TRANSCODER_OUT, full_name
 from tcspec.models.load import load_checkpoint
 from tcspec.spec import SAESpec, TranscoderSpec
 from tcspec.training import Member, train_group
+from tests.data.test_data import packed_rows
 
 torch.set_num_threads(1)
 
@@ -69,7 +69,7 @@ def token_splits(tmp_path_factory, toy_tokenizer):
     assert isinstance(rows, datasets.IterableDataset)
     docs = (r["text"] for r in rows if r["text"].strip())
     bos = toy_tokenizer.bos_token_id
-    tokens = pack_tokens(docs, toy_tokenizer, context=CTX, bos_token_id=bos, n_tokens=240 * CTX)
+    tokens = packed_rows(docs, toy_tokenizer, context=CTX, bos_token_id=bos, n_tokens=240 * CTX)
     return tokens[:200], tokens[200:]  # [200, CTX] train, [40, CTX] eval
 
 

@@ -9,10 +9,10 @@ from tcspec.evaluation.metrics import (
     DENSE_THRESHOLD,
     METRICS,
     Accumulator,
+    all_logprobs,
     ce_from_logprobs,
+    kl_from_logprobs,
     next_token_ce,
-    next_token_kl,
-    next_token_logprobs,
 )
 
 # Two tokens, d_out = 2, d_sae = 3.
@@ -130,15 +130,16 @@ def test_next_token_ce_and_kl_by_hand():
     # position 0 predicts token 1 with p 1/2, position 1 predicts token 0 with p 3/4
     assert ce[0, 0].item() == pytest.approx(math.log(2))
     assert ce[0, 1].item() == pytest.approx(math.log(4 / 3))
-    ce2 = ce_from_logprobs(next_token_logprobs(logits), tokens)
+    ce2 = ce_from_logprobs(all_logprobs(logits)[:, :-1], tokens)  # as evaluation computes it
     assert ce2[0].tolist() == pytest.approx([math.log(2), math.log(4 / 3)])
     # KL((1/2, 1/2) || (3/4, 1/4)) = 1/2 ln(2/3) + 1/2 ln 2 = 1/2 ln(4/3); KL(p || p) = 0
     p = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
     q = torch.tensor([[[math.log(3), 0.0], [0.0, 0.0]]])
-    kl = next_token_kl(p, q)
-    assert kl.shape == (1, 1)
+    kl = kl_from_logprobs(all_logprobs(p), all_logprobs(q))  # per position, as evaluation
+    assert kl.shape == (1, 2)
     assert kl[0, 0].item() == pytest.approx(0.5 * math.log(4 / 3))
-    assert next_token_kl(q, q).abs().max().item() < 1e-7
+    assert kl[0, 1].item() == pytest.approx(0.0, abs=1e-7)
+    assert kl_from_logprobs(all_logprobs(q), all_logprobs(q)).abs().max().item() < 1e-7
 
 
 def test_ce_recovered_is_nan_when_ablation_costs_nothing():

@@ -299,3 +299,17 @@ def test_damaged_toy_weights_are_named_and_refused(toy_model_dir, tmp_path):
     with pytest.raises(ValueError, match=str(weights)):
         load_model(copy)
     load_model(toy_model_dir)  # the intact folder still loads
+
+
+def test_a_target_must_be_one_token():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tcspec.models.tokenizer import target_token_id
+
+    tok = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    assert [target_token_id(fast, t) for t in ("a", "b")] == [0, 1]
+    with pytest.raises(ValueError, match=r"'a b' is 2 tokens .* \('a' \+ 'b'\); a target must"):
+        target_token_id(fast, "a b")

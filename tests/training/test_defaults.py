@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from tcspec.data.stream import ActivationStream, StreamConfig
-from tcspec.data.tokens import pack_tokens
 from tcspec.dictionaries import coders
 from tcspec.dictionaries.coders import CoderConfig
 from tcspec.models.corpus import toy_documents
 from tcspec.models.load import load_model
 from tcspec.spec import SAESpec, TranscoderSpec
 from tcspec.training import Member, train_group
+from tests.data.test_data import packed_rows
 
 IN, OUT = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
 TOKENS, BATCH, EXPANSION = 600_000, 512, 8  # the quickstart's budget and width
@@ -56,7 +56,7 @@ def trained(toy_model_dir, tmp_path_factory):
     model = load_model(toy_model_dir)
     bos = model.tokenizer.bos_token_id
     ctx = model.cfg.n_ctx
-    rows = pack_tokens(toy_documents(0, 8000), model.tokenizer, context=ctx,
+    rows = packed_rows(toy_documents(0, 8000), model.tokenizer, context=ctx,
                        bos_token_id=bos, n_tokens=(TOKENS + 2 * BATCH) * ctx // (ctx - 1) + 512 * ctx)  # fmt: skip
     held_out, rows = rows[-512:], rows[:-512]  # 16k held-out tokens
     members = [_member(tmp, model, f, v) for f, (_, _, vs) in FAMILIES.items() for v in vs]

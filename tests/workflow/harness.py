@@ -286,7 +286,7 @@ def outputs(results: Path, spec: Path = MICRO) -> dict[str, object]:
         record = json.loads((t.dir(results) / "metrics.json").read_text())
         out[f"metrics/{t.id}"] = record["metrics"]
     for t in p.stage("train"):
-        folder = layout.member_dir(results, t.stage, t.id)
+        folder = layout.task_dir(results, t.stage, t.id)
         for name, array in sorted(load_file(str(folder / "weights.safetensors")).items()):
             out[f"weights/{t.id}/{name}"] = hashlib.sha256(array.tobytes()).hexdigest()
     tables = layout.tables_dir(results, p.spec.experiment)

@@ -63,8 +63,9 @@ def _weights(results: Path, task_id: str) -> dict:
     from safetensors.torch import load_file
 
     from tcspec import layout
+    from tcspec.vocab import WEIGHTS_FILE
 
-    return load_file(layout.member_dir(results, "train", task_id) / "weights.safetensors")
+    return load_file(layout.task_dir(results, "train", task_id) / WEIGHTS_FILE)
 
 
 def test_killed_stream_pass_resumes_to_identical_weights(tmp_path):

@@ -291,13 +291,3 @@ def replacement_forward(
         logits = model.run_with_hooks(toks, fwd_hooks=hooks)
         pre = {li: d.pre_acts(li, live.coder_in[li].to(d.dtype)) for li in d.layers}
     return pre, logits
-
-
-def ones_scales(model: HookedTransformer, coders, prompt: Prompt, batch: int):
-    """`Scales` of all ones (the prompt's own values) for ``batch`` copies."""
-    kw = {"dtype": prompt.embed.dtype, "device": prompt.embed.device}
-    return Scales(
-        features={li: torch.ones(batch, *prompt.z[li].shape, **kw) for li in prompt.z},
-        errors=torch.ones(batch, model.cfg.n_layers, prompt.n_pos, **kw),
-        embed=torch.ones(batch, prompt.n_pos, **kw),
-    )
