@@ -23,12 +23,12 @@ position to 0 (BOS too, as SAELens does); the mean used for mean-ablation is the
 over the counted positions of all eval contexts, computed in a first pass (or passed in as
 `ablation_means`).
 
-`evaluate_members(model, members, tokens, batch_contexts)` evaluates several `Member`s (a
-dictionary alone, or a set spliced together) in one pass over the tokens, each member's
+`evaluate_splices(model, splices, tokens, batch_contexts)` evaluates several `Splice`s (a
+dictionary alone, or a set spliced together) in one pass over the tokens, each splice's
 metrics identical to evaluating it alone; `evaluate_coders` is it for one call's coders.
 
 Work per batch: one clean forward caching only the hooks needed, one patched forward per
-member, two (zero, mean) per distinct ablated hook (per distinct set of hooks for sets). A
+splice, two (zero, mean) per distinct ablated hook (per distinct set of hooks for sets). A
 patched forward whose hook is a ``hook_mlp_out`` resumes from the next block (the residual
 stream after block L is the clean one plus the change to the MLP output) instead of
 re-running the blocks before it.
@@ -186,9 +186,10 @@ def hook_means(
 
 # ---------------------------------------------------------------------- evaluation
 @dataclass(frozen=True)
-class Member:
-    """One result of an evaluation: a dictionary spliced in alone (``splice="each"``, one
-    (coder, layer) pair), or a set spliced in together, one coder per layer (``"all"``)."""
+class Splice:
+    """What one result of an evaluation splices into the model: a dictionary alone
+    (``splice="each"``, one (coder, layer) pair), or a set together, one coder per layer
+    (``"all"``)."""
 
     coders: tuple[tuple[Coder, int], ...]
     splice: Literal["each", "all"] = "each"
@@ -197,9 +198,9 @@ class Member:
         if self.splice not in ("each", "all"):
             raise ValueError(f"splice must be `each` or `all`; got `{self.splice}`")
         if not self.coders:
-            raise ValueError("a member needs at least one coder")
+            raise ValueError("a splice needs at least one coder")
         if self.splice == "each" and len(self.coders) != 1:
-            raise ValueError(f"a `each` member holds one coder; got {len(self.coders)}")
+            raise ValueError(f"an `each` splice holds one coder; got {len(self.coders)}")
 
 
 def evaluate_coders(
@@ -228,35 +229,35 @@ def evaluate_coders(
         raise ValueError("no coders to evaluate")
     if splice not in ("each", "all"):
         raise ValueError(f"splice must be `each` or `all`; got `{splice}`")
-    members = [Member(tuple(coders), "all")] if splice == "all" else [Member((p,)) for p in coders]
-    out = evaluate_members(
-        model, members, tokens, batch_contexts, progress, ablation_means, exclude_tokens
+    splices = [Splice(tuple(coders), "all")] if splice == "all" else [Splice((p,)) for p in coders]
+    out = evaluate_splices(
+        model, splices, tokens, batch_contexts, progress, ablation_means, exclude_tokens
     )
     return out[0] if splice == "all" else out
 
 
-def evaluate_members(
+def evaluate_splices(
     model: HookedTransformer,
-    members: Sequence[Member],
+    splices: Sequence[Splice],
     tokens: torch.Tensor | np.ndarray,
     batch_contexts: int,
     progress: bool = True,
     ablation_means: dict[str, torch.Tensor] | None = None,
     exclude_tokens: Sequence[int] = (),
 ) -> list[dict]:
-    """Metrics of several members on the same `tokens` in one pass over them: per batch one
+    """Metrics of several splices on the same `tokens` in one pass over them: per batch one
     clean forward, one zero- and one mean-ablated forward per output hook of the `each`
-    members and per set of output hooks of the `all` members, and one patched forward per
-    member. Each member's metrics are identical to evaluating it alone (`evaluate_coders`):
-    one dict per member, in order (see `evaluate_coders` for the keys; `all` members have
+    splices and per set of output hooks of the `all` splices, and one patched forward per
+    splice. Each splice's metrics are identical to evaluating it alone (`evaluate_coders`):
+    one dict per splice, in order (see `evaluate_coders` for the keys; `all` splices have
     no fidelity metrics and no `n_tokens`)."""
-    if not members:
-        raise ValueError("no members to evaluate")
+    if not splices:
+        raise ValueError("no splices to evaluate")
     if batch_contexts < 1:
         raise ValueError(f"batch_contexts must be positive; got {batch_contexts}")
     _check_tokens(tokens, model)
-    hooks = [[_coder_hooks(model, c, layer) for c, layer in m.coders] for m in members]
-    for m, pairs in zip(members, hooks):
+    hooks = [[_coder_hooks(model, c, layer) for c, layer in m.coders] for m in splices]
+    for m, pairs in zip(splices, hooks):
         layers = [layer for _, layer in m.coders]
         outs = [o for _, o in pairs]
         if m.splice == "all" and (len(set(layers)) != len(layers) or len(set(outs)) != len(outs)):
@@ -270,14 +271,14 @@ def evaluate_members(
         _Single(model, m.coders[0][0], *pairs[0], means)
         if m.splice == "each"
         else _Joint(model, m.coders, pairs, means)
-        for m, pairs in zip(members, hooks)
+        for m, pairs in zip(splices, hooks)
     ]
     return _run(model, runs, tokens, batch_contexts, progress, tuple(exclude_tokens))
 
 
 class _Clean:
-    """The clean forward of one batch, shared by every member: its logits, log-probs and
-    the activations the `each` members read; ablated CE cached by hook (set)."""
+    """The clean forward of one batch, shared by every splice: its logits, log-probs and
+    the activations the `each` splices read; ablated CE cached by hook (set)."""
 
     def __init__(
         self, model: HookedTransformer, batch: torch.Tensor, needed: set[str], mask: torch.Tensor
@@ -301,7 +302,7 @@ class _Clean:
         }
 
     def update(self, acc: Accumulator, logq: torch.Tensor, key: object) -> None:
-        """CE and KL of one member over the counted positions; logq [B, T, V] is its run's."""
+        """CE and KL of one splice over the counted positions; logq [B, T, V] is its run's."""
         m_ce, ablated = self.mask[:, :-1], self.ablated[key]  # a prediction from a counted token
         acc.update_ce(
             original=ce_from_logprobs(self.logp[:, :-1], self.batch)[m_ce],

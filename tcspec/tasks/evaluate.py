@@ -18,7 +18,7 @@ TRAINING_FIELDS = ("steps", "tokens", "tokens_per_s", "wall_s", "live_fraction")
 def run(ctx) -> dict:
     """One evaluate task, or an evaluation pass (stage ``evalgroup``) over several: the model
     and the eval tokens loaded once; the per-layer members evaluated in one shared pass
-    (``evaluate_members``), each CLT alone; each member's ``metrics.json`` and ``task.json``
+    (``evaluate_splices``), each CLT alone; each member's ``metrics.json`` and ``task.json``
     written in its own folder."""
     from tcspec.tasks import Context, finish, load_task
 
@@ -71,7 +71,7 @@ def _run_members(contexts: list, model, tokens) -> list[dict]:
     """Metrics of per-layer members (one coder, or one per layer spliced at once) from one
     shared pass over ``tokens``; writes each member's ``metrics.json``."""
     from tcspec.dictionaries import coders
-    from tcspec.evaluation.spliced import Member, evaluate_members
+    from tcspec.evaluation.spliced import Splice, evaluate_splices
 
     cfg = contexts[0].config
     for c in contexts:
@@ -81,13 +81,13 @@ def _run_members(contexts: list, model, tokens) -> list[dict]:
     loaded = [
         [coders.load(c.coder_dir(r), device=c.device) for r in c.config.coders] for c in contexts
     ]
-    members = [
-        Member(tuple(zip(cs, [r.layer for r in c.config.coders])), "all" if len(cs) > 1 else "each")
+    splices = [
+        Splice(tuple(zip(cs, [r.layer for r in c.config.coders])), "all" if len(cs) > 1 else "each")
         for cs, c in zip(loaded, contexts)
     ]
     exclude = excluded_tokens(model, cfg.bos)
-    results = evaluate_members(
-        model, members, tokens, cfg.batch_contexts, progress=True, exclude_tokens=exclude
+    results = evaluate_splices(
+        model, splices, tokens, cfg.batch_contexts, progress=True, exclude_tokens=exclude
     )
     return [_record(c, cs, m, model, tokens) for c, cs, m in zip(contexts, loaded, results)]
 

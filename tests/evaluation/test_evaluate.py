@@ -8,7 +8,7 @@ import torch
 
 from tcspec.dictionaries.coders import Coder, CoderConfig
 from tcspec.evaluation.metrics import next_token_ce
-from tcspec.evaluation.spliced import Member, evaluate_coders, evaluate_members, hook_means
+from tcspec.evaluation.spliced import Splice, evaluate_coders, evaluate_splices, hook_means
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -227,25 +227,25 @@ def test_batches_accumulate_to_the_whole(model, tokens):
         assert all_parts[k] == pytest.approx(all_whole[k], rel=1e-5, abs=1e-6), k
 
 
-def test_members_evaluated_together_equal_each_alone(model, tokens):
+def test_splices_evaluated_together_equal_each_alone(model, tokens):
     """One job over a train group (several dictionaries at a layer) and splice-all sets:
-    every member's metrics are exactly (not approximately) what evaluating it alone gives."""
+    every splice's metrics are exactly (not approximately) what evaluating it alone gives."""
     singles = [(random_transcoder(0, seed=s), 0) for s in (1, 2, 3)]
     singles += [(random_transcoder(1, seed=4), 1), (identity_sae("hook_resid_pre", 1, 32), 1)]
     sets = [
         ((random_transcoder(0, seed=5), 0), (random_transcoder(1, seed=6), 1)),
         ((random_transcoder(0, seed=7), 0), (random_transcoder(1, seed=8), 1)),
     ]
-    members = [Member((pair,)) for pair in singles] + [Member(s, "all") for s in sets]
-    together = evaluate_members(model, members, tokens, 3, progress=False)
+    splices = [Splice((pair,)) for pair in singles] + [Splice(s, "all") for s in sets]
+    together = evaluate_splices(model, splices, tokens, 3, progress=False)
     alone = [evaluate_coders(model, [pair], tokens, 3, progress=False)[0] for pair in singles]
     alone += [
         evaluate_coders(model, list(s), tokens, 3, splice="all", progress=False) for s in sets
     ]
     assert together == alone
-    assert together[0] != together[1]  # distinct members, distinct numbers
+    assert together[0] != together[1]  # distinct splices, distinct numbers
     with pytest.raises(ValueError, match="one coder"):
-        Member(tuple(singles[:2]))
+        Splice(tuple(singles[:2]))
 
 
 def test_precomputed_means_are_used(model, tokens):
