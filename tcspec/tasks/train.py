@@ -56,16 +56,23 @@ def run(ctx) -> dict:
     tasks = [load_task(ctx.results, "train", i) for i in ctx.config.members]
     first: TrainedMemberConfig = tasks[0].config
     group = [member(ctx, t) for t in tasks]
-    keys = hooks(tasks)
-    source = activation_stream(ctx, first, keys) if first.stream else _reader(ctx, first, keys)
-    results = train_group(group, source, first.steps, ctx.checkpoints, ctx.device)
+    batches = source(ctx, first, hooks(tasks))
+    results = train_group(group, batches, first.steps, ctx.checkpoints, ctx.device)
     wall = time.time() - start
     for task, result in zip(tasks, results):
         finish(task, ctx.results, {"pass": ctx.task.id, "result": result}, ctx.device, wall)
     return {"members": [t.id for t in tasks]}
 
 
-def _reader(ctx, first: TrainedMemberConfig, keys: list[str]):
+def source(ctx, first, keys: list[str]):
+    """The batches of the hooks `keys` for a pass whose first member (or CLT) config is
+    `first`: from its activation stream when it streams, else from its cache."""
+    if first.stream is not None:
+        return activation_stream(ctx, first, keys)
+    return _reader(ctx, first, keys)
+
+
+def _reader(ctx, first, keys: list[str]):
     """Shuffled batches from the pass's activation cache."""
     from tcspec.data.cache import ActivationReader
 

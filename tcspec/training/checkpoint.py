@@ -1,14 +1,14 @@
-"""Resumable checkpoints of a training group: one checksummed file, written atomically.
+"""Resumable checkpoints of a training pass: one checksummed file, written atomically.
 
 The file is CHECKPOINT_MAGIC + the xxh3_128 hex digest of the payload + a newline, then the
-`torch.save` bytes of {step, wall_s, members (their identities), runs (each member's
-`state_dict`), source (the data source's `state_dict`, or None), rng (every generator's
-state: Python's, torch's CPU and each CUDA device's, `tcspec.compute.determinism.rng_state`)}.
+`torch.save` bytes of {step, wall_s, members (each trainable's `identity()`), runs (each
+trainable's `state_dict()`), source (the data source's `state_dict`, or None), rng (every
+generator's state: Python's, torch's CPU and each CUDA device's,
+`tcspec.compute.determinism.rng_state`)}. Per-layer dictionaries and CLTs alike.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from pathlib import Path
 
@@ -17,33 +17,21 @@ import xxhash
 
 from tcspec.atomic import write_bytes
 from tcspec.compute.determinism import rng_state, set_rng_state
-from tcspec.training.member import Member, MemberRun
 
 CHECKPOINT = "train.ckpt"
-CHECKPOINT_MAGIC = b"tcspec.ckpt/3 xxh3_128 "  # + 32 hex digits + newline, then torch.save bytes
+CHECKPOINT_MAGIC = b"tcspec.ckpt/4 xxh3_128 "  # + 32 hex digits + newline, then torch.save bytes
 _ANY_MAGIC = b"tcspec.ckpt/"
 
 
-def identity(m: Member) -> dict:
-    """What must match for a checkpoint to belong to this group."""
-    return {
-        "name": m.name,
-        "seed": m.seed,
-        "config": dataclasses.asdict(m.config),
-        "opts": m.opts.model_dump(mode="json"),
-    }
-
-
-def save_checkpoint(
-    path: Path, runs: list[MemberRun], step: int, wall: float, source_state: dict | None
-) -> None:
-    """Write the group's state after `step` steps atomically to `path`."""
+def save_checkpoint(path: Path, runs: list, step: int, wall: float, source: dict | None) -> None:
+    """Write the pass's state after `step` steps atomically to `path`; `runs`: the
+    trainables (`tcspec.training.loop.Trainable`)."""
     state = {
         "step": step,
         "wall_s": wall,
-        "members": [identity(r.member) for r in runs],
+        "members": [r.identity() for r in runs],
         "runs": [r.state_dict() for r in runs],
-        "source": source_state,
+        "source": source,
         "rng": rng_state(),
     }
     buf = io.BytesIO()
@@ -75,10 +63,11 @@ def read_checkpoint(path: Path) -> dict:
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
-def load_checkpoint(path: Path, runs: list[MemberRun], steps: int) -> dict:
-    """Restore the runs and the RNGs from `path`; returns the state (step, wall_s, source)."""
+def load_checkpoint(path: Path, runs: list, steps: int) -> dict:
+    """Restore the trainables `runs` and the RNGs from `path`; returns the state (step,
+    wall_s, source)."""
     state = read_checkpoint(path)
-    if state["members"] != [identity(r.member) for r in runs]:
+    if state["members"] != [r.identity() for r in runs]:
         raise ValueError(f"{path} was written by a different group of dictionaries; delete it")
     if state["step"] > steps:
         raise ValueError(f"{path} is at step {state['step']}, past the {steps} steps asked for")

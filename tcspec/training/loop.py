@@ -1,30 +1,28 @@
 """The loop: one pass over the batches trains a whole group of dictionaries.
 
-Every member of a group (the points of a sweep, which may differ in d_sae, l1, lr and k)
-sees every batch: the batch is read and moved to the device once, then each member takes
-one optimizer step on it (`MemberRun.step`).
+What it drives are trainables (`Trainable`): a per-layer dictionary of a group
+(`tcspec.training.member.MemberRun`) or a cross-layer transcoder
+(`tcspec.training.clt.CLTRun`). Every trainable sees every batch: the batch is read and
+moved to the device once, then each takes one optimizer step on it. The loop owns the
+schedule of the pass: batching (from the cache or a stream), checkpoints with every RNG
+state and the source's position, resume, progress and the curves' cadence.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
-from tcspec.atomic import atomic_write, write_text
 from tcspec.compute import slow_precision
 from tcspec.compute.workspace import Workspace
-from tcspec.dictionaries import coders
-from tcspec.spec import SWEEP_FIELDS
 from tcspec.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from tcspec.training.member import Member, MemberRun
-from tcspec.vocab import DENSITY_FILE, TRAINING_FILE, d_sae_of, is_live, never_fires
+from tcspec.training.member import Member, MemberRun, check_resolved
+from tcspec.vocab import d_sae_of
 
 Batches = Callable[[int], Iterator[dict[str, Tensor]]]
 
@@ -42,6 +40,38 @@ class BatchSource(Protocol):
     def iter_batches(self, start_step: int) -> Iterator[dict[str, Tensor]]: ...
 
 
+class Trainable(Protocol):
+    """One dictionary in training, as the loop drives it."""
+
+    name: str
+    hooks: list[str]  # the batch keys it reads
+    batch_size: int
+    checkpoint_every: int
+    precision: str  # resolved: fp32 | tf32 | bf16
+
+    def identity(self) -> dict:
+        """What must match for a checkpoint to belong to it."""
+
+    def begin(self, batch: dict[str, Tensor]) -> None:
+        """Before step 0, on the first batch (biases from its means)."""
+
+    def update(self, step: int, batch: dict[str, Tensor], ws: Workspace) -> None:
+        """One optimizer step on batch `step` (hook name -> [B, width] on the device)."""
+
+    def record(self, step: int) -> None:
+        """Append the last step's row to the curve."""
+
+    def latest(self) -> tuple[float, float]:
+        """(loss, L0) of the last step, for the progress bar."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def finish(self, steps: int, wall: float) -> dict:
+        """Save the outputs; returns the training summary (name, final row, tokens_per_s)."""
+
+
 def train_group(
     members: list[Member],
     batches: Batches | BatchSource,
@@ -52,28 +82,42 @@ def train_group(
     log: Callable[[str], None] = print,
     log_every: int | None = None,
 ) -> list[dict]:
-    """Train every member in one pass over `steps` batches; resume from `ckpt_dir`.
+    """Train every per-layer member in one pass (`train`). Each member's outputs go to its
+    `out_dir`: `cfg.json` + `weights.safetensors`, `training.json` (curves and throughput)
+    and `density.safetensors`. Returns the members' training summaries."""
+    _check_members(members)
+    runs = [MemberRun(m, steps, m.opts.batch_size, device) for m in members]
+    return train(runs, batches, steps, ckpt_dir, device, progress, log, log_every)
+
+
+def train(
+    runs: list[Trainable],
+    batches: Batches | BatchSource,
+    steps: int,
+    ckpt_dir: Path,
+    device="cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    log_every: int | None = None,
+) -> list[dict]:
+    """Train every trainable in one pass over `steps` batches; resume from `ckpt_dir`.
 
     `batches` is a `BatchSource`, or a callable `batches(i)` yielding batch i, i+1, ... Every
-    `checkpoint_every` steps the full state (weights, Adam moments, step, RNG states,
-    feature statistics, curves, the source's `state_dict()`) goes atomically to
-    `ckpt_dir/train.ckpt`; a rerun resumes from it and ends bitwise-identical to an
-    uninterrupted run on CPU. Each member's outputs go to its `out_dir`: `cfg.json` +
-    `weights.safetensors`, `training.json` (curves and throughput) and `density.safetensors`.
-    Returns the members' training summaries.
+    `checkpoint_every` steps the full state (each trainable's `state_dict`, the step, RNG
+    states, the source's `state_dict()`) goes atomically to `ckpt_dir/train.ckpt`; a rerun
+    resumes from it and ends bitwise-identical to an uninterrupted run on CPU. Returns the
+    trainables' summaries (`Trainable.finish`); the checkpoint is removed once they are
+    saved.
     """
-    _check_members(members, steps)
-    B = members[0].opts.batch_size
-    every = min(m.opts.checkpoint_every for m in members)
+    B, every = _common(runs, steps)
     log_every = log_every or max(1, steps // 200)
     ckpt_path = Path(ckpt_dir) / CHECKPOINT
     ws = Workspace(device)
-    runs = [MemberRun(m, steps, B, device) for m in members]
     for why in sorted({slow_precision(r.precision, device) for r in runs} - {None}):
         log(f"warning: {why}")
     start, wall_before = _resume(ckpt_path, runs, steps, batches, log)
 
-    keys = sorted({k for m in members for k in (m.in_key, m.out_key)})
+    keys = sorted({k for r in runs for k in r.hooks})
     bar = _progress(progress, steps, start)
     t0 = time.perf_counter()
     it = iter(batches.iter_batches(start) if isinstance(batches, BatchSource) else batches(start))
@@ -81,9 +125,9 @@ def train_group(
         batch = _to_device(_next(it, step, steps), keys, B, device, step)
         if step == 0:
             for run in runs:
-                run.init_biases(batch[run.member.in_key], batch[run.member.out_key])
+                run.begin(batch)
         for run in runs:
-            run.step(step, batch[run.member.in_key], batch[run.member.out_key], ws)
+            run.update(step, batch, ws)
         logged = (step + 1) % log_every == 0 or step + 1 == steps
         if logged:
             for run in runs:
@@ -100,14 +144,28 @@ def train_group(
         bar.close()
 
     wall = wall_before + time.perf_counter() - t0
-    summaries = [_finish(run, steps, B, wall, device) for run in runs]
+    summaries = [run.finish(steps, wall) for run in runs]
     ckpt_path.unlink(missing_ok=True)
     for s in summaries:
         log(_summary_line(s))
     return summaries
 
 
-def _resume(ckpt_path: Path, runs: list[MemberRun], steps: int, batches, log) -> tuple:
+def _common(runs: list[Trainable], steps: int) -> tuple[int, int]:
+    """(batch size, steps between checkpoints) of a pass, after checking it."""
+    if not runs:
+        raise ValueError("a training pass needs at least one dictionary")
+    if steps <= 0:
+        raise ValueError(f"steps must be positive, got {steps}")
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"member names repeat: {names}")
+    if len({r.batch_size for r in runs}) > 1:
+        raise ValueError("members of one group must share batch_size")
+    return runs[0].batch_size, min(r.checkpoint_every for r in runs)
+
+
+def _resume(ckpt_path: Path, runs: list[Trainable], steps: int, batches, log) -> tuple:
     """(start step, wall seconds so far): from the checkpoint if there is one, else 0."""
     if not ckpt_path.exists():
         return 0, 0.0
@@ -118,10 +176,10 @@ def _resume(ckpt_path: Path, runs: list[MemberRun], steps: int, batches, log) ->
 
 
 def _summary_line(s: dict) -> str:
+    live = f" live {s['live_fraction']:.3f}" if "live_fraction" in s else ""
     return (
         f"{s['name']}: loss {s['final'].get('loss', float('nan')):.4g} "
-        f"L0 {s['final'].get('l0', float('nan')):.1f} live {s['live_fraction']:.3f} "
-        f"({s['tokens_per_s']:.0f} tokens/s)"
+        f"L0 {s['final'].get('l0', float('nan')):.1f}{live} ({s['tokens_per_s']:.0f} tokens/s)"
     )
 
 
@@ -146,21 +204,12 @@ def _load_source(batches, state: dict | None, path: Path) -> None:
     fn(state)
 
 
-def _check_members(members: list[Member], steps: int) -> None:
+def _check_members(members: list[Member]) -> None:
     if not members:
         raise ValueError("train_group needs at least one member")
-    if steps <= 0:
-        raise ValueError(f"steps must be positive, got {steps}")
-    names = [m.name for m in members]
-    if len(set(names)) != len(names):
-        raise ValueError(f"member names repeat: {names}")
-    if len({m.opts.batch_size for m in members}) > 1:
-        raise ValueError("members of one group must share batch_size")
     for m in members:
         o, c = m.opts, m.config
-        for f in SWEEP_FIELDS:
-            if isinstance(getattr(o, f), list):
-                raise ValueError(f"member `{m.name}`: `{f}` is a sweep list; resolve it first")
+        check_resolved(m.name, o)
         if o.kind != c.kind or o.activation != c.activation or o.k != c.k:
             raise ValueError(f"member `{m.name}`: options and CoderConfig disagree on kind/k")
         d_sae = d_sae_of(c.d_in, o.d_sae, o.expansion)
@@ -191,36 +240,9 @@ def _progress(progress: bool, steps: int, start: int):
     return tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True)
 
 
-def _postfix(runs: list[MemberRun], tokens_per_s: float) -> str:
+def _postfix(runs: list[Trainable], tokens_per_s: float) -> str:
     parts = [f"{tokens_per_s:.3g} tok/s"]
     for r in runs:
-        last = r.log.last
-        parts.append(f"{r.member.name[:12]} {float(last['loss']):.3g}/{float(last['l0']):.3g}")
+        loss, l0 = r.latest()
+        parts.append(f"{r.name[:12]} {loss:.3g}/{l0:.3g}")
     return " | ".join(parts)
-
-
-def _finish(run: MemberRun, steps: int, B: int, wall: float, device) -> dict:
-    m = run.member
-    density = run.density().cpu()
-    extra = {"name": m.name, "seed": m.seed, "training": m.opts.model_dump(mode="json")}
-    coders.save(run.coder, m.out_dir, extra=extra)
-    summary = {
-        "name": m.name,
-        "steps": steps,
-        "batch_size": B,
-        "tokens": steps * B,
-        "wall_s": wall,
-        "tokens_per_s": steps * B / wall if wall > 0 else float("nan"),
-        "live_fraction": float(is_live(density, m.opts.live_threshold).float().mean()),
-        "dead_fraction": float(never_fires(density).float().mean()),
-        "resampled": run.log.resampled,
-        "device": str(device),
-        "precision": run.precision,
-        "final": run.log.curve[-1] if run.log.curve else {},
-        "curve": run.log.curve,
-    }
-    out = Path(m.out_dir)
-    write_text(out / TRAINING_FILE, json.dumps(summary, indent=1) + "\n")
-    tensors = {"density": density, "log10_density": torch.log10(density + 1e-10)}
-    atomic_write(out / DENSITY_FILE, lambda p: save_file(tensors, str(p)))
-    return summary

@@ -1,24 +1,30 @@
-"""One member of a training group: its options, and its state while it trains."""
+"""One member of a training group: its options, and its state while it trains (a
+`tcspec.training.loop.Trainable`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 
+from tcspec.atomic import atomic_write, write_text
 from tcspec.compute import gemm_dtype, gemm_mode, resolve_precision
 from tcspec.compute.workspace import Workspace
+from tcspec.dictionaries import coders
 from tcspec.dictionaries.coders import Coder, CoderConfig
-from tcspec.spec import SAESpec, SkipTranscoderSpec, TranscoderSpec
+from tcspec.spec import SWEEP_FIELDS, SAESpec, SkipTranscoderSpec, TranscoderSpec
 from tcspec.training.adam import AdamState
 from tcspec.training.dead import DEAD_TERMS, resample
 from tcspec.training.firing import FiringStats
 from tcspec.training.loss import loss_and_grads, remove_parallel_grad
 from tcspec.training.schedules import l1_factor, lr_factor
-from tcspec.vocab import is_dead, is_live
+from tcspec.vocab import DENSITY_FILE, TRAINING_FILE, is_dead, is_live, never_fires
 
 
 @dataclass
@@ -49,6 +55,8 @@ class MemberRun:
     def __init__(self, m: Member, steps: int, batch_size: int, device):
         m = replace(m, opts=m.opts.for_run(steps))  # what the run's length decides
         self.member, self.steps, self.batch_size = m, steps, batch_size
+        self.name, self.hooks = m.name, sorted({m.in_key, m.out_key})
+        self.checkpoint_every = m.opts.checkpoint_every
         self.device = device
         self.precision = resolve_precision(m.opts.precision, device)  # fp32 | tf32 | bf16
         self.coder = Coder(m.config, seed=m.seed).to(device).requires_grad_(False)
@@ -62,6 +70,16 @@ class MemberRun:
         self.log = RunLog()
 
     # -- state for checkpoints
+    def identity(self) -> dict:
+        """What must match for a checkpoint to belong to this member."""
+        m = self.member
+        return {
+            "name": m.name,
+            "seed": m.seed,
+            "config": dataclasses.asdict(m.config),
+            "opts": m.opts.model_dump(mode="json"),
+        }
+
     def state_dict(self) -> dict:
         return {
             "params": _cpu(self.params),
@@ -83,6 +101,12 @@ class MemberRun:
         _load_fields(self.log, s["log"])
 
     # -- training
+    def begin(self, batch: dict[str, Tensor]) -> None:
+        self.init_biases(batch[self.member.in_key], batch[self.member.out_key])
+
+    def update(self, step: int, batch: dict[str, Tensor], ws: Workspace) -> None:
+        self.step(step, batch[self.member.in_key], batch[self.member.out_key], ws)
+
     @torch.no_grad()
     def init_biases(self, x: Tensor, y: Tensor) -> None:
         """b_dec <- mean of x, b_dec_out <- mean of y over the first batch."""
@@ -157,6 +181,44 @@ class MemberRun:
         row["dead"] = int(is_dead(self.firing.since_fired, o.dead_window).sum())
         self.log.curve.append(row)
         return row
+
+    def latest(self) -> tuple[float, float]:
+        return float(self.log.last["loss"]), float(self.log.last["l0"])
+
+    def finish(self, steps: int, wall: float) -> dict:
+        """Write the coder (`cfg.json` + `weights.safetensors`), `training.json` (curves and
+        throughput) and `density.safetensors` to the member's `out_dir`; the summary."""
+        m, B = self.member, self.batch_size
+        density = self.density().cpu()
+        extra = {"name": m.name, "seed": m.seed, "training": m.opts.model_dump(mode="json")}
+        coders.save(self.coder, m.out_dir, extra=extra)
+        summary = {
+            "name": m.name,
+            "steps": steps,
+            "batch_size": B,
+            "tokens": steps * B,
+            "wall_s": wall,
+            "tokens_per_s": steps * B / wall if wall > 0 else float("nan"),
+            "live_fraction": float(is_live(density, m.opts.live_threshold).float().mean()),
+            "dead_fraction": float(never_fires(density).float().mean()),
+            "resampled": self.log.resampled,
+            "device": str(self.device),
+            "precision": self.precision,
+            "final": self.log.curve[-1] if self.log.curve else {},
+            "curve": self.log.curve,
+        }
+        out = Path(m.out_dir)
+        write_text(out / TRAINING_FILE, json.dumps(summary, indent=1) + "\n")
+        tensors = {"density": density, "log10_density": torch.log10(density + 1e-10)}
+        atomic_write(out / DENSITY_FILE, lambda p: save_file(tensors, str(p)))
+        return summary
+
+
+def check_resolved(name: str, opts) -> None:
+    """A dictionary's options at one sweep point (no list left)."""
+    for f in SWEEP_FIELDS:
+        if isinstance(getattr(opts, f, None), list):
+            raise ValueError(f"member `{name}`: `{f}` is a sweep list; resolve it first")
 
 
 def trainable(coder: Coder, opts) -> dict[str, Tensor]:

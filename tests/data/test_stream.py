@@ -293,25 +293,27 @@ def test_unshuffled_stream_trains_the_clt_the_cache_trains(model, tokens, tmp_pa
     buffer refilled from token order. The batches differ from step 0, so training differs;
     what the stream feeds a shuffled pass (rows of the tokens, paired across hooks) is
     `test_shuffled_rows_come_from_the_tokens_and_stay_paired`."""
-    from tcspec.dictionaries.clt import CLTConfig, CLTLoss
-    from tcspec.training.clt import CLTTrainConfig, train_clt
+    from tcspec.dictionaries.clt import CLTConfig
+    from tcspec.spec import CLTSpec
+    from tcspec.training import train
+    from tcspec.training.clt import CLTRun
 
     cache = tmp_path / "acts" / "cache"
     cache_activations(model, tokens, list(HOOKS), cache, batch_contexts=4, shard_tokens=50,
                       exclude_tokens=(BOS,), progress=False)  # fmt: skip
     cfg = CLTConfig(n_layers=2, d_model=32, d_sae=48, activation="jumprelu", skip=True)
     assert sorted(cfg.in_names + cfg.out_names) == sorted(HOOKS)
-    train = CLTTrainConfig(
-        steps=14, batch_size=16, lr=3e-3, lr_warmup_steps=5, lr_decay="cosine",
-        loss=CLTLoss("tanh", coef=1e-2, pre_act_coef=1e-3), coef_warmup_steps=4,
-        checkpoint_every=8, log_every=1,
+    opts = CLTSpec(
+        kind="clt", d_sae=48, activation="jumprelu", skip=True, seed=0, batch_size=16, lr=3e-3,
+        lr_warmup_steps=5, lr_decay="cosine", penalty="tanh", l1=1e-2, pre_act_coef=1e-3,
+        l1_warmup_steps=4, checkpoint_every=8, precision="fp32",
     )  # fmt: skip
-    quiet = dict(log=lambda s: None)
-    from_cache = train_clt(
-        cfg, train, ordered_cache_batches(cache, 16), tmp_path / "a.ckpt", **quiet
-    )
+    quiet = dict(progress=False, log=lambda s: None, log_every=1)
+    from_cache = CLTRun("clt", opts, cfg, 14, tmp_path / "a", "cpu")
+    train([from_cache], ordered_cache_batches(cache, 16), 14, tmp_path / "ck-a", **quiet)
     src = stream(model, tokens, shuffle=False)
-    from_stream = train_clt(cfg, train, src, tmp_path / "b.ckpt", **quiet)
+    from_stream = CLTRun("clt", opts, cfg, 14, tmp_path / "b", "cpu")
+    train([from_stream], src, 14, tmp_path / "ck-b", **quiet)
     a, b = from_cache.clt.state_dict(), from_stream.clt.state_dict()
     assert len(a) == 7 and a.keys() == b.keys()  # W_enc b_enc W_dec.0/1 b_dec W_skip log_th
     for k in a:

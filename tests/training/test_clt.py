@@ -1,7 +1,6 @@
 """Cross-layer transcoders on tiny TransformerLens models built here: maths, training on real
 activations, bitwise resume, spliced evaluation against per-layer transcoders, files."""
 
-import dataclasses
 import warnings
 
 import pytest
@@ -18,8 +17,10 @@ from tcspec.dictionaries.families import jumprelu
 from tcspec.evaluation.clt import evaluate_clt
 from tcspec.evaluation.spliced import evaluate_coders
 from tcspec.plan.cost import clt_cost, per_layer_flops_per_step
+from tcspec.spec import CLTSpec
+from tcspec.training import CHECKPOINT, train
 from tcspec.training.adam import AdamState
-from tcspec.training.clt import CLTTrainConfig, train_clt
+from tcspec.training.clt import CLTRun
 from tcspec.training.clt_step import Hyper, train_step
 
 with warnings.catch_warnings():
@@ -246,17 +247,26 @@ def cache(model, tmp_path, cfg: CLTConfig, n_rows: int = 48):
     return out
 
 
+def clt_run(folder, cfg: CLTConfig, steps: int, **opts) -> CLTRun:
+    """A CLTRun of `cfg` trained with the spec's options `opts` (seed 0)."""
+    width = dict(d_sae=cfg.d_sae, activation=cfg.activation, k=cfg.k, skip=cfg.skip)
+    spec = CLTSpec(kind="clt", seed=0, **width, **opts)
+    return CLTRun("clt", spec, cfg, steps, folder, "cpu")
+
+
 def test_training_on_real_activations_reduces_fvu(model3, tmp_path):
     cfg = CLTConfig(n_layers=3, d_model=D, d_sae=64)
     reader = ActivationReader(cache(model3, tmp_path, cfg), cfg.in_names + cfg.out_names, 64, 0)
-    train = CLTTrainConfig(
-        steps=300, batch_size=64, lr=3e-3, lr_warmup_steps=20,
-        loss=CLTLoss("tanh", coef=1e-3), coef_warmup_steps=100, log_every=10,
+    run = clt_run(
+        tmp_path / "clt", cfg, 300, batch_size=64, lr=3e-3, lr_warmup_steps=20,
+        penalty="tanh", l1=1e-3, l1_warmup_steps=100,
     )  # fmt: skip
-    res = train_clt(cfg, train, reader.iter_batches, log=lambda s: None)
-    first, last = res.curve[0], res.curve[-1]
+    train([run], reader.iter_batches, 300, tmp_path / "ck", progress=False, log=lambda s: None,
+          log_every=10)  # fmt: skip
+    first, last = run.curve[0], run.curve[-1]
     assert first["fvu"] > 0.5 and last["fvu"] < 0.25, (first, last)
-    assert last["step"] == 300 and len(res.curve) == 30 and last["l0"] > 0
+    assert last["step"] == 300 and len(run.curve) == 30 and last["l0"] > 0
+    assert clt_io.load(tmp_path / "clt").cfg == cfg
 
 
 @pytest.mark.parametrize(
@@ -267,12 +277,14 @@ def test_resume_is_bitwise_identical(model2, tmp_path, precision, activation):
     cfg = CLTConfig(n_layers=2, d_model=D, d_sae=32, skip=True, **topk)
     keys = cfg.in_names + cfg.out_names
     reader = ActivationReader(cache(model2, tmp_path, cfg, n_rows=16), keys, 32, 0)
-    train = CLTTrainConfig(
-        steps=12, batch_size=32, lr=1e-3, lr_warmup_steps=3, lr_decay="cosine",
-        lr_decay_start=0.5, loss=CLTLoss("tanh", coef=1e-2, pre_act_coef=1e-3, bandwidth=0.5),
-        coef_warmup_steps=5, checkpoint_every=4, log_every=1, precision=precision,
+    opts = dict(
+        batch_size=32, lr=1e-3, lr_warmup_steps=3, lr_decay="cosine", lr_decay_start=0.5,
+        penalty="tanh", l1=1e-2, pre_act_coef=1e-3, jumprelu_bandwidth=0.5, l1_warmup_steps=5,
+        checkpoint_every=4, precision=precision,
     )  # fmt: skip
-    whole = train_clt(cfg, train, reader.iter_batches, log=lambda s: None)
+    quiet = dict(progress=False, log=lambda s: None, log_every=1)
+    whole = clt_run(tmp_path / "whole", cfg, 12, **opts)
+    train([whole], reader.iter_batches, 12, tmp_path / "ck-whole", **quiet)
 
     def interrupted(start):
         for i, b in enumerate(reader.iter_batches(start)):
@@ -280,18 +292,23 @@ def test_resume_is_bitwise_identical(model2, tmp_path, precision, activation):
                 raise KeyboardInterrupt
             yield b
 
-    ckpt = tmp_path / "clt.ckpt"
+    ckpt = tmp_path / "ck"
     with pytest.raises(KeyboardInterrupt):
-        train_clt(cfg, train, interrupted, ckpt, log=lambda s: None)
+        train([clt_run(tmp_path / "resumed", cfg, 12, **opts)], interrupted, 12, ckpt, **quiet)
     logs = []
-    resumed = train_clt(cfg, train, reader.iter_batches, ckpt, log=logs.append)
-    assert logs[-1] == f"resuming from {ckpt} at step 4/12"
+    resumed = clt_run(tmp_path / "resumed", cfg, 12, **opts)
+    train([resumed], reader.iter_batches, 12, ckpt, **quiet | dict(log=logs.append))
+    assert f"resuming from {ckpt / CHECKPOINT} at step 4/12" in logs
     a, b = whole.clt.state_dict(), resumed.clt.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert whole.curve == resumed.curve
-    other = dataclasses.replace(train, lr=2e-3)
-    with pytest.raises(ValueError, match="different CLT or training"):
-        train_clt(cfg, other, reader.iter_batches, ckpt, log=lambda s: None)
+    saved = clt_io.load(tmp_path / "resumed").state_dict()
+    assert all(torch.equal(saved[k], b[k]) for k in b)
+    with pytest.raises(KeyboardInterrupt):
+        train([clt_run(tmp_path / "x", cfg, 12, **opts)], interrupted, 12, ckpt, **quiet)
+    other = clt_run(tmp_path / "other", cfg, 12, **opts | dict(lr=2e-3))
+    with pytest.raises(ValueError, match="different group of dictionaries"):
+        train([other], reader.iter_batches, 12, ckpt, **quiet)
 
 
 # -------------------------------------------------------------------------- evaluation

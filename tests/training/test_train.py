@@ -406,6 +406,70 @@ def test_crash_resumes_from_checkpoint(tmp_path):
     assert "resuming" in logs[0] and "step 8/20" in logs[0]
 
 
+def clt_and_member(tmp: Path, steps: int) -> list:
+    """A CLT over blocks 0-1 and a per-layer transcoder at block 1, both d = D_IN."""
+    from tcspec.dictionaries.clt import CLTConfig
+    from tcspec.spec import CLTSpec
+    from tcspec.training.clt import CLTRun
+
+    shape = CLTConfig(n_layers=2, d_model=D_IN, d_sae=24, activation="jumprelu", skip=True)
+    opts = CLTSpec(kind="clt", d_sae=24, activation="jumprelu", skip=True, l1=1e-2,
+                   pre_act_coef=1e-3, lr=3e-3, batch_size=B, checkpoint_every=4, seed=1)  # fmt: skip
+    spec = TranscoderSpec(kind="transcoder", d_sae=32, lr=3e-3, batch_size=B, checkpoint_every=4)
+    cfg = CoderConfig(kind="transcoder", d_in=D_IN, d_out=D_IN, d_sae=32)
+    m = Member("tc", spec, cfg, shape.in_names[1], shape.out_names[1], tmp / "tc", 0)
+    return [CLTRun("clt", opts, shape, steps, tmp / "clt", "cpu"), MemberRun(m, steps, B, "cpu")]
+
+
+def two_layer_batches(fail_at: int | None = None):
+    """Batch i: every hook of blocks 0-1, x sparse-ish, y = x A_l (seeded by i)."""
+    from tcspec.models.hooks import full_name
+
+    A = torch.randn(2, D_IN, D_IN, generator=torch.Generator().manual_seed(5)) / D_IN**0.5
+
+    def batches(start: int):
+        for i in count(start):
+            if i == fail_at:
+                raise RuntimeError(f"simulated crash at batch {i}")
+            g = torch.Generator().manual_seed(20_000 + i)
+            x = torch.relu(torch.randn(2, B, D_IN, generator=g) - 0.5) + 0.1  # [2, B, D_IN]
+            batch = {}
+            for b in (0, 1):
+                batch[full_name(b, "ln2.hook_normalized")] = x[b]
+                batch[full_name(b, "hook_mlp_out")] = x[b] @ A[b]
+            yield batch
+
+    return batches
+
+
+def test_a_clt_and_a_member_train_in_one_pass_and_resume_bitwise(tmp_path):
+    """The one loop drives a CLT and a per-layer transcoder together; a pass stopped after
+    its step-8 checkpoint and resumed ends bitwise equal to an uninterrupted pass, for both
+    (weights, curves), and writes each one's files."""
+    from tcspec.dictionaries import clt_io
+    from tcspec.training import train
+
+    quiet = dict(progress=False, log=lambda s: None, log_every=1)
+    whole = clt_and_member(tmp_path / "whole", 12)
+    train(whole, two_layer_batches(), 12, tmp_path / "ck-whole", **quiet)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(
+            clt_and_member(tmp_path / "r", 12), two_layer_batches(10), 12, tmp_path / "ck", **quiet
+        )
+    assert read_checkpoint(tmp_path / "ck" / CHECKPOINT)["step"] == 8
+    logs = []
+    resumed = clt_and_member(tmp_path / "r", 12)
+    train(resumed, two_layer_batches(), 12, tmp_path / "ck", **quiet | dict(log=logs.append))
+    assert "resuming" in logs[0] and "step 8/12" in logs[0]
+    a, b = whole[0].clt.state_dict(), clt_io.load(tmp_path / "r" / "clt").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert whole[0].curve == resumed[0].curve and len(whole[0].curve) == 12
+    ref, got = weights(whole[1].member), weights(resumed[1].member)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert whole[1].log.curve == resumed[1].log.curve
+    assert not (tmp_path / "ck" / CHECKPOINT).exists()
+
+
 def test_progress_bar_shows_throughput_and_members(tmp_path, capsys):
     ms = [member(tmp_path, "l1-0.001", l1=1e-3), member(tmp_path, "l1-0.01", l1=1e-2)]
     train_group(ms, make_batches(), 12, tmp_path / "ck", progress=True, log=print, log_every=4)

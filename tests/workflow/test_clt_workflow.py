@@ -23,7 +23,7 @@ from tcspec.plan import clt_shape, compile_plan, group_task
 from tcspec.plan.cost import clt_cost
 from tcspec.spec.loader import SpecError, load_spec, parse_spec
 from tcspec.tasks import run_task, save_task
-from tcspec.tasks.clt import CHECKPOINT
+from tcspec.training import CHECKPOINT
 from tcspec.vocab import TRAINING_FILE
 from tests.pages_check import assert_pages_complete, browser, click_every_feature, needs_chromium
 
@@ -172,8 +172,8 @@ def test_interrupted_clt_task_resumes_bitwise(micro_clt_run, tmp_path):
     checkpoint in the task's checkpoint folder; rerunning the task resumes from it and ends
     with the uninterrupted run's weights, bit for bit."""
     from tcspec.data.cache import ActivationReader
-    from tcspec.tasks.clt import train_config
-    from tcspec.training.clt import train_clt
+    from tcspec.training import train
+    from tcspec.training.clt import CLTRun
 
     plan, results = micro_clt_run
     (clt,) = plan.stage("clt")
@@ -194,8 +194,9 @@ def test_interrupted_clt_task_resumes_bitwise(micro_clt_run, tmp_path):
 
     ckpt = layout.checkpoint_dir(fresh, clt.id) / CHECKPOINT
     ckpt.parent.mkdir(parents=True)
+    run = CLTRun(clt.id, c.opts, shape, c.steps, clt.dir(fresh), "cpu")
     with pytest.raises(OSError, match="went away"):
-        train_clt(shape, train_config(c), failing, ckpt, log=lambda _: None)
+        train([run], failing, c.steps, ckpt.parent, progress=False, log=lambda _: None)
     assert ckpt.exists() and not clt.done(fresh).exists()
     run_task(clt, fresh, "cpu")
     a, b = clt_io.load(clt.dir(results)).state_dict(), clt_io.load(clt.dir(fresh)).state_dict()
