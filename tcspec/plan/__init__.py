@@ -415,8 +415,7 @@ def _probe_task(spec: Spec, coder: Task, model: Task, layer: int) -> Task:
         seed=spec.seed, bos=spec.data.bos,
     )  # fmt: skip
     deps = {"model": ("model", model.id)} | _coder_deps([coder])
-    resources = {"mem_mb": 3000, "gpu": gpus(spec)}
-    return make_task("probe", config.coder.label, config, deps, resources)
+    return make_task("probe", config.coder.label, config, deps, {})
 
 
 def _study_task(spec: Spec, features: list[Task]) -> Task:

@@ -23,7 +23,7 @@ def import_task(name: str, d, layer: int) -> Task:
         trust_pickle=d.trust_pickle, files=file_hashes(Path(path)) if d.repo is None else {},
     )  # fmt: skip
     label = {"dictionary": name, "member": IMPORTED_MEMBER, "point": {}}
-    return make_task("import", f"{name}-L{layer}-import", config, {}, {"mem_mb": 4000}, label)
+    return make_task("import", f"{name}-L{layer}-import", config, {}, {}, label)
 
 
 def is_clt_folder(d) -> bool:
@@ -46,7 +46,7 @@ def import_clt(name: str, d) -> Task:
         trust_pickle=False, files=file_hashes(Path(d.path)), kind=CLT,
     )  # fmt: skip
     label = {"dictionary": name, "member": IMPORTED_MEMBER, "point": {}}
-    return make_task("import", f"{name}-clt-import", config, {}, {"mem_mb": 4000}, label)
+    return make_task("import", f"{name}-clt-import", config, {}, {}, label)
 
 
 def file_hashes(path: Path) -> dict[str, str]:
