@@ -21,4 +21,4 @@ rule all:
 
 
 onsuccess:
-    WF.publish()
+    publish_experiment(WF.plan, WF.results)

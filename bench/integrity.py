@@ -23,7 +23,9 @@ from pathlib import Path
 from bench.common import interleaved, markdown_table
 from tcspec import layout
 from tcspec.checksums import CHUNK, file_checksum
-from tcspec.tasks import inputs, integrity, load_task
+from tcspec.plan.stages import PASSES, STAGES
+from tcspec.plan.store import load_task
+from tcspec.tasks import inputs, integrity
 
 
 def _read(path: Path) -> None:
@@ -65,7 +67,7 @@ def jobs_of(results: Path) -> dict[tuple[str, str], tuple[float, list[Path]]]:
     """(stage, id) -> (wall time, the task folders it wrote) of every finished job with
     checksums: a training or evaluation pass once (its stored pass config), else the task."""
     jobs: dict[tuple[str, str], tuple[float, list[Path]]] = {}
-    passes = {member: stage for stage, member in layout.PASS_MEMBERS.items()}
+    passes = {member: stage for stage, member in PASSES.items()}
     for done in sorted(Path(results).glob(f"tasks/*/*/{layout.DONE}")):
         record = json.loads(done.read_text())
         wall = record.get("provenance", {}).get("wall_s")
@@ -90,13 +92,13 @@ def job_table(results: Path) -> tuple[str, dict]:
         t1 = time.perf_counter()
         for folder in written:
             integrity.outputs(folder)
-        row = by_stage.setdefault(layout.PASS_MEMBERS.get(stage, stage), [0] * 5)
+        row = by_stage.setdefault(PASSES.get(stage, stage), [0] * 5)
         for i, x in enumerate([1, size / 2**20, t1 - t0, time.perf_counter() - t1, wall]):
             row[i] += x
     if not by_stage:
         return f"No finished tasks with checksums in `{results}`: run the quickstart first.", {}
     total = [sum(r[i] for r in by_stage.values()) for i in range(5)]
-    rows = [[s, *by_stage[s]] for s in layout.STAGES if s in by_stage] + [["all", *total]]
+    rows = [[s, *by_stage[s]] for s in STAGES if s in by_stage] + [["all", *total]]
     rows = [[*r, r[3] / r[5], r[4] / r[5]] for r in rows]
     header = ["stage", "jobs", "inputs hashed (MB)", "checking (s)", "recording (s)",
               "jobs (s)", "checking / job", "recording / job"]  # fmt: skip

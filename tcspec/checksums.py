@@ -10,6 +10,7 @@ without reading anything. xxh3-128 is the activation cache's checksum too; ``ben
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,3 +82,15 @@ def damaged(
             if file_checksum(path) != digest
         ]
     return found
+
+
+def file_hashes(path: Path) -> dict[str, str]:
+    """sha256 of every file at ``path`` (a file, or a folder's files), by relative name;
+    empty when nothing is there (the checks report it)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    out = {}
+    for f in files:
+        if f.is_file():
+            name = f.name if f == path else str(f.relative_to(path))
+            out[name] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tcspec import atomic, layout
 from tcspec.compute.throughput import GPU_CLASSES
+from tcspec.plan.stages import BY_NAME, PASSES
 from tcspec.spec.loader import SpecError, load_spec
 from tcspec.vocab import CFG_FILE, EXPORT_TARGETS, WEIGHTS_FILE
 
@@ -113,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("task", help="run one stored task by stage and id (what jobs call)")
-    sp.add_argument("stage", choices=[*layout.STAGES, *layout.PASS_MEMBERS])
+    sp.add_argument("stage", choices=list(BY_NAME))
     sp.add_argument("task_id")
     sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder")
     sp.add_argument(
@@ -276,13 +277,15 @@ def cmd_task(args) -> int:
     # every op's barrier (the toy model's step: 2.7-14.6 s against 0.42-0.65 s sleeping,
     # measured beside other jobs on 2 cores); the same arithmetic, so the same weights
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from tcspec.tasks import device_from_env, load_task, run_task
+    from tcspec.plan.store import load_task
+    from tcspec.plan.workflow import DEVICE_ENV
+    from tcspec.tasks import run_task
 
     plain_progress()
     results = Path(args.results)
     try:
         task = load_task(results, args.stage, args.task_id)
-        run_task(task, results, args.device or device_from_env())
+        run_task(task, results, args.device or os.environ.get(DEVICE_ENV, "auto"))
     except LookupError as exc:
         raise UserError(exc.args[0]) from None
     except ValueError as exc:  # bad input met at run time: one line, no traceback
@@ -291,7 +294,8 @@ def cmd_task(args) -> int:
 
 
 def cmd_tables(args) -> int:
-    from tcspec.tasks import run_task, save_task, verify_inputs
+    from tcspec.plan.store import save_task
+    from tcspec.tasks import run_task, verify_inputs
     from tcspec.tasks.integrity import DamagedInput
 
     spec, plan = _plan(args)
@@ -376,7 +380,7 @@ def _verify(task_dir: Path, by: str) -> None:
 def _training_facts(member_dir: Path, results: Path) -> dict:
     """Model name, context and dataset of a trained dictionary, read from the stored
     configs of its train task and the model and tokens tasks upstream of it."""
-    from tcspec.tasks import load_task
+    from tcspec.plan.store import load_task
 
     try:
         train = json.loads((member_dir / layout.DONE).read_text())
@@ -408,7 +412,7 @@ def cmd_clean(args) -> int:
         plan = compile_plan(spec, budget or DEFAULT_STREAM_BUDGET_MB)
         keep |= set(plan.tasks) | {(p.stage, p.id) for p in pending_passes(plan, results)}
     found = _task_files(results)
-    keep |= {k for k in found if k[0] in layout.PASS_MEMBERS and _runs_any(results, *k, keep)}
+    keep |= {k for k in found if k[0] in PASSES and _runs_any(results, *k, keep)}
     stale = {key: files for key, files in found.items() if key not in keep}
     size = sum(_size(f) for files in stale.values() for f in files)
     for (stage, task_id), files in sorted(stale.items()):
@@ -423,20 +427,20 @@ def cmd_clean(args) -> int:
 
 def _runs_any(results: Path, stage: str, pass_id: str, keep: set) -> bool:
     """Whether a pass (its log, its checkpoint) ran a task that is kept."""
-    from tcspec.tasks import load_task
+    from tcspec.plan.store import load_task
 
     try:
         members = load_task(results, stage, pass_id).config.members
     except (LookupError, ValueError):
         return False
-    return any((layout.PASS_MEMBERS[stage], m) in keep for m in members)
+    return any((PASSES[stage], m) in keep for m in members)
 
 
 def _task_files(results: Path) -> dict[tuple[str, str], list[Path]]:
     """(stage, id) -> every file or folder of that task under ``results``: its folder, its
     stored config, log, benchmark and checkpoints."""
     out: dict[tuple[str, str], list[Path]] = {}
-    for stage in (*layout.STAGES, *layout.PASS_MEMBERS):
+    for stage in BY_NAME:
         ids = {p.name for p in (results / "tasks" / stage).glob("*") if p.is_dir()}
         ids |= {p.stem for p in layout.config_file(results, stage, "x").parent.glob("*.json")}
         for task_id in ids:
@@ -458,7 +462,7 @@ def _size(path: Path) -> int:
 
 
 def cmd_status(args) -> int:
-    from tcspec.plan.report import status_table
+    from tcspec.tasks.status import status_table
 
     spec, plan = _plan(args, results=Path(args.results))
     print(status_table(plan, Path(args.results)))

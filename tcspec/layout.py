@@ -15,35 +15,14 @@ results/
   <experiment>/ratings.csv         ingested ratings (+ ratings_key.json)
   <experiment>/stream_budget.json  the stream budget the spec's last DAG was built with
 
-Only ``tcspec.tasks``, ``tcspec.plan.workflow`` and the CLI use this module; library modules
-take explicit paths.
+A <stage> is a stage's name (``tcspec.plan.stages``, the stage table). Only
+``tcspec.tasks``, ``tcspec.plan.workflow`` and the CLI use this module; library modules take
+explicit paths.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-STAGES = (
-    "model",
-    "tokens",
-    "acts",
-    "train",
-    "clt",
-    "import",
-    "evaluate",
-    "interp",
-    "probe",
-    "study",
-    "circuits",
-    "export",
-    "tables",
-)
-GROUP = "group"
-"""Not a task folder: the config stage of one training pass over several members."""
-EVAL_GROUP = "evalgroup"
-"""Not a task folder: the config stage of one evaluation pass over several members."""
-PASS_MEMBERS = {GROUP: "train", EVAL_GROUP: "evaluate"}
-"""Pass stage -> the stage of its members (each member keeps its own folder and record)."""
 
 DONE = "task.json"
 DAMAGED = "task.damaged.json"

@@ -127,10 +127,11 @@ def toy_model_dir(tmp_path_factory) -> Path:
 def micro_attribution_run(tmp_path_factory):
     """(results folder, plan) of the micro attribution spec, every task done: configs
     stored as building the DAG stores them, then each stage's jobs (training as its pass)."""
-    from tcspec import layout
     from tcspec.plan import compile_plan, group_task
+    from tcspec.plan.stages import STAGES
+    from tcspec.plan.store import save_task
     from tcspec.spec.loader import load_spec
-    from tcspec.tasks import run_task, save_task
+    from tcspec.tasks import run_task
 
     spec = Path(__file__).resolve().parent / "workflow" / "micro_attribution.yaml"
     results = tmp_path_factory.mktemp("micro_attribution") / "results"
@@ -138,7 +139,7 @@ def micro_attribution_run(tmp_path_factory):
     passes = [group_task([plan.get("train", i) for i in g], plan) for g in plan.groups]
     for t in [*plan.tasks.values(), *passes]:
         save_task(results, t)
-    for stage in layout.STAGES:
+    for stage in STAGES:
         for job in passes if stage == "train" else plan.stage(stage):
             run_task(job, results, device="cpu")
     return results, plan

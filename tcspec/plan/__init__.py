@@ -23,7 +23,7 @@ import itertools
 from dataclasses import replace
 from pathlib import Path
 
-from tcspec import layout
+from tcspec.checksums import file_hashes
 from tcspec.compute import resolve_precision
 from tcspec.compute.throughput import Rates
 from tcspec.dictionaries.families import family
@@ -35,8 +35,8 @@ from tcspec.plan.configs import (
     CoderRef,
     EvaluateConfig,
     ExportConfig,
-    FeaturesConfig,
     ImportedMemberConfig,
+    InterpConfig,
     ModelConfig,
     PagesConfig,
     PassConfig,
@@ -47,10 +47,11 @@ from tcspec.plan.configs import (
     TrainedMemberConfig,
 )
 from tcspec.plan.cost import model_size
-from tcspec.plan.imports import file_hashes, import_clt, import_task, is_clt_folder  # noqa: F401
+from tcspec.plan.imports import import_clt, import_task, is_clt_folder
 from tcspec.plan.resources import Sizer
+from tcspec.plan.stages import EVAL_GROUP, GROUP, PASS_OF
 from tcspec.plan.stream import split_passes, stream_shape, stream_source
-from tcspec.plan.task import THREADS, Plan, Task, make_task, safe_name, task_id  # noqa: F401
+from tcspec.plan.task import Plan, Task, make_task, safe_name, task_id  # noqa: F401
 from tcspec.spec import SWEEP_FIELDS, DictionaryRef, InterpSpec, Spec
 from tcspec.spec.checks import dictionary_hooks, model_dims
 from tcspec.vocab import CLT, d_sae_of
@@ -336,17 +337,6 @@ def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Tas
     return tasks
 
 
-def clt_shape(c: CLTMemberConfig):
-    """The `tcspec.dictionaries.clt.CLTConfig` of a CLT train task."""
-    from tcspec.dictionaries.clt import CLTConfig
-
-    o = c.opts
-    return CLTConfig(
-        n_layers=len(c.layers), d_model=c.d_model, d_sae=c.d_sae, activation=o.activation,
-        k=o.k, in_hook=o.in_hook, out_hook=o.out_hook, skip=o.skip, layers=c.layers,
-    )  # fmt: skip
-
-
 def _content_name(opts, data_seed: int) -> str:
     """Readable part of a train id from what was trained (not from how the spec swept):
     the sparsity setting of its activation family (`sparsity`, a CLT's `clt_sparsity`: k,
@@ -389,7 +379,7 @@ def _spliced(refs: tuple[CoderRef, ...], span: list[int] | None = None) -> str:
 def _features_task(spec: Spec, coder: Task, model: Task, tokens: Task, layer: int) -> Task:
     """Feature statistics and dashboards of one trained dictionary (of a CLT: of the
     features of one of its layers, `layer`)."""
-    config = FeaturesConfig(
+    config = InterpConfig(
         **spec.interp.model_dump(exclude={"dictionaries"}),
         coder=coder_ref(coder, layer),
         live_threshold=coder.config.live_threshold,
@@ -476,6 +466,12 @@ def _tables_task(spec: Spec, upstream: list[Task]) -> Task:
     return make_task("tables", spec.experiment, config, deps, {})
 
 
+def pass_task(members: list[Task], plan: Plan) -> Task:
+    """The pass that runs ``members`` (tasks of one group or eval group not done)."""
+    build = {GROUP: group_task, EVAL_GROUP: evalgroup_task}[PASS_OF[members[0].stage]]
+    return build(members, plan)
+
+
 def group_task(members: list[Task], plan: Plan) -> Task:
     """One training pass for ``members`` (train tasks of one group that are not done): its
     id names exactly that set, so an interrupted pass resumes its checkpoint. Its resources
@@ -487,10 +483,10 @@ def group_task(members: list[Task], plan: Plan) -> Task:
     if members[0].config.stream is not None:
         prefix = f"stream-x{len(members)}"
     resources = plan.sizer.train_pass_resources([t.config for t in members])
-    return Task(layout.GROUP, task_id(prefix, config, deps), config, deps, resources)
+    return Task(GROUP, task_id(prefix, config, deps), config, deps, resources)
 
 
-def eval_group_task(members: list[Task], plan: Plan) -> Task:
+def evalgroup_task(members: list[Task], plan: Plan) -> Task:
     """One evaluation pass for ``members`` (evaluate tasks of one eval group that are not
     done): the model and tokens once, then every member's dictionaries (its deps: the union
     of theirs, renamed per member)."""
@@ -502,4 +498,4 @@ def eval_group_task(members: list[Task], plan: Plan) -> Task:
     first = members[0].config.coders
     mixed = len({t.config.coders[0].dictionary for t in members}) > 1  # a layer's pass
     prefix = f"{f'L{first[0].layer}' if mixed else _spliced(first)}-x{len(members)}"
-    return Task(layout.EVAL_GROUP, task_id(prefix, config, deps), config, deps, resources)
+    return Task(EVAL_GROUP, task_id(prefix, config, deps), config, deps, resources)

@@ -2,8 +2,8 @@
 
 The compiler (``tcspec.plan``) builds them from a Spec; a task's id hashes ``canonical``
 (sorted-key JSON) of its config and its upstream ids; the workflow stores each config under
-its id and a job reads it back (``CONFIGS[stage].model_validate``). Tasks read attributes,
-never string keys.
+its id and a job reads it back (its stage's config type, ``tcspec.plan.stages``). Tasks read
+attributes, never string keys.
 
     model -> tokens -> acts -> train (one member = one sweep point at one layer)
                    import (a released dictionary) -/-> evaluate, interp -> study, circuits,
@@ -225,6 +225,17 @@ class CLTMemberConfig(StageConfig):
     def canonical(self) -> str:
         return _canonical_member(self, CLT_LATER_OPTS)
 
+    def shape(self):
+        """Its shape and hooks (``tcspec.dictionaries.clt.CLTConfig``)."""
+        from tcspec.dictionaries.clt import CLTConfig
+
+        o = self.opts
+        return CLTConfig(
+            n_layers=len(self.layers), d_model=self.d_model, d_sae=self.d_sae,
+            activation=o.activation, k=o.k, in_hook=o.in_hook, out_hook=o.out_hook, skip=o.skip,
+            layers=self.layers,
+        )  # fmt: skip
+
     @property
     def layer(self) -> int:
         """The first layer (what a CoderRef names it by)."""
@@ -275,7 +286,7 @@ class EvaluateConfig(StageConfig):
     """The spec's BOS convention (`data.bos`)."""
 
 
-class FeaturesConfig(StageConfig):
+class InterpConfig(StageConfig):
     """Feature statistics, study sampling and dashboards of one dictionary."""
 
     coder: CoderRef
@@ -347,24 +358,3 @@ class TablesConfig(StageConfig):
     experiment: str
     include: tuple[str, ...]
     reference: str | None
-
-
-CONFIGS: dict[str, type[StageConfig]] = {
-    "model": ModelConfig,
-    "tokens": TokensConfig,
-    "acts": ActsConfig,
-    "train": TrainedMemberConfig,
-    "clt": CLTMemberConfig,
-    "import": ImportedMemberConfig,
-    "evaluate": EvaluateConfig,
-    "interp": FeaturesConfig,
-    "probe": ProbeConfig,
-    "study": StudyConfig,
-    "circuits": CircuitConfig,
-    "export": ExportConfig,
-    "tables": TablesConfig,
-    "group": PassConfig,
-    "evalgroup": PassConfig,
-}
-"""Stage -> its config type (``group``, ``evalgroup``: a training or evaluation pass, not a
-task folder)."""

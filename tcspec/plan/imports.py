@@ -3,9 +3,9 @@ A task's id covers the files' bytes."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from tcspec.checksums import file_hashes
 from tcspec.models.hooks import full_name
 from tcspec.plan.configs import IMPORTED_MEMBER, ImportedMemberConfig
 from tcspec.plan.task import Task, make_task
@@ -47,15 +47,3 @@ def import_clt(name: str, d) -> Task:
     )  # fmt: skip
     label = {"dictionary": name, "member": IMPORTED_MEMBER, "point": {}}
     return make_task("import", f"{name}-clt-import", config, {}, {}, label)
-
-
-def file_hashes(path: Path) -> dict[str, str]:
-    """sha256 of every file at ``path`` (a file, or a folder's files), by relative name;
-    empty when nothing is there (the checks report it)."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    out = {}
-    for f in files:
-        if f.is_file():
-            name = f.name if f == path else str(f.relative_to(path))
-            out[name] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out

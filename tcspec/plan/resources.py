@@ -16,7 +16,7 @@ from tcspec.compute.throughput import Rates
 from tcspec.plan import cost
 from tcspec.plan.configs import CLTMemberConfig, TrainedMemberConfig
 from tcspec.plan.cost import Cost, ModelSize
-from tcspec.plan.task import THREADS
+from tcspec.plan.stages import stage as stage_row
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Sizer:
     def request(self, stage: str, job: Cost, gpu: int, precision: str = "fp32", **extra) -> dict:
         """``gpu``, ``threads`` (the stage's), the requests and estimate of ``job`` (its
         dictionary work in ``precision``), and ``extra``."""
-        threads = THREADS.get(stage, 1)
+        threads = stage_row(stage).threads
         req = cost.request(job, self.size, self.rates, gpu, threads, precision)
         return {"gpu": gpu, "threads": threads, **req, **extra}
 
@@ -109,9 +109,7 @@ class Sizer:
         """A CLT's training (``cost.clt_cost``, ``cost.clt_pass_cost``: from the cache, or
         from a stream with the model's forward and a buffer of the CLT's 2 L hooks) and its
         parameters."""
-        from tcspec.plan import clt_shape
-
-        clt = cost.clt_cost(clt_shape(c), c.opts.batch_size, c.steps, c.opts.precision)
+        clt = cost.clt_cost(c.shape(), c.opts.batch_size, c.steps, c.opts.precision)
         tokens, width = c.steps * c.opts.batch_size, 2 * len(c.layers) * c.d_model
         if c.stream is None:
             return cost.clt_pass_cost(clt, tokens, width, self.cache_bytes), clt.params

@@ -12,15 +12,11 @@ from typing import TYPE_CHECKING
 from tcspec import layout
 from tcspec.plan import cost
 from tcspec.plan.configs import StageConfig
+from tcspec.plan.stages import stage as stage_row
 from tcspec.spec import Spec
 
 if TYPE_CHECKING:
     from tcspec.plan.resources import Sizer
-
-THREADS = {"model": 2, "acts": 2}
-"""CPU threads per job (default 1): the model and acts stages run first and alone; the
-training passes, evaluations and studies run side by side, one thread each. Part of what
-fixes a task's numbers on CPU, so a job always uses its stage's count."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +64,10 @@ class Plan:
     sizer: Sizer | None = None
     """What sizes every job: the model, the device's rates (``tcspec.plan.resources``)."""
 
+    def member_groups(self) -> dict[str, list[tuple[str, ...]]]:
+        """Member stage -> its groups of task ids, each run by one pass."""
+        return {"train": self.groups, "evaluate": self.eval_groups}
+
     def add(self, task: Task) -> Task:
         self.tasks.setdefault((task.stage, task.id), task)
         return task
@@ -96,7 +96,7 @@ def task_id(prefix: str, config: StageConfig, deps: dict) -> str:
 def make_task(
     stage: str, prefix: str, config: StageConfig, deps: dict, resources: dict, label=None
 ) -> Task:
-    resources = {"gpu": 0, "threads": THREADS.get(stage, 1)} | resources
+    resources = {"gpu": 0, "threads": stage_row(stage).threads} | resources
     return Task(stage, task_id(prefix, config, deps), config, deps, resources, label or {})
 
 

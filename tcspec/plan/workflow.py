@@ -1,6 +1,6 @@
 """The bridge from a compiled Plan to Snakemake rules.
 
-Building the DAG stores every task's frozen config under its id (``tcspec.tasks.save_task``,
+Building the DAG stores every task's frozen config under its id (``tcspec.plan.store``,
 written only when absent), so a job is named by its stage and id alone: rules carry nothing
 of the spec (no params), and two specs sharing a task share its job and its outputs.
 
@@ -23,20 +23,15 @@ from pathlib import Path
 
 from tcspec import atomic, layout
 from tcspec.compute.throughput import DEFAULT_GPU_CLASS, Rates
-from tcspec.plan import (
-    DEFAULT_STREAM_BUDGET_MB,
-    Plan,
-    Task,
-    compile_plan,
-    eval_group_task,
-    group_task,
-)
+from tcspec.plan import DEFAULT_STREAM_BUDGET_MB, Plan, Task, compile_plan, pass_task
+from tcspec.plan.stages import PASSES, STAGES
+from tcspec.plan.store import save_task
 from tcspec.spec.loader import SpecError, load_spec
-from tcspec.tasks import DEVICE_ENV, save_task
 
 ID_PATTERN = r"[A-Za-z0-9_.\-]+"
-RULE_STAGES = tuple(s for s in layout.STAGES if s not in layout.PASS_MEMBERS.values())
-"""Stages with one generic rule; train and evaluate tasks run in passes."""
+DEVICE_ENV = "TCSPEC_DEVICE"
+"""The device jobs run on (auto, cpu, cuda): the Snakefile sets it from the spec
+(``Workflow.device``) and jobs inherit it; not part of any id or rule."""
 
 
 class Workflow:
@@ -70,7 +65,11 @@ class Workflow:
         self.passes = pending_passes(self.plan, self.results)
         for task in [*self.plan.tasks.values(), *self.passes]:
             save_task(self.results, task)
-        os.environ[DEVICE_ENV] = spec.device  # jobs inherit it; no rule names it
+
+    @property
+    def device(self) -> str:
+        """The spec's device, which jobs run on (`DEVICE_ENV`)."""
+        return self.plan.spec.device
 
     # ---- per-rule paths with an {id} wildcard
     def done(self, stage: str) -> str:
@@ -115,7 +114,7 @@ class Workflow:
 
     # ---- training and evaluation passes (concrete rules, no wildcards)
     def pass_outputs(self, task: Task) -> list[str]:
-        stage = layout.PASS_MEMBERS[task.stage]
+        stage = PASSES[task.stage]
         return [str(layout.done_file(self.results, stage, i)) for i in task.config.members]
 
     def pass_file(self, task: Task, kind: str) -> str:
@@ -124,26 +123,8 @@ class Workflow:
 
     # ---- targets
     def targets(self, *stages: str) -> list[str]:
-        stages = stages or layout.STAGES
+        stages = stages or STAGES
         return [str(t.done(self.results)) for s in stages for t in self.plan.stage(s)]
-
-    def publish(self) -> None:
-        """After a run: show the spec's tables and exports in results/<experiment>/."""
-        from tcspec.tasks.integrity import DamagedInput, verify
-        from tcspec.tasks.tables import publish
-
-        experiment = self.plan.spec.experiment
-        shown = [(t, layout.TABLES, layout.tables_dir(self.results, experiment))
-                 for t in self.plan.stage("tables")]  # fmt: skip
-        shown += [(t, layout.EXPORT, layout.export_dir(self.results, experiment, t.config.to))
-                  for t in self.plan.stage("export")]  # fmt: skip
-        for t, folder, where in shown:
-            try:  # a damaged task is marked not done (the next run rebuilds it), not shown
-                verify(t.dir(self.results), by="publishing")
-            except DamagedInput as exc:
-                print(f"tcspec: not published: {exc}", file=sys.stderr)
-                continue
-            publish(t.dir(self.results) / folder, where)
 
 
 def machine_rates(gpu_class: str | None, sustained_tflops: float | None) -> Rates:
@@ -159,13 +140,12 @@ def pending_passes(plan: Plan, results: Path) -> list[Task]:
     done train task is final: its id names what it trained on; an evaluation reruns when
     its inputs finished after it, as a task of a generic rule does)."""
     out = []
-    for stage, groups in (("train", plan.groups), ("evaluate", plan.eval_groups)):
+    for stage, groups in plan.member_groups().items():
         for ids in groups:
             todo = [plan.get(stage, i) for i in ids]
             todo = [t for t in todo if not t.done(results).exists() or _older(t, results)]
-            if not todo:
-                continue
-            out.append(group_task(todo, plan) if stage == "train" else eval_group_task(todo, plan))
+            if todo:
+                out.append(pass_task(todo, plan))
     return out
 
 

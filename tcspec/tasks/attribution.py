@@ -25,7 +25,7 @@ from tcspec import atomic, layout
 from tcspec.tasks import model as model_task
 
 
-def run(ctx) -> dict:
+def run_attribution(ctx) -> dict:
     import pandas as pd
 
     cfg, c = ctx.config, ctx.config.circuit

@@ -29,7 +29,7 @@ def run(ctx) -> dict:
     if c.task == "attribution":
         from tcspec.tasks import attribution
 
-        return attribution.run(ctx)
+        return attribution.run_attribution(ctx)
     model = model_task.load(ctx)
     meta = read_model_json(ctx.dep_dir("model"))
     try:

@@ -1,6 +1,6 @@
 """clt stage: train one cross-layer transcoder (one sweep point over all its layers) in the
 one training loop (`tcspec.training.train`, the trainable `tcspec.training.clt.CLTRun`),
-from the activation cache or from a stream of model forwards (`tcspec.tasks.train.source`:
+from the activation cache or from a stream of model forwards (`tcspec.tasks.group.source`:
 every layer's input and output hook from one pass); resumable from the task's checkpoint
 folder (a stream's position and buffer provenance in the checkpoint). The task's folder
 holds the CLT (`tcspec.dictionaries.clt_io.save`) and training.json."""
@@ -12,9 +12,7 @@ import shutil
 
 def hooks(c) -> list[str]:
     """Every hook a CLT task with config `c` reads: each layer's input and output."""
-    from tcspec.plan import clt_shape
-
-    shape = clt_shape(c)
+    shape = c.shape()
     return sorted(shape.in_names + shape.out_names)
 
 
@@ -27,15 +25,14 @@ def reads(task, results) -> dict:
 
 def trainable(ctx, task):
     """The trainer's view of a CLT train task."""
-    from tcspec.plan import clt_shape
     from tcspec.training.clt import CLTRun
 
     c = task.config
-    return CLTRun(task.id, c.opts, clt_shape(c), c.steps, task.dir(ctx.results), ctx.device)
+    return CLTRun(task.id, c.opts, c.shape(), c.steps, task.dir(ctx.results), ctx.device)
 
 
 def run(ctx) -> dict:
-    from tcspec.tasks.train import source
+    from tcspec.tasks.group import source
     from tcspec.training import train
 
     c = ctx.config

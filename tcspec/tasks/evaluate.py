@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from tcspec import atomic, layout
 from tcspec.atomic import read_json
 from tcspec.tasks import model as model_task
@@ -16,28 +14,18 @@ TRAINING_FIELDS = ("steps", "tokens", "tokens_per_s", "wall_s", "live_fraction")
 
 
 def run(ctx) -> dict:
-    """One evaluate task, or an evaluation pass (stage ``evalgroup``) over several: the model
-    and the eval tokens loaded once; the per-layer members evaluated in one shared pass
-    (``evaluate_splices``), each CLT alone; each member's ``metrics.json`` and ``task.json``
-    written in its own folder."""
-    from tcspec.tasks import Context, finish, load_task
+    """One evaluate task (an evaluation pass runs several: `tcspec.tasks.evalgroup`)."""
+    return summaries(ctx, [ctx])[id(ctx)]
 
-    start = time.time()
-    if ctx.task.stage == layout.EVAL_GROUP:
-        tasks = [load_task(ctx.results, "evaluate", i) for i in ctx.config.members]
-        contexts = [Context(t, ctx.results, ctx.device) for t in tasks]
-    else:
-        contexts = [ctx]
+
+def summaries(ctx, contexts: list) -> dict:
+    """Summaries (by `id` of each context) of the evaluate tasks of `contexts`: the model
+    and the eval tokens loaded once (`ctx`'s); the per-layer members evaluated in one
+    shared pass (``evaluate_splices``), each CLT alone; each member's ``metrics.json``
+    written in its own folder."""
     if model_task.is_synthetic(ctx):
-        summaries = {id(c): _run_synthetic(c) for c in contexts}
-    else:
-        summaries = _run_model(ctx, contexts)
-    if ctx.task.stage != layout.EVAL_GROUP:
-        return summaries[id(ctx)]
-    wall = time.time() - start
-    for c in contexts:
-        finish(c.task, ctx.results, summaries[id(c)] | {"pass": ctx.task.id}, ctx.device, wall)
-    return {"members": [c.task.id for c in contexts]}
+        return {id(c): _run_synthetic(c) for c in contexts}
+    return _run_model(ctx, contexts)
 
 
 def _run_model(ctx, contexts: list) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tcspec.plan import file_hashes
+from tcspec.checksums import file_hashes
 from tcspec.vocab import CLT
 
 

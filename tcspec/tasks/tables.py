@@ -6,6 +6,7 @@ always shows exactly the current spec's tables."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 from tcspec import atomic, layout
@@ -42,6 +43,25 @@ def run(ctx) -> dict:
     return {"records": len(records), "files": [Path(p).name for p in written]}
 
 
+def publish_experiment(plan, results: Path) -> None:
+    """After a run: show the spec's tables and exports in results/<experiment>/ (the
+    Snakefile's ``onsuccess``); a damaged task is marked not done, not shown."""
+    from tcspec.tasks.integrity import DamagedInput, verify
+
+    experiment = plan.spec.experiment
+    shown = [(t, layout.TABLES, layout.tables_dir(results, experiment))
+             for t in plan.stage("tables")]  # fmt: skip
+    shown += [(t, layout.EXPORT, layout.export_dir(results, experiment, t.config.to))
+              for t in plan.stage("export")]  # fmt: skip
+    for t, folder, where in shown:
+        try:  # the next run rebuilds it
+            verify(t.dir(results), by="publishing")
+        except DamagedInput as exc:
+            print(f"tcspec: not published: {exc}", file=sys.stderr)
+            continue
+        publish(t.dir(results) / folder, where)
+
+
 def publish(built: Path, shown: Path) -> bool:
     """Make ``shown`` an exact copy of ``built`` (atomically); False when it already is."""
     if not built.is_dir() or _same_tree(built, shown):
@@ -62,8 +82,8 @@ def _same_tree(a: Path, b: Path) -> bool:
 
 def training_curves(ctx) -> list:
     """The curve in `training.json` of every trained dictionary the evaluations splice."""
+    from tcspec.plan.store import load_task
     from tcspec.tables.curves import Curve
-    from tcspec.tasks import load_task
 
     curves = {}
     for task in ctx.deps_of("evaluate"):

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from tcspec.cli import _parser, main
 from tcspec.dictionaries import coders
 from tcspec.plan import compile_plan
+from tcspec.plan.store import save_task
 from tcspec.spec.loader import load_spec
-from tcspec.tasks import save_task
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "tests" / "specs" / "valid" / "minimal.yaml"

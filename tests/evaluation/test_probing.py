@@ -20,6 +20,7 @@ from tcspec.evaluation.probing import (
     top_latents,
 )
 from tcspec.models.corpus import FAMILIES, TEXT_FAMILY, family_documents
+from tcspec.plan.stages import STAGES
 from tcspec.spec import ProbeDataSpec
 
 
@@ -116,8 +117,9 @@ def test_probe_stage_tabulates_the_raw_reference_row(micro_attribution_run, tmp_
 
     from tcspec import layout
     from tcspec.plan import compile_plan
+    from tcspec.plan.store import save_task
     from tcspec.spec.loader import load_spec
-    from tcspec.tasks import run_task, save_task
+    from tcspec.tasks import run_task
 
     results, _ = micro_attribution_run
     spec = yaml.safe_load(
@@ -133,7 +135,7 @@ def test_probe_stage_tabulates_the_raw_reference_row(micro_attribution_run, tmp_
         save_task(results, t)
     todo = [t for t in plan.tasks.values() if not t.done(results).exists()]
     assert sorted(t.stage for t in todo) == ["probe", "tables"]
-    for t in sorted(todo, key=lambda t: layout.STAGES.index(t.stage)):
+    for t in sorted(todo, key=lambda t: STAGES.index(t.stage)):
         run_task(t, results, device="cpu")
     table = (layout.tables_dir(results, "micro-probe") / "sparse_probing.csv").read_text()
     rows = [r.split(",") for r in table.splitlines()]

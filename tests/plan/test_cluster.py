@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 import harness  # noqa: E402
 from harness import CLUSTER_PROFILE, MICRO, ROOT  # noqa: E402
 
-from tcspec import layout  # noqa: E402
+from tcspec.plan.stages import STAGES  # noqa: E402
 
 GPT2_SMALL = ROOT / "specs" / "paper" / "gpt2_small.yaml"
 
@@ -166,7 +166,7 @@ def dry_run_jobs(spec: Path, tmp_path: Path, *config: str) -> list[tuple[str, st
     for block in re.split(r"\n(?=\s*rule \w+:)", out):
         rule = re.match(r"\s*rule (\w+):", block)
         res = re.search(r"^\s+resources: (.*)$", block, re.M)
-        if rule and res and rule.group(1) not in ("all", *layout.STAGES):
+        if rule and res and rule.group(1) not in ("all", *STAGES):
             wildcard = re.search(r"^\s+wildcards: id=(\S+)$", block, re.M)
             fields = dict(kv.split("=", 1) for kv in res.group(1).split(", "))
             jobs.append((rule.group(1), wildcard and wildcard.group(1), fields))

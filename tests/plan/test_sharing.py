@@ -27,6 +27,7 @@ import harness  # noqa: E402
 from harness import MICRO, snakemake  # noqa: E402
 
 from tcspec import layout  # noqa: E402
+from tcspec.plan.stages import PASSES, STAGES  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ def status_tasks(results: Path, spec: Path) -> set[tuple[str, str]]:
         cwd=harness.ROOT, env=harness.env(), capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rows = [line.split(None, 2) for line in out.splitlines()]
-    rows = [r for r in rows if r and r[0] in layout.STAGES]
+    rows = [r for r in rows if r and r[0] in STAGES]
     return {(r[0], r[1]) for r in rows if len(r) == 3 and not r[2].startswith("done")}
 
 
@@ -235,7 +236,7 @@ def test_clean_lists_and_removes_what_no_given_spec_needs(shared, tmp_path):
     assert clean(str(MICRO), str(b)).splitlines()[-1].startswith("0 of ")
     listed = clean(str(MICRO))
     rows = {tuple(line.split()) for line in listed.splitlines()[:-1]}
-    assert {(s, i) for s, i in rows if s not in layout.PASS_MEMBERS} == only_b
+    assert {(s, i) for s, i in rows if s not in PASSES} == only_b
     assert "remove with --yes" in listed
     a_dirs = [str(t.dir(results)) for t in plan_a.tasks.values()]
     before = {k: v for k, v in snapshot(results).items() if k.startswith(tuple(a_dirs))}

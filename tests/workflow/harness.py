@@ -62,16 +62,14 @@ def plan(spec: Path = MICRO):
 def job_of(task, spec: Path = MICRO):
     """The job that runs ``task``: itself, or for a train (evaluate) task the training
     (evaluation) pass of its whole group (what a fresh run starts)."""
-    from tcspec.plan import eval_group_task, group_task
+    from tcspec.plan import pass_task
 
-    if task.stage not in ("train", "evaluate"):
-        return task
     p = plan(spec)
-    groups, make = (
-        (p.groups, group_task) if task.stage == "train" else (p.eval_groups, eval_group_task)
-    )
+    groups = p.member_groups().get(task.stage)
+    if groups is None:
+        return task
     (ids,) = [g for g in groups if task.id in g]
-    return make([p.get(task.stage, i) for i in ids], p)
+    return pass_task([p.get(task.stage, i) for i in ids], p)
 
 
 def task_of(stage: str, spec: Path = MICRO):
@@ -130,7 +128,7 @@ def task_cmd(stage: str, task_id: str, results: Path, spec: Path = MICRO) -> lis
 def store(results: Path, spec: Path = MICRO) -> None:
     """Store every task's config of the spec, and its fresh training and evaluation
     passes', as building the DAG does."""
-    from tcspec.tasks import save_task
+    from tcspec.plan.store import save_task
 
     p = plan(spec)
     passes = [job_of(p.get("train", g[0]), spec) for g in p.groups]

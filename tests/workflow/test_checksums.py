@@ -125,8 +125,8 @@ def test_a_record_that_is_not_finish_s_is_damage(task, text):
 
 def test_a_damaged_stored_config_is_stored_again(tmp_path):
     from tcspec.plan import compile_plan
+    from tcspec.plan.store import load_task, save_task
     from tcspec.spec.loader import load_spec
-    from tcspec.tasks import load_task, save_task
 
     plan = compile_plan(load_spec(layout.Path(__file__).parents[1] / "workflow" / "micro.yaml"))
     t = plan.stage("train")[0]

@@ -19,10 +19,12 @@ import torch
 from tcspec import layout
 from tcspec.dictionaries import clt_io
 from tcspec.models.hooks import full_name
-from tcspec.plan import clt_shape, compile_plan, group_task
+from tcspec.plan import compile_plan, group_task
 from tcspec.plan.cost import clt_cost
+from tcspec.plan.stages import STAGES
+from tcspec.plan.store import save_task
 from tcspec.spec.loader import SpecError, load_spec, parse_spec
-from tcspec.tasks import run_task, save_task
+from tcspec.tasks import run_task
 from tcspec.training import CHECKPOINT
 from tcspec.vocab import TRAINING_FILE
 from tests.pages_check import assert_pages_complete, browser, click_every_feature, needs_chromium
@@ -44,7 +46,7 @@ def test_plan_has_one_clt_task_per_sweep_point():
     assert [t.config.opts.k for t in swept.stage("clt")] == [4, 8]
     assert clt.config.layers == (0, 1) and clt.config.d_sae == 64 and clt.config.steps == 128
     assert all(clt.id not in g for g in plan.groups)  # its own loop, not a training pass
-    cost = clt_cost(clt_shape(clt.config), 64, 128)
+    cost = clt_cost(clt.config.shape(), 64, 128)
     assert clt.resources["flops"] == cost.flops and clt.resources["params"] == cost.params
     # 2 layers x (32 x 64 encoder) + 64 x 32 x 3 decoder blocks + biases
     assert cost.params == 2 * 32 * 64 + 64 * 32 * 3 + 2 * 64 + 2 * 32
@@ -74,7 +76,7 @@ def run_plan(plan, results: Path) -> None:
     for t in [*plan.tasks.values(), *(group_task([plan.get("train", i) for i in g], plan)
                                       for g in plan.groups)]:  # fmt: skip
         save_task(results, t)
-    for stage in layout.STAGES:
+    for stage in STAGES:
         if stage == "train":
             for g in plan.groups:
                 run_task(group_task([plan.get("train", i) for i in g], plan), results, "cpu")
@@ -177,7 +179,7 @@ def test_interrupted_clt_task_resumes_bitwise(micro_clt_run, tmp_path):
 
     plan, results = micro_clt_run
     (clt,) = plan.stage("clt")
-    c, shape = clt.config, clt_shape(clt.config)
+    c, shape = clt.config, clt.config.shape()
     fresh = tmp_path / "results"
     shutil.copytree(results, fresh, ignore=shutil.ignore_patterns("clt-L0-1-*"))
     (acts,) = plan.stage("acts")

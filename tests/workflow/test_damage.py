@@ -209,7 +209,7 @@ def test_a_plain_rerun_rebuilds_what_jobs_found_damaged(copy, micro_attribution_
 def test_damaged_tables_are_not_published(copy, capsys):
     """After a run, a damaged tables task is not copied to results/<experiment>/tables/: the
     run says so in one line and marks it not done, so the next run rebuilds it."""
-    from tcspec.plan.workflow import Workflow
+    from tcspec.tasks.tables import publish_experiment
 
     results, plan = copy
     (task,) = plan.stage("tables")
@@ -217,7 +217,7 @@ def test_damaged_tables_are_not_published(copy, capsys):
     shown = layout.tables_dir(results, plan.spec.experiment) / built.name
     before = shown.read_bytes()
     overwrite(built)
-    Workflow(str(SPEC), str(results)).publish()
+    publish_experiment(plan, results)
     line = one_line(capsys.readouterr().err)
     assert line.startswith(f"tcspec: not published: damaged input {built}: "), line
     assert f"made by tables {task.id}" in line and not task.done(results).exists()

@@ -261,12 +261,12 @@ def partial_training(results: Path, stop_after: int) -> Path:
     """Train the micro transcoder until batch ``stop_after`` fails to arrive (a crash), so
     that the checkpoint of step 16 is left behind; returns its path."""
     from tcspec.data.cache import ActivationReader
-    from tcspec.tasks import train as train_task
+    from tcspec.tasks import group as group_run
     from tcspec.training import train_group
 
     task, _, ctx = context(results, "train")
     harness.remove_task(results, "train", task.id)
-    group = [train_task.member(ctx, task)]
+    group = [group_run.member(ctx, task)]
     keys = sorted({k for m in group for k in (m.in_key, m.out_key)})
     reader = ActivationReader(
         ctx.dep_dir("acts") / "cache", keys, batch_size=64, seed=task.config.data_seed

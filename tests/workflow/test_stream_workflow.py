@@ -15,7 +15,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 import harness  # noqa: E402
 
-from tcspec.tasks import run_task, save_task  # noqa: E402
+from tcspec.plan.store import save_task  # noqa: E402
+from tcspec.tasks import run_task  # noqa: E402
 
 STREAM = harness.WORKFLOW / "micro_stream.yaml"
 

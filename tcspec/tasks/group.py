@@ -37,7 +37,7 @@ def hooks(tasks) -> list[str]:
 
 def reads(task, results) -> dict:
     """What a pass reads of its activation cache: its members' hooks only."""
-    from tcspec.tasks import load_task
+    from tcspec.plan.store import load_task
 
     if "acts" not in task.deps:
         return {}
@@ -49,7 +49,8 @@ def reads(task, results) -> dict:
 
 
 def run(ctx) -> dict:
-    from tcspec.tasks import finish, load_task
+    from tcspec.plan.store import load_task
+    from tcspec.tasks import finish
     from tcspec.training import train_group
 
     start = time.time()
