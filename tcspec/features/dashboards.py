@@ -1,6 +1,6 @@
 """Static HTML feature dashboards and the blind rating packet (no server: open from disk).
 
-A dashboard site, built from a feature-statistics folder (`tcspec.features.stats.save_stats`):
+A dashboard site, built from a feature-statistics folder (`tcspec.features.files.save_stats`):
 
     index.html           the dictionary's summary, a histogram of log10 feature density,
                          and a table of the features with pages, filtered by a search box
@@ -222,7 +222,7 @@ def _band_colors(n_bins: int, bands: int) -> list[str]:
 def build_dashboard(stats_dir: Path, out_dir: Path, title: str | None = None) -> Path:
     """Write the dashboard site of the statistics in `stats_dir` into `out_dir`; returns
     the index path. Pages are made for the features listed in its features.json `pages`."""
-    from tcspec.features.stats import load_stats
+    from tcspec.features.files import load_stats
 
     stats = load_stats(stats_dir)
     t, meta, vocab = stats.tensors, stats.meta, stats.vocab

@@ -23,8 +23,7 @@ needs no encoding) and its hook inputs (for the contexts), each only while it fi
 `cache_mb`; otherwise they are recomputed (the model run again).
 
 Input-invariant views (`logit_effects`, `deembeddings`) live in `tcspec.features.views`, the
-folder format (`save_stats`, `load_stats`) in `tcspec.features.files`; both are re-exported
-here.
+folder format (`save_stats`, `load_stats`) in `tcspec.features.files`.
 """
 
 from __future__ import annotations
@@ -40,18 +39,6 @@ from torch import Tensor
 
 from tcspec.data.positions import keep_mask
 from tcspec.dictionaries.coders import Coder
-
-# re-exported: the interp stage and the dashboards reach them through this module
-from tcspec.features.files import WRITE_BLOCKS as WRITE_BLOCKS
-from tcspec.features.files import WRITE_NORMS as WRITE_NORMS
-from tcspec.features.files import LoadedStats as LoadedStats
-from tcspec.features.files import load_stats as load_stats
-from tcspec.features.files import save_stats as save_stats
-from tcspec.features.views import add_input_invariant as add_input_invariant
-from tcspec.features.views import deembeddings as deembeddings
-from tcspec.features.views import logit_effects as logit_effects
-from tcspec.features.views import top_bottom as top_bottom
-from tcspec.features.views import vocab_strings as vocab_strings
 
 HookInputs = Callable[[Tensor], Tensor]
 """tokens [B, T] (int64) -> the dictionary's input activations [B, T, d_in]."""

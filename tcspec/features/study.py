@@ -128,10 +128,10 @@ def feature_proxies(examples: pd.DataFrame, r2: dict[int, float], features: Sequ
 # -------------------------------------------------------------------------------- packet
 def build_study(feature_dirs: Sequence[Path], out_dir: Path, n: int, seed: int) -> dict:
     """Write the blind packet, the key and the proxies of the features tasks in
-    `feature_dirs` (folders written by `tcspec.features.stats.save_stats` with a `study` list in
+    `feature_dirs` (folders written by `tcspec.features.files.save_stats` with a `study` list in
     their features.json) into `out_dir`. Returns a summary."""
     from tcspec.features import dashboards
-    from tcspec.features.stats import load_stats
+    from tcspec.features.files import load_stats
 
     entries, dictionaries = [], {}
     for folder in feature_dirs:

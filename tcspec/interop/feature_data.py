@@ -12,7 +12,7 @@ Cantor pairing of (layer, feature index) that its graph files use for transcoder
 The local server serves its data folder under `./data/`, so a set exported with
 `scan: ./data/features/<name>` finds pages written to `<data dir>/features/<name>/`.
 
-The input is a folder written by `tcspec.features.stats.save_stats`: `hist` [d_sae, n_bins] over
+The input is a folder written by `tcspec.features.files.save_stats`: `hist` [d_sae, n_bins] over
 (0, max], `max`, `frequency`, optional `logit_{top,bottom}_ids`, and the examples (top and
 per-band random ones, with context) of the page features.
 """
@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from tcspec.atomic import write_text
-from tcspec.features.stats import LoadedStats, load_stats, quantiles_from_hist
+from tcspec.features.files import LoadedStats, load_stats
+from tcspec.features.stats import quantiles_from_hist
 
 PERCENTILES = [i / 100 for i in range(1, 101)]
 """`quantile_values` holds the 1st..100th percentiles: the viewer reports an activation's

@@ -29,6 +29,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens import loading_from_pretrained as loading
 
 from tcspec.atomic import read_json, write_json
+from tcspec.checksums import file_checksum
 from tcspec.models.tokenizer import load_tokenizer
 from tcspec.vocab import CFG_FILE, WEIGHTS_FILE
 
@@ -165,9 +166,7 @@ def load_toy(model_dir: Path, device: str = "cpu", dtype: torch.dtype = torch.fl
     )
     weights = Path(model_dir) / WEIGHTS_FILE
     if "weights_xxh3" in meta:
-        from tcspec.models.toy import weights_checksum
-
-        if weights_checksum(weights) != meta["weights_xxh3"]:
+        if file_checksum(weights) != meta["weights_xxh3"]:
             raise ValueError(f"{weights}: checksum differs from model.json's; the file is damaged")
     state_dict = load_file(str(weights))
     return _build(cfg, load_tokenizer(Path(model_dir)), state_dict, device)

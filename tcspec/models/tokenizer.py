@@ -17,6 +17,9 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from tcspec.models.corpus import toy_documents
+from tcspec.models.recipes import get_recipe
+
 BOS = "<|endoftext|>"
 DIGIT_PAIRS = tuple(f"{i:02d}" for i in range(100))
 
@@ -133,3 +136,11 @@ def target_token_id(tokenizer, text: str) -> int:
             "a target must be exactly one token"
         )
     return ids[0]
+
+
+def recipe_tokenizer(recipe: str, seed: int) -> PreTrainedTokenizerFast:
+    """The tokenizer of a toy model of ``recipe`` trained with ``seed`` (deterministic: the
+    same BPE is trained on the same documents)."""
+    rec = get_recipe(recipe)
+    mix = dict(task_fraction=rec.task_fraction, family_weights=rec.family_weights)
+    return train_tokenizer(toy_documents(seed, **mix), rec.vocab_size)

@@ -49,6 +49,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
 from tcspec.atomic import atomic_write, write_bytes, write_json
+from tcspec.checksums import file_checksum
 from tcspec.circuits.greater_than import PAPER_YY, greater_than_score, year_token_ids
 from tcspec.models.corpus import (
     held_out_yy,
@@ -64,7 +65,7 @@ from tcspec.models.load import (
     quiet_deprecation,
 )
 from tcspec.models.recipes import RECIPES, ToyRecipe, ToyTraining, get_recipe  # noqa: F401
-from tcspec.models.tokenizer import save_tokenizer, train_tokenizer
+from tcspec.models.tokenizer import recipe_tokenizer, save_tokenizer
 from tcspec.vocab import WEIGHTS_FILE
 
 # ----------------------------------------------------------------------------- data
@@ -176,18 +177,11 @@ def sinusoidal_positions(n_ctx: int, d_model: int) -> Tensor:
     return codes
 
 
-def weights_checksum(path: Path) -> str:
-    """xxh3-128 of a weights file, recorded in model.json and checked on every load."""
-    import xxhash
-
-    return xxhash.xxh3_128_hexdigest(Path(path).read_bytes())
-
-
 def _write_atomic(out_dir: Path, model: HookedTransformer, tokenizer, meta: dict) -> None:
     """Weights and tokenizer first, then ``model.json`` last (each file atomically)."""
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     atomic_write(out_dir / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
-    meta["weights_xxh3"] = weights_checksum(out_dir / WEIGHTS_FILE)
+    meta["weights_xxh3"] = file_checksum(out_dir / WEIGHTS_FILE)  # checked on every load
     with tempfile.TemporaryDirectory() as tmp:
         for path in save_tokenizer(tokenizer, Path(tmp)):
             write_bytes(out_dir / path.name, path.read_bytes())
@@ -283,14 +277,6 @@ def _train_steps(model, train: Tensor, opt_cfg: ToyTraining, fixed, bar: tqdm) -
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     return loss.item()
-
-
-def recipe_tokenizer(recipe: str, seed: int) -> PreTrainedTokenizerFast:
-    """The tokenizer of a toy model of ``recipe`` trained with ``seed`` (deterministic: the
-    same BPE is trained on the same documents)."""
-    rec = get_recipe(recipe)
-    mix = dict(task_fraction=rec.task_fraction, family_weights=rec.family_weights)
-    return train_tokenizer(toy_documents(seed, **mix), rec.vocab_size)
 
 
 def train_toy_model(

@@ -53,7 +53,8 @@ from tcspec.plan.stages import EVAL_GROUP, GROUP, PASS_OF
 from tcspec.plan.stream import split_passes, stream_shape, stream_source
 from tcspec.plan.task import Plan, Task, make_task, safe_name, task_id  # noqa: F401
 from tcspec.spec import SWEEP_FIELDS, DictionaryRef, InterpSpec, Spec
-from tcspec.spec.checks import dictionary_hooks, model_dims
+from tcspec.spec.checks import model_dims
+from tcspec.spec.dictionaries import dictionary_hooks
 from tcspec.vocab import CLT, d_sae_of
 
 DEFAULT_STREAM_BUDGET_MB = 40_000

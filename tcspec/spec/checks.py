@@ -15,7 +15,8 @@ from tcspec.atomic import read_json
 from tcspec.dictionaries.families import FAMILIES
 from tcspec.models import catalog
 from tcspec.models.hooks import BLOCK_HOOKS, SYNTHETIC_HOOKS, hook_width
-from tcspec.spec import SWEEP_FIELDS, CLTSpec, Spec, TranscoderSpec, prechecks
+from tcspec.spec import SWEEP_FIELDS, Spec, prechecks
+from tcspec.spec.dictionaries import dictionary_hooks
 from tcspec.vocab import CLT, TRANSCODER_KINDS, d_sae_of
 
 Found = Iterator[tuple[tuple, str]]
@@ -147,13 +148,6 @@ def _model_settings(path: Path) -> dict:
     if "cfg" in cfg and not isinstance(cfg["cfg"], dict):
         raise DimsUnknown(f"{path} is not a JSON object of model settings")
     return cfg
-
-
-def dictionary_hooks(d) -> tuple[str, str]:
-    """(in_hook, out_hook) relative to the block; equal for an SAE."""
-    if isinstance(d, (TranscoderSpec, CLTSpec)):
-        return d.in_hook, d.out_hook
-    return d.hook, d.hook
 
 
 def check_spec(spec: Spec) -> list[tuple[tuple, str]]:
@@ -581,4 +575,4 @@ def _as_list(v) -> list:
     return v if isinstance(v, list) else [v]
 
 
-__all__ = ["BLOCK_HOOKS", "check_spec", "model_dims", "dictionary_hooks", "DimsUnknown"]
+__all__ = ["BLOCK_HOOKS", "check_spec", "model_dims", "DimsUnknown"]

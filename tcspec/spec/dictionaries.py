@@ -439,3 +439,10 @@ DictionarySpec = Annotated[
     Union[TranscoderSpec, SkipTranscoderSpec, SAESpec, PretrainedDictionarySpec, CLTSpec],
     Field(discriminator="kind"),
 ]
+
+
+def dictionary_hooks(d) -> tuple[str, str]:
+    """(in_hook, out_hook) relative to the block; equal for an SAE."""
+    if isinstance(d, (TranscoderSpec, CLTSpec)):
+        return d.in_hook, d.out_hook
+    return d.hook, d.hook

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 from tcspec.models.hooks import hook_width
 from tcspec.spec import DictionaryRef, Spec
+from tcspec.spec.dictionaries import dictionary_hooks
 from tcspec.vocab import CLT
 
 Found = Iterator[tuple[tuple, str]]
@@ -40,7 +41,7 @@ def check_exports(spec: Spec, dims: dict) -> Found:
             if d.kind == CLT and not named and e.to != "circuit-tracer":
                 continue  # exporting every dictionary writes a CLT to circuit-tracer only
             activation = getattr(d, "activation", "relu")
-            in_hook, out_hook = _hooks(d)
+            in_hook, out_hook = dictionary_hooks(d)
             d_in, d_out = hook_width(in_hook, dims), hook_width(out_hook, dims)
             why = refusal(e.to, d.kind, activation, d_in, d_out)
             hint = (
@@ -54,12 +55,6 @@ def check_exports(spec: Spec, dims: dict) -> Found:
             if why:
                 what = f"`{ref.name}` ({d.kind}, {activation})"
                 yield loc, f"cannot export {what} to {e.to}: {why}{hint}"
-
-
-def _hooks(d) -> tuple[str, str]:
-    from tcspec.spec.checks import dictionary_hooks
-
-    return dictionary_hooks(d)
 
 
 # ------------------------------------------------------------------------------ targets
@@ -108,6 +103,6 @@ def model_tokenizer(spec: Spec):
 @functools.lru_cache(maxsize=4)
 def toy_tokenizer(recipe: str, seed: int):
     """The toy model's tokenizer, trained as the model task trains it (deterministic)."""
-    from tcspec.models.toy import recipe_tokenizer
+    from tcspec.models.tokenizer import recipe_tokenizer
 
     return recipe_tokenizer(recipe, seed)

@@ -64,7 +64,7 @@ def write_pages(ctx, model, coders, kept: dict[int, set[int]], label: str) -> in
     `layout.CT_FEATURES`/<label>/), and the viewer's feature cards (`layout.GRAPH_CARDS`:
     circuit-tracer's page of each feature, its automatic label and, for a CLT, where it
     writes). Returns the number of pages."""
-    from tcspec.features.stats import load_stats
+    from tcspec.features.files import load_stats
     from tcspec.interop.feature_data import feature_pages
     from tcspec.interop.feature_data import write_pages as write_ct_pages
     from tcspec.tasks import interp as interp_task

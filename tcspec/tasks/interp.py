@@ -70,7 +70,7 @@ def write_site(model, view, tokens, stats_cfg, choose_pages, out, title, meta_of
     ``out/DASHBOARD``. ``view``: (the coder, its input hook, and for a CLT layer where each
     feature writes, else None); ``meta_of(stats)`` describes them. Returns (the statistics,
     the dashboard's index page)."""
-    from tcspec.features import dashboards
+    from tcspec.features import dashboards, files, views
     from tcspec.features import stats as interp
 
     coder, in_hook, norms = view
@@ -78,13 +78,13 @@ def write_site(model, view, tokens, stats_cfg, choose_pages, out, title, meta_of
         coder, interp.model_hook_inputs(model, in_hook), tokens, model.cfg.d_vocab, stats_cfg,
         choose_pages,
     )  # fmt: skip
-    interp.add_input_invariant(stats, coder, model)
+    views.add_input_invariant(stats, coder, model)
     stats.meta = meta_of(stats)
     if norms is not None:  # a CLT layer's features: where each writes
-        stats.tensors[interp.WRITE_NORMS], blocks = norms
-        stats.meta[interp.WRITE_BLOCKS] = blocks
-    vocab = interp.vocab_strings(model.tokenizer, model.cfg.d_vocab)
-    interp.save_stats(stats, out / layout.STATS, vocab)
+        stats.tensors[files.WRITE_NORMS], blocks = norms
+        stats.meta[files.WRITE_BLOCKS] = blocks
+    vocab = views.vocab_strings(model.tokenizer, model.cfg.d_vocab)
+    files.save_stats(stats, out / layout.STATS, vocab)
     return stats, dashboards.build_dashboard(out / layout.STATS, out / layout.DASHBOARD, title)
 
 

@@ -16,7 +16,8 @@ import torch
 
 from tcspec.dictionaries.coders import Coder, CoderConfig
 from tcspec.features.dashboards import PacketItem, build_dashboard, example_rows, render_packet
-from tcspec.features.stats import StatsConfig, feature_statistics, load_stats, save_stats
+from tcspec.features.files import load_stats, save_stats
+from tcspec.features.stats import StatsConfig, feature_statistics
 
 torch.set_num_threads(1)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -10,20 +10,16 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tcspec.dictionaries.coders import Coder, CoderConfig
+from tcspec.features.files import load_stats, save_stats
 from tcspec.features.stats import (
     BottomK,
     StatsConfig,
-    add_input_invariant,
-    deembeddings,
     feature_statistics,
-    load_stats,
-    logit_effects,
     model_hook_inputs,
     quantiles_from_hist,
-    save_stats,
     token_r2,
 )
-from tcspec.features.views import deembedding
+from tcspec.features.views import add_input_invariant, deembedding, deembeddings, logit_effects
 
 torch.set_num_threads(1)
 V, D, T, ROWS, F = 40, 8, 10, 24, 32

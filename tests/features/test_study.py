@@ -18,7 +18,8 @@ import torch
 from tcspec import layout
 from tcspec.dictionaries.coders import Coder, CoderConfig
 from tcspec.features import study
-from tcspec.features.stats import StatsConfig, feature_statistics, save_stats
+from tcspec.features.files import save_stats
+from tcspec.features.stats import StatsConfig, feature_statistics
 from tcspec.features.study import (
     build_study,
     cohen_kappa,

@@ -469,7 +469,8 @@ def test_the_papers_pt_layout_loads_without_running_its_pickle(tmp_path, monkeyp
 # ---------------------------------------------------------------- circuit-tracer pages
 def _feature_pages(tmp_path):
     """Feature pages of features 0, 3 and 5 of a layer-1 transcoder, and their statistics."""
-    from tcspec.features.stats import StatsConfig, feature_statistics, save_stats
+    from tcspec.features.files import save_stats
+    from tcspec.features.stats import StatsConfig, feature_statistics
 
     coder = make_coder("transcoder", layer=1)
     V, T = 30, 12

@@ -237,7 +237,7 @@ def test_interp_studies_each_clt_layer_and_a_layer_selects_one():
 
 def test_clt_dashboards_show_where_each_feature_writes(micro_clt_run):
     from tcspec.dictionaries.clt_views import write_norms
-    from tcspec.features.stats import WRITE_BLOCKS, WRITE_NORMS, load_stats
+    from tcspec.features.files import WRITE_BLOCKS, WRITE_NORMS, load_stats
 
     plan, results = micro_clt_run
     (clt,) = plan.stage("clt")
