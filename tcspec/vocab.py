@@ -78,6 +78,8 @@ KEEP_TOP_K_FILE = "keep_top_k.csv"
 """A greater-than case study's keep-top-k curve (every transcoder layer)."""
 KEEP_TOP_K_PLOT = "keep_top_k.png"
 """The keep-top-k curve's plot."""
+CT_CONFIG = "config.yaml"
+"""A circuit-tracer folder's config (a transcoder set's or a cross-layer transcoder's)."""
 
 
 def d_sae_of(d_in: int, d_sae: int | None, expansion: int | None) -> int:

@@ -34,10 +34,8 @@ from tcspec import vocab
 from tcspec.atomic import atomic_dir, atomic_write, write_json
 from tcspec.dictionaries.clt import CLT, CLTConfig
 from tcspec.dictionaries.families import family
-from tcspec.vocab import CFG_FILE, WEIGHTS_FILE
+from tcspec.vocab import CFG_FILE, CT_CONFIG, WEIGHTS_FILE
 
-CT_CONFIG = "config.yaml"
-"""A circuit-tracer folder's config (a transcoder set's or a cross-layer transcoder's)."""
 CT_KIND = "cross_layer_transcoder"
 CT_ENC = re.compile(r"^W_enc_(\d+)\.safetensors$")
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import yaml
 
-from tcspec.dictionaries.clt_io import CT_CONFIG
 from tcspec.dictionaries.coders import Coder
 from tcspec.dictionaries.families import FAMILIES
 from tcspec.interop.tensors import (
@@ -28,6 +27,7 @@ from tcspec.interop.tensors import (
     transcoder_biases,
 )
 from tcspec.models.hooks import block_name
+from tcspec.vocab import CT_CONFIG
 
 CT_LAYER = re.compile(r"^layer_(\d+)\.safetensors$")
 

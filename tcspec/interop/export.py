@@ -49,11 +49,10 @@ from tcspec.atomic import atomic_write as _atomic
 from tcspec.atomic import write_json
 from tcspec.dictionaries.coders import Coder
 from tcspec.dictionaries.families import family, names
-from tcspec.interop.circuit_tracer import CT_CONFIG
 from tcspec.interop.formats import MARKERS
 from tcspec.interop.tensors import PRE_BIAS_FILE, fold_pre_bias, pre_bias_tensors
 from tcspec.models.hooks import split_name
-from tcspec.vocab import CLT, EXPORT_TARGETS, ExportTarget
+from tcspec.vocab import CLT, CT_CONFIG, EXPORT_TARGETS, ExportTarget
 
 # The SAELens config layout written here: version 6 (fields at the top, model and hook facts
 # under `metadata`). SAELens reads `metadata.sae_lens_version` to choose how to parse a config.

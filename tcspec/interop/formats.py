@@ -41,7 +41,7 @@ from tcspec.atomic import read_json
 from tcspec.dictionaries import coders
 from tcspec.dictionaries.coders import Coder, CoderConfig
 from tcspec.dictionaries.families import FAMILIES
-from tcspec.interop.circuit_tracer import CT_CONFIG, CT_LAYER, load_circuit_tracer
+from tcspec.interop.circuit_tracer import CT_LAYER, load_circuit_tracer
 from tcspec.interop.gemma_scope import GEMMA_FILES, load_gemma_scope
 from tcspec.interop.safe_pickle import PickledRecord, load_checkpoint
 from tcspec.interop.tensors import (
@@ -58,7 +58,7 @@ from tcspec.interop.tensors import (
     take_threshold,
     transcoder_biases,
 )
-from tcspec.vocab import CFG_FILE, FORMATS, KINDS, WEIGHTS_FILE
+from tcspec.vocab import CFG_FILE, CT_CONFIG, FORMATS, KINDS, WEIGHTS_FILE
 
 # marker files of the folder formats (tcspec's own, and the names the other tools give them)
 MARKERS: dict[str, tuple[str, str]] = {

@@ -9,7 +9,7 @@ from tcspec.checksums import file_hashes
 from tcspec.models.hooks import full_name
 from tcspec.plan.configs import IMPORTED_MEMBER, ImportedMemberConfig
 from tcspec.plan.task import Task, make_task
-from tcspec.vocab import CLT
+from tcspec.vocab import CLT, CT_CONFIG
 
 
 def import_task(name: str, d, layer: int) -> Task:
@@ -31,7 +31,7 @@ def is_clt_folder(d) -> bool:
     transcoder folder (one dictionary over all its layers, imported by one task)."""
     if d.kind != "pretrained" or d.repo is not None or d.format not in ("auto", "circuit-tracer"):
         return False
-    from tcspec.dictionaries.clt_io import CT_CONFIG, read_ct_clt_config
+    from tcspec.dictionaries.clt_io import read_ct_clt_config
 
     try:
         return (Path(d.path) / CT_CONFIG).is_file() and bool(read_ct_clt_config(d.path))
