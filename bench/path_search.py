@@ -51,8 +51,8 @@ def tiny_setup(n_prompts: int, d_sae: int, seq: int = 13):
 
 
 def load_setup(model_dir: str, coder_args: list[str], n_prompts: int):
-    from tcspec.circuits.greater_than import PAPER_YY, greater_than_prompts, spread_yy
     from tcspec.dictionaries.coders import load
+    from tcspec.models.greater_than import PAPER_YY, greater_than_prompts, spread_yy
     from tcspec.models.load import load_model
 
     model = load_model(model_dir, "cpu")

@@ -63,6 +63,10 @@ EXPORT_TARGETS = ("saelens", "sparsify", "circuit-tracer")
 
 ExportTarget = Literal[EXPORT_TARGETS]  # type: ignore[valid-type]
 
+YY_SLOT = "YY"
+"""What a greater-than prompt template holds in place of the two-digit start year
+(`The war lasted from 17YY to 17`)."""
+
 # ------------------------------------------------------------------------------- files
 CFG_FILE = "cfg.json"
 """A tcspec dictionary folder's (or TransformerLens model folder's) config."""

@@ -32,17 +32,17 @@ from tcspec.circuits.deembed import (
 )
 from tcspec.circuits.faithfulness import ablation_faithfulness
 from tcspec.circuits.graph.dictionaries import CrossLayer, Dictionaries, as_dictionaries
-from tcspec.circuits.greater_than import (
-    greater_than_prompts,
-    greater_than_root_weights,
-    two_digit_token_ids,
-    year_token_ids,
-)
 from tcspec.circuits.keep_top_k import Positions, keep_top_k, keep_top_k_summary, metric
 from tcspec.circuits.paths import Graph, build_graph, find_paths
 from tcspec.circuits.trace import Trace, Transcoders, splice_hooks
 from tcspec.dictionaries.clt_views import layer_coder, layer_index
 from tcspec.dictionaries.coders import Coder
+from tcspec.models.greater_than import (
+    greater_than_prompts,
+    greater_than_root_weights,
+    two_digit_token_ids,
+    year_token_ids,
+)
 from tcspec.models.hooks import full_name
 from tcspec.vocab import GREATER_THAN_FILE, KEEP_TOP_K_FILE, KEEP_TOP_K_PLOT
 

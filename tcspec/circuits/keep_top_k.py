@@ -19,7 +19,7 @@ and every later one the CLT spans) are replaced by the CLT's reconstruction ther
 source layer encoding its live input, with layer ``L``'s features outside the top ``k``
 zeroed. (Per-layer transcoders write their own layer only: the protocol above.)
 
-The metric is the mean probability difference of ``greater_than.py`` over the metric
+The metric is the mean probability difference of ``tcspec.models.greater_than`` over the metric
 prompts ``tokens`` (the notebook ranks over the start years 00..99 and scores 01..98).
 """
 
@@ -34,9 +34,9 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tcspec.circuits.graph.dictionaries import Dictionaries, PerLayer, as_dictionaries
-from tcspec.circuits.greater_than import prob_diff
 from tcspec.circuits.trace import Transcoders, splice_hooks
 from tcspec.dictionaries.coders import Coder
+from tcspec.models.greater_than import prob_diff
 from tcspec.models.hooks import full_name
 from tcspec.spec import KEEP_TOP_K_POSITIONS
 

@@ -50,13 +50,13 @@ from transformers import PreTrainedTokenizerFast
 
 from tcspec.atomic import atomic_write, write_bytes, write_json
 from tcspec.checksums import file_checksum
-from tcspec.circuits.greater_than import PAPER_YY, greater_than_score, year_token_ids
 from tcspec.models.corpus import (
     held_out_yy,
     iter_documents,
     toy_documents,
     train_yy,
 )
+from tcspec.models.greater_than import PAPER_YY, greater_than_score, year_token_ids
 from tcspec.models.hooks import full_name
 from tcspec.models.load import (
     MODEL_JSON,

@@ -36,7 +36,6 @@ from tcspec.spec.sources import (  # noqa: F401 (re-exported: the spec language'
 )
 from tcspec.spec.stages import (  # noqa: F401 (re-exported: the spec language's names)
     KEEP_TOP_K_POSITIONS,
-    YY_SLOT,
     CircuitEntry,
     CircuitSpec,
     DictionaryRef,

@@ -22,7 +22,7 @@ from tcspec.spec.base import (
 )
 from tcspec.tables.paper import REFERENCES
 from tcspec.tables.registry import DEFAULT_INCLUDE, TABLE_NAMES
-from tcspec.vocab import ExportTarget
+from tcspec.vocab import YY_SLOT, ExportTarget
 
 
 # ----------------------------------------------------------------------- downstream stages
@@ -136,8 +136,6 @@ class ProbeSpec(Frozen):
     """Tokens of a text read (BOS included; at most the model's n_ctx); longer texts are cut."""
 
 
-YY_SLOT = "YY"
-"""What a greater-than prompt template holds in place of the two-digit start year."""
 KEEP_TOP_K_POSITIONS = ("all", "last")
 """Where keep-top-k replaces the MLP: at every position (the paper) or the last one."""
 YearYY = Annotated[int, Field(ge=0, le=99)]

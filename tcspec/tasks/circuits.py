@@ -19,8 +19,8 @@ from tcspec.tasks import model as model_task
 
 def run(ctx) -> dict:
     from tcspec.circuits.case_study import greater_than_study
-    from tcspec.circuits.greater_than import PAPER_YY, spread_yy, year_token_ids
     from tcspec.models.corpus import held_out_yy
+    from tcspec.models.greater_than import PAPER_YY, spread_yy, year_token_ids
     from tcspec.models.load import read_model_json
     from tcspec.spec import start_years
     from tcspec.tasks.attribution import load_dictionaries

@@ -13,7 +13,11 @@ from tcspec.circuits.attribution import Attributor, Node, trace
 from tcspec.circuits.case_study import greater_than_study, studied_layer
 from tcspec.circuits.deembed import year_deembeddings
 from tcspec.circuits.faithfulness import ablation_faithfulness
-from tcspec.circuits.greater_than import (
+from tcspec.circuits.keep_top_k import Hooks, keep_top_k, keep_top_k_summary, replaced_positions
+from tcspec.circuits.paths import build_graph, find_paths
+from tcspec.dictionaries.coders import Coder, CoderConfig
+from tcspec.models.corpus import greater_than_sentence
+from tcspec.models.greater_than import (
     greater_than_prompts,
     greater_than_root_weights,
     prob_diff,
@@ -21,10 +25,6 @@ from tcspec.circuits.greater_than import (
     two_digit_token_ids,
     year_token_ids,
 )
-from tcspec.circuits.keep_top_k import Hooks, keep_top_k, keep_top_k_summary, replaced_positions
-from tcspec.circuits.paths import build_graph, find_paths
-from tcspec.dictionaries.coders import Coder, CoderConfig
-from tcspec.models.corpus import greater_than_sentence
 from tcspec.models.tokenizer import train_tokenizer
 
 torch.set_num_threads(1)
@@ -180,7 +180,7 @@ def gpt2_setup(tiny_gpt2_dir):
 
 
 def test_notebook_prompts_and_start_years(gpt2_setup, tmp_path):
-    from tcspec.circuits.greater_than import NOTEBOOK_TEMPLATE, NOTEBOOK_YY, prompt_text
+    from tcspec.models.greater_than import NOTEBOOK_TEMPLATE, NOTEBOOK_YY, prompt_text
 
     model, coders = gpt2_setup
     tok = model.tokenizer
@@ -379,7 +379,7 @@ def test_attention_candidates_ignore_the_bos_source(gpt2_setup):
 def test_the_paper_spec_asks_for_the_notebook_protocol():
     from pathlib import Path
 
-    from tcspec.circuits.greater_than import NOTEBOOK_RANK_YY, NOTEBOOK_TEMPLATE, NOTEBOOK_YY
+    from tcspec.models.greater_than import NOTEBOOK_RANK_YY, NOTEBOOK_TEMPLATE, NOTEBOOK_YY
     from tcspec.spec import CircuitSpec, start_years
     from tcspec.spec.loader import load_spec
 

@@ -26,10 +26,10 @@ from tcspec.circuits.attribution import (
 )
 from tcspec.circuits.case_study import greater_than_study
 from tcspec.circuits.faithfulness import ablation_faithfulness
-from tcspec.circuits.greater_than import greater_than_root_weights, prob_diff
 from tcspec.circuits.keep_top_k import keep_top_k
 from tcspec.circuits.paths import build_graph, find_paths
 from tcspec.dictionaries.clt import CLT, CLTConfig
+from tcspec.models.greater_than import greater_than_root_weights, prob_diff
 
 torch.set_num_threads(1)
 F = 16

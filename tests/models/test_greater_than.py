@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tcspec.circuits.greater_than import (
+from tcspec.models.greater_than import (
     greater_than_prob_diffs,
     greater_than_prompts,
     greater_than_score,
@@ -87,7 +87,7 @@ def test_greater_than_score_on_a_model(toy_model_dir):
 
 
 def test_a_template_fills_one_slot(toy_tokenizer):
-    from tcspec.circuits.greater_than import prompt_text
+    from tcspec.models.greater_than import prompt_text
 
     sentence = "The war lasted from the year 17YY to the year 17"
     assert prompt_text(sentence, 7) == "The war lasted from the year 1707 to the year 17"

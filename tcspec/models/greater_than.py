@@ -1,4 +1,5 @@
-"""The greater-than task of the paper: prompts, year tokens and the probability difference.
+"""The greater-than task of the paper: prompts, year tokens and the probability difference
+(a behaviour of a model: the toy model's metrics and the circuit studies both measure it).
 
 A prompt is a template with ``YY`` in place of the two-digit start year. The default is the
 sentence the toy corpus teaches, ``The war lasted from the year 17YY to the year 17``; the
@@ -24,7 +25,7 @@ from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from tcspec.models.corpus import greater_than_prompt
-from tcspec.spec import YY_SLOT
+from tcspec.vocab import YY_SLOT
 
 PAPER_YY = tuple(range(2, 99))
 """The default start years of a model other than the toy one: 02..98 (the paper's notebook
