@@ -6,6 +6,7 @@ module imports itself through others."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import tcspec
@@ -50,8 +51,9 @@ def _imported(node: ast.AST, package: str, known: dict) -> set[str]:
     return {m for m in found if m is not None}
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the package's modules it imports (anywhere in it)."""
+    """Module -> the package's modules it imports (anywhere in it); read once."""
     known = modules()
     graph = {}
     for name, path in known.items():
