@@ -27,6 +27,7 @@ from tcspec.checksums import file_hashes
 from tcspec.compute import resolve_precision
 from tcspec.compute.throughput import Rates
 from tcspec.dictionaries.families import family
+from tcspec.dictionaries.shapes import spans_layers
 from tcspec.models.hooks import full_name, hook_width
 from tcspec.plan.configs import (
     ActsConfig,
@@ -117,9 +118,8 @@ def compile_plan(
         upstream = _source_deps(model, tokens)
     elif _trained(spec):
         upstream = {"acts": ("acts", plan.add(_acts_task(spec, dims, model, tokens)).id)}
-    evaluations, members, passes = [], {}, {}
-    clts: dict = {}  # (name, first layer) -> the CLT's train (or import) tasks
-    clt_layers: dict = {}  # (name, layer) -> the same tasks, at each layer the CLT spans
+    evaluations, passes = [], {}
+    where: dict = {}  # (name, layer) -> its train or import tasks; a CLT's at each layer it spans
     for name, d in spec.dictionaries.items():
         layers = d.layers if d.layers is not None else spec.layers
         if d.kind == CLT or is_clt_folder(d):
@@ -128,9 +128,9 @@ def compile_plan(
                 if d.kind == CLT
                 else [import_clt(name, d)]
             )
-            clts[(name, layers[0])] = [plan.add(t) for t in found]
-            clt_layers |= {(name, layer): clts[(name, layers[0])] for layer in layers}
-            for t in clts[(name, layers[0])]:
+            tasks = [plan.add(t) for t in found]
+            where |= {(name, layer): tasks for layer in layers}
+            for t in tasks:
                 evaluations.append(plan.add(_evaluate_task(spec, [t], model, tokens)))
                 plan.eval_groups.append((evaluations[-1].id,))
             continue
@@ -141,35 +141,36 @@ def compile_plan(
                 group = [plan.add(t) for t in _train_tasks(spec, name, d, layer, dims, upstream)]
                 if not stream:
                     plan.groups.append(tuple(sorted(t.id for t in group)))
-            members[(name, layer)] = group
+            where[(name, layer)] = group
             single = [[t] for t in group]
             _add_evaluations(plan, single, spec, model, tokens, evaluations, passes, layer)
         if spec.evaluate.splice_all_layers and d.kind != "sae" and len(layers) > 1:
             joint = spliced_layers(spec, layers)
             span = joint if joint != list(layers) else None
-            n = len(members[(name, layers[0])])
-            sets = [[members[(name, layer)][i] for layer in joint] for i in range(n)]
+            n = len(where[(name, layers[0])])
+            sets = [[where[(name, layer)][i] for layer in joint] for i in range(n)]
             _add_evaluations(plan, sets, spec, model, tokens, evaluations, passes, name, span)
     plan.eval_groups += [tuple(sorted(ids)) for ids in passes.values()]
     if stream:
         train = plan.stage("train")
         ids, configs = [t.id for t in train], [t.config for t in train]
         plan.groups += split_passes(ids, configs, plan.stream_shape, stream_budget_mb)
+    per_layer = {k: ts for k, ts in where.items() if not spans_layers(ts[0].config.kind)}
     downstream, features = [], []
-    if spec.interp is not None:
+    if spec.interp is not None:  # a CLT's features studied at each layer, on their own
         features = [
             plan.add(_features_task(spec, t, model, tokens, layer))
-            for layer, t in _selected(spec, spec.interp.dictionaries, members | clt_layers)
+            for layer, t in _selected(spec, spec.interp.dictionaries, where)
         ]
         downstream.append(plan.add(_study_task(spec, features)))
     if spec.probe is not None:
-        probed = _selected(spec, spec.probe.dictionaries, members)
+        probed = _selected(spec, spec.probe.dictionaries, per_layer)
         downstream += [plan.add(_probe_task(spec, t, model, layer)) for layer, t in probed]
     for c in spec.circuits:
-        selected = _select(spec, [c.dictionary], members | clts)
+        selected = _select(spec, [c.dictionary], where)
         downstream.append(plan.add(_circuit_task(spec, c, selected, model, tokens)))
-    for e in spec.export:
-        exported = members | (clts if e.to == "circuit-tracer" else {})
+    for e in spec.export:  # a CLT goes to circuit-tracer only
+        exported = where if e.to == "circuit-tracer" else per_layer
         plan.add(_export_task(spec, e, _select(spec, e.dictionaries, exported), model))
     plan.add(_tables_task(spec, evaluations + downstream))
     for key, t in plan.tasks.items():  # every estimate from one place, the configs known
@@ -197,8 +198,9 @@ def spliced_layers(spec: Spec, layers: list[int]) -> list[int]:
 
 
 def _select(spec: Spec, refs, members: dict) -> list[Task]:
-    """Train/import tasks a list of DictionaryRefs selects; empty selects all."""
-    return [t for _, t in _selected(spec, refs, members)]
+    """Train/import tasks a list of DictionaryRefs selects, each once (a CLT is listed at
+    every layer it spans); empty selects all."""
+    return list({t.id: t for _, t in _selected(spec, refs, members)}.values())
 
 
 def _selected(spec: Spec, refs, members: dict) -> list[tuple[int, Task]]:
@@ -371,7 +373,8 @@ def _evaluate_task(
 def _spliced(refs: tuple[CoderRef, ...], span: list[int] | None = None) -> str:
     """Readable part of an evaluation's id: the dictionary and where it is spliced
     (``span``: a joint splice over fewer than all its layers)."""
-    layer = f"L{refs[0].layer}" if len(refs) == 1 and refs[0].kind != CLT else "all"
+    one = len(refs) == 1 and not spans_layers(refs[0].kind)
+    layer = f"L{refs[0].layer}" if one else "all"
     if span is not None:
         layer = "L" + "-".join(map(str, span))
     return f"{refs[0].dictionary}-{layer}"

@@ -95,22 +95,14 @@ def write_pages(ctx, model, coders, kept: dict[int, set[int]], label: str) -> in
 
 def _layer_view(ctx, coders, layer: int):
     """(coder, input hook, write norms or None) of one layer's features."""
+    from tcspec.dictionaries.shapes import layer_view
     from tcspec.tasks import interp as interp_task
-    from tcspec.vocab import CLT
 
-    if ctx.config.coders[0].kind == CLT:
-        from tcspec.dictionaries import clt_views
-
-        i = clt_views.layer_index(coders, layer)
-        coder = clt_views.layer_coder(coders, i).float()
-        return (
-            coder,
-            coder.cfg.in_hook,
-            (clt_views.write_norms(coders, i), list(coders.cfg.blocks[i:])),
-        )
-    j = [ref.layer for ref in ctx.config.coders].index(layer)
-    coder = coders[layer].float()
-    return coder, interp_task.coder_hooks(ctx, coder, f"coder_{j}")[0], None
+    coder, norms = layer_view(coders, layer)
+    coder = coder.float()
+    layers = [ref.layer for ref in ctx.config.coders]  # one ref (at its first layer): a CLT
+    dep = f"coder_{layers.index(layer) if layer in layers else 0}"
+    return coder, interp_task.coder_hooks(ctx, coder, dep)[0], norms
 
 
 def _pages_meta(label: str, layer: int, chosen: list[int]) -> dict:
@@ -139,20 +131,10 @@ def load_dictionaries(ctx, model, field: str):
     """The transcoders the graphs trace through: one per layer (a dict layer -> Coder), or
     one cross-layer transcoder (a `tcspec.dictionaries.clt.CLT`), in the model's dtype."""
     from tcspec.circuits.attribution import check_transcoders
-    from tcspec.dictionaries import coders as coders_mod
-    from tcspec.vocab import CLT
+    from tcspec.dictionaries.shapes import load_set
 
-    refs = ctx.config.coders
-    if refs[0].kind == CLT:
-        from tcspec.dictionaries import clt_io
-
-        clt = clt_io.load(ctx.coder_dir(refs[0]), ctx.device).to(model.cfg.dtype)
-        check_transcoders(model, clt, field)
-        return clt
-    coders = {
-        ref.layer: coders_mod.load(ctx.coder_dir(ref), ctx.device).to(model.cfg.dtype)
-        for ref in refs
-    }
+    folders = [(ref.layer, ctx.coder_dir(ref)) for ref in ctx.config.coders]
+    coders = load_set(folders, ctx.device, model.cfg.dtype)
     check_transcoders(model, coders, field)
     return coders
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tcspec import atomic, layout
 from tcspec.atomic import read_json
+from tcspec.dictionaries.shapes import spans_layers
 from tcspec.tasks import model as model_task
 from tcspec.tasks import tokens as tokens_task
 from tcspec.tasks.model import excluded_tokens
@@ -33,8 +34,8 @@ def _run_model(ctx, contexts: list) -> dict:
     cfg = contexts[0].config
     model = model_task.load(ctx)
     tokens = tokens_task.load(ctx, "eval", cfg.eval_tokens)
-    clts = [c for c in contexts if c.config.coders[0].kind == CLT]
-    per_layer = [c for c in contexts if c.config.coders[0].kind != CLT]
+    clts = [c for c in contexts if spans_layers(c.config.coders[0].kind)]  # each alone
+    per_layer = [c for c in contexts if not spans_layers(c.config.coders[0].kind)]
     summaries = {id(c): _run_clt(c, model, tokens) for c in clts}
     if per_layer:
         summaries |= dict(zip(map(id, per_layer), _run_members(per_layer, model, tokens)))

@@ -91,16 +91,9 @@ def write_site(model, view, tokens, stats_cfg, choose_pages, out, title, meta_of
 def _load(ctx, ref):
     """The dictionary whose features are studied, and for a CLT layer the norms of its
     decoders into each layer it writes ([F, n_out], their blocks); else None."""
-    from tcspec.dictionaries import coders
-    from tcspec.vocab import CLT
+    from tcspec.dictionaries import shapes
 
-    if ref.kind != CLT:
-        return coders.load(ctx.coder_dir(ref), ctx.device), None
-    from tcspec.dictionaries import clt_io, clt_views
-
-    clt = clt_io.load(ctx.coder_dir(ref), ctx.device)
-    i = clt_views.layer_index(clt, ref.layer)
-    return clt_views.layer_coder(clt, i), (clt_views.write_norms(clt, i), list(clt.cfg.blocks[i:]))
+    return shapes.layer_view(shapes.load(ctx.coder_dir(ref), ctx.device), ref.layer)
 
 
 def _meta(cfg, hooks: tuple[str, str], order: list[int], stats) -> dict:
