@@ -37,6 +37,13 @@ CLT_ACTIVATIONS = names(lambda f: f.clt_sparsity is not None)
 CLT_IN_HOOKS = ("ln2.hook_normalized", "hook_resid_mid")
 """Input hooks a cross-layer transcoder reads, relative to a block."""
 
+CLT_OUT_HOOKS = ("hook_mlp_out",)
+"""Output hooks a cross-layer transcoder's decoders write, relative to a block."""
+
+CLT_PENALTIES = ("tanh", "l1")
+"""A cross-layer transcoder's sparsity penalty: tanh(c a ||W_dec||) (Anthropic, CLT-Forge)
+or the L1 form a ||W_dec||."""
+
 JUMPRELU_PENALTIES = ("step", "tanh")
 """Forms of a per-layer JumpReLU's L0 penalty: the step count H(pre - threshold) (GDM) or
 tanh(c z ||W_dec||) (Anthropic, as a cross-layer transcoder's `tanh` penalty)."""

@@ -34,12 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from tcspec.dictionaries.families import Family, family
-from tcspec.models.hooks import full_name
-from tcspec.vocab import CLT_ACTIVATIONS as ACTIVATIONS
-from tcspec.vocab import CLT_IN_HOOKS as IN_HOOKS
-
-OUT_HOOKS = ("hook_mlp_out",)
-PENALTIES = ("tanh", "l1")
+from tcspec.models.hooks import TRANSCODER_IN, TRANSCODER_OUT, full_name
+from tcspec.vocab import CLT_ACTIVATIONS, CLT_IN_HOOKS, CLT_OUT_HOOKS, CLT_PENALTIES
 
 
 @dataclass(frozen=True)
@@ -52,13 +48,13 @@ class CLTConfig:
     """Width of the input and output hooks."""
     d_sae: int
     """Features per layer (F); the CLT has n_layers * d_sae features in all."""
-    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+    activation: Literal[CLT_ACTIVATIONS] = "relu"  # type: ignore[valid-type]
     """ReLU, per-layer TopK, or JumpReLU with a learned per-feature threshold."""
     k: int | None = None
     """Active features per layer per token for `topk`."""
-    in_hook: Literal["ln2.hook_normalized", "hook_resid_mid"] = "ln2.hook_normalized"
+    in_hook: Literal[CLT_IN_HOOKS] = TRANSCODER_IN  # type: ignore[valid-type]
     """Input hook, relative to a block."""
-    out_hook: Literal["hook_mlp_out"] = "hook_mlp_out"
+    out_hook: Literal[CLT_OUT_HOOKS] = TRANSCODER_OUT  # type: ignore[valid-type]
     """Output hook, relative to a block."""
     skip: bool = False
     """Affine skip connection x_m W_skip[m] at every output layer."""
@@ -70,20 +66,20 @@ class CLTConfig:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{f} must be a positive int, got {v!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation `{self.activation}` is not one of {ACTIVATIONS}")
+        if self.activation not in CLT_ACTIVATIONS:
+            raise ValueError(f"activation `{self.activation}` is not one of {CLT_ACTIVATIONS}")
         if self.family.takes_k:
             if self.k is None or not 0 < self.k <= self.d_sae:
                 raise ValueError(
                     f"{self.activation} needs 0 < k <= d_sae ({self.d_sae}), got k={self.k}"
                 )
         elif self.k is not None:
-            topk = " or ".join(f"`{n}`" for n in ACTIVATIONS if family(n).takes_k)
+            topk = " or ".join(f"`{n}`" for n in CLT_ACTIVATIONS if family(n).takes_k)
             raise ValueError(f"k only applies to activation {topk}")
-        if self.in_hook not in IN_HOOKS:
-            raise ValueError(f"in_hook `{self.in_hook}` is not one of {IN_HOOKS}")
-        if self.out_hook not in OUT_HOOKS:
-            raise ValueError(f"out_hook `{self.out_hook}` is not one of {OUT_HOOKS}")
+        if self.in_hook not in CLT_IN_HOOKS:
+            raise ValueError(f"in_hook `{self.in_hook}` is not one of {CLT_IN_HOOKS}")
+        if self.out_hook not in CLT_OUT_HOOKS:
+            raise ValueError(f"out_hook `{self.out_hook}` is not one of {CLT_OUT_HOOKS}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(b) for b in self.layers))
             b = self.layers
@@ -199,7 +195,7 @@ class CLT(nn.Module):
 class CLTLoss:
     """The training objective's sparsity terms (see the module docstring)."""
 
-    penalty: Literal["tanh", "l1"] = "tanh"
+    penalty: Literal[CLT_PENALTIES] = "tanh"  # type: ignore[valid-type]
     """tanh(c a ||W_dec||) (Anthropic, CLT-Forge) or the L1 form a ||W_dec||."""
     coef: float = 1e-3
     """Coefficient of the sparsity penalty (before its warm-up)."""
@@ -211,8 +207,8 @@ class CLTLoss:
     """JumpReLU pseudo-derivative bandwidth eps."""
 
     def __post_init__(self):
-        if self.penalty not in PENALTIES:
-            raise ValueError(f"penalty `{self.penalty}` is not one of {PENALTIES}")
+        if self.penalty not in CLT_PENALTIES:
+            raise ValueError(f"penalty `{self.penalty}` is not one of {CLT_PENALTIES}")
         for f in ("coef", "tanh_scale", "pre_act_coef"):
             if getattr(self, f) < 0:
                 raise ValueError(f"{f} must be >= 0, got {getattr(self, f)}")

@@ -32,6 +32,8 @@ from tcspec.vocab import (
     CLT,
     CLT_ACTIVATIONS,
     CLT_IN_HOOKS,
+    CLT_OUT_HOOKS,
+    CLT_PENALTIES,
     FORMATS,
     GHOST_RESIDUALS,
     JUMPRELU_PENALTIES,
@@ -382,7 +384,7 @@ class CLTSpec(_Schedule):
     """`relu` or `jumprelu` with the sparsity penalty; `topk` keeping k features per layer."""
     k: Sweep[PosInt] | None = None
     """Active features per layer per token for `topk`."""
-    penalty: Literal["tanh", "l1"] = "tanh"
+    penalty: Literal[CLT_PENALTIES] = "tanh"  # type: ignore[valid-type]
     """Sparsity penalty on a feature's activation times its concatenated decoders' norm:
     `tanh(c a ||W_dec||)` (Anthropic, CLT-Forge) or `a ||W_dec||`."""
     l1: Sweep[NonNegFloat] = 0.0
@@ -399,7 +401,7 @@ class CLTSpec(_Schedule):
     """Affine skip connection x_m W_skip[m] at every output layer."""
     in_hook: Literal[CLT_IN_HOOKS] = TRANSCODER_IN  # type: ignore[valid-type]
     """Input hook of every layer, relative to `blocks.{layer}`."""
-    out_hook: Literal["hook_mlp_out"] = "hook_mlp_out"
+    out_hook: Literal[CLT_OUT_HOOKS] = TRANSCODER_OUT  # type: ignore[valid-type]
     """Output hook every decoder writes, relative to `blocks.{layer}`."""
     lr: Sweep[PosFloat] = 2e-4
     """Adam learning rate (peak)."""
