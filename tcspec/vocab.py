@@ -75,6 +75,8 @@ YY_SLOT = "YY"
 (`The war lasted from 17YY to 17`)."""
 
 # ------------------------------------------------------------------------------- files
+MODEL_JSON = "model.json"
+"""A model task's description of its model (kind, dims, BOS id, hooks; `tcspec.models.load`)."""
 CFG_FILE = "cfg.json"
 """A tcspec dictionary folder's (or TransformerLens model folder's) config."""
 WEIGHTS_FILE = "weights.safetensors"

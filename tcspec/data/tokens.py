@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from tcspec.atomic import atomic_dir
+from tcspec.atomic import atomic_dir, read_json
 
 TOKENS_FORMAT = "tcspec.tokens/1"
 SPLITS = ("train", "eval")
+MANIFEST = "manifest.json"
 TOKENIZE_BATCH_DOCS = 256  # documents per batched tokenizer call
 
 FORMAT_BY_SUFFIX = {
@@ -325,16 +326,16 @@ def build_token_splits(
             "splits": {s: splits[s] for s in SPLITS},
             "meta": meta or {},
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
 def read_manifest(dir: str | Path) -> dict:
     """The manifest.json of a tokens folder."""
-    path = Path(dir) / "manifest.json"
+    path = Path(dir) / MANIFEST
     if not path.is_file():
         raise ValueError(f"{path} not found: {dir} is not a complete tokens folder")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def load_tokens(dir: str | Path, split: str, verify: bool = True) -> np.ndarray:

@@ -31,9 +31,8 @@ from transformer_lens import loading_from_pretrained as loading
 from tcspec.atomic import read_json, write_json
 from tcspec.checksums import file_checksum
 from tcspec.models.tokenizer import load_tokenizer
-from tcspec.vocab import CFG_FILE, WEIGHTS_FILE
+from tcspec.vocab import CFG_FILE, MODEL_JSON, WEIGHTS_FILE
 
-MODEL_JSON = "model.json"
 CFG_KEYS = (
     "n_layers", "d_model", "d_mlp", "d_head", "n_heads", "d_vocab", "n_ctx", "act_fn",
     "normalization_type", "parallel_attn_mlp",

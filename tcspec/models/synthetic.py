@@ -21,7 +21,6 @@ cache, the stream (batch s) and the evaluation set are reproducible and independ
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,9 +31,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from tcspec.atomic import atomic_write, write_json
+from tcspec.atomic import atomic_write, read_json, write_json
 from tcspec.models.hooks import SYNTHETIC_HOOKS, full_name
-from tcspec.models.load import MODEL_JSON
+from tcspec.vocab import MODEL_JSON
 
 TRUTH_FILE = "truth.safetensors"
 HOOKS = tuple(full_name(0, h) for h in SYNTHETIC_HOOKS)
@@ -194,7 +193,7 @@ def save_truth(truth: Truth, out_dir: Path, describe: dict) -> dict:
 
 def load_truth(model_dir: Path) -> Truth:
     """The truth a synthetic model task saved in `model_dir`."""
-    meta = json.loads((Path(model_dir) / MODEL_JSON).read_text())
+    meta = read_json(Path(model_dir) / MODEL_JSON)
     t = load_file(str(Path(model_dir) / TRUTH_FILE))
     return Truth(
         t["directions"], t["out_map"], t["probs"], t["factors"], meta["strength"],

@@ -59,14 +59,13 @@ from tcspec.models.corpus import (
 from tcspec.models.greater_than import PAPER_YY, greater_than_score, year_token_ids
 from tcspec.models.hooks import full_name
 from tcspec.models.load import (
-    MODEL_JSON,
     fired_hook_names,
     library_versions,
     quiet_deprecation,
 )
 from tcspec.models.recipes import RECIPES, ToyRecipe, ToyTraining, get_recipe  # noqa: F401
 from tcspec.models.tokenizer import recipe_tokenizer, save_tokenizer
-from tcspec.vocab import WEIGHTS_FILE
+from tcspec.vocab import MODEL_JSON, WEIGHTS_FILE
 
 # ----------------------------------------------------------------------------- data
 

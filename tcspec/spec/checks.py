@@ -17,7 +17,7 @@ from tcspec.models import catalog
 from tcspec.models.hooks import BLOCK_HOOKS, SYNTHETIC_HOOKS, hook_width
 from tcspec.spec import SWEEP_FIELDS, Spec, prechecks
 from tcspec.spec.dictionaries import dictionary_hooks
-from tcspec.vocab import CLT, TRANSCODER_KINDS, d_sae_of
+from tcspec.vocab import CLT, MODEL_JSON, TRANSCODER_KINDS, d_sae_of
 
 Found = Iterator[tuple[tuple, str]]
 
@@ -99,8 +99,8 @@ def checkpoint_dims(path: Path) -> dict:
     """Dims from a local folder: our model.json, or an HF config.json."""
     if not _exists(path) or not path.is_dir():
         raise DimsUnknown(f"checkpoint folder not found: {path}")
-    if (path / "model.json").exists():
-        return _model_settings(path / "model.json")["cfg"]
+    if (path / MODEL_JSON).exists():
+        return _model_settings(path / MODEL_JSON)["cfg"]
     if not (path / "config.json").exists():
         raise DimsUnknown(f"no model.json or config.json in {path}")
     return hf_config_dims(_model_settings(path / "config.json"), path / "config.json")
