@@ -26,7 +26,6 @@ from pathlib import Path
 from tcspec.checksums import file_hashes
 from tcspec.compute import resolve_precision
 from tcspec.compute.throughput import Rates
-from tcspec.dictionaries.families import family
 from tcspec.dictionaries.shapes import spans_layers
 from tcspec.models.hooks import full_name, hook_width
 from tcspec.plan.configs import (
@@ -342,12 +341,10 @@ def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Tas
 
 def _content_name(opts, data_seed: int) -> str:
     """Readable part of a train id from what was trained (not from how the spec swept):
-    the sparsity setting of its activation family (`sparsity`, a CLT's `clt_sparsity`: k,
-    l0_coef or l1), d_sae when given, and the training seed when it is not the data's (the
+    the sparsity setting of its activation family (the spec's `sparsity_field`: k, l0_coef
+    or l1), d_sae when given, and the training seed when it is not the data's (the
     spec's `seed`)."""
-    fam = family(opts.activation)
-    field = fam.clt_sparsity if opts.kind == CLT else fam.sparsity
-    point = {field: getattr(opts, field)}
+    point = {opts.sparsity_field: getattr(opts, opts.sparsity_field)}
     point |= {"d_sae": opts.d_sae} if opts.d_sae else {}
     return member_name(point | ({"seed": opts.seed} if opts.seed != data_seed else {}))
 

@@ -232,6 +232,11 @@ class _DictionaryBase(_Schedule):
         """The activation's family (`tcspec.dictionaries.families`)."""
         return FAMILIES[self.activation]
 
+    @property
+    def sparsity_field(self) -> str:
+        """The option that sets its sparsity (the family's `sparsity`: k, l0_coef or l1)."""
+        return self.family.sparsity
+
     def uses_dead_window(self) -> bool:
         """Whether a loss term or resampling acts on the dead features."""
         return self.dead_features != "none" or self.pre_act_coef is not None
@@ -419,6 +424,11 @@ class CLTSpec(_Schedule):
     every sweep point once per seed: the tables show their mean and spread."""
     zip: list[Literal[SWEEP_FIELDS]] = []  # type: ignore[valid-type]
     """Sweep axes that advance together (equal lengths) instead of crossing."""
+
+    @property
+    def sparsity_field(self) -> str:
+        """The option that sets its sparsity (the family's `clt_sparsity`: k or l1)."""
+        return FAMILIES[self.activation].clt_sparsity
 
     @model_validator(mode="after")
     def _check(self):
