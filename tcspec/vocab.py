@@ -44,6 +44,10 @@ CLT_PENALTIES = ("tanh", "l1")
 """A cross-layer transcoder's sparsity penalty: tanh(c a ||W_dec||) (Anthropic, CLT-Forge)
 or the L1 form a ||W_dec||."""
 
+ENCODER_INITS = ("kaiming", "transpose")
+"""How a per-layer dictionary's encoder starts: kaiming-uniform, independent of the decoder,
+or the decoder's transpose (W_enc = W_dec^T, unit-norm columns)."""
+
 JUMPRELU_PENALTIES = ("step", "tanh")
 """Forms of a per-layer JumpReLU's L0 penalty: the step count H(pre - threshold) (GDM) or
 tanh(c z ||W_dec||) (Anthropic, as a cross-layer transcoder's `tanh` penalty)."""

@@ -306,7 +306,7 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dic
     steps = d.train_steps(spec.data.train_tokens)
     tasks = []
     for point in sweep_points(d):
-        opts = member_opts(spec, d, point).for_run(steps)
+        opts = member_opts(spec, d, point).for_run(steps, d_in, d_out)
         d_sae = d_sae_of(d_in, opts.d_sae, opts.expansion)
         config = TrainedMemberConfig(
             opts=opts, layer=layer, d_in=d_in, d_out=d_out, d_sae=d_sae, steps=steps,

@@ -97,6 +97,7 @@ LATER_OPTS = {
     "tanh_scale": 4.0,
     "pre_act_coef": None,
     "precision": "fp32",
+    "encoder_init": "kaiming",
 }
 """Per-layer dictionary options added after train ids were fixed (-> their default): in a
 train id only away from the default, so a member that does not use them keeps its id (a

@@ -514,6 +514,12 @@ def _check_dictionary(spec: Spec, name: str, d, dims: dict) -> Found:
             f"`ghost_residual: input` fits x - y_hat, but d_in {d_in} != d_out {d_out}; "
             "use `output`",
         )
+    if getattr(d, "encoder_init", None) == "transpose" and d_in != d_out:
+        yield (
+            base + ("encoder_init",),
+            f"`encoder_init: transpose` sets W_enc = W_dec^T, but d_in {d_in} != d_out "
+            f"{d_out}; use `kaiming`",
+        )
     tokens = d.train_tokens or spec.data.train_tokens
     if d.train_tokens and d.train_tokens > spec.data.train_tokens:
         yield (

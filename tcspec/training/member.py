@@ -53,7 +53,8 @@ class MemberRun:
     """Training state of one member; `state_dict` lists the state once, by component."""
 
     def __init__(self, m: Member, steps: int, batch_size: int, device):
-        m = replace(m, opts=m.opts.for_run(steps))  # what the run's length decides
+        opts = m.opts.for_run(steps, m.config.d_in, m.config.d_out)
+        m = replace(m, opts=opts)  # what the run's length and widths decide
         self.member, self.steps, self.batch_size = m, steps, batch_size
         self.name, self.hooks = m.name, sorted({m.in_key, m.out_key})
         self.checkpoint_every = m.opts.checkpoint_every
@@ -61,6 +62,7 @@ class MemberRun:
         self.precision = resolve_precision(m.opts.precision, device)  # fp32 | tf32 | bf16
         self.coder = Coder(m.config, seed=m.seed).to(device).requires_grad_(False)
         self.ops = m.config.family.ops  # the activation family's module
+        init_encoder(self.coder, m.opts.encoder_init)
         self.params = trainable(self.coder, m.opts)  # what Adam steps
         self.act_state = self.ops.state()  # e.g. BatchTopK's running threshold estimate
         self.sync_threshold()
@@ -219,6 +221,14 @@ def check_resolved(name: str, opts) -> None:
     for f in SWEEP_FIELDS:
         if isinstance(getattr(opts, f, None), list):
             raise ValueError(f"member `{name}`: `{f}` is a sweep list; resolve it first")
+
+
+@torch.no_grad()
+def init_encoder(coder: Coder, how: str) -> None:
+    """`transpose`: W_enc <- W_dec^T (unit-norm columns [d_in, d_sae]; d_in = d_out); `kaiming`
+    keeps the coder's own draw."""
+    if how == "transpose":
+        coder.W_enc.copy_(coder.W_dec.t())
 
 
 def trainable(coder: Coder, opts) -> dict[str, Tensor]:

@@ -72,7 +72,7 @@ def test_the_trainer_trains_every_family_as_its_reference_says(name):
     `reference` (float64), and the trainer's state hooks make a threshold it can infer with."""
     fam = FAMILIES[name]
     opts = TranscoderSpec(kind="transcoder", d_sae=S, k=K if fam.takes_k else None,
-                          activation=name, l1=0.01).for_run(100)  # fmt: skip
+                          activation=name, l1=0.01).for_run(100, D, D)  # fmt: skip
     c = _coder(name)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(32, D, generator=g, dtype=torch.float64)

@@ -195,6 +195,22 @@ def test_run_length_defaults_resolve_into_the_train_config():
     assert opts["tc"].jumprelu_threshold_lr is None
 
 
+def test_encoder_init_defaults_to_the_transpose_for_the_k_activations():
+    """Unset, `encoder_init` resolves to `transpose` for TopK and BatchTopK where d_in =
+    d_out, else `kaiming`, which a train id leaves out (a ReLU member keeps its id)."""
+    text = (HERE.parent / "specs" / "quickstart.yaml").read_text()
+    text = text.replace("  sae:\n", "  topk: {kind: sae, activation: topk, k: 8, expansion: 8}\n"
+                        "  btk: {kind: transcoder, activation: batchtopk, k: 8, expansion: 8}\n"
+                        "  wide: {kind: transcoder, in_hook: mlp.hook_post, activation: topk,"
+                        " k: 8, expansion: 2}\n  sae:\n")  # fmt: skip
+    tasks = {t.label["dictionary"]: t.config for t in compile_plan(parse_spec(text)).stage("train")}
+    inits = {name: c.opts.encoder_init for name, c in tasks.items()}
+    assert inits == {"tc": "kaiming", "sae": "kaiming", "topk": "transpose",
+                     "btk": "transpose", "wide": "kaiming"}  # fmt: skip
+    assert '"encoder_init": "transpose"' in tasks["topk"].canonical()
+    assert "encoder_init" not in tasks["tc"].canonical()
+
+
 # ------------------------------------------------------------------------------- fuzzing
 SEEDS = [VALID[i].read_text() for i in range(len(VALID))] + [
     (HERE.parent / "specs" / "quickstart.yaml").read_text()

@@ -320,6 +320,19 @@ def test_init_biases_from_first_batch_means(tmp_path):
     assert torch.equal(r.coder.b_dec, torch.zeros(D_IN))
 
 
+def test_encoder_starts_as_the_decoders_transpose_where_the_spec_resolves_it(tmp_path):
+    """A TopK SAE (d_in = d_out) starts with W_enc = W_dec^T; a ReLU one, and a TopK
+    transcoder from 16 to 12 dims, keep the coder's kaiming draw."""
+    runs = {name: MemberRun(member(tmp_path, name, kind, **o), 10, B, "cpu").coder
+            for name, kind, o in (("topk", "sae", {"activation": "topk", "k": 4}),
+                                  ("relu", "sae", {}),
+                                  ("topk_tc", "transcoder", {"activation": "topk", "k": 4}))}  # fmt: skip
+    assert torch.equal(runs["topk"].W_enc, runs["topk"].W_dec.t())
+    for name in ("relu", "topk_tc"):
+        c = runs[name]
+        assert torch.equal(c.W_enc, Coder(c.cfg, seed=0).W_enc), name
+
+
 def test_resample_reinitializes_only_dead_features(tmp_path):
     m = member(tmp_path, "m", dead_features="resample", dead_window=5)
     r = MemberRun(m, 10, B, "cpu")

@@ -56,6 +56,10 @@ class Family:
     """The aux-k dead-feature loss applies to it (and is its default `dead_features`)."""
     nests: bool = False
     """It takes Matryoshka prefixes (`matryoshka`)."""
+    transpose_init: bool = False
+    """Its encoder starts as the decoder's transpose (`encoder_init` left unset, d_in = d_out;
+    Gao et al. 2024, sparsify, SAELens, dictionary_learning): with aux-k, what keeps most
+    of a TopK SAE's features alive."""
     options: tuple[str, ...] = ()
     """Spec fields only this family reads."""
     saelens: str = "standard"
@@ -86,7 +90,7 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family("relu", "ReLU", sparsity="l1", clt_sparsity="l1"),
         Family(
-            "topk", "TopK", sparsity="k", clt_sparsity="k", aux_k=True, nests=True,
+            "topk", "TopK", sparsity="k", clt_sparsity="k", aux_k=True, nests=True, transpose_init=True,
             saelens="topk", saelens_transcoder=None, circuit_tracer="topk",
         ),
         Family(
@@ -97,6 +101,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             "batchtopk", "BatchTopK", sparsity="k", thresholded=True, aux_k=True, nests=True,
+            transpose_init=True,
             options=("batchtopk_threshold_lr",), saelens="jumprelu",
             saelens_transcoder="jumprelu_{kind}", reads_as="jumprelu",
         ),
