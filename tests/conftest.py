@@ -12,6 +12,10 @@ tiny GPT-2 stands in for ``gpt2`` in a temporary Hugging Face cache.
 - ``toy_model_dir``: a toy model folder trained for a few steps with tiny dims.
 - ``micro_attribution_run``: tests/workflow/micro_attribution.yaml run to its end in this
   process, task by task as its Snakemake jobs would run (read it; copy it to change it).
+
+Every test under tests/workflow/ (end-to-end Snakemake runs) is marked ``slow``, as are the
+longest tests elsewhere (marked where they are defined): ``pytest -m "not slow"`` is the quick
+loop, the full suite (what CI runs) includes them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+WORKFLOW = Path(__file__).resolve().parent / "workflow"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end runs (tests/workflow/) are all `slow`."""
+    for item in items:
+        if WORKFLOW in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

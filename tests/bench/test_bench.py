@@ -18,6 +18,8 @@ sys.path.insert(0, str(ROOT))  # `bench` is a folder of the repository, not an i
 from bench.common import linear_fit, markdown_table  # noqa: E402
 from bench.pipeline import read_benchmarks, stage_table  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real runs of minutes: the full suite's, not the quick loop's
+
 
 def test_linear_fit_recovers_a_line():
     slope, icpt, r2 = linear_fit([1.0, 2.0, 3.0, 4.0], [3.0, 5.0, 7.0, 9.0])

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +38,7 @@ def test_gpu_job_runs_tiny_on_the_cpu(tmp_path):
     assert r["train_tokens_per_s"] > 0 and r["estimated_memory_gb"] > 0
 
 
+@pytest.mark.slow
 def test_gpu_script_smoke(tmp_path):
     """bench/gpu.sh at tiny shapes on the CPU: every measure in both precisions, its figures
     in $OUT (gpu.json, gpu.md)."""

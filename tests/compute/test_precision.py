@@ -218,6 +218,7 @@ QUALITY = [
 ]
 
 
+@pytest.mark.slow
 def test_bf16_training_ends_where_fp32_does(tmp_path):
     """300 steps on the synthetic data in each precision: over the last 20 steps, bf16's
     reconstruction loss within 2% of fp32's and its L0 within 3% (the bound the pipeline's

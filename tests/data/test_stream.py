@@ -369,6 +369,7 @@ def sigkill_job(root: str, sleep: float) -> None:
     train_group(ms, batches, 40, Path(root) / "ckpt", progress=False, log=lambda s: None)
 
 
+@pytest.mark.slow
 def test_stream_training_resumes_after_sigkill_bitwise(tmp_path):
     code = (
         f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "

@@ -88,6 +88,7 @@ def members(root) -> list[Member]:
     return out + [Member("sae-L8", spec, cfg, h, h, root / "sae-L8", 99)]
 
 
+@pytest.mark.slow
 def test_twelve_transcoders_and_an_sae_from_one_stream(gpt2_12, token_splits, tmp_path):
     train, eval_tokens = token_splits
     group = members(tmp_path)

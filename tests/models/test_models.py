@@ -146,6 +146,7 @@ def test_toy_training_is_deterministic(tmp_path, toy_model_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_toy_training_on_two_threads_is_byte_identical_across_processes(tmp_path):
     """The quickstart's model job trains on 2 threads: at the recipe's shape, runs of 20
     steps in different processes give the same weights (without deterministic algorithms
@@ -167,6 +168,7 @@ def test_toy_training_on_two_threads_is_byte_identical_across_processes(tmp_path
     assert digests[0] == digests[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["greater_than_mix", "greater_than_fast"])
 def test_toy_training_is_byte_identical_across_processes(tmp_path, recipe):
     """Same seed and thread count, another process with another hash seed: the same bytes

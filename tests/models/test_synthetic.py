@@ -177,7 +177,7 @@ def test_the_cache_holds_the_train_draws(truth, tmp_path):
 
 @pytest.mark.slow
 def test_synthetic_spec_streams_end_to_end(tmp_path):
-    from tests.test_workflow import snakemake
+    from tests.workflow.test_workflow import snakemake
 
     spec = tmp_path / "micro.yaml"
     spec.write_text(MICRO.format(source="stream"))

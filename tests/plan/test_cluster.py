@@ -23,6 +23,8 @@ from harness import CLUSTER_PROFILE, MICRO, ROOT  # noqa: E402
 
 from tcspec.plan.stages import STAGES  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real runs of minutes: the full suite's, not the quick loop's
+
 GPT2_SMALL = ROOT / "specs" / "paper" / "gpt2_small.yaml"
 
 

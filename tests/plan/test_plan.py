@@ -168,6 +168,7 @@ def test_cuda_without_cuda_is_a_located_check_error():
         parse_spec(text, "spec.yaml")
 
 
+@pytest.mark.slow
 def test_ids_are_stable_across_processes():
     """Ids are hashes of JSON, not of Python's salted `hash()`: another process with another
     hash seed computes the same ones."""

@@ -299,6 +299,7 @@ def test_empty_records_still_write_an_index(tmp_path):
     assert "no single-layer records to plot" in (tmp_path / "index.md").read_text()
 
 
+@pytest.mark.slow
 def test_two_hundred_records_build(tmp_path):
     recs = []
     for layer in range(4):

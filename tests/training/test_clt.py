@@ -444,6 +444,7 @@ def test_topk_export_is_explicit(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_bench_smoke():
     import sys
     from pathlib import Path

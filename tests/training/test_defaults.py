@@ -24,6 +24,8 @@ from tcspec.training import Member, train_group
 from tcspec.vocab import never_fires
 from tests.data.test_data import packed_rows
 
+pytestmark = pytest.mark.slow  # real runs of minutes: the full suite's, not the quick loop's
+
 IN, OUT = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
 TOKENS, BATCH, EXPANSION = 600_000, 512, 8  # the quickstart's budget and width
 HELD_OUT = 2048  # contexts of 32: 63,488 tokens past their BOS
