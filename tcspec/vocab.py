@@ -29,7 +29,7 @@ ACTIVATIONS = names()
 module and one row of `tcspec.dictionaries.families.FAMILIES`, which says what it is)."""
 
 CLT = "clt"
-"""The cross-layer transcoder: one dictionary over several layers (its own training loop)."""
+"""The cross-layer transcoder: one dictionary over several layers (one train task, stage `clt`)."""
 
 CLT_ACTIVATIONS = names(lambda f: f.clt_sparsity is not None)
 """Activations of a cross-layer transcoder (TopK: k per layer)."""

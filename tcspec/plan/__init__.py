@@ -320,8 +320,8 @@ def _train_tasks(spec: Spec, name: str, d, layer: int, dims: dict, upstream: dic
 
 
 def _clt_tasks(spec: Spec, name: str, d, dims: dict, upstream: dict) -> list[Task]:
-    """One train task per sweep point of a CLT over all its layers (its own training loop,
-    stage `clt`)."""
+    """One train task per sweep point of a CLT over all its layers (stage `clt`: one task,
+    not a member of a training pass; trained by the one loop, `tcspec.training.train`)."""
     layers = tuple(d.layers if d.layers is not None else spec.layers)
     d_model = hook_width(d.in_hook, dims)
     steps = d.train_steps(spec.data.train_tokens)
