@@ -230,7 +230,8 @@ class _DictionaryBase(_Schedule):
     def _default_dead_features(cls, data):
         """`dead_features` left unset is `aux_k` for the k activations."""
         if isinstance(data, dict) and "dead_features" not in data:
-            fam = FAMILIES.get(data.get("activation"))
+            activation = data.get("activation")  # anything: the field's own check names it
+            fam = FAMILIES.get(activation) if isinstance(activation, str) else None
             if fam is not None and fam.aux_k:
                 data = data | {"dead_features": "aux_k"}
         return data
