@@ -74,6 +74,10 @@ EXPORT_TARGETS = ("saelens", "sparsify", "circuit-tracer")
 
 ExportTarget = Literal[EXPORT_TARGETS]  # type: ignore[valid-type]
 
+WRITTEN_ONLY_TO = {CLT: ("circuit-tracer", "a cross-layer transcoder")}
+"""Kinds fewer `EXPORT_TARGETS` can hold -> (the one target, what the kind is called): a
+cross-layer transcoder is written as circuit-tracer's CLT folder only."""
+
 YY_SLOT = "YY"
 """What a greater-than prompt template holds in place of the two-digit start year
 (`The war lasted from 17YY to 17`)."""

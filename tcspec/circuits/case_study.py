@@ -31,12 +31,10 @@ from tcspec.circuits.deembed import (
     year_deembeddings,
 )
 from tcspec.circuits.faithfulness import ablation_faithfulness
-from tcspec.circuits.graph.dictionaries import CrossLayer, Dictionaries, as_dictionaries
+from tcspec.circuits.graph.dictionaries import as_dictionaries
 from tcspec.circuits.keep_top_k import Positions, keep_top_k, keep_top_k_summary, metric
 from tcspec.circuits.paths import Graph, build_graph, find_paths
 from tcspec.circuits.trace import Trace, Transcoders, splice_hooks
-from tcspec.dictionaries.clt_views import layer_coder, layer_index
-from tcspec.dictionaries.coders import Coder
 from tcspec.models.greater_than import (
     greater_than_prompts,
     greater_than_root_weights,
@@ -84,14 +82,6 @@ def studied_layer(coders: Transcoders, task_layer: int | None) -> int:
     """The model's task layer when a transcoder covers it, else the last transcoder layer."""
     layers = as_dictionaries(coders).layers
     return task_layer if task_layer in layers else max(layers)
-
-
-def layer_features(d: Dictionaries, li: int) -> Coder:
-    """Layer ``li``'s features as a `Coder` (its encoder exactly; for a CLT, the decoder
-    summed over the layers it writes: `tcspec.dictionaries.clt_views.layer_coder`)."""
-    if isinstance(d, CrossLayer):
-        return layer_coder(d.clt, layer_index(d.clt, li))
-    return d.coders[li]
 
 
 @torch.no_grad()
@@ -198,14 +188,9 @@ def deembeddings_all_layers(
     the last token to the start year (and through MLP0 with ``mlp0`` and a layer-0
     transcoder). Returns the rows (best first) and each layer's path names."""
     d = as_dictionaries(coders)
-    if mlp0 and isinstance(d, CrossLayer):
-        raise ValueError(
-            "mlp0_deembeddings needs a per-layer transcoder at layer 0; a cross-layer "
-            "transcoder's layer-0 features write every later MLP"
-        )
+    coder0 = d.mlp0_coder() if mlp0 else None
     varying = varying_positions(tr.tokens)
     number_ids = two_digit_token_ids(model.tokenizer)
-    coder0 = d.coders.get(0) if mlp0 else None
     frames, head_names = [], {}
     for li in d.layers:
         var = tr.z[li][:, -1].var(0, unbiased=False)  # [d_sae]
@@ -213,7 +198,7 @@ def deembeddings_all_layers(
         heads = upstream_heads(model, li)
         if varying:  # the heads that could bring the start year to the last token
             heads = heads_reading(tr, heads, varying[0], max_heads)
-        features = layer_features(d, li)
+        features = d.layer_coder(li)  # for a CLT, its decoders summed
         part = year_deembeddings(model, features, li, number_ids, live, heads, coder0=coder0)
         head_names[li] = [name for name, _, _ in deembedding_paths(heads, li, coder0 is not None)]
         part.insert(0, "layer", li)

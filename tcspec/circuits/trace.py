@@ -24,16 +24,14 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tcspec.circuits.graph.dictionaries import (
-    CrossLayer,
     Dictionaries,
     as_dictionaries,
     write_into,
 )
 from tcspec.dictionaries.clt import CLT
 from tcspec.dictionaries.coders import Coder
-from tcspec.models.hooks import full_name, hooks_replacing_mlp, relative_name
+from tcspec.models.hooks import full_name, relative_name
 from tcspec.models.load import NORM_CENTRES
-from tcspec.vocab import TRANSCODER_KINDS
 
 Transcoders = dict[int, Coder] | CLT | Dictionaries
 """What the study traces through: transcoders by layer, or a CLT (either may come wrapped)."""
@@ -61,45 +59,10 @@ def check_transcoders(
     norm = model.cfg.normalization_type
     if norm not in NORM_CENTRES:
         raise ValueError(f"the model's normalization {norm!r} is not folded; load it with fold_ln")
-    d = as_dictionaries(coders)
-    if isinstance(d, CrossLayer):
-        from tcspec.circuits.graph.replacement import check_supported
-
-        try:
-            check_supported(model, d)
-        except ValueError as e:
-            raise ValueError(f"{field_name}: {e}") from e
-        return
-    for layer, coder in d.coders.items():
-        _check_transcoder(model, layer, coder, f"{field_name}: layer {layer}")
-
-
-def _check_transcoder(model: HookedTransformer, layer: int, coder: Coder, where: str) -> None:
-    cfg = coder.cfg
-    if cfg.kind not in TRANSCODER_KINDS:
-        raise ValueError(f"{where}: a {cfg.kind} is not a transcoder; circuits need transcoders")
-    if not 0 <= layer < model.cfg.n_layers:
-        raise ValueError(f"{where}: the model has layers 0..{model.cfg.n_layers - 1}")
-    if cfg.layer is not None and cfg.layer != layer:
-        raise ValueError(f"{where}: the transcoder was trained for layer {cfg.layer}")
-    if cfg.in_hook is None or cfg.out_hook is None:
-        raise ValueError(f"layer {layer}: the transcoder's config names no hooks")
     try:
-        in_hook, out_hook = relative_name(cfg.in_hook, layer), relative_name(cfg.out_hook, layer)
+        as_dictionaries(coders).check_fits(model)
     except ValueError as e:
-        raise ValueError(f"{where}: {e}") from e
-    if not hooks_replacing_mlp(in_hook, out_hook):
-        raise ValueError(
-            f"{where}: a transcoder from {cfg.in_hook} to {cfg.out_hook} does not replace the MLP"
-        )
-    if model.cfg.parallel_attn_mlp and in_hook == "hook_resid_mid":
-        raise ValueError(
-            f"{where}: a parallel block has no hook_resid_mid; use ln2.hook_normalized"
-        )
-    if cfg.d_in != model.cfg.d_model or cfg.d_out != model.cfg.d_model:
-        raise ValueError(
-            f"{where}: d_in/d_out {cfg.d_in}/{cfg.d_out} != d_model {model.cfg.d_model}"
-        )
+        raise ValueError(f"{field_name}: {e}") from e
 
 
 @dataclass

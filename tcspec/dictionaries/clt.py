@@ -28,13 +28,14 @@ output layer it writes, `||W_dec[l][i]||` over the (L - l) x d entries:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from tcspec.dictionaries.families import Family, family
 from tcspec.models.hooks import TRANSCODER_IN, TRANSCODER_OUT, full_name
+from tcspec.vocab import CLT as CLT_KIND
 from tcspec.vocab import CLT_ACTIVATIONS, CLT_IN_HOOKS, CLT_OUT_HOOKS, CLT_PENALTIES
 
 
@@ -42,6 +43,8 @@ from tcspec.vocab import CLT_ACTIVATIONS, CLT_IN_HOOKS, CLT_OUT_HOOKS, CLT_PENAL
 class CLTConfig:
     """Shape and type of a cross-layer transcoder (what rebuilds it from its weights)."""
 
+    kind: ClassVar[str] = CLT_KIND
+    """Its kind, as a per-layer `CoderConfig.kind` says its own (not a field: no argument)."""
     n_layers: int
     """Number of layers the CLT spans (L): one encoder per layer."""
     d_model: int

@@ -1,8 +1,9 @@
 """A dictionary's two shapes, for callers that need not ask which one they hold: a per-layer
 dictionary (`tcspec.dictionaries.coders.Coder`, one per layer) and a cross-layer transcoder
 (`tcspec.dictionaries.clt.CLT`, one over all its layers). What differs between them is
-answered here: how a folder is loaded, what traces through a model, how one layer's
-features are seen, whether a kind spans layers. `spans_layers` imports nothing heavy (the
+answered here: how a folder is loaded and saved, how another tool's files are read in and
+how circuit-tracer's are written, what traces through a model, how one layer's features are
+seen, whether a kind spans layers. `spans_layers` imports nothing heavy (the
 compile side asks it); the rest loads torch modules when called.
 """
 
@@ -57,3 +58,45 @@ def layer_view(d: Coder | dict[int, Coder] | CLT, block: int) -> tuple[Coder, tu
         i = clt_views.layer_index(d, block)
         return clt_views.layer_coder(d, i), (clt_views.write_norms(d, i), list(d.cfg.blocks[i:]))
     return (d[block] if isinstance(d, dict) else d), None
+
+
+def save(d: Coder | CLT, folder: str | Path, extra: dict | None = None) -> None:
+    """Write `d` as a tcspec folder (cfg.json with `extra`, weights) at `folder`."""
+    from tcspec.dictionaries import clt_io, coders
+
+    (clt_io if spans_layers(d.cfg.kind) else coders).save(d, folder, extra)
+
+
+def load_released(path: Path, kind: str, fmt: str | None, **opts) -> Coder | CLT:
+    """A released dictionary read from another tool's files: of `kind` CLT, a circuit-tracer
+    CLT folder; else a per-layer dictionary in `fmt` (None: detected), `opts` as
+    `tcspec.interop.load_dictionary` takes them."""
+    if spans_layers(kind):
+        from tcspec.dictionaries.clt_io import load_circuit_tracer
+
+        return load_circuit_tracer(path)
+    from tcspec.interop import load_dictionary
+
+    return load_dictionary(path, fmt, **opts)
+
+
+def write_circuit_tracer(
+    by_layer: dict[int, Coder | CLT], out: Path, *, model_name: str, **facts
+) -> list[Path]:
+    """Write one dictionary's sweep point as circuit-tracer loads it: per-layer transcoders by
+    layer as a transcoder set, or a CLT (listed at each layer it spans) as a CLT folder (a
+    TopK one with `activation: topk`); the files written. `facts`: the set's
+    `context_size` and `dataset`."""
+    from tcspec.dictionaries.clt import CLT
+
+    clts = {id(d): d for d in by_layer.values() if isinstance(d, CLT)}
+    if not clts:
+        from tcspec.interop import export_transcoder_set
+
+        return export_transcoder_set(by_layer, out, model_name=model_name, **facts)
+    if len(clts) > 1 or len(clts) != len({id(d) for d in by_layer.values()}):
+        raise ValueError("a CLT is written alone: one CLT, not beside other dictionaries")
+    from tcspec.dictionaries.clt_io import export_circuit_tracer
+
+    export_circuit_tracer(next(iter(clts.values())), out, model_name=model_name, allow_topk=True)
+    return sorted(p for p in Path(out).iterdir() if p.is_file())

@@ -52,7 +52,7 @@ from tcspec.dictionaries.families import family, names
 from tcspec.interop.formats import MARKERS
 from tcspec.interop.tensors import PRE_BIAS_FILE, fold_pre_bias, pre_bias_tensors
 from tcspec.models.hooks import split_name
-from tcspec.vocab import CLT, CT_CONFIG, EXPORT_TARGETS, ExportTarget
+from tcspec.vocab import CT_CONFIG, EXPORT_TARGETS, WRITTEN_ONLY_TO, ExportTarget
 
 # The SAELens config layout written here: version 6 (fields at the top, model and hook facts
 # under `metadata`). SAELens reads `metadata.sae_lens_version` to choose how to parse a config.
@@ -109,8 +109,9 @@ def refusal(to: str, kind: str, activation: str, d_in: int, d_out: int) -> str |
     activation and widths; None when it can. The one statement of each format's limits:
     the exporters refuse by it, and `tcspec check` asks it before anything is trained."""
     fam = family(activation)
-    if kind == CLT and to != "circuit-tracer":
-        return "a cross-layer transcoder is written in circuit-tracer's format only"
+    only, called = WRITTEN_ONLY_TO.get(kind, (to, kind))
+    if to != only:
+        return f"{called} is written in {only}'s format only"
     if to == "saelens" and kind != "sae" and fam.saelens_transcoder is None:
         return f"SAELens has no {fam.title} transcoder architecture"
     if to == "sparsify" and fam.thresholded:

@@ -20,13 +20,12 @@ Snakemake's config), never the spec.
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tcspec.checksums import file_hashes
 from tcspec.compute import resolve_precision
 from tcspec.compute.throughput import Rates
-from tcspec.dictionaries.shapes import spans_layers
 from tcspec.models.hooks import full_name, hook_width
 from tcspec.plan.configs import (
     ActsConfig,
@@ -93,6 +92,26 @@ def member_opts(spec: Spec, d, point: dict):
 
 
 # ------------------------------------------------------------------------------ compile
+@dataclass
+class _Built:
+    """What compiling the dictionaries leaves for the stages downstream of them."""
+
+    model: Task
+    tokens: Task | None
+    upstream: dict
+    """What train tasks read: the acts task, or (streaming) the model and tokens."""
+    where: dict = field(default_factory=dict)
+    """(name, layer) -> its train or import tasks; a CLT's at each layer it spans."""
+    whole: set = field(default_factory=set)
+    """Names of the dictionaries that are one object over all their layers (CLTs)."""
+    evaluations: list = field(default_factory=list)
+
+    @property
+    def per_layer(self) -> dict:
+        """`where` without the dictionaries over several layers."""
+        return {k: ts for k, ts in self.where.items() if k[0] not in self.whole}
+
+
 def compile_plan(
     spec: Spec, stream_budget_mb: int = DEFAULT_STREAM_BUDGET_MB, rates: Rates | None = None
 ) -> Plan:
@@ -101,7 +120,7 @@ def compile_plan(
     change no id."""
     plan = Plan(spec)
     dims = model_dims(spec.model)
-    stream, upstream = spec.acts.source == "stream", {}
+    stream = spec.acts.source == "stream"
     size = model_size(spec, dims)
     if stream:
         plan.stream_shape = stream_shape(spec, size)
@@ -110,82 +129,111 @@ def compile_plan(
         train_tokens=spec.data.train_tokens, stream_shape=plan.stream_shape,
         cache_bytes=2 if spec.acts.dtype != "float32" else 4,
     )  # fmt: skip
-    model = plan.add(_model_task(spec))
-    # a synthetic source draws its samples itself: no tokens
-    tokens = None if spec.model.kind == "synthetic" else plan.add(_tokens_task(spec, model))
-    if stream:
-        upstream = _source_deps(model, tokens)
-    elif _trained(spec):
-        upstream = {"acts": ("acts", plan.add(_acts_task(spec, dims, model, tokens)).id)}
-    evaluations, passes = [], {}
-    where: dict = {}  # (name, layer) -> its train or import tasks; a CLT's at each layer it spans
-    for name, d in spec.dictionaries.items():
-        layers = d.layers if d.layers is not None else spec.layers
-        if d.kind == CLT or is_clt_folder(d):
-            found = (
-                _clt_tasks(spec, name, d, dims, upstream)
-                if d.kind == CLT
-                else [import_clt(name, d)]
-            )
-            tasks = [plan.add(t) for t in found]
-            where |= {(name, layer): tasks for layer in layers}
-            for t in tasks:
-                evaluations.append(plan.add(_evaluate_task(spec, [t], model, tokens)))
-                plan.eval_groups.append((evaluations[-1].id,))
-            continue
-        for layer in layers:
-            if d.kind == "pretrained":
-                group = [plan.add(import_task(name, d, layer))]
-            else:
-                group = [plan.add(t) for t in _train_tasks(spec, name, d, layer, dims, upstream)]
-                if not stream:
-                    plan.groups.append(tuple(sorted(t.id for t in group)))
-            where[(name, layer)] = group
-            single = [[t] for t in group]
-            _add_evaluations(plan, single, spec, model, tokens, evaluations, passes, layer)
-        if spec.evaluate.splice_all_layers and d.kind != "sae" and len(layers) > 1:
-            joint = spliced_layers(spec, layers)
-            span = joint if joint != list(layers) else None
-            n = len(where[(name, layers[0])])
-            sets = [[where[(name, layer)][i] for layer in joint] for i in range(n)]
-            _add_evaluations(plan, sets, spec, model, tokens, evaluations, passes, name, span)
-    plan.eval_groups += [tuple(sorted(ids)) for ids in passes.values()]
+    built = _add_dictionaries(plan, spec, dims, _add_sources(plan, spec, dims))
     if stream:
         train = plan.stage("train")
         ids, configs = [t.id for t in train], [t.config for t in train]
         plan.groups += split_passes(ids, configs, plan.stream_shape, stream_budget_mb)
-    per_layer = {k: ts for k, ts in where.items() if not spans_layers(ts[0].config.kind)}
-    downstream, features = [], []
-    if spec.interp is not None:  # a CLT's features studied at each layer, on their own
-        features = [
-            plan.add(_features_task(spec, t, model, tokens, layer))
-            for layer, t in _selected(spec, spec.interp.dictionaries, where)
-        ]
-        downstream.append(plan.add(_study_task(spec, features)))
-    if spec.probe is not None:
-        probed = _selected(spec, spec.probe.dictionaries, per_layer)
-        downstream += [plan.add(_probe_task(spec, t, model, layer)) for layer, t in probed]
-    for c in spec.circuits:
-        selected = _select(spec, [c.dictionary], where)
-        downstream.append(plan.add(_circuit_task(spec, c, selected, model, tokens)))
-    for e in spec.export:  # a CLT goes to circuit-tracer only
-        exported = where if e.to == "circuit-tracer" else per_layer
-        plan.add(_export_task(spec, e, _select(spec, e.dictionaries, exported), model))
-    plan.add(_tables_task(spec, evaluations + downstream))
+    downstream = _add_downstream(plan, spec, built)
+    plan.add(_tables_task(spec, built.evaluations + downstream))
     for key, t in plan.tasks.items():  # every estimate from one place, the configs known
         plan.tasks[key] = replace(t, resources=t.resources | plan.sizer.task_resources(plan, t))
     return plan
 
 
-def _add_evaluations(
-    plan: Plan, coder_sets, spec, model, tokens, evaluations: list, passes: dict, key, span=None
+def _add_sources(plan: Plan, spec: Spec, dims: dict) -> _Built:
+    """The model, its tokens (none for a synthetic source, which draws its samples itself)
+    and what train tasks read."""
+    model = plan.add(_model_task(spec))
+    tokens = None if spec.model.kind == "synthetic" else plan.add(_tokens_task(spec, model))
+    upstream = {}
+    if spec.acts.source == "stream":
+        upstream = _source_deps(model, tokens)
+    elif _trained(spec):
+        upstream = {"acts": ("acts", plan.add(_acts_task(spec, dims, model, tokens)).id)}
+    return _Built(model, tokens, upstream)
+
+
+def _add_dictionaries(plan: Plan, spec: Spec, dims: dict, b: _Built) -> _Built:
+    """Every dictionary's train or import tasks and their evaluations. A CLT (trained, or a
+    circuit-tracer CLT folder imported) is one task over all its layers, evaluated alone;
+    per-layer dictionaries are a task per layer and sweep point, evaluated in shared passes."""
+    passes: dict = {}
+    for name, d in spec.dictionaries.items():
+        layers = d.layers if d.layers is not None else spec.layers
+        if d.kind == CLT or is_clt_folder(d):  # the compiler's one question of shape
+            b.whole.add(name)
+            _add_whole(plan, spec, name, d, layers, dims, b)
+        else:
+            _add_per_layer(plan, spec, name, d, layers, dims, b, passes)
+    plan.eval_groups += [tuple(sorted(ids)) for ids in passes.values()]
+    return b
+
+
+def _add_whole(plan: Plan, spec: Spec, name: str, d, layers, dims: dict, b: _Built) -> None:
+    """A dictionary over all its layers: one task per sweep point, each evaluated alone."""
+    if d.kind == "pretrained":
+        found = [import_clt(name, d)]
+    else:
+        found = _clt_tasks(spec, name, d, dims, b.upstream)
+    tasks = [plan.add(t) for t in found]
+    b.where |= {(name, layer): tasks for layer in layers}
+    for t in tasks:
+        b.evaluations.append(plan.add(_evaluate_task(spec, [t], b.model, b.tokens, whole=True)))
+        plan.eval_groups.append((b.evaluations[-1].id,))
+
+
+def _add_per_layer(
+    plan: Plan, spec: Spec, name: str, d, layers, dims: dict, b: _Built, passes: dict
 ) -> None:
+    """A per-layer dictionary: its tasks at each layer, evaluated spliced alone there (each
+    layer's pass) and, unless its kind cannot, spliced at all its layers at once."""
+    for layer in layers:
+        if d.kind == "pretrained":
+            group = [plan.add(import_task(name, d, layer))]
+        else:
+            group = [plan.add(t) for t in _train_tasks(spec, name, d, layer, dims, b.upstream)]
+            if spec.acts.source != "stream":
+                plan.groups.append(tuple(sorted(t.id for t in group)))
+        b.where[(name, layer)] = group
+        single = [[t] for t in group]
+        _add_evaluations(plan, single, spec, b, passes, layer)
+    if spec.evaluate.splice_all_layers and not d.cannot("joint_splice") and len(layers) > 1:
+        joint = spliced_layers(spec, layers)
+        span = joint if joint != list(layers) else None
+        n = len(b.where[(name, layers[0])])
+        sets = [[b.where[(name, layer)][i] for layer in joint] for i in range(n)]
+        _add_evaluations(plan, sets, spec, b, passes, name, span)
+
+
+def _add_downstream(plan: Plan, spec: Spec, b: _Built) -> list[Task]:
+    """Feature studies (a CLT's features studied at each layer, on their own), probes
+    (per-layer dictionaries), circuit studies and exports of the dictionaries."""
+    downstream = []
+    if spec.interp is not None:
+        features = [
+            plan.add(_features_task(spec, t, b.model, b.tokens, layer))
+            for layer, t in _selected(spec, spec.interp.dictionaries, b.where)
+        ]
+        downstream.append(plan.add(_study_task(spec, features)))
+    if spec.probe is not None:
+        probed = _selected(spec, spec.probe.dictionaries, b.per_layer)
+        downstream += [plan.add(_probe_task(spec, t, b.model, layer)) for layer, t in probed]
+    for c in spec.circuits:
+        selected = _select(spec, [c.dictionary], b.where)
+        downstream.append(plan.add(_circuit_task(spec, c, selected, b.model, b.tokens)))
+    for e in spec.export:  # its format's limits were checked with the spec
+        plan.add(_export_task(spec, e, _select(spec, e.dictionaries, b.where), b.model))
+    return downstream
+
+
+def _add_evaluations(plan: Plan, coder_sets, spec, b: _Built, passes: dict, key, span=None) -> None:
     """One evaluate task per set of coders (one coder, or one per layer spliced at once),
     added to the evaluation pass `passes[key]`: every dictionary's sweep points spliced
     alone at one layer (key: the layer) share one pass's clean forward and that layer's
     ablated forwards; a dictionary's joint splices (key: its name) share another."""
-    tasks = [plan.add(_evaluate_task(spec, s, model, tokens, span)) for s in coder_sets]
-    evaluations += tasks
+    tasks = [plan.add(_evaluate_task(spec, s, b.model, b.tokens, span)) for s in coder_sets]
+    b.evaluations += tasks
     passes.setdefault(key, []).extend(t.id for t in tasks)
 
 
@@ -350,10 +398,16 @@ def _content_name(opts, data_seed: int) -> str:
 
 
 def _evaluate_task(
-    spec: Spec, coders: list[Task], model: Task, tokens: Task | None, span: list[int] | None = None
+    spec: Spec,
+    coders: list[Task],
+    model: Task,
+    tokens: Task | None,
+    span: list[int] | None = None,
+    whole: bool = False,
 ) -> Task:
     """Metrics of one sweep point spliced in at one layer (or several layers at once);
-    ``span``: the layers of a joint evaluation over fewer than all of them, for its name."""
+    ``span``: the layers of a joint evaluation over fewer than all of them, for its name;
+    ``whole``: one dictionary spliced at all its layers at once (a CLT)."""
     refs = tuple(coder_ref(t) for t in coders)
     config = EvaluateConfig(
         coders=refs,
@@ -363,14 +417,14 @@ def _evaluate_task(
         bos=spec.data.bos,
     )
     deps = _source_deps(model, tokens) | _coder_deps(coders)
-    prefix = f"{_spliced(refs, span)}-{refs[0].member}"
-    return make_task("evaluate", prefix, config, deps, {})
+    prefix = f"{_spliced(refs, span, whole)}-{refs[0].member}"
+    return make_task("evaluate", prefix, config, deps, {}, {"whole": whole})
 
 
-def _spliced(refs: tuple[CoderRef, ...], span: list[int] | None = None) -> str:
+def _spliced(refs: tuple[CoderRef, ...], span: list[int] | None, whole: bool) -> str:
     """Readable part of an evaluation's id: the dictionary and where it is spliced
-    (``span``: a joint splice over fewer than all its layers)."""
-    one = len(refs) == 1 and not spans_layers(refs[0].kind)
+    (``span``: a joint splice over fewer than all its layers; ``whole``: a CLT's)."""
+    one = len(refs) == 1 and not whole
     layer = f"L{refs[0].layer}" if one else "all"
     if span is not None:
         layer = "L" + "-".join(map(str, span))
@@ -498,5 +552,6 @@ def evalgroup_task(members: list[Task], plan: Plan) -> Task:
     resources = plan.sizer.evaluate_pass_resources(plan, [t.config for t in members])
     first = members[0].config.coders
     mixed = len({t.config.coders[0].dictionary for t in members}) > 1  # a layer's pass
-    prefix = f"{f'L{first[0].layer}' if mixed else _spliced(first)}-x{len(members)}"
+    spliced = _spliced(first, None, members[0].label["whole"])
+    prefix = f"{f'L{first[0].layer}' if mixed else spliced}-x{len(members)}"
     return Task(EVAL_GROUP, task_id(prefix, config, deps), config, deps, resources)

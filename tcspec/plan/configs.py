@@ -173,6 +173,10 @@ class TrainedMemberConfig(StageConfig):
     def live_threshold(self) -> float:
         return self.opts.live_threshold
 
+    def cost_shape(self, d_model: int) -> tuple[int, int, int]:
+        """(d_in, d_out, d_sae) its encode and decode cost as: its own."""
+        return self.d_in, self.d_out, self.d_sae
+
 
 class ImportedMemberConfig(StageConfig):
     """A released dictionary at one layer, imported into tcspec's format."""
@@ -199,6 +203,13 @@ class ImportedMemberConfig(StageConfig):
     @property
     def out_key(self) -> str | None:
         return self.out_hook
+
+    def cost_shape(self, d_model: int) -> tuple[int, int, int]:
+        """(d_in, d_out, d_sae) its encode and decode cost as (its files are not read when
+        the plan is compiled): ``cost.imported_coder_shape``."""
+        from tcspec.plan.cost import imported_coder_shape
+
+        return imported_coder_shape(d_model)
 
 
 class CLTMemberConfig(StageConfig):
@@ -241,6 +252,12 @@ class CLTMemberConfig(StageConfig):
     def layer(self) -> int:
         """The first layer (what a CoderRef names it by)."""
         return self.layers[0]
+
+    def cost_shape(self, d_model: int) -> tuple[int, int, int]:
+        """(d_in, d_out, d_sae) its encode and decode cost as: ``cost.clt_coder_shape``."""
+        from tcspec.plan.cost import clt_coder_shape
+
+        return clt_coder_shape(len(self.layers), self.d_model, self.d_sae)
 
     @property
     def live_threshold(self) -> float:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tcspec.compute.throughput import Rates
 from tcspec.plan import cost
-from tcspec.plan.configs import CLTMemberConfig, TrainedMemberConfig
+from tcspec.plan.configs import CLTMemberConfig
 from tcspec.plan.cost import Cost, ModelSize
 from tcspec.plan.stages import stage as stage_row
 
@@ -60,17 +60,17 @@ class Sizer:
         if stage == "evaluate":
             return self.request(stage, self.evaluate_cost(plan, [c]), self.gpu)
         if stage == "interp":
-            shape = coder_shape(plan.get(c.coder.stage, c.coder.id).config, m.d_model)
+            shape = plan.get(c.coder.stage, c.coder.id).config.cost_shape(m.d_model)
             return self.request(stage, cost.interp_cost(m, c.eval_tokens, *shape), self.gpu)
         if stage == "circuits":
-            shapes = [coder_shape(plan.get(r.stage, r.id).config, m.d_model) for r in c.coders]
+            shapes = [plan.get(r.stage, r.id).config.cost_shape(m.d_model) for r in c.coders]
             job = cost.circuit_cost(m, _prompts(c.circuit), shapes)
             return self.request(stage, job, self.gpu)
         return self.request(stage, cost.small_cost(), 0)  # study, export, tables
 
     def coder_resources(self, stage: str, c) -> dict:
         """A train task (as a pass of one), a CLT or an import."""
-        shape = coder_shape(c, self.size.d_model)
+        shape = c.cost_shape(self.size.d_model)
         if stage == "import":
             return self.request(stage, cost.small_cost(cost.IMPORT_BYTES), 0, shape=shape)
         if stage == "train":
@@ -124,7 +124,7 @@ class Sizer:
         """An evaluation pass of ``configs`` (EvaluateConfigs), each coder sized by the
         train, CLT or import task it names."""
         shapes = [
-            coder_shape(plan.get(r.stage, r.id).config, self.size.d_model)
+            plan.get(r.stage, r.id).config.cost_shape(self.size.d_model)
             for c in configs
             for r in c.coders
         ]
@@ -133,16 +133,6 @@ class Sizer:
 
     def evaluate_pass_resources(self, plan, configs: list) -> dict:
         return self.request("evaluate", self.evaluate_cost(plan, configs), self.gpu)
-
-
-def coder_shape(config, d_model: int) -> tuple[int, int, int]:
-    """(d_in, d_out, d_sae) of what a train, CLT or import task holds, as its encode and
-    decode cost (a CLT's: ``cost.clt_coder_shape``; an import's: ``cost.imported_coder_shape``)."""
-    if isinstance(config, TrainedMemberConfig):
-        return config.d_in, config.d_out, config.d_sae
-    if isinstance(config, CLTMemberConfig):
-        return cost.clt_coder_shape(len(config.layers), config.d_model, config.d_sae)
-    return cost.imported_coder_shape(d_model)
 
 
 def toy_steps(model) -> tuple[int, int]:

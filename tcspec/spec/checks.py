@@ -16,8 +16,8 @@ from tcspec.dictionaries.families import FAMILIES
 from tcspec.models import catalog
 from tcspec.models.hooks import BLOCK_HOOKS, SYNTHETIC_HOOKS, hook_width
 from tcspec.spec import SWEEP_FIELDS, Spec, prechecks
-from tcspec.spec.dictionaries import dictionary_hooks
-from tcspec.vocab import CLT, MODEL_JSON, TRANSCODER_KINDS, d_sae_of
+from tcspec.spec.dictionaries import NO_LM, dictionary_hooks
+from tcspec.vocab import MODEL_JSON, d_sae_of
 
 Found = Iterator[tuple[tuple, str]]
 
@@ -267,20 +267,8 @@ def _check(spec: Spec) -> Found:
     yield from prechecks.check_targets(spec)
     for i, c in enumerate(spec.circuits):
         d = spec.dictionaries.get(c.dictionary.name)
-        # an imported dictionary's files say what it is: checked when the study loads it
-        if getattr(c, "mlp0_deembeddings", False) and d is not None and d.kind != CLT:
-            yield from _check_mlp0(spec, ("circuits", i), c, d)
-        if d is not None and d.kind == CLT:
-            yield from _check_clt_circuit(("circuits", i), c)
-            yield from _check_one_point(("circuits", i, "dictionary"), c.dictionary, d)
-        elif d is not None and d.kind not in (*TRANSCODER_KINDS, "pretrained"):
-            yield (
-                ("circuits", i, "dictionary", "name"),
-                f"`{c.dictionary.name}` is an SAE; "
-                "circuit analysis traces through transcoders (kind: transcoder)",
-            )
-        elif d is not None and d.kind != "pretrained":
-            yield from _check_one_point(("circuits", i, "dictionary"), c.dictionary, d)
+        if d is not None:
+            yield from _check_traced(spec, ("circuits", i), c, d)
         if c.task == "attribution" and c.prompts_file is not None:
             f = c.prompts_file
             if not _exists(f) or f.is_dir():
@@ -304,11 +292,26 @@ def _check_probe(spec: Spec) -> Found:
             yield ("probe", "dataset", "data_files"), f"file not found: {f}"
     for i, ref in enumerate(p.dictionaries):
         d = spec.dictionaries.get(ref.name)
-        if d is not None and d.kind == CLT:
-            yield (
-                ("probe", "dictionaries", i, "name"),
-                f"`{ref.name}` is a cross-layer transcoder; probing reads per-layer dictionaries",
-            )
+        if d is not None and (why := d.cannot("probe")):
+            yield ("probe", "dictionaries", i, "name"), f"`{ref.name}` {why}"
+
+
+def _check_traced(spec: Spec, loc: tuple, c, d) -> Found:
+    """The dictionary a circuit study traces: one its kind lets a study trace, at one sweep
+    point; `layer` and the MLP0 de-embeddings only where its kind has them. (An imported
+    dictionary's files say what it is: checked when the study loads it.)"""
+    name = c.dictionary.name
+    if why := d.cannot("circuits"):
+        yield loc + ("dictionary", "name"), f"`{name}` {why}"
+        return
+    if getattr(c, "mlp0_deembeddings", False):
+        if why := d.cannot("mlp0_deembeddings"):
+            yield loc + ("mlp0_deembeddings",), f"`{name}` {why}"
+        else:
+            yield from _check_mlp0(spec, loc, c, d)
+    if c.dictionary.layer is not None and (why := d.cannot("circuit_layer")):
+        yield loc + ("dictionary", "layer"), f"`{name}` {why}"
+    yield from _check_one_point(loc + ("dictionary",), c.dictionary, d)
 
 
 def _check_mlp0(spec: Spec, loc: tuple, c, d) -> Found:
@@ -324,22 +327,6 @@ def _check_mlp0(spec: Spec, loc: tuple, c, d) -> Found:
         )
 
 
-def _check_clt_circuit(loc: tuple, c) -> Found:
-    """A CLT is traced whole; the MLP0 de-embeddings need a per-layer layer-0 transcoder."""
-    name = c.dictionary.name
-    if c.task == "greater_than" and c.mlp0_deembeddings:
-        yield (
-            loc + ("mlp0_deembeddings",),
-            f"`{name}` is a cross-layer transcoder: its layer-0 features write every later "
-            "MLP, so MLP0 is no extended embedding; drop `mlp0_deembeddings`",
-        )
-    if c.dictionary.layer is not None:
-        yield (
-            loc + ("dictionary", "layer"),
-            f"`{name}` is a cross-layer transcoder: a graph traces all its layers; drop `layer`",
-        )
-
-
 def _check_splice_layers(spec: Spec) -> Found:
     """`evaluate.splice_layers` must be layers of every transcoder spliced jointly."""
     chosen = spec.evaluate.splice_layers
@@ -347,7 +334,7 @@ def _check_splice_layers(spec: Spec) -> Found:
         return
     for name, d in spec.dictionaries.items():
         layers = d.layers if d.layers is not None else spec.layers
-        if d.kind in ("sae", CLT) or len(layers) < 2:
+        if d.cannot("joint_splice") or len(layers) < 2:
             continue
         missing = [layer for layer in chosen if layer not in layers]
         if missing:
@@ -383,24 +370,23 @@ def _check_synthetic(spec: Spec) -> Found:
         yield ("data", "kind"), f"{which} `data: {{kind: synthetic}}` (samples, not text)"
     if not synthetic:
         return
-    no_lm = "needs a language model; a synthetic source has none"
     if spec.interp is not None:
-        yield ("interp",), f"`interp` (feature dashboards over text) {no_lm}: drop it"
+        yield ("interp",), f"`interp` (feature dashboards over text) {NO_LM}: drop it"
     if spec.probe is not None:
-        yield ("probe",), f"`probe` (probing texts' activations) {no_lm}: drop it"
+        yield ("probe",), f"`probe` (probing texts' activations) {NO_LM}: drop it"
     for i, _ in enumerate(spec.circuits):
-        yield ("circuits", i), f"circuit studies {no_lm}: drop `circuits`"
+        yield ("circuits", i), f"circuit studies {NO_LM}: drop `circuits`"
     if spec.evaluate.splice_all_layers:
-        yield ("evaluate", "splice_all_layers"), f"splicing into a model {no_lm}"
+        yield ("evaluate", "splice_all_layers"), f"splicing into a model {NO_LM}"
     for i, _ in enumerate(spec.export):
-        yield ("export", i), f"an export names the model's hooks for another tool; {no_lm}"
+        yield ("export", i), f"an export names the model's hooks for another tool; {NO_LM}"
     hooks = SYNTHETIC_HOOKS
     for name, d in spec.dictionaries.items():
         base = ("dictionaries", name)
-        if d.kind in (CLT, "pretrained"):
+        if why := d.cannot("synthetic"):
             yield (
                 base + ("kind",),
-                f"`kind: {d.kind}` {no_lm}; use transcoder, skip_transcoder or sae",
+                f"`kind: {d.kind}` {why}; use transcoder, skip_transcoder or sae",
             )
             continue
         fields = ("hook",) if d.kind == "sae" else ("in_hook", "out_hook")

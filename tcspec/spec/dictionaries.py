@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, Self, Union
+from typing import Annotated, ClassVar, Literal, Self, Union
 
 from pydantic import (
     Field,
@@ -60,7 +61,29 @@ _OWN_CHECKS = ("penalty", "tanh_scale", "pre_act_coef")
 """Family options `_check_penalties` checks, with their own messages."""
 
 
-class _Schedule(Frozen):
+USES = ("circuits", "circuit_layer", "mlp0_deembeddings", "probe", "joint_splice", "synthetic")
+"""What the spec's sections ask of a dictionary: be traced by a circuit study, at one named
+layer, with the MLP0 de-embeddings; be probed; be spliced with its other layers' dictionaries
+at once; read a synthetic source. Each kind's `LIMITS` names those it cannot serve."""
+
+NO_LM = "needs a language model; a synthetic source has none"
+CLT_IS = "is a cross-layer transcoder"
+
+
+class _Kind(Frozen):
+    """What every dictionary of the spec answers, whatever its kind or shape."""
+
+    LIMITS: ClassVar[Mapping[str, str]] = {}
+    """Uses (of `USES`) this kind cannot serve -> why (it reads after "`name` ")."""
+
+    def cannot(self, use: str) -> str | None:
+        """Why this dictionary cannot serve `use` (one of `USES`); None when it can."""
+        if use not in USES:
+            raise ValueError(f"unknown use {use!r}; one of {USES}")
+        return self.LIMITS.get(use)
+
+
+class _Schedule(_Kind):
     """The optimiser and schedule fields every trained dictionary has."""
 
     adam_betas: tuple[Fraction, Fraction] = (0.9, 0.999)
@@ -353,10 +376,17 @@ class SAESpec(_DictionaryBase):
     hook: HookName = TRANSCODER_OUT
     """Hook it reconstructs, relative to `blocks.{layer}`."""
 
+    LIMITS: ClassVar[Mapping[str, str]] = {
+        "circuits": "is an SAE; circuit analysis traces through transcoders (kind: transcoder)",
+        "joint_splice": "is an SAE: it is spliced at each layer alone",
+    }
 
-class PretrainedDictionarySpec(Frozen):
+
+class PretrainedDictionarySpec(_Kind):
     """A released dictionary imported from disk or the HF hub; evaluated, studied and
     tabulated exactly like a trained one."""
+
+    LIMITS: ClassVar[Mapping[str, str]] = {"synthetic": NO_LM}
 
     kind: Literal["pretrained"]
     path: str
@@ -438,6 +468,15 @@ class CLTSpec(_Schedule):
     zip: list[Literal[SWEEP_FIELDS]] = []  # type: ignore[valid-type]
     """Sweep axes that advance together (equal lengths) instead of crossing."""
 
+    LIMITS: ClassVar[Mapping[str, str]] = {
+        "circuit_layer": f"{CLT_IS}: a graph traces all its layers; drop `layer`",
+        "mlp0_deembeddings": f"{CLT_IS}: its layer-0 features write every later MLP, so MLP0 "
+        "is no extended embedding; drop `mlp0_deembeddings`",
+        "probe": f"{CLT_IS}; probing reads per-layer dictionaries",
+        "joint_splice": f"{CLT_IS}: it is spliced at all its layers at once, alone",
+        "synthetic": NO_LM,
+    }
+
     @property
     def sparsity_field(self) -> str:
         """The option that sets its sparsity (the family's `clt_sparsity`: k or l1)."""
@@ -467,7 +506,6 @@ DictionarySpec = Annotated[
 
 
 def dictionary_hooks(d) -> tuple[str, str]:
-    """(in_hook, out_hook) relative to the block; equal for an SAE."""
-    if isinstance(d, (TranscoderSpec, CLTSpec)):
-        return d.in_hook, d.out_hook
-    return d.hook, d.hook
+    """(in_hook, out_hook) relative to the block; equal for an SAE (its one `hook`)."""
+    hook = getattr(d, "hook", None)
+    return (hook, hook) if hook is not None else (d.in_hook, d.out_hook)

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from tcspec.models.hooks import hook_width
 from tcspec.spec import DictionaryRef, Spec
 from tcspec.spec.dictionaries import dictionary_hooks
-from tcspec.vocab import CLT
 
 Found = Iterator[tuple[tuple, str]]
 
@@ -38,8 +37,6 @@ def check_exports(spec: Spec, dims: dict) -> Found:
             d = spec.dictionaries.get(ref.name)
             if d is None or d.kind == "pretrained":  # an import's files say what it is
                 continue
-            if d.kind == CLT and not named and e.to != "circuit-tracer":
-                continue  # exporting every dictionary writes a CLT to circuit-tracer only
             activation = getattr(d, "activation", "relu")
             in_hook, out_hook = dictionary_hooks(d)
             d_in, d_out = hook_width(in_hook, dims), hook_width(out_hook, dims)

@@ -156,10 +156,11 @@ def _totals(mse: list, fvu: list, dead: list, n_tokens: list) -> dict:
 
 
 def _joint_totals(df: pd.DataFrame) -> pd.DataFrame:
-    """Per-layer dictionaries spliced at once (`splice: all`, not a CLT's): L0 summed, FVU
-    pooled and dead fraction averaged over their `splice: each` rows of the same point."""
+    """Per-layer dictionaries spliced at once (`splice: all`): L0 summed, FVU pooled and dead
+    fraction averaged over their `splice: each` rows of the same point. (A CLT has no
+    `splice: each` rows: `_rows` gave its record the totals of its own layers.)"""
     each = df[df["splice"] == "each"]
-    for i in df.index[(df["splice"] == "all") & (df["kind"] != "clt")]:
+    for i in df.index[df["splice"] == "all"]:
         r = df.loc[i]
         layers = [int(x) for x in r["layers"].split(",")]
         seed = -1 if pd.isna(r["seed"]) else r["seed"]

@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from tcspec.checksums import file_hashes
-from tcspec.vocab import CLT
 
 
 def run(ctx) -> dict:
-    from tcspec.dictionaries import coders
-    from tcspec.interop import detect_format, load_dictionary
+    from tcspec.dictionaries import shapes
+    from tcspec.interop import detect_format
 
     cfg = ctx.config
     path = Path(cfg.path)
@@ -24,15 +23,10 @@ def run(ctx) -> dict:
             f"{path}: the files changed since the plan was compiled; rerun so the import "
             "gets the id of their new contents"
         )
-    if cfg.kind == CLT:
-        from tcspec.dictionaries import clt_io
-
-        clt = clt_io.load_circuit_tracer(path)
-        clt_io.save(clt, ctx.out, extra={"source": str(path), "format": cfg.format})
-        return {"source": str(path), "format": cfg.format, "d_sae": clt.cfg.d_sae, "kind": CLT}
     fmt = None if cfg.format == "auto" else cfg.format
-    coder = load_dictionary(
+    d = shapes.load_released(
         path,
+        cfg.kind,
         fmt,
         layer=cfg.layer,
         trust_pickle=cfg.trust_pickle,
@@ -40,5 +34,5 @@ def run(ctx) -> dict:
         out_hook=cfg.out_hook,
     )
     source = {"source": str(path), "format": fmt or detect_format(path)}
-    coders.save(coder, ctx.out, extra=source)
-    return source | {"d_sae": coder.cfg.d_sae, "kind": coder.cfg.kind}
+    shapes.save(d, ctx.out, extra=source)
+    return source | {"d_sae": d.cfg.d_sae, "kind": d.cfg.kind}

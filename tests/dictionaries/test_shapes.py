@@ -46,3 +46,24 @@ def test_a_clt_traces_alone(folders):
     assert list(by_layer) == [1] and isinstance(by_layer[1], Coder)
     with pytest.raises(ValueError, match="a CLT traces alone"):
         load_set([(1, root / "clt"), (2, root / "tc")], "cpu", torch.float32)
+
+
+def test_either_shape_saves_and_goes_to_circuit_tracer_through_one_call(folders):
+    """`save` and `write_circuit_tracer` take either shape: a CLT (listed at each layer it
+    spans) becomes a CLT folder, per-layer transcoders a transcoder set."""
+    from tcspec.dictionaries.shapes import save, write_circuit_tracer
+
+    clt, _, root = folders
+    for d, name in [(clt, "clt2"), (Coder(CoderConfig("transcoder", 8, 8, 12, layer=0)), "tc2")]:
+        save(d, root / name, extra={"source": "test"})
+        assert same(load(root / name), d)
+    whole = CLT(CLTConfig(n_layers=2, d_model=8, d_sae=12, layers=(0, 1)), seed=4)
+    files = write_circuit_tracer({0: whole, 1: whole}, root / "ct-clt", model_name="m")
+    assert sorted(p.name for p in files) == [
+        "W_dec_0.safetensors", "W_dec_1.safetensors", "W_enc_0.safetensors",
+        "W_enc_1.safetensors", "config.yaml",
+    ]  # fmt: skip
+    assert same(clt_io.load_circuit_tracer(root / "ct-clt"), whole)
+    per_layer = {i: Coder(CoderConfig("transcoder", 8, 8, 12, layer=i, in_hook=f"blocks.{i}.ln2.hook_normalized", out_hook=f"blocks.{i}.hook_mlp_out"), seed=i) for i in (0, 1)}  # fmt: skip
+    files = write_circuit_tracer(per_layer, root / "ct-set", model_name="m")
+    assert {p.name for p in files} >= {"layer_0.safetensors", "layer_1.safetensors", "config.yaml"}

@@ -427,3 +427,20 @@ def test_hostile_files_get_one_located_line(data: bytes, message: str, tmp_path,
     assert f"{spec}:" in err and message in err, err
     assert all(re.match(rf"{re.escape(str(spec))}:\d+:\d+: ", line) for line in err.splitlines())
     assert len(err.splitlines()) <= 51 and len(err) < 20_000
+
+
+def test_each_kind_states_its_limits_in_the_spec_s_words():
+    """What a kind cannot serve is data on its spec class, in `USES`' words; asking of a
+    use nothing asks about is a programming error, not a silent None."""
+    from typing import get_args
+
+    from tcspec.spec.dictionaries import USES, CLTSpec, DictionarySpec
+
+    classes = get_args(get_args(DictionarySpec)[0])
+    assert {c.model_fields["kind"].annotation.__args__[0] for c in classes} >= {"clt", "sae"}
+    for cls in classes:
+        assert set(cls.LIMITS) <= set(USES), cls.__name__
+    clt = CLTSpec(kind="clt", expansion=2)
+    assert clt.cannot("probe") and clt.cannot("joint_splice") and not clt.cannot("circuits")
+    with pytest.raises(ValueError, match="unknown use"):
+        clt.cannot("probing")

@@ -15,11 +15,18 @@ CLT is one graph node: its outgoing edge sums its decoders' contributions.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor
 
 from tcspec.dictionaries.clt import CLT
+from tcspec.dictionaries.clt_views import layer_coder, layer_index
 from tcspec.dictionaries.coders import Coder
-from tcspec.models.hooks import full_name, relative_name
+from tcspec.models.hooks import full_name, hooks_replacing_mlp, relative_name
+from tcspec.vocab import TRANSCODER_KINDS
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 class PerLayer:
@@ -32,6 +39,22 @@ class PerLayer:
     @property
     def dtype(self):
         return next(iter(self.coders.values())).W_enc.dtype
+
+    def check_fits(self, model: HookedTransformer) -> None:
+        """``ValueError`` (naming the layer) unless each is a transcoder standing in for its
+        layer's MLP of `model`, reading and writing its width."""
+        if not self.coders:
+            raise ValueError("no transcoders given")
+        for layer, coder in self.coders.items():
+            _check_transcoder(model, layer, coder, f"layer {layer}")
+
+    def layer_coder(self, li: int) -> Coder:
+        """Layer li's features as a per-layer `Coder`: its transcoder."""
+        return self.coders[li]
+
+    def mlp0_coder(self) -> Coder | None:
+        """The layer-0 transcoder, whose MLP0 output is an extended embedding; None without."""
+        return self.coders.get(0)
 
     def in_hook(self, li: int) -> str:
         hook = self.coders[li].cfg.in_hook
@@ -101,6 +124,29 @@ class CrossLayer:
     def dtype(self):
         return self.clt.b_enc.dtype
 
+    def check_fits(self, model: HookedTransformer) -> None:
+        """``ValueError`` unless the CLT spans blocks of `model`, reading and writing its width."""
+        cfg = self.clt.cfg
+        if max(cfg.blocks) >= model.cfg.n_layers:
+            raise ValueError(
+                f"the CLT spans blocks {list(cfg.blocks)}; the model has {model.cfg.n_layers}"
+            )
+        if model.cfg.parallel_attn_mlp and cfg.in_hook == "hook_resid_mid":
+            raise ValueError("the CLT reads hook_resid_mid, which a parallel block does not have")
+        if cfg.d_model != model.cfg.d_model:
+            raise ValueError(f"the CLT's d_model {cfg.d_model} != the model's {model.cfg.d_model}")
+
+    def layer_coder(self, li: int) -> Coder:
+        """Layer li's features as a per-layer `Coder` (its encoder exactly; the decoder summed
+        over the layers it writes: `tcspec.dictionaries.clt_views.layer_coder`)."""
+        return layer_coder(self.clt, layer_index(self.clt, li))
+
+    def mlp0_coder(self) -> Coder | None:
+        raise ValueError(
+            "mlp0_deembeddings needs a per-layer transcoder at layer 0; a cross-layer "
+            "transcoder's layer-0 features write every later MLP"
+        )
+
     def in_hook(self, li: int) -> str:
         return self.clt.cfg.in_names[self._index[li]]
 
@@ -154,9 +200,7 @@ def as_dictionaries(x: dict[int, Coder] | CLT | Dictionaries) -> Dictionaries:
     """Per-layer transcoders by layer, a CLT, or either already wrapped."""
     if isinstance(x, (PerLayer, CrossLayer)):
         return x
-    if isinstance(x, CLT):
-        return CrossLayer(x)
-    return PerLayer(x)
+    return PerLayer(x) if isinstance(x, dict) else CrossLayer(x)
 
 
 def write_into(d: Dictionaries, z: dict[int, Tensor], m: int) -> Tensor:
@@ -179,3 +223,34 @@ def visible_decoder(d: Dictionaries, li: int, below: int) -> Tensor:
     if out is None:
         raise ValueError(f"layer {li}'s features write no layer before {below}")
     return out
+
+
+def _check_transcoder(model: HookedTransformer, layer: int, coder: Coder, where: str) -> None:
+    """``ValueError`` starting with `where` unless `coder` replaces layer `layer`'s MLP."""
+    cfg = coder.cfg
+    if cfg.kind not in TRANSCODER_KINDS:
+        raise ValueError(f"{where}: a {cfg.kind} is not a transcoder; circuits need transcoders")
+    if not 0 <= layer < model.cfg.n_layers:
+        raise ValueError(f"{where}: the model has layers 0..{model.cfg.n_layers - 1}")
+    if cfg.layer is not None and cfg.layer != layer:
+        raise ValueError(f"{where}: the transcoder was trained for layer {cfg.layer}")
+    if cfg.in_hook is None or cfg.out_hook is None:
+        raise ValueError(f"{where}: the transcoder's config names no hooks")
+    try:
+        in_hook, out_hook = relative_name(cfg.in_hook, layer), relative_name(cfg.out_hook, layer)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
+    if not hooks_replacing_mlp(in_hook, out_hook):
+        raise ValueError(
+            f"{where}: a transcoder from {cfg.in_hook} to {cfg.out_hook} does not replace the MLP"
+        )
+    if model.cfg.parallel_attn_mlp and in_hook == "hook_resid_mid":
+        raise ValueError(
+            f"{where}: a parallel block has no hook_resid_mid; use ln2.hook_normalized"
+        )
+    if in_hook == "hook_mlp_in" and not model.cfg.use_hook_mlp_in:
+        raise ValueError(f"{where}: reads hook_mlp_in; call model.set_use_hook_mlp_in(True)")
+    if cfg.d_in != model.cfg.d_model or cfg.d_out != model.cfg.d_model:
+        raise ValueError(
+            f"{where}: d_in/d_out {cfg.d_in}/{cfg.d_out} != d_model {model.cfg.d_model}"
+        )

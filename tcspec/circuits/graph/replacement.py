@@ -33,14 +33,11 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tcspec.circuits.graph.dictionaries import (
-    CrossLayer,
     Dictionaries,
     as_dictionaries,
     write_into,
 )
-from tcspec.dictionaries.coders import Coder
-from tcspec.models.hooks import full_name, hooks_replacing_mlp, relative_name
-from tcspec.vocab import TRANSCODER_KINDS
+from tcspec.models.hooks import full_name
 
 FROZEN_SUFFIXES = ("hook_scale", "attn.hook_pattern")
 
@@ -67,51 +64,7 @@ def check_supported(model: HookedTransformer, coders: Dictionaries) -> None:
             f"the model softcaps its logits (output_logits_soft_cap="
             f"{cfg.output_logits_soft_cap}); a softcapped logit is not linear in the residual"
         )
-    if isinstance(coders, CrossLayer):
-        _check_clt(model, coders)
-        return
-    if not coders.coders:
-        raise ValueError("no transcoders given")
-    for layer, coder in coders.coders.items():
-        _check_coder(model, layer, coder)
-
-
-def _check_clt(model: HookedTransformer, d: CrossLayer) -> None:
-    cfg = d.clt.cfg
-    if max(cfg.blocks) >= model.cfg.n_layers:
-        raise ValueError(
-            f"the CLT spans blocks {list(cfg.blocks)}; the model has {model.cfg.n_layers}"
-        )
-    if model.cfg.parallel_attn_mlp and cfg.in_hook == "hook_resid_mid":
-        raise ValueError("the CLT reads hook_resid_mid, which a parallel block does not have")
-    if cfg.d_model != model.cfg.d_model:
-        raise ValueError(f"the CLT's d_model {cfg.d_model} != the model's {model.cfg.d_model}")
-
-
-def _check_coder(model: HookedTransformer, layer: int, coder: Coder) -> None:
-    cfg, where = coder.cfg, f"layer {layer}"
-    if cfg.kind not in TRANSCODER_KINDS:
-        raise ValueError(f"{where}: a {cfg.kind} is not a transcoder; the graph needs transcoders")
-    if not 0 <= layer < model.cfg.n_layers:
-        raise ValueError(f"{where}: the model has layers 0..{model.cfg.n_layers - 1}")
-    if cfg.layer is not None and cfg.layer != layer:
-        raise ValueError(f"{where}: the transcoder was trained for layer {cfg.layer}")
-    in_hook, out_hook = relative_hook(cfg.in_hook, layer), relative_hook(cfg.out_hook, layer)
-    if not hooks_replacing_mlp(in_hook, out_hook):
-        raise ValueError(f"{where}: {cfg.in_hook} -> {cfg.out_hook} does not replace the MLP")
-    if model.cfg.parallel_attn_mlp and in_hook == "hook_resid_mid":
-        raise ValueError(f"{where}: a parallel block has no hook_resid_mid")
-    if in_hook == "hook_mlp_in" and not model.cfg.use_hook_mlp_in:
-        raise ValueError(f"{where}: reads hook_mlp_in; call model.set_use_hook_mlp_in(True)")
-    if cfg.d_in != model.cfg.d_model or cfg.d_out != model.cfg.d_model:
-        raise ValueError(f"{where}: d_in/d_out {cfg.d_in}/{cfg.d_out} != {model.cfg.d_model}")
-
-
-def relative_hook(hook: str | None, layer: int) -> str:
-    """``blocks.{layer}.ln2.hook_normalized`` -> ``ln2.hook_normalized``."""
-    if hook is None:
-        raise ValueError(f"layer {layer}: the transcoder's config names no hooks")
-    return relative_name(hook, layer)
+    coders.check_fits(model)
 
 
 @dataclass(frozen=True)
