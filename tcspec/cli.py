@@ -335,8 +335,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from tcspec.dictionaries import coders
-    from tcspec.interop import export
+    from tcspec.dictionaries import shapes
 
     folder, out = Path(args.dictionary), Path(args.out)
     if not (folder / CFG_FILE).is_file():
@@ -352,8 +351,8 @@ def cmd_export(args) -> int:
     if not model_name or not context:
         raise UserError(f"{folder}: give --model-name and --context-size (no task.json to read)")
     try:
-        written = export(
-            coders.load(folder),
+        written = shapes.export(
+            shapes.load(folder),
             out,
             args.to,
             model_name=model_name,

@@ -80,6 +80,18 @@ def load_released(path: Path, kind: str, fmt: str | None, **opts) -> Coder | CLT
     return load_dictionary(path, fmt, **opts)
 
 
+def export(d: Coder | CLT, out: Path, to: str, *, model_name: str, **facts) -> list[Path]:
+    """Write one dictionary in the format `to` (`tcspec.interop.export`'s; a CLT as
+    circuit-tracer's CLT folder, the one format that holds it); the files written."""
+    from tcspec.interop.export import export as export_one
+    from tcspec.interop.export import refusal, refuse
+
+    if not spans_layers(d.cfg.kind):
+        return export_one(d, out, to, model_name=model_name, **facts)
+    refuse(d, to, refusal(to, d.cfg.kind, d.cfg.activation, d.cfg.d_model, d.cfg.d_model))
+    return write_circuit_tracer({d.cfg.blocks[0]: d}, out, model_name=model_name, **facts)
+
+
 def write_circuit_tracer(
     by_layer: dict[int, Coder | CLT], out: Path, *, model_name: str, **facts
 ) -> list[Path]:

@@ -131,7 +131,7 @@ def set_refusal(layers: list[int]) -> str | None:
     return None
 
 
-def _refuse(coder: Coder, to: str, why: str | None) -> None:
+def refuse(coder: Coder, to: str, why: str | None) -> None:
     """A ValueError naming the dictionary and the format when there is a reason `why`."""
     if why:
         name = f"{coder.cfg.kind} ({coder.cfg.activation})"
@@ -140,7 +140,7 @@ def _refuse(coder: Coder, to: str, why: str | None) -> None:
 
 def _refuse_unfit(coder: Coder, to: str, where: str | None = None) -> None:
     cfg = coder.cfg
-    _refuse(coder, where or to, refusal(to, cfg.kind, cfg.activation, cfg.d_in, cfg.d_out))
+    refuse(coder, where or to, refusal(to, cfg.kind, cfg.activation, cfg.d_in, cfg.d_out))
 
 
 def _thresholds(coder: Coder, to: str) -> dict[str, Tensor]:
@@ -150,7 +150,7 @@ def _thresholds(coder: Coder, to: str) -> dict[str, Tensor]:
         return {}
     th = coder.threshold.detach()
     if bool((th < 0).any()):
-        _refuse(coder, to, f"{int((th < 0).sum())} thresholds are negative")
+        refuse(coder, to, f"{int((th < 0).sum())} thresholds are negative")
     return {"threshold": th}
 
 
@@ -179,7 +179,7 @@ def _export_saelens(
     cfg = coder.cfg
     _refuse_unfit(coder, "saelens")
     if not cfg.in_hook or (cfg.kind != "sae" and not cfg.out_hook):
-        _refuse(coder, "saelens", "SAELens needs the hook names (in_hook/out_hook)")
+        refuse(coder, "saelens", "SAELens needs the hook names (in_hook/out_hook)")
     fam = cfg.family
     arch = fam.saelens if cfg.kind == "sae" else fam.saelens_transcoder.format(kind=cfg.kind)
     metadata = {

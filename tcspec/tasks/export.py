@@ -11,7 +11,6 @@ from tcspec import layout
 
 def run(ctx) -> dict:
     from tcspec.dictionaries import shapes
-    from tcspec.interop import export
 
     cfg = ctx.config
     root = ctx.out / layout.EXPORT
@@ -22,8 +21,8 @@ def run(ctx) -> dict:
         d = shapes.load(ctx.coder_dir(ref))
         if cfg.to == "circuit-tracer":
             sets[(ref.dictionary, ref.member)][ref.layer] = d
-        else:  # the plan exports a CLT to circuit-tracer only
-            written += export(d, root / ref.label, cfg.to, **facts)
+        else:
+            written += shapes.export(d, root / ref.label, cfg.to, **facts)
     for (name, member), by_layer in sets.items():
         written += shapes.write_circuit_tracer(by_layer, root / f"{name}-{member}", **facts)
     return {"files": [str(Path(p).relative_to(ctx.out)) for p in written]}

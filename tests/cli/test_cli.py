@@ -253,3 +253,33 @@ def test_progress_in_a_log_file_is_plain_periodic_lines(tmp_path):
     lines = [line for line in text.splitlines() if line.startswith("steps")]
     assert "\r" not in text
     assert 2 <= len(lines) <= 10 and "40/40" in lines[-1]
+
+
+def test_export_writes_a_clt_folder_to_circuit_tracer_and_refuses_other_formats(
+    tmp_path: Path, capsys
+):
+    """`tcspec export` takes either shape: a CLT folder goes to circuit-tracer's CLT format
+    (and loads back equal), and SAELens gets one line saying why it cannot hold it."""
+    import torch
+
+    from tcspec.dictionaries import clt_io
+    from tcspec.dictionaries.clt import CLT, CLTConfig
+
+    clt = CLT(CLTConfig(n_layers=2, d_model=8, d_sae=12, layers=(0, 1)), seed=5)
+    clt_io.save(clt, tmp_path / "clt")
+    facts = ["--model-name", "m", "--context-size", "16", "--results", str(tmp_path)]
+    args = ["export", str(tmp_path / "clt"), str(tmp_path / "ct"), *facts]
+    assert main([*args, "--to", "circuit-tracer"]) == 0
+    back = clt_io.load_circuit_tracer(tmp_path / "ct")
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in clt.state_dict().items())
+    capsys.readouterr()
+    args[2] = str(tmp_path / "sl")
+    assert main([*args, "--to", "saelens"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.endswith(
+            "cannot export a clt (relu) to saelens: a cross-layer transcoder is written in "
+            "circuit-tracer's format only"
+        )
+        and len(err.splitlines()) == 1
+    )
