@@ -70,93 +70,30 @@ def _cores(text: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The command line, its subcommands in the order ``--help`` lists them: each
+    ``_add_<command>`` below, beside the ``cmd_<command>`` it runs, adds its arguments."""
     p = _Parser(prog="tcspec", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-
-    def spec_arg(sp, results=True):
-        sp.add_argument("spec", nargs="?", default=DEFAULT_SPEC, help="spec file (YAML)")
-        if results:
-            sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder")
-
-    sp = sub.add_parser("check", help="validate a spec; one located line per problem")
-    spec_arg(sp)
-    sp.add_argument(
-        "--skip-disk", action="store_true", help="don't compare cache size to free disk"
-    )
-    sp.add_argument("--strict", action="store_true", help="warnings are errors (exit 2)")
-    sp.set_defaults(func=cmd_check)
-
-    sp = sub.add_parser("plan", help="print the job table of a spec")
-    spec_arg(sp)
-    sp.add_argument(
-        "--stream-budget-mb", type=_positive_int, help="memory of one stream training job (as in "
-        "Snakemake's --config stream_budget_mb=N; default the workflow's)",
-    )  # fmt: skip
-    sp.add_argument(
-        "--gpu-class", choices=GPU_CLASSES, help="the GPUs the time estimates assume (as "
-        "Snakemake's --config gpu_class=...; default the table's, a100)",
-    )  # fmt: skip
-    sp.add_argument(
-        "--sustained-tflops", type=float, help="sustained TFLOP/s of a GPU job, overriding "
-        "the table (as Snakemake's --config sustained_tflops=N)",
-    )  # fmt: skip
-    sp.add_argument("--json", action="store_true", help="print the plan as JSON")
-    sp.set_defaults(func=cmd_plan)
-
-    sp = sub.add_parser("schema", help="write the spec JSON Schema")
-    sp.add_argument("--out", default=str(SCHEMA_PATH))
-    sp.set_defaults(func=cmd_schema)
-
-    sp = sub.add_parser("run", help="run a spec end to end with Snakemake")
-    spec_arg(sp)
-    sp.add_argument("--cores", "-c", default="2", type=_cores, help="a number, or `all`")
-    sp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="passed to snakemake")
-    sp.set_defaults(func=cmd_run)
-
-    sp = sub.add_parser("task", help="run one stored task by stage and id (what jobs call)")
-    sp.add_argument("stage", choices=list(BY_NAME))
-    sp.add_argument("task_id")
-    sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder")
-    sp.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        help="default: $TCSPEC_DEVICE, else auto",
-    )
-    sp.set_defaults(func=cmd_task)
-
-    sp = sub.add_parser("tables", help="regenerate a spec's tables from existing outputs")
-    spec_arg(sp)
-    sp.set_defaults(func=cmd_tables)
-
-    sp = sub.add_parser("interp", help="the blind interpretability study")
-    isub = sp.add_subparsers(dest="interp_command", required=True)
-    ip = isub.add_parser("ingest", help="validate a ratings file and add it to the study")
-    spec_arg(ip)
-    ip.add_argument("ratings", help="the filled-in ratings.csv")
-    ip.set_defaults(func=cmd_ingest)
-
-    sp = sub.add_parser("export", help="write one trained dictionary in another tool's format")
-    sp.add_argument("dictionary", help=f"a dictionary folder ({CFG_FILE} + {WEIGHTS_FILE})")
-    sp.add_argument("--to", required=True, choices=EXPORT_TARGETS)
-    sp.add_argument("out", help="output folder")
-    sp.add_argument("--model-name", help="TransformerLens model name (default: from task.json)")
-    sp.add_argument(
-        "--context-size", type=_positive_int, help="context length (default: from task.json)"
-    )
-    sp.add_argument("--dataset", help="dataset name recorded in the metadata")
-    sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder it is in")
-    sp.set_defaults(func=cmd_export)
-
-    sp = sub.add_parser("clean", help="list (or remove) task folders no given spec needs")
-    sp.add_argument("specs", nargs="+", help="every spec whose outputs to keep")
-    sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder")
-    sp.add_argument("--yes", action="store_true", help="remove them (default: only list)")
-    sp.set_defaults(func=cmd_clean)
-
-    sp = sub.add_parser("status", help="what is done, stale or missing for a spec")
-    spec_arg(sp)
-    sp.set_defaults(func=cmd_status)
+    for add_command in (
+        _add_check,
+        _add_plan,
+        _add_schema,
+        _add_run,
+        _add_task,
+        _add_tables,
+        _add_interp,
+        _add_export,
+        _add_clean,
+        _add_status,
+    ):
+        add_command(sub)
     return p
+
+
+def _spec_arg(sp: argparse.ArgumentParser) -> None:
+    """The spec file argument (default the quickstart) and --results."""
+    sp.add_argument("spec", nargs="?", default=DEFAULT_SPEC, help="spec file (YAML)")
+    sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder")
 
 
 def _plan(args, stream_budget_mb: int | None = None, results: Path | None = None):
@@ -175,6 +112,16 @@ def _plan(args, stream_budget_mb: int | None = None, results: Path | None = None
         return spec, compile_plan(spec, stream_budget_mb or DEFAULT_STREAM_BUDGET_MB, rates)
     except ValueError as exc:  # a dictionary too large for one stream job
         raise UserError(f"{args.spec}: {exc}") from None
+
+
+def _add_check(sub) -> None:
+    sp = sub.add_parser("check", help="validate a spec; one located line per problem")
+    _spec_arg(sp)
+    sp.add_argument(
+        "--skip-disk", action="store_true", help="don't compare cache size to free disk"
+    )
+    sp.add_argument("--strict", action="store_true", help="warnings are errors (exit 2)")
+    sp.set_defaults(func=cmd_check)
 
 
 def cmd_check(args) -> int:
@@ -211,6 +158,25 @@ def _check_disk(plan, results: Path, spec_file: str) -> None:
         )
 
 
+def _add_plan(sub) -> None:
+    sp = sub.add_parser("plan", help="print the job table of a spec")
+    _spec_arg(sp)
+    sp.add_argument(
+        "--stream-budget-mb", type=_positive_int, help="memory of one stream training job (as in "
+        "Snakemake's --config stream_budget_mb=N; default the workflow's)",
+    )  # fmt: skip
+    sp.add_argument(
+        "--gpu-class", choices=GPU_CLASSES, help="the GPUs the time estimates assume (as "
+        "Snakemake's --config gpu_class=...; default the table's, a100)",
+    )  # fmt: skip
+    sp.add_argument(
+        "--sustained-tflops", type=float, help="sustained TFLOP/s of a GPU job, overriding "
+        "the table (as Snakemake's --config sustained_tflops=N)",
+    )  # fmt: skip
+    sp.add_argument("--json", action="store_true", help="print the plan as JSON")
+    sp.set_defaults(func=cmd_plan)
+
+
 def cmd_plan(args) -> int:
     from tcspec.plan.report import plan_table
 
@@ -220,6 +186,12 @@ def cmd_plan(args) -> int:
     else:
         print(plan_table(plan, Path(args.results)))
     return 0
+
+
+def _add_schema(sub) -> None:
+    sp = sub.add_parser("schema", help="write the spec JSON Schema")
+    sp.add_argument("--out", default=str(SCHEMA_PATH))
+    sp.set_defaults(func=cmd_schema)
 
 
 def cmd_schema(args) -> int:
@@ -259,12 +231,33 @@ def plain_progress(every_s: float = 15.0) -> None:
     sys.stderr = _Lines(sys.stderr)
 
 
+def _add_run(sub) -> None:
+    sp = sub.add_parser("run", help="run a spec end to end with Snakemake")
+    _spec_arg(sp)
+    sp.add_argument("--cores", "-c", default="2", type=_cores, help="a number, or `all`")
+    sp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="passed to snakemake")
+    sp.set_defaults(func=cmd_run)
+
+
 def cmd_run(args) -> int:
     load_spec(args.spec)  # fail early, with located errors, before Snakemake starts
     snakefile = Path(__file__).resolve().parent.parent / "Snakefile"
     cmd = ["snakemake", "-s", str(snakefile), "-c", str(args.cores)]
     cmd += ["--config", f"spec={args.spec}", f"results={args.results}", *args.snakemake_args]
     return subprocess.call(cmd)
+
+
+def _add_task(sub) -> None:
+    sp = sub.add_parser("task", help="run one stored task by stage and id (what jobs call)")
+    sp.add_argument("stage", choices=list(BY_NAME))
+    sp.add_argument("task_id")
+    sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder")
+    sp.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="default: $TCSPEC_DEVICE, else auto",
+    )
+    sp.set_defaults(func=cmd_task)
 
 
 def cmd_task(args) -> int:
@@ -293,6 +286,12 @@ def cmd_task(args) -> int:
     return 0
 
 
+def _add_tables(sub) -> None:
+    sp = sub.add_parser("tables", help="regenerate a spec's tables from existing outputs")
+    _spec_arg(sp)
+    sp.set_defaults(func=cmd_tables)
+
+
 def cmd_tables(args) -> int:
     from tcspec.plan.store import save_task
     from tcspec.tasks import run_task, verify_inputs
@@ -316,6 +315,15 @@ def cmd_tables(args) -> int:
     return 0
 
 
+def _add_interp(sub) -> None:
+    sp = sub.add_parser("interp", help="the blind interpretability study")
+    isub = sp.add_subparsers(dest="interp_command", required=True)
+    ip = isub.add_parser("ingest", help="validate a ratings file and add it to the study")
+    _spec_arg(ip)
+    ip.add_argument("ratings", help="the filled-in ratings.csv")
+    ip.set_defaults(func=cmd_ingest)
+
+
 def cmd_ingest(args) -> int:
     from tcspec.features.study import ingest
 
@@ -332,6 +340,20 @@ def cmd_ingest(args) -> int:
         raise UserError(str(exc)) from None
     print(f"ratings saved to {saved}; `tcspec tables {args.spec}` adds Table 1")
     return 0
+
+
+def _add_export(sub) -> None:
+    sp = sub.add_parser("export", help="write one trained dictionary in another tool's format")
+    sp.add_argument("dictionary", help=f"a dictionary folder ({CFG_FILE} + {WEIGHTS_FILE})")
+    sp.add_argument("--to", required=True, choices=EXPORT_TARGETS)
+    sp.add_argument("out", help="output folder")
+    sp.add_argument("--model-name", help="TransformerLens model name (default: from task.json)")
+    sp.add_argument(
+        "--context-size", type=_positive_int, help="context length (default: from task.json)"
+    )
+    sp.add_argument("--dataset", help="dataset name recorded in the metadata")
+    sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder it is in")
+    sp.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
@@ -397,6 +419,14 @@ def _training_facts(member_dir: Path, results: Path) -> dict:
     }
 
 
+def _add_clean(sub) -> None:
+    sp = sub.add_parser("clean", help="list (or remove) task folders no given spec needs")
+    sp.add_argument("specs", nargs="+", help="every spec whose outputs to keep")
+    sp.add_argument("--results", default=DEFAULT_RESULTS, help="results folder")
+    sp.add_argument("--yes", action="store_true", help="remove them (default: only list)")
+    sp.set_defaults(func=cmd_clean)
+
+
 def cmd_clean(args) -> int:
     import shutil
 
@@ -458,6 +488,12 @@ def _size(path: Path) -> int:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return path.stat().st_size
+
+
+def _add_status(sub) -> None:
+    sp = sub.add_parser("status", help="what is done, stale or missing for a spec")
+    _spec_arg(sp)
+    sp.set_defaults(func=cmd_status)
 
 
 def cmd_status(args) -> int:
