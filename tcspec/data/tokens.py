@@ -94,7 +94,12 @@ def iter_documents(
         rows, text_column, where = _load_files(paths, format, text_column)
     else:
         raise ValueError(f"unknown data kind {kind!r}; expected one of: toy, hub, files")
+    yield from _texts(rows, text_column, where)
 
+
+def _texts(rows: Iterable[Any], text_column: str, where: str) -> Iterator[str]:
+    """The non-blank texts of ``rows``' ``text_column``; ValueError for a missing column, a
+    column that is not text, or rows without a single non-blank text (``where`` names them)."""
     n = 0
     for row in rows:
         if text_column not in row:
@@ -279,55 +284,82 @@ def build_token_splits(
     """
     if context < 2:
         raise ValueError(f"context must be at least 2 (BOS + one token), got {context}")
-    out_dir = Path(out_dir)
     n_rows = {"eval": rows_for(eval_tokens, context), "train": rows_for(train_tokens, context)}
     asked = sum(n_rows.values()) * context
     # one stream for both splits: train continues with the document after eval's last one
     train_ids = encode_documents(docs, tokenizer)
     sources = {"eval": train_ids if eval_docs is None else encode_documents(eval_docs, tokenizer)}
     sources["train"] = train_ids
-    splits: dict[str, dict] = {}
-    first_doc = 0
-    with atomic_dir(out_dir) as tmp:
+    one_stream = eval_docs is None
+    with atomic_dir(Path(out_dir)) as tmp:
         bar = tqdm(total=asked, unit="tok", unit_scale=True, desc="tokens", disable=not progress)
-        for split in ("eval", "train"):
-            path = tmp / f"{split}.npy"
-            rows, n_docs = _pack_file(
-                path, (n_rows[split], context), sources[split], bos_token_id, bar
-            )
-            if rows < n_rows[split]:
-                got = sum(s["rows"] for s in splits.values()) * context + rows * context
-                raise ValueError(
-                    f"the corpus packs into {got:,} tokens of context {context}, fewer than "
-                    f"the {asked:,} asked for (eval {n_rows['eval'] * context:,} + train "
-                    f"{n_rows['train'] * context:,}); lower train_tokens/eval_tokens or use "
-                    f"a larger corpus"
-                )
-            splits[split] = {
-                "file": path.name,
-                "rows": rows,
-                "tokens": rows * context,
-                "documents": n_docs,
-                "first_document": first_doc,
-                "sha256": sha256_file(path),
-            }
-            first_doc = first_doc + n_docs if eval_docs is None else 0
+        splits = _pack_splits(tmp, sources, n_rows, context, bos_token_id, bar, one_stream)
         bar.close()
-        manifest = {
-            "format": TOKENS_FORMAT,
-            "context": context,
-            "bos_token_id": int(bos_token_id),
-            "vocab_size": vocab_size_of(tokenizer),
-            "split_rule": (
-                "eval = first documents; train = the documents after them"
-                if eval_docs is None
-                else "eval and train from the corpus's own held-out and training documents"
-            ),
-            "splits": {s: splits[s] for s in SPLITS},
-            "meta": meta or {},
-        }
+        manifest = _manifest(splits, context, bos_token_id, tokenizer, one_stream, meta)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _pack_splits(
+    tmp: Path,
+    sources: dict[str, Iterator[np.ndarray]],
+    n_rows: dict[str, int],
+    context: int,
+    bos_token_id: int,
+    bar: tqdm,
+    one_stream: bool,
+) -> dict[str, dict]:
+    """Pack eval, then train, each into ``tmp/<split>.npy`` int32 [n_rows[split], context]:
+    split -> its manifest entry. ``one_stream``: both splits read one document stream, so
+    train's first document is the one after eval's last. ValueError when the documents run
+    out before every row is filled."""
+    splits: dict[str, dict] = {}
+    first_doc = 0
+    for split in ("eval", "train"):
+        path = tmp / f"{split}.npy"
+        rows, n_docs = _pack_file(path, (n_rows[split], context), sources[split], bos_token_id, bar)
+        if rows < n_rows[split]:
+            got = sum(s["rows"] for s in splits.values()) * context + rows * context
+            raise ValueError(
+                f"the corpus packs into {got:,} tokens of context {context}, fewer than "
+                f"the {sum(n_rows.values()) * context:,} asked for (eval "
+                f"{n_rows['eval'] * context:,} + train {n_rows['train'] * context:,}); lower "
+                f"train_tokens/eval_tokens or use a larger corpus"
+            )
+        splits[split] = {
+            "file": path.name,
+            "rows": rows,
+            "tokens": rows * context,
+            "documents": n_docs,
+            "first_document": first_doc,
+            "sha256": sha256_file(path),
+        }
+        first_doc = first_doc + n_docs if one_stream else 0
+    return splits
+
+
+def _manifest(
+    splits: dict[str, dict],
+    context: int,
+    bos_token_id: int,
+    tokenizer: Any,
+    one_stream: bool,
+    meta: dict | None,
+) -> dict:
+    """The tokens folder's manifest.json: format, packing, the splits' entries, ``meta``."""
+    return {
+        "format": TOKENS_FORMAT,
+        "context": context,
+        "bos_token_id": int(bos_token_id),
+        "vocab_size": vocab_size_of(tokenizer),
+        "split_rule": (
+            "eval = first documents; train = the documents after them"
+            if one_stream
+            else "eval and train from the corpus's own held-out and training documents"
+        ),
+        "splits": {s: splits[s] for s in SPLITS},
+        "meta": meta or {},
+    }
 
 
 def read_manifest(dir: str | Path) -> dict:
