@@ -43,6 +43,7 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -190,22 +191,10 @@ def validate_ratings(path: Path, ids: Sequence[str]) -> pd.DataFrame:
     problem as ``FILE:LINE: column: message``."""
     path = Path(path)
     name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{name}: cannot read the ratings file: {e}") from None
-    known, errors, rows = set(ids), [], []
-    reader = csv.reader(io.StringIO(text))
-    header = [h.strip().lower() for h in next(reader, [])]
-    missing = [c for c in COLUMNS[:3] if c not in header]
-    unknown = [h for h in header if h not in COLUMNS]
-    if missing or unknown or len(set(header)) != len(header):
-        raise ValueError(
-            f"{name}:1: header: expected the columns {', '.join(COLUMNS)}; got "
-            f"{', '.join(header) or 'nothing'}"
-        )
+    reader, header = _ratings_reader(path)
     col = {c: header.index(c) for c in header}
-    seen: dict[str, int] = {}
+    known, errors, rows = set(ids), [], []
+    seen: dict[str, int] = {}  # id -> the line that rated it
     line = 1
     for fields in reader:
         line = reader.line_num
@@ -215,37 +204,15 @@ def validate_ratings(path: Path, ids: Sequence[str]) -> pd.DataFrame:
             errors.append(f"{name}:{line}: row: {len(fields)} fields, the header has {len(header)}")
             continue
         fid = fields[col["id"]].strip()
-        rating = fields[col["rating"]].strip().lower()
-        cf = fields[col["context_free"]].strip()
+        raw_rating, cf = fields[col["rating"]].strip(), fields[col["context_free"]].strip()
+        rating = raw_rating.lower()
         note = fields[col["note"]] if "note" in col else ""
-        bad = False
-        if not fid:
-            errors.append(f"{name}:{line}: id: empty")
-            bad = True
-        elif fid not in known:
-            errors.append(f"{name}:{line}: id: `{fid}` is not in the packet ({_id_range(ids)})")
-            bad = True
-        elif fid in seen:
-            errors.append(f"{name}:{line}: id: `{fid}` repeats line {seen[fid]}")
-            bad = True
-        else:
+        id_problem = _id_problem(fid, ids, known, seen)
+        if id_problem is None:
             seen[fid] = line
-        if rating not in RATINGS:
-            shown = f"`{fields[col['rating']].strip()}`" if rating else "empty"
-            errors.append(f"{name}:{line}: rating: {shown}; expected one of {', '.join(RATINGS)}")
-            bad = True
-        if cf not in ("0", "1"):
-            errors.append(
-                f"{name}:{line}: context_free: {f'`{cf}`' if cf else 'empty'}; expected 0 or 1"
-            )
-            bad = True
-        elif cf == "1" and rating != "yes":
-            errors.append(
-                f"{name}:{line}: context_free: 1 on rating `{rating}`; a context-free feature "
-                "is an interpretable one (rating yes)"
-            )
-            bad = True
-        if not bad:
+        problems = ([id_problem] if id_problem else []) + _answer_problems(raw_rating, cf)
+        errors += [f"{name}:{line}: {p}" for p in problems]
+        if not problems:
             rows.append((fid, rating, int(cf), note))
     absent = [i for i in ids if i not in seen]
     if absent:
@@ -258,6 +225,53 @@ def validate_ratings(path: Path, ids: Sequence[str]) -> pd.DataFrame:
             "ingested:\n" + "\n".join(errors)
         )
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _ratings_reader(path: Path) -> tuple[Any, list[str]]:
+    """A ``csv.reader`` past the ratings file's header, and the header (lower case); ValueError
+    for a file that cannot be read or a header other than COLUMNS (note optional)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the ratings file: {e}") from None
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip().lower() for h in next(reader, [])]
+    missing = [c for c in COLUMNS[:3] if c not in header]
+    unknown = [h for h in header if h not in COLUMNS]
+    if missing or unknown or len(set(header)) != len(header):
+        raise ValueError(
+            f"{path}:1: header: expected the columns {', '.join(COLUMNS)}; got "
+            f"{', '.join(header) or 'nothing'}"
+        )
+    return reader, header
+
+
+def _id_problem(fid: str, ids: Sequence[str], known: set[str], seen: dict[str, int]) -> str | None:
+    """What is wrong with a row's id (empty, not in the packet, rated before), or None."""
+    if not fid:
+        return "id: empty"
+    if fid not in known:
+        return f"id: `{fid}` is not in the packet ({_id_range(ids)})"
+    if fid in seen:
+        return f"id: `{fid}` repeats line {seen[fid]}"
+    return None
+
+
+def _answer_problems(raw_rating: str, cf: str) -> list[str]:
+    """What is wrong with a row's rating (as typed) and context_free, each `column: message`."""
+    rating = raw_rating.lower()
+    problems = []
+    if rating not in RATINGS:
+        shown = f"`{raw_rating}`" if rating else "empty"
+        problems.append(f"rating: {shown}; expected one of {', '.join(RATINGS)}")
+    if cf not in ("0", "1"):
+        problems.append(f"context_free: {f'`{cf}`' if cf else 'empty'}; expected 0 or 1")
+    elif cf == "1" and rating != "yes":
+        problems.append(
+            f"context_free: 1 on rating `{rating}`; a context-free feature is an interpretable "
+            "one (rating yes)"
+        )
+    return problems
 
 
 def _id_range(ids: Sequence[str]) -> str:
