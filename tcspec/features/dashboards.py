@@ -386,10 +386,39 @@ def _feature_page(
     prev_f: int | None,
     next_f: int | None,
 ) -> str:
-    cfg = meta["config"]
+    """Feature ``f``'s page: its numbers, histogram, logit tables and examples. ``t`` holds
+    the statistics' tensors, each [n_features, ...]; ``prev_f``/``next_f`` link its
+    neighbours among the features with pages."""
+    vmax, bands = float(t["max"][f]), meta["config"]["bands"]
+    n_bins = t["hist"].shape[1]  # t["hist"]: [n_features, n_bins], bins over (0, max]
+    hist = svg_histogram(
+        t["hist"][f].numpy(), np.linspace(0, vmax, n_bins + 1), xlabel="activation (nonzero)",
+        width=420, height=230, colors=_band_colors(n_bins, bands),
+    )  # fmt: skip
+    logit_cards, n_tables = _logit_cards(t, vocab, f)
+    top = [e for e in examples if e.section == "top"]
+    top_html = "".join(render_example(e, vmax) for e in top) or '<div class="sub">none</div>'
+    body = (
+        f'<div class="nav">{_nav(prev_f, next_f)}</div><h1>Feature {f}</h1>'
+        f'<div class="sub">{esc(title)} · {esc(_describe(meta))}</div>'
+        f'<div class="card"><div class="stats">{_stat_cards(t, meta, f)}</div></div>'
+        f"{_writes_card(t, meta, f)}"
+        f'<div class="grid g23"><div class="card"><h2>Activation histogram</h2>{hist}'
+        f'<div class="sub">Colours mark the {bands} bands examples are sampled from.</div></div>'
+        f'<div class="card"><div class="grid g{max(n_tables, 1)}">{logit_cards}</div>'
+        f"</div></div>"
+        f'<div class="grid g2"><div class="card"><h2>Top activations</h2>{top_html}</div>'
+        f'<div class="card"><h2>Examples across the activation range</h2>'
+        f"{_band_examples(examples, vmax, bands)}</div></div>"
+    )
+    return _page(f"{title}: feature {f}", body)
+
+
+def _stat_cards(t: dict, meta: dict, f: int) -> str:
+    """Feature ``f``'s numbers as stat cards: density, count, max, quantiles, token R²."""
     vmax = float(t["max"][f])
-    q = t["quantiles"][f].tolist()
-    levels = cfg["quantiles"]
+    q = t["quantiles"][f].tolist()  # [n_levels], at the config's quantile levels
+    levels = meta["config"]["quantiles"]
     freq = float(t["frequency"][f])
     r2 = meta.get("r2", {}).get(str(f), math.nan)
     facts = [
@@ -400,24 +429,26 @@ def _feature_page(
         (" · ".join(f"p{round(100 * p)}" for p in levels), " · ".join(_fmt(v, 2) for v in q)),
         ("token R²", _fmt(float(r2), 2)),
     ]
-    stat_cards = "".join(
+    return "".join(
         f'<div class="stat"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
         for k, v in facts
     )
-    n_bins, bands = t["hist"].shape[1], cfg["bands"]
-    hist = svg_histogram(
-        t["hist"][f].numpy(), np.linspace(0, vmax, n_bins + 1), xlabel="activation (nonzero)",
-        width=420, height=230, colors=_band_colors(n_bins, bands),
-    )  # fmt: skip
+
+
+def _logit_cards(t: dict, vocab: list[str], f: int) -> tuple[str, int]:
+    """Feature ``f``'s top and bottom logits and de-embedding, those the statistics hold:
+    (their tables' HTML, how many)."""
     tables = [
         ("Top logits", _token_table(t, "logit", "top", vocab, f, "pos")),
         ("Bottom logits", _token_table(t, "logit", "bottom", vocab, f, "neg")),
         ("De-embedding", _token_table(t, "deembed", "top", vocab, f, "pos")),
     ]
     tables = [(h, x) for h, x in tables if x]
-    logit_cards = "".join(f"<div><h2>{esc(h)}</h2>{x}</div>" for h, x in tables)
-    top = [e for e in examples if e.section == "top"]
-    top_html = "".join(render_example(e, vmax) for e in top) or '<div class="sub">none</div>'
+    return "".join(f"<div><h2>{esc(h)}</h2>{x}</div>" for h, x in tables), len(tables)
+
+
+def _band_examples(examples: list[Example], vmax: float, bands: int) -> str:
+    """The examples sampled per activation band, highest band first, each under its range."""
     band_html = []
     for b in reversed(range(bands)):
         lo, hi = b / bands * vmax, (b + 1) / bands * vmax
@@ -426,24 +457,17 @@ def _feature_page(
             continue
         band_html.append(f'<div class="band">band {b + 1} of {bands}: ({lo:.3g}, {hi:.3g}]</div>')
         band_html.extend(render_example(e, vmax) for e in ex)
+    return "".join(band_html)
+
+
+def _nav(prev_f: int | None, next_f: int | None) -> str:
+    """Links to the index and to the previous and next features with pages."""
     nav = ['<a href="../index.html">&larr; index</a>']
     if prev_f is not None:
         nav.append(f'<a href="{prev_f}.html">&lsaquo; feature {prev_f}</a>')
     if next_f is not None:
         nav.append(f'<a href="{next_f}.html">feature {next_f} &rsaquo;</a>')
-    body = (
-        f'<div class="nav">{"".join(nav)}</div><h1>Feature {f}</h1>'
-        f'<div class="sub">{esc(title)} · {esc(_describe(meta))}</div>'
-        f'<div class="card"><div class="stats">{stat_cards}</div></div>{_writes_card(t, meta, f)}'
-        f'<div class="grid g23"><div class="card"><h2>Activation histogram</h2>{hist}'
-        f'<div class="sub">Colours mark the {bands} bands examples are sampled from.</div></div>'
-        f'<div class="card"><div class="grid g{max(len(tables), 1)}">{logit_cards}</div>'
-        f"</div></div>"
-        f'<div class="grid g2"><div class="card"><h2>Top activations</h2>{top_html}</div>'
-        f'<div class="card"><h2>Examples across the activation range</h2>{"".join(band_html)}'
-        f"</div></div>"
-    )
-    return _page(f"{title}: feature {f}", body)
+    return "".join(nav)
 
 
 # -------------------------------------------------------------------------------- packet
