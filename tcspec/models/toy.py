@@ -305,7 +305,6 @@ def train_toy_model(
     ``training`` (``ToyTraining``); gradients are clipped to norm 1. ``sinusoidal_init`` and
     ``number_codes``: see the module docstring. ``bench/toy_model.py`` times it.
     """
-    out_dir = Path(out_dir)
     rec = get_recipe(recipe)
     given = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, weight_decay=weight_decay)
     opt_cfg = replace(rec.training, **{k: v for k, v in given.items() if v is not None})
@@ -324,27 +323,42 @@ def train_toy_model(
     final_loss = _train(model, data.train, opt_cfg, fixed, bar)
     train_seconds = time.perf_counter() - start - setup_seconds
 
+    head = {"kind": "toy", "recipe": recipe, "seed": seed}
+    head["cfg"] = arch | {"parallel_attn_mlp": False}
+    training = (
+        asdict(opt_cfg)
+        | dict(sinusoidal_init=sinusoidal_init, number_codes=number_codes)
+        | {"tokens": opt_cfg.steps * opt_cfg.batch * n_ctx}
+    )
+    seconds = {"setup_seconds": setup_seconds, "train_seconds": train_seconds}
+    meta = _model_json(model, tokenizer, data, final_loss, head, training, seconds, start)
+    _write_atomic(Path(out_dir), model, tokenizer, meta)
+    return meta
+
+
+def _model_json(
+    model: HookedTransformer,
+    tokenizer,
+    data: _Corpus,
+    final_loss: float,
+    head: dict,
+    training: dict,
+    seconds: dict,
+    start: float,
+) -> dict[str, Any]:
+    """``model.json``'s contents for the trained ``model``: ``head`` (kind, recipe, seed,
+    cfg), the hooks that fire, the ``training`` settings, the metrics measured now on the
+    held-out ``data``, and the ``seconds`` of setup and training with the total since
+    ``start``. Turns the model's ``hook_mlp_in`` on (so that it fires) after measuring."""
     metrics, task_layer = toy_metrics(model, data.eval_contexts, data.unigram)
     metrics["train_loss_final"] = final_loss
     model.set_use_hook_mlp_in(True)
-    meta = {
-        "kind": "toy",
-        "recipe": recipe,
-        "seed": seed,
-        "cfg": arch | {"parallel_attn_mlp": False},
+    return head | {
         "bos_token_id": tokenizer.bos_token_id,
         "hook_names": fired_hook_names(model),
-        "training": asdict(opt_cfg)
-        | dict(sinusoidal_init=sinusoidal_init, number_codes=number_codes)
-        | {"tokens": opt_cfg.steps * opt_cfg.batch * n_ctx},
+        "training": training,
         "metrics": metrics,
         "task_layer": task_layer,
-        "timing": {
-            "setup_seconds": setup_seconds,
-            "train_seconds": train_seconds,
-            "total_seconds": time.perf_counter() - start,
-        },
+        "timing": seconds | {"total_seconds": time.perf_counter() - start},
         "versions": library_versions(),
     }
-    _write_atomic(out_dir, model, tokenizer, meta)
-    return meta
