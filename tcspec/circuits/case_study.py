@@ -331,22 +331,57 @@ def greater_than_study(
 
     per_prompt = spliced_prob_diffs(model, coders, layer, prompts)
     _write_csv(out_dir / GREATER_THAN_FILE, per_prompt)
-    rank = (
-        None if keep_top_k_rank_yy is None else Prompts.build(model, keep_top_k_rank_yy, template)
-    )
-    curve, by_layer = keep_top_k_all_layers(
-        model, coders, prompts, keep_top_k_max, keep_top_k_positions, rank, not exclude_bos
-    )
-    _write_csv(out_dir / KEEP_TOP_K_FILE, curve)
-    render.plot_keep_top_k(curve, by_layer, out_dir / KEEP_TOP_K_PLOT)
+    by_layer = _write_keep_top_k(
+        out_dir, model, coders, prompts, keep_top_k_max, keep_top_k_positions,
+        keep_top_k_rank_yy, template, exclude_bos,
+    )  # fmt: skip
 
-    deemb, head_names = deembeddings_all_layers(
-        model, coders, circuit.trace, max_features, max_heads, mlp0_deembeddings
+    best, head_names = _write_deembeddings(
+        out_dir, model, coders, circuit.trace, max_features, max_heads, mlp0_deembeddings
     )
-    _write_csv(out_dir / "deembedding.csv", deemb)
-    best = deemb.drop_duplicates(["layer", "feature"])
     summary = _summary(model, layer, prompts, circuit, per_prompt, by_layer, best, head_names)
     report.write_report(
         out_dir / "report.md", summary, circuit.graph_json, best.head(15), circuit.faith["rows"]
     )
     return summary
+
+
+def _write_keep_top_k(
+    out_dir: Path,
+    model: HookedTransformer,
+    coders: Transcoders,
+    prompts: Prompts,
+    k_max: int,
+    positions: Positions,
+    rank_yy: Sequence[int] | None,
+    template: str | None,
+    exclude_bos: bool,
+) -> dict[int, dict]:
+    """Keep-top-k at every transcoder layer, ranked over the prompts of ``rank_yy`` (default:
+    ``prompts``), its curves written to ``keep_top_k.csv`` and plotted; returns each layer's
+    baselines and summary. ``exclude_bos`` leaves the MLP at BOS alone."""
+    from tcspec.circuits import render
+
+    rank = None if rank_yy is None else Prompts.build(model, rank_yy, template)
+    curve, by_layer = keep_top_k_all_layers(
+        model, coders, prompts, k_max, positions, rank, not exclude_bos
+    )
+    _write_csv(out_dir / KEEP_TOP_K_FILE, curve)
+    render.plot_keep_top_k(curve, by_layer, out_dir / KEEP_TOP_K_PLOT)
+    return by_layer
+
+
+def _write_deembeddings(
+    out_dir: Path,
+    model: HookedTransformer,
+    coders: Transcoders,
+    tr: Trace,
+    max_features: int,
+    max_heads: int,
+    mlp0: bool,
+) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """The year de-embeddings of every layer's top features (``deembeddings_all_layers``),
+    written to ``deembedding.csv``: (each feature's best row, each layer's path names)."""
+    deemb, head_names = deembeddings_all_layers(model, coders, tr, max_features, max_heads, mlp0)
+    _write_csv(out_dir / "deembedding.csv", deemb)
+    return deemb.drop_duplicates(["layer", "feature"]), head_names
