@@ -106,22 +106,10 @@ def evaluate_clt(
     (see the module docstring). `ablation_means`: mean-ablation vectors by full hook name;
     `exclude_tokens`: token ids whose positions are not spliced and count in no metric."""
     cfg = clt.cfg
-    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
-        raise ValueError(f"tokens must be [n_rows >= 1, ctx >= 2]; got {tuple(tokens.shape)}")
-    if batch_contexts < 1:
-        raise ValueError(f"batch_contexts must be positive; got {batch_contexts}")
-    missing = [h for h in cfg.in_names + cfg.out_names if h not in model.hook_dict]
-    if missing:
-        raise ValueError(f"the model has no hooks {missing}")
-    means = {h: v.to(model.cfg.device) for h, v in (ablation_means or {}).items()}
-    need = [h for h in cfg.out_names if h not in means]
-    if need:
-        means |= hook_means(model, tokens, need, batch_contexts, progress, exclude_tokens)
-    zero_hooks = [(o, lambda act, hook: torch.zeros_like(act)) for o in cfg.out_names]
-    mean_hooks = [
-        (o, lambda act, hook, mean=means[o]: mean.to(act.dtype).expand_as(act))
-        for o in cfg.out_names
-    ]
+    _check_inputs(model, clt, tokens, batch_contexts)
+    zero_hooks, mean_hooks = _ablation_hooks(
+        model, clt, tokens, batch_contexts, progress, ablation_means, exclude_tokens
+    )
     layer_accs = [Accumulator() for _ in cfg.blocks]
     clean_accs = [Accumulator() for _ in cfg.blocks]
     ce = Accumulator()
@@ -135,15 +123,14 @@ def evaluate_clt(
         _clean_fidelity(clt, cache, clean_accs, mask)
         splice = _Splice(clt, layer_accs, mask)
         logq = all_logprobs(model.run_with_hooks(batch, fwd_hooks=splice.hooks()))
-        zero_logits = model.run_with_hooks(batch, fwd_hooks=zero_hooks)
-        m_ce = mask[:, :-1]
+        zero_logits = model.run_with_hooks(batch, fwd_hooks=zero_hooks)  # [B, T, V]
+        mean_ce = next_token_ce(model.run_with_hooks(batch, fwd_hooks=mean_hooks), batch)
+        m_ce = mask[:, :-1]  # [B, T - 1]: positions with a counted next token
         ce.update_ce(
             original=ce_from_logprobs(logp[:, :-1], batch)[m_ce],
             replaced=ce_from_logprobs(logq[:, :-1], batch)[m_ce],
             zero_ablated=next_token_ce(zero_logits, batch)[m_ce],
-            mean_ablated=next_token_ce(model.run_with_hooks(batch, fwd_hooks=mean_hooks), batch)[
-                m_ce
-            ],
+            mean_ablated=mean_ce[m_ce],
         )
         kl_zero = kl_from_logprobs(logp, all_logprobs(zero_logits))
         ce.update_kl(kl=kl_from_logprobs(logp, logq)[mask], kl_zero_ablated=kl_zero[mask])
@@ -155,6 +142,43 @@ def evaluate_clt(
         "layers": layers,
         "clean_layers": [_layer_row(b, acc) for b, acc in zip(cfg.blocks, clean_accs)],
     }
+
+
+def _check_inputs(model: HookedTransformer, clt: CLT, tokens, batch_contexts: int) -> None:
+    """ValueError for `tokens` not [n_rows >= 1, ctx >= 2], a batch size below 1, or a model
+    without the CLT's hooks."""
+    cfg = clt.cfg
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be [n_rows >= 1, ctx >= 2]; got {tuple(tokens.shape)}")
+    if batch_contexts < 1:
+        raise ValueError(f"batch_contexts must be positive; got {batch_contexts}")
+    missing = [h for h in cfg.in_names + cfg.out_names if h not in model.hook_dict]
+    if missing:
+        raise ValueError(f"the model has no hooks {missing}")
+
+
+def _ablation_hooks(
+    model: HookedTransformer,
+    clt: CLT,
+    tokens,
+    batch_contexts: int,
+    progress: bool,
+    ablation_means: dict[str, torch.Tensor] | None,
+    exclude_tokens: tuple[int, ...],
+) -> tuple[list, list]:
+    """The forward hooks that zero, and that mean-ablate, every CLT output hook: the means
+    given in `ablation_means` by hook name, the others measured on `tokens` [n_rows, ctx]."""
+    cfg = clt.cfg
+    means = {h: v.to(model.cfg.device) for h, v in (ablation_means or {}).items()}  # h: [d]
+    need = [h for h in cfg.out_names if h not in means]
+    if need:
+        means |= hook_means(model, tokens, need, batch_contexts, progress, exclude_tokens)
+    zero_hooks = [(o, lambda act, hook: torch.zeros_like(act)) for o in cfg.out_names]
+    mean_hooks = [
+        (o, lambda act, hook, mean=means[o]: mean.to(act.dtype).expand_as(act))
+        for o in cfg.out_names
+    ]
+    return zero_hooks, mean_hooks
 
 
 def _clean_fidelity(clt: CLT, cache, accs: list[Accumulator], mask: torch.Tensor) -> None:
