@@ -564,6 +564,22 @@ def interp_cost(m: ModelSize, eval_tokens: int, d_in: int, d_out: int, d_sae: in
                 dict_flops=2 * 2 * eval_tokens * d_sae * (d_in + d_out))  # fmt: skip
 
 
+PROBE_CLASSES = 10
+"""Classes a probing job is sized for when the spec does not list them (its dataset's
+labels are not read when the plan is compiled): an allowance."""
+
+
+def probe_cost(
+    m: ModelSize, texts: int, max_tokens: int, d_in: int, d_out: int, d_sae: int
+) -> Cost:
+    """Sparse probing: ``texts`` texts of at most ``max_tokens`` tokens through the model and
+    the dictionary's encoder, then small per-class probes (their cost left out)."""
+    tokens = texts * max_tokens
+    held = m.weight_bytes + FEATURE_WORK_BYTES + coder_bytes(d_in, d_out, d_sae)
+    return Cost(mem_bytes=held, model_flops=m.forward_flops(tokens),
+                dict_flops=2 * tokens * d_sae * d_in)  # fmt: skip
+
+
 def circuit_cost(m: ModelSize, prompts: int, coders: list[tuple[int, int, int]]) -> Cost:
     """A circuit study of ``prompts`` prompts through ``coders`` ((d_in, d_out, d_sae)
     each; ``CIRCUIT_FORWARDS`` an allowance)."""

@@ -62,6 +62,11 @@ class Sizer:
         if stage == "interp":
             shape = plan.get(c.coder.stage, c.coder.id).config.cost_shape(m.d_model)
             return self.request(stage, cost.interp_cost(m, c.eval_tokens, *shape), self.gpu)
+        if stage == "probe":
+            shape = plan.get(c.coder.stage, c.coder.id).config.cost_shape(m.d_model)
+            classes = len(c.classes) if c.classes else cost.PROBE_CLASSES
+            texts = classes * (c.train_per_class + c.test_per_class)
+            return self.request(stage, cost.probe_cost(m, texts, c.max_tokens, *shape), self.gpu)
         if stage == "circuits":
             shapes = [plan.get(r.stage, r.id).config.cost_shape(m.d_model) for r in c.coders]
             job = cost.circuit_cost(m, _prompts(c.circuit), shapes)

@@ -54,3 +54,18 @@ def test_the_stream_estimate_sizes_the_model_every_job_is_sized_with():
     size = plan.sizer.size
     assert size.d_vocab == get_recipe(spec.model.recipe).vocab_size != cost.DEFAULT_VOCAB
     assert plan.stream_shape.model == size.weight_bytes
+
+
+def test_a_probe_job_holds_the_model_and_runs_its_texts_through_it():
+    """Probing runs the model: its job is sized with the weights and the forward over its
+    texts (classes x texts per class x max_tokens), not as bookkeeping."""
+    spec = load_spec(GPT2_SMALL.parents[1] / "probing.yaml")
+    plan = compile_plan(spec)
+    size = plan.sizer.size
+    for t in plan.stage("probe"):
+        c = t.config
+        classes = len(c.classes) if c.classes else cost.PROBE_CLASSES
+        tokens = classes * (c.train_per_class + c.test_per_class) * c.max_tokens
+        assert t.resources["mem_mb"] * cost.MB > size.weight_bytes + cost.FEATURE_WORK_BYTES
+        job = cost.probe_cost(size, tokens // c.max_tokens, c.max_tokens, 128, 128, 1024)
+        assert job.model_flops == size.forward_flops(tokens) > 0
