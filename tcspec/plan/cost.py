@@ -271,9 +271,10 @@ def request(
 # ------------------------------------------------------------------------------ dictionaries
 def n_params(cfg: CoderConfig) -> int:
     """Parameters of one per-layer dictionary: W_enc, b_enc, W_dec, b_dec (+ b_dec_out,
-    W_skip)."""
+    W_skip, a threshold family's per-feature threshold: all trained, all in Adam)."""
     n = cfg.d_sae * (cfg.d_in + cfg.d_out) + cfg.d_sae + cfg.d_in
     n += 0 if cfg.tied_bias else cfg.d_out
+    n += cfg.d_sae if cfg.thresholded else 0
     return n + (cfg.d_in * cfg.d_out if cfg.skip else 0)
 
 
