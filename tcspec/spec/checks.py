@@ -447,11 +447,21 @@ def _check_pretrained(spec: Spec, name: str, d, dims: dict) -> Found:
 
 
 def _check_dictionary(spec: Spec, name: str, d, dims: dict) -> Found:
+    """A trained dictionary against the model (layers, hooks), its widths and its budget;
+    an imported one's files (`_check_pretrained`)."""
     base = ("dictionaries", name)
     if d.kind == "pretrained":
         yield from _check_pretrained(spec, name, d, dims)
         return
-    layers = d.layers if d.layers is not None else spec.layers
+    yield from _check_layers_and_hooks(base, d, dims)
+    in_hook, out_hook = dictionary_hooks(d)
+    yield from _check_widths(base, d, hook_width(in_hook, dims), hook_width(out_hook, dims))
+    yield from _check_budget(spec, base, d)
+
+
+def _check_layers_and_hooks(base: tuple, d, dims: dict) -> Found:
+    """Its layers exist; its hooks exist in the model's blocks; a transcoder maps one hook
+    to another."""
     for i, layer in enumerate(d.layers or []):
         if layer >= dims["n_layers"]:
             yield (
@@ -479,8 +489,11 @@ def _check_dictionary(spec: Spec, name: str, d, dims: dict) -> Found:
                 "use `kind: sae` to reconstruct one hook"
             ),
         )
-    d_in = hook_width(in_hook, dims)
-    d_out = hook_width(out_hook, dims)
+
+
+def _check_widths(base: tuple, d, d_in: int, d_out: int) -> Found:
+    """k and the Matryoshka prefixes fit in its narrowest width; options that need
+    d_in == d_out have it."""
     widths = [d_sae_of(d_in, w, e) for w in _as_list(d.d_sae) for e in _as_list(d.expansion)]
     for k in _as_list(d.k) if d.k is not None else []:
         if k > min(widths):
@@ -506,6 +519,10 @@ def _check_dictionary(spec: Spec, name: str, d, dims: dict) -> Found:
             f"`encoder_init: transpose` sets W_enc = W_dec^T, but d_in {d_in} != d_out "
             f"{d_out}; use `kaiming`",
         )
+
+
+def _check_budget(spec: Spec, base: tuple, d) -> Found:
+    """Its training tokens are in the cache, and a batch fits in them."""
     tokens = d.train_tokens or spec.data.train_tokens
     if d.train_tokens and d.train_tokens > spec.data.train_tokens:
         yield (
@@ -520,7 +537,6 @@ def _check_dictionary(spec: Spec, name: str, d, dims: dict) -> Found:
             base + ("batch_size",),
             f"batch_size {d.batch_size} exceeds the {tokens} training tokens",
         )
-    del layers
 
 
 def _check_ref(spec: Spec, loc: tuple, ref) -> Found:
