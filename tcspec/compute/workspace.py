@@ -15,6 +15,9 @@ from torch import Tensor
 
 BF16_EXACT_ROWS = 256
 """Rows a bfloat16 sum may span and stay exact on 0/1 values (bf16 holds integers to 256)."""
+TRANSPOSE_ROWS = 256
+"""Rows of a [n, m] tensor `Workspace.transposed` copies at a time (measured at n 8,192,
+m 768: 4 ms against 9 ms for one strided copy_)."""
 
 
 class Workspace:
@@ -48,6 +51,14 @@ class Workspace:
         if t.dtype == dtype:
             return t
         return self.get(name, t.shape, dtype).copy_(t)
+
+    def transposed(self, name: str, t: Tensor, dtype: torch.dtype) -> Tensor:
+        """t [n, m]'s transpose in `dtype`, contiguous [m, n], in the buffer `name`: copied
+        in blocks of `TRANSPOSE_ROWS` rows of t, which stay in cache (~2x a plain copy_)."""
+        out = self.get(name, (t.shape[1], t.shape[0]), dtype)
+        for i in range(0, t.shape[0], TRANSPOSE_ROWS):
+            out[:, i : i + TRANSPOSE_ROWS].copy_(t[i : i + TRANSPOSE_ROWS].t())
+        return out
 
 
 def column_sums(t: Tensor) -> Tensor:

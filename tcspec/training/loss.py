@@ -163,7 +163,10 @@ def _rec(e: Tensor, y: Tensor, loss: str) -> Tensor:
     return (e.square() / y.norm(dim=1, keepdim=True)).mean()
 
 
-def remove_parallel_grad(grad: Tensor, W_dec: Tensor) -> None:
-    """grad_i -= (grad_i . w_i / w_i . w_i) w_i for each decoder row w_i, in place."""
-    coef = (grad * W_dec).sum(1, keepdim=True) / (W_dec * W_dec).sum(1, keepdim=True)  # [S, 1]
+def remove_parallel_grad(grad: Tensor, W_dec: Tensor, ws: Workspace) -> None:
+    """grad_i -= (grad_i . w_i / w_i . w_i) w_i for each decoder row w_i, in place; the
+    products [S, d_out] in `ws`'s flat "prod" buffer."""
+    prod = ws.flat("prod", grad.shape, grad.dtype)
+    dot = torch.mul(grad, W_dec, out=prod).sum(1, keepdim=True)  # [S, 1]
+    coef = dot / torch.mul(W_dec, W_dec, out=prod).sum(1, keepdim=True)  # [S, 1]
     grad.addcmul_(W_dec, coef, value=-1.0)

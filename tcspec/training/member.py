@@ -140,7 +140,7 @@ class MemberRun:
                 "the last good checkpoint is kept"
             )
         if o.remove_parallel_grad:
-            remove_parallel_grad(gr["W_dec"], self.coder.W_dec)
+            remove_parallel_grad(gr["W_dec"], self.coder.W_dec, ws)
         factor = lr_factor(step, self.steps, o.lr_warmup_steps, o.lr_decay, o.lr_decay_start)
         lr, lr_of = o.lr * factor, self.ops.rates(o, factor)  # e.g. log(threshold)'s
         self.adam.step(self.params, gr, step + 1, lr, o.adam_betas, ws, lr_of)

@@ -251,7 +251,7 @@ def test_adam_matches_torch_optim(tmp_path):
 def test_remove_parallel_grad():
     W = torch.randn(10, 6)
     g = torch.randn(10, 6)
-    remove_parallel_grad(g, W)
+    remove_parallel_grad(g, W, Workspace("cpu"))
     assert (g * W).sum(1).abs().max() < 1e-5
 
 

@@ -6,6 +6,13 @@ on it by a sampled GEMM (g W_dec^T at the pattern's entries only, `sampled_addmm
 weight gradients as sparse x dense products with the pattern feature-major (CSR [S, B]):
 row i of W_enc^T's gradient is sum_b d pre_bi xc_b, of W_dec's sum_b z_bi g_b. No [B, k, d]
 intermediate is formed; a feature's tokens are summed in token order.
+
+In `precision: bf16` the pre-activations are bfloat16 (the encoder GEMM's result), and the
+sparse products take bfloat16 operands as the dense GEMMs do, summing in float32: the
+decoder reads a bfloat16 copy of W_dec, and the weight gradients are embedding_bags over
+bfloat16 xc and g (torch's CSR product has no bfloat16 kernel), rounded to bfloat16 and
+widened for Adam. d z at the active entries stays float32 (torch's sampled_addmm has no
+bfloat16 kernel either).
 """
 
 from __future__ import annotations
@@ -62,13 +69,31 @@ class Codes:
 
 
 def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace, opts=None):
-    """pre [B, S] -> (codes, z W_dec + b_out [B, d_out]); the codes and the sparse decoder
-    in the coder's dtype whatever pre's (bfloat16 in bf16: only the encoder GEMM is dense)."""
-    vals, idx = pre.topk(coder.cfg.k, dim=1)  # [B, k]
+    """pre [B, S] -> (codes, z W_dec + b_out [B, d_out]); the codes' values in the coder's
+    dtype. With bfloat16 pre (bf16) the decoder sums bfloat16 rows of W_dec (`ws`'s copy,
+    made once a step) in float32 and writes bfloat16, as the dense GEMMs do."""
+    vals, idx = select(pre, coder.cfg.k)  # [B, k]
     vals = vals.to(coder.W_dec.dtype).clamp_min_(0)
-    y_hat = F.embedding_bag(idx, coder.W_dec, per_sample_weights=vals, mode="sum")
+    W_dec, low = coder.W_dec, pre.dtype
+    weights = vals
+    if low != W_dec.dtype:
+        W_dec, weights = ws.cast("W_dec_low", W_dec, low), ws.cast("vals_low", vals, low)
+    y_hat = F.embedding_bag(idx, W_dec, per_sample_weights=weights, mode="sum")
     y_hat += coder.b_out
-    return Codes(idx, vals, coder.cfg.d_sae, pre.dtype), y_hat
+    return Codes(idx, vals, coder.cfg.d_sae, low), y_hat
+
+
+def select(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest pre-activations per token (values in pre's dtype, long indices [B, k]).
+
+    A bfloat16 pre's bits, read as int16, order its non-negative values (and NaN above them)
+    as the values do, and every negative value below them; the ReLU after zeroes whichever
+    negative ones are picked, so this selects as a bfloat16 top-k does (ties aside), faster.
+    """
+    if pre.dtype != torch.bfloat16:
+        return pre.topk(k, dim=1)
+    bits, idx = pre.view(torch.int16).topk(k, dim=1)
+    return bits.view(torch.bfloat16), idx
 
 
 def backward(
@@ -87,15 +112,38 @@ def backward(
     order = flat.argsort(stable=True)  # the entries feature-major, each feature's by token
     crow = torch.zeros(S + 1, dtype=torch.long, device=g.device)
     torch.cumsum(torch.bincount(flat, minlength=S), 0, out=crow[1:])
-    tokens = order // k
-    gW_enc_t = _csr(crow, tokens, dz_k.reshape(-1)[order], (S, B)) @ xc  # [S, d_in]
-    gW_dec = _csr(crow, tokens, codes.vals.reshape(-1)[order], (S, B)) @ g  # [S, d_out]
+    tokens, low = order // k, codes.gemm
+    if low == g.dtype:
+        gW_enc_t = _spmm(
+            crow, tokens, dz_k.reshape(-1)[order], xc, ws.get("gW_enc_t", (S, xc.shape[1]))
+        )
+        gW_dec = _spmm(
+            crow, tokens, codes.vals.reshape(-1)[order], g, ws.get("gW_dec", (S, g.shape[1]))
+        )
+    else:  # bf16: the same sums over bfloat16 operands, in float32, rounded to bfloat16
+        xc_low, g_low = ws.cast("xc_low", xc, low), ws.cast("g_low", g, low)
+        gW_enc_t = _by_feature(tokens, crow, dz_k.reshape(-1)[order].to(low), xc_low)
+        gW_dec = _by_feature(tokens, crow, codes.vals.reshape(-1)[order].to(low), g_low)
+        gW_dec = ws.cast("g_W_dec", gW_dec, g.dtype)
+    gW_enc = ws.transposed("g_W_enc", gW_enc_t, g.dtype)  # [d_in, S] as W_enc, for Adam
     gb_enc = torch.zeros(S, dtype=g.dtype, device=g.device).index_add_(0, flat, dz_k.view(-1))
     if dead is not None:
         dead_idx, gpre_dead = dead
-        gW_enc_t.index_add_(0, dead_idx, torch.mm(gpre_dead.t(), xc))
+        gW_enc.t().index_add_(0, dead_idx, torch.mm(gpre_dead.t(), xc))
         gb_enc.index_add_(0, dead_idx, gpre_dead.sum(0))
-    return {"W_enc": gW_enc_t.t(), "b_enc": gb_enc, "W_dec": gW_dec}
+    return {"W_enc": gW_enc, "b_enc": gb_enc, "W_dec": gW_dec}
+
+
+def _spmm(crow: Tensor, col: Tensor, values: Tensor, M: Tensor, out: Tensor) -> Tensor:
+    """The CSR [S, B] matrix (crow, col, values) times M [B, n], into `out` [S, n]."""
+    S, B = len(crow) - 1, M.shape[0]
+    return torch.addmm(out, _csr(crow, col, values, (S, B)), M, beta=0.0, out=out)
+
+
+def _by_feature(tokens: Tensor, crow: Tensor, values: Tensor, M: Tensor) -> Tensor:
+    """sum over each feature's entries of value x M[token] [S, M.shape[1]] (a sparse
+    [S, B] x dense [B, n] product, feature i's entries at crow[i]:crow[i + 1])."""
+    return F.embedding_bag(tokens, M, crow[:-1], per_sample_weights=values, mode="sum")
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
