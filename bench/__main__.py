@@ -4,6 +4,7 @@
     python -m bench --tiny               # tiny shapes, seconds (the smoke test)
     python -m bench --only peers         # one section (printed): peers|families|roofline|...
     python -m bench --only clt --clt-batch 1024    # the CLT section, a smaller batch
+    python -m bench --only clt --clt-activation topk   # the CLT section, TopK variants only
     python -m bench --results DIR        # where the workflow's benchmark files are (results/)
 
 Sections: peers (training throughput vs SAELens and sparsify), precision (the bf16 step vs
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     p.add_argument("--clt-layers", type=int, help="clt: layers (default 12)")
     p.add_argument("--clt-batch", type=int, help="clt: tokens per batch (default 4096)")
     p.add_argument("--clt-rounds", type=int, help="clt: interleaved rounds (default 2)")
+    p.add_argument("--clt-activation", choices=list(clt.ACTIVATIONS), action="append",
+                   help="clt: this activation's variants only (repeatable; default all)")  # fmt: skip
     a = p.parse_args(argv)
     names = a.only or list(SECTIONS)
 
@@ -109,7 +112,8 @@ def _section_args(name: str, a: argparse.Namespace) -> dict:
     if name in ("pipeline", "integrity"):
         return {"results": a.results}
     if name == "clt":
-        return {"n_layers": a.clt_layers, "batch": a.clt_batch, "rounds": a.clt_rounds}
+        return {"n_layers": a.clt_layers, "batch": a.clt_batch, "rounds": a.clt_rounds,
+                "activations": a.clt_activation}  # fmt: skip
     return {}
 
 

@@ -66,6 +66,8 @@ FULL = dict(n_layers=12, d_model=768, d_sae=8192, batch=4096, k=64)
 TINY = dict(n_layers=3, d_model=32, d_sae=128, batch=256, k=8)
 LOSS = CLTLoss("tanh", coef=1e-3)
 VARIANTS = ("clt", "per_layer", "clt_topk", "per_layer_topk")
+ACTIVATIONS = {"relu": "", "topk": "_topk"}
+"""The activations measured (`--clt-activation`), by their variants' suffix."""
 
 
 def batch(n_layers: int, d_model: int, batch: int, **_) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,16 +222,15 @@ def fresh_step(make, reset: bool) -> tuple[tuple[float, float], float]:
     return t, peak
 
 
-def measure(shape: dict, rounds: int) -> dict:
-    """Interleaved rounds of the peak and every variant (the module docstring): JSON-ready
-    numbers."""
+def measure(shape: dict, rounds: int, activations=tuple(ACTIVATIONS)) -> dict:
+    """Interleaved rounds of the peak and every variant of `activations` (the module
+    docstring): JSON-ready numbers."""
     xs, ys = batch(**shape)
-    makers = {
-        "clt": lambda: clt_stepper(shape, xs, ys, topk=False),
-        "per_layer": lambda: per_layer_stepper(shape, xs, ys, topk=False),
-        "clt_topk": lambda: clt_stepper(shape, xs, ys, topk=True),
-        "per_layer_topk": lambda: per_layer_stepper(shape, xs, ys, topk=True),
-    }
+    makers = {}
+    for act in activations:
+        topk, sfx = act == "topk", ACTIVATIONS[act]
+        makers[f"clt{sfx}"] = lambda topk=topk: clt_stepper(shape, xs, ys, topk=topk)
+        makers[f"per_layer{sfx}"] = lambda topk=topk: per_layer_stepper(shape, xs, ys, topk=topk)
     small = shape_of(True)
     for warm in (clt_stepper, per_layer_stepper):  # lazy initialisations, outside the peaks
         fresh_step(lambda w=warm: w(small, *batch(**small), topk=False), False)
@@ -237,7 +238,8 @@ def measure(shape: dict, rounds: int) -> dict:
     t = {name: Timing(name) for name in ("peak", *makers)}
     memory = dict.fromkeys(makers, float("nan"))
     for _ in range(rounds):
-        t["peak"].rounds.append(fresh_step(lambda: matmuls(**shape), False)[0])
+        if "relu" in activations:  # the peak is the ReLU CLT's matmuls (n/a without them)
+            t["peak"].rounds.append(fresh_step(lambda: matmuls(**shape), False)[0])
         for name, make in makers.items():
             wall_cpu, mb = fresh_step(make, reset)
             t[name].rounds.append(wall_cpu)
@@ -262,7 +264,7 @@ def measure(shape: dict, rounds: int) -> dict:
         "matmul_peak_gflops_s": peak / 1e9,
         "matmul_peak_gflops_cpu_s": peak_cpu / 1e9,
         "variants": rows,
-        "ratios": {act: ratios(shape, rows, sfx) for act, sfx in (("relu", ""), ("topk", "_topk"))},
+        "ratios": {act: ratios(shape, rows, ACTIVATIONS[act]) for act in activations},
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -301,6 +303,12 @@ def ratio(a: float, b: float) -> float:
 def table(r: dict) -> str:
     """The measurements as Markdown: one row per variant, then the ratios."""
     s, rows = r["shape"], []
+    peak = (
+        f"Matmul peak (the CLT's matmuls alone): {r['matmul_peak_gflops_s']:.1f} GFLOP/s "
+        f"({r['matmul_peak_gflops_cpu_s']:.1f} per CPU-second)."
+        if r["matmul_peak_gflops_s"] == r["matmul_peak_gflops_s"]
+        else "Matmul peak: not measured (it runs with the ReLU variants)."
+    )
     for name, v in r["variants"].items():
         act = "topk" if name.endswith("topk") else "relu"
         base = r["variants"]["per_layer" + ("_topk" if act == "topk" else "")]
@@ -330,9 +338,8 @@ def table(r: dict) -> str:
     return "\n\n".join([
         f"{s['n_layers']} layers, d_model {s['d_model']}, {s['d_sae']} features per layer, "
         f"batch {s['batch']} tokens, TopK k {s['k']}, fp32, torch threads {r['threads']}; "
-        f"min of {r['rounds']} interleaved round(s). Matmul peak (the CLT's matmuls alone): "
-        f"{r['matmul_peak_gflops_s']:.1f} GFLOP/s ({r['matmul_peak_gflops_cpu_s']:.1f} per "
-        f"CPU-second). Load average at the end (1, 5, 15 min): {r['load_average_1_5_15']}.",
+        f"min of {r['rounds']} interleaved round(s). {peak} "
+        f"Load average at the end (1, 5, 15 min): {r['load_average_1_5_15']}.",
         markdown_table(head, rows),
         markdown_table(accept_head, accept),
     ])  # fmt: skip
@@ -343,22 +350,29 @@ def shape_of(tiny: bool, **override) -> dict:
     return shape | {k: v for k, v in override.items() if v is not None}
 
 
-def run(tiny: bool = False, n_layers=None, batch=None, rounds=None) -> tuple[str, dict]:
+def run(
+    tiny: bool = False, n_layers=None, batch=None, rounds=None, activations=None
+) -> tuple[str, dict]:
     """The `python -m bench --only clt` section: (Markdown, headline numbers); `n_layers`,
-    `batch` scale the shape down (None: the full one), `rounds` (None: 1 tiny, else 2)."""
+    `batch` scale the shape down (None: the full one), `rounds` (None: 1 tiny, else 2),
+    `activations` (None: both)."""
     shape = shape_of(tiny, n_layers=n_layers, batch=batch)
     need = clt_cost(config_of(shape, "clt"), shape["batch"], 1).mem_mb + 1024
     if available_mb() < need:
         return (f"Skipped: the CLT step at {shape} needs ~{need:,} MB, "
                 f"{available_mb():,} MB are available; rerun with --clt-batch.", {})  # fmt: skip
-    r = measure(shape, rounds or (1 if tiny else 2))
-    L = r["shape"]["n_layers"]
-    headline = {
-        f"CLT step / {L} per-layer transcoders (ReLU)": r["ratios"]["relu"]["time"],
-        f"CLT step / {L} per-layer transcoders (TopK)": r["ratios"]["topk"]["time"],
-        f"CLT memory / {L} per-layer transcoders (ReLU)": r["ratios"]["relu"]["memory"],
-        "CLT step, fraction of the matmul peak (ReLU)": r["variants"]["clt"]["fraction_of_peak"],
-    }
+    r = measure(shape, rounds or (1 if tiny else 2), activations or tuple(ACTIVATIONS))
+    L, headline = r["shape"]["n_layers"], {}
+    if "topk" in r["ratios"]:
+        headline[f"CLT step / {L} per-layer transcoders (TopK)"] = r["ratios"]["topk"]["time"]
+    if "relu" in r["ratios"]:
+        headline |= {
+            f"CLT step / {L} per-layer transcoders (ReLU)": r["ratios"]["relu"]["time"],
+            f"CLT memory / {L} per-layer transcoders (ReLU)": r["ratios"]["relu"]["memory"],
+            "CLT step, fraction of the matmul peak (ReLU)": r["variants"]["clt"][
+                "fraction_of_peak"
+            ],
+        }
     return table(r), headline
 
 
@@ -367,12 +381,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiny", action="store_true", help="tiny shapes, seconds")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--activation", choices=list(ACTIVATIONS), action="append",
+                   help="measure this activation's variants only (repeatable)")  # fmt: skip
     for name in FULL:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"override {name}")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     shape = shape_of(args.tiny, **{k: getattr(args, k) for k in FULL})
-    result = measure(shape, args.rounds)
+    result = measure(shape, args.rounds, tuple(args.activation or ACTIVATIONS))
     print(json.dumps(result, indent=1))
     print(table(result))
     return result

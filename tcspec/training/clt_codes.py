@@ -10,7 +10,12 @@ decoder and its gradients touch those rows alone, as the per-layer TopK trainer 
     (g W^T)_a  sampled_addmm: g W^T at the active entries only         [nnz]
     a^T g      embedding_bag over each feature's tokens (CSR by feature) [F, n]
 
-Each of these sums in a fixed order, so a step is bitwise reproducible on CPU. In
+(g W^T)_a is taken feature by feature (CSR by feature): a feature's row of W against its
+tokens' rows of g, twice as fast as token by token. A source layer's decoder W [F, m, d]
+(m output layers) is taken a column part of at most `PART_BYTES` at a time: the whole
+[F, m d] does not fit in cache and each token reads k random rows of it, while a part stays
+cached across the batch, as the per-layer TopK trainer's [F, d] decoder does. Each of these
+sums in a fixed order, so a step is bitwise reproducible on CPU. In
 `precision: bf16` dense activations are bfloat16 (the encoder GEMM's result) and their
 GEMMs take bfloat16 operands; sparse ones are float32, as the per-layer TopK trainer's.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +36,12 @@ SPARSE_BELOW = 1 / 64
 """A ReLU or JumpReLU layer's activations go sparse when at most this fraction is nonzero:
 a sparse product costs density x `tcspec.plan.cost.SPARSE_COST` (measured 17 to ~60) of the
 dense GEMM's time, so below ~1/64 sparse is the faster. TopK is always sparse."""
+
+PART_BYTES = 16 * 2**20
+"""A sparse product reads a decoder's [F, w] column part at a time of at most this many bytes
+(half a 32 MB L3 cache): it then stays cached across the batch's tokens. At F 8192, d 768
+an output layer's [F, d] block (24 MB) goes in two parts; whole blocks ran 1.4x slower, the
+whole [F, m d] decoder 2-3x."""
 
 
 @dataclass
@@ -43,7 +55,8 @@ class Dense:
         return torch.count_nonzero(self.a)
 
     def decode_into(self, out: Tensor, W: Tensor, ws: Workspace) -> None:
-        """out [B, n] += a W, W [F, n] (a GEMM in a's dtype, added into out's)."""
+        """out [B, m, d] += a W, W [F, m, d] (one GEMM in a's dtype, added into out's)."""
+        out, W = out.view(out.shape[0], -1), W.view(W.shape[0], -1)
         if self.a.dtype == out.dtype:
             out.addmm_(self.a, W)
         else:
@@ -52,22 +65,35 @@ class Dense:
                 self.a, low_copy(ws, "W_low", W, low), out=ws.flat("dec", out.shape, low)
             )
 
-    def decoder_grad(self, g: Tensor, ws: Workspace, order=None) -> Tensor:
-        """a^T g [F, n], g [B, n] (in `ws`'s flat "grad" buffer, a's dtype)."""
-        low = self.a.dtype
-        out = ws.flat("grad", (self.a.shape[1], g.shape[1]), low)
-        return torch.mm(self.a.t(), low_copy(ws, "g_low", g, low), out=out)
+    def decoder_grads(self, g: Tensor, ws: Workspace, order=None):
+        """a^T g [F, m, d] for g [B, m, d], in one part: yields (its index in W_dec[l], the
+        part), here (all, all) and the whole in `ws`'s flat "grad" buffer, a's dtype."""
+        low, (B, m, d) = self.a.dtype, g.shape
+        out = ws.flat("grad", (self.a.shape[1], m * d), low)
+        gW = torch.mm(self.a.t(), low_copy(ws, "g_low", g.reshape(B, -1), low), out=out)
+        yield (slice(None), slice(None)), gW.view(-1, m, d)
+
+
+class ByFeature(NamedTuple):
+    """A `Sparse`'s entries in feature order (CSR by feature, [F, B])."""
+
+    perm: Tensor  # long [nnz]: entry e in feature order is entry perm[e] in token order
+    tokens: Tensor  # long [nnz]: its token
+    crow: Tensor  # long [F + 1]: feature f's entries are crow[f]:crow[f+1]
+    val: Tensor  # [nnz]: its activation
 
 
 @dataclass
 class Sparse:
     """Activations as CSR by token: token b's are val[crow[b]:crow[b+1]] at features
-    col[...]; `by_feature` orders the same entries by feature for the transposed products."""
+    col[...]; `by_feature` orders the same entries by feature for the transposed products.
+    `part_bytes`: the most bytes of a decoder's [F, w] column part that a product reads."""
 
     crow: Tensor  # long [B + 1]
     col: Tensor  # long [nnz]
     val: Tensor  # [nnz]
     d_sae: int
+    part_bytes: int = PART_BYTES
 
     @classmethod
     def from_topk(cls, idx: Tensor, vals: Tensor, d_sae: int) -> Sparse:
@@ -96,35 +122,54 @@ class Sparse:
         counts = self.crow.diff()
         return torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
 
-    def decode_into(self, out: Tensor, W: Tensor, ws: Workspace) -> None:
-        """out [B, n] += a W, W [F, n]."""
-        out += F.embedding_bag(self.col, W, self.crow[:-1], per_sample_weights=self.val,
-                               mode="sum")  # fmt: skip
+    def parts(self, m: int, d: int) -> list[tuple[int, slice]]:
+        """The column parts of a decoder [F, m, d] (of val's dtype): (output layer j,
+        columns) whose [F, w] holds at most `part_bytes` (or is one column)."""
+        size = self.d_sae * d * self.val.element_size()
+        n = min(d, -(-size // self.part_bytes))  # parts per output layer
+        w = -(-d // n)
+        return [(j, slice(c, c + w)) for j in range(m) for c in range(0, d, w)]
 
-    def at_active(self, g: Tensor, W: Tensor) -> Tensor:
-        """(g W^T) at the active entries, [nnz]; g [B, n], W [F, n]."""
+    def decode_into(self, out: Tensor, W: Tensor, ws: Workspace) -> None:
+        """out [B, m, d] += a W, W [F, m, d], a column part at a time."""
+        for j, c in self.parts(*W.shape[1:]):
+            out[:, j, c] += F.embedding_bag(self.col, W[:, j, c], self.crow[:-1],
+                                            per_sample_weights=self.val, mode="sum")  # fmt: skip
+
+    def at_active(self, g: Tensor, W: Tensor, order: ByFeature) -> Tensor:
+        """(g W^T) at the active entries, [nnz] in token order; g [B, m, d], W [F, m, d]:
+        W's parts' products summed, each taken feature by feature (a feature's row of W
+        against its tokens' rows of g: twice as fast as token by token)."""
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore")
-            shape = (len(self.crow) - 1, self.d_sae)
-            pattern = torch.sparse_csr_tensor(self.crow, self.col, self.val, shape)
-        return torch.sparse.sampled_addmm(pattern, g, W.t(), beta=0.0).values()
+            shape = (self.d_sae, len(self.crow) - 1)
+            pattern = torch.sparse_csr_tensor(order.crow, order.tokens, order.val, shape)
+        ga = None
+        for j, c in self.parts(*W.shape[1:]):
+            part = torch.sparse.sampled_addmm(pattern, W[:, j, c], g[:, j, c].t(), beta=0.0)
+            ga = part.values() if ga is None else ga.add_(part.values())
+        return torch.empty_like(ga).index_put_((order.perm,), ga)
 
-    def by_feature(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(perm, token of each entry in feature order, each feature's first entry [F])."""
+    def by_feature(self) -> ByFeature:
+        """The entries in feature order (each feature's in token order)."""
         perm = torch.argsort(self.col, stable=True)
-        starts = torch.zeros(self.d_sae, dtype=torch.long, device=self.col.device)
-        torch.cumsum(torch.bincount(self.col, minlength=self.d_sae)[:-1], 0, out=starts[1:])
-        return perm, self.rows()[perm], starts
+        crow = torch.zeros(self.d_sae + 1, dtype=torch.long, device=self.col.device)
+        torch.cumsum(torch.bincount(self.col, minlength=self.d_sae), 0, out=crow[1:])
+        return ByFeature(perm, self.rows()[perm], crow, self.val[perm])
 
-    def transposed_product(self, values: Tensor, M: Tensor, order) -> Tensor:
-        """sum over each feature's entries of values x M[token]: [F, M.shape[1]] (a^T g with
-        values = val; d pre^T x with values = d pre at the active entries)."""
-        perm, tokens, starts = order
-        return F.embedding_bag(tokens, M, starts, per_sample_weights=values[perm], mode="sum")
+    def transposed_product(self, values: Tensor, M: Tensor, order: ByFeature) -> Tensor:
+        """sum over each feature's entries of values x M[token]: [F, M.shape[1]] (d pre^T x
+        with values = d pre at the active entries, in token order)."""
+        return F.embedding_bag(order.tokens, M, order.crow[:-1],
+                               per_sample_weights=values[order.perm], mode="sum")  # fmt: skip
 
-    def decoder_grad(self, g: Tensor, ws: Workspace, order=None) -> Tensor:
-        """a^T g [F, n], g [B, n]."""
-        return self.transposed_product(self.val, g, order or self.by_feature())
+    def decoder_grads(self, g: Tensor, ws: Workspace, order: ByFeature):
+        """a^T g [F, m, d] for g [B, m, d], a column part at a time: yields (its index in
+        W_dec[l], the part [F, 1, w])."""
+        for j, c in self.parts(*g.shape[1:]):
+            part = F.embedding_bag(order.tokens, g[:, j, c], order.crow[:-1],
+                                   per_sample_weights=order.val, mode="sum")  # fmt: skip
+            yield (slice(None), slice(j, j + 1), c), part.unsqueeze(1)
 
 
 def low_copy(ws: Workspace, name: str, t: Tensor, dtype: torch.dtype) -> Tensor:

@@ -19,7 +19,8 @@ g_l = g[:, l d:] [B, (L - l) d] what layer l's decoders write, W_l = W_dec[l] as
 Sparse layers (`tcspec.training.clt_codes.Sparse`: TopK, or a ReLU/JumpReLU layer at most
 `sparse_below` dense) decode and take a^T g over their active entries only, and a ReLU or
 TopK layer its d a there too; a JumpReLU's d a stays dense (its kernel reaches features
-that did not fire). Dense layers are not kept between forward and backward: their
+that did not fire). A sparse layer's decoder gradient is formed and stepped by Adam a
+column part at a time (`Sparse.parts`), never whole. Dense layers are not kept between forward and backward: their
 pre-activations are computed again (one [B, d] x [d, F] matmul a layer), so the step holds
 O(B F) of activations, not O(L B F).
 """
@@ -77,7 +78,7 @@ def train_step(
 def _forward(clt: CLT, xs: Tensor, h: Hyper, norms: Tensor, ws: Workspace):
     """(y_hat [B, L, d] in ws, the sparse layers' codes (None for a dense layer), terms)."""
     cfg = clt.cfg
-    L, d, F, B = cfg.n_layers, cfg.d_model, cfg.d_sae, xs.shape[1]
+    L, d, B = cfg.n_layers, cfg.d_model, xs.shape[1]
     y = ws.get("y_hat", (B, L, d))
     y.copy_(clt.b_dec.expand(B, L, d))
     if cfg.skip:
@@ -87,7 +88,7 @@ def _forward(clt: CLT, xs: Tensor, h: Hyper, norms: Tensor, ws: Workspace):
     s_sum, gap_sum, count, kept = zero, zero, zero, []
     for i in range(L):
         codes, pre = _codes(clt, xs[i], i, h, ws)
-        codes.decode_into(y.view(B, -1)[:, i * d :], clt.W_dec[i].view(F, -1), ws)
+        codes.decode_into(y[:, i:], clt.W_dec[i], ws)
         if h.loss.coef > 0:
             s_sum = s_sum + _penalty_sum(codes, norms[i], h.loss, ws)
         if _pre_act_on(clt, h):
@@ -159,7 +160,7 @@ def _penalty_grads(a: Tensor, n: Tensor, h: Hyper, B: int, ga: Tensor, ws: Works
 def _backward(clt, adam, xs, g, kept, norms, h: Hyper, ws: Workspace) -> None:
     """Every parameter's gradient, each stepped by Adam once it is complete."""
     cfg = clt.cfg
-    L, d, F = cfg.n_layers, cfg.d_model, cfg.d_sae
+    L, d, F, B = cfg.n_layers, cfg.d_model, cfg.d_sae, g.shape[0]
     g_b_enc = ws.get("g_b_enc", (L, F))
     jump = cfg.family.thresholded  # JumpReLU
     g_theta = ws.get("g_theta", (L, F)) if jump else None
@@ -168,17 +169,14 @@ def _backward(clt, adam, xs, g, kept, norms, h: Hyper, ws: Workspace) -> None:
         if codes is None or jump:  # computed again, dense
             fresh, pre = _codes(clt, xs[i], i, h, ws, sparse_below=0.0)
             codes = codes or fresh
-        W = clt.W_dec[i].view(F, -1)  # [F, (L - i) d]
-        g_l = g[:, i * d :]
+        W = clt.W_dec[i]  # [F, L - i, d]
+        g_l = g.view(B, L, d)[:, i:]  # [B, L - i, d]
         order = codes.by_feature() if isinstance(codes, Sparse) else None
         if jump:
             d_pre, g_n = _jumprelu_grads(clt, i, pre, g_l, W, norms[i], h, ws, g_theta[i])
         else:
             d_pre, g_n = _rectified_grads(codes, g_l, W, norms[i], h, ws, order)
-        gW = _master(codes.decoder_grad(g_l, ws, order), clt.W_dec[i].dtype, ws)
-        if g_n is not None:
-            gW.addcmul_(W, (g_n / norms[i]).unsqueeze(1))
-        _adam(adam, f"W_dec.{i}", clt.W_dec[i], gW.view_as(clt.W_dec[i]), h, ws)
+        _decoder_step(clt, adam, i, codes, g_l, g_n, norms[i], h, ws, order)
         _encoder_step(clt, adam, i, xs[i], d_pre, codes, order, g_b_enc[i], h, ws)
     _adam(adam, "b_enc", clt.b_enc, g_b_enc, h, ws)
     if g_theta is not None:
@@ -188,6 +186,18 @@ def _backward(clt, adam, xs, g, kept, norms, h: Hyper, ws: Workspace) -> None:
         for m in range(L):
             gWs = torch.mm(xs[m].t(), g[:, m * d : (m + 1) * d], out=ws.flat("grad", (d, d)))
             _adam(adam, "W_skip", clt.W_skip, gWs, h, ws, index=m)
+
+
+def _decoder_step(clt, adam, i, codes, g_l, g_n, n, h: Hyper, ws, order) -> None:
+    """W_dec[i]'s gradient a^T g_l + d n W / n, stepped by Adam a part at a time (the
+    parts of `codes.decoder_grads`: the whole, or an output layer's block)."""
+    W = clt.W_dec[i]  # [F, L - i, d]
+    scale = None if g_n is None else (g_n / n)[:, None, None]  # [F, 1, 1]
+    for index, part in codes.decoder_grads(g_l, ws, order):
+        gW = _master(part, W.dtype, ws)
+        if scale is not None:
+            gW.addcmul_(W[index], scale[index[0]])
+        _adam(adam, f"W_dec.{i}", W, gW, h, ws, index=index)
 
 
 def _master(grad: Tensor, dtype: torch.dtype, ws: Workspace) -> Tensor:
@@ -208,7 +218,7 @@ def _rectified_grads(codes, g_l, W, n, h: Hyper, ws, order):
     """ReLU / TopK: (d pre: [B, F] dense or [nnz] at the active entries, d n [F] or None)."""
     B = g_l.shape[0]
     if isinstance(codes, Sparse):
-        ga = codes.at_active(g_l, W)  # [nnz]
+        ga = codes.at_active(g_l, W, order)  # [nnz]
         g_n = None
         if h.loss.coef > 0:
             per = _penalty_grads(codes.val, n[codes.col], h, B, ga, ws)
@@ -241,7 +251,8 @@ def _jumprelu_grads(clt, i, pre, g_l, W, n, h: Hyper, ws, g_theta: Tensor):
 
 
 def _dense_grad_of_acts(g_l: Tensor, W: Tensor, low: torch.dtype, ws: Workspace) -> Tensor:
-    """g_l W^T [B, F], a GEMM in `low` (in ws's "ga" buffer)."""
+    """g_l W^T [B, F] for g_l [B, m, d], W [F, m, d]: a GEMM in `low` (in ws's "ga")."""
+    g_l, W = g_l.reshape(g_l.shape[0], -1), W.view(W.shape[0], -1)
     out = ws.get("ga", (g_l.shape[0], W.shape[0]), low)
     return torch.mm(low_copy(ws, "g_low", g_l, low), low_copy(ws, "W_low", W, low).t(), out=out)
 

@@ -21,6 +21,7 @@ from tcspec.spec import CLTSpec
 from tcspec.training import CHECKPOINT, train
 from tcspec.training.adam import AdamState
 from tcspec.training.clt import CLTRun
+from tcspec.training.clt_codes import Sparse
 from tcspec.training.clt_step import Hyper, train_step
 
 with warnings.catch_warnings():
@@ -221,6 +222,32 @@ def test_bf16_step_is_close_to_fp32(case):
     for k, g in got[torch.float32].items():
         err = (got[torch.bfloat16][k] - g).abs().max() / g.abs().max()
         assert 0 < err < (0.03 if cfg.activation == "relu" else 0.1), (k, err)
+
+
+@pytest.mark.parametrize("part_bytes", [1 << 20, 16 * 8 * 3, 1], ids=["whole", "3-col", "1-col"])
+def test_sparse_products_by_column_parts_equal_dense_ones(part_bytes):
+    """A sparse layer's decoder products, taken a column part of each output layer's block
+    at a time (parts of 8, 3 and 1 of its 8 columns), equal the dense products."""
+    g = torch.Generator().manual_seed(5)
+    B, F, m, d = 6, 16, 3, 8
+    pre = torch.randn(B, F, generator=g, dtype=torch.float64)
+    vals, idx = pre.topk(4, dim=1)
+    codes = Sparse.from_topk(idx, vals, F)
+    codes.part_bytes = part_bytes
+    a = codes.dense(torch.empty(B, F, dtype=torch.float64))  # [B, F]
+    W, gy = (torch.randn(n, m, d, generator=g, dtype=torch.float64) for n in (F, B))
+    assert len(codes.parts(m, d)) == m * {1 << 20: 1, 16 * 8 * 3: 3, 1: 8}[part_bytes]
+    y = torch.zeros(B, m, d, dtype=torch.float64)
+    codes.decode_into(y, W, ws=None)
+    torch.testing.assert_close(y, (a @ W.view(F, -1)).view(B, m, d), rtol=1e-12, atol=1e-12)
+    order = codes.by_feature()
+    rows = codes.rows()
+    want = (gy.view(B, -1) @ W.view(F, -1).t())[rows, codes.col]  # [nnz], token order
+    torch.testing.assert_close(codes.at_active(gy, W, order), want, rtol=1e-12, atol=1e-12)
+    gW = torch.zeros_like(W)
+    for index, part in codes.decoder_grads(gy, None, order):
+        gW[index] += part
+    torch.testing.assert_close(gW.view(F, -1), a.t() @ gy.view(B, -1), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", ["relu-tanh-skip", "topk-tanh", "jumprelu-tanh-pre"])
