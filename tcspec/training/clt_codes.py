@@ -65,13 +65,12 @@ class Dense:
                 self.a, low_copy(ws, "W_low", W, low), out=ws.flat("dec", out.shape, low)
             )
 
-    def decoder_grads(self, g: Tensor, ws: Workspace, order=None):
-        """a^T g [F, m, d] for g [B, m, d], in one part: yields (its index in W_dec[l], the
-        part), here (all, all) and the whole in `ws`'s flat "grad" buffer, a's dtype."""
+    def decoder_grad(self, g: Tensor, ws: Workspace, order=None) -> Tensor:
+        """a^T g [F, m, d] for g [B, m, d] (in `ws`'s flat "grad" buffer, a's dtype)."""
         low, (B, m, d) = self.a.dtype, g.shape
         out = ws.flat("grad", (self.a.shape[1], m * d), low)
         gW = torch.mm(self.a.t(), low_copy(ws, "g_low", g.reshape(B, -1), low), out=out)
-        yield (slice(None), slice(None)), gW.view(-1, m, d)
+        return gW.view(-1, m, d)
 
 
 class ByFeature(NamedTuple):
@@ -163,13 +162,14 @@ class Sparse:
         return F.embedding_bag(order.tokens, M, order.crow[:-1],
                                per_sample_weights=values[order.perm], mode="sum")  # fmt: skip
 
-    def decoder_grads(self, g: Tensor, ws: Workspace, order: ByFeature):
-        """a^T g [F, m, d] for g [B, m, d], a column part at a time: yields (its index in
-        W_dec[l], the part [F, 1, w])."""
+    def decoder_grad(self, g: Tensor, ws: Workspace, order: ByFeature) -> Tensor:
+        """a^T g [F, m, d] for g [B, m, d], a column part at a time (in `ws`'s flat "grad"
+        buffer: Adam steps a contiguous gradient 2-3x faster than its strided parts)."""
+        out = ws.flat("grad", (self.d_sae, *g.shape[1:]), self.val.dtype)
         for j, c in self.parts(*g.shape[1:]):
-            part = F.embedding_bag(order.tokens, g[:, j, c], order.crow[:-1],
-                                   per_sample_weights=order.val, mode="sum")  # fmt: skip
-            yield (slice(None), slice(j, j + 1), c), part.unsqueeze(1)
+            out[:, j, c] = F.embedding_bag(order.tokens, g[:, j, c], order.crow[:-1],
+                                           per_sample_weights=order.val, mode="sum")  # fmt: skip
+        return out
 
 
 def low_copy(ws: Workspace, name: str, t: Tensor, dtype: torch.dtype) -> Tensor:

@@ -19,8 +19,7 @@ g_l = g[:, l d:] [B, (L - l) d] what layer l's decoders write, W_l = W_dec[l] as
 Sparse layers (`tcspec.training.clt_codes.Sparse`: TopK, or a ReLU/JumpReLU layer at most
 `sparse_below` dense) decode and take a^T g over their active entries only, and a ReLU or
 TopK layer its d a there too; a JumpReLU's d a stays dense (its kernel reaches features
-that did not fire). A sparse layer's decoder gradient is formed and stepped by Adam a
-column part at a time (`Sparse.parts`), never whole. Dense layers are not kept between forward and backward: their
+that did not fire). Dense layers are not kept between forward and backward: their
 pre-activations are computed again (one [B, d] x [d, F] matmul a layer), so the step holds
 O(B F) of activations, not O(L B F).
 """
@@ -176,7 +175,10 @@ def _backward(clt, adam, xs, g, kept, norms, h: Hyper, ws: Workspace) -> None:
             d_pre, g_n = _jumprelu_grads(clt, i, pre, g_l, W, norms[i], h, ws, g_theta[i])
         else:
             d_pre, g_n = _rectified_grads(codes, g_l, W, norms[i], h, ws, order)
-        _decoder_step(clt, adam, i, codes, g_l, g_n, norms[i], h, ws, order)
+        gW = _master(codes.decoder_grad(g_l, ws, order), W.dtype, ws)  # [F, L - i, d]
+        if g_n is not None:
+            gW.addcmul_(W, (g_n / norms[i])[:, None, None])
+        _adam(adam, f"W_dec.{i}", W, gW, h, ws)
         _encoder_step(clt, adam, i, xs[i], d_pre, codes, order, g_b_enc[i], h, ws)
     _adam(adam, "b_enc", clt.b_enc, g_b_enc, h, ws)
     if g_theta is not None:
@@ -186,18 +188,6 @@ def _backward(clt, adam, xs, g, kept, norms, h: Hyper, ws: Workspace) -> None:
         for m in range(L):
             gWs = torch.mm(xs[m].t(), g[:, m * d : (m + 1) * d], out=ws.flat("grad", (d, d)))
             _adam(adam, "W_skip", clt.W_skip, gWs, h, ws, index=m)
-
-
-def _decoder_step(clt, adam, i, codes, g_l, g_n, n, h: Hyper, ws, order) -> None:
-    """W_dec[i]'s gradient a^T g_l + d n W / n, stepped by Adam a part at a time (the
-    parts of `codes.decoder_grads`: the whole, or an output layer's block)."""
-    W = clt.W_dec[i]  # [F, L - i, d]
-    scale = None if g_n is None else (g_n / n)[:, None, None]  # [F, 1, 1]
-    for index, part in codes.decoder_grads(g_l, ws, order):
-        gW = _master(part, W.dtype, ws)
-        if scale is not None:
-            gW.addcmul_(W[index], scale[index[0]])
-        _adam(adam, f"W_dec.{i}", W, gW, h, ws, index=index)
 
 
 def _master(grad: Tensor, dtype: torch.dtype, ws: Workspace) -> Tensor:
