@@ -44,9 +44,14 @@ CLT_PENALTIES = ("tanh", "l1")
 """A cross-layer transcoder's sparsity penalty: tanh(c a ||W_dec||) (Anthropic, CLT-Forge)
 or the L1 form a ||W_dec||."""
 
-ENCODER_INITS = ("kaiming", "transpose")
-"""How a per-layer dictionary's encoder starts: kaiming-uniform, independent of the decoder,
-or the decoder's transpose (W_enc = W_dec^T, unit-norm columns)."""
+ENCODER_INITS = ("kaiming", "transpose", "transpose_scaled")
+"""How a per-layer dictionary's encoder starts: kaiming-uniform, independent of the decoder;
+the decoder's transpose (W_enc = W_dec^T, unit-norm columns); or that transpose in the
+output's units (W_enc = s W_dec^T, stepped at s times the learning rate; s = the output's
+scale over the input's, on the first batch: 1 for an SAE)."""
+
+TRANSPOSED_INITS = ("transpose", "transpose_scaled")
+"""The encoder inits that start from W_dec^T (need d_in = d_out)."""
 
 JUMPRELU_PENALTIES = ("step", "tanh")
 """Forms of a per-layer JumpReLU's L0 penalty: the step count H(pre - threshold) (GDM) or

@@ -17,7 +17,7 @@ from tcspec.models import catalog
 from tcspec.models.hooks import BLOCK_HOOKS, SYNTHETIC_HOOKS, hook_width
 from tcspec.spec import SWEEP_FIELDS, Spec, prechecks
 from tcspec.spec.dictionaries import NO_LM, dictionary_hooks
-from tcspec.vocab import MODEL_JSON, d_sae_of
+from tcspec.vocab import MODEL_JSON, TRANSPOSED_INITS, d_sae_of
 
 Found = Iterator[tuple[tuple, str]]
 
@@ -513,10 +513,11 @@ def _check_widths(base: tuple, d, d_in: int, d_out: int) -> Found:
             f"`ghost_residual: input` fits x - y_hat, but d_in {d_in} != d_out {d_out}; "
             "use `output`",
         )
-    if getattr(d, "encoder_init", None) == "transpose" and d_in != d_out:
+    if (init := getattr(d, "encoder_init", None)) in TRANSPOSED_INITS and d_in != d_out:
         yield (
             base + ("encoder_init",),
-            f"`encoder_init: transpose` sets W_enc = W_dec^T, but d_in {d_in} != d_out "
+            f"`encoder_init: {init}` sets W_enc = {'s ' * (init != 'transpose')}W_dec^T, "
+            f"but d_in {d_in} != d_out "
             f"{d_out}; use `kaiming`",
         )
 

@@ -142,12 +142,21 @@ class _DictionaryBase(_Schedule):
     init_bias_from_mean: bool = True
     """Initialize b_dec (and b_dec_out) to the mean of the first batch of activations."""
     encoder_init: Literal[ENCODER_INITS] | None = None  # type: ignore[valid-type]
-    """How the encoder starts: `kaiming` (kaiming-uniform, independent of the decoder) or
+    """How the encoder starts: `kaiming` (kaiming-uniform, independent of the decoder);
     `transpose`, W_enc = W_dec^T (the decoder's unit-norm rows; Gao et al. 2024, sparsify,
-    SAELens, dictionary_learning; needs d_in = d_out). None: `transpose` for `topk` and
-    `batchtopk` where d_in = d_out, else `kaiming`. On the quickstart's toy at k 16 a
-    Matryoshka BatchTopK SAE ends 0.7% dead with it, 66.8% without; a TopK or BatchTopK
-    transcoder, whose input and output are different spaces, about half dead either way."""
+    SAELens, dictionary_learning; needs d_in = d_out); or `transpose_scaled`, that transpose
+    in the output's units: W_enc = s W_dec^T with s = rms ||y - mean y|| / rms ||x - mean x||
+    on the first batch, and W_enc and b_enc stepped at s x `lr`, as if x and y were rescaled
+    to one scale (SAELens's `normalize_activations`, CLT-Forge's norm scalars; s = 1 for an
+    SAE). None: for `topk` and `batchtopk` where d_in = d_out, `transpose` (an SAE) or
+    `transpose_scaled` (a transcoder), else `kaiming`. A TopK feature's activation is its
+    decoder row's coefficient, in the output's units: a transcoder whose output is s times
+    its input (s 4.6 at the quickstart's layer 0) starts its activations s times too small,
+    and the first features whose encoders grow take every token's top k while the rest, their
+    decoders still random, die within ~50 steps; aux-k does not revive them. On the
+    quickstart's toy at k 16, TopK and BatchTopK transcoders end 4.6% and 6.5% dead with
+    `transpose_scaled`, 50.0% and 55.6% with `transpose`; a Matryoshka BatchTopK SAE 0.7%
+    dead with `transpose`, 66.8% with `kaiming`."""
     dead_features: Literal["none", "ghost_grads", "resample", "aux_k"] = "none"
     """Dead-feature handling: none (paper), ghost grads (released example script), periodic
     resampling, or the TopK auxiliary loss. Unset: `aux_k` for `topk` and `batchtopk`
@@ -280,7 +289,8 @@ class _DictionaryBase(_Schedule):
         update: dict = {}
         if self.encoder_init is None:
             transpose = self.family.transpose_init and d_in == d_out
-            update["encoder_init"] = "transpose" if transpose else "kaiming"
+            scaled = "transpose" if self.kind == "sae" else "transpose_scaled"
+            update["encoder_init"] = scaled if transpose else "kaiming"
         if self.dead_window is None:
             window = DEAD_WINDOW_CAP
             if self.uses_dead_window():

@@ -24,7 +24,14 @@ from tcspec.training.dead import DEAD_TERMS, resample
 from tcspec.training.firing import FiringStats
 from tcspec.training.loss import loss_and_grads, remove_parallel_grad
 from tcspec.training.schedules import l1_factor, lr_factor
-from tcspec.vocab import DENSITY_FILE, TRAINING_FILE, is_dead, is_live, never_fires
+from tcspec.vocab import (
+    DENSITY_FILE,
+    TRAINING_FILE,
+    TRANSPOSED_INITS,
+    is_dead,
+    is_live,
+    never_fires,
+)
 
 
 @dataclass
@@ -63,6 +70,7 @@ class MemberRun:
         self.coder = Coder(m.config, seed=m.seed).to(device).requires_grad_(False)
         self.ops = m.config.family.ops  # the activation family's module
         init_encoder(self.coder, m.opts.encoder_init)
+        self.enc_scale = torch.ones((), dtype=torch.float64)  # s of `transpose_scaled`
         self.params = trainable(self.coder, m.opts)  # what Adam steps
         self.act_state = self.ops.state()  # e.g. BatchTopK's running threshold estimate
         self.sync_threshold()
@@ -87,6 +95,7 @@ class MemberRun:
             "params": _cpu(self.params),
             "derived": _cpu(self.derived()),
             "act_state": _cpu(self.act_state),
+            "enc_scale": self.enc_scale.clone(),
             "adam": _fields_state(self.adam),
             "firing": _fields_state(self.firing),
             "gen": self.gen.get_state(),
@@ -97,6 +106,7 @@ class MemberRun:
         _copy_into(self.params, s["params"])
         _copy_into(self.derived(), s["derived"])
         _copy_into(self.act_state, s["act_state"])
+        self.enc_scale.copy_(s.get("enc_scale", torch.ones(())))  # absent: saved before it
         _load_fields(self.adam, s["adam"])
         _load_fields(self.firing, s["firing"])
         self.gen.set_state(s["gen"])
@@ -104,7 +114,11 @@ class MemberRun:
 
     # -- training
     def begin(self, batch: dict[str, Tensor]) -> None:
-        self.init_biases(batch[self.member.in_key], batch[self.member.out_key])
+        x, y = batch[self.member.in_key], batch[self.member.out_key]
+        self.init_biases(x, y)
+        if self.member.opts.encoder_init == "transpose_scaled":
+            self.enc_scale.fill_(output_scale(x, y))
+            self.coder.W_enc.mul_(float(self.enc_scale))
 
     def update(self, step: int, batch: dict[str, Tensor], ws: Workspace) -> None:
         self.step(step, batch[self.member.in_key], batch[self.member.out_key], ws)
@@ -142,7 +156,7 @@ class MemberRun:
         if o.remove_parallel_grad:
             remove_parallel_grad(gr["W_dec"], self.coder.W_dec, ws)
         factor = lr_factor(step, self.steps, o.lr_warmup_steps, o.lr_decay, o.lr_decay_start)
-        lr, lr_of = o.lr * factor, self.ops.rates(o, factor)  # e.g. log(threshold)'s
+        lr, lr_of = o.lr * factor, self.ops.rates(o, factor) | self.encoder_rates(o.lr * factor)
         self.adam.step(self.params, gr, step + 1, lr, o.adam_betas, ws, lr_of)
         if o.normalize_decoder:
             W = self.coder.W_dec
@@ -155,6 +169,13 @@ class MemberRun:
         if o.dead_features == "resample" and (step + 1) % o.dead_window == 0 and not last:
             self.resample(x, y, e)
         self.log.last = dict(terms) | {"l0": fired.sum() / x.shape[0], "lr": lr}
+
+    def encoder_rates(self, lr: float) -> dict[str, float]:
+        """The encoder's own learning rates: s x lr for `transpose_scaled` (Adam steps in
+        the units where W_enc = s W_dec^T starts at the scale of W_dec^T), else none."""
+        if self.member.opts.encoder_init != "transpose_scaled":
+            return {}
+        return {"W_enc": lr * float(self.enc_scale), "b_enc": lr * float(self.enc_scale)}
 
     def derived(self) -> dict[str, Tensor]:
         """The coder's tensors that Adam does not step (a threshold set from others)."""
@@ -225,10 +246,22 @@ def check_resolved(name: str, opts) -> None:
 
 @torch.no_grad()
 def init_encoder(coder: Coder, how: str) -> None:
-    """`transpose`: W_enc <- W_dec^T (unit-norm columns [d_in, d_sae]; d_in = d_out); `kaiming`
-    keeps the coder's own draw."""
-    if how == "transpose":
+    """`transpose` and `transpose_scaled`: W_enc <- W_dec^T (unit-norm columns [d_in,
+    d_sae]; d_in = d_out; `transpose_scaled` multiplies it by s on the first batch,
+    `MemberRun.begin`); `kaiming` keeps the coder's own draw."""
+    if how in TRANSPOSED_INITS:
         coder.W_enc.copy_(coder.W_dec.t())
+
+
+def output_scale(x: Tensor, y: Tensor) -> float:
+    """s = rms ||y - mean y|| / rms ||x - mean x|| over a batch x [B, d_in], y [B, d_out]:
+    how much larger the output is than the input (1 for an SAE, x = y)."""
+    return _spread(y) / max(_spread(x), 1e-12)
+
+
+def _spread(t: Tensor) -> float:
+    """rms ||t_b - mean t|| over the batch."""
+    return float((t - t.mean(0)).square().sum(1).mean().sqrt())
 
 
 def trainable(coder: Coder, opts) -> dict[str, Tensor]:

@@ -196,8 +196,9 @@ def test_run_length_defaults_resolve_into_the_train_config():
 
 
 def test_encoder_init_defaults_to_the_transpose_for_the_k_activations():
-    """Unset, `encoder_init` resolves to `transpose` for TopK and BatchTopK where d_in =
-    d_out, else `kaiming`, which a train id leaves out (a ReLU member keeps its id)."""
+    """Unset, `encoder_init` resolves to `transpose` for TopK and BatchTopK SAEs,
+    `transpose_scaled` for such transcoders where d_in = d_out, else `kaiming`, which a train
+    id leaves out (a ReLU member keeps its id)."""
     text = (HERE.parent / "specs" / "quickstart.yaml").read_text()
     text = text.replace("  sae:\n", "  topk: {kind: sae, activation: topk, k: 8, expansion: 8}\n"
                         "  btk: {kind: transcoder, activation: batchtopk, k: 8, expansion: 8}\n"
@@ -206,7 +207,7 @@ def test_encoder_init_defaults_to_the_transpose_for_the_k_activations():
     tasks = {t.label["dictionary"]: t.config for t in compile_plan(parse_spec(text)).stage("train")}
     inits = {name: c.opts.encoder_init for name, c in tasks.items()}
     assert inits == {"tc": "kaiming", "sae": "kaiming", "topk": "transpose",
-                     "btk": "transpose", "wide": "kaiming"}  # fmt: skip
+                     "btk": "transpose_scaled", "wide": "kaiming"}  # fmt: skip
     assert '"encoder_init": "transpose"' in tasks["topk"].canonical()
     assert "encoder_init" not in tasks["tc"].canonical()
 

@@ -333,6 +333,63 @@ def test_encoder_starts_as_the_decoders_transpose_where_the_spec_resolves_it(tmp
         assert torch.equal(c.W_enc, Coder(c.cfg, seed=0).W_enc), name
 
 
+def scaled_batches(fail_at: int | None = None):
+    """Batch i: x [B, D_IN] and an output y = relu(x) A about twice x's scale (seeded)."""
+    A = 4 * torch.randn(D_IN, D_IN, generator=torch.Generator().manual_seed(7)) / D_IN**0.5
+
+    def batches(start: int):
+        for i in count(start):
+            if i == fail_at:
+                raise RuntimeError(f"simulated crash at batch {i}")
+            x = torch.randn(B, D_IN, generator=torch.Generator().manual_seed(30_000 + i))
+            yield {IN: x, OUT: torch.relu(x) @ A}
+
+    return batches
+
+
+def topk_transcoder(tmp: Path, name: str) -> Member:
+    """A TopK transcoder from D_IN to D_IN dims, every option but the schedule unset."""
+    spec = TranscoderSpec(kind="transcoder", d_sae=32, activation="topk", k=4, lr=3e-3,
+                          lr_warmup_steps=0, batch_size=B, checkpoint_every=4)  # fmt: skip
+    cfg = CoderConfig(kind="transcoder", d_in=D_IN, d_out=D_IN, d_sae=32, activation="topk", k=4)
+    return Member(name, spec, cfg, IN, OUT, tmp / name, 0)
+
+
+def test_a_transcoder_starts_at_the_transpose_in_the_outputs_units(tmp_path):
+    """A TopK transcoder with d_in = d_out resolves `transpose_scaled`: after the first batch
+    W_enc = s W_dec^T, s the output's rms spread over the input's (about 2 here), and Adam
+    steps its encoder at s x lr (a first Adam step moves each entry by its rate)."""
+    r = MemberRun(topk_transcoder(tmp_path, "tc"), 10, B, "cpu")
+    assert r.member.opts.encoder_init == "transpose_scaled"
+    batch = next(scaled_batches()(0))
+    x, y = batch[IN], batch[OUT]
+    r.begin(batch)
+    s = float((y - y.mean(0)).norm(dim=1).square().mean().sqrt())
+    s /= float((x - x.mean(0)).norm(dim=1).square().mean().sqrt())
+    assert 1.5 < s < 3
+    assert torch.allclose(r.coder.W_enc, s * r.coder.W_dec.t(), rtol=1e-5)
+    before = {k: r.coder.get_parameter(k).clone() for k in ("W_enc", "b_enc")}
+    r.update(0, batch, Workspace("cpu"))
+    for k, v in before.items():
+        step = (r.coder.get_parameter(k) - v).abs().max()
+        assert float(step) == pytest.approx(s * 3e-3, rel=1e-4), k
+
+
+def test_a_scaled_transpose_pass_resumes_bitwise(tmp_path):
+    """Stopped after its step-8 checkpoint and resumed (the scale s is in the checkpoint:
+    the first batch is not seen again), a `transpose_scaled` transcoder ends bitwise equal
+    to an uninterrupted pass."""
+    quiet = dict(progress=False, log=lambda s: None)
+    whole = topk_transcoder(tmp_path / "whole", "tc")
+    train_group([whole], scaled_batches(), 12, tmp_path / "ck-whole", **quiet)
+    m = topk_transcoder(tmp_path / "r", "tc")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_group([m], scaled_batches(10), 12, tmp_path / "ck", **quiet)
+    train_group([m], scaled_batches(), 12, tmp_path / "ck", **quiet)
+    a, b = weights(whole), weights(m)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resample_reinitializes_only_dead_features(tmp_path):
     m = member(tmp_path, "m", dead_features="resample", dead_window=5)
     r = MemberRun(m, 10, B, "cpu")
