@@ -58,8 +58,8 @@ class Family:
     """It takes Matryoshka prefixes (`matryoshka`)."""
     transpose_init: bool = False
     """Its encoder starts as the decoder's transpose (`encoder_init` left unset, d_in = d_out;
-    Gao et al. 2024, sparsify, SAELens, dictionary_learning): with aux-k, what keeps most
-    of a TopK SAE's features alive."""
+    Gao et al. 2024, sparsify, SAELens, dictionary_learning), a transcoder's in the
+    output's units (`transpose_scaled`): what keeps most of its features alive."""
     options: tuple[str, ...] = ()
     """Spec fields only this family reads."""
     saelens: str = "standard"
