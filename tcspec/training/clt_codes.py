@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tcspec.compute.sparse import feature_major, sum_by_feature
 from tcspec.compute.workspace import Workspace
 
 SPARSE_BELOW = 1 / 64
@@ -151,24 +152,20 @@ class Sparse:
 
     def by_feature(self) -> ByFeature:
         """The entries in feature order (each feature's in token order)."""
-        perm = torch.argsort(self.col, stable=True)
-        crow = torch.zeros(self.d_sae + 1, dtype=torch.long, device=self.col.device)
-        torch.cumsum(torch.bincount(self.col, minlength=self.d_sae), 0, out=crow[1:])
+        perm, crow = feature_major(self.col, self.d_sae)
         return ByFeature(perm, self.rows()[perm], crow, self.val[perm])
 
     def transposed_product(self, values: Tensor, M: Tensor, order: ByFeature) -> Tensor:
         """sum over each feature's entries of values x M[token]: [F, M.shape[1]] (d pre^T x
         with values = d pre at the active entries, in token order)."""
-        return F.embedding_bag(order.tokens, M, order.crow[:-1],
-                               per_sample_weights=values[order.perm], mode="sum")  # fmt: skip
+        return sum_by_feature(order.tokens, order.crow, values[order.perm], M)
 
     def decoder_grad(self, g: Tensor, ws: Workspace, order: ByFeature) -> Tensor:
         """a^T g [F, m, d] for g [B, m, d], a column part at a time (in `ws`'s flat "grad"
         buffer: Adam steps a contiguous gradient 2-3x faster than its strided parts)."""
         out = ws.flat("grad", (self.d_sae, *g.shape[1:]), self.val.dtype)
         for j, c in self.parts(*g.shape[1:]):
-            out[:, j, c] = F.embedding_bag(order.tokens, g[:, j, c], order.crow[:-1],
-                                           per_sample_weights=order.val, mode="sum")  # fmt: skip
+            out[:, j, c] = sum_by_feature(order.tokens, order.crow, order.val, g[:, j, c])
         return out
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tcspec.compute.sparse import feature_major, sum_by_feature
 from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries.coders import Coder
 from tcspec.dictionaries.families import relu
@@ -109,9 +110,7 @@ def backward(
     by_token = _csr(torch.arange(0, B * k + 1, k, device=g.device), flat, codes.vals, (B, S))
     dz_k = torch.sparse.sampled_addmm(by_token, g, coder.W_dec.t(), beta=0.0).values()
     dz_k = dz_k.view(B, k).add_(l1_b).mul_(codes.vals > 0)  # [B, k]
-    order = flat.argsort(stable=True)  # the entries feature-major, each feature's by token
-    crow = torch.zeros(S + 1, dtype=torch.long, device=g.device)
-    torch.cumsum(torch.bincount(flat, minlength=S), 0, out=crow[1:])
+    order, crow = feature_major(flat, S)  # the entries feature-major, each feature's by token
     tokens, low = order // k, codes.gemm
     if low == g.dtype:
         gW_enc_t = _spmm(
@@ -122,8 +121,8 @@ def backward(
         )
     else:  # bf16: the same sums over bfloat16 operands, in float32, rounded to bfloat16
         xc_low, g_low = ws.cast("xc_low", xc, low), ws.cast("g_low", g, low)
-        gW_enc_t = _by_feature(tokens, crow, dz_k.reshape(-1)[order].to(low), xc_low)
-        gW_dec = _by_feature(tokens, crow, codes.vals.reshape(-1)[order].to(low), g_low)
+        gW_enc_t = sum_by_feature(tokens, crow, dz_k.reshape(-1)[order].to(low), xc_low)
+        gW_dec = sum_by_feature(tokens, crow, codes.vals.reshape(-1)[order].to(low), g_low)
         gW_dec = ws.cast("g_W_dec", gW_dec, g.dtype)
     gW_enc = ws.transposed("g_W_enc", gW_enc_t, g.dtype)  # [d_in, S] as W_enc, for Adam
     gb_enc = torch.zeros(S, dtype=g.dtype, device=g.device).index_add_(0, flat, dz_k.view(-1))
@@ -138,12 +137,6 @@ def _spmm(crow: Tensor, col: Tensor, values: Tensor, M: Tensor, out: Tensor) -> 
     """The CSR [S, B] matrix (crow, col, values) times M [B, n], into `out` [S, n]."""
     S, B = len(crow) - 1, M.shape[0]
     return torch.addmm(out, _csr(crow, col, values, (S, B)), M, beta=0.0, out=out)
-
-
-def _by_feature(tokens: Tensor, crow: Tensor, values: Tensor, M: Tensor) -> Tensor:
-    """sum over each feature's entries of value x M[token] [S, M.shape[1]] (a sparse
-    [S, B] x dense [B, n] product, feature i's entries at crow[i]:crow[i + 1])."""
-    return F.embedding_bag(tokens, M, crow[:-1], per_sample_weights=values, mode="sum")
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
