@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from tcspec import atomic, layout
+from tcspec.compute.threads import set_job_environment
 from tcspec.compute.throughput import GPU_CLASSES
 from tcspec.plan.stages import BY_NAME, PASSES
 from tcspec.spec.loader import SpecError, load_spec
@@ -261,15 +262,7 @@ def _add_task(sub) -> None:
 
 
 def cmd_task(args) -> int:
-    # the thread count a task runs with is fixed by its stage; keep the math libraries from
-    # using fewer threads when the machine is busy (a different split of every reduction)
-    os.environ.setdefault("MKL_DYNAMIC", "FALSE")
-    os.environ.setdefault("OMP_DYNAMIC", "FALSE")
-    # idle OpenMP threads sleep instead of spinning (read when torch loads its OpenMP): with
-    # spinning, a 2-thread job on a machine with other work waits out a scheduler slice at
-    # every op's barrier (the toy model's step: 2.7-14.6 s against 0.42-0.65 s sleeping,
-    # measured beside other jobs on 2 cores); the same arithmetic, so the same weights
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_job_environment()  # before torch loads its OpenMP
     from tcspec.plan.store import load_task
     from tcspec.plan.workflow import DEVICE_ENV
     from tcspec.tasks import run_task

@@ -28,6 +28,7 @@ import harness  # noqa: E402
 
 from tcspec import layout  # noqa: E402
 from tcspec.cli import main  # noqa: E402
+from tcspec.compute.threads import JOB_ENVIRONMENT  # noqa: E402
 from tcspec.plan import Task  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -79,9 +80,7 @@ def target(kind: str, results: Path, plan) -> Target:
 def copy(micro_attribution_run, tmp_path, monkeypatch):
     """A private copy of the finished run, and its plan; the environment a job sets for
     itself (`tcspec task` in this process) is restored after the test."""
-    job_env = {"MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE", "TQDM_MININTERVAL": "15",
-               "OMP_WAIT_POLICY": "PASSIVE"}  # fmt: skip
-    for name, value in job_env.items():
+    for name, value in (JOB_ENVIRONMENT | {"TQDM_MININTERVAL": "15"}).items():
         monkeypatch.setenv(name, os.environ.get(name, value))
     base, plan = micro_attribution_run
     return harness.copy_results(base, tmp_path / "results"), plan
