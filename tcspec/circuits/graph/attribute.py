@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tcspec.circuits.graph.dictionaries import Dictionaries, as_dictionaries
 from tcspec.circuits.graph.prune import partial_influence
@@ -42,6 +42,9 @@ from tcspec.circuits.graph.replacement import (
     replacement_hooks,
     run_prompt,
 )
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tcspec.atomic import save_figure, write_text
 from tcspec.circuits.graph.attribute import Graph
@@ -34,6 +34,9 @@ from tcspec.circuits.graph.dictionaries import Dictionaries, as_dictionaries
 from tcspec.circuits.graph.prune import node_influence
 from tcspec.circuits.graph.replacement import run_prompt
 from tcspec.models.hooks import full_name
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tcspec.circuits.graph.dictionaries import (
     Dictionaries,
@@ -38,6 +38,9 @@ from tcspec.circuits.graph.dictionaries import (
     write_into,
 )
 from tcspec.models.hooks import full_name
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 FROZEN_SUFFIXES = ("hook_scale", "attn.hook_pattern")
 
