@@ -47,25 +47,14 @@ def loss_and_grads(
     coder's): with bfloat16 the [B, S] tensors are bfloat16, the gradients come back in the
     coder's dtype.
     """
-    cfg, act = coder.cfg, coder.cfg.family.ops
-    B, S, low = x.shape[0], cfg.d_sae, gemm or coder.W_enc.dtype
-    xc = torch.sub(x, coder.b_dec, out=ws.get("xc", x.shape))  # [B, d_in]
-    pre = torch.addmm(
-        ws.cast("b_enc_low", coder.b_enc, low),
-        ws.cast("xc_low", xc, low),
-        ws.cast("W_enc_low", coder.W_enc, low),
-        out=ws.get("z", (B, S), low),
-    )  # [B, S]
+    act, B, low = coder.cfg.family.ops, x.shape[0], gemm or coder.W_enc.dtype
+    xc, pre = _encode(coder, x, low, ws)  # [B, d_in], [B, S]
     any_dead = dead_idx is not None and len(dead_idx) > 0
     use_dead = opts.dead_features in DEAD_TERMS and any_dead
     use_pre_act = opts.pre_act_coef is not None  # JumpReLU's loss on the dead features
     wants_dead = any_dead and (use_dead or use_pre_act)
     pre_dead = pre.index_select(1, dead_idx).to(x.dtype) if wants_dead else None  # [B, n_dead]
-    codes, y_hat = act.forward(coder, pre, y.shape, ws, opts)
-    if cfg.skip:
-        y_hat.addmm_(
-            ws.cast("x_low", x, y_hat.dtype), ws.cast("W_skip_low", coder.W_skip, y_hat.dtype)
-        )
+    codes, y_hat = _decode(coder, pre, x, y.shape, opts, ws)
     e = torch.sub(y_hat, y, out=ws.get("e", y.shape))  # [B, d_out]
     rec_elem, rec, g = reconstruction(e, y, opts.loss)
     l1_term = codes.l1_sum() * (l1 / B)
@@ -77,29 +66,56 @@ def loss_and_grads(
         )
         dead = (dead_idx, gpre_dead)
     extra = codes.extra_terms()  # e.g. JumpReLU's L0 penalty (its gradient is in `gr`)
+    pa = None
     if use_pre_act:
         pa = act.pre_act(coder, pre_dead, dead_idx, opts.pre_act_coef)
         extra["pre_act_loss"] = pa.loss
         if any_dead:  # its d pre joins the dead-feature terms' into the encoder
             dead = (dead_idx, pa.g_pre if dead is None else dead[1] + pa.g_pre)
-    if opts.matryoshka:  # the inner prefixes' losses; every prefix's g reaches b_out, W_skip
-        z = codes.dense(ws)  # [B, S]
-        extra["matryoshka"], groups = matryoshka.prefix_terms(coder, z, e, y, g, opts, ws)
-        gr = matryoshka.backward(coder, z, groups, l1 / B, xc, dead, ws)
-        g = groups[0][2]
-    else:
-        gr = act.backward(coder, codes, g, l1 / B, xc, dead, ws)
+    gr, g = _coder_grads(coder, codes, e, y, g, l1 / B, xc, dead, opts, extra, ws)
     gr = {k: ws.cast(f"g_{k}", v, x.dtype) for k, v in gr.items()}  # low -> the coder's
     if use_dead:
         gr["W_dec"].index_add_(0, dead_idx, gW_dec_dead)
-    if use_pre_act:
+    if pa is not None:
         pa.add_grads(gr, coder.threshold)
     _output_grads(coder, gr, g, x, ws)
-    loss = rec + l1_term + aux
-    for v in extra.values():
-        loss = loss + v
+    loss = sum(extra.values(), rec + l1_term + aux)
     terms = {"loss": loss, "rec": rec, "l1": l1_term, "aux": aux} | extra
     return gr, terms, codes, e
+
+
+def _encode(coder: Coder, x: Tensor, low: torch.dtype, ws: Workspace) -> tuple[Tensor, Tensor]:
+    """(xc = x - b_dec [B, d_in] in x's dtype, pre = xc W_enc + b_enc [B, S] in `low`)."""
+    xc = torch.sub(x, coder.b_dec, out=ws.get("xc", x.shape))  # [B, d_in]
+    pre = torch.addmm(
+        ws.cast("b_enc_low", coder.b_enc, low),
+        ws.cast("xc_low", xc, low),
+        ws.cast("W_enc_low", coder.W_enc, low),
+        out=ws.get("z", (x.shape[0], coder.cfg.d_sae), low),
+    )  # [B, S]
+    return xc, pre
+
+
+def _decode(coder: Coder, pre: Tensor, x: Tensor, out_shape, opts, ws: Workspace):
+    """(the activation's codes, y_hat [B, d_out]: the decoder's output, plus x W_skip for a
+    skip transcoder), in the GEMMs' dtype."""
+    codes, y_hat = coder.cfg.family.ops.forward(coder, pre, out_shape, ws, opts)
+    if coder.cfg.skip:
+        y_hat.addmm_(
+            ws.cast("x_low", x, y_hat.dtype), ws.cast("W_skip_low", coder.W_skip, y_hat.dtype)
+        )
+    return codes, y_hat
+
+
+def _coder_grads(coder: Coder, codes, e, y, g, l1_b: float, xc, dead, opts, extra, ws):
+    """(the activation's parameter gradients (in the GEMMs' dtype), g = d loss / d y_hat
+    [B, d_out] summed over the Matryoshka prefixes, whose losses join `extra`)."""
+    if not opts.matryoshka:
+        return coder.cfg.family.ops.backward(coder, codes, g, l1_b, xc, dead, ws), g
+    z = codes.dense(ws)  # [B, S]; the inner prefixes' gradients are dense
+    extra["matryoshka"], groups = matryoshka.prefix_terms(coder, z, e, y, g, opts, ws)
+    gr = matryoshka.backward(coder, z, groups, l1_b, xc, dead, ws)
+    return gr, groups[0][2]
 
 
 def _output_grads(coder: Coder, gr: dict[str, Tensor], g: Tensor, x: Tensor, ws: Workspace):
