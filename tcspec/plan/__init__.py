@@ -11,7 +11,10 @@ side: it imports nothing that runs). What is where:
     stages.py      the stage table: config, run module, rule and threads of each stage
     imports.py     tasks that import released dictionaries
     stream.py      stream passes: what one reads, which train tasks share one
-    cost.py, resources.py   every cost formula; each task's sizes from its config
+    estimate.py    a job's Cost, its seconds and the scheduler's request (margins, units)
+    cost.py        the model's and the dictionaries' sizes, FLOPs and training memory
+    stage_costs.py every other stage's job cost
+    resources.py   each task's sizes from its config, costed
     store.py, workflow.py, report.py   stored configs; the Snakemake bridge; `tcspec plan`
 """
 

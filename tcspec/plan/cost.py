@@ -1,38 +1,14 @@
-"""What every job of a plan costs, estimated before it runs: memory, time, parameters, FLOPs.
-
-The one home of the plan's estimates and of the numbers they assume: `tcspec plan` shows
-them and the workflow asks the scheduler for them (Snakemake's ``mem_mb`` and ``runtime``).
-`tcspec.plan.resources` reads a task's sizes from its config and calls these formulas.
-
-A job's ``Cost`` is what it holds (bytes) and does: FLOPs of model forwards, FLOPs of
-dictionary work, bytes read or written, and a fixed ``STARTUP_S`` (interpreter, imports,
-loading the model and inputs). Its time is
-
-    seconds = STARTUP_S + model FLOPs / rate(model precision) + dictionary FLOPs /
-              rate(training precision) + I/O bytes / IO_BYTES_PER_S + other seconds
-
-with the rates of `tcspec.compute.throughput` for its device (a GPU class, or its CPU
-threads): the model's precision is its dtype's, the dictionary work's a trained
-dictionary's ``precision`` (fp32 for evaluation and interp, which encode in float32).
-The scheduler is asked for ``runtime = ceil(TIME_MARGIN x seconds / 60)`` minutes and
-``mem_mb = ceil(MEM_MARGIN x (bytes + RUNTIME_BYTES) / 2^20)``. A pass (several train or
-evaluate tasks in one job) is costed as a whole: the model's forwards or the cache read
-once, every member's own work added.
+"""What the model and the dictionaries cost: the model's sizes and forwards, and a
+dictionary's parameters, FLOPs and training memory (per-layer and CLT), estimated before a
+job runs. A job's ``Cost`` and its scheduler request: `tcspec.plan.estimate`; the other
+stages' jobs: `tcspec.plan.stage_costs`.
 
 FLOPs counted (tokens T, B a batch, F = d_sae):
 
 - forward of the model over T tokens, to block n: T x ``forward_flops_per_token``, plus
   the unembedding (2 d_model d_vocab) when the loss is needed;
 - training a per-layer dictionary: 6 x T x F x (d_in + d_out) (forward and backward of
-  both matmuls; TopK does less); a CLT: ``clt_cost`` (below);
-- an evaluation pass over E tokens: a clean forward, the means pass, a spliced forward
-  per member and two ablated forwards (zero, mean) per member, every one full depth, plus
-  each member's encode and decode (2 E F (d_in + d_out));
-- interp: three forwards over the eval tokens (statistics, the second pass, contexts) and
-  two encodes; circuits: ``CIRCUIT_FORWARDS`` full forwards a prompt at the spec's
-  context (keep-top-k curves, ablations, attribution backwards: an allowance);
-- the toy model: 3 x its forward over the tokens trained on (forward and backward);
-  tokenizing: ``TOKENIZE_PER_S``.
+  both matmuls; TopK does less); a CLT: ``clt_cost`` (below).
 
 The memory of a training pass (bytes on the training device; a stream pass's estimate
 also splits its dictionaries into jobs, `tcspec.plan.stream`) is the sum of:
@@ -87,12 +63,11 @@ step costs (L + L (L + 1) / 2) / (2 L) = (L + 3) / 4 times as much (3.75x at L =
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
-from tcspec.compute.throughput import Rates
+from tcspec.plan.estimate import FP32, Cost
 
 if TYPE_CHECKING:
     from tcspec.dictionaries.clt import CLTConfig
@@ -100,32 +75,6 @@ if TYPE_CHECKING:
     from tcspec.spec import Spec
 
 # ------------------------------------------------------------------------------ assumptions
-MB = 2**20
-FP32 = 4
-"""Bytes of a float32: dictionaries, their optimizer state and their work run in it."""
-RUNTIME_BYTES = 1500 * MB
-"""Memory of the interpreter, torch and the libraries a job imports (with room)."""
-STARTUP_S = 120.0
-"""Seconds a job spends before its work: imports, loading the model, tokens, inputs."""
-TIME_MARGIN = 2.0
-"""The scheduler's runtime is this multiple of the estimate (FLOP/s vary with shapes)."""
-MEM_MARGIN = 1.2
-"""The scheduler's memory is this multiple of the estimate."""
-IO_BYTES_PER_S = 200e6
-"""Disk or network bytes a second: reading a cache, writing one, loading weights."""
-TOKENIZE_PER_S = 200_000
-"""Tokens a second a tokenizing job makes (fetching the text included)."""
-TOKENIZER_BYTES = 500 * MB
-"""A tokens job's memory besides its tokens: the tokenizer and the text in flight."""
-CIRCUIT_FORWARDS = 2000
-"""Full forwards (at the spec's context) a circuit study makes per prompt: an allowance."""
-FEATURE_WORK_BYTES = 2000 * MB
-"""An interp or circuits job's memory besides the model and its dictionaries (feature
-statistics, examples, pages, graphs): an allowance."""
-SMALL_BYTES = 1000 * MB
-"""Memory of a job that runs no model: tables, the study, an export."""
-IMPORT_BYTES = 4000 * MB
-"""Memory of an import job: a released dictionary read and converted."""
 IMPORTED_EXPANSION = 64
 """Features per model dimension an imported dictionary is sized as (its files are not read
 when planning)."""
@@ -149,24 +98,6 @@ against torch.mm); ~60 over a whole TopK step at L 12, F 1,024, B 512 under load
 where its many small ops wait on the busy cores."""
 LAYERNORM_HOOKS = ("hook_normalized", "hook_scale")
 """Hook name endings TransformerLens computes in float32 whatever the model's dtype."""
-
-
-def disk_mb(n_bytes: int) -> int:
-    """Megabytes of disk to ask for ``n_bytes`` (rounded up, and one more)."""
-    return n_bytes // MB + 1
-
-
-# ------------------------------------------------------------------------------ a job
-@dataclass(frozen=True)
-class Cost:
-    """What one job holds and does (see the module doc)."""
-
-    mem_bytes: int = 0
-    model_flops: int = 0
-    dict_flops: int = 0
-    io_bytes: int = 0
-    other_s: float = 0.0
-    """Seconds of work counted in neither FLOPs nor bytes (tokenizing)."""
 
 
 @dataclass(frozen=True)
@@ -237,35 +168,6 @@ def forward_bytes(
     a block's largest intermediates (q, k, v, the attention pattern, the MLP's hidden)."""
     per_position = 6 * d_model + 2 * d_mlp + 2 * n_heads * context
     return batch_contexts * context * per_position * act_bytes
-
-
-def seconds(
-    cost: Cost, m: ModelSize, rates: Rates, gpu: int, threads: int, precision: str = "fp32"
-) -> float:
-    """Estimated wall seconds of a job whose dictionary work runs in ``precision`` (see
-    the module doc)."""
-    model_rate = rates.flops_per_s(gpu, m.model_precision, threads)
-    dict_rate = rates.flops_per_s(gpu, precision, threads)
-    return (
-        STARTUP_S
-        + cost.model_flops / model_rate
-        + cost.dict_flops / dict_rate
-        + cost.io_bytes / IO_BYTES_PER_S
-        + cost.other_s
-    )
-
-
-def request(
-    cost: Cost, m: ModelSize, rates: Rates, gpu: int, threads: int, precision: str = "fp32"
-) -> dict:
-    """What the scheduler is asked for a job, ``mem_mb`` and ``runtime`` (minutes), with
-    the margins; and the estimate itself (``seconds``) for the plan's table."""
-    s = seconds(cost, m, rates, gpu, threads, precision)
-    return {
-        "mem_mb": math.ceil(MEM_MARGIN * (cost.mem_bytes + RUNTIME_BYTES) / MB),
-        "seconds": round(s, 1),
-        "runtime": math.ceil(TIME_MARGIN * s / 60),
-    }
 
 
 # ------------------------------------------------------------------------------ dictionaries
@@ -510,85 +412,3 @@ def clt_pass_cost(
 def per_layer_flops_per_step(cfg: CLTConfig, batch_size: int) -> int:
     """FLOPs of one step of n_layers per-layer transcoders of the same width: 6 B F d 2 L."""
     return 6 * batch_size * cfg.d_sae * cfg.d_model * 2 * cfg.n_layers
-
-
-# ------------------------------------------------------------------------------ jobs
-def toy_model_cost(m: ModelSize, steps: int, batch: int) -> Cost:
-    """Training the toy model: ``steps`` x ``batch`` contexts, weights, Adam and a batch's
-    activations (a generous 64 values a position a block)."""
-    tokens = steps * batch * m.context
-    acts = 64 * batch * m.context * m.d_model * m.n_layers * FP32
-    held = 4 * FP32 * m.params + acts  # weights, gradients and Adam's two moments
-    return Cost(mem_bytes=held, model_flops=3 * m.forward_flops(tokens))
-
-
-def load_model_cost(m: ModelSize) -> Cost:
-    """Fetching and loading a model's weights (held once in fp32 and once converted)."""
-    return Cost(mem_bytes=3 * m.params * FP32, io_bytes=m.params * FP32)
-
-
-def tokens_cost(n_tokens: int) -> Cost:
-    """Tokenizing ``n_tokens`` at ``TOKENIZE_PER_S`` (int32 tokens held)."""
-    return Cost(mem_bytes=4 * n_tokens + TOKENIZER_BYTES, other_s=n_tokens / TOKENIZE_PER_S)
-
-
-def cache_disk_bytes(tokens: int, width: int, value_bytes: int) -> int:
-    """An activation cache of ``tokens`` rows of ``width`` values."""
-    return tokens * width * value_bytes
-
-
-def acts_cost(m: ModelSize, tokens: int, blocks: int, disk_bytes: int, batch_contexts: int) -> Cost:
-    """Caching activations: forwards over ``tokens`` to ``blocks`` blocks, the cache
-    written."""
-    # a forward batch: 8 d_model-wide float32 values a position (an allowance)
-    held = m.weight_bytes + FP32 * batch_contexts * m.context * m.d_model * 8
-    return Cost(mem_bytes=held, model_flops=m.forward_flops(tokens, blocks), io_bytes=disk_bytes)
-
-
-def evaluate_cost(
-    m: ModelSize, eval_tokens: int, batch_contexts: int, coders: list[tuple[int, int, int]]
-) -> Cost:
-    """An evaluation pass over ``eval_tokens`` of ``coders`` ((d_in, d_out, d_sae) of each
-    spliced member; a set spliced at once counts each of its coders)."""
-    forwards = 2 + 3 * len(coders)  # clean, means; spliced, zero- and mean-ablated each
-    encode = sum(2 * eval_tokens * f * (i + o) for i, o, f in coders)
-    weights = sum(coder_bytes(i, o, f) for i, o, f in coders)
-    held = m.weight_bytes + m.logits_bytes(batch_contexts) + weights
-    return Cost(mem_bytes=held, model_flops=forwards * m.forward_flops(eval_tokens),
-                dict_flops=encode)  # fmt: skip
-
-
-def interp_cost(m: ModelSize, eval_tokens: int, d_in: int, d_out: int, d_sae: int) -> Cost:
-    """Feature statistics, samples and dashboards over ``eval_tokens``."""
-    held = m.weight_bytes + FEATURE_WORK_BYTES + coder_bytes(d_in, d_out, d_sae)
-    return Cost(mem_bytes=held, model_flops=3 * m.forward_flops(eval_tokens),
-                dict_flops=2 * 2 * eval_tokens * d_sae * (d_in + d_out))  # fmt: skip
-
-
-PROBE_CLASSES = 10
-"""Classes a probing job is sized for when the spec does not list them (its dataset's
-labels are not read when the plan is compiled): an allowance."""
-
-
-def probe_cost(
-    m: ModelSize, texts: int, max_tokens: int, d_in: int, d_out: int, d_sae: int
-) -> Cost:
-    """Sparse probing: ``texts`` texts of at most ``max_tokens`` tokens through the model and
-    the dictionary's encoder, then small per-class probes (their cost left out)."""
-    tokens = texts * max_tokens
-    held = m.weight_bytes + FEATURE_WORK_BYTES + coder_bytes(d_in, d_out, d_sae)
-    return Cost(mem_bytes=held, model_flops=m.forward_flops(tokens),
-                dict_flops=2 * tokens * d_sae * d_in)  # fmt: skip
-
-
-def circuit_cost(m: ModelSize, prompts: int, coders: list[tuple[int, int, int]]) -> Cost:
-    """A circuit study of ``prompts`` prompts through ``coders`` ((d_in, d_out, d_sae)
-    each; ``CIRCUIT_FORWARDS`` an allowance)."""
-    flops = prompts * CIRCUIT_FORWARDS * m.forward_flops(m.context)
-    held = m.weight_bytes + sum(coder_bytes(*s) for s in coders) + FEATURE_WORK_BYTES
-    return Cost(mem_bytes=held, model_flops=flops)
-
-
-def small_cost(mem_bytes: int = SMALL_BYTES, io_bytes: int = 0) -> Cost:
-    """A job of start-up and bookkeeping: tables, the study, export, import."""
-    return Cost(mem_bytes=mem_bytes, io_bytes=io_bytes)

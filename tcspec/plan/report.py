@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tcspec.plan import Plan, cost
+from tcspec.plan import Plan, estimate
 from tcspec.plan.stages import PASSES, STAGES
 
 
@@ -18,7 +18,7 @@ def _human(n: float, unit: str = "") -> str:
 
 def plan_table(plan: Plan, results: Path) -> str:
     """The jobs Snakemake runs, with what each asks the scheduler for (``mem_mb``,
-    ``runtime``: the estimates with their margins, `tcspec.plan.cost`) and the estimate of
+    ``runtime``: the estimates with their margins, `tcspec.plan.estimate`) and the estimate of
     its time; training and evaluation run in passes, whose members are listed under them
     with their own parameters and training FLOPs."""
     spec, sizer = plan.spec, plan.sizer
@@ -56,8 +56,8 @@ def plan_table(plan: Plan, results: Path) -> str:
         f"training FLOPs: {_human(totals['flops'])}",
         f"estimated time: GPU jobs {gpu_s / 3600:.2f} h, CPU jobs {cpu_s / 3600:.2f} h",
         f"rates: GPU jobs at {sizer.rates.describe(_precision(plan))}; CPU jobs "
-        f"{rate_line(_precision(plan))}; runtime = {cost.TIME_MARGIN:g} x time, mem = "
-        f"{cost.MEM_MARGIN:g} x (estimate + {cost.RUNTIME_BYTES // cost.MB} MB)",
+        f"{rate_line(_precision(plan))}; runtime = {estimate.TIME_MARGIN:g} x time, mem = "
+        f"{estimate.MEM_MARGIN:g} x (estimate + {estimate.RUNTIME_BYTES // estimate.MB} MB)",
     ]
     if plan.stream_shape is not None:
         lines += ["", *stream_passes(plan)]

@@ -1,5 +1,6 @@
 """The scheduler's resources of every task and pass: sizes from the plan's configs, costs
-from `tcspec.plan.cost`, rates from the machine side's `tcspec.compute.throughput.Rates`.
+from `tcspec.plan.cost` and `tcspec.plan.stage_costs`, requests from `tcspec.plan.estimate`,
+rates from the machine side's `tcspec.compute.throughput.Rates`.
 
 Every task's resources hold ``mem_mb`` and ``runtime`` (minutes: what Snakemake asks the
 scheduler for, margins included), ``seconds`` (the estimate), ``gpu`` and ``threads``; a
@@ -13,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tcspec.compute.throughput import Rates
-from tcspec.plan import cost
+from tcspec.plan import cost, estimate, stage_costs
 from tcspec.plan.configs import CLTMemberConfig
-from tcspec.plan.cost import Cost, ModelSize
+from tcspec.plan.cost import ModelSize
+from tcspec.plan.estimate import Cost
 from tcspec.plan.stages import stage as stage_row
 
 
@@ -38,7 +40,7 @@ class Sizer:
         """``gpu``, ``threads`` (the stage's), the requests and estimate of ``job`` (its
         dictionary work in ``precision``), and ``extra``."""
         threads = stage_row(stage).threads
-        req = cost.request(job, self.size, self.rates, gpu, threads, precision)
+        req = estimate.request(job, self.size, self.rates, gpu, threads, precision)
         return {"gpu": gpu, "threads": threads, **req, **extra}
 
     def task_resources(self, plan, task) -> dict:
@@ -46,38 +48,44 @@ class Sizer:
         c, stage, m = task.config, task.stage, self.size
         if stage == "model":
             if c.model.kind == "toy":
-                return self.request(stage, cost.toy_model_cost(m, *toy_steps(c.model)), 0)
-            return self.request(stage, cost.load_model_cost(m), 0)
+                return self.request(stage, stage_costs.toy_model_cost(m, *toy_steps(c.model)), 0)
+            return self.request(stage, stage_costs.load_model_cost(m), 0)
         if stage == "tokens":
-            return self.request(stage, cost.tokens_cost(_tokens(c.data)), 0)
+            return self.request(stage, stage_costs.tokens_cost(_tokens(c.data)), 0)
         if stage == "acts":
-            disk = cost.cache_disk_bytes(self.train_tokens, sum(c.hooks.values()), self.cache_bytes)
+            disk = stage_costs.cache_disk_bytes(
+                self.train_tokens, sum(c.hooks.values()), self.cache_bytes
+            )
             blocks = 1 + max(int(h.split(".")[1]) for h in c.hooks)
-            job = cost.acts_cost(m, self.train_tokens, blocks, disk, c.acts.batch_contexts)
-            return self.request(stage, job, self.gpu, disk_mb=cost.disk_mb(disk))
+            job = stage_costs.acts_cost(m, self.train_tokens, blocks, disk, c.acts.batch_contexts)
+            return self.request(stage, job, self.gpu, disk_mb=estimate.disk_mb(disk))
         if stage in ("train", "clt", "import"):
             return self.coder_resources(stage, c)
         if stage == "evaluate":
             return self.request(stage, self.evaluate_cost(plan, [c]), self.gpu)
         if stage == "interp":
             shape = plan.get(c.coder.stage, c.coder.id).config.cost_shape(m.d_model)
-            return self.request(stage, cost.interp_cost(m, c.eval_tokens, *shape), self.gpu)
+            return self.request(stage, stage_costs.interp_cost(m, c.eval_tokens, *shape), self.gpu)
         if stage == "probe":
             shape = plan.get(c.coder.stage, c.coder.id).config.cost_shape(m.d_model)
-            classes = len(c.classes) if c.classes else cost.PROBE_CLASSES
+            classes = len(c.classes) if c.classes else stage_costs.PROBE_CLASSES
             texts = classes * (c.train_per_class + c.test_per_class)
-            return self.request(stage, cost.probe_cost(m, texts, c.max_tokens, *shape), self.gpu)
+            return self.request(
+                stage, stage_costs.probe_cost(m, texts, c.max_tokens, *shape), self.gpu
+            )
         if stage == "circuits":
             shapes = [plan.get(r.stage, r.id).config.cost_shape(m.d_model) for r in c.coders]
-            job = cost.circuit_cost(m, _prompts(c.circuit), shapes)
+            job = stage_costs.circuit_cost(m, _prompts(c.circuit), shapes)
             return self.request(stage, job, self.gpu)
-        return self.request(stage, cost.small_cost(), 0)  # study, export, tables
+        return self.request(stage, stage_costs.small_cost(), 0)  # study, export, tables
 
     def coder_resources(self, stage: str, c) -> dict:
         """A train task (as a pass of one), a CLT or an import."""
         shape = c.cost_shape(self.size.d_model)
         if stage == "import":
-            return self.request(stage, cost.small_cost(cost.IMPORT_BYTES), 0, shape=shape)
+            return self.request(
+                stage, stage_costs.small_cost(stage_costs.IMPORT_BYTES), 0, shape=shape
+            )
         if stage == "train":
             job, params = self.train_pass([c]), cost.n_params(c.coder())
         else:
@@ -105,7 +113,7 @@ class Sizer:
         extra = {}
         if configs[0].stream is not None:
             params = sum(cost.n_params(c.coder()) for c in configs)
-            extra["disk_mb"] = cost.disk_mb(cost.checkpoint_disk_bytes(params))
+            extra["disk_mb"] = estimate.disk_mb(cost.checkpoint_disk_bytes(params))
         slowest = min({c.opts.precision for c in configs},
                       key=lambda p: self.rates.flops_per_s(self.gpu, p))  # fmt: skip
         return self.request("train", self.train_pass(configs), self.gpu, slowest, **extra)
@@ -134,7 +142,7 @@ class Sizer:
             for r in c.coders
         ]
         c0 = configs[0]
-        return cost.evaluate_cost(self.size, c0.eval_tokens, c0.batch_contexts, shapes)
+        return stage_costs.evaluate_cost(self.size, c0.eval_tokens, c0.batch_contexts, shapes)
 
     def evaluate_pass_resources(self, plan, configs: list) -> dict:
         return self.request("evaluate", self.evaluate_cost(plan, configs), self.gpu)

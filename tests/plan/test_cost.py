@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tcspec.compute.throughput import CPU_EFFICIENCY, GPU_EFFICIENCY, Rates
-from tcspec.plan import compile_plan, cost, group_task
+from tcspec.plan import compile_plan, cost, estimate, group_task, stage_costs
 from tcspec.spec.loader import load_spec
 
 GPT2_SMALL = Path(__file__).resolve().parents[2] / "specs" / "paper" / "gpt2_small.yaml"
@@ -38,9 +38,9 @@ def test_a_stream_pass_is_its_forward_and_training_flops_at_its_gpu_s_rate():
     forward = plan.sizer.size.forward_flops(tokens, 12)  # the stream runs all 12 blocks
     train = sum(6 * tokens * m.config.d_sae * (m.config.d_in + m.config.d_out) for m in members)
     rate = 67e12 * GPU_EFFICIENCY  # h100 fp32: nothing here turns bf16 on
-    seconds = cost.STARTUP_S + (forward + train) / rate
+    seconds = estimate.STARTUP_S + (forward + train) / rate
     assert job.resources["seconds"] == pytest.approx(seconds, abs=0.1)
-    assert job.resources["runtime"] == math.ceil(cost.TIME_MARGIN * seconds / 60)
+    assert job.resources["runtime"] == math.ceil(estimate.TIME_MARGIN * seconds / 60)
     assert job.resources["gpu"] == 1 and sum(m.resources["flops"] for m in members) == train
 
 
@@ -64,8 +64,10 @@ def test_a_probe_job_holds_the_model_and_runs_its_texts_through_it():
     size = plan.sizer.size
     for t in plan.stage("probe"):
         c = t.config
-        classes = len(c.classes) if c.classes else cost.PROBE_CLASSES
+        classes = len(c.classes) if c.classes else stage_costs.PROBE_CLASSES
         tokens = classes * (c.train_per_class + c.test_per_class) * c.max_tokens
-        assert t.resources["mem_mb"] * cost.MB > size.weight_bytes + cost.FEATURE_WORK_BYTES
-        job = cost.probe_cost(size, tokens // c.max_tokens, c.max_tokens, 128, 128, 1024)
+        assert (
+            t.resources["mem_mb"] * estimate.MB > size.weight_bytes + stage_costs.FEATURE_WORK_BYTES
+        )
+        job = stage_costs.probe_cost(size, tokens // c.max_tokens, c.max_tokens, 128, 128, 1024)
         assert job.model_flops == size.forward_flops(tokens) > 0
