@@ -55,8 +55,8 @@ def loss_and_grads(
     wants_dead = any_dead and (use_dead or use_pre_act)
     pre_dead = pre.index_select(1, dead_idx).to(x.dtype) if wants_dead else None  # [B, n_dead]
     codes, y_hat = _decode(coder, pre, x, y.shape, opts, ws)
-    e = torch.sub(y_hat, y, out=ws.get("e", y.shape))  # [B, d_out]
-    rec_elem, rec, g = reconstruction(e, y, opts.loss)
+    e = _residual(y_hat, y, ws)  # [B, d_out]
+    rec_elem, rec, g = reconstruction(e, y, opts.loss, ws)
     l1_term = codes.l1_sum() * (l1 / B)
 
     aux, dead = torch.zeros((), dtype=x.dtype, device=x.device), None
@@ -105,6 +105,15 @@ def _decode(coder: Coder, pre: Tensor, x: Tensor, out_shape, opts, ws: Workspace
             ws.cast("x_low", x, y_hat.dtype), ws.cast("W_skip_low", coder.W_skip, y_hat.dtype)
         )
     return codes, y_hat
+
+
+def _residual(y_hat: Tensor, y: Tensor, ws: Workspace) -> Tensor:
+    """e = y_hat - y [B, d_out] in y's dtype; a bfloat16 y_hat is widened first (exactly),
+    which is ~3x faster than torch's mixed-dtype sub and the same bits."""
+    e = ws.get("e", y.shape, y.dtype)
+    if y_hat.dtype == y.dtype:
+        return torch.sub(y_hat, y, out=e)
+    return e.copy_(y_hat).sub_(y)
 
 
 def _coder_grads(coder: Coder, codes, e, y, g, l1_b: float, xc, dead, opts, extra, ws):

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
+from tcspec.compute.workspace import Workspace
 
-def reconstruction(e: Tensor, y: Tensor, loss: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(per-element term [B, d_out], rec as a 0-d tensor, g = d rec / d y_hat [B, d_out])."""
+
+def reconstruction(
+    e: Tensor, y: Tensor, loss: str, ws: Workspace | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(per-element term [B, d_out], rec as a 0-d tensor, g = d rec / d y_hat [B, d_out]);
+    the two [B, d_out] tensors in `ws`'s buffers when given (fresh ones otherwise)."""
     B, d_out = e.shape
+    sq = torch.mul(e, e, out=ws.get("rec_elem", e.shape, e.dtype)) if ws else e.square()
+    g = ws.get("g_rec", e.shape, e.dtype) if ws else torch.empty_like(e)
     if loss == "squared_error":
-        rec_elem = e.square()  # [B, d_out]
-        return rec_elem, rec_elem.sum() / B, e * (2.0 / B)
+        return sq, sq.sum() / B, torch.mul(e, 2.0 / B, out=g)
     inv_norm = y.norm(dim=1, keepdim=True).reciprocal_()  # [B, 1]
-    rec_elem = e.square().mul_(inv_norm)
-    return rec_elem, rec_elem.mean(), (e * (2.0 / (B * d_out))).mul_(inv_norm)
+    rec_elem = sq.mul_(inv_norm)
+    return rec_elem, rec_elem.mean(), torch.mul(e, 2.0 / (B * d_out), out=g).mul_(inv_norm)

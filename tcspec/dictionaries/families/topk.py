@@ -79,8 +79,12 @@ def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace, opts=Non
     weights = vals
     if low != W_dec.dtype:
         W_dec, weights = ws.cast("W_dec_low", W_dec, low), ws.cast("vals_low", vals, low)
-    y_hat = F.embedding_bag(idx, W_dec, per_sample_weights=weights, mode="sum")
-    y_hat += coder.b_out
+    y_hat = F.embedding_bag(idx, W_dec, per_sample_weights=weights, mode="sum")  # [B, d_out]
+    if low == coder.b_out.dtype:
+        y_hat += coder.b_out
+    else:  # the sum widened, b_out added in float32, rounded once (a mixed add_: ~4x slower)
+        wide = ws.get("y_hat_wide", y_hat.shape, coder.b_out.dtype)
+        y_hat.copy_(torch.add(wide.copy_(y_hat), coder.b_out, out=wide))
     return Codes(idx, vals, coder.cfg.d_sae, low), y_hat
 
 
