@@ -45,7 +45,7 @@ from tcspec.plan.resources import Sizer
 from tcspec.plan.stream import split_passes, stream_shape
 from tcspec.plan.task import Plan, Task
 from tcspec.spec import DictionaryRef, Spec
-from tcspec.spec.checks import model_dims
+from tcspec.spec.dims import model_dims
 from tcspec.vocab import CLT
 
 DEFAULT_STREAM_BUDGET_MB = 40_000

@@ -138,7 +138,7 @@ class ModelSize:
 
 
 def model_size(spec: Spec, dims: dict) -> ModelSize:
-    """The sizes of the spec's model (``dims``: `tcspec.spec.checks.model_dims`; a toy's
+    """The sizes of the spec's model (``dims``: `tcspec.spec.dims.model_dims`; a toy's
     vocabulary is its recipe's, else ``DEFAULT_VOCAB``) and the precisions its jobs run in."""
     from tcspec.models.recipes import get_recipe
 

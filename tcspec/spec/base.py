@@ -1,7 +1,10 @@
-"""Shared pieces of the spec language: constrained scalars, sweeps, the frozen base model."""
+"""Shared pieces of the spec language: constrained scalars, sweeps, the frozen base model;
+and what the semantic checks share (``Found``, ``path_exists``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Literal, TypeVar, Union
 
 from pydantic import (
@@ -31,6 +34,11 @@ T = TypeVar("T")
 Sweep = Union[T, Annotated[list[T], Field(min_length=1)]]
 """A value, or a list of values that makes a sweep axis."""
 
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 SWEEP_FIELDS = ("expansion", "d_sae", "k", "l1", "lr", "l0_coef", "seed")
 """Fields whose list value is a sweep axis; `seed` makes replicates (see `REPLICATE_AXES`)."""
 REPLICATE_AXES = ("seed",)
@@ -50,3 +58,14 @@ class FieldError(ValueError):
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+Found = Iterator[tuple[tuple, str]]
+"""What a semantic check of a validated spec yields: (path in the spec, message) pairs."""
+
+
+def path_exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name the OS refuses (too long, NUL byte)
+        return False

@@ -27,6 +27,7 @@ from tcspec.spec.base import (
     PosInt,
     Seed,
     Sweep,
+    as_list,
 )
 from tcspec.vocab import (
     ACTIVATIONS,
@@ -298,7 +299,7 @@ class _DictionaryBase(_Schedule):
             update["dead_window"] = window
         own = "jumprelu_threshold_lr" in self.family.options
         if own and self.jumprelu_threshold_lr is None:
-            lr = min(_as_list(self.lr))  # a scalar once a sweep point is chosen
+            lr = min(as_list(self.lr))  # a scalar once a sweep point is chosen
             update["jumprelu_threshold_lr"] = max(lr, THRESHOLD_EFOLDS / max(steps, 1))
         return self.model_copy(update=update) if update else self
 
@@ -347,10 +348,6 @@ _UNREAD = [f for fam in FAMILIES.values() for f in fam.options if f not in _OWN_
 def _owners(field: str) -> str:
     """The families whose option `field` is, e.g. "`activation: jumprelu`"."""
     return _activations(lambda f: field in f.options)
-
-
-def _as_list(value) -> list:
-    return value if isinstance(value, list) else [value]
 
 
 def _default(model: Frozen, name: str):

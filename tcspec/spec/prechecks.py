@@ -14,13 +14,11 @@ Each check yields ``(path, message)`` like `checks`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 from tcspec.models.hooks import hook_width
 from tcspec.spec import DictionaryRef, Spec
+from tcspec.spec.base import Found
 from tcspec.spec.dictionaries import dictionary_hooks
-
-Found = Iterator[tuple[tuple, str]]
 
 
 # ----------------------------------------------------------------------------- exports
