@@ -41,7 +41,7 @@ def _from_model(ctx) -> dict:
 
 def _synthetic(ctx) -> dict:
     """The source's `train` draws, `train_tokens` rows of every hook."""
-    from tcspec.data.cache import cache_rows
+    from tcspec.data.cache_writer import cache_rows
     from tcspec.models.synthetic import iter_rows, load_truth
 
     cfg = ctx.config
@@ -58,7 +58,7 @@ def _synthetic(ctx) -> dict:
 def read_by(keys: list[str]):
     """Which files of an acts task's folder (relative paths) a reader of the hooks `keys`
     opens: for `tcspec.tasks.integrity`, which checks only those files' checksums."""
-    from tcspec.data.cache import read_by as in_cache
+    from tcspec.data.cache_format import read_by as in_cache
 
     prefix = f"{layout.CACHE}/"
     reads = in_cache(keys)

@@ -12,8 +12,9 @@ import torch
 import xxhash
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-import tcspec.data.cache as acts
-from tcspec.data.cache import ActivationReader, CacheError, cache_activations
+import tcspec.data.cache_writer as writer
+from tcspec.data.cache import ActivationReader, cache_activations
+from tcspec.data.cache_format import CacheError
 
 torch.set_num_threads(1)
 
@@ -149,7 +150,7 @@ def test_unknown_hook_is_named(model, tokens, tmp_path):
 
 def test_disk_space_check_names_both_numbers(model, tokens, tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(acts.shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+    monkeypatch.setattr(writer.shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
     with pytest.raises(ValueError, match=r"needs about 157\.2 kB.*has 1\.0 kB free"):
         cache_activations(
             model, tokens, HOOKS, tmp_path / "c", exclude_tokens=(BOS,), progress=False
@@ -167,7 +168,7 @@ def test_failure_midway_leaves_no_cache(model, tokens, tmp_path):
 
 
 def test_write_error_is_raised_and_leaves_no_cache(model, tokens, tmp_path, monkeypatch):
-    write = acts._ShardWriter.write
+    write = writer._ShardWriter.write
     calls = []
 
     def failing_write(self, arrays):
@@ -176,7 +177,7 @@ def test_write_error_is_raised_and_leaves_no_cache(model, tokens, tmp_path, monk
             raise OSError("No space left on device")
         write(self, arrays)
 
-    monkeypatch.setattr(acts._ShardWriter, "write", failing_write)
+    monkeypatch.setattr(writer._ShardWriter, "write", failing_write)
     with pytest.raises(OSError, match="No space left"):
         cache_activations(model, tokens, HOOKS, tmp_path / "c", batch_contexts=2, progress=False)
     assert list(tmp_path.iterdir()) == []

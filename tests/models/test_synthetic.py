@@ -162,7 +162,8 @@ tables: {{include: [sparsity_fidelity, ground_truth]}}
 def test_the_cache_holds_the_train_draws(truth, tmp_path):
     """The acts stage's cache of a synthetic source reads back (shuffled, through the same
     reader as a model's cache) as exactly the source's `train` draws."""
-    from tcspec.data.cache import ActivationReader, cache_rows
+    from tcspec.data.cache import ActivationReader
+    from tcspec.data.cache_writer import cache_rows
 
     rows, widths = 3000, {h: truth.d_model for h in HOOKS}
     draws = (acts for _, acts in iter_rows(truth, "train", rows, chunk=1000))

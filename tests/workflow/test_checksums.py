@@ -11,7 +11,7 @@ import pytest
 
 from tcspec import atomic, layout
 from tcspec.checksums import ALGORITHM, damaged, file_checksum, record
-from tcspec.data.cache import read_by
+from tcspec.data.cache_format import read_by
 from tcspec.tasks import integrity
 
 
