@@ -22,9 +22,11 @@ from tcspec.spec.base import (  # noqa: F401 (re-exported: the spec language's n
     Seed,
     Sweep,
 )
+from tcspec.spec.clt import CLTSpec  # noqa: F401 (re-exported: the spec language's names)
 from tcspec.spec.dictionaries import (  # noqa: F401 (re-exported: the spec language's names)
-    CLTSpec,
     DictionarySpec,
+)
+from tcspec.spec.per_layer import (  # noqa: F401 (re-exported: the spec language's names)
     SAESpec,
     SkipTranscoderSpec,
     TranscoderSpec,

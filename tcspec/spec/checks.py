@@ -13,7 +13,8 @@ from __future__ import annotations
 from tcspec.models.hooks import SYNTHETIC_HOOKS
 from tcspec.spec import Spec, prechecks
 from tcspec.spec.base import Found, path_exists
-from tcspec.spec.dictionaries import NO_LM, dictionary_hooks
+from tcspec.spec.dictionaries import dictionary_hooks
+from tcspec.spec.dictionary_base import NO_LM
 from tcspec.spec.dictionary_checks import check_dictionary
 from tcspec.spec.dims import DimsUnknown, model_dims
 from tcspec.spec.stage_checks import check_probe, check_ref, check_splice_layers, check_traced

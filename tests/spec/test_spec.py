@@ -435,7 +435,9 @@ def test_each_kind_states_its_limits_in_the_spec_s_words():
     use nothing asks about is a programming error, not a silent None."""
     from typing import get_args
 
-    from tcspec.spec.dictionaries import USES, CLTSpec, DictionarySpec
+    from tcspec.spec.clt import CLTSpec
+    from tcspec.spec.dictionaries import DictionarySpec
+    from tcspec.spec.dictionary_base import USES
 
     classes = get_args(get_args(DictionarySpec)[0])
     assert {c.model_fields["kind"].annotation.__args__[0] for c in classes} >= {"clt", "sae"}
