@@ -1,5 +1,5 @@
 """Shared pieces of the spec language: constrained scalars, sweeps, the frozen base model;
-and what the semantic checks share (``Found``, ``path_exists``)."""
+and what its checks share (``Loc``, ``Found``, ``path_exists``)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,8 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
+Loc = tuple[str | int, ...]
+"""A path in the spec: its keys and list indices."""
 Found = Iterator[tuple[tuple, str]]
 """What a semantic check of a validated spec yields: (path in the spec, message) pairs."""
 
