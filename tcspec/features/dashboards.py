@@ -1,4 +1,4 @@
-"""Static HTML feature dashboards and the blind rating packet (no server: open from disk).
+"""Static HTML feature dashboards (no server: open from disk).
 
 A dashboard site, built from a feature-statistics folder (`tcspec.features.files.save_stats`):
 
@@ -14,211 +14,20 @@ inline SVG; the only script is the search box's.
 
 from __future__ import annotations
 
-import html
 import math
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from tcspec.atomic import write_text
+from tcspec.features.charts import band_colors, svg_histogram
+from tcspec.features.examples import Example, example_rows, render_example, token_of
+from tcspec.features.html_page import esc, fmt, page, token_text
 from tcspec.vocab import LIVE_THRESHOLD, is_live, never_fires
 
-CSS = """
-:root { --ink:#1d2330; --muted:#667085; --line:#e4e7ec; --card:#ffffff; --bg:#f6f7f9;
-        --accent:#d9480f; --link:#1c64f2; }
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--bg); color: var(--ink);
-       font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 20px 24px 48px; }
-a { color: var(--link); text-decoration: none; } a:hover { text-decoration: underline; }
-h1 { font-size: 22px; margin: 4px 0 2px; } h2 { font-size: 15px; margin: 0 0 10px; }
-.sub { color: var(--muted); margin-bottom: 16px; }
-.nav { display: flex; gap: 14px; font-size: 13px; color: var(--muted); }
-.card { background: var(--card); border: 1px solid var(--line); border-radius: 10px;
-        padding: 14px 16px; margin-bottom: 14px; }
-.grid { display: grid; gap: 14px; }
-.g1 { grid-template-columns: minmax(0, 1fr); }
-.g2 { grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); }
-.g3 { grid-template-columns: repeat(3, minmax(0, 1fr)); }
-.g23 { grid-template-columns: minmax(0, 2fr) minmax(0, 3fr); }
-.stats { display: flex; flex-wrap: wrap; gap: 10px 44px; }
-.stat .v { font-size: 18px; font-weight: 600; white-space: nowrap; }
-.stat .k { color: var(--muted); font-size: 12px; }
-svg { max-width: 100%; height: auto; display: block; }
-table.tt { table-layout: fixed; } table.tt td.num { width: 64px; }
-table.tt .tok { display: inline-block; max-width: 100%; overflow: hidden;
-                text-overflow: ellipsis; vertical-align: bottom; }
-table { border-collapse: collapse; width: 100%; font-size: 13px; }
-th, td { text-align: left; padding: 3px 8px; border-bottom: 1px solid var(--line); }
-th { color: var(--muted); font-weight: 500; } td.num { text-align: right;
-     font-variant-numeric: tabular-nums; }
-.tok { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; white-space: pre;
-       background: #f2f4f7; border-radius: 4px; padding: 0 4px; }
-.ex { display: flex; align-items: baseline; gap: 10px; padding: 3px 0;
-      border-bottom: 1px dashed var(--line); }
-.ex .val { width: 56px; flex: none; text-align: right; color: var(--muted);
-           font-variant-numeric: tabular-nums; font-size: 12px; }
-.ex .txt { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px;
-           white-space: pre-wrap; word-break: break-all; }
-.t { border-radius: 3px; padding: 1px 0; margin-right: 1px; }
-.t.c { outline: 1.5px solid var(--accent); outline-offset: 0; font-weight: 600; }
-.band { color: var(--muted); font-size: 12px; margin: 10px 0 2px; }
-.bar { height: 10px; background: var(--accent); border-radius: 2px; }
-input[type=search] { width: 260px; padding: 7px 10px; border: 1px solid var(--line);
-                     border-radius: 8px; font-size: 14px; }
-#status { color: var(--muted); margin-left: 10px; }
-svg text { font: 11px system-ui, sans-serif; fill: var(--muted); }
-.pos { color: #067647; } .neg { color: #b42318; }
-"""
 
-
-def esc(text: object) -> str:
-    """HTML-escape any text (quotes too)."""
-    return html.escape(str(text), quote=True)
-
-
-def token_text(s: str) -> str:
-    """Escaped display text of a token: newlines and tabs made visible."""
-    if s == "":
-        return "\u2205"
-    return esc(s.replace("\n", "\u21b5").replace("\t", "\u2192"))
-
-
-def _page(title: str, body: str, script: str = "") -> str:
-    tail = f"<script>{script}</script>" if script else ""
-    return (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{CSS}</style></head>"
-        f"<body><main>{body}</main>{tail}</body></html>\n"
-    )
-
-
-def _fmt(x: float, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:.{digits}g}"
-
-
-# ------------------------------------------------------------------------------ examples
-@dataclass(frozen=True)
-class Example:
-    """One example: its window's token strings, the feature's activation at each (NaN where
-    unknown), the index of the example token, its value, and where it was drawn from."""
-
-    tokens: list[str]
-    acts: list[float]
-    center: int
-    value: float
-    section: str
-    band: int
-
-
-def _vocab(vocab: list[str], i: int) -> str:
-    return vocab[int(i)] if 0 <= int(i) < len(vocab) else f"<{int(i)}>"
-
-
-def example_rows(frame: pd.DataFrame, vocab: list[str]) -> list[Example]:
-    """Examples (rows of an examples.parquet frame) with their token strings."""
-    out = []
-    for r in frame.itertuples(index=False):
-        out.append(
-            Example(
-                [_vocab(vocab, t) for t in r.tokens],
-                [float(a) for a in r.acts],
-                int(r.center),
-                float(r.value),
-                str(r.section),
-                int(r.band),
-            )
-        )
-    return out
-
-
-def render_example(ex: Example, scale: float, values: bool = True) -> str:
-    """One example line: tokens shaded by activation / scale, the example token outlined;
-    with `values`, the activation in a tooltip per token and the value on the left."""
-    spans = []
-    for i, (tok, a) in enumerate(zip(ex.tokens, ex.acts)):
-        alpha = 0.0 if math.isnan(a) or scale <= 0 else min(max(a / scale, 0.0), 1.0)
-        style = f' style="background:rgba(247,103,7,{alpha:.2f})"' if alpha > 0.01 else ""
-        tip = f' title="{_fmt(a)}"' if values and not math.isnan(a) else ""
-        cls = "t c" if i == ex.center else "t"
-        spans.append(f'<span class="{cls}"{style}{tip}>{token_text(tok)}</span>')
-    val = f'<span class="val">{_fmt(ex.value)}</span>' if values else ""
-    return f'<div class="ex">{val}<span class="txt">{"".join(spans)}</span></div>'
-
-
-# --------------------------------------------------------------------------------- charts
-def svg_histogram(
-    counts: np.ndarray,
-    edges: np.ndarray,
-    *,
-    xlabel: str,
-    width: int = 520,
-    height: int = 170,
-    colors: list[str] | None = None,
-    marker: float | None = None,
-) -> str:
-    """An inline SVG bar chart of `counts` over bin `edges` (len(counts) + 1), with x ticks
-    at 5 evenly spaced edges, an optional vertical marker and optional bar colours."""
-    counts = np.asarray(counts, dtype=float)
-    edges = np.asarray(edges, dtype=float)
-    left, right, top, bottom = 44, 24, 8, 34
-    w, h = width - left - right, height - top - bottom
-    lo, hi = float(edges[0]), float(edges[-1])
-    span = hi - lo if hi > lo else 1.0
-    ymax = counts.max() if counts.size and counts.max() > 0 else 1.0
-
-    def x(v: float) -> float:
-        return left + (v - lo) / span * w
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img">']  # fmt: skip
-    for i, c in enumerate(counts):
-        if c <= 0:
-            continue
-        bh = c / ymax * h
-        fill = colors[i] if colors else "#f76707"
-        parts.append(
-            f'<rect x="{x(edges[i]):.1f}" y="{top + h - bh:.1f}" '
-            f'width="{max(x(edges[i + 1]) - x(edges[i]) - 1, 0.8):.1f}" height="{bh:.1f}" '
-            f'fill="{fill}"><title>{esc(f"{edges[i]:.3g} to {edges[i + 1]:.3g}: {int(c)}")}'
-            f"</title></rect>"
-        )
-    axis = "#98a2b3"
-    parts.append(
-        f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="{axis}"/>'
-    )
-    parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="{axis}"/>')
-    for v in np.linspace(lo, hi, 5):
-        parts.append(f'<text x="{x(v):.1f}" y="{top + h + 14}" text-anchor="middle">{v:.3g}</text>')
-    parts.append(f'<text x="{left - 4}" y="{top + 9}" text-anchor="end">{int(ymax)}</text>')
-    parts.append(f'<text x="{left - 4}" y="{top + h}" text-anchor="end">0</text>')
-    parts.append(
-        f'<text x="{left + w / 2}" y="{height - 3}" text-anchor="middle">{esc(xlabel)}</text>'
-    )
-    if marker is not None and lo <= marker <= hi:
-        parts.append(
-            f'<line x1="{x(marker):.1f}" y1="{top}" x2="{x(marker):.1f}" y2="{top + h}" '
-            f'stroke="#1c64f2" stroke-dasharray="4 3"/>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-BAND_COLORS = ["#ffd8a8", "#ffc078", "#ffa94d", "#ff922b", "#f76707", "#e8590c", "#d9480f"]
-
-
-def _band_colors(n_bins: int, bands: int) -> list[str]:
-    palette = BAND_COLORS[-bands:] if bands <= len(BAND_COLORS) else BAND_COLORS
-    return [palette[min(b * bands // n_bins, len(palette) - 1)] for b in range(n_bins)]
-
-
-# ------------------------------------------------------------------------------ dashboard
 def build_dashboard(stats_dir: Path, out_dir: Path, title: str | None = None) -> Path:
     """Write the dashboard site of the statistics in `stats_dir` into `out_dir`; returns
     the index path. Pages are made for the features listed in its features.json `pages`."""
@@ -272,9 +81,9 @@ def _index_page(
         shown = " ".join(f'<span class="tok">{token_text(s)}</span>' for s in toks)
         rows.append(
             f'<tr data-id="{f}"><td><a href="features/{f}.html">{f}</a></td>'
-            f'<td class="num">{_fmt(float(freq[f]))}</td>'
-            f'<td class="num">{_fmt(float(t["max"][f]))}</td>'
-            f'<td class="num">{_fmt(float(r2.get(str(f), math.nan)), 2)}</td><td>{shown}</td></tr>'
+            f'<td class="num">{fmt(float(freq[f]))}</td>'
+            f'<td class="num">{fmt(float(t["max"][f]))}</td>'
+            f'<td class="num">{fmt(float(r2.get(str(f), math.nan)), 2)}</td><td>{shown}</td></tr>'
         )
     facts = [
         ("features", meta.get("d_sae")),
@@ -302,7 +111,7 @@ def _index_page(
         f"<th>token R²</th><th>top tokens</th></tr></thead><tbody>{''.join(rows)}</tbody>"
         f"</table></div>"
     )
-    return _page(f"{title}: features", body, SEARCH_JS)
+    return page(f"{title}: features", body, SEARCH_JS)
 
 
 SEARCH_JS = """
@@ -345,7 +154,7 @@ def _token_table(t: dict, prefix: str, kind: str, vocab: list[str], f: int, cls:
     if ids is None:
         return ""
     rows = "".join(
-        f'<tr><td><span class="tok">{token_text(_vocab(vocab, i))}</span></td>'
+        f'<tr><td><span class="tok">{token_text(token_of(vocab, i))}</span></td>'
         f'<td class="num {cls}">{float(v):+.3f}</td></tr>'
         for i, v in zip(ids[f].tolist(), vals[f].tolist())
     )
@@ -362,7 +171,7 @@ def _writes_card(t: dict, meta: dict, f: int) -> str:
     norms = t[WRITE_NORMS][f].double()  # [n_out]
     top, total = float(norms.max()), float(norms.square().sum())
     rows = "".join(
-        f'<tr><td>layer {b}</td><td class="num">{_fmt(n)}</td>'
+        f'<tr><td>layer {b}</td><td class="num">{fmt(n)}</td>'
         f'<td class="num">{n * n / total if total > 0 else 0:.0%}</td>'
         f'<td style="width:60%"><div class="bar" style="width:{100 * n / top if top > 0 else 0:.1f}%">'
         f"</div></td></tr>"
@@ -393,7 +202,7 @@ def _feature_page(
     n_bins = t["hist"].shape[1]  # t["hist"]: [n_features, n_bins], bins over (0, max]
     hist = svg_histogram(
         t["hist"][f].numpy(), np.linspace(0, vmax, n_bins + 1), xlabel="activation (nonzero)",
-        width=420, height=230, colors=_band_colors(n_bins, bands),
+        width=420, height=230, colors=band_colors(n_bins, bands),
     )  # fmt: skip
     logit_cards, n_tables = _logit_cards(t, vocab, f)
     top = [e for e in examples if e.section == "top"]
@@ -411,7 +220,7 @@ def _feature_page(
         f'<div class="card"><h2>Examples across the activation range</h2>'
         f"{_band_examples(examples, vmax, bands)}</div></div>"
     )
-    return _page(f"{title}: feature {f}", body)
+    return page(f"{title}: feature {f}", body)
 
 
 def _stat_cards(t: dict, meta: dict, f: int) -> str:
@@ -423,11 +232,11 @@ def _stat_cards(t: dict, meta: dict, f: int) -> str:
     r2 = meta.get("r2", {}).get(str(f), math.nan)
     facts = [
         ("density", f"{freq:.2e}"),
-        ("log10 density", _fmt(math.log10(freq), 3) if freq > 0 else "dead"),
+        ("log10 density", fmt(math.log10(freq), 3) if freq > 0 else "dead"),
         ("activating tokens", f"{int(t['count'][f]):,}"),
-        ("max", _fmt(vmax)),
-        (" · ".join(f"p{round(100 * p)}" for p in levels), " · ".join(_fmt(v, 2) for v in q)),
-        ("token R²", _fmt(float(r2), 2)),
+        ("max", fmt(vmax)),
+        (" · ".join(f"p{round(100 * p)}" for p in levels), " · ".join(fmt(v, 2) for v in q)),
+        ("token R²", fmt(float(r2), 2)),
     ]
     return "".join(
         f'<div class="stat"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
@@ -468,37 +277,3 @@ def _nav(prev_f: int | None, next_f: int | None) -> str:
     if next_f is not None:
         nav.append(f'<a href="{next_f}.html">feature {next_f} &rsaquo;</a>')
     return "".join(nav)
-
-
-# -------------------------------------------------------------------------------- packet
-@dataclass(frozen=True)
-class PacketItem:
-    """One feature of the blind packet: its anonymous id and the examples shown."""
-
-    id: str
-    examples: list[Example]
-
-
-PACKET_HELP = (
-    "For each feature below, read its examples (highlighting shows where and how strongly "
-    "the feature fires; the outlined token is the example's token; shading is relative "
-    "within a feature) and fill one row of ratings.csv: <b>rating</b> yes if a single "
-    "human-understandable property explains the examples, maybe if one partly does, no "
-    "otherwise; <b>context_free</b> 1 if the feature fires on a token regardless of its "
-    "context (only for rating yes), else 0; <b>note</b> your description (optional)."
-)
-
-
-def render_packet(items: list[PacketItem]) -> str:
-    """The blind rating packet: examples without activation values or names."""
-    cards = []
-    for it in items:
-        scale = max((a for e in it.examples for a in e.acts if not math.isnan(a)), default=0.0)
-        lines = "".join(render_example(e, scale, values=False) for e in it.examples)
-        cards.append(f'<div class="card" id="{esc(it.id)}"><h2>{esc(it.id)}</h2>{lines}</div>')
-    body = (
-        f"<h1>Blind feature rating</h1>"
-        f'<div class="card">{PACKET_HELP}<div class="sub">{len(items)} features.</div></div>'
-        + "".join(cards)
-    )
-    return _page("Blind feature rating", body)

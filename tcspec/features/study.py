@@ -131,8 +131,9 @@ def build_study(feature_dirs: Sequence[Path], out_dir: Path, n: int, seed: int) 
     """Write the blind packet, the key and the proxies of the features tasks in
     `feature_dirs` (folders written by `tcspec.features.files.save_stats` with a `study` list in
     their features.json) into `out_dir`. Returns a summary."""
-    from tcspec.features import dashboards
+    from tcspec.features.examples import example_rows
     from tcspec.features.files import load_stats
+    from tcspec.features.packet import PacketItem, render_packet
 
     entries, dictionaries = [], {}
     for folder in feature_dirs:
@@ -159,14 +160,14 @@ def build_study(feature_dirs: Sequence[Path], out_dir: Path, n: int, seed: int) 
         ex = stats.examples[stats.examples["feature"] == f]
         top = ex[ex["section"] == "top"].head(TOP_EXAMPLES_SHOWN)
         shown = pd.concat([top, ex[ex["section"] == "band"]]).drop_duplicates(["row", "col"])
-        items.append(dashboards.PacketItem(fid, dashboards.example_rows(shown, stats.vocab)))
+        items.append(PacketItem(fid, example_rows(shown, stats.vocab)))
         proxies.append(
             {"id": fid, "dictionary": label, "feature": f} | stats.meta["proxies"][str(f)]
         )
     out_dir = Path(out_dir)
     packet = out_dir / PACKET_DIR
     packet.mkdir(parents=True, exist_ok=True)
-    write_text(packet / "packet.html", dashboards.render_packet(items))
+    write_text(packet / "packet.html", render_packet(items))
     write_text(packet / "ratings.csv", ratings_template(list(key)))
     record = {"seed": seed, "features_per_dictionary": n, "dictionaries": dictionaries, "ids": key}
     write_text(out_dir / KEY_FILE, json.dumps(record, indent=1) + "\n")

@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from tcspec.dictionaries.coders import Coder, CoderConfig
-from tcspec.features.dashboards import PacketItem, build_dashboard, example_rows, render_packet
+from tcspec.features.dashboards import build_dashboard
+from tcspec.features.examples import example_rows
 from tcspec.features.files import load_stats, save_stats
+from tcspec.features.packet import PacketItem, render_packet
 from tcspec.features.stats import StatsConfig, feature_statistics
 
 torch.set_num_threads(1)
