@@ -172,6 +172,30 @@ def test_bf16_counts_stay_exact_past_bf16_integers():
     assert total(on.bfloat16()) == on.sum() and on.sum(0).max() > 256
 
 
+def test_bf16_float32_steps_are_torch_s_mixed_dtype_kernels_bit_for_bit():
+    """The residual e = y_hat - y of a bfloat16 y_hat, and the TopK decoder's float32 bias on
+    its bfloat16 sum, are taken by widening exactly (faster than torch's mixed-dtype kernels)
+    and give their bits."""
+    import torch.nn.functional as F
+
+    from tcspec.dictionaries.families import topk
+    from tcspec.training.loss import _residual
+
+    g = torch.Generator().manual_seed(0)
+    y_hat, y = torch.randn(B, 12, generator=g).bfloat16(), torch.randn(B, 12, generator=g)
+    assert torch.equal(_residual(y_hat, y, Workspace("cpu")), torch.sub(y_hat, y))
+    c = Coder(CoderConfig("transcoder", D_IN, 12, S, "topk", 4), seed=0)
+    with torch.no_grad():
+        c.b_out.add_(torch.randn(12, generator=g))
+    pre = torch.randn(B, S, generator=g).bfloat16()
+    with torch.no_grad():  # as in training
+        codes, got = topk.forward(c, pre, y.shape, Workspace("cpu"))
+        want = F.embedding_bag(codes.idx, c.W_dec.bfloat16(),
+                               per_sample_weights=codes.vals.bfloat16(), mode="sum")  # fmt: skip
+        want += c.b_out  # torch's mixed-dtype add_: float32 sum, rounded to bfloat16
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
 # ---------------------------------------------------------------------- bitwise resume
 RESUME_MEMBERS = [
     ("ghost", {"l1": 1.0, "dead_features": "ghost_grads", "dead_window": 1, "d_sae": 256}),
