@@ -71,7 +71,8 @@ def reader_source(d: int, batch: int, root: Path, shards: int = 4, rows: int = 1
     """The real ActivationReader over a synthetic cache written in its on-disk format."""
     import xxhash
 
-    from tcspec.data.cache import ACTS_FORMAT, ActivationReader
+    from tcspec.data.cache import ActivationReader
+    from tcspec.data.cache_format import ACTS_FORMAT
 
     rng = np.random.default_rng(0)
     A = (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)
