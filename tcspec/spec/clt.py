@@ -10,14 +10,11 @@ from pydantic import model_validator
 from tcspec.dictionaries.families import FAMILIES
 from tcspec.models.hooks import TRANSCODER_IN, TRANSCODER_OUT
 from tcspec.spec.base import (
-    SWEEP_FIELDS,
     FieldError,
-    Fraction,
     NonNegFloat,
     NonNegInt,
     PosFloat,
     PosInt,
-    Seed,
     Sweep,
 )
 from tcspec.spec.dictionary_base import NO_LM, Schedule, named_activations
@@ -27,7 +24,6 @@ from tcspec.vocab import (
     CLT_IN_HOOKS,
     CLT_OUT_HOOKS,
     CLT_PENALTIES,
-    LIVE_THRESHOLD,
 )
 
 CLT_IS = "is a cross-layer transcoder"
@@ -74,16 +70,6 @@ class CLTSpec(Schedule):
     """Linear learning-rate warm-up from 0 over this many steps."""
     init_bias_from_mean: bool = True
     """Initialize b_dec to the mean of the first batch's MLP outputs."""
-    live_threshold: Fraction = LIVE_THRESHOLD
-    """A feature is live when its firing frequency exceeds this."""
-    checkpoint_every: PosInt = 1000
-    """Steps between resumable checkpoints."""
-    seed: Sweep[Seed] | None = None
-    """Training seed (initialisation, resampling, any sampling in training; the data order
-    is the spec's `seed`'s); None uses the spec's seed. A list, `seed: [0, 1, 2]`, trains
-    every sweep point once per seed: the tables show their mean and spread."""
-    zip: list[Literal[SWEEP_FIELDS]] = []  # type: ignore[valid-type]
-    """Sweep axes that advance together (equal lengths) instead of crossing."""
 
     LIMITS: ClassVar[Mapping[str, str]] = {
         "circuit_layer": f"{CLT_IS}: a graph traces all its layers; drop `layer`",

@@ -10,7 +10,8 @@ from typing import ClassVar, Literal
 
 from tcspec.compute import Precision
 from tcspec.dictionaries.families import names
-from tcspec.spec.base import Fraction, Frozen, NonNegInt, PosInt
+from tcspec.spec.base import SWEEP_FIELDS, Fraction, Frozen, NonNegInt, PosInt, Seed, Sweep
+from tcspec.vocab import LIVE_THRESHOLD
 
 
 def named_activations(which) -> str:
@@ -41,7 +42,7 @@ class Kind(Frozen):
 
 
 class Schedule(Kind):
-    """The optimiser and schedule fields every trained dictionary has."""
+    """The optimiser, schedule and run fields every trained dictionary has."""
 
     adam_betas: tuple[Fraction, Fraction] = (0.9, 0.999)
     """Adam betas."""
@@ -63,6 +64,17 @@ class Schedule(Kind):
     where the CPU has `avx512_bf16`, ~100x slower where it has not). Resolved when the plan is
     compiled, for the spec's `device` (`device: auto`: whether the compiling machine has
     CUDA); the resolved precision is part of the train task's id."""
+
+    live_threshold: Fraction = LIVE_THRESHOLD
+    """A feature is live when its firing frequency exceeds this (log10 freq > -4)."""
+    checkpoint_every: PosInt = 1000
+    """Steps between resumable checkpoints."""
+    seed: Sweep[Seed] | None = None
+    """Training seed (initialisation, resampling, any sampling in training; the data order
+    is the spec's `seed`'s); None uses the spec's seed. A list, `seed: [0, 1, 2]`, trains
+    every sweep point once per seed: the tables show their mean and spread."""
+    zip: list[Literal[SWEEP_FIELDS]] = []  # type: ignore[valid-type]
+    """Sweep axes that advance together (equal lengths) instead of crossing."""
 
     def train_steps(self, data_tokens: int) -> int:
         """Optimizer steps of a run: its tokens (`train_tokens`, else the data's

@@ -12,7 +12,6 @@ from pydantic import model_validator
 from tcspec.dictionaries.families import FAMILIES, Family
 from tcspec.models.hooks import TRANSCODER_IN, TRANSCODER_OUT
 from tcspec.spec.base import (
-    SWEEP_FIELDS,
     FieldError,
     Fraction,
     Frozen,
@@ -21,7 +20,6 @@ from tcspec.spec.base import (
     NonNegInt,
     PosFloat,
     PosInt,
-    Seed,
     Sweep,
     as_list,
 )
@@ -31,7 +29,6 @@ from tcspec.vocab import (
     ENCODER_INITS,
     GHOST_RESIDUALS,
     JUMPRELU_PENALTIES,
-    LIVE_THRESHOLD,
 )
 
 DEAD_WINDOW_FRACTION = 0.1
@@ -138,16 +135,6 @@ class _DictionaryBase(Schedule):
     toward the batch's smallest positive kept activation (SAELens's rule)."""
     density_window: PosInt = 1000
     """Steps over which feature density (firing frequency) is tracked."""
-    live_threshold: Fraction = LIVE_THRESHOLD
-    """A feature is live when its firing frequency exceeds this (log10 freq > -4)."""
-    checkpoint_every: PosInt = 1000
-    """Steps between resumable checkpoints."""
-    seed: Sweep[Seed] | None = None
-    """Training seed (initialisation, resampling, any sampling in training; the data order
-    is the spec's `seed`'s); None uses the spec's seed. A list, `seed: [0, 1, 2]`, trains
-    every sweep point once per seed: the tables show their mean and spread."""
-    zip: list[Literal[SWEEP_FIELDS]] = []  # type: ignore[valid-type]
-    """Sweep axes that advance together (equal lengths) instead of crossing."""
 
     @model_validator(mode="after")
     def _check(self):
