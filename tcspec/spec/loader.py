@@ -28,7 +28,9 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""
-        return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
+        # a file name that is empty or starts or ends with a space is shown quoted
+        file = self.file if self.file and self.file == self.file.strip() else repr(self.file)
+        return f"{file}:{self.line}:{self.col}: {where}{self.message}"
 
 
 MAX_SHOWN = 50

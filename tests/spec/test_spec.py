@@ -430,6 +430,19 @@ def test_hostile_files_get_one_located_line(data: bytes, message: str, tmp_path,
     assert len(err.splitlines()) <= 51 and len(err) < 20_000
 
 
+@pytest.mark.parametrize("name", [" ", " spec.yaml", "spec.yaml "])
+def test_a_file_name_with_edge_spaces_is_quoted_in_its_located_line(
+    name, tmp_path, monkeypatch, capsys
+):
+    """Every error line starts with its file (the fuzzed CLI found a blank name printing
+    " :1:1: ..."): a name with spaces at either end is shown quoted, so the line starts
+    where the name does."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "--skip-disk", name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{name!r}:1:1: cannot read: "), err
+
+
 def test_each_kind_states_its_limits_in_the_spec_s_words():
     """What a kind cannot serve is data on its spec class, in `USES`' words; asking of a
     use nothing asks about is a programming error, not a silent None."""
