@@ -14,8 +14,9 @@ def reconstruction(
     """(per-element term [B, d_out], rec as a 0-d tensor, g = d rec / d y_hat [B, d_out]);
     the two [B, d_out] tensors in `ws`'s buffers when given (fresh ones otherwise)."""
     B, d_out = e.shape
-    sq = torch.mul(e, e, out=ws.get("rec_elem", e.shape, e.dtype)) if ws else e.square()
-    g = ws.get("g_rec", e.shape, e.dtype) if ws else torch.empty_like(e)
+    fresh = ws is None
+    sq = torch.mul(e, e, out=None if fresh else ws.get("rec_elem", e.shape, e.dtype))
+    g = torch.empty_like(e) if fresh else ws.get("g_rec", e.shape, e.dtype)
     if loss == "squared_error":
         return sq, sq.sum() / B, torch.mul(e, 2.0 / B, out=g)
     inv_norm = y.norm(dim=1, keepdim=True).reciprocal_()  # [B, 1]

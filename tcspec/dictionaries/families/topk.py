@@ -83,8 +83,8 @@ def forward(coder: Coder, pre: Tensor, out_shape: tuple, ws: Workspace, opts=Non
     if low == coder.b_out.dtype:
         y_hat += coder.b_out
     else:  # the sum widened, b_out added in float32, rounded once (a mixed add_: ~4x slower)
-        wide = ws.get("y_hat_wide", y_hat.shape, coder.b_out.dtype)
-        y_hat.copy_(torch.add(wide.copy_(y_hat), coder.b_out, out=wide))
+        wide = ws.get("y_hat_wide", y_hat.shape, coder.b_out.dtype).copy_(y_hat)
+        y_hat.copy_(wide.add_(coder.b_out))
     return Codes(idx, vals, coder.cfg.d_sae, low), y_hat
 
 
