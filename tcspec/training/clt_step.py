@@ -34,6 +34,7 @@ from torch import Tensor
 from tcspec.compute.workspace import Workspace, column_sums
 from tcspec.dictionaries.clt import CLT, CLTLoss
 from tcspec.dictionaries.families.jumprelu import rectangle
+from tcspec.dictionaries.families.topk import select
 from tcspec.training.adam import AdamState, adam_update
 from tcspec.training.clt_codes import SPARSE_BELOW, Dense, Sparse, low_copy
 
@@ -120,7 +121,7 @@ def _codes(clt: CLT, x: Tensor, i: int, h: Hyper, ws: Workspace, sparse_below=No
         out=ws.get("pre", (x.shape[0], cfg.d_sae), low),
     )  # [B, F]
     if cfg.family.takes_k:  # TopK
-        vals, idx = pre.topk(cfg.k, dim=1)  # [B, k]
+        vals, idx = select(pre, cfg.k)  # [B, k]
         codes = Sparse.from_topk(idx, vals.to(master).clamp_min_(0), cfg.d_sae)
         if sparse_below > 0:
             return codes, pre
@@ -201,7 +202,7 @@ def _adam(adam: AdamState, name: str, p: Tensor, grad: Tensor, h: Hyper, ws, ind
     m, v = adam.exp_avg[name], adam.exp_avg_sq[name]
     if index is not None:
         p, m, v = p[index], m[index], v[index]
-    adam_update(p, grad, m, v, h.t, h.lr, h.betas, ws)
+    adam_update(p, grad, m, v, h.t, h.lr, h.betas)
 
 
 def _rectified_grads(codes, g_l, W, n, h: Hyper, ws, order):
@@ -250,7 +251,8 @@ def _dense_grad_of_acts(g_l: Tensor, W: Tensor, low: torch.dtype, ws: Workspace)
 def _encoder_step(clt, adam, i, x, d_pre, codes, order, g_b_enc, h: Hyper, ws) -> None:
     """W_enc[i]'s gradient x^T d pre, stepped; b_enc[i]'s into g_b_enc [F]."""
     if d_pre.dim() == 1:  # at the sparse entries
-        gW = codes.transposed_product(d_pre, x, order).t()  # [d, F]
+        gW_t = codes.transposed_product(d_pre, x, order)  # [F, d]
+        gW = ws.transposed("gW_enc", gW_t, clt.W_enc.dtype)  # [d, F] as W_enc[i], for Adam
         g_b_enc.zero_().index_add_(0, codes.col, d_pre)
     else:
         low = d_pre.dtype

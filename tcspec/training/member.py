@@ -157,7 +157,7 @@ class MemberRun:
             remove_parallel_grad(gr["W_dec"], self.coder.W_dec, ws)
         factor = lr_factor(step, self.steps, o.lr_warmup_steps, o.lr_decay, o.lr_decay_start)
         lr, lr_of = o.lr * factor, self.ops.rates(o, factor) | self.encoder_rates(o.lr * factor)
-        self.adam.step(self.params, gr, step + 1, lr, o.adam_betas, ws, lr_of)
+        self.adam.step(self.params, gr, step + 1, lr, o.adam_betas, lr_of)
         if o.normalize_decoder:
             W = self.coder.W_dec
             W.div_(W.norm(dim=1, keepdim=True))
