@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tcspec.compute.sparse import feature_major, sum_by_feature
+from tcspec.compute.topk import top_k
 from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries.coders import Coder
 from tcspec.dictionaries.families import relu
@@ -94,10 +95,11 @@ def select(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     A bfloat16 pre's bits, read as int16, order its non-negative values (and NaN above them)
     as the values do, and every negative value below them; the ReLU after zeroes whichever
     negative ones are picked, so this selects as a bfloat16 top-k does (ties aside), faster.
+    Both go through `tcspec.compute.topk.top_k`.
     """
     if pre.dtype != torch.bfloat16:
-        return pre.topk(k, dim=1)
-    bits, idx = pre.view(torch.int16).topk(k, dim=1)
+        return top_k(pre, k)
+    bits, idx = top_k(pre.view(torch.int16), k)
     return bits.view(torch.bfloat16), idx
 
 
