@@ -15,9 +15,11 @@ trained in; the library resolves it again for callers that build a trainer direc
 Defaults: on CUDA bf16, the peers' default (SAELens trains under bf16 autocast, sparsify's
 `SparseCoder.forward` runs under bf16 autocast on CUDA), whose tensor cores have ~2x the peak
 of TF32 and ~15x plain fp32's. On every CPU fp32: torch's bf16 GEMMs at the trainer's shapes
-ran ~2-2.5x faster than fp32 on a Zen 4 with `avx512_bf16` and ~100x slower on a Zen 3 with
-AVX2 only (0.5-1 against 86-94 GFLOP/s), so bf16 is opt-in where it is native, and a spec
-trains to the same ids and numbers on either kind of CPU. `python -m bench --only precision`
+ran ~2-2.5x faster than fp32 on a Zen 4 with `avx512_bf16`, several times faster on an Intel
+Xeon with AMX (`amx_bf16`: the ReLU step 3.0x, the TopK step 2.1x), and ~100x slower on a
+Zen 3 with AVX2 only (0.5-1 against 86-94 GFLOP/s), so bf16 is opt-in where it is native,
+and a spec compiles to the same ids on any kind of CPU (its numbers still move in the last
+digits from one CPU to another: their kernels round differently). `python -m bench --only precision`
 times the training step in both.
 
 torch is imported where it is used: the spec imports this module for `Precision`.
@@ -141,6 +143,32 @@ def cpu_features() -> list[str]:
             flags = set(line.split(":", 1)[1].split())
             return [f for f in CPU_FEATURES if f in flags]
     return []
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id (/proc/cpuinfo: GenuineIntel, AuthenticAMD), else ""."""
+    for line in _cpuinfo():
+        if line.startswith("vendor_id"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def cache_bytes(level: int) -> int | None:
+    """The size of the data (or unified) cache at `level` that CPU 0 sees, in bytes
+    (/sys/devices/system/cpu/cpu0/cache), or None where it is not reported."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    for i in range(8):
+        try:
+            with open(f"{root}/index{i}/level") as f, open(f"{root}/index{i}/type") as t:
+                if int(f.read()) != level or t.read().strip() == "Instruction":
+                    continue
+            with open(f"{root}/index{i}/size") as f:
+                size = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:], 1)
+        return int(size.rstrip("KMG")) * unit
+    return None
 
 
 def native_bf16() -> bool:

@@ -66,7 +66,7 @@ def train_step(
     norms = clt.decoder_norms()  # [L, F], of the weights before the step
     y_hat, kept, terms = _forward(clt, xs, h, norms, ws)
     e = y_hat.sub_(ys.transpose(0, 1))  # [B, L, d]
-    terms["mse"] = e.square().sum() / B
+    terms["mse"] = torch.mul(e, e, out=ws.get("e2", e.shape)).sum() / B  # no fresh [B, L, d]
     terms["loss"] = terms["mse"] + terms["penalty"] + terms["pre_act"]
     if check is not None:
         check(terms["loss"])

@@ -257,3 +257,21 @@ def test_bf16_training_ends_where_fp32_does(tmp_path):
     for (name, _), a, b in zip(QUALITY, tail("fp32"), tail("bf16")):
         assert b["rec"] == pytest.approx(a["rec"], rel=0.02), name
         assert b["l0"] == pytest.approx(a["l0"], rel=0.03) and a["l0"] > 1, name
+
+
+def test_cache_sizes_and_the_clt_part_size():
+    """The caches sysfs reports (where it does) set the CLT's sparse-product part size:
+    twice the L2 on Intel, half the L3 (at most 16 MB) elsewhere."""
+    from tcspec.compute import cache_bytes, cpu_vendor
+    from tcspec.training.clt_codes import PART_BYTES, part_bytes
+
+    l2, l3 = cache_bytes(2), cache_bytes(3)
+    for size in (l2, l3):
+        assert size is None or size >= 64 * 2**10
+    assert PART_BYTES == part_bytes() > 0
+    if cpu_vendor() == "GenuineIntel" and l2:
+        assert PART_BYTES == 2 * l2
+    elif l3:
+        assert PART_BYTES == min(16 * 2**20, l3 // 2)
+    else:
+        assert PART_BYTES == 16 * 2**20
