@@ -130,27 +130,18 @@ def cuda_bf16() -> bool:
 # ------------------------------------------------------------------------------- the CPU
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
-    for line in _cpuinfo():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_features() -> list[str]:
     """Which of `CPU_FEATURES` this CPU has (/proc/cpuinfo flags; empty elsewhere)."""
-    for line in _cpuinfo():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return [f for f in CPU_FEATURES if f in flags]
-    return []
+    flags = set(_cpuinfo_field("flags").split())
+    return [f for f in CPU_FEATURES if f in flags]
 
 
 def cpu_vendor() -> str:
     """The CPU's vendor id (/proc/cpuinfo: GenuineIntel, AuthenticAMD), else ""."""
-    for line in _cpuinfo():
-        if line.startswith("vendor_id"):
-            return line.split(":", 1)[1].strip()
-    return ""
+    return _cpuinfo_field("vendor_id")
 
 
 def cache_bytes(level: int) -> int | None:
@@ -174,6 +165,14 @@ def cache_bytes(level: int) -> int | None:
 def native_bf16() -> bool:
     """Whether this CPU has bf16 dot-product instructions (`NATIVE_BF16`)."""
     return any(f in NATIVE_BF16 for f in cpu_features())
+
+
+def _cpuinfo_field(name: str) -> str:
+    """The value of /proc/cpuinfo's first `name` line (its first CPU's), else ""."""
+    for line in _cpuinfo():
+        if line.startswith(name):
+            return line.split(":", 1)[1].strip()
+    return ""
 
 
 def _cpuinfo() -> list[str]:

@@ -39,6 +39,9 @@ SPARSE_BELOW = 1 / 64
 a sparse product costs density x `tcspec.plan.cost.SPARSE_COST` (measured 17 to ~60) of the
 dense GEMM's time, so below ~1/64 sparse is the faster. TopK is always sparse."""
 
+MAX_PART_BYTES = 16 * 2**20
+"""The part size where the caches are not reported, and the most half an L3 gives."""
+
 
 def part_bytes() -> int:
     """The most bytes of a decoder's [F, w] column part that a sparse product reads at a
@@ -54,7 +57,7 @@ def part_bytes() -> int:
     l2, l3 = cache_bytes(2), cache_bytes(3)
     if cpu_vendor() == "GenuineIntel" and l2:
         return 2 * l2
-    return min(16 * 2**20, l3 // 2) if l3 else 16 * 2**20
+    return min(MAX_PART_BYTES, l3 // 2) if l3 else MAX_PART_BYTES
 
 
 PART_BYTES = part_bytes()

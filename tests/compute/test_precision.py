@@ -275,3 +275,20 @@ def test_cache_sizes_and_the_clt_part_size():
         assert PART_BYTES == min(16 * 2**20, l3 // 2)
     else:
         assert PART_BYTES == 16 * 2**20
+
+
+@pytest.mark.parametrize(
+    "vendor, l2, l3, want_mb",
+    [
+        ("GenuineIntel", 2 * 2**20, 480 * 2**20, 4),  # the Xeon measured: twice its L2
+        ("AuthenticAMD", 1 * 2**20, 32 * 2**20, 16),  # the Zen 4 measured: half its L3
+        ("AuthenticAMD", 1 * 2**20, 8 * 2**20, 4),
+        ("", None, None, 16),  # caches not reported
+    ],
+)
+def test_clt_part_size_rule(vendor, l2, l3, want_mb, monkeypatch):
+    from tcspec.training import clt_codes
+
+    monkeypatch.setattr(clt_codes, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(clt_codes, "cache_bytes", lambda level: {2: l2, 3: l3}[level])
+    assert clt_codes.part_bytes() == want_mb * 2**20
