@@ -8,7 +8,7 @@ in memory, so each figure is the step's own cost. Two activations, each both way
 - CLT (relu, topk): one `CLT` over all layers (decoders to that and every later layer),
   stepped as `tcspec.training.clt` does: `tcspec.training.clt_step.train_step` (tanh penalty, its
   hand-written gradients, each parameter stepped by Adam once its gradient is ready; TopK
-  decodes sparsely).
+  decodes sparsely, its decoders held part-major as its trainer holds them).
 - per-layer (relu, topk): n_layers `tcspec.training.MemberRun`s, the per-layer trainer's own
   step (its hand-written backward, workspace and Adam; L1 penalty for ReLU, TopK sparse),
   layer l's transcoder on layer l's input and output, one after another.
@@ -59,6 +59,7 @@ from tcspec.compute import gemm_dtype, gemm_mode  # noqa: E402
 from tcspec.compute.workspace import Workspace  # noqa: E402
 from tcspec.dictionaries.clt import CLT, CLTConfig, CLTLoss  # noqa: E402
 from tcspec.plan.cost import clt_cost, decoder_params  # noqa: E402
+from tcspec.training import clt_layout  # noqa: E402
 from tcspec.training.adam import AdamState  # noqa: E402
 from tcspec.training.clt_step import Hyper, train_step  # noqa: E402
 
@@ -83,6 +84,8 @@ def clt_stepper(shape: dict, xs, ys, topk: bool, precision: str = "fp32"):
     clt = CLT(config_of(shape, "clt_topk" if topk else "clt")).requires_grad_(False)
     clt = clt.to(xs.device)
     adam, ws, t = AdamState.zeros(dict(clt.named_parameters())), Workspace(str(xs.device)), [0]
+    width = clt_layout.train_width(clt.cfg)  # held as the trainer holds them
+    clt_layout.hold(clt, [adam.exp_avg, adam.exp_avg_sq], None, width)
     gemm = gemm_dtype(precision, xs.dtype)
 
     def step():

@@ -27,6 +27,7 @@ from tcspec.compute.workspace import Workspace
 from tcspec.dictionaries import clt_io
 from tcspec.dictionaries.clt import CLT, CLTConfig, CLTLoss
 from tcspec.spec import CLTSpec
+from tcspec.training import clt_layout
 from tcspec.training.adam import AdamState
 from tcspec.training.clt_step import Hyper, train_step
 from tcspec.training.member import check_resolved
@@ -72,6 +73,9 @@ class CLTRun:
         self.clt = CLT(cfg, seed=opts.seed, threshold=opts.jumprelu_init_threshold).to(device)
         self.clt.requires_grad_(False)
         self.adam = AdamState.zeros(dict(self.clt.named_parameters()))
+        self.width = clt_layout.train_width(cfg)
+        """The part width its decoders are held at while it trains (None: [F, m, d])."""
+        self._hold(None, self.width)
         self.curve: list[dict] = []
         """One row per logged step: step, lr, loss, mse, penalty, pre_act, fvu (of the batch,
         all layers pooled), l0 (active features per token, all layers)."""
@@ -92,14 +96,26 @@ class CLTRun:
             "weights": {k: v.detach().cpu() for k, v in self.clt.state_dict().items()},
             "adam": {n: _cpu(getattr(self.adam, n)) for n in ("exp_avg", "exp_avg_sq")},
             "curve": self.curve,
+            "part_width": self.width,
         }
 
     def load_state_dict(self, s: dict) -> None:
-        self.clt.load_state_dict(s["weights"])
+        """The state of `state_dict`, its decoders held as this run holds them (a
+        checkpoint of another CPU's part width, or of none, is converted)."""
+        saved = s.get("part_width")
+
+        def held(k: str, v: Tensor) -> Tensor:
+            return clt_layout.relayout(v, saved, self.width) if k.startswith("W_dec.") else v
+
+        self.clt.load_state_dict({k: held(k, v) for k, v in s["weights"].items()})
         for name in ("exp_avg", "exp_avg_sq"):
             for k, v in getattr(self.adam, name).items():
-                v.copy_(s["adam"][name][k])
+                v.copy_(held(k, s["adam"][name][k]))
         self.curve = s["curve"]
+
+    def _hold(self, width: int | None, to: int | None) -> None:
+        """Hold the decoders and their moments at part width `to` instead of `width`."""
+        clt_layout.hold(self.clt, [self.adam.exp_avg, self.adam.exp_avg_sq], width, to)
 
     # -- training
     @torch.no_grad()
@@ -154,6 +170,8 @@ class CLTRun:
             "final": final,
             "curve": self.curve,
         }
+        self._hold(self.width, None)  # the CLT's own layout, to save
+        self.width = None
         clt_io.save(self.clt, self.out_dir)
         write_text(self.out_dir / TRAINING_FILE, json.dumps(summary, indent=1) + "\n")
         return summary

@@ -12,12 +12,14 @@ decoder and its gradients touch those rows alone, as the per-layer TopK trainer 
 
 (g W^T)_a is taken feature by feature (CSR by feature): a feature's row of W against its
 tokens' rows of g, twice as fast as token by token. A source layer's decoder W [F, m, d]
-(m output layers) is taken a column part of at most `PART_BYTES` at a time: the whole
+(m output layers) is taken a column part [F, w] of at most `PART_BYTES` at a time: the whole
 [F, m d] does not fit in cache and each token reads k random rows of it, while a part stays
-cached across the batch, as the per-layer TopK trainer's [F, d] decoder does. Each of these
-sums in a fixed order, so a step is bitwise reproducible on CPU. In
-`precision: bf16` dense activations are bfloat16 (the encoder GEMM's result) and their
-GEMMs take bfloat16 operands; sparse ones are float32, as the per-layer TopK trainer's.
+cached across the batch, as the per-layer TopK trainer's [F, d] decoder does. The products
+read W through its parts view [m, n, F, w] (`tcspec.training.clt_layout`): strided parts of
+the [F, m, d] layout, or contiguous ones of a decoder held part-major, as the TopK trainer
+holds them. Each sums in a fixed order, the same in both layouts, so a step is bitwise
+reproducible on CPU. In `precision: bf16` dense activations are bfloat16 (the encoder GEMM's result) and
+their GEMMs take bfloat16 operands; sparse ones are float32, as the per-layer TopK trainer's.
 """
 
 from __future__ import annotations
@@ -30,38 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tcspec.compute import cache_bytes, cpu_vendor
 from tcspec.compute.sparse import feature_major, sum_by_feature
 from tcspec.compute.workspace import Workspace
+from tcspec.training.clt_layout import as_parts, part_width
 
 SPARSE_BELOW = 1 / 64
 """A ReLU or JumpReLU layer's activations go sparse when at most this fraction is nonzero:
 a sparse product costs density x `tcspec.plan.cost.SPARSE_COST` (measured 17 to ~60) of the
 dense GEMM's time, so below ~1/64 sparse is the faster. TopK is always sparse."""
-
-MAX_PART_BYTES = 16 * 2**20
-"""The part size where the caches are not reported, and the most half an L3 gives."""
-
-
-def part_bytes() -> int:
-    """The most bytes of a decoder's [F, w] column part that a sparse product reads at a
-    time, so that the part stays cached across the batch's tokens (each reads k random rows).
-
-    Measured on the TopK CLT step at F 8192, d 768, 12 layers, batch 4096, 2 threads. On an
-    AMD Zen 4 (1 MB L2 a core, a fast 32 MB L3): 16 MB parts (half the L3; an output layer's
-    24 MB block in two) ran 1.4x faster than whole blocks, the whole [F, m d] decoder 2-3x
-    slower. On an Intel Xeon (2 MB L2 a core, its L3 a slower mesh): 2-4 MB parts stepped in
-    6.3-6.5 s, 8 MB in 7.2, 16 MB in 8.0, 1 MB in 7.1. So twice the L2 on Intel, half the
-    L3 (at most 16 MB) elsewhere; 16 MB where the caches are not reported.
-    """
-    l2, l3 = cache_bytes(2), cache_bytes(3)
-    if cpu_vendor() == "GenuineIntel" and l2:
-        return 2 * l2
-    return min(MAX_PART_BYTES, l3 // 2) if l3 else MAX_PART_BYTES
-
-
-PART_BYTES = part_bytes()
-"""This CPU's `part_bytes()`."""
 
 
 @dataclass
@@ -76,7 +54,7 @@ class Dense:
 
     def decode_into(self, out: Tensor, W: Tensor, ws: Workspace) -> None:
         """out [B, m, d] += a W, W [F, m, d] (one GEMM in a's dtype, added into out's)."""
-        out, W = out.view(out.shape[0], -1), W.view(W.shape[0], -1)
+        out, W = out.view(out.shape[0], -1), flat_decoder(W)
         if self.a.dtype == out.dtype:
             out.addmm_(self.a, W)
         else:
@@ -85,8 +63,10 @@ class Dense:
                 self.a, low_copy(ws, "W_low", W, low), out=ws.flat("dec", out.shape, low)
             )
 
-    def decoder_grad(self, g: Tensor, ws: Workspace, order=None) -> Tensor:
-        """a^T g [F, m, d] for g [B, m, d] (in `ws`'s flat "grad" buffer, a's dtype)."""
+    def decoder_grad(self, g: Tensor, ws: Workspace, order, W: Tensor) -> Tensor:
+        """a^T g [F, m, d] for g [B, m, d], W [F, m, d] (in `ws`'s flat "grad" buffer, a's
+        dtype)."""
+        flat_decoder(W)
         low, (B, m, d) = self.a.dtype, g.shape
         out = ws.flat("grad", (self.a.shape[1], m * d), low)
         gW = torch.mm(self.a.t(), low_copy(ws, "g_low", g.reshape(B, -1), low), out=out)
@@ -106,13 +86,14 @@ class ByFeature(NamedTuple):
 class Sparse:
     """Activations as CSR by token: token b's are val[crow[b]:crow[b+1]] at features
     col[...]; `by_feature` orders the same entries by feature for the transposed products.
-    `part_bytes`: the most bytes of a decoder's [F, w] column part that a product reads."""
+    `part_bytes`: the most bytes of a decoder's [F, w] column part that a product reads
+    (None: `tcspec.training.clt_layout.PART_BYTES`)."""
 
     crow: Tensor  # long [B + 1]
     col: Tensor  # long [nnz]
     val: Tensor  # [nnz]
     d_sae: int
-    part_bytes: int = PART_BYTES
+    part_bytes: int | None = None
 
     @classmethod
     def from_topk(cls, idx: Tensor, vals: Tensor, d_sae: int) -> Sparse:
@@ -141,32 +122,39 @@ class Sparse:
         counts = self.crow.diff()
         return torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
 
-    def parts(self, m: int, d: int) -> list[tuple[int, slice]]:
-        """The column parts of a decoder [F, m, d] (of val's dtype): (output layer j,
-        columns) whose [F, w] holds at most `part_bytes` (or is one column)."""
-        size = self.d_sae * d * self.val.element_size()
-        n = min(d, -(-size // self.part_bytes))  # parts per output layer
-        w = -(-d // n)
-        return [(j, slice(c, c + w)) for j in range(m) for c in range(0, d, w)]
+    def parts_of(self, W: Tensor) -> Tensor:
+        """W's parts view [m, n, F, w]: a part-major W's own, else column parts of W
+        [F, m, d] of at most `part_bytes` each (or one column)."""
+        if W.dim() == 4:
+            return W
+        return as_parts(W, part_width(self.d_sae, W.shape[-1], W.element_size(), self.part_bytes))
 
     def decode_into(self, out: Tensor, W: Tensor, ws: Workspace) -> None:
-        """out [B, m, d] += a W, W [F, m, d], a column part at a time."""
-        for j, c in self.parts(*W.shape[1:]):
-            out[:, j, c] += F.embedding_bag(self.col, W[:, j, c], self.crow[:-1],
-                                            per_sample_weights=self.val, mode="sum")  # fmt: skip
+        """out [B, m, d] += a W, W [F, m, d] or part-major, a column part at a time."""
+        Wp = self.parts_of(W)  # [m, n, F, w]
+        m, n, _, w = Wp.shape
+        out = out.view(out.shape[0], m, n, w)
+        for j in range(m):
+            for p in range(n):
+                out[:, j, p] += F.embedding_bag(self.col, Wp[j, p], self.crow[:-1],
+                                                per_sample_weights=self.val, mode="sum")  # fmt: skip
 
     def at_active(self, g: Tensor, W: Tensor, order: ByFeature) -> Tensor:
-        """(g W^T) at the active entries, [nnz] in token order; g [B, m, d], W [F, m, d]:
-        W's parts' products summed, each taken feature by feature (a feature's row of W
-        against its tokens' rows of g: twice as fast as token by token)."""
+        """(g W^T) at the active entries, [nnz] in token order; g [B, m, d], W [F, m, d] or
+        part-major: W's parts' products summed, each taken feature by feature (a feature's
+        row of W against its tokens' rows of g: twice as fast as token by token)."""
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore")
             shape = (self.d_sae, len(self.crow) - 1)
             pattern = torch.sparse_csr_tensor(order.crow, order.tokens, order.val, shape)
+        Wp = self.parts_of(W)  # [m, n, F, w]
+        m, n, _, w = Wp.shape
+        g = g.view(g.shape[0], m, n, w)
         ga = None
-        for j, c in self.parts(*W.shape[1:]):
-            part = torch.sparse.sampled_addmm(pattern, W[:, j, c], g[:, j, c].t(), beta=0.0)
-            ga = part.values() if ga is None else ga.add_(part.values())
+        for j in range(m):
+            for p in range(n):
+                part = torch.sparse.sampled_addmm(pattern, Wp[j, p], g[:, j, p].t(), beta=0.0)
+                ga = part.values() if ga is None else ga.add_(part.values())
         return torch.empty_like(ga).index_put_((order.perm,), ga)
 
     def by_feature(self) -> ByFeature:
@@ -179,13 +167,25 @@ class Sparse:
         with values = d pre at the active entries, in token order)."""
         return sum_by_feature(order.tokens, order.crow, values[order.perm], M)
 
-    def decoder_grad(self, g: Tensor, ws: Workspace, order: ByFeature) -> Tensor:
-        """a^T g [F, m, d] for g [B, m, d], a column part at a time (in `ws`'s flat "grad"
-        buffer: Adam steps a contiguous gradient 2-3x faster than its strided parts)."""
-        out = ws.flat("grad", (self.d_sae, *g.shape[1:]), self.val.dtype)
-        for j, c in self.parts(*g.shape[1:]):
-            out[:, j, c] = sum_by_feature(order.tokens, order.crow, order.val, g[:, j, c])
+    def decoder_grad(self, g: Tensor, ws: Workspace, order: ByFeature, W: Tensor) -> Tensor:
+        """a^T g for g [B, m, d], held as W is ([F, m, d] or part-major), a column part at a
+        time (in `ws`'s flat "grad" buffer: Adam steps a contiguous gradient 2-3x faster
+        than its strided parts)."""
+        Wp = self.parts_of(W)  # [m, n, F, w]
+        m, n, _, w = Wp.shape
+        out = ws.flat("grad", W.shape, self.val.dtype)
+        parts, g = as_parts(out, w), g.view(g.shape[0], m, n, w)
+        for j in range(m):
+            for p in range(n):
+                parts[j, p] = sum_by_feature(order.tokens, order.crow, order.val, g[:, j, p])
         return out
+
+
+def flat_decoder(W: Tensor) -> Tensor:
+    """W [F, m, d] as [F, m d], what a dense GEMM reads; a part-major W is refused."""
+    if W.dim() != 3:
+        raise ValueError("a dense layer's products need its decoder as [F, m, d], not part-major")
+    return W.view(W.shape[0], -1)
 
 
 def low_copy(ws: Workspace, name: str, t: Tensor, dtype: torch.dtype) -> Tensor:

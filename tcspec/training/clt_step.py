@@ -22,6 +22,9 @@ TopK layer its d a there too; a JumpReLU's d a stays dense (its kernel reaches f
 that did not fire). Dense layers are not kept between forward and backward: their
 pre-activations are computed again (one [B, d] x [d, F] matmul a layer), so the step holds
 O(B F) of activations, not O(L B F).
+
+W_dec[l] is [F, L - l, d], or held part-major [L - l, n, F, w] by a TopK CLT's trainer
+(`tcspec.training.clt_layout`): its gradient comes out as it is held, for Adam.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from tcspec.dictionaries.clt import CLT, CLTLoss
 from tcspec.dictionaries.families.jumprelu import rectangle
 from tcspec.dictionaries.families.topk import select
 from tcspec.training.adam import AdamState, adam_update
-from tcspec.training.clt_codes import SPARSE_BELOW, Dense, Sparse, low_copy
+from tcspec.training.clt_codes import SPARSE_BELOW, Dense, Sparse, flat_decoder, low_copy
+from tcspec.training.clt_layout import decoder_norms, per_feature
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ def train_step(
     before the update (0-d tensors): loss, mse, penalty, pre_act, count (nonzero acts).
     `check(loss)`, called before any parameter changes, may raise to stop the step."""
     B = xs.shape[1]
-    norms = clt.decoder_norms()  # [L, F], of the weights before the step
+    norms = decoder_norms(clt)  # [L, F], of the weights before the step
     y_hat, kept, terms = _forward(clt, xs, h, norms, ws)
     e = y_hat.sub_(ys.transpose(0, 1))  # [B, L, d]
     terms["mse"] = torch.mul(e, e, out=ws.get("e2", e.shape)).sum() / B  # no fresh [B, L, d]
@@ -169,16 +173,16 @@ def _backward(clt, adam, xs, g, kept, norms, h: Hyper, ws: Workspace) -> None:
         if codes is None or jump:  # computed again, dense
             fresh, pre = _codes(clt, xs[i], i, h, ws, sparse_below=0.0)
             codes = codes or fresh
-        W = clt.W_dec[i]  # [F, L - i, d]
+        W = clt.W_dec[i]  # [F, L - i, d] or part-major
         g_l = g.view(B, L, d)[:, i:]  # [B, L - i, d]
         order = codes.by_feature() if isinstance(codes, Sparse) else None
         if jump:
             d_pre, g_n = _jumprelu_grads(clt, i, pre, g_l, W, norms[i], h, ws, g_theta[i])
         else:
             d_pre, g_n = _rectified_grads(codes, g_l, W, norms[i], h, ws, order)
-        gW = _master(codes.decoder_grad(g_l, ws, order), W.dtype, ws)  # [F, L - i, d]
+        gW = _master(codes.decoder_grad(g_l, ws, order, W), W.dtype, ws)  # as W
         if g_n is not None:
-            gW.addcmul_(W, (g_n / norms[i])[:, None, None])
+            gW.addcmul_(W, per_feature(g_n / norms[i], W))
         _adam(adam, f"W_dec.{i}", W, gW, h, ws)
         _encoder_step(clt, adam, i, xs[i], d_pre, codes, order, g_b_enc[i], h, ws)
     _adam(adam, "b_enc", clt.b_enc, g_b_enc, h, ws)
@@ -243,7 +247,7 @@ def _jumprelu_grads(clt, i, pre, g_l, W, n, h: Hyper, ws, g_theta: Tensor):
 
 def _dense_grad_of_acts(g_l: Tensor, W: Tensor, low: torch.dtype, ws: Workspace) -> Tensor:
     """g_l W^T [B, F] for g_l [B, m, d], W [F, m, d]: a GEMM in `low` (in ws's "ga")."""
-    g_l, W = g_l.reshape(g_l.shape[0], -1), W.view(W.shape[0], -1)
+    g_l, W = g_l.reshape(g_l.shape[0], -1), flat_decoder(W)
     out = ws.get("ga", (g_l.shape[0], W.shape[0]), low)
     return torch.mm(low_copy(ws, "g_low", g_l, low), low_copy(ws, "W_low", W, low).t(), out=out)
 

@@ -261,16 +261,16 @@ def test_bf16_training_ends_where_fp32_does(tmp_path):
 
 def test_cache_sizes_and_the_clt_part_size():
     """The caches sysfs reports (where it does) set the CLT's sparse-product part size:
-    twice the L2 on Intel, half the L3 (at most 16 MB) elsewhere."""
+    the L2 on Intel, half the L3 (at most 16 MB) elsewhere."""
     from tcspec.compute import cache_bytes, cpu_vendor
-    from tcspec.training.clt_codes import PART_BYTES, part_bytes
+    from tcspec.training.clt_layout import PART_BYTES, part_bytes
 
     l2, l3 = cache_bytes(2), cache_bytes(3)
     for size in (l2, l3):
         assert size is None or size >= 64 * 2**10
     assert PART_BYTES == part_bytes() > 0
     if cpu_vendor() == "GenuineIntel" and l2:
-        assert PART_BYTES == 2 * l2
+        assert PART_BYTES == l2
     elif l3:
         assert PART_BYTES == min(16 * 2**20, l3 // 2)
     else:
@@ -280,15 +280,15 @@ def test_cache_sizes_and_the_clt_part_size():
 @pytest.mark.parametrize(
     "vendor, l2, l3, want_mb",
     [
-        ("GenuineIntel", 2 * 2**20, 480 * 2**20, 4),  # the Xeon measured: twice its L2
+        ("GenuineIntel", 2 * 2**20, 480 * 2**20, 2),  # the Xeon measured: its L2
         ("AuthenticAMD", 1 * 2**20, 32 * 2**20, 16),  # the Zen 4 measured: half its L3
         ("AuthenticAMD", 1 * 2**20, 8 * 2**20, 4),
         ("", None, None, 16),  # caches not reported
     ],
 )
 def test_clt_part_size_rule(vendor, l2, l3, want_mb, monkeypatch):
-    from tcspec.training import clt_codes
+    from tcspec.training import clt_layout
 
-    monkeypatch.setattr(clt_codes, "cpu_vendor", lambda: vendor)
-    monkeypatch.setattr(clt_codes, "cache_bytes", lambda level: {2: l2, 3: l3}[level])
-    assert clt_codes.part_bytes() == want_mb * 2**20
+    monkeypatch.setattr(clt_layout, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(clt_layout, "cache_bytes", lambda level: {2: l2, 3: l3}[level])
+    assert clt_layout.part_bytes() == want_mb * 2**20

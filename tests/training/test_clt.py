@@ -18,7 +18,7 @@ from tcspec.evaluation.clt import evaluate_clt
 from tcspec.evaluation.spliced import evaluate_coders
 from tcspec.plan.cost import clt_cost, per_layer_flops_per_step
 from tcspec.spec import CLTSpec
-from tcspec.training import CHECKPOINT, train
+from tcspec.training import CHECKPOINT, clt_layout, train
 from tcspec.training.adam import AdamState
 from tcspec.training.clt import CLTRun
 from tcspec.training.clt_codes import Sparse
@@ -224,10 +224,11 @@ def test_bf16_step_is_close_to_fp32(case):
         assert 0 < err < (0.03 if cfg.activation == "relu" else 0.1), (k, err)
 
 
-@pytest.mark.parametrize("part_bytes", [1 << 20, 16 * 8 * 3, 1], ids=["whole", "3-col", "1-col"])
+@pytest.mark.parametrize("part_bytes", [1 << 20, 16 * 8 * 2, 1], ids=["whole", "2-col", "1-col"])
 def test_sparse_products_by_column_parts_equal_dense_ones(part_bytes):
     """A sparse layer's decoder products, taken a column part of each output layer's block
-    at a time (parts of 8, 3 and 1 of its 8 columns), equal the dense products."""
+    at a time (parts of 8, 2 and 1 of its 8 columns), equal the dense products; with the
+    decoder held part-major they are bitwise the same, the gradient held as the decoder."""
     g = torch.Generator().manual_seed(5)
     B, F, m, d = 6, 16, 3, 8
     pre = torch.randn(B, F, generator=g, dtype=torch.float64)
@@ -236,16 +237,55 @@ def test_sparse_products_by_column_parts_equal_dense_ones(part_bytes):
     codes.part_bytes = part_bytes
     a = codes.dense(torch.empty(B, F, dtype=torch.float64))  # [B, F]
     W, gy = (torch.randn(n, m, d, generator=g, dtype=torch.float64) for n in (F, B))
-    assert len(codes.parts(m, d)) == m * {1 << 20: 1, 16 * 8 * 3: 3, 1: 8}[part_bytes]
-    y = torch.zeros(B, m, d, dtype=torch.float64)
-    codes.decode_into(y, W, ws=None)
-    torch.testing.assert_close(y, (a @ W.view(F, -1)).view(B, m, d), rtol=1e-12, atol=1e-12)
-    order = codes.by_feature()
-    rows = codes.rows()
-    want = (gy.view(B, -1) @ W.view(F, -1).t())[rows, codes.col]  # [nnz], token order
-    torch.testing.assert_close(codes.at_active(gy, W, order), want, rtol=1e-12, atol=1e-12)
-    gW = codes.decoder_grad(gy, Workspace("cpu", torch.float64), order)  # [F, m, d]
-    torch.testing.assert_close(gW.view(F, -1), a.t() @ gy.view(B, -1), rtol=1e-12, atol=1e-12)
+    n = {1 << 20: 1, 16 * 8 * 2: 4, 1: 8}[part_bytes]
+    assert codes.parts_of(W).shape == (m, n, F, d // n)
+    P = clt_layout.to_part_major(W, d // n)  # [m, n, F, w], contiguous
+    assert P.is_contiguous() and torch.equal(clt_layout.to_canonical(P), W)
+    order, rows = codes.by_feature(), codes.rows()
+    for held in (W, P):
+        y = torch.zeros(B, m, d, dtype=torch.float64)
+        codes.decode_into(y, held, ws=None)
+        torch.testing.assert_close(y, (a @ W.view(F, -1)).view(B, m, d), rtol=1e-12, atol=1e-12)
+        want = (gy.view(B, -1) @ W.view(F, -1).t())[rows, codes.col]  # [nnz], token order
+        torch.testing.assert_close(codes.at_active(gy, held, order), want, rtol=1e-12, atol=1e-12)
+        gW = codes.decoder_grad(gy, Workspace("cpu", torch.float64), order, held)  # as held
+        assert gW.shape == held.shape
+        gW = gW if held is W else clt_layout.to_canonical(gW)
+        torch.testing.assert_close(gW.view(F, -1), a.t() @ gy.view(B, -1), rtol=1e-12, atol=1e-12)
+        got = (y, codes.at_active(gy, held, order), gW.clone())
+        if held is W:
+            canonical = got
+    assert all(torch.equal(x, c) for x, c in zip(got, canonical))
+
+
+@pytest.mark.parametrize("coef", [0.0, 0.3])
+@pytest.mark.parametrize("width", [8, 4, 1])
+def test_topk_steps_with_decoders_held_part_major(width, coef, monkeypatch):
+    """A TopK CLT's steps with its decoders and their moments held part-major at the
+    trainer's part width (d 8 in parts of 8, 4, 1 columns, by the part size) are bitwise
+    those of the [F, m, d] layout without a sparsity penalty; with one, the decoder norms
+    sum in another order (close)."""
+    cfg = CLTConfig(3, 8, 16, activation="topk", k=3)
+    monkeypatch.setattr(clt_layout, "PART_BYTES", 16 * width * 4)
+    assert clt_layout.train_width(cfg) == width
+    xs, ys = torch.randn(2, 3, 32, 8, generator=torch.Generator().manual_seed(6))
+    held = []
+    for to in (None, clt_layout.train_width(cfg)):
+        clt = randomized(CLT(cfg)).requires_grad_(False)
+        adam = AdamState.zeros(dict(clt.named_parameters()))
+        clt_layout.hold(clt, [adam.exp_avg, adam.exp_avg_sq], None, to)
+        assert all(W.dim() == (4 if to else 3) and W.is_contiguous() for W in clt.W_dec)
+        for t in range(1, 4):
+            h = Hyper(CLTLoss("tanh", coef=coef), 1.0, t, 1e-2, (0.9, 0.999))
+            train_step(clt, adam, xs, ys, h, Workspace("cpu"))
+        clt_layout.hold(clt, [adam.exp_avg, adam.exp_avg_sq], to, None)
+        held.append((clt.state_dict(), adam.exp_avg_sq))
+    (a, va), (b, vb) = held
+    for k in a:
+        if coef == 0:
+            assert torch.equal(a[k], b[k]), k
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert all(torch.equal(va[k], vb[k]) or coef for k in va)
 
 
 @pytest.mark.parametrize("case", ["relu-tanh-skip", "topk-tanh", "jumprelu-tanh-pre"])
@@ -334,6 +374,42 @@ def test_resume_is_bitwise_identical(model2, tmp_path, precision, activation):
     other = clt_run(tmp_path / "other", cfg, 12, **opts | dict(lr=2e-3))
     with pytest.raises(ValueError, match="different group of dictionaries"):
         train([other], reader.iter_batches, 12, ckpt, **quiet)
+
+
+def test_checkpoint_of_another_part_width_loads(tmp_path, monkeypatch):
+    """A TopK CLT's checkpoint records the part width its decoders were held at; a run on
+    a CPU of another part size, or a checkpoint in the [F, m, d] layout, loads it as its
+    own layout holds it; the saved CLT is [F, m, d]."""
+    cfg = CLTConfig(n_layers=3, d_model=8, d_sae=16, activation="topk", k=3)
+    monkeypatch.setattr(clt_layout, "PART_BYTES", 16 * 2 * 4)
+    a = clt_run(tmp_path / "a", cfg, 10, batch_size=32)
+    assert a.width == 2 and a.clt.W_dec[0].shape == (3, 4, 16, 2)
+    randomized(a.clt)
+    for state in (a.adam.exp_avg, a.adam.exp_avg_sq):
+        for k, v in state.items():
+            v.copy_(torch.rand(v.shape, generator=torch.Generator().manual_seed(len(k))))
+
+    def canonical(t: torch.Tensor) -> torch.Tensor:
+        return clt_layout.to_canonical(t) if t.dim() == 4 else t
+
+    saved = a.state_dict()
+    old = {k: v for k, v in saved.items() if k != "part_width"}  # as releases before saved
+    old["weights"] = {k: canonical(v) for k, v in saved["weights"].items()}
+    old["adam"] = {n: {k: canonical(v) for k, v in m.items()} for n, m in saved["adam"].items()}
+    for part_bytes, width, state in [(16 * 4 * 4, 4, saved), (1 << 20, 8, saved),
+                                     (16 * 4, 1, old)]:  # fmt: skip
+        monkeypatch.setattr(clt_layout, "PART_BYTES", part_bytes)
+        b = clt_run(tmp_path / "b", cfg, 10, batch_size=32)
+        b.load_state_dict(state)
+        assert b.width == width and b.clt.W_dec[0].shape == (3, 8 // width, 16, width)
+        for k, v in a.clt.state_dict().items():
+            assert torch.equal(canonical(v), canonical(b.clt.state_dict()[k])), k
+        for k, v in a.adam.exp_avg_sq.items():
+            assert torch.equal(canonical(v), canonical(b.adam.exp_avg_sq[k])), k
+    b.curve = [{"fvu": 0.5, "l0": 3.0}]
+    b.finish(1, 1.0)
+    on_disk = clt_io.load(tmp_path / "b").state_dict()
+    assert all(torch.equal(canonical(v), on_disk[k]) for k, v in a.clt.state_dict().items())
 
 
 # -------------------------------------------------------------------------- evaluation
