@@ -335,11 +335,16 @@ def test_training_on_real_activations_reduces_fvu(model3, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "precision, activation", [("fp32", "jumprelu"), ("bf16", "jumprelu"), ("bf16", "topk")]
+    "precision, activation",
+    [("fp32", "jumprelu"), ("bf16", "jumprelu"), ("bf16", "topk"), ("fp32", "topk")],
 )
-def test_resume_is_bitwise_identical(model2, tmp_path, precision, activation):
+def test_resume_is_bitwise_identical(model2, tmp_path, precision, activation, monkeypatch):
+    """A TopK CLT's decoders are held part-major, in parts of 8 of d 32 (through the
+    checkpoint too)."""
     topk = dict(activation="topk", k=4) if activation == "topk" else dict(activation=activation)
     cfg = CLTConfig(n_layers=2, d_model=D, d_sae=32, skip=True, **topk)
+    monkeypatch.setattr(clt_layout, "PART_BYTES", 32 * 8 * 4)
+    assert clt_layout.train_width(cfg) == (8 if activation == "topk" else None)
     keys = cfg.in_names + cfg.out_names
     reader = ActivationReader(cache(model2, tmp_path, cfg, n_rows=16), keys, 32, 0)
     opts = dict(
