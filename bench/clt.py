@@ -84,8 +84,7 @@ def clt_stepper(shape: dict, xs, ys, topk: bool, precision: str = "fp32"):
     clt = CLT(config_of(shape, "clt_topk" if topk else "clt")).requires_grad_(False)
     clt = clt.to(xs.device)
     adam, ws, t = AdamState.zeros(dict(clt.named_parameters())), Workspace(str(xs.device)), [0]
-    width = clt_layout.train_width(clt.cfg)  # held as the trainer holds them
-    clt_layout.hold(clt, [adam.exp_avg, adam.exp_avg_sq], None, width)
+    clt_layout.hold_for_training(clt, adam)  # its decoders held as the trainer holds them
     gemm = gemm_dtype(precision, xs.dtype)
 
     def step():

@@ -19,8 +19,8 @@ ran ~2-2.5x faster than fp32 on a Zen 4 with `avx512_bf16`, several times faster
 Xeon with AMX (`amx_bf16`: the ReLU step 3.0x, the TopK step 2.1x), and ~100x slower on a
 Zen 3 with AVX2 only (0.5-1 against 86-94 GFLOP/s), so bf16 is opt-in where it is native,
 and a spec compiles to the same ids on any kind of CPU (its numbers still move in the last
-digits from one CPU to another: their kernels round differently). `python -m bench --only precision`
-times the training step in both.
+digits from one CPU to another: their kernels round differently). `python -m bench --only
+precision` times the training step in both.
 
 torch is imported where it is used: the spec imports this module for `Precision`.
 """

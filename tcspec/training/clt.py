@@ -73,9 +73,8 @@ class CLTRun:
         self.clt = CLT(cfg, seed=opts.seed, threshold=opts.jumprelu_init_threshold).to(device)
         self.clt.requires_grad_(False)
         self.adam = AdamState.zeros(dict(self.clt.named_parameters()))
-        self.width = clt_layout.train_width(cfg)
+        self.width = clt_layout.hold_for_training(self.clt, self.adam)
         """The part width its decoders are held at while it trains (None: [F, m, d])."""
-        self._hold(None, self.width)
         self.curve: list[dict] = []
         """One row per logged step: step, lr, loss, mse, penalty, pre_act, fvu (of the batch,
         all layers pooled), l0 (active features per token, all layers)."""
@@ -112,10 +111,6 @@ class CLTRun:
             for k, v in getattr(self.adam, name).items():
                 v.copy_(held(k, s["adam"][name][k]))
         self.curve = s["curve"]
-
-    def _hold(self, width: int | None, to: int | None) -> None:
-        """Hold the decoders and their moments at part width `to` instead of `width`."""
-        clt_layout.hold(self.clt, [self.adam.exp_avg, self.adam.exp_avg_sq], width, to)
 
     # -- training
     @torch.no_grad()
@@ -170,7 +165,7 @@ class CLTRun:
             "final": final,
             "curve": self.curve,
         }
-        self._hold(self.width, None)  # the CLT's own layout, to save
+        clt_layout.hold(self.clt, self.adam, self.width, None)  # the CLT's own layout, to save
         self.width = None
         clt_io.save(self.clt, self.out_dir)
         write_text(self.out_dir / TRAINING_FILE, json.dumps(summary, indent=1) + "\n")

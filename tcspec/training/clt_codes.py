@@ -12,14 +12,15 @@ decoder and its gradients touch those rows alone, as the per-layer TopK trainer 
 
 (g W^T)_a is taken feature by feature (CSR by feature): a feature's row of W against its
 tokens' rows of g, twice as fast as token by token. A source layer's decoder W [F, m, d]
-(m output layers) is taken a column part [F, w] of at most `PART_BYTES` at a time: the whole
-[F, m d] does not fit in cache and each token reads k random rows of it, while a part stays
-cached across the batch, as the per-layer TopK trainer's [F, d] decoder does. The products
-read W through its parts view [m, n, F, w] (`tcspec.training.clt_layout`): strided parts of
-the [F, m, d] layout, or contiguous ones of a decoder held part-major, as the TopK trainer
-holds them. Each sums in a fixed order, the same in both layouts, so a step is bitwise
-reproducible on CPU. In `precision: bf16` dense activations are bfloat16 (the encoder GEMM's result) and
-their GEMMs take bfloat16 operands; sparse ones are float32, as the per-layer TopK trainer's.
+(m output layers) is taken a column part [F, w] of at most `clt_layout.PART_BYTES` at a
+time: the whole [F, m d] does not fit in cache and each token reads k random rows of it,
+while a part stays cached across the batch, as the per-layer TopK trainer's [F, d] decoder
+does. The products read W through its parts view [m, n, F, w] (`tcspec.training.clt_layout`):
+strided parts of the [F, m, d] layout, or contiguous ones of a decoder held part-major, as
+the TopK trainer holds them. Each sums in a fixed order, the same in both layouts, so a step
+is bitwise reproducible on CPU. In `precision: bf16` dense activations are bfloat16 (the
+encoder GEMM's result) and their GEMMs take bfloat16 operands; sparse ones are float32, as
+the per-layer TopK trainer's.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class Dense:
     def decoder_grad(self, g: Tensor, ws: Workspace, order, W: Tensor) -> Tensor:
         """a^T g [F, m, d] for g [B, m, d], W [F, m, d] (in `ws`'s flat "grad" buffer, a's
         dtype)."""
-        flat_decoder(W)
+        flat_decoder(W)  # refuses a part-major W: the gradient must be held as W is
         low, (B, m, d) = self.a.dtype, g.shape
         out = ws.flat("grad", (self.a.shape[1], m * d), low)
         gW = torch.mm(self.a.t(), low_copy(ws, "g_low", g.reshape(B, -1), low), out=out)
@@ -129,15 +130,18 @@ class Sparse:
             return W
         return as_parts(W, part_width(self.d_sae, W.shape[-1], W.element_size(), self.part_bytes))
 
+    def _by_part(self, W: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """W's column parts [m n, F, w] and the same columns of t [B, m, d], [B, m n, w]
+        (views: part q is output layer q // n's columns (q % n) w ...)."""
+        Wp = self.parts_of(W).flatten(0, 1)
+        return Wp, t.view(t.shape[0], -1, Wp.shape[-1])
+
     def decode_into(self, out: Tensor, W: Tensor, ws: Workspace) -> None:
         """out [B, m, d] += a W, W [F, m, d] or part-major, a column part at a time."""
-        Wp = self.parts_of(W)  # [m, n, F, w]
-        m, n, _, w = Wp.shape
-        out = out.view(out.shape[0], m, n, w)
-        for j in range(m):
-            for p in range(n):
-                out[:, j, p] += F.embedding_bag(self.col, Wp[j, p], self.crow[:-1],
-                                                per_sample_weights=self.val, mode="sum")  # fmt: skip
+        Wp, out = self._by_part(W, out)
+        for q, Wq in enumerate(Wp):
+            out[:, q] += F.embedding_bag(self.col, Wq, self.crow[:-1], per_sample_weights=self.val,
+                                         mode="sum")  # fmt: skip
 
     def at_active(self, g: Tensor, W: Tensor, order: ByFeature) -> Tensor:
         """(g W^T) at the active entries, [nnz] in token order; g [B, m, d], W [F, m, d] or
@@ -150,12 +154,9 @@ class Sparse:
             ga = torch.sparse_csr_tensor(
                 order.crow, order.tokens, torch.zeros_like(order.val), shape
             )
-        Wp = self.parts_of(W)  # [m, n, F, w]
-        m, n, _, w = Wp.shape
-        g = g.view(g.shape[0], m, n, w)
-        for j in range(m):
-            for p in range(n):
-                torch.sparse.sampled_addmm(ga, Wp[j, p], g[:, j, p].t(), out=ga)  # ga += part
+        Wp, g = self._by_part(W, g)
+        for q, Wq in enumerate(Wp):
+            torch.sparse.sampled_addmm(ga, Wq, g[:, q].t(), out=ga)  # ga += part q's
         return torch.empty_like(ga.values()).index_put_((order.perm,), ga.values())
 
     def by_feature(self) -> ByFeature:
@@ -172,13 +173,11 @@ class Sparse:
         """a^T g for g [B, m, d], held as W is ([F, m, d] or part-major), a column part at a
         time (in `ws`'s flat "grad" buffer: Adam steps a contiguous gradient 2-3x faster
         than its strided parts)."""
-        Wp = self.parts_of(W)  # [m, n, F, w]
-        m, n, _, w = Wp.shape
+        Wp, g = self._by_part(W, g)
         out = ws.flat("grad", W.shape, self.val.dtype)
-        parts, g = as_parts(out, w), g.view(g.shape[0], m, n, w)
-        for j in range(m):
-            for p in range(n):
-                parts[j, p] = sum_by_feature(order.tokens, order.crow, order.val, g[:, j, p])
+        parts = as_parts(out, Wp.shape[-1]).flatten(0, 1)  # [m n, F, w], as Wp
+        for q in range(len(parts)):
+            parts[q] = sum_by_feature(order.tokens, order.crow, order.val, g[:, q])
         return out
 
 

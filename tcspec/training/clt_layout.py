@@ -104,14 +104,22 @@ def train_width(cfg) -> int | None:
     dense GEMMs read) for the families that may decode densely."""
     if not cfg.family.takes_k:
         return None
-    return part_width(cfg.d_sae, cfg.d_model, torch.finfo(torch.float32).bits // 8)
+    return part_width(cfg.d_sae, cfg.d_model, torch.float32.itemsize)
 
 
 @torch.no_grad()
-def hold(clt, moments: list[dict[str, Tensor]], width: int | None, to: int | None) -> None:
-    """Hold each of the CLT's decoders, and its entries in `moments` (Adam's, by parameter
-    name), at part width `to` instead of `width`, in place (one decoder's copy at a time)."""
+def hold(clt, adam, width: int | None, to: int | None) -> None:
+    """Hold each of the CLT's decoders, and its two moments in `adam` (an `AdamState`), at
+    part width `to` instead of `width`, in place (one decoder's copy at a time)."""
     for i, W in enumerate(clt.W_dec):
         W.data = relayout(W.data, width, to)
-        for state in moments:
+        for state in (adam.exp_avg, adam.exp_avg_sq):
             state[f"W_dec.{i}"] = relayout(state[f"W_dec.{i}"], width, to)
+
+
+def hold_for_training(clt, adam) -> int | None:
+    """Hold a fresh CLT's decoders and moments as its trainer does (at `train_width`); that
+    width."""
+    width = train_width(clt.cfg)
+    hold(clt, adam, None, width)
+    return width

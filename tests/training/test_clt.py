@@ -273,12 +273,12 @@ def test_topk_steps_with_decoders_held_part_major(width, coef, monkeypatch):
     for to in (None, clt_layout.train_width(cfg)):
         clt = randomized(CLT(cfg)).requires_grad_(False)
         adam = AdamState.zeros(dict(clt.named_parameters()))
-        clt_layout.hold(clt, [adam.exp_avg, adam.exp_avg_sq], None, to)
+        clt_layout.hold(clt, adam, None, to)
         assert all(W.dim() == (4 if to else 3) and W.is_contiguous() for W in clt.W_dec)
         for t in range(1, 4):
             h = Hyper(CLTLoss("tanh", coef=coef), 1.0, t, 1e-2, (0.9, 0.999))
             train_step(clt, adam, xs, ys, h, Workspace("cpu"))
-        clt_layout.hold(clt, [adam.exp_avg, adam.exp_avg_sq], to, None)
+        clt_layout.hold(clt, adam, to, None)
         held.append((clt.state_dict(), adam.exp_avg_sq))
     (a, va), (b, vb) = held
     for k in a:
