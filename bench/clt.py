@@ -79,12 +79,16 @@ def batch(n_layers: int, d_model: int, batch: int, **_) -> tuple[torch.Tensor, t
     return xs, torch.relu(xs @ A)
 
 
-def clt_stepper(shape: dict, xs, ys, topk: bool, precision: str = "fp32"):
-    """One CLT training step (closure) on xs, ys, on their device, in ``precision``."""
+def clt_stepper(shape: dict, xs, ys, topk: bool, precision: str = "fp32", width=None):
+    """One CLT training step (closure) on xs, ys, on their device, in ``precision``; its
+    decoders held as its trainer holds them, or (TopK) part-major at part width `width`."""
     clt = CLT(config_of(shape, "clt_topk" if topk else "clt")).requires_grad_(False)
     clt = clt.to(xs.device)
     adam, ws, t = AdamState.zeros(dict(clt.named_parameters())), Workspace(str(xs.device)), [0]
-    clt_layout.hold_for_training(clt, adam)  # its decoders held as the trainer holds them
+    if width is None:
+        clt_layout.hold_for_training(clt, adam)
+    else:
+        clt_layout.hold(clt, adam, None, width)
     gemm = gemm_dtype(precision, xs.dtype)
 
     def step():

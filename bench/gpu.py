@@ -1,23 +1,30 @@
-"""bf16 against fp32 on one device: the training step of per-layer ReLU and TopK
-transcoders and of a CLT (ReLU and TopK), and the stream job, each with its peak memory.
+"""bf16 and TF32 against fp32 on one device: the training step of per-layer ReLU and TopK
+transcoders and of a CLT (ReLU and TopK), and the stream job, each with its peak memory;
+then whether a stopped training pass resumes bitwise in each precision (`bench.resume`).
 
     bench/gpu.sh                   # a CUDA GPU: under 5 minutes on an H100; figures to $OUT
     bench/gpu.sh --tiny            # anywhere: tiny shapes on the CPU, seconds (smoke test)
 
 Shapes on CUDA: a per-layer transcoder at d_in = d_out 768, d_sae 24,576 (gpt2-small's
 paper width), batch 4,096, ReLU + L1 or TopK (k 32); a CLT of 12 layers, d_model 768,
-8,192 features a layer, batch 4,096, ReLU or TopK (k 32 a layer); the stream job of
+8,192 features a layer, batch 4,096, ReLU or TopK (k 32 a layer), the TopK one also with
+its decoders held in one column part a layer (`CLT topk, one part`: whole [F, d] blocks,
+against the parts the CPU's caches size, which its trainer uses); the stream job of
 `bench.gpu_stream` (gpt2-shaped, 12 transcoders from one stream, the model in bf16) for
-``--stream-seconds`` of training in each precision.
+``--stream-seconds`` of training in fp32 and bf16. Precisions: fp32, tf32 and bf16 on
+CUDA; fp32 and bf16 on a CPU.
 
 Each step variant is built afresh (CUDA's peak-memory counter reset), stepped ``--warmup``
 times, then ``--steps`` times timed (synchronised), and freed. Reported: ms a step,
-tokens/s, TFLOP/s (the plan's FLOP count: 6 B F (d_in + d_out) a per-layer dictionary,
-`tcspec.plan.cost.clt_cost` for a CLT; dense, so TopK's is an upper bound of what it executes),
-bf16's speed-up over fp32, and peak memory above what was held before the variant was
-built (the batches; CUDA: ``max_memory_allocated``, CPU: the process's peak resident
-memory). Expected on an H100: ~20 s of start-up, ~1 minute of step variants (building a
-CLT on the CPU takes seconds), 2 x (30 s + set-up) of stream: ~3 minutes.
+tokens/s, TFLOP/s of the FLOPs the step executes (`bench.clt.variant_flops`: TopK's
+sparse products counted at their k active features, so TopK and ReLU compare per FLOP),
+the speed-up over fp32, and peak memory above what was held before the variant was built
+(the batches; CUDA: ``max_memory_allocated``, CPU: the process's peak resident memory). A
+variant that fails (an op a device lacks) is reported with its error and the rest run on;
+the figures are rewritten after every row, so a run cut short keeps what it measured (the
+resume checks run first). Expected on an H100: ~20 s of start-up, seconds of resume
+checks, ~2 minutes of step variants (building a CLT on the CPU takes seconds), 2 x (30 s +
+set-up) of stream.
 """
 
 from __future__ import annotations
@@ -35,18 +42,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import gpu_stream  # noqa: E402
-from bench.clt import clt_stepper, config_of, reset_peak, rss_kb  # noqa: E402
+from bench import gpu_stream, resume  # noqa: E402
+from bench.clt import clt_stepper, reset_peak, rss_kb, variant_flops  # noqa: E402
 from bench.common import markdown_table  # noqa: E402
-from bench.peers import tcspec_step  # noqa: E402
+from bench.peers import K, tcspec_step  # noqa: E402
 from tcspec.compute import cpu_features, cpu_model  # noqa: E402
-from tcspec.plan import cost  # noqa: E402
+from tcspec.compute.determinism import make_deterministic, settings  # noqa: E402
 
 FULL = dict(d=768, d_sae=24576, batch=4096, clt=dict(n_layers=12, d_model=768, d_sae=8192,
             batch=4096, k=32))  # fmt: skip
 TINY = dict(d=32, d_sae=256, batch=256, clt=dict(n_layers=3, d_model=32, d_sae=64, batch=256,
             k=8))  # fmt: skip
-PRECISIONS = ("fp32", "bf16")
+STREAM_PRECISIONS = ("fp32", "bf16")
 
 
 def peak_meter(device: str):
@@ -90,36 +97,47 @@ def measure(make, device: str, warmup: int, steps: int) -> dict:
 
 
 def variants(shape: dict, device: str) -> list[tuple[str, str, object, int, int]]:
-    """(what, precision, make, tokens, FLOPs) of each step variant, fp32 then bf16."""
+    """(what, precision, make, tokens, executed FLOPs) of each step variant, precision by
+    precision (fp32 first)."""
     g = torch.Generator().manual_seed(0)
     d, F, B, c = shape["d"], shape["d_sae"], shape["batch"], shape["clt"]
     data = [tuple(torch.randn(B, d, generator=g).to(device) for _ in "xy") for _ in range(2)]
     xs, ys = (torch.randn(c["n_layers"], c["batch"], c["d_model"], generator=g).to(device)
               for _ in "xy")  # fmt: skip
+    one = dict(n_layers=1, d_model=d, d_sae=F, batch=B, k=K)  # a per-layer transcoder
     out = []
-    for p in PRECISIONS:
-        for act in ("relu", "topk"):
+    for p in resume.precisions(device):
+        for act, sfx in (("relu", ""), ("topk", "_topk")):
             make = partial(tcspec_step, "transcoder", act, d, F, data, p)
-            out.append((f"per-layer {act}", p, make, B, cost.train_flops(B, d, d, F)))
-        for act in ("relu", "topk"):
-            make = partial(clt_stepper, c, xs, ys, act == "topk", p)
-            cfg = config_of(c, "clt_topk" if act == "topk" else "clt")
-            out.append((f"CLT {act}", p, make, c["batch"], cost.clt_cost(cfg, c["batch"], 1).flops))
+            out.append((f"per-layer {act}", p, make, B, variant_flops(one, "per_layer" + sfx)))
+        for what, topk, width in (("relu", False, None), ("topk", True, None),
+                                  ("topk, one part", True, c["d_model"])):  # fmt: skip
+            make = partial(clt_stepper, c, xs, ys, topk, p, width)
+            flops = variant_flops(c, "clt_topk" if topk else "clt")
+            out.append((f"CLT {what}", p, make, c["batch"], flops))
     return out
 
 
-def step_rows(shape: dict, device: str, warmup: int, steps: int) -> list[dict]:
-    """Per-layer ReLU and TopK transcoder steps and CLT steps, fp32 and bf16."""
+def step_rows(shape: dict, device: str, warmup: int, steps: int, done) -> list[dict]:
+    """Per-layer ReLU and TopK transcoder steps and CLT steps in each precision; `done(rows)`
+    after each."""
     rows = []
     for what, p, make, tokens, flops in variants(shape, device):
-        r = measure(make, device, warmup, steps)
-        rate = {"tokens_per_s": tokens / (r["ms"] / 1e3), "tflop_per_s": flops / r["ms"] / 1e9}
-        rows.append({"what": what, "precision": p, "tokens": tokens, "flops": flops} | r | rate)
+        row = {"what": what, "precision": p, "tokens": tokens, "flops": flops}
+        try:
+            r = measure(make, device, warmup, steps)
+        except Exception as e:  # an op this device lacks: say which, and go on
+            rows.append(row | {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+        else:
+            rate = {"tokens_per_s": tokens / (r["ms"] / 1e3), "tflop_per_s": flops / r["ms"] / 1e9}
+            rows.append(row | r | rate)
+        gc.collect()
+        done(rows)
     return rows
 
 
-def stream_rows(tiny: bool, device: str, seconds: float, steps: int | None) -> list[dict]:
-    """The stream job (`bench.gpu_stream`) in fp32 and in bf16."""
+def stream_rows(tiny: bool, device: str, seconds: float, steps: int | None, done) -> list[dict]:
+    """The stream job (`bench.gpu_stream`) in fp32 and in bf16; `done(rows)` after each."""
     import dataclasses
 
     s = gpu_stream.TINY if tiny else gpu_stream.GPT2
@@ -127,34 +145,94 @@ def stream_rows(tiny: bool, device: str, seconds: float, steps: int | None) -> l
         s = dataclasses.replace(s, steps=max(3, steps))
     dtype = torch.float32 if tiny else torch.bfloat16
     rows = []
-    for p in PRECISIONS:
+    for p in STREAM_PRECISIONS:
         start, read = peak_meter(device)
         base = start()
-        r = gpu_stream.run(s, device, dtype, seconds, precision=p)
-        rows.append({"what": "stream (12 transcoders)", "precision": p,
-                     "tokens_per_s": r["train_tokens_per_s"],
-                     "tflop_per_s": r["effective_tflop_per_s"], "peak_gb": read(base),
-                     "estimated_gb": r["estimated_memory_gb"], "steps": r["steps"]})  # fmt: skip
+        row = {"what": "stream (12 transcoders)", "precision": p}
+        try:
+            r = gpu_stream.run(s, device, dtype, seconds, precision=p)
+        except Exception as e:
+            rows.append(row | {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+        else:
+            rows.append(row | {"tokens_per_s": r["train_tokens_per_s"],
+                               "tflop_per_s": r["effective_tflop_per_s"], "peak_gb": read(base),
+                               "estimated_gb": r["estimated_memory_gb"], "steps": r["steps"]})  # fmt: skip
+        done(rows)
     return rows
 
 
-def speedups(rows: list[dict]) -> dict[str, float]:
-    """bf16 tokens/s over fp32 tokens/s, by what was measured."""
-    by = {(r["what"], r["precision"]): r["tokens_per_s"] for r in rows}
-    return {w: by[(w, "bf16")] / by[(w, "fp32")] for w, p in by if p == "fp32"}
+def resume_rows(device: str) -> list[dict]:
+    """`bench.resume.check` in each precision of the device (an error becomes its row)."""
+    rows = []
+    for p in resume.precisions(device):
+        try:
+            rows.append(resume.check(device, p))
+        except Exception as e:
+            rows.append({"precision": p, "error": f"{type(e).__name__}: {e}"[:300]})
+    return rows
 
 
-def report(info: dict, rows: list[dict]) -> str:
+def speedups(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Each precision's tokens/s over fp32's, by what was measured (rows that ran)."""
+    by = {(r["what"], r["precision"]): r["tokens_per_s"] for r in rows if "error" not in r}
+    return {p: {w: v / by[(w, "fp32")] for (w, q), v in by.items() if q == p and (w, "fp32") in by}
+            for p in sorted({q for _, q in by} - {"fp32"})}  # fmt: skip
+
+
+def per_flop(rows: list[dict]) -> dict[str, float]:
+    """The TopK CLT's TFLOP/s over the ReLU CLT's, by precision (>= 1: no slower per FLOP)."""
+    by = {(r["what"], r["precision"]): r["tflop_per_s"] for r in rows if "error" not in r}
+    return {p: by[("CLT topk", p)] / by[("CLT relu", p)]
+            for (w, p) in by if w == "CLT relu" and ("CLT topk", p) in by}  # fmt: skip
+
+
+def step_table(rows: list[dict]) -> str:
     up = speedups(rows)
-    table = markdown_table(
-        ["measure", "precision", "ms a step", "tokens/s", "TFLOP/s", "peak GB", "bf16 / fp32"],
-        [[r["what"], r["precision"], f"{r['ms']:.1f}" if "ms" in r else "",
-          f"{r['tokens_per_s']:,.0f}", f"{r['tflop_per_s']:.2f}", f"{r['peak_gb']:.2f}",
-          f"{up[r['what']]:.2f}x" if r["precision"] == "bf16" else ""] for r in rows],
-    )  # fmt: skip
+
+    def cells(r: dict) -> list[str]:
+        if "error" in r:
+            return [r["what"], r["precision"], "failed: " + r["error"], "", "", "", ""]
+        ms = f"{r['ms']:.1f}" if "ms" in r else ""
+        x = up.get(r["precision"], {}).get(r["what"])
+        return [r["what"], r["precision"], ms, f"{r['tokens_per_s']:,.0f}",
+                f"{r['tflop_per_s']:.2f}", f"{r['peak_gb']:.2f}", f"{x:.2f}x" if x else ""]  # fmt: skip
+
+    head = ["measure", "precision", "ms a step", "tokens/s", "TFLOP/s", "peak GB", "over fp32"]
+    return markdown_table(head, [cells(r) for r in rows])
+
+
+def resume_table(rows: list[dict]) -> str:
+    def cells(r: dict) -> list[str]:
+        if "error" in r:
+            return [r["precision"], "failed: " + r["error"], "", "", ""]
+        return [r["precision"], "yes" if r["bitwise"] else "no", f"{r['max_abs_diff']:.3g}",
+                f"{len(r['differ'])} / {r['tensors']}", ", ".join(r["nondeterministic_ops"])]  # fmt: skip
+
+    head = ["precision", "bitwise", "max abs diff", "tensors that differ", "ops without a "
+            "deterministic kernel (warned)"]  # fmt: skip
+    return markdown_table(head, [cells(r) for r in rows])
+
+
+def report(result: dict) -> str:
+    info, rows = result["info"], result["rows"]
     head = (f"{info['device']}, torch {info['torch']}, shapes {info['shapes']}; CPU "
             f"{info['cpu']} ({', '.join(info['cpu_features']) or 'no listed features'})")  # fmt: skip
-    return f"## bf16 against fp32: {info['device']}\n\n{head}\n\n{table}\n"
+    flop = ", ".join(f"{p} {v:.2f}" for p, v in per_flop(rows).items())
+    out = [f"## bf16 and TF32 against fp32: {info['device']}", head, step_table(rows)]
+    out.append(f"TopK CLT TFLOP/s over the ReLU CLT's (>= 1: no slower per FLOP): {flop or '-'}")
+    if result.get("resume"):
+        s = ", ".join(f"{k} {v}" for k, v in info["determinism"].items())
+        out += ["### A stopped pass resumed (bench/resume.py)", resume_table(result["resume"]), s]
+    if result.get("partial"):
+        out.append("(partial: the run stopped before its end)")
+    return "\n\n".join(out) + "\n"
+
+
+def write(out: Path, result: dict) -> None:
+    """The figures so far to out/gpu.json and out/gpu.md."""
+    result["bf16_over_fp32"] = speedups(result["rows"]).get("bf16", {})
+    (out / "gpu.json").write_text(json.dumps(result, indent=1))
+    (out / "gpu.md").write_text(report(result))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -171,20 +249,30 @@ def main(argv: list[str] | None = None) -> dict:
     if not device.startswith("cuda") and not a.tiny:
         print("no CUDA device: running the tiny shapes on the CPU", flush=True)
     tiny = a.tiny or not device.startswith("cuda")
+    make_deterministic(device)  # as a task makes it: the resume check needs it set first
     t0 = time.perf_counter()
-    rows = step_rows(TINY if tiny else FULL, device, a.warmup, a.steps)
-    rows += stream_rows(tiny, device, a.stream_seconds, a.stream_steps)
     info = {
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
         "torch": torch.__version__, "shapes": "tiny" if tiny else "full",
         "cpu": cpu_model(), "cpu_features": cpu_features(),
-        "total_s": time.perf_counter() - t0,
     }  # fmt: skip
-    result = {"info": info, "rows": rows, "bf16_over_fp32": speedups(rows)}
+    result = {"info": info, "rows": [], "resume": [], "partial": True}
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "gpu.json").write_text(json.dumps(result, indent=1))
-    (a.out / "gpu.md").write_text(report(info, rows))
-    print(report(info, rows), flush=True)
+
+    def done(rows: list[dict], before: list[dict]) -> None:
+        result["rows"] = before + rows
+        info["total_s"] = time.perf_counter() - t0
+        write(a.out, result)
+        print(step_table(rows[-1:]).splitlines()[-1], flush=True)
+
+    result["resume"] = resume_rows(device)  # first: seconds, and nothing else checks it
+    info["determinism"] = settings()
+    steps = step_rows(TINY if tiny else FULL, device, a.warmup, a.steps, partial(done, before=[]))
+    stream_rows(tiny, device, a.stream_seconds, a.stream_steps, partial(done, before=steps))
+    info["total_s"] = time.perf_counter() - t0
+    result["partial"] = False
+    write(a.out, result)
+    print(report(result), flush=True)
     print(f"figures in {a.out / 'gpu.json'} and {a.out / 'gpu.md'} ({info['total_s']:.0f} s)")
     return result
 
