@@ -76,6 +76,12 @@ def peak_meter(device: str):
     return start_cpu, lambda base: (rss_kb()[1] - base) * 1024 / 1e9
 
 
+def failed(e: Exception) -> str:
+    """A failure in one line: its type and the first line of its message."""
+    first = (str(e).splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:200]}"
+
+
 def measure(make, device: str, warmup: int, steps: int) -> dict:
     """ms a step and peak GB of the step ``make()`` builds."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -127,7 +133,7 @@ def step_rows(shape: dict, device: str, warmup: int, steps: int, done) -> list[d
         try:
             r = measure(make, device, warmup, steps)
         except Exception as e:  # an op this device lacks: say which, and go on
-            rows.append(row | {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+            rows.append(row | {"error": failed(e)})
         else:
             rate = {"tokens_per_s": tokens / (r["ms"] / 1e3), "tflop_per_s": flops / r["ms"] / 1e9}
             rows.append(row | r | rate)
@@ -152,7 +158,7 @@ def stream_rows(tiny: bool, device: str, seconds: float, steps: int | None, done
         try:
             r = gpu_stream.run(s, device, dtype, seconds, precision=p)
         except Exception as e:
-            rows.append(row | {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+            rows.append(row | {"error": failed(e)})
         else:
             rows.append(row | {"tokens_per_s": r["train_tokens_per_s"],
                                "tflop_per_s": r["effective_tflop_per_s"], "peak_gb": read(base),
@@ -168,7 +174,7 @@ def resume_rows(device: str) -> list[dict]:
         try:
             rows.append(resume.check(device, p))
         except Exception as e:
-            rows.append({"precision": p, "error": f"{type(e).__name__}: {e}"[:300]})
+            rows.append({"precision": p, "error": failed(e)})
     return rows
 
 
