@@ -48,6 +48,7 @@ from bench.common import markdown_table  # noqa: E402
 from bench.peers import K, tcspec_step  # noqa: E402
 from tcspec.compute import cpu_features, cpu_model  # noqa: E402
 from tcspec.compute.determinism import make_deterministic, settings  # noqa: E402
+from tcspec.plan import cost  # noqa: E402
 
 FULL = dict(d=768, d_sae=24576, batch=4096, clt=dict(n_layers=12, d_model=768, d_sae=8192,
             batch=4096, k=32))  # fmt: skip
@@ -130,6 +131,8 @@ def step_rows(shape: dict, device: str, warmup: int, steps: int, done) -> list[d
     rows = []
     for what, p, make, tokens, flops in variants(shape, device):
         row = {"what": what, "precision": p, "tokens": tokens, "flops": flops}
+        if what == "per-layer relu":
+            row["plan_flops"] = cost.train_flops(tokens, shape["d"], shape["d"], shape["d_sae"])
         try:
             r = measure(make, device, warmup, steps)
         except Exception as e:  # an op this device lacks: say which, and go on
@@ -185,6 +188,13 @@ def speedups(rows: list[dict]) -> dict[str, dict[str, float]]:
             for p in sorted({q for _, q in by} - {"fp32"})}  # fmt: skip
 
 
+def sustained(rows: list[dict]) -> dict[str, float]:
+    """A `sustained_tflops` for `tcspec plan`, by precision: the plan's FLOPs of the
+    per-layer ReLU step (`tcspec.plan.cost.train_flops`) over its time."""
+    return {r["precision"]: r["plan_flops"] / r["ms"] / 1e9 for r in rows
+            if r["what"] == "per-layer relu" and "error" not in r}  # fmt: skip
+
+
 def per_flop(rows: list[dict]) -> dict[str, float]:
     """The TopK CLT's TFLOP/s over the ReLU CLT's, by precision (>= 1: no slower per FLOP)."""
     by = {(r["what"], r["precision"]): r["tflop_per_s"] for r in rows if "error" not in r}
@@ -226,6 +236,9 @@ def report(result: dict) -> str:
     flop = ", ".join(f"{p} {v:.2f}" for p, v in per_flop(rows).items())
     out = [f"## bf16 and TF32 against fp32: {info['device']}", head, step_table(rows)]
     out.append(f"TopK CLT TFLOP/s over the ReLU CLT's (>= 1: no slower per FLOP): {flop or '-'}")
+    plan = ", ".join(f"{p} {v:.3g}" for p, v in sustained(rows).items())
+    out.append(f"`sustained_tflops` for the plan (its FLOPs of the per-layer ReLU step over "
+               f"the step's time): {plan or '-'}")  # fmt: skip
     if result.get("resume"):
         s = ", ".join(f"{k} {v}" for k, v in info["determinism"].items())
         out += ["### A stopped pass resumed (bench/resume.py)", resume_table(result["resume"]), s]

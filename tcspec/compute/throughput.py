@@ -1,18 +1,21 @@
 """Sustained FLOP/s by device class and precision: the one table every time estimate reads.
 
 GPUs: the published dense peak of each precision (NVIDIA's data sheets, SXM parts; fp32 is
-the CUDA cores', tf32 and bf16 the tensor cores' without sparsity) times ``GPU_EFFICIENCY``.
-A training step of a sparse dictionary is a few large GEMMs plus elementwise work, TopK
-selection and Adam, which run far below the tensor cores' peak; 0.3 of the peak is what a
-well-fed GEMM-bound job sustains, and a time estimate that is too long costs queue time
-while one that is too short kills the job.
+the CUDA cores', tf32 and bf16 the tensor cores' without sparsity) times ``GPU_EFFICIENCY``,
+0.5. A training step of a sparse dictionary is a few large GEMMs, which sustain most of the
+peak, plus elementwise work, TopK selection and Adam, which run far below it; the plan
+counts a per-layer TopK dictionary's FLOPs as a dense one's, more than it executes (and a
+TopK CLT's sparse products at `tcspec.plan.cost.SPARSE_COST` times theirs). 0.5 is a stated
+assumption, not a measurement (`bench/gpu.sh` measures the steps on a card); the scheduler
+is asked for twice the estimate (`tcspec.plan.estimate.TIME_MARGIN`), since an estimate that
+is too long costs queue time while one that is too short kills the job.
 
 CPU: per thread, the GEMM rate measured here (AMD Zen 4 with avx512_bf16, torch 2.13, a
 [4096, 768] x [768, 8192] GEMM, quiet machine: fp32 82 GFLOP/s on one thread and 153 on
 two, bf16 171 and 335), times ``CPU_EFFICIENCY``, which also covers a Zen 3 core (fp32
-86-94 GFLOP/s on 2 threads) and the small GEMMs of the toy model. A CPU has no TF32: its tf32 row is fp32's. bf16 on a CPU without native bf16 is a
-hundred times slower; the precision setting never picks it there, and this table assumes
-native bf16.
+86-94 GFLOP/s on 2 threads) and the small GEMMs of the toy model. A CPU has no TF32: its
+tf32 row is fp32's. bf16 on a CPU without native bf16 is a hundred times slower; the
+precision setting never picks it there, and this table assumes native bf16.
 
 The machine side picks the class of a GPU job (Snakemake's ``--config gpu_class=a100``, or
 a profile's ``config:``) and may override a sustained rate

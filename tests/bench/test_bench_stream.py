@@ -68,6 +68,7 @@ def test_gpu_script_smoke(tmp_path):
     md = (tmp_path / "gpu.md").read_text()
     assert "| CLT topk | bf16 |" in md and "| bf16 | yes | 0 | 0 / 23 |" in md
     assert "TopK CLT TFLOP/s over the ReLU CLT's" in md and "gpu.json" in out.stdout
+    assert "`sustained_tflops` for the plan" in md
 
 
 def test_gpu_script_reports_a_failing_measure_and_goes_on(tmp_path, monkeypatch):
