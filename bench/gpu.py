@@ -46,7 +46,7 @@ from bench import gpu_stream, resume  # noqa: E402
 from bench.clt import clt_stepper, reset_peak, rss_kb, variant_flops  # noqa: E402
 from bench.common import markdown_table  # noqa: E402
 from bench.peers import K, tcspec_step  # noqa: E402
-from tcspec.compute import cpu_features, cpu_model  # noqa: E402
+from tcspec.compute import cpu_features, cpu_model, precisions_on  # noqa: E402
 from tcspec.compute.determinism import make_deterministic, settings  # noqa: E402
 from tcspec.plan import cost  # noqa: E402
 
@@ -113,7 +113,7 @@ def variants(shape: dict, device: str) -> list[tuple[str, str, object, int, int]
               for _ in "xy")  # fmt: skip
     one = dict(n_layers=1, d_model=d, d_sae=F, batch=B, k=K)  # a per-layer transcoder
     out = []
-    for p in resume.precisions(device):
+    for p in precisions_on(device):
         for act, sfx in (("relu", ""), ("topk", "_topk")):
             make = partial(tcspec_step, "transcoder", act, d, F, data, p)
             out.append((f"per-layer {act}", p, make, B, variant_flops(one, "per_layer" + sfx)))
@@ -137,10 +137,10 @@ def step_rows(shape: dict, device: str, warmup: int, steps: int, done) -> list[d
             r = measure(make, device, warmup, steps)
         except Exception as e:  # an op this device lacks: say which, and go on
             rows.append(row | {"error": failed(e)})
+            gc.collect()  # what the failed step held (`measure` frees a step that ran)
         else:
             rate = {"tokens_per_s": tokens / (r["ms"] / 1e3), "tflop_per_s": flops / r["ms"] / 1e9}
             rows.append(row | r | rate)
-        gc.collect()
         done(rows)
     return rows
 
@@ -173,7 +173,7 @@ def stream_rows(tiny: bool, device: str, seconds: float, steps: int | None, done
 def resume_rows(device: str) -> list[dict]:
     """`bench.resume.check` in each precision of the device (an error becomes its row)."""
     rows = []
-    for p in resume.precisions(device):
+    for p in precisions_on(device):
         try:
             rows.append(resume.check(device, p))
         except Exception as e:

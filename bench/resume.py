@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tcspec.compute import PRECISIONS, device_kind  # noqa: E402
+from tcspec.compute import precisions_on  # noqa: E402
 from tcspec.compute.determinism import make_deterministic, settings  # noqa: E402
 from tcspec.dictionaries import clt_io  # noqa: E402
 from tcspec.dictionaries.clt import CLTConfig  # noqa: E402
@@ -122,16 +122,11 @@ def check(device: str, precision: str) -> dict:
             "tensors": len(a), "differ": differ, "nondeterministic_ops": nondeterministic}  # fmt: skip
 
 
-def precisions(device: str) -> list[str]:
-    """The precisions a dictionary trains in on `device` (tf32 on CUDA only)."""
-    return [p for p in PRECISIONS if p != "tf32" or device_kind(device) == "cuda"]
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
-    rows = [check(a.device, prec) for prec in precisions(a.device)]
+    rows = [check(a.device, prec) for prec in precisions_on(a.device)]
     print(json.dumps({"device": a.device, "settings": settings(), "rows": rows}, indent=1))
     return rows
 

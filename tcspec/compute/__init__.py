@@ -86,11 +86,16 @@ def gemm_dtype(precision: str, master: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else master
 
 
+def precisions_on(device) -> tuple[str, ...]:
+    """The precisions a dictionary trains in on `device`: `PRECISIONS`, tf32 on CUDA only."""
+    return tuple(p for p in PRECISIONS if p != "tf32" or device_kind(device) == "cuda")
+
+
 @contextlib.contextmanager
 def gemm_mode(precision: str, device) -> Iterator[None]:
     """Run the block with CUDA's float32 GEMMs on TF32 tensor cores for ``tf32``, in full
     float32 otherwise (then restore the setting); ``tf32`` on a CPU is a ValueError."""
-    if precision == "tf32" and device_kind(device) != "cuda":
+    if precision not in precisions_on(device):
         raise ValueError(f"precision: tf32 is a CUDA setting; this runs on {device} (use fp32)")
     import torch
 

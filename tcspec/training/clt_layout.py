@@ -6,7 +6,7 @@ A source layer's decoder W [F, m, d] (m output layers) is read by the sparse pro
 [m, n, F, w] (n = d / w, `as_parts`): strided views of the [F, m, d] layout, or contiguous
 ones when W is held part-major (`to_part_major`). A TopK CLT always decodes sparsely, so its
 trainer holds every decoder and its Adam moments part-major for the whole run
-(`hold_part_major`): at F 8,192, d 768, 12 layers, batch 4,096 its sparse products take
+(`hold_for_training`): at F 8,192, d 768, 12 layers, batch 4,096 its sparse products take
 ~20% less time, as no part is copied out of a strided layout or into one. Adam is
 elementwise and each product sums in the same order either way, so the steps are
 bitwise those of the [F, m, d] layout; only the decoder norms (`decoder_norms`) sum in
