@@ -10,13 +10,14 @@
 # Options pass through to bench/gpu.py (--steps N, --stream-seconds S, --device D, --out DIR).
 # $PYTHON (default python3) runs it from this checkout (tcspec need not be installed). On a
 # machine without a package index, bench/gpu_wheels.sh (run where pip works) leaves the
-# wheels of what its image lacks in bench/wheels/: they are installed first, into a folder of
-# their own put on PYTHONPATH.
+# wheels of what its image lacks in bench/wheels/: where $PYTHON cannot import those
+# packages, they are installed first, into a folder of their own put on PYTHONPATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 site=""
-if compgen -G "bench/wheels/*.whl" > /dev/null; then
+if compgen -G "bench/wheels/*.whl" > /dev/null &&
+    ! "$PY" -c "import pydantic, transformer_lens, datasets" 2> /dev/null; then
     site="${TMPDIR:-/tmp}/tcspec-gpu-site"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$site" bench/wheels/*.whl
